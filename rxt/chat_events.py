@@ -1,0 +1,33 @@
+"""Typed events of one streamed turn (no magic integers: the reference used -1/-2 token ids as signals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TokenGenerated:
+    """One answer token; ``text`` is the newly completed text (may be "" mid-way through a UTF-8 character)."""
+
+    index: int
+    token_id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class AnswerCompleted:
+    """The whole answer is out; the memory update has not started yet."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    stopped_by_eos: bool
+
+
+@dataclass(frozen=True)
+class MemoryUpdated:
+    """The interaction was encoded and written into STM; ``version`` counts committed updates."""
+
+    version: int
+
+
+ChatEvent = TokenGenerated | AnswerCompleted | MemoryUpdated

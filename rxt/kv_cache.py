@@ -1,0 +1,70 @@
+"""Preallocated self-attention key/value cache for incremental decoding.
+
+One buffer for all layers, (L, B, H_kv, capacity, d), plus per-row lengths. Rows of a batch may hold
+prompts of different lengths (right padding): row b's next token goes to position ``lengths[b]``, and its
+queries see keys ``0 .. position`` only. Nothing is concatenated or reallocated per token, which is what
+keeps a decode step's cost independent of how it was reached (and later lets a CUDA graph capture it).
+
+``written`` is a host-side upper bound on the positions touched in any row. Attention slices keys to it,
+so a step reads only the used part of the buffer without a device-to-host sync.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError(f"KVCache capacity={capacity} must be >= 1")
+        shape = (num_layers, batch_size, num_kv_heads, capacity, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=self.k.device)
+        self.capacity = capacity
+        self.written = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def positions_for(self, num_new: int) -> torch.Tensor:
+        """Positions (B, num_new) of the next ``num_new`` tokens of every row."""
+        if self.written + num_new > self.capacity:
+            raise ValueError(
+                f"KV cache overflow: {self.written} positions used + {num_new} new > capacity={self.capacity}"
+            )
+        return self.lengths.unsqueeze(1) + torch.arange(num_new, device=self.lengths.device)
+
+    def write(
+        self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store K/V (B, H_kv, T, d) of new tokens at ``positions`` (B, T); return the keys/values to attend.
+
+        The returned views cover positions ``0 .. written + T - 1``; the caller masks per row.
+        """
+        index = positions[:, None, :, None].expand_as(k_new)
+        self.k[layer].scatter_(2, index, k_new)
+        self.v[layer].scatter_(2, index, v_new)
+        end = self.written + k_new.shape[2]
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, num_written: int, num_valid: torch.Tensor | None = None) -> None:
+        """Commit a step: ``num_written`` positions per row were stored, of which ``num_valid`` (B,) are real."""
+        self.written += num_written
+        self.lengths += num_written if num_valid is None else num_valid
+
+    def reset(self) -> None:
+        self.lengths.zero_()
+        self.written = 0

@@ -1,0 +1,75 @@
+"""Next-token choice: greedy, temperature, top-k and top-p (nucleus) sampling, seeded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SamplingConfig:
+    """How to pick tokens.
+
+    ``temperature=0`` is greedy. ``top_k=0`` and ``top_p=1.0`` disable those filters. ``seed`` makes sampling
+    reproducible (a private generator; the global RNG is untouched). ``return_log_probs`` records, for each chosen
+    token, its log-probability under the model's plain softmax (temperature 1, no filtering): the distribution a
+    policy-gradient trainer recomputes, so old and new log-probs are comparable.
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    return_log_probs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplingConfig.max_new_tokens={self.max_new_tokens} must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingConfig.temperature={self.temperature} must be >= 0 (0 = greedy)")
+        if self.top_k < 0:
+            raise ValueError(f"SamplingConfig.top_k={self.top_k} must be >= 0 (0 = off)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"SamplingConfig.top_p={self.top_p} must be in (0, 1]")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        if self.seed is None or self.greedy:
+            return None
+        return torch.Generator(device=device).manual_seed(self.seed)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k / nucleus to -inf. (B, V) -> (B, V). The best token always survives."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens ranked above it already hold top_p of the mass.
+        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def choose_tokens(
+    logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pick one token per row from ``logits`` (B, V); returns (tokens (B,), log_probs (B,) or None)."""
+    logits = logits.float()
+    if cfg.greedy:
+        tokens = logits.argmax(dim=-1)
+    else:
+        filtered = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
+        tokens = torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+    log_probs = None
+    if cfg.return_log_probs:
+        log_probs = logits.log_softmax(dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+    return tokens, log_probs

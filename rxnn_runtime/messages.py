@@ -1,0 +1,151 @@
+"""What goes into a `ReactiveModel`'s input subject: queries, cancellations and resets.
+
+`GenerationOptions.from_dict` and `Query.from_dict` validate untrusted input (websocket frames, HTTP bodies)
+and raise `InvalidMessage` naming the field and the limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rxt.sampling import SamplingConfig
+
+MAX_SESSION_ID_LENGTH = 128
+MAX_QUERY_CHARS = 8_000
+MAX_NEW_TOKENS_LIMIT = 1_024
+
+
+class InvalidMessage(ValueError):
+    """A client message failed validation; ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def _check_session_id(value: Any, name: str = "session") -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidMessage(name, "must be a non-empty string")
+    if len(value) > MAX_SESSION_ID_LENGTH:
+        raise InvalidMessage(name, f"is {len(value)} characters, more than the limit {MAX_SESSION_ID_LENGTH}")
+    if not all(c.isalnum() or c in "-_.:@" for c in value):
+        raise InvalidMessage(name, "may contain only letters, digits and - _ . : @")
+    return value
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> GenerationOptions:
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise InvalidMessage("options", "must be a map")
+        unknown = sorted(set(data) - {"max_new_tokens", "temperature", "top_k", "top_p", "seed"})
+        if unknown:
+            raise InvalidMessage("options", f"unknown option(s) {unknown}")
+        out = cls()
+        kwargs: dict[str, Any] = {}
+        for name, kind in (("max_new_tokens", int), ("top_k", int), ("temperature", float), ("top_p", float)):
+            if name in data:
+                value = data[name]
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise InvalidMessage(f"options.{name}", f"must be a number, got {type(value).__name__}")
+                if kind is int and value != int(value):
+                    raise InvalidMessage(f"options.{name}", "must be an integer")
+                kwargs[name] = kind(value)
+        if "seed" in data and data["seed"] is not None:
+            if isinstance(data["seed"], bool) or not isinstance(data["seed"], int):
+                raise InvalidMessage("options.seed", "must be an integer or null")
+            kwargs["seed"] = data["seed"]
+        out = cls(**kwargs)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            raise InvalidMessage(
+                "options.max_new_tokens", f"{self.max_new_tokens} is outside 1..{MAX_NEW_TOKENS_LIMIT}"
+            )
+        if not 0.0 <= self.temperature <= 10.0:
+            raise InvalidMessage("options.temperature", f"{self.temperature} is outside 0..10")
+        if self.top_k < 0:
+            raise InvalidMessage("options.top_k", f"{self.top_k} must be >= 0")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InvalidMessage("options.top_p", f"{self.top_p} is outside (0, 1]")
+
+    def sampling(self, *, return_log_probs: bool = False) -> SamplingConfig:
+        return SamplingConfig(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            seed=self.seed,
+            return_log_probs=return_log_probs,
+        )
+
+
+@dataclass(frozen=True)
+class Query:
+    """Ask ``text`` in session ``session_id``. ``query_id`` is echoed in every event of the turn."""
+
+    session_id: str
+    text: str
+    options: GenerationOptions = field(default_factory=GenerationOptions)
+    query_id: str = ""
+
+    def __post_init__(self) -> None:
+        _check_session_id(self.session_id)
+        if not isinstance(self.text, str):
+            raise InvalidMessage("text", f"must be a string, got {type(self.text).__name__}")
+        if len(self.text) > MAX_QUERY_CHARS:
+            raise InvalidMessage("text", f"is {len(self.text)} characters, more than the limit {MAX_QUERY_CHARS}")
+        if not isinstance(self.query_id, str) or len(self.query_id) > MAX_SESSION_ID_LENGTH:
+            raise InvalidMessage("id", f"must be a string of at most {MAX_SESSION_ID_LENGTH} characters")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Query:
+        if "session" not in data:
+            raise InvalidMessage("session", "is required")
+        if "text" not in data:
+            raise InvalidMessage("text", "is required")
+        query_id = data.get("id", "")
+        if isinstance(query_id, int) and not isinstance(query_id, bool):
+            query_id = str(query_id)
+        return cls(
+            session_id=_check_session_id(data["session"]),
+            text=data["text"],
+            options=GenerationOptions.from_dict(data.get("options")),
+            query_id=query_id,
+        )
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Cancel the session's running or waiting turn (``query_id`` "" = whichever is current)."""
+
+    session_id: str
+    query_id: str = ""
+
+    def __post_init__(self) -> None:
+        _check_session_id(self.session_id)
+
+
+@dataclass(frozen=True)
+class Reset:
+    """Forget the session: its memory goes back to the initial state and its turn count to 0."""
+
+    session_id: str
+
+    def __post_init__(self) -> None:
+        _check_session_id(self.session_id)
+
+
+InputMessage = Query | Cancel | Reset

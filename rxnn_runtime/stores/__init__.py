@@ -1,0 +1,16 @@
+"""Session stores: where a session's STM, turn count and metadata live between turns (see `base.py`)."""
+
+from rxnn_runtime.stores.base import SessionState, SessionStore
+from rxnn_runtime.stores.memory import InMemoryStore
+
+__all__ = ["SessionState", "SessionStore", "InMemoryStore", "open_store"]
+
+
+def open_store(url: str | None) -> SessionStore:
+    """A store from a URL: None or "memory://" (in-process), a directory path or "file:///path", "redis://...".
+
+    Implemented in `rxnn_runtime.stores.url`.
+    """
+    from rxnn_runtime.stores.url import open_store as _open
+
+    return _open(url)

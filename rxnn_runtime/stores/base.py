@@ -1,0 +1,78 @@
+"""The session-store interface.
+
+A `SessionState` is what survives a restart: the session's STM (L, S, D), how many turns it has committed, its
+memory version and free-form metadata. The runtime saves a session after every committed memory update,
+before it emits MemoryUpdated, so "committed" means "saved". Stores must make `save` atomic: a reader sees the
+old state or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import torch
+from safetensors.torch import load, save
+
+
+@dataclass
+class SessionState:
+    session_id: str
+    stm: torch.Tensor  # (L, S, D), on the CPU
+    turns: int = 0
+    memory_version: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+    updated_at: float = field(default_factory=time.time)
+
+    def to_bytes(self) -> bytes:
+        """msgpack envelope with the STM as safetensors bytes (exact, dtype-preserving)."""
+        return msgpack.packb(
+            {
+                "format": 1,
+                "session_id": self.session_id,
+                "turns": self.turns,
+                "memory_version": self.memory_version,
+                "metadata": self.metadata,
+                "updated_at": self.updated_at,
+                "stm": save({"stm": self.stm.detach().contiguous().cpu()}),
+            },
+            use_bin_type=True,
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SessionState:
+        raw = msgpack.unpackb(data, raw=False)
+        if not isinstance(raw, dict) or raw.get("format") != 1:
+            raise ValueError("session record is not a format-1 rxnn session")
+        return cls(
+            session_id=raw["session_id"],
+            stm=load(raw["stm"])["stm"],
+            turns=raw["turns"],
+            memory_version=raw["memory_version"],
+            metadata=raw["metadata"],
+            updated_at=raw["updated_at"],
+        )
+
+
+class SessionStore(abc.ABC):
+    """Load and save sessions by id. Implementations must be safe to call from one thread at a time (the lane)."""
+
+    @abc.abstractmethod
+    def load(self, session_id: str) -> SessionState | None: ...
+
+    @abc.abstractmethod
+    def save(self, state: SessionState) -> None: ...
+
+    @abc.abstractmethod
+    def delete(self, session_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def session_ids(self) -> list[str]: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections or files."""
+
+

@@ -1,0 +1,44 @@
+"""Shared builders for runtime tests: a tiny RxT with the real default tokenizer."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from rxt.config import RxTConfig
+from rxt.model import RxT
+from rxt.tokenizer import RxTokenizer
+
+
+def tiny_model(seed: int = 0) -> tuple[RxT, RxTokenizer]:
+    tokenizer = RxTokenizer.default()
+    torch.manual_seed(seed)
+    model = RxT(RxTConfig.preset("tiny", vocab_size=tokenizer.vocab_size, max_seq_len=128)).eval()
+    with torch.no_grad():  # a non-trivial initial memory, so memory bugs show up in the tokens
+        model.stm.initial.normal_(generator=torch.Generator().manual_seed(seed))
+    return model, tokenizer
+
+
+class EventLog:
+    """Thread-safe list of events with a bounded wait."""
+
+    def __init__(self) -> None:
+        self.events = []
+        self._cond = threading.Condition()
+
+    def __call__(self, event) -> None:
+        with self._cond:
+            self.events.append(event)
+            self._cond.notify_all()
+
+    def wait_for(self, predicate, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(self.events):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True

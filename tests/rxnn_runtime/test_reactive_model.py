@@ -1,0 +1,208 @@
+import threading
+
+import pytest
+import torch
+from reactivex.scheduler import EventLoopScheduler
+from runtime_helpers import EventLog, tiny_model
+
+from rxnn_runtime.events import (
+    AnswerDone,
+    Cancelled,
+    Error,
+    MemoryUpdated,
+    MemoryUpdateStarted,
+    QueryAccepted,
+    Token,
+    event_from_dict,
+)
+from rxnn_runtime.messages import Cancel, GenerationOptions, InvalidMessage, Query, Reset
+from rxnn_runtime.reactive_model import ReactiveModel
+from rxt.chat import ReactiveChat
+from rxt.sampling import SamplingConfig
+
+OPTS = GenerationOptions(max_new_tokens=6)
+TURN_ORDER = [QueryAccepted, Token, AnswerDone, MemoryUpdateStarted, MemoryUpdated]
+
+
+@pytest.fixture
+def runtime():
+    model, tokenizer = tiny_model()
+    reactive = ReactiveModel(model, tokenizer, max_batch_size=8)
+    log = EventLog()
+    reactive.events.subscribe(log)
+    yield reactive, log
+    reactive.dispose()
+
+
+def _kinds_in_order(kinds):
+    """Collapse runs of Token so a turn reads QueryAccepted, Token, AnswerDone, ... ."""
+    out = []
+    for k in kinds:
+        if not out or not (k is Token and out[-1] is Token):
+            out.append(k)
+    return out
+
+
+def test_nothing_flows_before_connect(runtime):
+    reactive, log = runtime
+    reactive.submit(Query("s1", "hello", OPTS))
+    assert not log.wait_for(lambda ev: len(ev) > 0, timeout=0.5)
+    reactive.connect()
+    assert log.wait_for(lambda ev: any(isinstance(e, MemoryUpdated) for e in ev))
+
+
+def test_event_order_under_20_concurrent_sessions_with_two_turns_each(runtime):
+    reactive, log = runtime
+    reactive.connect()
+    sessions = [f"user-{i}" for i in range(20)]
+    barrier = threading.Barrier(len(sessions))
+
+    def client(sid):
+        barrier.wait()
+        reactive.submit(Query(sid, "first question", OPTS, query_id=f"{sid}/1"))
+        reactive.submit(Query(sid, "second question", OPTS, query_id=f"{sid}/2"))
+
+    threads = [threading.Thread(target=client, args=(s,)) for s in sessions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert log.wait_for(lambda ev: sum(isinstance(e, MemoryUpdated) for e in ev) == 40, timeout=120)
+    seqs = [e.seq for e in log.events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    for sid in sessions:
+        mine = [e for e in log.events if e.session_id == sid]
+        for turn in (1, 2):
+            turn_events = [e for e in mine if e.turn_id == turn]
+            assert _kinds_in_order([type(e) for e in turn_events]) == TURN_ORDER, sid
+        # Turn 2 answers only after turn 1 is committed, and reads that memory.
+        committed_1 = next(i for i, e in enumerate(mine) if isinstance(e, MemoryUpdated) and e.turn_id == 1)
+        first_token_2 = next(i for i, e in enumerate(mine) if isinstance(e, Token) and e.turn_id == 2)
+        assert committed_1 < first_token_2
+        assert [e.version for e in mine if isinstance(e, MemoryUpdated)] == [1, 2]
+
+
+def test_batched_turns_match_one_at_a_time_greedy():
+    model, tokenizer = tiny_model()
+    queries = ["hi there", "what is the weather like", "tell me a story about bees", "ok"]
+    sequential = []
+    for q in queries:  # the model-level chat, one session at a time
+        chat = ReactiveChat(model, tokenizer, SamplingConfig(max_new_tokens=6))
+        sequential.append([chat.ask(q), chat.ask("and then?")])
+    reactive = ReactiveModel(model, tokenizer, max_batch_size=8)
+    log = EventLog()
+    reactive.events.subscribe(log)
+    for i, q in enumerate(queries):  # all queued before connect: the first turns share one batch
+        reactive.submit(Query(f"s{i}", q, OPTS))
+        reactive.submit(Query(f"s{i}", "and then?", OPTS))
+    reactive.connect()
+    assert log.wait_for(lambda ev: sum(isinstance(e, MemoryUpdated) for e in ev) == 8, timeout=60)
+    reactive.dispose()
+    for i in range(len(queries)):
+        answers = [e.text for e in log.events if isinstance(e, AnswerDone) and e.session_id == f"s{i}"]
+        assert answers == sequential[i]
+
+
+def test_cancel_mid_answer_stops_tokens_and_keeps_memory(runtime):
+    reactive, log = runtime
+    lane = threading.Event()
+    reactive.events.subscribe(lambda e: lane.set() if isinstance(e, Token) else None)
+    reactive.connect()
+    reactive.session("warm").ask_sync("hello", OPTS)  # session "c" untouched so far
+    before = reactive.session_state("c")
+    reactive.submit(Query("c", "tell me everything", GenerationOptions(max_new_tokens=100), query_id="q"))
+    assert log.wait_for(lambda ev: any(isinstance(e, Token) and e.session_id == "c" for e in ev))
+    reactive.submit(Cancel("c"))
+    assert log.wait_for(lambda ev: any(isinstance(e, Cancelled) for e in ev))
+    assert reactive.wait_idle()
+    mine = [e for e in log.events if e.session_id == "c"]
+    cancelled_at = next(i for i, e in enumerate(mine) if isinstance(e, Cancelled))
+    assert not any(isinstance(e, (Token, AnswerDone, MemoryUpdated)) for e in mine[cancelled_at:])
+    tokens = [e for e in mine if isinstance(e, Token)]
+    assert len(tokens) < 100
+    assert mine[cancelled_at].partial_text == "".join(t.text for t in tokens)
+    assert before is None and reactive.session_state("c") is None  # documented: nothing written
+
+
+def test_failing_subscriber_becomes_error_event_and_stream_lives_on(runtime):
+    reactive, log = runtime
+
+    def bad_subscriber(event):
+        if isinstance(event, Token):
+            raise RuntimeError("subscriber bug")
+
+    reactive.events.subscribe(bad_subscriber)
+    reactive.connect()
+    text = reactive.session("s").ask_sync("hello", OPTS)
+    assert reactive.wait_idle()
+    assert log.wait_for(lambda ev: any(isinstance(e, Error) and e.code == "subscriber" for e in ev))
+    assert text == next(e.text for e in log.events if isinstance(e, AnswerDone))
+    assert reactive.session("s").ask_sync("again", OPTS) is not None
+
+
+def test_queue_limit_and_too_long_query_are_errors_for_that_session_only():
+    model, tokenizer = tiny_model()
+    reactive = ReactiveModel(model, tokenizer, max_pending_per_session=2)
+    log = EventLog()
+    reactive.events.subscribe(log)
+    for i in range(5):  # not connected yet: they all wait
+        reactive.submit(Query("flood", f"q{i}", OPTS))
+    reactive.submit(Query("long", "word " * 400, OPTS))
+    reactive.submit(Query("calm", "hello", OPTS))
+    reactive.connect()
+    assert log.wait_for(lambda ev: sum(isinstance(e, MemoryUpdated) for e in ev) == 3, timeout=60)
+    errors = [e for e in log.events if isinstance(e, Error)]
+    assert sorted(e.code for e in errors if e.session_id == "flood") == ["queue_full"] * 3
+    assert "max_pending_per_session=2" in errors[0].message
+    assert any(e.code == "too_long" and "max_seq_len=128" in e.message for e in errors if e.session_id == "long")
+    reactive.dispose()
+
+
+def test_reset_returns_session_to_initial_memory(runtime):
+    reactive, log = runtime
+    reactive.connect()
+    reactive.session("r").ask_sync("remember this", OPTS)
+    assert reactive.wait_idle()
+    assert reactive.session_state("r").turns == 1
+    reactive.submit(Reset("r"))
+    assert reactive.wait_idle()
+    state = reactive.session_state("r")
+    assert state.turns == 0 and state.memory_version == 0
+    torch.testing.assert_close(state.stm, reactive.model.initial_memory(1)[:, 0])
+
+
+async def test_async_facade_streams_and_asks(runtime):
+    reactive, _ = runtime
+    reactive.connect()
+    session = reactive.session("async")
+    kinds = [type(e) async for e in session.stream("hello", {"max_new_tokens": 4})]
+    assert _kinds_in_order(kinds) == TURN_ORDER
+    assert isinstance(await session.ask("again", {"max_new_tokens": 4}), str)
+
+
+def test_caller_supplied_scheduler_is_used():
+    model, tokenizer = tiny_model()
+    lane = EventLoopScheduler()
+    threads = set()
+    reactive = ReactiveModel(model, tokenizer, scheduler=lane)
+    reactive.events.subscribe(lambda e: threads.add(threading.current_thread().name))
+    reactive.connect()
+    reactive.session("x").ask_sync("hi", OPTS)
+    reactive.dispose()
+    lane.dispose()
+    assert len(threads) == 1 and threading.current_thread().name not in threads
+
+
+def test_events_round_trip_through_dicts_and_messages_validate():
+    ev = AnswerDone("s", 2, 7, "q", text="hi", token_ids=(1, 2), stopped_by_eos=True)
+    assert event_from_dict(ev.to_dict()) == ev
+    with pytest.raises(ValueError, match="unknown"):
+        event_from_dict({"type": "nope"})
+    with pytest.raises(InvalidMessage, match="options.max_new_tokens: 5000 is outside 1..1024"):
+        Query.from_dict({"session": "a", "text": "x", "options": {"max_new_tokens": 5000}})
+    with pytest.raises(InvalidMessage, match="session"):
+        Query.from_dict({"text": "x"})
+    with pytest.raises(InvalidMessage, match="text: must be a string"):
+        Query.from_dict({"session": "a", "text": 5})
+    with pytest.raises(InvalidMessage, match="session: may contain only"):
+        Query("../etc", "x")

@@ -13,12 +13,12 @@ RoPE rotates only the keys: the encoded tokens are a sequence, the memory slots 
 Variants (registry name -> class), differing in X_l, the input of the main step:
 
 - "simple":          X_l = STM_l.
-- "self":            X_l = PreGate_l(STM_l, SelfAttn_l(Norm(STM_l)))                 slots attend to their own layer
+- "self":            X_l = PreGate_l(STM_l, SelfAttn_l(Norm(STM_l)))      (slots attend to their own layer)
 - "interlayer":      X_l = PreGate_l(STM_l, Attn_l(q = Norm(STM_l), kv = Norm(mean_l STM)))
 - "self-interlayer": as interlayer with kv = Norm(g_l * STM_l + (1 - g_l) * mean_l STM), g_l a learned sigmoid
                      gate (a `ResidualGate` of the configured kind, initialised at g = 0.5).
-- "grouped-self-interlayer": as self-interlayer, but the mean is over the layer's group: the L layers are split
-                     into ``num_groups`` groups of L / num_groups consecutive layers.
+- "grouped-self-interlayer": as self-interlayer, but the mean is over the layer's group: the L layers are
+                     split into ``num_groups`` groups of L / num_groups consecutive layers.
 
 The first-step attention uses no RoPE. Means are over the layer axis (dim 0), never over the batch, so every
 variant is correct for any batch size. A row whose encoded tokens are all padding keeps its memory unchanged.
@@ -47,7 +47,9 @@ def register_memory_attention(name: str):
     def decorator(cls: type[MemoryAttentionNetwork]) -> type[MemoryAttentionNetwork]:
         existing = MEMORY_ATTENTION_VARIANTS.get(name)
         if existing is not None and existing is not cls:
-            raise ValueError(f"memory-attention variant {name!r} is already registered to {existing.__name__}")
+            raise ValueError(
+                f"memory-attention variant {name!r} is already registered to {existing.__name__}"
+            )
         MEMORY_ATTENTION_VARIANTS[name] = cls
         cls.variant_name = name
         return cls
@@ -58,7 +60,8 @@ def register_memory_attention(name: str):
 def _check_variant(name: str) -> None:
     if name not in MEMORY_ATTENTION_VARIANTS:
         raise ValueError(
-            f"MemoryAttentionConfig.variant={name!r} is unknown; choose one of {sorted(MEMORY_ATTENTION_VARIANTS)}"
+            f"MemoryAttentionConfig.variant={name!r} is unknown; "
+            f"choose one of {sorted(MEMORY_ATTENTION_VARIANTS)}"
         )
 
 
@@ -132,7 +135,8 @@ class MemoryAttentionNetwork(nn.Module):
             )
         if stm.shape[2] != cfg.num_slots or stm.shape[3] != cfg.dim:
             raise ValueError(
-                f"stm must be (L, B, S, D) = ({cfg.num_layers}, B, {cfg.num_slots}, {cfg.dim}); got {tuple(stm.shape)}"
+                f"stm must be (L, B, S, D) = ({cfg.num_layers}, B, {cfg.num_slots}, {cfg.dim}); "
+                f"got {tuple(stm.shape)}"
             )
         if encoded.shape[3] != cfg.dim:
             raise ValueError(f"encoded must be (L, B, T, D) with D = {cfg.dim}; got {tuple(encoded.shape)}")
@@ -153,8 +157,11 @@ class MemoryAttentionNetwork(nn.Module):
     def forward(
         self, stm: torch.Tensor, encoded: torch.Tensor, key_valid: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """New STM (L, B, S, D) from ``stm`` (L, B, S, D) (or (L, 1, S, D), broadcast), ``encoded`` (L, B, T, D)
-        and ``key_valid`` (B, T) (None: every token is real). Out-of-place."""
+        """The new STM (L, B, S, D), out-of-place.
+
+        ``stm`` (L, B, S, D) (or (L, 1, S, D), broadcast to the batch), ``encoded`` (L, B, T, D) and
+        ``key_valid`` (B, T) (None: every token is real). Rows with no valid token keep their memory.
+        """
         stm, key_valid = self._validate(stm, encoded, key_valid)
         mask = key_padding_mask(key_valid.to(encoded.device)) if key_valid is not None else None
         x = self.pre_step(stm)
@@ -185,14 +192,15 @@ class _PreAttentionMemoryAttention(MemoryAttentionNetwork):
     def __init__(self, cfg: MemoryAttentionConfig, rope: RotaryEmbedding | None) -> None:
         super().__init__(cfg, rope)
         L, S, D = cfg.num_layers, cfg.num_slots, cfg.dim
-        self.pre_attention = nn.ModuleList(Attention(cfg.attention) for _ in range(L))  # no RoPE: slots are a set
+        # No RoPE in the first step: both sides are memory slots, which form a set.
+        self.pre_attention = nn.ModuleList(Attention(cfg.attention) for _ in range(L))
         self.pre_query_norm = nn.ModuleList(nn.RMSNorm(D, eps=cfg.norm_eps) for _ in range(L))
         if not self.self_attention:
             self.pre_key_norm = nn.ModuleList(nn.RMSNorm(D, eps=cfg.norm_eps) for _ in range(L))
         self.pre_gate = nn.ModuleList(ResidualGate(cfg.gate, S, D) for _ in range(L))
 
     def layer_context(self, stm: torch.Tensor) -> torch.Tensor | None:
-        """Computed once per forward from the whole STM (e.g. layer means) and passed to :meth:`key_source`."""
+        """Computed once per forward from the whole STM (e.g. layer means), passed to :meth:`key_source`."""
         return None
 
     def key_source(self, stm: torch.Tensor, layer: int, context: torch.Tensor | None) -> torch.Tensor:
@@ -250,7 +258,9 @@ class SelfInterlayerMemoryAttention(_PreAttentionMemoryAttention):
         super().__init__(cfg, rope)
         self.group_size = cfg.num_layers // groups
         mix = GateConfig(kind=cfg.gate.kind, activation="sigmoid", per=cfg.gate.per, init_bias=0.0)
-        self.mix_gate = nn.ModuleList(ResidualGate(mix, cfg.num_slots, cfg.dim) for _ in range(cfg.num_layers))
+        self.mix_gate = nn.ModuleList(
+            ResidualGate(mix, cfg.num_slots, cfg.dim) for _ in range(cfg.num_layers)
+        )
 
     @classmethod
     def _group_count_for(cls, cfg: MemoryAttentionConfig) -> int:
@@ -276,7 +286,9 @@ class GroupedSelfInterlayerMemoryAttention(SelfInterlayerMemoryAttention):
         return cfg.num_groups
 
 
-def build_memory_attention(cfg: MemoryAttentionConfig, rope: RotaryEmbedding | None) -> MemoryAttentionNetwork:
+def build_memory_attention(
+    cfg: MemoryAttentionConfig, rope: RotaryEmbedding | None
+) -> MemoryAttentionNetwork:
     """Build the network ``cfg.variant`` names. ``rope`` rotates the encoded keys of the main step (None: no
     positions)."""
     _check_variant(cfg.variant)

@@ -79,9 +79,9 @@ def _seeded_slots(cfg: STMConfig, start: int, stop: int) -> torch.Tensor:
 class ShortTermMemory(nn.Module):
     """Holds the initial STM state (L, S, D) and operates on explicit state tensors (L, B, S, D).
 
-    ``initial`` is an ``nn.Parameter`` for ``init="learned"`` and a (persistent) buffer otherwise; see the module
-    docstring for its exact values. Every helper is out-of-place: it returns a new tensor and never modifies the
-    one passed in, so autograd through memory updates stays correct.
+    ``initial`` is an ``nn.Parameter`` for ``init="learned"`` and a (persistent) buffer otherwise; see the
+    module docstring for its exact values. Every helper is out-of-place: it returns a new tensor and never
+    modifies the one passed in, so autograd through memory updates stays correct.
     """
 
     initial: torch.Tensor
@@ -118,7 +118,9 @@ class ShortTermMemory(nn.Module):
         A non-tensor raises TypeError.
         """
         if not isinstance(stm, torch.Tensor):
-            raise TypeError(f"STM must be a tensor of shape {self._expected(batch_size)}; got {type(stm).__name__}")
+            raise TypeError(
+                f"STM must be a tensor of shape {self._expected(batch_size)}; got {type(stm).__name__}"
+            )
         shape = tuple(stm.shape)
         ok = (
             stm.dim() == 4
@@ -158,13 +160,19 @@ class ShortTermMemory(nn.Module):
     def _rows(rows: Rows, batch_size: int, device: torch.device, *, unique: bool = False) -> torch.Tensor:
         if isinstance(rows, torch.Tensor):
             if rows.dtype.is_floating_point or rows.dtype == torch.bool or rows.dim() > 1:
-                raise ValueError(f"rows must be a 1-D integer tensor or a list of ints; got {rows.dtype} {rows.dim()}-D")
+                raise ValueError(
+                    f"rows must be a 1-D integer tensor or a list of ints; got {rows.dtype} {rows.dim()}-D"
+                )
             index = rows.reshape(-1).to(device=device, dtype=torch.long)
         else:
-            index = torch.tensor([rows] if isinstance(rows, int) else list(rows), dtype=torch.long, device=device)
+            index = torch.tensor(
+                [rows] if isinstance(rows, int) else list(rows), dtype=torch.long, device=device
+            )
         for r in index.tolist():
             if not 0 <= r < batch_size:
-                raise IndexError(f"STM row {r} is out of range for batch size {batch_size} (rows are 0 .. B - 1)")
+                raise IndexError(
+                    f"STM row {r} is out of range for batch size {batch_size} (rows are 0 .. B - 1)"
+                )
         if unique and index.unique().numel() != index.numel():
             raise ValueError(f"STM rows {index.tolist()} contain duplicates; each row may be written once")
         return index
@@ -183,9 +191,13 @@ class ShortTermMemory(nn.Module):
         index = self._rows(rows, stm.shape[1], stm.device, unique=True)
         expected = (self.num_layers, index.numel(), self.num_slots, self.dim)
         if not isinstance(values, torch.Tensor):
-            raise TypeError(f"scatter_rows values must be a tensor (L, b, S, D) = {expected}; got {type(values).__name__}")
+            raise TypeError(
+                f"scatter_rows values must be a tensor (L, b, S, D) = {expected}; got {type(values).__name__}"
+            )
         if tuple(values.shape) != expected:
-            raise ValueError(f"scatter_rows values must have shape (L, b, S, D) = {expected}; got {tuple(values.shape)}")
+            raise ValueError(
+                f"scatter_rows values must have shape (L, b, S, D) = {expected}; got {tuple(values.shape)}"
+            )
         return stm.index_copy(1, index, values.to(device=stm.device, dtype=stm.dtype))
 
     def export_row(self, stm: torch.Tensor, row: int) -> torch.Tensor:
@@ -198,9 +210,13 @@ class ShortTermMemory(nn.Module):
         """A copy of ``stm`` with ``memory`` (L, S, D) written into ``row``."""
         expected = (self.num_layers, self.num_slots, self.dim)
         if not isinstance(memory, torch.Tensor):
-            raise TypeError(f"import_row memory must be a tensor (L, S, D) = {expected}; got {type(memory).__name__}")
+            raise TypeError(
+                f"import_row memory must be a tensor (L, S, D) = {expected}; got {type(memory).__name__}"
+            )
         if tuple(memory.shape) != expected:
-            raise ValueError(f"import_row memory must have shape (L, S, D) = {expected}; got {tuple(memory.shape)}")
+            raise ValueError(
+                f"import_row memory must have shape (L, S, D) = {expected}; got {tuple(memory.shape)}"
+            )
         return self.scatter_rows(stm, [row], memory.unsqueeze(1))
 
     def reset_rows(self, stm: torch.Tensor, rows: Rows) -> torch.Tensor:
@@ -214,17 +230,18 @@ class ShortTermMemory(nn.Module):
     def resize(self, stm: torch.Tensor, num_slots: int) -> torch.Tensor:
         """``stm`` (L, B, S_old, D) with ``num_slots`` slots: (L, B, num_slots, D), a new tensor.
 
-        Shrinking keeps slots 0 .. num_slots - 1. Growing keeps every old slot and fills new slot s (every row)
-        with slot s of the initial state: this module's own initial state where it has slot s, otherwise the
-        seeded value the module docstring defines (zeros for ``init="zeros"``). ``S_old`` may differ from this
-        module's slot count, so ``resize`` and :meth:`resize_initial` may be called in either order.
+        Shrinking keeps slots 0 .. num_slots - 1. Growing keeps every old slot and fills new slot s (in every
+        row) with slot s of the initial state: this module's own initial state where it has slot s, otherwise
+        the seeded value the module docstring defines (zeros for ``init="zeros"``). ``S_old`` may differ from
+        this module's slot count, so ``resize`` and :meth:`resize_initial` may be called in either order.
         """
         if num_slots < 1:
             raise ValueError(f"resize num_slots={num_slots} must be >= 1")
         shape = tuple(stm.shape)
         if stm.dim() != 4 or shape[0] != self.num_layers or shape[3] != self.dim:
             raise ValueError(
-                f"STM must have shape (L, B, S, D) = ({self.num_layers}, B, S, {self.dim}) to resize; got {shape}"
+                f"STM must have shape (L, B, S, D) = ({self.num_layers}, B, S, {self.dim}) to resize; "
+                f"got {shape}"
             )
         old = shape[2]
         if num_slots <= old:
@@ -237,8 +254,8 @@ class ShortTermMemory(nn.Module):
         """Change this module's slot count (and ``cfg.num_slots``) to ``num_slots``.
 
         Shrinking keeps the first ``num_slots`` slots (learned values included). Growing appends the seeded
-        initial values for the new slots. With ``init="learned"`` the parameter is replaced by a new one, so an
-        optimizer built before must be rebuilt.
+        initial values for the new slots. With ``init="learned"`` the parameter is replaced by a new one, so
+        an optimizer built before must be rebuilt.
         """
         if num_slots < 1:
             raise ValueError(f"resize_initial num_slots={num_slots} must be >= 1")

@@ -31,7 +31,9 @@ CLASSES = {
 }
 
 
-def _cfg(variant: str, *, num_layers: int = L, kv_heads: int | None = None, gate: GateConfig | None = None, **kw):
+def _cfg(
+    variant: str, *, num_layers: int = L, kv_heads: int | None = None, gate: GateConfig | None = None, **kw
+):
     att = AttentionConfig(dim=D, num_heads=H, num_kv_heads=kv_heads)
     return MemoryAttentionConfig(
         num_layers=num_layers, num_slots=S, attention=att, variant=variant, gate=gate or GateConfig(), **kw
@@ -65,9 +67,8 @@ def test_registry_names_and_classes() -> None:
         assert isinstance(net, MemoryAttentionNetwork) and type(net).variant_name == name
         classes.add(type(net))
     assert len(classes) == len(NAMES)
-    assert _cfg("simple").variant == "simple" and MemoryAttentionConfig(1, 1, AttentionConfig(8, 2)).variant == (
-        "interlayer"
-    )
+    default = MemoryAttentionConfig(num_layers=1, num_slots=1, attention=AttentionConfig(8, 2))
+    assert default.variant == "interlayer"
 
 
 def test_unknown_variant_lists_known_names() -> None:
@@ -274,7 +275,9 @@ def test_grouped_mean_stays_within_groups() -> None:
 
 def test_grouped_with_one_group_equals_self_interlayer() -> None:
     full = _net("self-interlayer")
-    grouped = build_memory_attention(_cfg("grouped-self-interlayer", num_groups=1), RotaryEmbedding(D // H, 64))
+    grouped = build_memory_attention(
+        _cfg("grouped-self-interlayer", num_groups=1), RotaryEmbedding(D // H, 64)
+    )
     grouped.load_state_dict(full.state_dict())
     stm, enc = _data(2)
     torch.testing.assert_close(grouped.eval()(stm, enc), full(stm, enc), rtol=0, atol=0)

@@ -43,7 +43,8 @@ def test_initial_state_matches_documented_definition() -> None:
 
 def test_learned_is_parameter_fixed_is_buffer_and_gradient_reaches_it() -> None:
     learned, fixed = _stm("learned"), _stm("normal")
-    assert isinstance(learned.initial, nn.Parameter) and [n for n, _ in learned.named_parameters()] == ["initial"]
+    assert isinstance(learned.initial, nn.Parameter)
+    assert [n for n, _ in learned.named_parameters()] == ["initial"]
     assert list(fixed.parameters()) == [] and "initial" in dict(fixed.named_buffers())
     assert "initial" in fixed.state_dict()
     learned.initial_state(2).pow(2).sum().backward()

@@ -25,6 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/rxnn demo
 
 test: $(STAMP)
+	bash scripts/ensure-system-deps.sh
 	$(PY) -m pytest tests
 
 lint: $(STAMP)

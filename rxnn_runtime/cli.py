@@ -1,9 +1,28 @@
-"""The `rxnn` command line. `rxnn --help` lists the commands; each has its own `--help`."""
+"""The `rxnn` command line. `rxnn --help` lists the commands; each has its own `--help`.
+
+Exit codes: 0 ok, 2 usage error (argparse), 1 runtime failure (one line on stderr: ``rxnn CMD: error: ...``).
+
+    rxnn demo                                  scripted conversation, per-turn costs
+    rxnn serve [--host H] [--port P] [--model PATH] [--store URL]
+    rxnn chat [--model PATH] [--store URL] [--session ID] [--max-new-tokens N]
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import queue
 import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+MAX_NEW_TOKENS = 1024  # rxnn_runtime.messages.MAX_NEW_TOKENS_LIMIT
+
+
+class CliError(RuntimeError):
+    """A runtime failure reported as one line on stderr with exit code 1."""
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -13,12 +32,232 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_reactive(args: argparse.Namespace):
+    """Model (``--model`` or the packaged/untrained default), its tokenizer and store, as a connected ReactiveModel."""
+    from rxnn_runtime.reactive_model import ReactiveModel
+    from rxt.tokenizer import RxTokenizer
+
+    if args.model:
+        from rxt.model import RxT
+
+        path = Path(args.model)
+        if not path.exists() and (path.is_absolute() or args.model.startswith(".") or args.model.count("/") != 1):
+            raise CliError(f"model path {args.model} does not exist")
+        try:
+            model = RxT.from_pretrained(args.model)
+        except Exception as exc:
+            raise CliError(f"cannot load model {args.model}: {_one_line(exc)}") from exc
+        tokenizer_file = path / "tokenizer.json"
+        tokenizer = RxTokenizer.from_pretrained(path) if tokenizer_file.is_file() else RxTokenizer.default()
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise CliError(
+                f"model {args.model} has vocab_size={model.config.vocab_size} but its tokenizer has "
+                f"{tokenizer.vocab_size} ids"
+            )
+        trained = True
+    else:
+        from rxnn_runtime.demo import default_model
+
+        tokenizer = RxTokenizer.default()
+        model, trained = default_model(tokenizer)
+    store = _open_store(args.store)
+    reactive = ReactiveModel(model, tokenizer, store=store)
+    reactive.connect()
+    return reactive, trained
+
+
+def _open_store(url: str | None):
+    if url is None or url == "memory://":
+        from rxnn_runtime.stores import InMemoryStore
+
+        return InMemoryStore()
+    from rxnn_runtime.stores import open_store
+
+    try:
+        return open_store(url)
+    except Exception as exc:
+        raise CliError(f"cannot open store {url}: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    try:
+        from rxnn_runtime.server.app import run_server
+    except ImportError as exc:
+        raise CliError(f"the server module is not available: {_one_line(exc)}") from exc
+    reactive, trained = _load_reactive(args)
+    if not trained:
+        print("NOTE: serving an UNTRAINED model (seeded random init): answers are noise.", file=sys.stderr)
+
+    async def serve() -> None:
+        task = asyncio.ensure_future(run_server(reactive, host=args.host, port=args.port))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    try:
+        asyncio.run(serve())
+    finally:
+        reactive.wait_idle(timeout=10)
+        reactive.dispose()
+    return 0
+
+
+def _save_session(reactive: Any, session_id: str, directory: str) -> Path:
+    """Write the session's committed state to DIR/<session>.rxs atomically (temp file, fsync, rename)."""
+    from rxnn_runtime.stores import SessionState
+
+    reactive.wait_idle(timeout=60)
+    state = reactive.session_state(session_id)
+    if state is None:  # nothing committed yet: the initial memory
+        stm = reactive.model.initial_memory(1)[:, 0].detach().cpu()
+        state = SessionState(session_id=session_id, stm=stm)
+    target_dir = Path(directory)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / f"{session_id}.rxs"
+    fd, tmp = tempfile.mkstemp(dir=target_dir, prefix=f".{session_id}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(state.to_bytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _chat_turn(reactive: Any, session_id: str, text: str, max_new_tokens: int, out) -> None:
+    """Send one query and stream its tokens to ``out`` until the turn's terminal event."""
+    from reactivex import operators as ops
+
+    from rxnn_runtime.events import TERMINAL_EVENTS, AnswerDone, Cancelled, Error, Token
+    from rxnn_runtime.messages import GenerationOptions, Query
+
+    query = Query(session_id, text, GenerationOptions(max_new_tokens=max_new_tokens), query_id=uuid.uuid4().hex)
+    events: queue.Queue = queue.Queue()
+    subscription = reactive.events.pipe(ops.filter(lambda e: e.query_id == query.query_id)).subscribe(
+        on_next=events.put
+    )
+    try:
+        reactive.submit(query)
+        out.write("rxt> ")
+        out.flush()
+        while True:
+            try:
+                event = events.get(timeout=600)
+            except queue.Empty:
+                raise CliError("no answer within 600 s") from None
+            if isinstance(event, Token):
+                out.write(event.text)
+                out.flush()
+            elif isinstance(event, AnswerDone):
+                out.write("\n")
+                out.flush()
+            elif isinstance(event, Error):
+                out.write("\n")
+                print(f"rxnn chat: error: {event.code}: {event.message}", file=sys.stderr)
+            elif isinstance(event, Cancelled):
+                out.write("\n(cancelled)\n")
+            if isinstance(event, TERMINAL_EVENTS):
+                return
+    finally:
+        subscription.dispose()
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from rxnn_runtime.messages import InvalidMessage, Reset
+
+    session_id = args.session or f"chat-{uuid.uuid4().hex[:12]}"
+    try:
+        Reset(session_id)  # validates the id
+    except InvalidMessage as exc:
+        raise CliError(f"--session {session_id!r}: {exc}") from exc
+    reactive, trained = _load_reactive(args)
+    out = sys.stdout
+    interactive = sys.stdin.isatty()
+    try:
+        if not trained:
+            print("NOTE: UNTRAINED model (seeded random init): answers are noise.", file=sys.stderr)
+        state = reactive.session_state(session_id)
+        turns = state.turns if state else 0
+        print(f"session {session_id} ({turns} turns in memory). Commands: /reset, /save DIR, /quit", file=out)
+        while True:
+            if interactive:
+                out.write("you> ")
+                out.flush()
+            line = sys.stdin.readline()
+            if not line:
+                break
+            text = line.strip()
+            if not text:
+                continue
+            if text == "/quit":
+                break
+            if text == "/reset":
+                reactive.submit(Reset(session_id))
+                reactive.wait_idle(timeout=60)
+                print("(session reset: memory cleared)", file=out)
+            elif text == "/save" or text.startswith("/save "):
+                directory = text[len("/save"):].strip()
+                if not directory:
+                    print("rxnn chat: usage: /save DIR", file=sys.stderr)
+                    continue
+                try:
+                    path = _save_session(reactive, session_id, directory)
+                except OSError as exc:  # a bad directory: say so, keep chatting
+                    print(f"rxnn chat: error: cannot save to {directory}: {_one_line(exc)}", file=sys.stderr)
+                    continue
+                print(f"(session saved to {path})", file=out)
+            elif text.startswith("/"):
+                print(f"rxnn chat: unknown command {text.split()[0]} (use /reset, /save DIR, /quit)",
+                      file=sys.stderr)
+            else:
+                _chat_turn(reactive, session_id, text, args.max_new_tokens, out)
+        reactive.wait_idle(timeout=60)  # let the last memory update commit (it is saved in the store)
+    finally:
+        reactive.dispose()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rxnn", description="Reactive Transformers: models, runtime, training.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser("demo", help="scripted conversation: RxT beside a stateless decoder, per-turn costs")
     demo.add_argument("--max-new-tokens", type=int, default=24, help="answer budget per turn (default 24)")
     demo.set_defaults(func=_demo)
+
+    model_help = "model directory (save_pretrained) or Hub id; default: the packaged model, else an untrained nano"
+    store_help = "session store: memory:// (default), a directory, or redis://HOST:PORT/DB"
+    serve = sub.add_parser("serve", help="websocket + web chat server (binds 127.0.0.1 by default)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 = any free port)")
+    serve.add_argument("--model", metavar="PATH", help=model_help)
+    serve.add_argument("--store", metavar="URL", help=store_help)
+    serve.set_defaults(func=_serve)
+
+    chat = sub.add_parser(
+        "chat", help="terminal chat that streams tokens (reads stdin lines: scriptable)",
+        description="Terminal chat. Lines from stdin are queries; /reset clears the session's memory, "
+        "/save DIR writes the session's memory to DIR/<session>.rxs, /quit (or end of input) exits.",
+    )
+    chat.add_argument("--model", metavar="PATH", help=model_help)
+    chat.add_argument("--store", metavar="URL", help=store_help)
+    chat.add_argument("--session", metavar="ID", help="session id (default: a new random one)")
+    chat.add_argument("--max-new-tokens", type=int, default=64, help="answer budget per turn (default 64)")
+    chat.set_defaults(func=_chat)
     return parser
 
 
@@ -30,7 +269,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if getattr(args, "max_new_tokens", 1) < 1:
         parser.error(f"--max-new-tokens={args.max_new_tokens} must be >= 1")
-    return args.func(args)
+    if args.command == "chat" and args.max_new_tokens > MAX_NEW_TOKENS:
+        parser.error(f"--max-new-tokens={args.max_new_tokens} must be <= {MAX_NEW_TOKENS}")
+    if args.command == "serve" and not 0 <= args.port <= 65535:
+        parser.error(f"--port={args.port} must be in 0..65535")
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"rxnn {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+        print(f"rxnn {args.command}: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ class Attention(nn.Module):
             raise ValueError(f"Attention rope_mode={self.rope_mode.value!r} needs a RotaryEmbedding")
         self.rope = rope if self.rope_mode is not RopeMode.NONE else None
         d = cfg.head_dim
+        if self.rope is not None and self.rope.head_dim != d:
+            raise ValueError(f"RotaryEmbedding head_dim={self.rope.head_dim} must equal the attention head_dim={d}")
         self.num_query_heads = cfg.num_query_heads
         self.num_kv_heads = cfg.num_kv_heads
         self.head_dim = d
@@ -103,6 +105,12 @@ class Attention(nn.Module):
                     attn_mask = attn_mask.masked_fill(~mask, float("-inf"))
             if causal and attn_mask is not None:
                 raise ValueError("Attention.attend: pass causality inside `mask` when a mask or bias is given")
+            if causal and q.shape[2] != k.shape[2]:
+                # SDPA would align a short query block top-left (flash: bottom-right); refuse the ambiguity.
+                raise ValueError(
+                    f"Attention.attend: causal=True needs as many queries as keys ({q.shape[2]} vs {k.shape[2]}); "
+                    "pass an explicit mask (e.g. rxt.masks.cached_causal_mask)"
+                )
             out = F.scaled_dot_product_attention(
                 q,
                 k,

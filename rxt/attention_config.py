@@ -87,6 +87,11 @@ class AttentionConfig:
         if name not in table:
             raise ValueError(f"attention variant {name!r} is unknown; choose one of {sorted(table)}")
         q, kv = table[name]
+        if dim % num_heads == 0 and (h % q or q % kv):
+            raise ValueError(
+                f"attention variant {name!r} needs num_heads divisible by 4 (H_q={q}, H_kv={kv} from "
+                f"num_heads={num_heads}); give explicit head counts instead"
+            )
         return cls(dim=dim, num_heads=h, num_query_heads=q, num_kv_heads=kv, **kwargs)
 
 

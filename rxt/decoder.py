@@ -58,7 +58,7 @@ class Decoder(TokenStack):
         return self.cfg.attention_config(self.cfg.self_attention).num_kv_heads
 
     def new_cache(
-        self, batch_size: int, capacity: int | None = None, *, dtype=None, device=None
+        self, batch_size: int, capacity: int | None = None, *, dtype=None, device=None, static: bool = False
     ) -> KVCache:
         """A preallocated KV cache for ``batch_size`` rows of up to ``capacity`` tokens (default max_seq_len)."""
         capacity = capacity or self.cfg.max_seq_len
@@ -73,6 +73,7 @@ class Decoder(TokenStack):
             capacity,
             dtype=dtype or weight.dtype,
             device=device or weight.device,
+            static=static,
         )
 
     def project_memory(self, memory: torch.Tensor) -> list[MemoryKV | None]:
@@ -102,7 +103,7 @@ class Decoder(TokenStack):
         t = input_ids.shape[1]
         if cache is not None:
             positions = cache.positions_for(t)
-            key_count = cache.written + t
+            key_count = cache.key_count(t)
             mask = cached_causal_mask(positions, key_count)
             bias = self.positions.bias(positions, torch.arange(key_count, device=input_ids.device)[None])
             causal = False

@@ -7,6 +7,10 @@ keeps a decode step's cost independent of how it was reached (and later lets a C
 
 ``written`` is a host-side upper bound on the positions touched in any row. Attention slices keys to it,
 so a step reads only the used part of the buffer without a device-to-host sync.
+
+A *static* cache (``static=True``) always attends over the whole capacity (masked per row), so every decode step
+has the same shapes and can be captured once as a CUDA graph and replayed. `row_view` gives a cache over some
+rows that shares storage, so a new session can be prefilled into a free row while the others keep decoding.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class KVCache:
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        static: bool = False,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"KVCache capacity={capacity} must be >= 1")
@@ -33,7 +38,28 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=self.k.device)
         self.capacity = capacity
+        self.static = static
         self.written = 0
+
+    @classmethod
+    def _view(cls, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, static: bool) -> KVCache:
+        view = cls.__new__(cls)
+        view.k, view.v, view.lengths = k, v, lengths
+        view.capacity, view.static, view.written = k.shape[3], static, 0
+        return view
+
+    def row_view(self, start: int, stop: int) -> KVCache:
+        """A cache over rows ``start .. stop - 1`` sharing this cache's storage (writes land in this cache).
+
+        Its ``written`` counter starts at 0: use it to prefill rows that were reset.
+        """
+        if not 0 <= start < stop <= self.batch_size:
+            raise ValueError(f"row_view({start}, {stop}) is outside 0..{self.batch_size}")
+        return KVCache._view(self.k[:, start:stop], self.v[:, start:stop], self.lengths[start:stop], self.static)
+
+    def key_count(self, num_new: int) -> int:
+        """How many key positions a step over ``num_new`` new tokens attends to."""
+        return self.capacity if self.static else self.written + num_new
 
     @property
     def batch_size(self) -> int:
@@ -52,18 +78,22 @@ class KVCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store K/V (B, H_kv, T, d) of new tokens at ``positions`` (B, T); return the keys/values to attend.
 
-        The returned views cover positions ``0 .. written + T - 1``; the caller masks per row.
+        The returned views cover positions ``0 .. key_count - 1``; the caller masks per row.
         """
         index = positions[:, None, :, None].expand_as(k_new)
         self.k[layer].scatter_(2, index, k_new)
         self.v[layer].scatter_(2, index, v_new)
-        end = self.written + k_new.shape[2]
+        end = self.key_count(k_new.shape[2])
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def advance(self, num_written: int, num_valid: torch.Tensor | None = None) -> None:
         """Commit a step: ``num_written`` positions per row were stored, of which ``num_valid`` (B,) are real."""
         self.written += num_written
-        self.lengths += num_written if num_valid is None else num_valid
+        self.lengths += num_written if num_valid is None else num_valid  # in place: graph-capturable
+        if self.static:
+            # Idle rows of a static batch keep stepping on padding; pin them to the last position so they can
+            # never index past the buffer. Live rows are kept below capacity by their owner (host-side count).
+            self.lengths.clamp_(max=self.capacity - 1)
 
     def reset(self) -> None:
         self.lengths.zero_()

@@ -54,6 +54,15 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
+    def _apply(self, fn, recurse: bool = True):
+        # Follow device moves but keep the tables in float64 when the model is cast to bf16/fp16: rounding the
+        # angles themselves would shift every position. They are cast to the input's dtype on use.
+        tables = (self.cos, self.sin)
+        super()._apply(fn, recurse)
+        if self.cos.dtype != torch.float64:
+            self.cos, self.sin = (t.to(device=self.cos.device) for t in tables)
+        return self
+
     def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Rotate ``x`` (B, H, T, d) by ``positions`` (B, T) or (T,)."""
         cos = self.cos[positions].to(x.dtype)  # (B, T, d/2) or (T, d/2)

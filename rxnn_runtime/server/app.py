@@ -1,0 +1,123 @@
+"""The aiohttp application: `/ws`, `/v1/chat/completions`, `/v1/models`, `/healthz` and the chat page at `/`.
+
+Binds 127.0.0.1 by default. On shutdown websockets are closed with 1001 (going away) and the server waits
+(bounded) for the model to go idle, so running turns finish and their sessions are saved (the runtime saves on
+every commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+
+from rxnn_runtime.reactive_model import ReactiveModel
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    max_message_bytes: int = 64 * 1024
+    outbox_limit: int = 256
+    heartbeat: float | None = 20.0
+    model_name: str = "rxt"
+    shutdown_timeout: float = 10.0
+    request_timeout: float = 300.0
+    max_body_bytes: int = 1024 * 1024
+
+
+REACTIVE: web.AppKey[ReactiveModel] = web.AppKey("rxnn_reactive", ReactiveModel)
+CONFIG: web.AppKey[ServerConfig] = web.AppKey("rxnn_config", ServerConfig)
+CONNECTIONS: web.AppKey[set] = web.AppKey("rxnn_connections", set)
+
+
+def create_app(
+    reactive: ReactiveModel,
+    *,
+    max_message_bytes: int = 64 * 1024,
+    outbox_limit: int = 256,
+    heartbeat: float | None = 20.0,
+    model_name: str = "rxt",
+    shutdown_timeout: float = 10.0,
+    request_timeout: float = 300.0,
+    max_body_bytes: int = 1024 * 1024,
+) -> web.Application:
+    """Wire the routes around a connected (or soon connected) `ReactiveModel`."""
+    from rxnn_runtime.server.openai_api import chat_completions, list_models
+    from rxnn_runtime.server.websocket import websocket_handler
+
+    if max_message_bytes < 1:
+        raise ValueError(f"max_message_bytes={max_message_bytes} must be >= 1")
+    if outbox_limit < 1:
+        raise ValueError(f"outbox_limit={outbox_limit} must be >= 1")
+    app = web.Application(client_max_size=max_body_bytes)
+    app[REACTIVE] = reactive
+    app[CONFIG] = ServerConfig(max_message_bytes, outbox_limit, heartbeat, model_name, shutdown_timeout,
+                               request_timeout, max_body_bytes)
+    app[CONNECTIONS] = set()
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/ws", websocket_handler)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    page = WEB_DIR / "index.html"
+    if not page.is_file():
+        return web.Response(status=404, text="404: the chat page (rxnn_runtime/web/index.html) is not installed\n")
+    return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    return web.json_response(
+        {"status": "ok", "model": config.model_name, "websockets": len(request.app[CONNECTIONS])}
+    )
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    for conn in list(app[CONNECTIONS]):
+        conn.close(WSCloseCode.GOING_AWAY, "server shutdown")
+    closers = [c._closer for c in list(app[CONNECTIONS]) if c._closer is not None]
+    if closers:
+        await asyncio.wait(closers, timeout=5.0)
+    timeout = app[CONFIG].shutdown_timeout
+    loop = asyncio.get_running_loop()
+    idle = await loop.run_in_executor(None, app[REACTIVE].wait_idle, timeout)
+    if not idle:
+        log.warning("model did not go idle within %.1fs of shutdown; unfinished turns are not saved", timeout)
+
+
+async def run_server(reactive: ReactiveModel, host: str = "127.0.0.1", port: int = 8765, **kw: Any) -> None:
+    """Serve until cancelled or SIGTERM/SIGINT, then shut down gracefully (see `create_app`)."""
+    app = create_app(reactive, **kw)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        log.info("rxnn server on http://%s:%d", host, port)
+        await stop.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()

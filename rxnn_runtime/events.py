@@ -55,6 +55,7 @@ class AnswerDone(Event):
     text: str = ""
     token_ids: tuple[int, ...] = ()
     stopped_by_eos: bool = False
+    log_probs: tuple[float, ...] = ()  # per token, when the query asked for them (options.return_log_probs)
     type: ClassVar[str] = "answer"
 
 
@@ -106,6 +107,7 @@ def event_from_dict(data: dict[str, Any]) -> Event:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{kind} event has unknown field(s) {unknown}")
-    if "token_ids" in data:
-        data["token_ids"] = tuple(data["token_ids"])
+    for key in ("token_ids", "log_probs"):
+        if key in data:
+            data[key] = tuple(data[key])
     return cls(**data)

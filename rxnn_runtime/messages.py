@@ -41,6 +41,7 @@ class GenerationOptions:
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
+    return_log_probs: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> GenerationOptions:
@@ -48,7 +49,7 @@ class GenerationOptions:
             return cls()
         if not isinstance(data, dict):
             raise InvalidMessage("options", "must be a map")
-        unknown = sorted(set(data) - {"max_new_tokens", "temperature", "top_k", "top_p", "seed"})
+        unknown = sorted(set(data) - {"max_new_tokens", "temperature", "top_k", "top_p", "seed", "return_log_probs"})
         if unknown:
             raise InvalidMessage("options", f"unknown option(s) {unknown}")
         out = cls()
@@ -65,6 +66,10 @@ class GenerationOptions:
             if isinstance(data["seed"], bool) or not isinstance(data["seed"], int):
                 raise InvalidMessage("options.seed", "must be an integer or null")
             kwargs["seed"] = data["seed"]
+        if "return_log_probs" in data:
+            if not isinstance(data["return_log_probs"], bool):
+                raise InvalidMessage("options.return_log_probs", "must be true or false")
+            kwargs["return_log_probs"] = data["return_log_probs"]
         out = cls(**kwargs)
         out.validate()
         return out
@@ -100,6 +105,7 @@ class Query:
     text: str
     options: GenerationOptions = field(default_factory=GenerationOptions)
     query_id: str = ""
+    memory_answer: str | None = None  # teacher forcing: write this answer to memory instead of the generated one
 
     def __post_init__(self) -> None:
         _check_session_id(self.session_id)

@@ -8,10 +8,12 @@ Everything that touches weights or STM runs on the lane, one action at a time, s
 and events leave in one total order (``seq``). Messages pushed into `input` from any thread are only
 scheduled onto the lane. Nothing flows before `connect()`: queries sent earlier wait.
 
-A batch of turns decodes one step per lane action, so cancellations and new queries are handled between
-steps. Turns of *different* sessions that wait at the same time share one prefill and decode. A session with a
-turn in flight (answering or updating memory) is busy: its next query waits, so it always reads the committed
-memory. The memory update is its own lane action, scheduled after every row's AnswerDone has been emitted.
+Turns decode in the slots of a `DecodeEngine` (continuous batching): all live turns advance one token per lane
+action, and between steps finished turns leave and waiting turns of other sessions join, so a long answer
+never holds up short ones. Cancellations are handled between steps too. A session with a turn in flight
+(answering or updating memory) is busy: its next query waits, so it always reads the committed memory. The
+memory update is its own lane action, scheduled once the turn's AnswerDone has been emitted; turns that finish
+close together share one batched update.
 
 Cancellation: a waiting turn is dropped; a running turn stops at the next step. A cancelled turn's partial
 answer is **not** written to memory and its turn id is not committed.
@@ -45,9 +47,10 @@ from rxnn_runtime.events import (
 from rxnn_runtime.isolating_subject import IsolatingSubject
 from rxnn_runtime.messages import Cancel, InvalidMessage, Query, Reset
 from rxnn_runtime.stores import InMemoryStore, SessionState, SessionStore
-from rxnn_runtime.turn_batch import ActiveTurn, TurnBatch
-from rxt.generation import decode_steps
+from rxnn_runtime.active_turn import ActiveTurn
+from rxt.decode_engine import DecodeEngine
 from rxt.model import RxT
+from rxt.sampling import choose_tokens
 from rxt.template import InteractionTemplate, pad_batch
 from rxt.tokenizer import RxTokenizer
 
@@ -65,6 +68,7 @@ class ReactiveModel:
         max_batch_size: int = 32,
         max_pending_per_session: int = 8,
         session_cache_size: int = 1024,
+        use_cuda_graphs: bool | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size} must be >= 1")
@@ -92,8 +96,13 @@ class ReactiveModel:
         self._pending: dict[str, deque[tuple[Query, int]]] = {}
         self._next_turn: dict[str, int] = {}
         self._busy: set[str] = set()
-        self._batch: TurnBatch | None = None
+        self._turns: dict[int, ActiveTurn] = {}  # decode slot -> the turn answering in it
+        self._updates: list[ActiveTurn] = []  # answered turns waiting for the memory-update stage
         self._drain_scheduled = False
+        self._step_scheduled = False
+        # Decode slots with a static KV cache; each step is a captured CUDA graph on the GPU (see DecodeEngine).
+        self.engine = DecodeEngine(self.model.decoder, max_slots=max_batch_size, capacity=model.config.max_seq_len,
+                                   use_cuda_graphs=use_cuda_graphs)
         self._idle = threading.Condition()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -236,118 +245,129 @@ class ReactiveModel:
             self._schedule(self._drain)
 
     def _drain(self) -> None:
-        """Start a batch from the waiting turns of idle sessions (if no batch is running)."""
+        """Admit waiting turns of idle sessions into free decode slots (continuous batching)."""
         self._drain_scheduled = False
-        if not self._connected or self._batch is not None:
+        if not self._connected:
             return
-        chosen: list[tuple[Query, int]] = []
-        sampling_key = None
-        for sid, queue in self._pending.items():
-            if not queue or sid in self._busy or len(chosen) >= self.max_batch_size:
+        for sid, queue in list(self._pending.items()):
+            if not queue or sid in self._busy:
                 continue
-            # Rows of one batch share their sampling settings; other settings wait for the next batch.
-            key = _sampling_key(queue[0][0])
-            if sampling_key is None or key == sampling_key:
-                sampling_key = key
-                chosen.append(queue.popleft())
-        if not chosen:
+            slot = self.engine.free_slot()
+            if slot is None:
+                break  # full: admitted when a slot frees up
+            query, turn_id = queue.popleft()
+            self._busy.add(sid)
+            try:
+                self._start_turn(slot, query, turn_id)
+            except Exception as exc:  # noqa: BLE001 - a failing turn must not touch the others
+                log.exception("could not start turn %s/%s", sid, turn_id)
+                self.engine.release(slot) if self.engine.live[slot] else None
+                self._turns.pop(slot, None)
+                self._busy.discard(sid)
+                self._emit(Error, sid, turn_id, query.query_id, code="internal", message=repr(exc))
+        if self._turns:
+            self._request_step()
+        elif not self._updates:
             with self._idle:
                 self._idle.notify_all()
-            return
-        try:
-            self._start_batch(chosen)
-        except Exception as exc:  # noqa: BLE001
-            log.exception("could not start a batch")
-            for query, turn_id in chosen:
-                self._busy.discard(query.session_id)
-                self._emit(Error, query.session_id, turn_id, query.query_id, code="internal", message=repr(exc))
-            self._batch = None
-            self._request_drain()
 
-    def _start_batch(self, chosen: list[tuple[Query, int]]) -> None:
+    def _start_turn(self, slot: int, query: Query, turn_id: int) -> None:
         device = self.model.embedding.weight.device
-        turns = []
-        for query, turn_id in chosen:
-            self._busy.add(query.session_id)
-            turns.append(
-                ActiveTurn(query, turn_id, self.template.query_ids(query.text), self.tokenizer.incremental_decoder())
-            )
-        stm = torch.stack([self._session(t.session_id).stm for t in turns], dim=1).to(device)
-        ids, lengths = pad_batch([t.prompt for t in turns], self.tokenizer.pad_id)
-        options = [t.query.options for t in turns]
-        # Rows share their sampling settings (see _drain); the budget is the largest asked for, and each row
-        # still stops at its own max_new_tokens.
-        sampling = options[0].sampling()
-        sampling = type(sampling)(**{**sampling.__dict__, "max_new_tokens": max(o.max_new_tokens for o in options)})
-        with torch.no_grad():
-            memory = self.model.project_memory(stm)
-        steps = decode_steps(
-            self.model.decoder, ids.to(device), lengths.to(device), sampling,
-            eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id, memory=memory,
+        turn = ActiveTurn(
+            query, turn_id, self.template.query_ids(query.text), self.tokenizer.incremental_decoder(),
+            slot=slot, sampling=query.options.sampling(return_log_probs=query.options.return_log_probs),
         )
-        self._batch = TurnBatch(turns=turns, steps=steps, stm=stm)
-        self._schedule(self._step)
+        turn.generator = turn.sampling.generator(device)
+        turn.stm = self._session(query.session_id).stm
+        with torch.no_grad():
+            memory = self.model.project_memory(turn.stm.unsqueeze(1).to(device))  # once per turn
+            logits = self.engine.start(slot, torch.tensor(turn.prompt, device=device), memory)
+        self._turns[slot] = turn
+        self._take_token(turn, logits[None])
+
+    def _request_step(self) -> None:
+        if not self._step_scheduled:
+            self._step_scheduled = True
+            self._schedule(self._step)
 
     def _step(self) -> None:
-        batch = self._batch
-        if batch is None:
+        """One decode step for every live slot; sessions join and leave between steps."""
+        self._step_scheduled = False
+        if not self._turns:
             return
+        bucket = self.engine.bucket()
+        tokens = torch.full((bucket,), self.tokenizer.pad_id, dtype=torch.long)
+        for slot, turn in self._turns.items():
+            tokens[slot] = turn.next_token
         try:
-            step = next(batch.steps, None)
-        except Exception as exc:  # noqa: BLE001 - fail this batch's sessions only
+            logits = self.engine.step(tokens.to(self.engine.device))
+        except Exception as exc:  # noqa: BLE001 - fail the live turns only; the lane lives on
             log.exception("decode step failed")
-            for turn in batch.turns:
-                if not turn.done:  # unfinished answers are dropped, like a cancellation
-                    turn.done = turn.cancelled = True
-                    self._emit(Error, turn.session_id, turn.turn_id, turn.query.query_id, code="internal",
-                               message=repr(exc))
-            step = None
-        if step is not None:
-            tokens = step.tokens.tolist()
-            for row, turn in enumerate(batch.turns):
-                if turn.done:
-                    continue
-                token = tokens[row]
-                if token == self.tokenizer.eos_id:
-                    turn.stopped_by_eos = True
-                    self._finish_answer(turn)
-                    continue
-                turn.answer.append(token)
-                self._emit(Token, turn.session_id, turn.turn_id, turn.query.query_id, index=len(turn.answer) - 1,
-                           token_id=token, text=turn.text_decoder.decode_token(token))
-                if len(turn.answer) >= turn.query.options.max_new_tokens:
-                    self._finish_answer(turn)
-        if step is None or batch.finished:
-            for turn in batch.turns:
-                if not turn.done:
-                    self._finish_answer(turn)
-            self._batch = None
-            self._schedule(lambda: self._update_memory(batch))
+            for turn in list(self._turns.values()):
+                self._end_turn(turn, cancelled=True)
+                self._emit(Error, turn.session_id, turn.turn_id, turn.query.query_id, code="internal",
+                           message=repr(exc))
+            self._request_drain()
             return
-        self._schedule(self._step)
+        greedy = logits.argmax(dim=-1).tolist() if any(t.sampling.greedy for t in self._turns.values()) else None
+        for slot, turn in list(self._turns.items()):
+            self._take_token(turn, logits[slot : slot + 1], greedy[slot] if greedy and turn.sampling.greedy else None)
+        self._drain()  # admit waiting sessions into the slots just freed
+
+    def _take_token(self, turn: ActiveTurn, logits: torch.Tensor, greedy_token: int | None = None) -> None:
+        """Choose the turn's next token from its (1, V) logits, emit it, and end the turn when it is done."""
+        if greedy_token is not None and not turn.sampling.return_log_probs:
+            token = greedy_token
+        else:
+            chosen, log_probs = choose_tokens(logits, turn.sampling, turn.generator)
+            token = int(chosen[0])
+            if log_probs is not None:
+                turn.log_probs.append(float(log_probs[0]))
+        if token == self.tokenizer.eos_id:
+            turn.stopped_by_eos = True
+            self._finish_answer(turn)
+            return
+        turn.answer.append(token)
+        turn.next_token = token
+        self._emit(Token, turn.session_id, turn.turn_id, turn.query.query_id, index=len(turn.answer) - 1,
+                   token_id=token, text=turn.text_decoder.decode_token(token))
+        if len(turn.answer) >= turn.query.options.max_new_tokens or self.engine.room(turn.slot) < 1:
+            self._finish_answer(turn)
+
+    def _end_turn(self, turn: ActiveTurn, *, cancelled: bool) -> None:
+        turn.done = True
+        turn.cancelled = cancelled
+        if self._turns.get(turn.slot) is turn:
+            self._turns.pop(turn.slot)
+            self.engine.release(turn.slot)
+        if cancelled:
+            self._busy.discard(turn.session_id)
 
     def _finish_answer(self, turn: ActiveTurn) -> None:
-        turn.done = True
+        self._end_turn(turn, cancelled=False)
         self._emit(AnswerDone, turn.session_id, turn.turn_id, turn.query.query_id,
                    text=self.tokenizer.decode(turn.answer), token_ids=tuple(turn.answer),
-                   stopped_by_eos=turn.stopped_by_eos)
+                   stopped_by_eos=turn.stopped_by_eos, log_probs=tuple(turn.log_probs))
+        # The memory update is its own lane action, after the answer has been delivered. Turns finishing
+        # close together share one batched encoder + memory-attention pass.
+        self._updates.append(turn)
+        if len(self._updates) == 1:
+            self._schedule(self._update_memory)
 
-    def _update_memory(self, batch: TurnBatch) -> None:
-        rows = [i for i, t in enumerate(batch.turns) if not t.cancelled]
-        turns = [batch.turns[i] for i in rows]
+    def _update_memory(self) -> None:
+        turns, self._updates = self._updates, []
         try:
             if turns:
                 for turn in turns:
                     self._emit(MemoryUpdateStarted, turn.session_id, turn.turn_id, turn.query.query_id)
                 max_len = self.model.config.max_seq_len
-                interactions = [[*t.prompt, *t.answer, self.tokenizer.eos_id][:max_len] for t in turns]
+                interactions = [[*t.prompt, *self._memory_answer(t), self.tokenizer.eos_id][:max_len] for t in turns]
                 ids, lengths = pad_batch(interactions, self.tokenizer.pad_id)
-                device = batch.stm.device
+                device = self.model.embedding.weight.device
                 valid = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+                stm = torch.stack([t.stm for t in turns], dim=1).to(device)
                 with torch.no_grad():
-                    new_stm = self.model.update_memory(
-                        batch.stm[:, rows], ids.to(device), valid.to(device)
-                    ).cpu()
+                    new_stm = self.model.update_memory(stm, ids.to(device), valid.to(device)).cpu()
                 for i, turn in enumerate(turns):
                     self._commit(turn, new_stm[:, i])
         except Exception as exc:  # noqa: BLE001
@@ -356,9 +376,15 @@ class ReactiveModel:
                 self._emit(Error, turn.session_id, turn.turn_id, turn.query.query_id, code="memory_update",
                            message=repr(exc))
         finally:
-            for turn in batch.turns:
+            for turn in turns:
                 self._busy.discard(turn.session_id)
             self._request_drain()
+
+    def _memory_answer(self, turn: ActiveTurn) -> list[int]:
+        """What is written to memory: the generated answer, or the given one under teacher forcing."""
+        if turn.query.memory_answer is not None:
+            return self.tokenizer.encode(turn.query.memory_answer)
+        return turn.answer
 
     def _commit(self, turn: ActiveTurn, stm: torch.Tensor) -> None:
         state = self._session(turn.session_id)
@@ -400,13 +426,13 @@ class ReactiveModel:
             if not message.query_id or message.query_id == query.query_id:
                 queue.remove(entry)
                 self._emit(Cancelled, sid, turn_id, query.query_id)
-        if self._batch is not None:
-            for turn in self._batch.turns:
-                matches = not message.query_id or message.query_id == turn.query.query_id
-                if turn.session_id == sid and matches and not turn.done:
-                    turn.done = turn.cancelled = True
-                    self._emit(Cancelled, sid, turn.turn_id, turn.query.query_id,
-                               partial_text=self.tokenizer.decode(turn.answer))
+        for turn in list(self._turns.values()):
+            matches = not message.query_id or message.query_id == turn.query.query_id
+            if turn.session_id == sid and matches:
+                self._end_turn(turn, cancelled=True)
+                self._emit(Cancelled, sid, turn.turn_id, turn.query.query_id,
+                           partial_text=self.tokenizer.decode(turn.answer))
+        self._request_drain()
 
     def _reset(self, message: Reset) -> None:
         sid = message.session_id
@@ -428,18 +454,13 @@ class ReactiveModel:
         done = threading.Event()
 
         def check() -> None:
-            if self._batch is None and not self._busy and not any(self._pending.values()):
+            if not self._turns and not self._updates and not self._busy and not any(self._pending.values()):
                 done.set()
             elif not self._disposed:
                 self._schedule(check)
 
         self._schedule(check)
         return done.wait(timeout)
-
-
-def _sampling_key(query: Query) -> tuple:
-    o = query.options
-    return (o.temperature, o.top_k, o.top_p, o.seed)
 
 
 __all__ = ["ReactiveModel", "InvalidMessage"]

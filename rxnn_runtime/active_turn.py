@@ -1,14 +1,13 @@
-"""The turns a `ReactiveModel` is answering right now, decoded together one step per lane action."""
+"""A turn while it is being answered: which decode slot it holds, what it has produced so far."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from rxnn_runtime.messages import Query
-from rxt.generation import DecodeStep
+from rxt.sampling import SamplingConfig
 from rxt.tokenizer import IncrementalDecoder
 
 
@@ -18,6 +17,11 @@ class ActiveTurn:
     turn_id: int
     prompt: list[int]
     text_decoder: IncrementalDecoder
+    slot: int = -1
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    generator: torch.Generator | None = None
+    stm: torch.Tensor | None = None  # (L, S, D): the committed memory this turn reads
+    next_token: int = 0
     answer: list[int] = field(default_factory=list)
     log_probs: list[float] = field(default_factory=list)
     done: bool = False
@@ -27,14 +31,3 @@ class ActiveTurn:
     @property
     def session_id(self) -> str:
         return self.query.session_id
-
-
-@dataclass
-class TurnBatch:
-    turns: list[ActiveTurn]
-    steps: Iterator[DecodeStep]
-    stm: torch.Tensor  # (L, B, S, D): the committed memories the rows read
-
-    @property
-    def finished(self) -> bool:
-        return all(t.done for t in self.turns)

@@ -1,0 +1,151 @@
+"""A small callback interface for `Trainer` and the built-in callbacks.
+
+Hooks (all optional): ``on_step(trainer, step, metrics)`` after every optimizer step with the rank-reduced
+step metrics (``loss``, ``lr``, ``tokens``, ...), ``on_epoch(trainer, epoch)`` when an epoch of the data ends,
+``on_eval(trainer, metrics)`` after an evaluation (``val_loss``, ...), ``on_save(trainer, path)`` after a
+checkpoint is written (rank 0 only), ``on_end(trainer)`` when training ends. Callbacks stop training with
+``trainer.request_stop(reason)``. ``on_step``/``on_epoch``/``on_eval`` run on every rank with identical inputs,
+so stop decisions agree across ranks. Stateful callbacks implement ``state_dict``/``load_state_dict``; the
+trainer stores them in checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from training.checkpoint import list_checkpoints
+
+if TYPE_CHECKING:
+    from training.trainer import Trainer
+
+
+class Callback:
+    def on_step(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def on_epoch(self, trainer: Trainer, epoch: int) -> None:
+        pass
+
+    def on_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        pass
+
+    def on_save(self, trainer: Trainer, path: Path) -> None:
+        pass
+
+    def on_end(self, trainer: Trainer) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class PrintMetrics(Callback):
+    """Prints step metrics every ``every`` steps and every evaluation (rank 0 only)."""
+
+    def __init__(self, every: int | None = None, print_fn=print) -> None:
+        self.every = every
+        self.print_fn = print_fn
+
+    @staticmethod
+    def _fmt(metrics: dict[str, float]) -> str:
+        return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+    def on_step(self, trainer, step, metrics):
+        every = self.every or trainer.cfg.log_every
+        if trainer.is_main and step % every == 0:
+            self.print_fn(f"step {step}: {self._fmt(metrics)}")
+
+    def on_eval(self, trainer, metrics):
+        if trainer.is_main:
+            self.print_fn(f"eval @ step {trainer.step}: {self._fmt(metrics)}")
+
+
+class TokenCounter(Callback):
+    """Counts training tokens (all ranks); with ``limit`` stops training once ``limit`` tokens have been seen."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        if limit is not None and limit < 1:
+            raise ValueError(f"TokenCounter.limit={limit} must be >= 1 or None")
+        self.limit = limit
+        self.tokens = 0
+
+    def on_step(self, trainer, step, metrics):
+        self.tokens += int(metrics.get("tokens", 0))
+        if self.limit is not None and self.tokens >= self.limit:
+            trainer.request_stop(f"token limit {self.limit} reached ({self.tokens} tokens)")
+
+    def state_dict(self):
+        return {"tokens": self.tokens}
+
+    def load_state_dict(self, state):
+        self.tokens = int(state.get("tokens", 0))
+
+
+class CheckpointKeeper(Callback):
+    """After each save, deletes all but the newest ``keep_last`` checkpoints next to the saved one."""
+
+    def __init__(self, keep_last: int) -> None:
+        if keep_last < 1:
+            raise ValueError(f"CheckpointKeeper.keep_last={keep_last} must be >= 1")
+        self.keep_last = keep_last
+
+    def on_save(self, trainer, path):
+        for old in list_checkpoints(Path(path).parent)[: -self.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+class HubPush(Callback):
+    """Pushes the model (``save_pretrained`` format) to the Hub repo ``repo_id`` at every save (rank 0)."""
+
+    def __init__(self, repo_id: str, private: bool = True) -> None:
+        self.repo_id = repo_id
+        self.private = private
+
+    def on_save(self, trainer, path):
+        model = trainer.unwrapped_model
+        if not hasattr(model, "push_to_hub"):
+            raise TypeError(f"{type(model).__name__} has no push_to_hub (HubPush needs a HubMixin model)")
+        model.push_to_hub(self.repo_id, private=self.private)
+
+
+class EarlyStopping(Callback):
+    """Stops training after ``patience`` evaluations without an improvement of ``metric`` by > ``min_delta``."""
+
+    def __init__(self, patience: int, metric: str = "val_loss", mode: str = "min", min_delta: float = 0.0) -> None:
+        if patience < 1:
+            raise ValueError(f"EarlyStopping.patience={patience} must be >= 1")
+        if mode not in ("min", "max"):
+            raise ValueError(f"EarlyStopping.mode={mode!r} must be 'min' or 'max'")
+        self.patience = patience
+        self.metric = metric
+        self.mode = mode
+        self.min_delta = min_delta
+        self.best = math.inf if mode == "min" else -math.inf
+        self.bad_evals = 0
+
+    def on_eval(self, trainer, metrics):
+        if self.metric not in metrics:
+            raise KeyError(f"EarlyStopping watches {self.metric!r} but the evaluation reported {sorted(metrics)}")
+        value = float(metrics[self.metric])
+        better = value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+        if better:
+            self.best = value
+            self.bad_evals = 0
+            return
+        self.bad_evals += 1
+        if self.bad_evals >= self.patience:
+            trainer.request_stop(f"early stopping: {self.metric} did not improve for {self.patience} evaluations "
+                                 f"(best {self.best:.6g})")
+
+    def state_dict(self):
+        return {"best": self.best, "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, state):
+        self.best = float(state.get("best", self.best))
+        self.bad_evals = int(state.get("bad_evals", 0))

@@ -94,10 +94,9 @@ def bench_config(name: str, args, device, dtype) -> dict:
     engine = DecodeEngine(model.decoder, max_slots=max(args.sessions), capacity=64 + n_new + 1)
     def engine_generate(slot_count: int = 1, steps: int = n_new):
         engine.live = [False] * engine.max_slots
-        memory = model.project_memory(stm)
         tokens = torch.zeros(engine.max_slots, dtype=torch.long, device=device)
         for s in range(slot_count):
-            tokens[s] = engine.start(s, query, memory).argmax()
+            tokens[s] = engine.start(s, query, stm=stm[:, 0]).argmax()
         produced = [tokens[:slot_count].clone()]
         for _ in range(steps - 1):
             logits = engine.step(tokens[: engine.bucket()])
@@ -117,7 +116,7 @@ def bench_config(name: str, args, device, dtype) -> dict:
     out["graph_tokens_per_s"] = n_new / (ms / 1e3)
     # Decode-only rate (without the prefill), from a step loop.
     engine.live = [False] * engine.max_slots
-    engine.start(0, query[:8], model.project_memory(stm))  # short prompt: room for the timed steps
+    engine.start(0, query[:8], stm=stm[:, 0])  # short prompt: room for the timed steps
     b_tokens = torch.zeros(1, dtype=torch.long, device=device)
     step_ms = _sync_time(lambda: engine.step(b_tokens), 5, 50)
     out["graph_step_ms"] = step_ms
@@ -126,10 +125,23 @@ def bench_config(name: str, args, device, dtype) -> dict:
     # Time to first token: project memory + prefill 64 tokens + first-token logits.
     def first_token():
         engine.live = [False] * engine.max_slots
-        return engine.start(0, query, model.project_memory(stm)).argmax()
+        return engine.start(0, query, stm=stm[:, 0]).argmax()
 
+    # Captured prefill (memory projection + 64-token prefill + first-token logits in one graph) vs eager.
     out["ttft_ms"] = _sync_time(first_token, 3, 20)
-    out["prefill_only_ms"] = _sync_time(lambda: (engine.release(0), engine.start(0, query, model.project_memory(stm))), 3, 20)
+    engine.use_cuda_graphs = False
+    out["ttft_eager_ms"] = _sync_time(first_token, 3, 20)
+    engine.use_cuda_graphs = True
+
+    # Optional torch.compile of the step before capture: does fusing the small kernels pay off?
+    try:
+        compiled = DecodeEngine(model.decoder, max_slots=1, capacity=64 + n_new + 1, compile_step=True)
+        compiled.start(0, query[:8], stm=stm[:, 0])
+        one = torch.zeros(1, dtype=torch.long, device=device)
+        out["compiled_graph_step_ms"] = _sync_time(lambda: compiled.step(one), 5, 50)
+        del compiled
+    except Exception as exc:  # noqa: BLE001 - report, don't hide
+        out["compiled_error"] = repr(exc)[:500]
 
     # Memory update over a 128-token interaction.
     interaction = torch.randint(10, cfg.vocab_size, (1, 128), device=device)
@@ -176,7 +188,7 @@ def _profile(engine: DecodeEngine, model, stm, query, device) -> dict:
 
     result = {}
     engine.live = [False] * engine.max_slots
-    engine.start(0, query, model.project_memory(stm))
+    engine.start(0, query, stm=stm[:, 0])
     tokens = torch.zeros(1, dtype=torch.long, device=device)
     for label, use_graph in (("eager_step", False), ("graph_step", True)):
         engine.use_cuda_graphs = use_graph

@@ -279,9 +279,8 @@ class ReactiveModel:
         )
         turn.generator = turn.sampling.generator(device)
         turn.stm = self._session(query.session_id).stm
-        with torch.no_grad():
-            memory = self.model.project_memory(turn.stm.unsqueeze(1).to(device))  # once per turn
-            logits = self.engine.start(slot, torch.tensor(turn.prompt, device=device), memory)
+        # The memory K/V projection (once per turn) and the prefill run together; one CUDA graph on the GPU.
+        logits = self.engine.start(slot, torch.tensor(turn.prompt, device=device), stm=turn.stm.to(device))
         self._turns[slot] = turn
         self._take_token(turn, logits[None])
 

@@ -3,8 +3,11 @@
 A `DecodeEngine` owns one *static* KV cache of ``max_slots`` rows and static memory cross-attention K/V
 buffers. A slot holds one sequence:
 
-- `start(slot, prompt, memory)` prefills the prompt into the slot's cache row (other slots are untouched) and
-  returns the logits of its first answer token;
+- `start(slot, prompt, memory=..., stm=...)` prefills the prompt into the slot's cache row (other slots are
+  untouched) and returns the logits of its first answer token. Given ``stm`` (L, S, D) instead of projected
+  ``memory``, the memory K/V projection happens inside the prefill, and on CUDA the whole prefill (projection,
+  prompt padded to a length bucket, first-token logits) is one captured graph per length bucket, staged in a
+  one-row cache and copied into the slot;
 - `step(tokens)` feeds one token to every slot of the smallest bucket that covers the live slots and returns
   their next-token logits. Sessions join (`start`) and leave (`release`) between steps, so a long answer never
   holds up short ones.
@@ -29,6 +32,7 @@ from rxt.layers import MemoryKV
 log = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
 class DecodeEngine:
@@ -40,6 +44,7 @@ class DecodeEngine:
         *,
         use_cuda_graphs: bool | None = None,
         buckets: Sequence[int] = DEFAULT_BUCKETS,
+        compile_step: bool = False,
     ) -> None:
         if max_slots < 1:
             raise ValueError(f"DecodeEngine max_slots={max_slots} must be >= 1")
@@ -59,6 +64,12 @@ class DecodeEngine:
         self.use_cuda_graphs = use_cuda_graphs and device.type == "cuda"
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._graph_failed = False
+        # Optional: fuse the step's many small kernels with torch.compile before capturing it (GPU only; the
+        # benchmark measures whether it pays off).
+        self._decode = torch.compile(self._decode_impl, dynamic=False) if compile_step else self._decode_impl
+        self._prefill_graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, list[MemoryKV | None]]] = {}
+        self._stage: dict[str, torch.Tensor] | None = None
+        self._stage_cache = None
 
     # -- slots -----------------------------------------------------------------------------------------------
     def free_slot(self) -> int | None:
@@ -93,9 +104,26 @@ class DecodeEngine:
 
     @torch.no_grad()
     def start(
-        self, slot: int, prompt: torch.Tensor, memory: list[MemoryKV | None] | None = None
+        self,
+        slot: int,
+        prompt: torch.Tensor,
+        memory: list[MemoryKV | None] | None = None,
+        *,
+        stm: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Prefill ``prompt`` (T,) into ``slot`` reading ``memory`` (per layer K/V of batch 1); return (V,) logits."""
+        """Prefill ``prompt`` (T,) into ``slot``; return the (V,) logits of the first answer token.
+
+        The slot reads either ``memory`` (per-layer K/V of batch 1, already projected) or ``stm`` (L, S, D),
+        projected here; with ``stm`` on CUDA the prefill is a captured graph.
+        """
+        if stm is not None:
+            if memory is not None:
+                raise ValueError("DecodeEngine.start: pass memory or stm, not both")
+            if self.use_cuda_graphs and not self._graph_failed:
+                logits = self._start_graphed(slot, prompt, stm)
+                if logits is not None:
+                    return logits
+            memory = self.decoder.project_memory(stm.unsqueeze(1).to(self.device, self.cache.k.dtype))
         if not 0 <= slot < self.max_slots:
             raise ValueError(f"slot={slot} is outside 0..{self.max_slots - 1}")
         if self.live[slot]:
@@ -117,6 +145,75 @@ class DecodeEngine:
         self.slot_length[slot] = length
         self.live[slot] = True
         return self.decoder.lm_head(out.hidden[0, -1])
+
+    def _start_graphed(self, slot: int, prompt: torch.Tensor, stm: torch.Tensor) -> torch.Tensor | None:
+        length = prompt.shape[0]
+        if not 0 <= slot < self.max_slots or self.live[slot] or not 1 <= length < self.capacity:
+            return None  # let the eager path raise its precise error
+        bucket = next((b for b in PREFILL_BUCKETS if b >= length and b < self.capacity), None)
+        if bucket is None:
+            return None
+        stage = self._stage_buffers(stm)
+        stage["stm"].copy_(stm.unsqueeze(1))
+        stage["prompt"][0, :length].copy_(prompt)
+        stage["prompt"][0, length:].zero_()
+        stage["length"].fill_(length)
+        graph = self._prefill_graphs.get(bucket) or self._capture_prefill(bucket)
+        if graph is None:
+            return None
+        graph[0].replay()
+        # Move the staged row into the slot: cache keys/values, length, memory K/V.
+        self.cache.k[:, slot].copy_(self._stage_cache.k[:, 0])
+        self.cache.v[:, slot].copy_(self._stage_cache.v[:, 0])
+        self.cache.lengths[slot] = length
+        self._ensure_memory(graph[2])
+        for buffers, kv in zip(self.memory, graph[2], strict=True):
+            if buffers is not None:
+                buffers[0][slot].copy_(kv[0][0])
+                buffers[1][slot].copy_(kv[1][0])
+        self.slot_length[slot] = length
+        self.live[slot] = True
+        return graph[1][0]
+
+    def _stage_buffers(self, stm: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self._stage is None:
+            self._stage_cache = self.decoder.new_cache(1, self.capacity, static=True)
+            self._stage = {
+                "stm": torch.zeros((stm.shape[0], 1, *stm.shape[1:]), dtype=self.cache.k.dtype, device=self.device),
+                "prompt": torch.zeros((1, max(PREFILL_BUCKETS)), dtype=torch.long, device=self.device),
+                "length": torch.zeros(1, dtype=torch.long, device=self.device),
+            }
+        return self._stage
+
+    def _prefill(self, bucket: int):
+        stage, cache = self._stage, self._stage_cache
+        cache.written = 0  # host-side capacity counter only; the graph reads nothing from it
+        cache.lengths.zero_()
+        memory = self.decoder.project_memory(stage["stm"])
+        ids = stage["prompt"][:, :bucket]
+        valid = torch.arange(bucket, device=self.device)[None, :] < stage["length"][:, None]
+        out = self.decoder(ids, attention_mask=valid, memory=memory, cache=cache, compute_logits=False,
+                           validate=False)
+        last = out.hidden.gather(1, (stage["length"] - 1)[:, None, None].expand(1, 1, out.hidden.shape[-1]))
+        return self.decoder.lm_head(last[:, 0]), memory
+
+    def _capture_prefill(self, bucket: int):
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._prefill(bucket)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                logits, memory = self._prefill(bucket)
+        except Exception as exc:  # noqa: BLE001 - capture is an optimisation; eager is always correct
+            log.warning("CUDA graph capture of prefill bucket %d failed (%s); prefilling eagerly", bucket, exc)
+            self._graph_failed = True
+            return None
+        self._prefill_graphs[bucket] = (graph, logits, memory)
+        return self._prefill_graphs[bucket]
 
     def release(self, slot: int) -> None:
         self.live[slot] = False
@@ -149,9 +246,10 @@ class DecodeEngine:
         return self._step(b)
 
     def _step(self, b: int) -> torch.Tensor:
-        view = self.cache.row_view(0, b)
-        out = self.decoder(self.tokens[:b, None], memory=self._memory_rows(0, b), cache=view, validate=False)
-        return out.logits[:, -1]
+        return self._decode(self.tokens[:b, None], self._memory_rows(0, b), self.cache.row_view(0, b))
+
+    def _decode_impl(self, tokens: torch.Tensor, memory, cache) -> torch.Tensor:
+        return self.decoder(tokens, memory=memory, cache=cache, validate=False).logits[:, -1]
 
     def _capture(self, b: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor] | None:
         saved_lengths = self.cache.lengths.clone()

@@ -75,3 +75,16 @@ def test_slot_reuse_and_limits(model):
     with pytest.raises(ValueError, match="capacity"):
         engine.start(0, torch.arange(8) + 4, mem)
     assert engine.bucket() == 1
+
+
+def test_start_from_stm_equals_start_from_projected_memory(model):
+    stm = torch.randn_like(model.initial_memory(1))
+    prompt = torch.randint(4, 128, (6,))
+    a = DecodeEngine(model.decoder, max_slots=2, capacity=16)
+    b = DecodeEngine(model.decoder, max_slots=2, capacity=16)
+    la = a.start(1, prompt, model.project_memory(stm))
+    lb = b.start(1, prompt, stm=stm[:, 0])
+    torch.testing.assert_close(la, lb)
+    torch.testing.assert_close(a.step(torch.tensor([0, 7])), b.step(torch.tensor([0, 7])))
+    with pytest.raises(ValueError, match="not both"):
+        b.start(0, prompt, model.project_memory(stm), stm=stm[:, 0])

@@ -1,0 +1,241 @@
+"""Stage 4: supervised memory-aware training, SMAT (``rxnn train smat --config file.yaml``).
+
+Multi-turn episodes, batched turn by turn (`collate_episodes`). Starting from the documented initial memory::
+
+    STM = initial
+    for t in turns:
+        logits_t = Decoder(interaction_t, memory = STM)       teacher-forced; loss on the answer tokens only
+        STM      = MemAttn(STM, Encoder(interaction_t))       (not after the last turn: nothing reads it)
+
+The loss is the token-weighted mean next-token cross-entropy over the answer tokens of all turns (labels are
+-100 elsewhere). Rows whose episode has ended (``active`` False) contribute nothing: their labels are masked
+and their STM is carried unchanged.
+
+Truncated BPTT: gradients flow through at most ``bptt_depth`` memory updates. The STM is detached before an
+update once ``bptt_depth`` updates have been chained since the last detach (fixed segments), so with depth 1 the
+loss of turn t reaches only the update made after turn t-1, never the one after turn t-2; with depth 2 it
+reaches both within a segment. ``bptt_depth = 0`` detaches always (no gradient into the memory system from
+the memory path; the updates then run without autograd).
+
+Staged unfreezing: ``unfreeze_schedule = [[step, [group, ...]], ...]`` (groups of `RxT.parameter_groups`:
+"memory", "rest"); before optimizer step ``s`` exactly the groups of the last entry with ``step <= s`` are
+trainable. Every parameter is in the optimizer (and in DDP) from the start; the schedule only flips
+``requires_grad``. AdamW skips parameters without a gradient, so frozen ones do not move (no weight decay).
+
+Metrics: ``accuracy`` (answer-token argmax accuracy) and ``perplexity`` (exp of the mean answer-token CE),
+memory-aware numbers (the decoder reads only the STM written from earlier turns).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rxt.freezing import set_trainable, unfreeze
+from rxt.model import RxT
+from training.callbacks import Callback
+from training.config import ConfigError, TrainConfig
+from training.data.datasets import IGNORE_INDEX, EpisodeDataset, collate_episodes
+from training.metrics import causal_lm_loss, perplexity, token_counts
+from training.stages.data_config import DataSource
+from training.trainer import StepOutput, Trainer
+
+
+@dataclass
+class SMATStageConfig:
+    """Stage-4 settings. ``model``/``tokenizer``/``model_overrides`` go to `load_model_and_tokenizer`
+    (usually stage 3's ``final/``)."""
+
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(run_name="smat"))
+    model: str = "tiny"
+    tokenizer: str | None = None
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    data: list[DataSource] = field(default_factory=list)
+    eval_data: list[DataSource] = field(default_factory=list)
+    max_len: int = 256
+    max_turns: int | None = None
+    bptt_depth: int = 2
+    unfreeze_schedule: list[tuple[int, list[str]]] = field(
+        default_factory=lambda: [(0, ["memory"]), (200, ["memory", "rest"])]
+    )
+
+    def __post_init__(self) -> None:
+        def fail(name: str, limit: str) -> None:
+            raise ConfigError(f"{type(self).__name__}.{name}={getattr(self, name)!r} must be {limit}")
+
+        if isinstance(self.bptt_depth, bool) or self.bptt_depth < 0:
+            fail("bptt_depth", ">= 0")
+        if isinstance(self.max_len, bool) or self.max_len < 2:
+            fail("max_len", ">= 2")
+        if self.max_turns is not None and self.max_turns < 1:
+            fail("max_turns", ">= 1 or null")
+        self.unfreeze_schedule = [(int(s), list(g)) for s, g in self.unfreeze_schedule]
+        steps = [s for s, _ in self.unfreeze_schedule]
+        if not steps or steps[0] != 0:
+            fail("unfreeze_schedule", "a non-empty list of [step, [groups]] whose first step is 0")
+        if any(b <= a for a, b in zip(steps, steps[1:])):
+            fail("unfreeze_schedule", "sorted by strictly increasing step")
+        if any(not groups for _, groups in self.unfreeze_schedule):
+            fail("unfreeze_schedule", "entries with at least one group")
+
+
+CONFIG_CLASS = SMATStageConfig
+
+
+def groups_at(schedule: Sequence[tuple[int, Sequence[str]]], step: int) -> list[str]:
+    """The trainable groups before optimizer step ``step`` (0-based)."""
+    current: list[str] = []
+    for start, groups in schedule:
+        if start <= step:
+            current = list(groups)
+    return current
+
+
+class SMATObjective(nn.Module):
+    """The stage-4 step as a module (so DDP sees a forward): ``forward(turns) -> dict`` of ``loss`` (mean
+    answer-token CE), ``ce_sum``, ``tokens``, ``correct``. ``save_pretrained`` writes the RxT (and tokenizer).
+
+    With ``record = True`` the STM read at each turn (with its autograd graph) is kept in ``self.stms``."""
+
+    def __init__(self, model: RxT, bptt_depth: int, tokenizer: Any = None) -> None:
+        super().__init__()
+        self.model = model
+        self.bptt_depth = bptt_depth
+        self.tokenizer = tokenizer
+        self.record = False
+        self.stms: list[torch.Tensor] = []
+        self.updates: list[torch.Tensor] = []
+
+    def _update(self, stm: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        new = self.model.update_memory(stm, ids, mask)
+        return torch.where(active[None, :, None, None], new, stm)  # ended episodes keep their memory
+
+    def forward(self, turns: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        model = self.model
+        ids0 = turns[0]["input_ids"]
+        device = ids0.device
+        stm = model.initial_memory(ids0.shape[0]).to(device)
+        self.stms, self.updates = [], []
+        ce_sum = torch.zeros((), device=device)
+        tokens = correct = 0
+        chained = 0  # memory updates in the current gradient path of `stm`
+        for t, turn in enumerate(turns):
+            ids, mask = turn["input_ids"], turn["attention_mask"].bool()
+            active = turn["active"].bool() & mask.any(dim=1)
+            labels = turn["labels"].masked_fill(~active[:, None], IGNORE_INDEX)
+            if self.record:
+                self.stms.append(stm)
+            logits = model(ids, stm, mask).logits
+            hits, n = token_counts(logits, labels, shifted=True)
+            ce_sum = ce_sum + causal_lm_loss(logits, labels) * n  # a mean over n tokens; 0 when n == 0
+            tokens += n
+            correct += hits
+            if t == len(turns) - 1:
+                break
+            if self.bptt_depth == 0:
+                with torch.no_grad():
+                    stm = self._update(stm.detach(), ids, mask, active)
+                continue
+            if chained >= self.bptt_depth:
+                stm, chained = stm.detach(), 0
+            stm = self._update(stm, ids, mask, active)
+            chained += 1
+            if self.record:
+                self.updates.append(stm)
+        return {"loss": ce_sum / max(tokens, 1), "ce_sum": ce_sum, "tokens": torch.tensor(tokens),
+                "correct": torch.tensor(correct)}
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        path = self.model.save_pretrained(directory)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(path)
+        return Path(path)
+
+
+class SMATTrainer(Trainer):
+    """Stage-4 trainer. ``self.unwrapped_model`` is the `SMATObjective`; ``self.rxt`` the RxT."""
+
+    # frozen groups (and rows/turns without updates) leave parameters without gradients under DDP
+    ddp_find_unused_parameters = True
+
+    def __init__(
+        self,
+        model: RxT,
+        config: SMATStageConfig,
+        train_dataset: Sequence[Any],
+        eval_dataset: Sequence[Any] | None = None,
+        callbacks: Sequence[Callback] = (),
+        tokenizer: Any = None,
+        pad_id: int | None = None,
+    ) -> None:
+        if not isinstance(model, RxT):
+            raise TypeError(f"SMATTrainer needs an RxT, got {type(model).__name__}")
+        self.settings = config
+        self.rxt = model
+        self.groups = model.parameter_groups()
+        unknown = sorted({g for _, gs in config.unfreeze_schedule for g in gs} - set(self.groups))
+        if unknown:
+            raise ConfigError(f"SMATStageConfig.unfreeze_schedule names unknown group(s) {unknown}; "
+                              f"known: {sorted(self.groups)}")
+        self.pad_id = pad_id if pad_id is not None else (tokenizer.pad_id if tokenizer is not None else 0)
+        self.trainable_groups: list[str] | None = None
+        unfreeze(model)  # the optimizer (and DDP) get every parameter; the schedule then flips requires_grad
+        super().__init__(SMATObjective(model, config.bptt_depth, tokenizer), config.train, train_dataset,
+                         eval_dataset, callbacks=callbacks, config=config)
+        self.apply_unfreeze_schedule(self.step)
+
+    def apply_unfreeze_schedule(self, step: int) -> list[str]:
+        """Make exactly the scheduled groups trainable before optimizer step ``step``; returns them."""
+        groups = groups_at(self.settings.unfreeze_schedule, step)
+        if groups != self.trainable_groups:
+            for name, params in self.groups.items():
+                set_trainable(params, name in groups)
+            self.trainable_groups = groups
+        return groups
+
+    def collate(self, samples: list[Any]) -> Any:
+        return collate_episodes(samples, self.pad_id)
+
+    def _output(self, out: dict[str, torch.Tensor]) -> StepOutput:
+        tokens = int(out["tokens"])
+        metrics = {"accuracy": int(out["correct"]) / tokens if tokens else 0.0,
+                   "perplexity": perplexity(out["loss"])}
+        return StepOutput(out["loss"], metrics, tokens)
+
+    def compute_loss(self, model: nn.Module, batch: Any) -> StepOutput:
+        self.apply_unfreeze_schedule(self.step)  # the step hook: runs before every forward of step `self.step`
+        return self._output(model(batch))
+
+    def evaluate_batch(self, model: nn.Module, batch: Any) -> StepOutput:
+        return self._output(model(batch))
+
+
+def run_stage(config: SMATStageConfig, callbacks: Sequence[Callback] = ()) -> Path:
+    """Load model + tokenizer and episodes, train, write ``train.output_dir/final`` (RxT + tokenizer.json)."""
+    from training.model_loading import load_model_and_tokenizer
+    from training.stages.data_config import load_sources
+
+    if not config.data:
+        raise ConfigError(f"{type(config).__name__}.data is empty: give at least one data source")
+    model, tokenizer = load_model_and_tokenizer(config.model, config.tokenizer, config.model_overrides)
+    if not isinstance(model, RxT):
+        raise ConfigError(f"{type(config).__name__}.model={config.model!r} is a {type(model).__name__}, not an RxT")
+    train = EpisodeDataset(load_sources(config.data, "episode"), tokenizer, config.max_len, config.max_turns)
+    evals = None
+    if config.eval_data:
+        evals = EpisodeDataset(load_sources(config.eval_data, "episode"), tokenizer, config.max_len,
+                               config.max_turns)
+    trainer = SMATTrainer(model, config, train, evals, callbacks=callbacks, tokenizer=tokenizer)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    return Path(config.train.output_dir) / "final"
+
+
+__all__ = ["CONFIG_CLASS", "SMATObjective", "SMATStageConfig", "SMATTrainer", "groups_at", "run_stage"]

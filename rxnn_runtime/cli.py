@@ -5,6 +5,9 @@ Exit codes: 0 ok, 2 usage error (argparse), 1 runtime failure (one line on stder
     rxnn demo                                  scripted conversation, per-turn costs
     rxnn serve [--host H] [--port P] [--model PATH] [--store URL]
     rxnn chat [--model PATH] [--store URL] [--session ID] [--max-new-tokens N]
+
+More commands come from installed plugins (entry-point group ``rxnn.commands``), e.g. ``rxnn train`` from
+``training``: this package never imports ``training`` itself.
 """
 
 from __future__ import annotations
@@ -258,7 +261,31 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--session", metavar="ID", help="session id (default: a new random one)")
     chat.add_argument("--max-new-tokens", type=int, default=64, help="answer budget per turn (default 64)")
     chat.set_defaults(func=_chat)
+    _add_plugin_commands(sub)
     return parser
+
+
+def _add_plugin_commands(sub: Any) -> None:
+    """Commands registered by other installed packages (``rxnn train`` from ``training``) through the
+    entry-point group ``rxnn.commands``: each value is a ``register(subparsers)`` callable. A plugin that fails to
+    load still appears, and says why when run."""
+    from importlib.metadata import entry_points
+
+    for entry in sorted(entry_points(group="rxnn.commands"), key=lambda e: e.name):
+        try:
+            entry.load()(sub)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the other commands
+            reason = f"command {entry.name!r} is unavailable ({entry.value}: {type(exc).__name__}: {_one_line(exc)})"
+            try:
+                broken = sub.add_parser(entry.name, help=f"(unavailable: {_one_line(exc)})", add_help=False)
+            except argparse.ArgumentError:  # it registered its name before failing
+                continue
+            broken.add_argument("rest", nargs=argparse.REMAINDER)
+            broken.set_defaults(func=lambda _args, reason=reason: _raise(CliError(reason)))
+
+
+def _raise(exc: Exception) -> int:
+    raise exc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,7 +137,7 @@ class DecodeEngine:
                 if buffers is not None:
                     buffers[0][slot].copy_(kv[0][0])
                     buffers[1][slot].copy_(kv[1][0])
-        row = self.cache.row_view(slot, slot + 1)
+        row = self.cache.row_view(slot, slot + 1, static=False)  # prefill attends over the prompt only
         row.lengths.zero_()
         out = self.decoder(
             prompt[None].to(self.device), memory=self._memory_rows(slot, slot + 1), cache=row, compute_logits=False
@@ -177,7 +177,8 @@ class DecodeEngine:
 
     def _stage_buffers(self, stm: torch.Tensor) -> dict[str, torch.Tensor]:
         if self._stage is None:
-            self._stage_cache = self.decoder.new_cache(1, self.capacity, static=True)
+            # Not static: a prefill bucket of T tokens attends over T keys (its shapes are fixed by the bucket).
+            self._stage_cache = self.decoder.new_cache(1, self.capacity)
             self._stage = {
                 "stm": torch.zeros((stm.shape[0], 1, *stm.shape[1:]), dtype=self.cache.k.dtype, device=self.device),
                 "prompt": torch.zeros((1, max(PREFILL_BUCKETS)), dtype=torch.long, device=self.device),

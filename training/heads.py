@@ -72,7 +72,7 @@ class MLMHead(nn.Module):
             raise FileNotFoundError(f"no {MLM_HEAD_FILE} in {directory}")
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             meta = json.loads((handle.metadata() or {}).get("mlm_head", "{}"))
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - safe_open has no __iter__
         if not {"dim", "vocab_size", "tied"} <= set(meta):
             raise ValueError(f"{path} has no MLM-head metadata (dim, vocab_size, tied)")
         if meta["tied"] and embedding is None:

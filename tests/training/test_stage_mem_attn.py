@@ -182,3 +182,23 @@ def test_inactive_rows_do_not_count(tok):
     # turn 0 has 2 active rows, turn 1 only row 0: the mean is over 3 (row, turn) pairs
     expected = (only["loss"] * 2 + solo["loss"]) / 3
     torch.testing.assert_close(both["loss"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_example_yaml_runs_through_the_stage_registry(tmp_path):
+    from pathlib import Path
+
+    from training.config import load_config
+    from training.stages import get_stage
+
+    stage = get_stage("mem-attn")
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "examples/configs/tiny_mem_attn.yaml", stage.CONFIG_CLASS)
+    assert cfg.data[0].kind == "synthetic" and cfg.train.device == "cpu"
+    cfg.train.output_dir, cfg.train.max_steps, cfg.train.eval_every = str(tmp_path), 6, 0
+    cfg.train.warmup_steps, cfg.train.log_every = 2, 2
+    final = stage.run_stage(cfg)
+    assert final == tmp_path / "final"
+    RxT.from_pretrained(final)
+    assert (final / "tokenizer.json").is_file()
+    with pytest.raises(ConfigError, match="data"):
+        stage.run_stage(MemoryAttentionStageConfig(train=TrainConfig(output_dir=str(tmp_path / "x"))))

@@ -21,7 +21,6 @@ The output ``<train.output_dir>/final/`` holds the RxT (``save_pretrained``), ``
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,11 +259,6 @@ def run_stage(config: JointLMConfig, *, resume: bool = False, callbacks=()) -> P
         mlm_weight=config.mlm_weight, callbacks=[_NewMasksEachEpoch(train_ds), *callbacks], config=config,
     )
     return train_and_finish(trainer, resume, train_ds)
-
-
-def with_output_dir(config: Any, output_dir: str) -> Any:
-    """A copy of a stage config whose ``train.output_dir`` is ``output_dir``."""
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, output_dir=output_dir))
 
 
 __all__ = ["CONFIG_CLASS", "JointLMConfig", "JointLMModel", "JointLMTrainer", "run_stage"]

@@ -58,6 +58,7 @@ class MemoryAttentionStageConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     data: list[DataSource] = field(default_factory=list)
     eval_data: list[DataSource] = field(default_factory=list)
+    val_fraction: float = 0.0  # split off an eval set when eval_data is empty
     record_kind: str = "episode"  # "episode" or "interaction" (one-turn episodes)
     max_len: int = 256
     max_turns: int | None = None
@@ -82,6 +83,8 @@ class MemoryAttentionStageConfig:
             fail("weight_jitter", "in [0, 1]")
         if self.encoder_noise < 0:
             fail("encoder_noise", ">= 0")
+        if not 0.0 <= self.val_fraction < 1.0:
+            fail("val_fraction", "in [0, 1)")
         if self.record_kind not in ("episode", "interaction"):
             fail("record_kind", "'episode' or 'interaction'")
         if isinstance(self.max_len, bool) or self.max_len < 2:
@@ -242,28 +245,46 @@ def episodes_from(records: Sequence[Any]) -> list[EpisodeRecord]:
     return out
 
 
-def run_stage(config: MemoryAttentionStageConfig, callbacks: Sequence[Callback] = ()) -> Path:
-    """Load model + tokenizer and data, train, write ``train.output_dir/final`` (RxT + tokenizer.json)."""
+def prepare_episodes(config: Any, record_kind: str = "episode") -> tuple[RxT, Any, EpisodeDataset,
+                                                                        EpisodeDataset | None]:
+    """Stages 3-4, before training: data files exist, model + tokenizer load (an RxT, vocab sizes agree),
+    ``max_len`` fits the model, records load (``val_fraction`` splits off an eval set when ``eval_data`` is
+    empty), at least one batch. Every problem is a `ConfigError` naming the key."""
+    from training.data.loaders import train_val_split
     from training.model_loading import load_model_and_tokenizer
-    from training.stages.data_config import load_sources
+    from training.stages.data_config import check_sources, load_sources
 
-    if not config.data:
-        raise ConfigError(f"{type(config).__name__}.data is empty: give at least one data source")
+    config.train.validate()
+    check_sources(config.data, "data")
+    check_sources(config.eval_data, "eval_data", required=False)
     model, tokenizer = load_model_and_tokenizer(config.model, config.tokenizer, config.model_overrides)
-    if not isinstance(model, RxT):
-        raise ConfigError(f"{type(config).__name__}.model={config.model!r} is a {type(model).__name__}, not an RxT")
-    train = EpisodeDataset(episodes_from(load_sources(config.data, config.record_kind)), tokenizer,
-                           config.max_len, config.max_turns)
-    evals = None
+    if config.max_len > model.config.max_seq_len:
+        raise ConfigError(f"config key 'max_len'={config.max_len} exceeds the model's max_seq_len="
+                          f"{model.config.max_seq_len}")
+    records = episodes_from(load_sources(config.data, record_kind, "data"))
+    eval_records = None
     if config.eval_data:
-        evals = EpisodeDataset(episodes_from(load_sources(config.eval_data, config.record_kind)), tokenizer,
-                               config.max_len, config.max_turns)
+        eval_records = episodes_from(load_sources(config.eval_data, record_kind, "eval_data"))
+    elif config.val_fraction > 0:
+        records, eval_records = train_val_split(records, config.val_fraction, seed=config.train.seed)
+    needed = config.train.batch_size * config.train.grad_accum_steps
+    if len(records) < needed:
+        raise ConfigError(f"config key 'data': {len(records)} training episodes, fewer than one batch of {needed} "
+                          "(train.batch_size x train.grad_accum_steps)")
+    train = EpisodeDataset(records, tokenizer, config.max_len, config.max_turns)
+    evals = EpisodeDataset(eval_records, tokenizer, config.max_len, config.max_turns) if eval_records else None
+    return model, tokenizer, train, evals
+
+
+def run_stage(config: MemoryAttentionStageConfig, *, resume: bool = False, callbacks: Sequence[Callback] = ()) -> Path:
+    """Run stage 3 and return the ``final/`` model directory (RxT ``save_pretrained`` + ``tokenizer.json``)."""
+    from training.stages.joint_lm import train_and_finish
+
+    if not isinstance(config, MemoryAttentionStageConfig):
+        raise TypeError(f"run_stage needs a MemoryAttentionStageConfig, got {type(config).__name__}")
+    model, tokenizer, train, evals = prepare_episodes(config, config.record_kind)
     trainer = MemoryAttentionTrainer(model, config, train, evals, callbacks=callbacks, tokenizer=tokenizer)
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
-    return Path(config.train.output_dir) / "final"
+    return train_and_finish(trainer, resume)
 
 
 __all__ = [
@@ -273,5 +294,6 @@ __all__ = [
     "MemoryAttentionTrainer",
     "episodes_from",
     "memory_target",
+    "prepare_episodes",
     "run_stage",
 ]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from rxt.freezing import set_trainable, unfreeze
 from rxt.model import RxT
 from training.callbacks import Callback
 from training.config import ConfigError, TrainConfig
-from training.data.datasets import IGNORE_INDEX, EpisodeDataset, collate_episodes
+from training.data.datasets import IGNORE_INDEX, collate_episodes
 from training.metrics import causal_lm_loss, perplexity, token_counts
 from training.stages.data_config import DataSource
 from training.trainer import StepOutput, Trainer
@@ -57,6 +58,7 @@ class SMATStageConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     data: list[DataSource] = field(default_factory=list)
     eval_data: list[DataSource] = field(default_factory=list)
+    val_fraction: float = 0.0  # split off an eval set when eval_data is empty
     max_len: int = 256
     max_turns: int | None = None
     bptt_depth: int = 2
@@ -72,13 +74,15 @@ class SMATStageConfig:
             fail("bptt_depth", ">= 0")
         if isinstance(self.max_len, bool) or self.max_len < 2:
             fail("max_len", ">= 2")
+        if not 0.0 <= self.val_fraction < 1.0:
+            fail("val_fraction", "in [0, 1)")
         if self.max_turns is not None and self.max_turns < 1:
             fail("max_turns", ">= 1 or null")
         self.unfreeze_schedule = [(int(s), list(g)) for s, g in self.unfreeze_schedule]
         steps = [s for s, _ in self.unfreeze_schedule]
         if not steps or steps[0] != 0:
             fail("unfreeze_schedule", "a non-empty list of [step, [groups]] whose first step is 0")
-        if any(b <= a for a, b in zip(steps, steps[1:])):
+        if any(b <= a for a, b in pairwise(steps)):
             fail("unfreeze_schedule", "sorted by strictly increasing step")
         if any(not groups for _, groups in self.unfreeze_schedule):
             fail("unfreeze_schedule", "entries with at least one group")
@@ -215,27 +219,16 @@ class SMATTrainer(Trainer):
         return self._output(model(batch))
 
 
-def run_stage(config: SMATStageConfig, callbacks: Sequence[Callback] = ()) -> Path:
-    """Load model + tokenizer and episodes, train, write ``train.output_dir/final`` (RxT + tokenizer.json)."""
-    from training.model_loading import load_model_and_tokenizer
-    from training.stages.data_config import load_sources
+def run_stage(config: SMATStageConfig, *, resume: bool = False, callbacks: Sequence[Callback] = ()) -> Path:
+    """Run stage 4 and return the ``final/`` model directory (RxT ``save_pretrained`` + ``tokenizer.json``)."""
+    from training.stages.joint_lm import train_and_finish
+    from training.stages.memory_attention_pretraining import prepare_episodes
 
-    if not config.data:
-        raise ConfigError(f"{type(config).__name__}.data is empty: give at least one data source")
-    model, tokenizer = load_model_and_tokenizer(config.model, config.tokenizer, config.model_overrides)
-    if not isinstance(model, RxT):
-        raise ConfigError(f"{type(config).__name__}.model={config.model!r} is a {type(model).__name__}, not an RxT")
-    train = EpisodeDataset(load_sources(config.data, "episode"), tokenizer, config.max_len, config.max_turns)
-    evals = None
-    if config.eval_data:
-        evals = EpisodeDataset(load_sources(config.eval_data, "episode"), tokenizer, config.max_len,
-                               config.max_turns)
+    if not isinstance(config, SMATStageConfig):
+        raise TypeError(f"run_stage needs a SMATStageConfig, got {type(config).__name__}")
+    model, tokenizer, train, evals = prepare_episodes(config, "episode")
     trainer = SMATTrainer(model, config, train, evals, callbacks=callbacks, tokenizer=tokenizer)
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
-    return Path(config.train.output_dir) / "final"
+    return train_and_finish(trainer, resume)
 
 
 __all__ = ["CONFIG_CLASS", "SMATObjective", "SMATStageConfig", "SMATTrainer", "groups_at", "run_stage"]

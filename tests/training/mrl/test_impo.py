@@ -1,0 +1,260 @@
+"""IMPO on episodes collected through the runtime: ratio 1 at the start, every step trained, replay, files."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+
+import msgpack
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rxnn_runtime.messages import GenerationOptions
+from rxnn_runtime.reactive_model import ReactiveModel
+from rxt.config import RxTConfig
+from rxt.model import RxT
+from training.config import TrainConfig
+from training.data.synthetic import SyntheticDialogueConfig, generate_episodes
+from training.mrl.critic import Critic
+from training.mrl.curriculum import CurriculumStage, MRLConfig
+from training.mrl.episodes import EpisodeLogError, collect_episodes, load_episode_logs, save_episode_logs
+from training.mrl.impo import (
+    IMPOConfig,
+    IMPOLearner,
+    Transition,
+    advantages_and_returns,
+    impo_loss,
+    memory_regularisation,
+    policy_pass,
+)
+from training.mrl.rewards import compute_rewards
+from training.mrl.trainer import MRLTrainer
+from training.rewards import MemoryRetentionReward
+from training.stages.mrl import train_from_logs
+
+REWARD = MemoryRetentionReward(cosine_weight=0.0, length_weight=0.1)
+
+
+def collect(model, tok, episodes, *, teacher_forcing=True, max_steps=None, batch=4, seed=0, reset_prob=1.0):
+    reactive = ReactiveModel(model, tok, max_batch_size=batch, use_cuda_graphs=False)
+    try:
+        logs = collect_episodes(reactive, episodes, options=GenerationOptions(max_new_tokens=6, temperature=1.0),
+                                teacher_forcing=teacher_forcing, reset_prob=reset_prob,
+                                generator=random.Random(seed), max_steps=max_steps)
+        reactive.wait_idle()
+    finally:
+        reactive.dispose()
+    compute_rewards(logs, REWARD, pad_id=tok.pad_id)
+    return logs
+
+
+def tiny_model(tok, seed=0):
+    torch.manual_seed(seed)
+    return RxT(RxTConfig.preset("tiny", vocab_size=tok.vocab_size))
+
+
+@pytest.fixture(scope="module")
+def logs(tok):
+    episodes = generate_episodes(SyntheticDialogueConfig(num_episodes=5, num_turns=1, seed=0))
+    return collect(tiny_model(tok), tok, episodes)
+
+
+def learner_for(model, tok, **cfg):
+    critic = Critic.from_model(model)
+    opt = torch.optim.AdamW([*model.parameters(), *critic.parameters()], lr=1e-3)
+    reference = copy.deepcopy(model)
+    return IMPOLearner(model, critic, opt, IMPOConfig(**{"minibatch_size": 4, **cfg}), reference=reference,
+                       pad_id=tok.pad_id)
+
+
+def test_collection_logs_steps_through_the_runtime(logs):
+    assert len(logs) == 5 and all(len(log.steps) == 2 for log in logs)
+    for log in logs:
+        for k, step in enumerate(log.steps):
+            assert len(step.runtime_log_probs) == len(step.action_ids) >= 1
+            assert step.stm_before.shape == step.stm_after.shape == log.stm_initial.shape
+            assert not torch.equal(step.stm_before, step.stm_after)
+            if k > 0:
+                assert torch.equal(step.stm_before, log.steps[k - 1].stm_after)
+            assert step.reward is not None
+
+
+def test_first_update_epoch_ratio_is_exactly_one(tok, logs):
+    learner = learner_for(tiny_model(tok), tok)
+    _, batches, old, adv, returns = learner.prepare(logs)
+    for b, mb in enumerate(batches):  # the policy has not changed: same function, same tensors -> ratio 1
+        loss, stats = impo_loss(learner.policy, learner.reference, learner.critic, mb, old[b], adv[mb.index],
+                                returns[mb.index], learner.cfg)
+        assert torch.equal(stats["log_probs"], old[b])
+        assert torch.equal(stats["ratio"], torch.ones_like(stats["ratio"]))
+        assert loss.requires_grad
+    learner.update(logs)
+    assert learner.first_ratio_exact is True
+
+
+def test_old_log_probs_match_runtime_distribution(tok, logs):
+    """The recomputed old log-probs are the runtime's plain-softmax ones (up to kernel differences)."""
+    learner = learner_for(tiny_model(tok), tok, minibatch_size=64)
+    items, batches, old, _, _ = learner.prepare(logs)
+    mb = batches[0]
+    for row, t in enumerate(items):
+        step = logs[t.episode].steps[t.step]
+        got = old[0][row][mb.action_mask[row]]
+        torch.testing.assert_close(got, torch.tensor(step.runtime_log_probs), atol=2e-4, rtol=1e-4)
+
+
+def test_every_episode_and_step_enters_the_update(tok):
+    episodes = generate_episodes(SyntheticDialogueConfig(num_episodes=5, distance=(0, 1, 2), seed=3))
+    model = tiny_model(tok)
+    logs = collect(model, tok, episodes, batch=2)
+    expected = sorted((e, k) for e, log in enumerate(logs) for k in range(len(log.steps)))
+    assert [len(log.steps) for log in logs] == [1, 2, 3, 1, 2]
+    learner = learner_for(model, tok, ppo_epochs=2, minibatch_size=3)
+    stats = learner.update(logs)
+    assert stats["transitions"] == len(expected) == 9
+    assert len(learner.seen) == 2
+    for seen in learner.seen:
+        assert sorted(seen) == expected  # the last episode (4) and its last step (1) included, none twice
+
+
+def test_memory_regularisation_by_hand(tok, logs):
+    model = tiny_model(tok)
+    learner = learner_for(model, tok, memory_reg_coef=0.3)
+    _, batches, _, _, _ = learner.prepare(logs)
+    mb = batches[0]
+    stm, _ = policy_pass(model, mb)
+    got = memory_regularisation(stm, mb.prev_stm, mb.steps, 0.3)
+    by_hand = sum(math.sqrt(int(mb.steps[i]) + 1) * 0.3 * F.mse_loss(stm[:, i], mb.prev_stm[:, i])
+                  for i in range(stm.shape[1])) / stm.shape[1]
+    torch.testing.assert_close(got, by_hand)
+    assert got.requires_grad  # STM_k is recomputed with gradient through update_memory
+    single = memory_regularisation(stm[:, 1:2], mb.prev_stm[:, 1:2], mb.steps[1:2], 0.3)
+    torch.testing.assert_close(single, math.sqrt(int(mb.steps[1]) + 1) * 0.3 * F.mse_loss(stm[:, 1], mb.prev_stm[:, 1]))
+    grads = torch.autograd.grad(got, [p for p in model.memory_attention.parameters() if p.requires_grad],
+                                allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("teacher_forcing", [True, False])
+def test_teacher_forcing_writes_the_reference_answer(tok, teacher_forcing):
+    model = tiny_model(tok)
+    episodes = generate_episodes(SyntheticDialogueConfig(num_episodes=3, num_turns=1, seed=1))
+    logs = collect(model, tok, episodes, teacher_forcing=teacher_forcing)
+    for log, record in zip(logs, episodes):
+        for step, turn in zip(log.steps, record.interactions):
+            ids = [*step.prompt_ids, *(tok.encode(turn.answer) if teacher_forcing else step.answer_ids), tok.eos_id]
+            assert step.memory_ids == ids
+            with torch.no_grad():
+                expected = model.update_memory(step.stm_before[:, None], torch.tensor([ids]))[:, 0]
+            torch.testing.assert_close(step.stm_after, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_replay_from_file_gives_the_same_update(tok, logs, tmp_path):
+    path = save_episode_logs(tmp_path / "episodes.msgpack", logs)
+    cfg = MRLConfig(train=TrainConfig(lr=1e-3, warmup_steps=0, device="cpu", output_dir=str(tmp_path / "a")),
+                    batch_episodes=len(logs), unfreeze_schedule=[(0, ["memory", "rest"])], minibatch_size=4)
+    live = MRLTrainer(cfg, model=tiny_model(tok), tokenizer=tok)
+    live.update(logs)
+    live.close()
+    cfg_b = copy.deepcopy(cfg)
+    cfg_b.train.output_dir = str(tmp_path / "b")
+    offline = MRLTrainer(cfg_b, model=tiny_model(tok), tokenizer=tok)
+    final = train_from_logs(cfg_b, [path], trainer=offline)
+    assert (final / "model.safetensors").is_file()
+    changed = False
+    for (name, a), b in zip(live.policy.state_dict().items(), offline.policy.state_dict().values()):
+        assert torch.equal(a, b), name
+        changed |= not torch.equal(a, tiny_model(tok).state_dict()[name])
+    assert changed
+    for a, b in zip(live.critic.state_dict().values(), offline.critic.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_episode_file_round_trip(logs, tmp_path):
+    path = save_episode_logs(tmp_path / "e.msgpack", logs)
+    back = load_episode_logs(path)
+    assert len(back) == len(logs)
+    for a, b in zip(logs, back):
+        assert a.first_ids == b.first_ids and a.metadata == b.metadata and torch.equal(a.stm_initial, b.stm_initial)
+        for s, t in zip(a.steps, b.steps):
+            assert s.action_ids == t.action_ids and s.reward == t.reward and s.runtime_log_probs == t.runtime_log_probs
+            assert torch.equal(s.stm_before, t.stm_before) and torch.equal(s.stm_after, t.stm_after)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_bad_episode_files_name_the_record(logs, tmp_path):
+    path = save_episode_logs(tmp_path / "e.msgpack", logs)
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.msgpack"
+    truncated.write_bytes(data[: len(data) - 100])
+    with pytest.raises(EpisodeLogError, match=r"truncated: record 4 of 5"):
+        load_episode_logs(truncated)
+
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(data)
+    header, *records = list(unpacker)
+
+    def write(name, recs, head=header):
+        p = tmp_path / name
+        p.write_bytes(b"".join(msgpack.packb(r, use_bin_type=True) for r in [head, *recs]))
+        return p
+
+    missing = copy.deepcopy(records)
+    del missing[2]["steps"][1]["action_ids"]
+    with pytest.raises(EpisodeLogError, match=r"record 2\.steps\[1\]: missing field 'action_ids'"):
+        load_episode_logs(write("missing.msgpack", missing))
+    wrong_type = copy.deepcopy(records)
+    wrong_type[3]["first_ids"] = "not ids"
+    with pytest.raises(EpisodeLogError, match=r"record 3\.first_ids: expected a list of int token ids"):
+        load_episode_logs(write("type.msgpack", wrong_type))
+    bad_tensor = copy.deepcopy(records)
+    bad_tensor[1]["steps"][0]["stm_after"]["data"] = b"\x00" * 7
+    with pytest.raises(EpisodeLogError, match=r"record 1\.steps\[0\]\.stm_after: data has 7 bytes"):
+        load_episode_logs(write("tensor.msgpack", bad_tensor))
+    with pytest.raises(EpisodeLogError, match="header: field 'format'"):
+        load_episode_logs(write("header.msgpack", records, {"format": "something else"}))
+    unknown = copy.deepcopy(records)
+    unknown[0]["extra"] = 1
+    with pytest.raises(EpisodeLogError, match=r"record 0: unknown field 'extra'"):
+        load_episode_logs(write("unknown.msgpack", unknown))
+
+
+def test_random_resets_carry_memory_over(tok):
+    episodes = generate_episodes(SyntheticDialogueConfig(num_episodes=6, num_turns=0, seed=2))
+    logs = collect(tiny_model(tok), tok, episodes, batch=2, reset_prob=0.0)
+    assert [log.reset for log in logs] == [True, True, False, False, False, False]
+    for prev, log in zip(logs, logs[2:]):
+        assert torch.equal(log.stm_initial, prev.steps[-1].stm_after)
+
+
+def test_config_rejects_bad_schedules():
+    from training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unfreeze_schedule"):
+        MRLConfig(unfreeze_schedule=[(0, ["encoder"])])
+    with pytest.raises(ConfigError, match="reset_prob_schedule"):
+        MRLConfig(reset_prob_schedule=[(1, 0.5)])
+    with pytest.raises(ConfigError, match="steps"):
+        CurriculumStage(steps=0)
+    with pytest.raises(ConfigError, match="reward"):
+        MRLConfig(reward={"nope": 1})
+
+
+def test_advantages_plain_and_gae_by_hand():
+    def t(e, k, r, last):
+        return Transition(e, k, torch.zeros(1), [], [], [], r, last)
+
+    items = [t(0, 0, 1.0, False), t(0, 1, 2.0, True), t(1, 0, 0.5, True)]
+    values = torch.tensor([0.2, 0.4, 0.1])
+    adv, ret = advantages_and_returns(items, values, IMPOConfig(normalize_advantages=False))
+    torch.testing.assert_close(adv, torch.tensor([0.8, 1.6, 0.4]))
+    torch.testing.assert_close(ret, torch.tensor([1.0, 2.0, 0.5]))
+    g, lam = 0.9, 0.5
+    adv, ret = advantages_and_returns(items, values, IMPOConfig(normalize_advantages=False, use_gae=True, gamma=g,
+                                                                gae_lambda=lam))
+    d1 = 2.0 - 0.4
+    d0 = 1.0 + g * 0.4 - 0.2
+    torch.testing.assert_close(adv, torch.tensor([d0 + g * lam * d1, d1, 0.5 - 0.1]))
+    torch.testing.assert_close(ret, adv + values)

@@ -1,0 +1,394 @@
+"""MRL episodes collected through the runtime's event graph, and their msgpack log files.
+
+An episode is one session of a `ReactiveModel`::
+
+    S_init ──prime(first q, first a)──► S_0 ──q_1 → a_1, write I_1──► S_1 ── ... ──q_N → a_N, write I_N──► S_N
+
+The first interaction is written with `ReactiveModel.prime`; every follow-up query is a `Query` (with
+``memory_answer`` = the dataset answer under teacher forcing, so the memory writes the reference interaction).
+The sessions of a batch are submitted together, one step at a time, so the runtime batches their decode steps
+and memory updates. A subscriber on ``reactive.events`` collects each turn's `AnswerDone` (token ids, text and
+the runtime's plain-softmax log-probs); the committed STM is read with ``session_state`` after each step's
+`MemoryUpdated`, so every step records the STM its decoder read (``stm_before``) and the STM after its own write
+(``stm_after``).
+
+Random resets: an episode starts from the initial memory with probability ``reset_prob``; otherwise it starts
+from the final STM of the previous episode collected in the same batch slot (``EpisodeLog.reset`` says which;
+``EpisodeLog.stm_initial`` is the STM before the first interaction either way).
+
+Log files (`save_episode_logs` / `load_episode_logs`): a stream of msgpack maps, a header
+``{"format": "rxnn-mrl-episodes", "version": 1, "count": N}`` then one map per episode; tensors are
+``{"dtype", "shape", "data": raw bytes}``. Files are written atomically (temp file, fsync, rename). A truncated
+file or a record that does not match the schema raises `EpisodeLogError` naming the record index and the field.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import torch
+
+from rxnn_runtime.events import AnswerDone, Cancelled, Error, MemoryUpdated
+from rxnn_runtime.messages import GenerationOptions, Query
+from rxnn_runtime.stores import SessionState
+from training.data.records import EpisodeRecord
+
+FORMAT = "rxnn-mrl-episodes"
+VERSION = 1
+
+
+class EpisodeLogError(ValueError):
+    """An episode log file that is truncated or does not match the schema; names the record and the field."""
+
+
+@dataclass
+class StepLog:
+    """One follow-up turn of an episode.
+
+    ``prompt_ids`` is the generation prompt ``[BOS][Q] query [A]``; ``action_ids`` the tokens the policy chose,
+    ``[EOS]`` included when the answer stopped on it (one runtime log-prob per action token); ``answer_ids`` the
+    answer without ``[EOS]``; ``memory_ids`` the interaction written to memory after the turn (the generated or,
+    under teacher forcing, the reference answer).
+    """
+
+    query: str
+    reference: str
+    prompt_ids: list[int]
+    action_ids: list[int]
+    answer_ids: list[int]
+    answer_text: str
+    memory_ids: list[int]
+    reference_ids: list[int]
+    runtime_log_probs: list[float]
+    stm_before: torch.Tensor  # (L, S, D): the committed STM the decoder read
+    stm_after: torch.Tensor  # (L, S, D): after this turn's memory write
+    reward: float | None = None
+
+
+@dataclass
+class EpisodeLog:
+    episode_id: str
+    first_query: str
+    first_answer: str
+    first_ids: list[int]  # the first interaction, as written to memory
+    stm_initial: torch.Tensor  # (L, S, D): before the first interaction
+    steps: list[StepLog]
+    reset: bool = True
+    teacher_forcing: bool = False
+    strategy: str = "long_range"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------ collection
+
+
+class _Collector:
+    """Subscribes to the events; lets the trainer wait for a set of (session, query id) turns."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.answers: dict[tuple[str, str], AnswerDone] = {}
+        self.committed: set[tuple[str, str]] = set()
+        self.errors: dict[tuple[str, str], str] = {}
+
+    def on_next(self, event: Any) -> None:
+        key = (event.session_id, event.query_id)
+        with self.cond:
+            if isinstance(event, AnswerDone):
+                self.answers[key] = event
+            elif isinstance(event, MemoryUpdated):
+                self.committed.add(key)
+            elif isinstance(event, (Error, Cancelled)):
+                self.errors[key] = getattr(event, "message", "") or type(event).__name__
+            else:
+                return
+            self.cond.notify_all()
+
+    def wait(self, keys: Sequence[tuple[str, str]], timeout: float) -> None:
+        def done() -> bool:
+            return all(k in self.committed or k in self.errors for k in keys)
+
+        with self.cond:
+            if not self.cond.wait_for(done, timeout):
+                missing = [k for k in keys if k not in self.committed and k not in self.errors]
+                raise TimeoutError(f"MRL collection: no MemoryUpdated after {timeout}s for turns {missing[:4]}")
+            failed = [(k, self.errors[k]) for k in keys if k in self.errors]
+        if failed:
+            (sid, qid), message = failed[0]
+            raise RuntimeError(f"MRL collection: turn {qid!r} of session {sid!r} failed: {message}")
+
+
+def _committed_stm(reactive: Any, sid: str) -> torch.Tensor:
+    state = reactive.session_state(sid)
+    if state is None:
+        raise RuntimeError(f"MRL collection: session {sid!r} has no committed state")
+    return state.stm.detach().clone().float()
+
+
+def collect_episodes(
+    reactive: Any,
+    episodes: Sequence[EpisodeRecord],
+    *,
+    options: GenerationOptions | None = None,
+    teacher_forcing: bool = False,
+    reset_prob: float = 1.0,
+    generator: random.Random | None = None,
+    max_steps: int | None = None,
+    strategy: str = "long_range",
+    timeout: float = 300.0,
+) -> list[EpisodeLog]:
+    """Run ``episodes`` as sessions of ``reactive`` (batches of ``reactive.max_batch_size``) and log every step.
+
+    Args:
+        options: generation options of the follow-up queries (``return_log_probs`` is forced on).
+        teacher_forcing: write the dataset answer to memory instead of the generated one.
+        reset_prob: chance that an episode starts from the initial memory instead of carrying over the final
+            STM of the previous episode of its batch slot (the first batch always starts fresh).
+        generator: the RNG of the reset draws and of the per-turn sampling seeds (default ``random.Random(0)``),
+            so a seeded collection is reproducible.
+        max_steps: keep at most this many follow-up turns per episode (the curriculum's step count).
+    """
+    if not 0.0 <= reset_prob <= 1.0:
+        raise ValueError(f"reset_prob={reset_prob} must be in [0, 1]")
+    options = options or GenerationOptions(max_new_tokens=32, temperature=1.0)
+    options = GenerationOptions(**{**options.__dict__, "return_log_probs": True})
+    rng = generator or random.Random(0)
+    template, tokenizer = reactive.template, reactive.tokenizer
+    max_len = reactive.model.config.max_seq_len
+    collector = _Collector()
+    subscription = reactive.events.subscribe(on_next=collector.on_next)
+    reactive.connect()
+    run = uuid.uuid4().hex[:12]
+    logs: list[EpisodeLog] = []
+    carry: list[torch.Tensor | None] = [None] * reactive.max_batch_size
+    try:
+        batch_size = reactive.max_batch_size
+        for start in range(0, len(episodes), batch_size):
+            batch = list(episodes[start : start + batch_size])
+            sids = [f"mrl-{run}-{start + i}" for i in range(len(batch))]
+            batch_logs: list[EpisodeLog] = []
+            keys = []
+            for slot, (sid, record) in enumerate(zip(sids, batch)):
+                reset = carry[slot] is None or rng.random() < reset_prob
+                if not reset:
+                    reactive.store.save(SessionState(session_id=sid, stm=carry[slot].clone()))
+                initial = reactive.model.initial_memory(1)[:, 0].detach().cpu().float() if reset else carry[slot]
+                first_ids = template.interaction_ids(record.query, record.answer)[:max_len]
+                batch_logs.append(EpisodeLog(
+                    episode_id=sid, first_query=record.query, first_answer=record.answer, first_ids=first_ids,
+                    stm_initial=initial.clone(), steps=[], reset=reset, teacher_forcing=teacher_forcing,
+                    strategy=strategy, metadata=dict(record.metadata),
+                ))
+                reactive.prime(sid, [(record.query, record.answer)], query_id="first")
+                keys.append((sid, "first"))
+            collector.wait(keys, timeout)
+            stms = [_committed_stm(reactive, sid) for sid in sids]
+            turns = [list(r.interactions)[:max_steps] if max_steps is not None else list(r.interactions)
+                     for r in batch]
+            for k in range(max((len(t) for t in turns), default=0)):
+                live = [i for i in range(len(batch)) if k < len(turns[i])]
+                keys = [(sids[i], f"step{k}") for i in live]
+                for i in live:
+                    turn = turns[i][k]
+                    if options.temperature > 0:  # each turn its own seed, drawn from `generator`: reproducible
+                        opts = GenerationOptions(**{**options.__dict__, "seed": rng.getrandbits(31)})
+                    else:
+                        opts = options
+                    reactive.submit(Query(sids[i], turn.query, options=opts, query_id=f"step{k}",
+                                          memory_answer=turn.answer if teacher_forcing else None))
+                collector.wait(keys, timeout)
+                for i in live:
+                    turn = turns[i][k]
+                    done = collector.answers.pop((sids[i], f"step{k}"))
+                    answer = list(done.token_ids)
+                    action = answer + ([tokenizer.eos_id] if done.stopped_by_eos else [])
+                    memory_ids = [*template.query_ids(turn.query),
+                                  *(tokenizer.encode(turn.answer) if teacher_forcing else answer),
+                                  tokenizer.eos_id][:max_len]
+                    after = _committed_stm(reactive, sids[i])
+                    batch_logs[i].steps.append(StepLog(
+                        query=turn.query, reference=turn.answer, prompt_ids=template.query_ids(turn.query),
+                        action_ids=action, answer_ids=answer, answer_text=done.text, memory_ids=memory_ids,
+                        reference_ids=tokenizer.encode(turn.answer), runtime_log_probs=list(done.log_probs),
+                        stm_before=stms[i], stm_after=after,
+                    ))
+                    stms[i] = after
+            for slot, sid in enumerate(sids):
+                carry[slot] = stms[slot]
+                reactive.store.delete(sid)
+            logs.extend(batch_logs)
+    finally:
+        subscription.dispose()
+    return logs
+
+
+# ------------------------------------------------------------------------------------------------ log files
+
+
+def _tensor_to_msg(t: torch.Tensor) -> dict[str, Any]:
+    t = t.detach().cpu().contiguous()
+    return {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "data": t.numpy().tobytes()}
+
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _tensor_from_msg(data: Any, where: str) -> torch.Tensor:
+    if not isinstance(data, dict) or set(data) != {"dtype", "shape", "data"}:
+        raise EpisodeLogError(f"{where}: expected a tensor map with keys dtype, shape, data")
+    dtype = _DTYPES.get(data["dtype"])
+    if dtype is None:
+        raise EpisodeLogError(f"{where}: unsupported dtype {data['dtype']!r}")
+    shape = data["shape"]
+    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise EpisodeLogError(f"{where}: shape must be a list of non-negative ints, got {shape!r}")
+    raw = data["data"]
+    numel = 1
+    for s in shape:
+        numel *= s
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if not isinstance(raw, bytes) or len(raw) != numel * itemsize:
+        size = len(raw) if isinstance(raw, bytes) else type(raw).__name__
+        raise EpisodeLogError(f"{where}: data has {size} bytes, shape {shape} of {data['dtype']} needs "
+                              f"{numel * itemsize}")
+    return torch.frombuffer(bytearray(raw), dtype=dtype).reshape(shape).clone()
+
+
+_STEP_FIELDS: dict[str, Any] = {
+    "query": str, "reference": str, "prompt_ids": "ids", "action_ids": "ids", "answer_ids": "ids",
+    "answer_text": str, "memory_ids": "ids", "reference_ids": "ids", "runtime_log_probs": "floats",
+    "stm_before": "tensor", "stm_after": "tensor", "reward": "optional_float",
+}
+_EPISODE_FIELDS: dict[str, Any] = {
+    "episode_id": str, "first_query": str, "first_answer": str, "first_ids": "ids", "stm_initial": "tensor",
+    "steps": "steps", "reset": bool, "teacher_forcing": bool, "strategy": str, "metadata": dict,
+}
+
+
+def _step_to_msg(step: StepLog) -> dict[str, Any]:
+    out = {name: getattr(step, name) for name in _STEP_FIELDS}
+    out["stm_before"], out["stm_after"] = _tensor_to_msg(step.stm_before), _tensor_to_msg(step.stm_after)
+    return out
+
+
+def _episode_to_msg(log: EpisodeLog) -> dict[str, Any]:
+    out = {name: getattr(log, name) for name in _EPISODE_FIELDS}
+    out["stm_initial"] = _tensor_to_msg(log.stm_initial)
+    out["steps"] = [_step_to_msg(s) for s in log.steps]
+    return out
+
+
+def _check(kind: Any, value: Any, where: str) -> Any:
+    if kind == "tensor":
+        return _tensor_from_msg(value, where)
+    if kind == "ids":
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise EpisodeLogError(f"{where}: expected a list of int token ids, got {type(value).__name__}")
+        return value
+    if kind == "floats":
+        if not isinstance(value, list) or not all(isinstance(v, (int, float)) for v in value):
+            raise EpisodeLogError(f"{where}: expected a list of floats")
+        return [float(v) for v in value]
+    if kind == "optional_float":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise EpisodeLogError(f"{where}: expected a float or nil, got {type(value).__name__}")
+        return None if value is None else float(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise EpisodeLogError(f"{where}: expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _fields(data: Any, spec: dict[str, Any], where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise EpisodeLogError(f"{where}: expected a map, got {type(data).__name__}")
+    missing = [k for k in spec if k not in data]
+    if missing:
+        raise EpisodeLogError(f"{where}: missing field {missing[0]!r}")
+    unknown = sorted(str(k) for k in set(data) - set(spec))
+    if unknown:
+        raise EpisodeLogError(f"{where}: unknown field {unknown[0]!r}")
+    out = {}
+    for name, kind in spec.items():
+        if kind == "steps":
+            if not isinstance(data[name], list):
+                raise EpisodeLogError(f"{where}.steps: expected a list")
+            out[name] = [StepLog(**_fields(s, _STEP_FIELDS, f"{where}.steps[{j}]")) for j, s in
+                         enumerate(data[name])]
+        else:
+            out[name] = _check(kind, data[name], f"{where}.{name}")
+    return out
+
+
+def episode_from_msg(data: Any, index: int) -> EpisodeLog:
+    return EpisodeLog(**_fields(data, _EPISODE_FIELDS, f"record {index}"))
+
+
+def save_episode_logs(path: str | os.PathLike, logs: Sequence[EpisodeLog]) -> Path:
+    """Write ``logs`` to ``path`` atomically (see the module docstring for the format)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            packer = msgpack.Packer(use_bin_type=True)
+            f.write(packer.pack({"format": FORMAT, "version": VERSION, "count": len(logs)}))
+            for log in logs:
+                f.write(packer.pack(_episode_to_msg(log)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_episode_logs(path: str | os.PathLike) -> list[EpisodeLog]:
+    """Read a file written by `save_episode_logs`; `EpisodeLogError` names the bad record and field."""
+    path = Path(path)
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=2**31 - 1)
+    unpacker.feed(path.read_bytes())
+    records: list[Any] = []
+    try:
+        for item in unpacker:
+            records.append(item)  # noqa: PERF402 - the count so far names the bad record
+    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
+        raise EpisodeLogError(f"{path}: record {len(records) - 1} is not valid msgpack: {exc}") from exc
+    if not records:
+        raise EpisodeLogError(f"{path}: empty file (record -1, the header, is missing)")
+    header = records[0]
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise EpisodeLogError(f"{path}: header: field 'format' must be {FORMAT!r}")
+    if header.get("version") != VERSION:
+        raise EpisodeLogError(f"{path}: header: field 'version' is {header.get('version')!r}, expected {VERSION}")
+    count = header.get("count")
+    if not isinstance(count, int) or count < 0:
+        raise EpisodeLogError(f"{path}: header: field 'count' must be a non-negative int")
+    body = records[1:]
+    if len(body) < count:
+        raise EpisodeLogError(f"{path}: truncated: record {len(body)} of {count} is missing or incomplete")
+    if len(body) > count:
+        raise EpisodeLogError(f"{path}: record {count}: extra data after the {count} records of the header")
+    try:
+        return [episode_from_msg(data, i) for i, data in enumerate(body)]
+    except EpisodeLogError as exc:
+        raise EpisodeLogError(f"{path}: {exc}") from None
+
+
+__all__ = [
+    "EpisodeLog",
+    "EpisodeLogError",
+    "StepLog",
+    "collect_episodes",
+    "load_episode_logs",
+    "save_episode_logs",
+]

@@ -1,0 +1,311 @@
+"""IMPO: PPO for memory, on episodes collected through the runtime (`training.mrl.episodes`).
+
+Every step k (0-based) of every collected episode is one transition. Its state is what the memory saved before
+the query: the interaction written last (the first interaction for k = 0, else step k-1's ``memory_ids``) and
+the STM it was written into (``stm_initial`` for k = 0, else step k-1's ``stm_before``), stored detached. The
+policy pass re-runs that memory write WITH gradient, so the memory system (encoder + memory attention) is
+trained through the policy loss, then runs the decoder teacher-forced over ``prompt + action``::
+
+    STM_k    = update_memory(STM_{k-1}.detach(), I_{k-1})                        (with grad)
+    log π(a) = log_softmax(Decoder(prompt ++ action, memory = STM_k))  at the action positions
+                                                                           (plain softmax, temperature 1)
+
+Old log-probs are recomputed by `IMPOLearner.prepare` with the pre-update policy through exactly this function,
+on exactly the same minibatch tensors, so at the first update epoch the ratio is exactly 1. The loss::
+
+    ratio_t  = exp(log π(a_t) - log π_old(a_t))
+    L_policy = -mean_rows[ mean_t min(ratio_t A, clip(ratio_t, 1-eps, 1+eps) A) ]
+    L        = L_policy - c_H * H(π) + c_KL * KL(π || π_ref) + L_mem + c_V * MSE(V(s), R)
+    L_mem    = c_mem * mean_rows[ sqrt(k + 1) * MSE(STM_k, STM_{k-1}) ]
+
+with the entropy H and the KL to the frozen reference policy (the same two-stage pass) over full distributions,
+averaged over the action tokens. Advantages: A = R - V(s) with R the step's reward, or GAE(gamma, lambda) over
+each episode's steps (then R = A + V); normalised over all transitions. Every collected episode and every step,
+the last ones included, enters every update epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rxt.model import RxT
+from rxt.template import pad_batch
+from training.mrl.critic import Critic
+from training.mrl.episodes import EpisodeLog
+
+
+@dataclass
+class IMPOConfig:
+    clip_eps: float = 0.2
+    entropy_coef: float = 0.01
+    kl_coef: float = 0.01
+    memory_reg_coef: float = 1e-3
+    value_coef: float = 0.5
+    use_gae: bool = False
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    normalize_advantages: bool = True
+    ppo_epochs: int = 2
+    minibatch_size: int = 16
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.clip_eps < 1:
+            raise ValueError(f"IMPOConfig.clip_eps={self.clip_eps} must be in (0, 1)")
+        if self.ppo_epochs < 1 or self.minibatch_size < 1:
+            raise ValueError("IMPOConfig.ppo_epochs and minibatch_size must be >= 1")
+        for name in ("entropy_coef", "kl_coef", "memory_reg_coef", "value_coef", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"IMPOConfig.{name}={getattr(self, name)} must be >= 0")
+
+
+@dataclass
+class Transition:
+    episode: int
+    step: int  # k, 0-based within the episode
+    prev_stm: torch.Tensor  # (L, S, D) STM_{k-1}: what the saved interaction was written into (detached)
+    written_ids: list[int]  # the saved interaction I_{k-1}
+    prompt_ids: list[int]
+    action_ids: list[int]
+    reward: float
+    last: bool
+
+
+def transitions(logs: Sequence[EpisodeLog]) -> list[Transition]:
+    """All steps of all episodes, in order (none left out)."""
+    out = []
+    for e, log in enumerate(logs):
+        for k, step in enumerate(log.steps):
+            if step.reward is None:
+                raise ValueError(f"episode {e} ({log.episode_id}) step {k} has no reward; compute rewards first")
+            prev = log.steps[k - 1] if k > 0 else None
+            out.append(Transition(
+                episode=e, step=k, prev_stm=log.stm_initial if prev is None else prev.stm_before,
+                written_ids=log.first_ids if prev is None else prev.memory_ids, prompt_ids=step.prompt_ids,
+                action_ids=step.action_ids, reward=float(step.reward), last=k == len(log.steps) - 1,
+            ))
+    return out
+
+
+@dataclass
+class Minibatch:
+    index: torch.Tensor  # (B,) positions in the transition list
+    prev_stm: torch.Tensor  # (L, B, S, D)
+    mem_ids: torch.Tensor
+    mem_mask: torch.Tensor
+    seq_ids: torch.Tensor  # (B, T) prompt ++ action
+    seq_mask: torch.Tensor
+    targets: torch.Tensor  # (B, T-1) next tokens
+    action_mask: torch.Tensor  # (B, T-1): True where the target is an action token
+    steps: torch.Tensor  # (B,) k
+    critic_ids: torch.Tensor
+    critic_mask: torch.Tensor
+
+
+def _ids_mask(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, lengths = pad_batch(rows, pad_id)
+    mask = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+    return ids.to(device), mask.to(device)
+
+
+def make_minibatches(items: Sequence[Transition], size: int, pad_id: int, critic: Critic,
+                     device: torch.device | str = "cpu") -> list[Minibatch]:
+    """A fixed partition of ``items`` into minibatches (in order), reused by every epoch."""
+    out = []
+    for start in range(0, len(items), size):
+        chunk = items[start : start + size]
+        seqs = [[*t.prompt_ids, *t.action_ids] for t in chunk]
+        seq_ids, seq_mask = _ids_mask(seqs, pad_id, device)
+        width = seq_ids.shape[1]
+        action_mask = torch.zeros(len(chunk), max(width - 1, 0), dtype=torch.bool)
+        for i, t in enumerate(chunk):
+            # target position j predicts token j + 1: the action occupies tokens len(prompt) .. len(seq) - 1
+            action_mask[i, len(t.prompt_ids) - 1 : len(t.prompt_ids) - 1 + len(t.action_ids)] = True
+        mem_ids, mem_mask = _ids_mask([t.written_ids for t in chunk], pad_id, device)
+        critic_ids, critic_mask = critic.state_inputs([t.written_ids for t in chunk], [t.prompt_ids for t in chunk],
+                                                      pad_id, device)
+        out.append(Minibatch(
+            index=torch.arange(start, start + len(chunk)),
+            prev_stm=torch.stack([t.prev_stm.float() for t in chunk], dim=1).to(device),
+            mem_ids=mem_ids, mem_mask=mem_mask, seq_ids=seq_ids, seq_mask=seq_mask, targets=seq_ids[:, 1:],
+            action_mask=action_mask.to(device), steps=torch.tensor([t.step for t in chunk], device=device),
+            critic_ids=critic_ids, critic_mask=critic_mask,
+        ))
+    return out
+
+
+def policy_pass(model: RxT, mb: Minibatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(STM_k (L, B, S, D), log-distributions (B, T-1, V))``: the memory write re-run from the stored
+    STM_{k-1}, then the teacher-forced decoder over prompt ++ action (plain log-softmax, temperature 1)."""
+    stm = model.update_memory(mb.prev_stm, mb.mem_ids, mb.mem_mask)
+    logits = model(mb.seq_ids, stm, mb.seq_mask).logits[:, :-1]
+    return stm, F.log_softmax(logits.float(), dim=-1)
+
+
+def token_log_probs(log_dist: torch.Tensor, mb: Minibatch) -> torch.Tensor:
+    """(B, T-1) log-prob of each target token; 0 outside the action."""
+    chosen = log_dist.gather(-1, mb.targets[..., None]).squeeze(-1)
+    return chosen.masked_fill(~mb.action_mask, 0.0)
+
+
+def memory_regularisation(stm: torch.Tensor, prev_stm: torch.Tensor, steps: torch.Tensor, coef: float) -> torch.Tensor:
+    """``coef * mean_rows[ sqrt(k + 1) * MSE(STM_k, STM_{k-1}) ]`` (MSE over layers, slots and features)."""
+    mse = (stm.float() - prev_stm.float()).pow(2).mean(dim=(0, 2, 3))
+    return coef * (torch.sqrt(steps.float() + 1.0) * mse).mean()
+
+
+def _masked_row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(values.dtype)
+    return (values * m).sum(-1) / m.sum(-1).clamp_min(1.0)
+
+
+def impo_loss(policy: RxT, reference: RxT | None, critic: Critic, mb: Minibatch, old_log_probs: torch.Tensor,
+              advantages: torch.Tensor, returns: torch.Tensor, cfg: IMPOConfig) -> tuple[torch.Tensor, dict]:
+    """The IMPO loss of one minibatch (module docstring). Returns ``(loss, stats)``; ``stats["log_probs"]`` is
+    the (B, T-1) new token log-probs (detached), ``stats["ratio"]`` the ratios at the action tokens."""
+    stm, log_dist = policy_pass(policy, mb)
+    new = token_log_probs(log_dist, mb)
+    mask = mb.action_mask
+    ratio = torch.exp(new - old_log_probs)
+    adv = advantages[:, None]
+    surrogate = torch.min(ratio * adv, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv)
+    policy_loss = -_masked_row_mean(surrogate, mask).mean()
+    probs = log_dist.exp()
+    entropy = _masked_row_mean(-(probs * log_dist).sum(-1), mask).mean()
+    if reference is not None and cfg.kl_coef > 0:
+        with torch.no_grad():
+            _, ref_dist = policy_pass(reference, mb)
+        kl = _masked_row_mean((probs * (log_dist - ref_dist)).sum(-1), mask).mean()
+    else:
+        kl = torch.zeros((), device=new.device)
+    mem_reg = memory_regularisation(stm, mb.prev_stm, mb.steps, cfg.memory_reg_coef)
+    values = critic(mb.critic_ids, mb.critic_mask)
+    value_loss = F.mse_loss(values.float(), returns)
+    loss = policy_loss - cfg.entropy_coef * entropy + cfg.kl_coef * kl + mem_reg + cfg.value_coef * value_loss
+    clipped = ((ratio - 1).abs() > cfg.clip_eps) & mask
+    stats = {
+        "policy_loss": policy_loss.detach(), "entropy": entropy.detach(), "kl": kl.detach(),
+        "memory_reg": mem_reg.detach(), "value_loss": value_loss.detach(),
+        "stm_change": (stm - mb.prev_stm).pow(2).mean().sqrt().detach(),
+        "clip_fraction": clipped.sum() / mask.sum().clamp_min(1), "log_probs": new.detach(),
+        "ratio": ratio.detach()[mask],
+    }
+    return loss, stats
+
+
+def advantages_and_returns(items: Sequence[Transition], values: torch.Tensor, cfg: IMPOConfig
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A = R - V`` (or GAE over each episode's steps, then ``R = A + V``); A normalised when asked."""
+    rewards = torch.tensor([t.reward for t in items], dtype=torch.float32, device=values.device)
+    values = values.float()
+    if cfg.use_gae:
+        adv = torch.zeros_like(rewards)
+        running = 0.0
+        for i in range(len(items) - 1, -1, -1):
+            t = items[i]
+            not_last = 0.0 if t.last else 1.0
+            next_value = values[i + 1] if not t.last else 0.0
+            running = (0.0 if t.last else running)
+            delta = rewards[i] + cfg.gamma * next_value * not_last - values[i]
+            running = delta + cfg.gamma * cfg.gae_lambda * not_last * running
+            adv[i] = running
+        returns = adv + values
+    else:
+        adv = rewards - values
+        returns = rewards
+    if cfg.normalize_advantages and adv.numel() > 1:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    return adv, returns
+
+
+class IMPOLearner:
+    """Runs IMPO updates of ``policy`` (and ``critic``) on collected episode logs.
+
+    ``seen`` lists the ``(episode, step)`` of every transition the loss saw, per update epoch (for checks);
+    ``first_ratio_exact`` whether, before the first optimizer step, the new log-probs equalled the old ones.
+    """
+
+    def __init__(self, policy: RxT, critic: Critic, optimizer: torch.optim.Optimizer, cfg: IMPOConfig, *,
+                 reference: RxT | None = None, pad_id: int = 0, device: torch.device | str = "cpu") -> None:
+        self.policy, self.critic, self.reference = policy, critic, reference
+        self.optimizer, self.cfg, self.pad_id, self.device = optimizer, cfg, pad_id, torch.device(device)
+        self.seen: list[list[tuple[int, int]]] = []
+        self.first_ratio_exact: bool | None = None
+        self.updates = 0
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for p in [*self.policy.parameters(), *self.critic.parameters()] if p.requires_grad]
+
+    @torch.no_grad()
+    def prepare(self, logs: Sequence[EpisodeLog]):
+        """Transitions, minibatches, old log-probs (pre-update policy, same function), advantages, returns."""
+        items = transitions(logs)
+        if not items:
+            raise ValueError("no transitions: the episode logs have no steps")
+        batches = make_minibatches(items, self.cfg.minibatch_size, self.pad_id, self.critic, self.device)
+        old, values = [], []
+        for mb in batches:
+            _, log_dist = policy_pass(self.policy, mb)
+            old.append(token_log_probs(log_dist, mb))
+            values.append(self.critic(mb.critic_ids, mb.critic_mask).float())
+        adv, returns = advantages_and_returns(items, torch.cat(values), self.cfg)
+        return items, batches, old, adv, returns
+
+    def update(self, logs: Sequence[EpisodeLog]) -> dict[str, float]:
+        """``ppo_epochs`` passes over every transition of ``logs`` (minibatch order shuffled per epoch, seeded)."""
+        self.policy.eval()  # no dropout: old and new log-probs come from the same function
+        self.critic.eval()
+        items, batches, old, adv, returns = self.prepare(logs)
+        totals: dict[str, float] = {}
+        count = 0
+        for epoch in range(self.cfg.ppo_epochs):
+            order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(
+                self.cfg.seed * 100_003 + self.updates * 1_009 + epoch)).tolist()
+            seen: list[tuple[int, int]] = []
+            for b in order:
+                mb = batches[b]
+                loss, stats = impo_loss(self.policy, self.reference, self.critic, mb, old[b], adv[mb.index],
+                                        returns[mb.index], self.cfg)
+                if self.first_ratio_exact is None:
+                    self.first_ratio_exact = bool(torch.equal(stats["log_probs"], old[b]))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                params = self.parameters()
+                if self.cfg.max_grad_norm > 0 and params:
+                    torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+                self.optimizer.step()
+                seen.extend((items[i].episode, items[i].step) for i in mb.index.tolist())
+                for key, value in stats.items():
+                    if key not in ("log_probs", "ratio"):
+                        totals[key] = totals.get(key, 0.0) + float(value)
+                totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
+                totals["ratio_mean"] = totals.get("ratio_mean", 0.0) + float(stats["ratio"].mean())
+                count += 1
+            self.seen.append(seen)
+        self.updates += 1
+        out = {k: v / count for k, v in totals.items()}
+        rewards = [t.reward for t in items]
+        out.update(reward_mean=sum(rewards) / len(rewards), reward_min=min(rewards), reward_max=max(rewards),
+                   transitions=float(len(items)))
+        return out
+
+
+__all__ = [
+    "IMPOConfig",
+    "IMPOLearner",
+    "Minibatch",
+    "Transition",
+    "advantages_and_returns",
+    "impo_loss",
+    "make_minibatches",
+    "memory_regularisation",
+    "policy_pass",
+    "token_log_probs",
+    "transitions",
+]

@@ -1,0 +1,54 @@
+"""Rewards of collected MRL episodes, on token ids (any `training.rewards` callable).
+
+For step k of an episode the reward input is: ``generated`` = the answer ids (no ``[EOS]``), ``reference`` = the
+dataset answer, ``saved`` = the interaction written to memory just before the query (the first interaction
+for k = 0) and ``first`` = the episode's first interaction. For the long-range strategy the episode's last step
+(the question about the first interaction) is scored by ``last_step_reward`` when given (e.g. the same
+`MemoryRetentionReward` in ``"long_range"`` mode); all other steps by ``reward``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from rxt.template import pad_batch
+from training.mrl.episodes import EpisodeLog
+from training.rewards import RewardInput
+
+RewardFn = Callable[[RewardInput], torch.Tensor]
+
+
+def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max((len(r) for r in rows), default=0))
+    return pad_batch(rows, pad_id, max_len=width)
+
+
+def reward_input(rows: Sequence[tuple[EpisodeLog, int]], pad_id: int, embed=None) -> RewardInput:
+    gen = _pad([log.steps[k].answer_ids for log, k in rows], pad_id)
+    ref = _pad([log.steps[k].reference_ids for log, k in rows], pad_id)
+    saved = _pad([log.first_ids if k == 0 else log.steps[k - 1].memory_ids for log, k in rows], pad_id)
+    first = _pad([log.first_ids for log, _ in rows], pad_id)
+    return RewardInput(gen[0], gen[1], ref[0], ref[1], saved[0], saved[1], first[0], first[1], embed=embed)
+
+
+def compute_rewards(logs: Sequence[EpisodeLog], reward: RewardFn, *, pad_id: int,
+                    last_step_reward: RewardFn | None = None, embed=None) -> list[float]:
+    """Fill ``step.reward`` for every step of ``logs`` (in place); returns the rewards in step order."""
+    groups: dict[int, list[tuple[EpisodeLog, int]]] = {0: [], 1: []}
+    for log in logs:
+        for k in range(len(log.steps)):
+            special = last_step_reward is not None and log.strategy == "long_range" and k == len(log.steps) - 1
+            groups[int(special)].append((log, k))
+    for which, rows in groups.items():
+        if not rows:
+            continue
+        fn = last_step_reward if which else reward
+        values = fn(reward_input(rows, pad_id, embed)).detach().float().cpu().tolist()
+        for (log, k), value in zip(rows, values):
+            log.steps[k].reward = float(value)
+    return [float(s.reward) for log in logs for s in log.steps]
+
+
+__all__ = ["RewardFn", "compute_rewards", "reward_input"]

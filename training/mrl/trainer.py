@@ -1,0 +1,283 @@
+"""The MRL loop: collect through the runtime, reward, IMPO update, evaluate.
+
+    for stage in curriculum:                 (steps, strategy)
+      for epoch in stage:                    (global epoch e: reset probability and unfreeze schedules)
+        for each batch of `batch_episodes` episodes:
+          logs    = collect_episodes(reactive, batch)     the ReactiveModel over the policy (its own lane thread)
+          rewards = MemoryRetentionReward(logs)           on token ids
+          reactive.wait_idle();  IMPO update on logs (+ replay buffer)      weights change in place, between
+                                                                            collections only
+        evaluate: held-out synthetic episodes (split "eval"), greedy: exact-match recall of the fact in the
+                  last answer (`recall_hit`) and the mean reward; early stopping on the eval reward
+
+TensorBoard scalars (reward mean/min/max, policy/value loss, KL, entropy, STM change, recall), tqdm, a
+reward-curve PNG and ``final/`` (RxT ``save_pretrained`` + tokenizer + ``critic.pt``) in ``train.output_dir``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import warnings
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from rxnn_runtime.messages import GenerationOptions
+from rxnn_runtime.reactive_model import ReactiveModel
+from rxt.freezing import set_trainable
+from rxt.model import RxT
+from training.data.records import EpisodeRecord
+from training.data.synthetic import SyntheticDialogueConfig, generate_episodes, recall_hit
+from training.mrl.critic import Critic
+from training.mrl.curriculum import CurriculumStage, MRLConfig, at_epoch
+from training.mrl.episodes import EpisodeLog, collect_episodes, save_episode_logs
+from training.mrl.impo import IMPOLearner
+from training.mrl.rewards import compute_rewards
+from training.rewards import model_embedding
+from training.trainer import seed_everything
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("TrainConfig.device='cuda' but CUDA is not available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class MRLTrainer:
+    """Holds the policy, its frozen reference copy, the critic, the optimizer and the runtime."""
+
+    def __init__(self, config: MRLConfig, model: RxT | None = None, tokenizer: Any = None) -> None:
+        if model is None or tokenizer is None:
+            from training.model_loading import load_model_and_tokenizer
+
+            model, tokenizer = load_model_and_tokenizer(config.model, config.tokenizer, config.model_overrides)
+        self.config = config
+        self.cfg = config.train
+        seed_everything(self.cfg.seed)
+        self.device = _device(self.cfg.device)
+        self.policy = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.reference = copy.deepcopy(self.policy).eval()
+        set_trainable(self.reference.parameters(), False)
+        self.critic = Critic.from_model(self.policy).to(self.device)
+        set_trainable(self.policy.parameters(), True)
+        self.optimizer = torch.optim.AdamW(
+            [*self.policy.parameters(), *self.critic.parameters()], lr=self.cfg.lr, betas=self.cfg.betas,
+            eps=self.cfg.eps, weight_decay=self.cfg.weight_decay,
+        )
+        self.learner = IMPOLearner(self.policy, self.critic, self.optimizer, config.impo_config(),
+                                   reference=self.reference, pad_id=tokenizer.pad_id, device=self.device)
+        self.groups = self.policy.parameter_groups()
+        self.trainable: list[str] | None = None
+        embed = model_embedding(self.policy.embedding) if config.reward.get("cosine_weight", 1.0) > 0 else None
+        self.embed = embed
+        self.reward = config.reward_fn()
+        self.last_step_reward = config.reward_fn("long_range") if config.long_range_last_step else None
+        self.replay: deque[EpisodeLog] = deque(maxlen=config.replay_buffer_size or None)
+        self.rng = random.Random(self.cfg.seed)
+        self.output_dir = Path(self.cfg.output_dir)
+        self.history: list[dict[str, float]] = []
+        self.eval_history: list[dict[str, float]] = []
+        self.updates = 0
+        self._reactive: ReactiveModel | None = None
+        self._writer: Any = None
+
+    # -- plumbing --------------------------------------------------------------------------------------------
+    @property
+    def reactive(self) -> ReactiveModel:
+        if self._reactive is None:
+            self._reactive = ReactiveModel(self.policy, self.tokenizer, max_batch_size=self.config.batch_episodes,
+                                           use_cuda_graphs=False)
+        return self._reactive
+
+    def writer(self):
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                warnings.warn("tensorboard is not installed; no TensorBoard logs", stacklevel=2)
+                self._writer = False
+            else:
+                self._writer = SummaryWriter(str(self.output_dir / "tensorboard" / self.cfg.run_name))
+        return self._writer or None
+
+    def log_scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        w = self.writer()
+        if w is not None:
+            for key, value in values.items():
+                w.add_scalar(f"{prefix}/{key}", value, step)
+
+    def apply_unfreeze_schedule(self, epoch: int) -> list[str]:
+        groups = at_epoch(self.config.unfreeze_schedule, epoch)
+        if groups != self.trainable:
+            for name, params in self.groups.items():
+                set_trainable(params, name in groups)
+            self.trainable = list(groups)
+        return groups
+
+    def options(self, temperature: float | None = None) -> GenerationOptions:
+        c = self.config
+        t = c.temperature if temperature is None else temperature
+        return GenerationOptions(max_new_tokens=c.max_new_tokens, temperature=t, top_k=c.top_k, top_p=c.top_p,
+                                 seed=0 if t > 0 else None, return_log_probs=True)
+
+    # -- data ------------------------------------------------------------------------------------------------
+    def stage_episodes(self, stage: CurriculumStage, index: int, split: str = "train",
+                       count: int | None = None) -> list[EpisodeRecord]:
+        count = stage.episodes_per_epoch * stage.epochs if count is None else count
+        if self.config.data and split == "train":
+            from training.stages.data_config import load_sources
+
+            records = load_sources(self.config.data, "episode")
+            return [r for r in records if isinstance(r, EpisodeRecord)]
+        seed = self.config.synthetic_seed + 1000 * index + (7 if split == "eval" else 0)
+        return generate_episodes(SyntheticDialogueConfig(
+            num_episodes=count, num_turns=stage.steps - 1, style=stage.strategy, split=split, seed=seed,
+        ))
+
+    # -- one collection + update -----------------------------------------------------------------------------
+    def collect(self, episodes: Sequence[EpisodeRecord], stage: CurriculumStage, reset_prob: float,
+                temperature: float | None = None, teacher_forcing: bool | None = None) -> list[EpisodeLog]:
+        tf = self.config.teacher_forcing if teacher_forcing is None else teacher_forcing
+        logs = collect_episodes(self.reactive, episodes, options=self.options(temperature), teacher_forcing=tf,
+                                reset_prob=reset_prob, generator=self.rng, max_steps=stage.steps,
+                                strategy=stage.strategy)
+        self.reactive.wait_idle()
+        compute_rewards(logs, self.reward, pad_id=self.tokenizer.pad_id, last_step_reward=self.last_step_reward,
+                        embed=self.embed)
+        return logs
+
+    def update(self, logs: Sequence[EpisodeLog]) -> dict[str, float]:
+        """IMPO on ``logs`` plus the replay buffer; the runtime must be idle (no collection in flight)."""
+        if self._reactive is not None:
+            self._reactive.wait_idle()
+        batch = [*logs, *self.replay]
+        stats = self.learner.update(batch)
+        if self.config.replay_buffer_size:
+            self.replay.extend(logs)
+        self.updates += 1
+        self.history.append({"update": self.updates, **stats})
+        self.log_scalars("train", {k: v for k, v in stats.items() if k != "transitions"}, self.updates)
+        return stats
+
+    @torch.no_grad()
+    def evaluate(self, stage: CurriculumStage, index: int) -> dict[str, float]:
+        """Greedy answers on held-out synthetic episodes: recall of the fact in the last answer, mean reward."""
+        if self.config.eval_episodes == 0:
+            return {}
+        episodes = self.stage_episodes(stage, index, "eval", self.config.eval_episodes)
+        logs = self.collect(episodes, stage, reset_prob=1.0, temperature=self.config.eval_temperature,
+                            teacher_forcing=False)
+        hits = [recall_hit(log.steps[-1].answer_text, str(log.metadata.get("fact_value", "")))
+                for log in logs if log.steps]
+        rewards = [s.reward for log in logs for s in log.steps]
+        return {"recall": sum(hits) / max(len(hits), 1), "reward_mean": sum(rewards) / max(len(rewards), 1)}
+
+    # -- the whole run ---------------------------------------------------------------------------------------
+    def fit(self) -> Path:
+        c = self.config
+        epoch = 0
+        best, bad = None, 0
+        stop = False
+        bar = tqdm(total=sum(s.epochs * s.episodes_per_epoch for s in c.curriculum), desc=self.cfg.run_name,
+                   unit="episode")
+        try:
+            if c.eval_episodes:
+                start = self.evaluate(c.curriculum[0], 0)
+                self.eval_history.append({"epoch": 0, **start})
+                self.log_scalars("eval", start, 0)
+            for index, stage in enumerate(c.curriculum):
+                episodes = self.stage_episodes(stage, index)
+                for stage_epoch in range(stage.epochs):
+                    self.apply_unfreeze_schedule(epoch)
+                    reset_prob = at_epoch(c.reset_prob_schedule, epoch)
+                    chosen = self._epoch_episodes(episodes, stage, stage_epoch)
+                    for start in range(0, len(chosen), c.batch_episodes):
+                        logs = self.collect(chosen[start : start + c.batch_episodes], stage, reset_prob)
+                        if c.save_episode_logs:
+                            save_episode_logs(self.output_dir / "episodes" / f"update-{self.updates + 1:06d}.msgpack",
+                                              logs)
+                        stats = self.update(logs)
+                        bar.update(len(logs))
+                        bar.set_postfix(reward=f"{stats['reward_mean']:.3f}", kl=f"{stats['kl']:.4f}")
+                    epoch += 1
+                    if c.eval_episodes:
+                        ev = self.evaluate(stage, index)
+                        self.eval_history.append({"epoch": epoch, "stage": index, **ev})
+                        self.log_scalars("eval", ev, epoch)
+                        if best is None or ev["reward_mean"] > best:
+                            best, bad = ev["reward_mean"], 0
+                        else:
+                            bad += 1
+                            if self.cfg.early_stopping_patience and bad >= self.cfg.early_stopping_patience:
+                                stop = True
+                                break
+                if stop:
+                    break
+        finally:
+            bar.close()
+        return self.finish()
+
+    def _epoch_episodes(self, episodes: list[EpisodeRecord], stage: CurriculumStage, stage_epoch: int):
+        n = stage.episodes_per_epoch
+        if len(episodes) >= n * (stage_epoch + 1):
+            return episodes[stage_epoch * n : (stage_epoch + 1) * n]
+        return [episodes[(stage_epoch * n + i) % len(episodes)] for i in range(n)]
+
+    def plot_reward_curve(self, path: str | Path | None = None) -> Path | None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            warnings.warn("matplotlib is not installed; no reward-curve plot", stacklevel=2)
+            return None
+        path = Path(path or self.output_dir / "reward_curve.png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        if self.history:
+            ax.plot([h["update"] for h in self.history], [h["reward_mean"] for h in self.history], label="train")
+        if self.eval_history:
+            per_epoch = max(1, len(self.history) // max(1, len(self.eval_history) - 1))
+            ax.plot([h["epoch"] * per_epoch for h in self.eval_history],
+                    [h.get("reward_mean", 0.0) for h in self.eval_history], "o-", label="eval")
+        ax.set_xlabel("update")
+        ax.set_ylabel("mean reward")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+
+    def finish(self) -> Path:
+        if self._reactive is not None:
+            self._reactive.wait_idle()
+        final = self.output_dir / "final"
+        self.policy.save_pretrained(final)
+        self.tokenizer.save_pretrained(final)
+        torch.save(self.critic.state_dict(), final / "critic.pt")
+        (self.output_dir / "metrics.json").write_text(json.dumps(
+            {"train": self.history, "eval": self.eval_history}, indent=1))
+        self.plot_reward_curve()
+        self.close()
+        return final
+
+    def close(self) -> None:
+        if self._reactive is not None:
+            self._reactive.dispose()
+            self._reactive = None
+        if self._writer:
+            self._writer.close()
+            self._writer = None
+
+
+__all__ = ["MRLTrainer"]

@@ -139,8 +139,7 @@ def bench_config(name: str, args, device, dtype) -> dict:
         compiled.start(0, query[:8], stm=stm[:, 0])
         one = torch.zeros(1, dtype=torch.long, device=device)
         out["compiled_graph_step_ms"] = _sync_time(lambda: compiled.step(one), 5, 50)
-        del compiled
-    except Exception as exc:  # noqa: BLE001 - report, don't hide
+    except Exception as exc:
         out["compiled_error"] = repr(exc)[:500]
 
     # Memory update over a 128-token interaction.
@@ -152,7 +151,7 @@ def bench_config(name: str, args, device, dtype) -> dict:
     for n in args.sessions:
         engine_generate(slot_count=n, steps=2)
         tokens = torch.zeros(engine.bucket(), dtype=torch.long, device=device)
-        step = _sync_time(lambda: engine.step(tokens), 3, 20)
+        step = _sync_time(lambda tokens=tokens: engine.step(tokens), 3, 20)
         aggregate[str(n)] = n * 1e3 / step
         engine.live = [False] * engine.max_slots
     out["aggregate_tokens_per_s"] = aggregate
@@ -175,10 +174,8 @@ def bench_config(name: str, args, device, dtype) -> dict:
         out["hf_tokens_per_s"] = n_new / (ms / 1e3)
         out["hf_ttft_ms"] = _sync_time(lambda: hf.generate(ids, max_new_tokens=1, do_sample=False, pad_token_id=0), 2, 10)
         out["graph_vs_hf"] = out["graph_tokens_per_s"] / out["hf_tokens_per_s"]
-        del hf
-    except Exception as exc:  # noqa: BLE001 - report, don't hide
+    except Exception as exc:
         out["hf_error"] = repr(exc)
-    del model, engine
     torch.cuda.empty_cache()
     return out
 

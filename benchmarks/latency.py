@@ -78,18 +78,16 @@ def run_rxt(cfg, turns, q_len, a_len, device, dtype):
             torch.cuda.synchronize()
             total = (time.perf_counter() - t0) * 1e3
             interaction = torch.cat([query, torch.stack(answer)])[None]
-            update_ms, stm = _ms(lambda: model.update_memory(stm, interaction))
+            update_ms, stm = _ms(lambda stm=stm, interaction=interaction: model.update_memory(stm, interaction))
             rows.append({"turn": turn, "ttft_ms": ttft, "turn_ms": total, "memory_update_ms": update_ms,
                          "prompt_tokens": q_len, "memory_bytes": stm.numel() * stm.element_size()})
     params = model.num_parameters()
-    del model, engine
     torch.cuda.empty_cache()
     return params, rows
 
 
 def run_stateless(cfg, turns, q_len, a_len, device, dtype):
     from rxt.classic import DecoderLM
-    from rxt.config import TransformerConfig
     from rxt.decode_engine import DecodeEngine
 
     history_len = turns * (q_len + a_len) + 1
@@ -125,7 +123,6 @@ def run_stateless(cfg, turns, q_len, a_len, device, dtype):
             rows.append({"turn": turn, "ttft_ms": ttft, "turn_ms": total, "prompt_tokens": prompt.numel(),
                          "memory_bytes": kv_bytes})
     params = lm.num_parameters()
-    del lm, engine
     torch.cuda.empty_cache()
     return params, rows
 
@@ -196,7 +193,6 @@ def run_hf(cfg, turns, q_len, a_len, device, dtype, measure_every: int = 10):
             rows.append({"turn": turn, "ttft_ms": ttft, "turn_ms": total, "prompt_tokens": q_len,
                          "cached_tokens": seen, "memory_bytes": kv_bytes})
     params = sum(p.numel() for p in model.parameters())
-    del model, cache
     torch.cuda.empty_cache()
     return transformers.__version__, params, rows
 
@@ -267,7 +263,7 @@ def main() -> None:
             version, params, rows = run_hf(cfg, args.turns, args.query_tokens, args.answer_tokens, device, dtype)
             entry["hf_kv_cache"] = {"transformers": version, "parameters": params, "turns": rows, **_summary(rows),
                                     **_summary(rows, "turn_ms")}
-        except Exception as exc:  # noqa: BLE001 - report, don't hide
+        except Exception as exc:
             entry["hf_kv_cache"] = {"error": repr(exc)[:500]}
         rxt_last = entry["rxt"]["last_ttft_ms"]
         entry["stateless_over_rxt_ttft_at_last_turn"] = entry["stateless_no_cache"]["last_ttft_ms"] / rxt_last
@@ -292,7 +288,7 @@ def main() -> None:
         os.replace(tmp.name, args.out)
         try:
             plot(doc, args.out.with_suffix(".png"))
-        except Exception as exc:  # noqa: BLE001 - the JSON is the result; the plot can be redrawn
+        except Exception as exc:
             print(f"plot failed: {exc!r}")
 
 

@@ -101,7 +101,7 @@ async def main_async(args: argparse.Namespace) -> dict:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - aiohttp exposes no public accessor
+    port = site._server.sockets[0].getsockname()[1]
     url = f"http://127.0.0.1:{port}/ws"
     try:
         await _run_level(url, 1, 1, 4)  # warm-up

@@ -83,7 +83,7 @@ def dense_setup(batch: int, seq: int, device):
 
 def measure(setup, name: str, batch: int, seq: int, compile_model: bool, steps: int, device) -> dict:
     torch.manual_seed(0)
-    model, step_fn, flops_per_token, cfg = setup(batch, seq, device)
+    model, step_fn, flops_per_token, _cfg = setup(batch, seq, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     fn = torch.compile(step_fn) if compile_model else step_fn
 
@@ -116,7 +116,7 @@ def measure(setup, name: str, batch: int, seq: int, compile_model: bool, steps: 
         "flops_per_token": flops_per_token, "peak_tflops": peak, "mfu": achieved / peak,
     }
     print(json.dumps(out), flush=True)
-    del model, optimizer
+
     torch.cuda.empty_cache()
     return out
 
@@ -139,7 +139,7 @@ def main() -> None:
         for compile_model in (False, True):
             try:
                 results.append(measure(setups[name], name, args.batch, args.seq_len, compile_model, args.steps, device))
-            except Exception as exc:  # noqa: BLE001 - report, don't hide
+            except Exception as exc:
                 results.append({"model": name, "compile": compile_model, "error": repr(exc)[:500]})
                 print(results[-1], flush=True)
     doc = {

@@ -120,7 +120,7 @@ class AgentLoop:
                     break
                 try:
                     text = self.internal_hook(answer.text)
-                except Exception as exc:  # noqa: BLE001 - a faulty hook must not stop the agent
+                except Exception as exc:
                     log.warning("internal hook raised on turn %s: %r", answer.turn_id, exc)
                     self._publish(self.errors, AgentError("hook", f"internal hook raised {exc!r}", event, exc))
                     break
@@ -145,7 +145,7 @@ class AgentLoop:
         except TimeoutError:
             self._publish(self.errors, AgentError("turn", f"no answer within {self.turn_timeout} s", cause))
             return None
-        except Exception as exc:  # noqa: BLE001 - e.g. an invalid query text
+        except Exception as exc:
             self._publish(self.errors, AgentError("turn", repr(exc), cause, exc))
             return None
         return answer

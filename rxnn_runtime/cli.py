@@ -274,7 +274,7 @@ def _add_plugin_commands(sub: Any) -> None:
     for entry in sorted(entry_points(group="rxnn.commands"), key=lambda e: e.name):
         try:
             entry.load()(sub)
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the other commands
+        except Exception as exc:
             reason = f"command {entry.name!r} is unavailable ({entry.value}: {type(exc).__name__}: {_one_line(exc)})"
             try:
                 broken = sub.add_parser(entry.name, help=f"(unavailable: {_one_line(exc)})", add_help=False)
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+    except Exception as exc:
         print(f"rxnn {args.command}: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
         return 1
 

@@ -27,7 +27,7 @@ class IsolatingSubject(Subject):
         for observer in observers:
             try:
                 observer.on_next(value)
-            except Exception as exc:  # noqa: BLE001 - isolation is the point
+            except Exception as exc:
                 log.exception("subscriber failed on %r", value)
                 if self._on_observer_error is not None:
                     self._on_observer_error(value, exc)

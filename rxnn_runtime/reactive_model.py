@@ -34,6 +34,7 @@ from reactivex.observable.connectableobservable import ConnectableObservable
 from reactivex.scheduler import EventLoopScheduler
 from reactivex.subject import Subject
 
+from rxnn_runtime.active_turn import ActiveTurn
 from rxnn_runtime.events import (
     AnswerDone,
     Cancelled,
@@ -47,7 +48,6 @@ from rxnn_runtime.events import (
 from rxnn_runtime.isolating_subject import IsolatingSubject
 from rxnn_runtime.messages import Cancel, InvalidMessage, Query, Reset
 from rxnn_runtime.stores import InMemoryStore, SessionState, SessionStore
-from rxnn_runtime.active_turn import ActiveTurn
 from rxt.decode_engine import DecodeEngine
 from rxt.model import RxT
 from rxt.sampling import choose_tokens
@@ -154,7 +154,7 @@ class ReactiveModel:
         def run(_scheduler: Any, _state: Any = None) -> None:
             try:
                 action()
-            except Exception:  # noqa: BLE001 - a lane action must never kill the lane
+            except Exception:
                 log.exception("lane action failed")
 
         self._lane.schedule(run)
@@ -213,7 +213,7 @@ class ReactiveModel:
         sid = query.session_id
         try:
             state = self._session(sid)
-        except Exception as exc:  # noqa: BLE001 - a bad session must not touch the others
+        except Exception as exc:
             self._emit(Error, sid, 0, query.query_id, code="session", message=str(exc))
             return
         queue = self._pending.setdefault(sid, deque())
@@ -259,7 +259,7 @@ class ReactiveModel:
             self._busy.add(sid)
             try:
                 self._start_turn(slot, query, turn_id)
-            except Exception as exc:  # noqa: BLE001 - a failing turn must not touch the others
+            except Exception as exc:
                 log.exception("could not start turn %s/%s", sid, turn_id)
                 self.engine.release(slot) if self.engine.live[slot] else None
                 self._turns.pop(slot, None)
@@ -300,7 +300,7 @@ class ReactiveModel:
             tokens[slot] = turn.next_token
         try:
             logits = self.engine.step(tokens.to(self.engine.device))
-        except Exception as exc:  # noqa: BLE001 - fail the live turns only; the lane lives on
+        except Exception as exc:
             log.exception("decode step failed")
             for turn in list(self._turns.values()):
                 self._end_turn(turn, cancelled=True)
@@ -369,7 +369,7 @@ class ReactiveModel:
                     new_stm = self.model.update_memory(stm, ids.to(device), valid.to(device)).cpu()
                 for i, turn in enumerate(turns):
                     self._commit(turn, new_stm[:, i])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("memory update failed")
             for turn in turns:
                 self._emit(Error, turn.session_id, turn.turn_id, turn.query.query_id, code="memory_update",
@@ -393,7 +393,7 @@ class ReactiveModel:
         )
         try:
             self.store.save(new_state)  # committed == saved, before anyone hears MemoryUpdated
-        except Exception as exc:  # noqa: BLE001 - the session keeps its previous committed state
+        except Exception as exc:
             self._emit(Error, turn.session_id, turn.turn_id, turn.query.query_id, code="store", message=repr(exc))
             return
         self._sessions[turn.session_id] = new_state
@@ -440,7 +440,7 @@ class ReactiveModel:
         state = SessionState(session_id=sid, stm=stm)
         try:
             self.store.save(state)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._emit(Error, sid, 0, code="store", message=repr(exc))
             return
         self._sessions[sid] = state
@@ -462,4 +462,4 @@ class ReactiveModel:
         return done.wait(timeout)
 
 
-__all__ = ["ReactiveModel", "InvalidMessage"]
+__all__ = ["InvalidMessage", "ReactiveModel"]

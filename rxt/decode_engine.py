@@ -209,7 +209,7 @@ class DecodeEngine:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 logits, memory = self._prefill(bucket)
-        except Exception as exc:  # noqa: BLE001 - capture is an optimisation; eager is always correct
+        except Exception as exc:
             log.warning("CUDA graph capture of prefill bucket %d failed (%s); prefilling eagerly", bucket, exc)
             self._graph_failed = True
             return None
@@ -265,7 +265,7 @@ class DecodeEngine:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 logits = self._step(b)
-        except Exception as exc:  # noqa: BLE001 - capture is an optimisation; eager is always correct
+        except Exception as exc:
             log.warning("CUDA graph capture failed for bucket %d (%s); decoding eagerly", b, exc)
             self._graph_failed = True
             self.cache.lengths.copy_(saved_lengths)

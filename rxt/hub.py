@@ -109,7 +109,7 @@ class HubMixin:
 def load_weights(model: nn.Module, path: Path, *, map_location: str | torch.device = "cpu") -> None:
     with safe_open(str(path), framework="pt", device=str(map_location)) as handle:
         aliases = json.loads((handle.metadata() or {}).get("aliases", "{}"))
-        stored = {name: handle.get_tensor(name) for name in handle.keys()}
+        stored = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - safe_open is not iterable
     for alias, source in aliases.items():
         if source in stored:
             stored[alias] = stored[source]

@@ -70,7 +70,7 @@ def run_train(args: argparse.Namespace) -> int:
         return _fail(2, _one_line(exc))
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+    except Exception as exc:
         return _fail(1, f"{type(exc).__name__}: {_one_line(exc)}")
     print(final)
     return 0

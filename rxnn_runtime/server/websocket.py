@@ -221,7 +221,7 @@ class Connection:
             return
         try:
             data = msgpack.unpackb(raw, raw=False) if binary else json.loads(raw)
-        except Exception as exc:  # noqa: BLE001 - msgpack raises several unrelated types
+        except Exception as exc:
             kind = "msgpack" if binary else "JSON"
             self.send_error(f"invalid_{kind.lower()}", f"frame is not valid {kind}: {exc}", field="frame")
             return

@@ -3,7 +3,7 @@
 from rxnn_runtime.stores.base import SessionState, SessionStore
 from rxnn_runtime.stores.memory import InMemoryStore
 
-__all__ = ["SessionState", "SessionStore", "InMemoryStore", "open_store"]
+__all__ = ["InMemoryStore", "SessionState", "SessionStore", "open_store"]
 
 
 def open_store(url: str | None) -> SessionStore:

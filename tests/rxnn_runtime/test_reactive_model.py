@@ -159,7 +159,7 @@ def test_queue_limit_and_too_long_query_are_errors_for_that_session_only():
 
 
 def test_reset_returns_session_to_initial_memory(runtime):
-    reactive, log = runtime
+    reactive, _log = runtime
     reactive.connect()
     reactive.session("r").ask_sync("remember this", OPTS)
     assert reactive.wait_idle()

@@ -100,7 +100,7 @@ def browser(tmp_path):
         options.add_argument(arg)
     try:
         driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER, log_output=os.devnull))
-    except Exception as exc:  # noqa: BLE001 - a broken browser install is an environment problem
+    except Exception as exc:
         pytest.skip(f"headless Chromium did not start: {type(exc).__name__}: {str(exc).splitlines()[0]}")
     driver.set_page_load_timeout(30)
     driver.set_script_timeout(30)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from rxt.config import RxTConfig, TransformerConfig
 from rxt.classic import DecoderLM
+from rxt.config import RxTConfig, TransformerConfig
 from rxt.model import RxT
 
 

@@ -360,7 +360,7 @@ def load_episode_logs(path: str | os.PathLike) -> list[EpisodeLog]:
     records: list[Any] = []
     try:
         for item in unpacker:
-            records.append(item)  # noqa: PERF402 - the count so far names the bad record
+            records.append(item)
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
         raise EpisodeLogError(f"{path}: record {len(records) - 1} is not valid msgpack: {exc}") from exc
     if not records:

@@ -1,0 +1,132 @@
+"""Print the README's results tables from `benchmarks/results/*.json` (so every figure there comes from a file).
+
+    python benchmarks/summarize.py > /tmp/results.md
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _load(name: str):
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def attention() -> list[str]:
+    d = _load("attention")
+    if not d:
+        return []
+    rec = {(r["variant"], r["seq_len"], r["pass"]): r for r in d["records"]}
+    lines = [
+        f"**Attention layer** (D={d['dim']}, H={d['num_heads']}, {d['dtype']}, {d['mode']}; {d['device']}, "
+        f"torch {d['torch']}; `{d['command']}`): speed-up over GQA",
+        "",
+        "| variant | 32k fwd | 32k fwd+bwd | 128k fwd | 128k fwd+bwd |",
+        "|---|---|---|---|---|",
+    ]
+    for v in ("mha", "gqa", "mqa", "sqa", "ssqa", "xsqa"):
+        cells = [f"{rec[(v, t, p)]['speedup_vs_gqa']:.2f}x" for t in (32768, 131072) for p in ("forward", "forward_backward")]
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def decode() -> list[str]:
+    d = _load("decode")
+    if not d:
+        return []
+    lines = [
+        f"**Decoding** ({d['device']}, torch {d['torch']}, {d['dtype']}, {d['new_tokens']} new tokens; "
+        f"`{d['command']}`)",
+        "",
+        "| config | params (decoder) | eager tok/s | CUDA-graph tok/s | compiled+graph step | HF `generate` tok/s | graph / HF | TTFT (64-token query) | memory update | aggregate @64 / @1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in d["results"]:
+        lines.append(
+            f"| {r['config']} | {r['rxt_parameters'] / 1e6:.1f}M ({r['decoder_parameters'] / 1e6:.1f}M) | "
+            f"{r['eager_tokens_per_s']:.0f} | {r['graph_tokens_per_s']:.0f} | {r.get('compiled_graph_step_ms', float('nan')):.3f} ms | "
+            f"{r.get('hf_tokens_per_s', float('nan')):.0f} | {r.get('graph_vs_hf', float('nan')):.1f}x | "
+            f"{r['ttft_ms']:.2f} ms | {r['memory_update_ms']:.1f} ms | {r['aggregate_64_vs_1']:.1f}x |"
+        )
+    return lines
+
+
+def latency() -> list[str]:
+    d = _load("latency")
+    if not d:
+        return []
+    lines = [
+        f"**Latency against turn** ({d['device']}, {d['dtype']}, {d['turns']} turns of {d['query_tokens']}+"
+        f"{d['answer_tokens']} tokens; `{d['command']}`; plot: `benchmarks/results/latency.png`)",
+        "",
+        "| config | system | params | TTFT turn 1 | TTFT turn 100 | turn 100 / turn 1 | memory at turn 100 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in d["configs"]:
+        for system in ("rxt", "stateless_no_cache", "hf_kv_cache"):
+            s = c.get(system, {})
+            if "turns" not in s:
+                continue
+            lines.append(
+                f"| {c['config']} | {system} | {s['parameters'] / 1e6:.1f}M | {s['turn1_ttft_ms']:.1f} ms | "
+                f"{s['last_ttft_ms']:.1f} ms | {s['last_over_first']:.2f} | {s['turns'][-1]['memory_bytes'] / 2**20:.1f} MiB |"
+            )
+    return lines
+
+
+def tensorbleu() -> list[str]:
+    d = _load("tensorbleu")
+    if not d:
+        return []
+    lines = [f"**TensorBLEU vs NLTK `sentence_bleu`** ({d['device']}; `{d['command']}`)", "",
+             "| batch x length | TensorBLEU | NLTK (CPU) | speed-up | max abs diff |", "|---|---|---|---|---|"]
+    for r in d.get("records", d.get("results", [])):
+        lines.append(
+            f"| {r['batch_size']} x {r['seq_len']} | {r['tensorbleu_ms']:.1f} ms | {r['nltk_ms']:.0f} ms | "
+            f"{r['speedup']:.0f}x | {r.get('max_abs_diff', float('nan')):.1e} |"
+        )
+    return lines
+
+
+def train_throughput() -> list[str]:
+    d = _load("train_throughput")
+    if not d:
+        return []
+    lines = [f"**Training throughput** ({d['device']}, {d['dtype']}; `{d['command']}`)", "",
+             "| model | compile | tokens/s | MFU |", "|---|---|---|---|"]
+    for r in d["results"]:
+        if "error" in r:
+            continue
+        lines.append(f"| {r['model']} | {r['compile']} | {r['tokens_per_s']:.0f} | {r['mfu'] * 100:.1f}% |")
+    return lines
+
+
+def serving() -> list[str]:
+    d = _load("serving")
+    if not d:
+        return []
+    lines = ["**Serving over websockets** (nano, greedy; `benchmarks/serving.py`)", "",
+             "| device | runtime | clients | TTFT p50 | TTFT p99 | aggregate tok/s |", "|---|---|---|---|---|---|"]
+    for run in d["runs"]:
+        label = "fixed batches" if "fixed" in run["runtime_version"] else "continuous batching"
+        for lv in run["levels"]:
+            lines.append(
+                f"| {run['device']} | {label} | {lv['clients']} | {lv['ttft_ms_p50']:.0f} ms | {lv['ttft_ms_p99']:.0f} ms "
+                f"| {lv['aggregate_tokens_per_s']:.0f} |"
+            )
+    return lines
+
+
+def main() -> None:
+    for section in (attention, decode, latency, serving, train_throughput, tensorbleu):
+        lines = section()
+        if lines:
+            print("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

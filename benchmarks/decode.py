@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from rxt.atomic_io import atomic_write_json
 from rxt.config import RxTConfig
 from rxt.decode_engine import DecodeEngine
 from rxt.generation import generate
@@ -229,10 +228,7 @@ def main() -> None:
         "new_tokens": args.new_tokens, "results": results,
     }
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as tmp:
-            json.dump(doc, tmp, indent=2)
-        os.replace(tmp.name, args.out)
+        atomic_write_json(args.out, doc)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from rxt.atomic_io import atomic_write_json
 
 CONFIGS = {
     "nano": dict(preset="nano", overrides={}),
@@ -282,10 +282,7 @@ def main() -> None:
         "configs": configs,
     }
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as tmp:
-            json.dump(doc, tmp, indent=2)
-        os.replace(tmp.name, args.out)
+        atomic_write_json(args.out, doc)
         try:
             plot(doc, args.out.with_suffix(".png"))
         except Exception as exc:

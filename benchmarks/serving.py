@@ -14,11 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from aiohttp import web
 
 from rxnn_runtime.reactive_model import ReactiveModel
 from rxnn_runtime.server.app import create_app
+from rxt.atomic_io import atomic_write_json
 from rxt.config import RxTConfig
 from rxt.model import RxT
 from rxt.tokenizer import RxTokenizer
@@ -150,10 +149,7 @@ def main() -> None:
         parser.error("--clients values must be within 1..256 (the benchmark targets 127.0.0.1 only)")
     result = asyncio.run(main_async(args))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as tmp:
-            json.dump(result, tmp, indent=2)
-        os.replace(tmp.name, args.out)
+        atomic_write_json(args.out, result)
         print(f"wrote {args.out}")
 
 

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from rxt.atomic_io import atomic_write_json
 from rxt.classic import DecoderLM
 from rxt.config import RxTConfig, TransformerConfig
 from rxt.model import RxT
@@ -149,10 +148,7 @@ def main() -> None:
         "results": results,
     }
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as tmp:
-            json.dump(doc, tmp, indent=2)
-        os.replace(tmp.name, args.out)
+        atomic_write_json(args.out, doc)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ More commands come from installed plugins (entry-point group ``rxnn.commands``),
 from __future__ import annotations
 
 import argparse
-import os
 import queue
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
+
+from rxt.atomic_io import atomic_write_bytes
 
 MAX_NEW_TOKENS = 1024  # rxnn_runtime.messages.MAX_NEW_TOKENS_LIMIT
 
@@ -126,20 +126,7 @@ def _save_session(reactive: Any, session_id: str, directory: str) -> Path:
     if state is None:  # nothing committed yet: the initial memory
         stm = reactive.model.initial_memory(1)[:, 0].detach().cpu()
         state = SessionState(session_id=session_id, stm=stm)
-    target_dir = Path(directory)
-    target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / f"{session_id}.rxs"
-    fd, tmp = tempfile.mkstemp(dir=target_dir, prefix=f".{session_id}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(state.to_bytes())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write_bytes(Path(directory) / f"{session_id}.rxs", state.to_bytes())
 
 
 def _chat_turn(reactive: Any, session_id: str, text: str, max_new_tokens: int, out) -> None:

@@ -16,7 +16,6 @@ import json
 import operator
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from importlib import resources
@@ -25,6 +24,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from rxt.atomic_io import atomic_write_text
 from rxt.special_tokens import ALL_SPECIAL_TOKENS, SpecialTokens
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -160,24 +160,7 @@ class RxTokenizer:
         The directory is created if needed. On any error the temp file is removed and an existing
         ``tokenizer.json`` is left untouched.
         """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / TOKENIZER_FILE
-        payload = self.to_str().encode("utf-8")
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{TOKENIZER_FILE}.", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, target)
-        except BaseException:
-            try:
-                os.unlink(tmp_name)
-            except FileNotFoundError:
-                pass
-            raise
-        return target
+        return atomic_write_text(Path(directory) / TOKENIZER_FILE, self.to_str())
 
     # ------------------------------------------------------------------ vocabulary
     @property

@@ -14,9 +14,9 @@ Pass a dataset of :mod:`training.data.datasets` to use its ``encode_record`` (it
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from rxt.atomic_io import atomic_write_bytes
 from rxt.template import InteractionTemplate
 from rxt.tokenizer import RxTokenizer
 from training.data.records import EpisodeRecord, InteractionRecord, TextRecord, records_fingerprint
@@ -82,20 +83,9 @@ def _save(path: Path, ids: list[Any], nested: bool) -> None:
         flat_lists = ids
     lengths = np.array([len(seq) for seq in flat_lists], dtype=np.int64)
     flat = np.fromiter((t for seq in flat_lists for t in seq), dtype=np.int32, count=int(lengths.sum()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, flat=flat, lengths=lengths, turn_counts=turn_counts, nested=np.array(nested))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    buffer = io.BytesIO()
+    np.savez(buffer, flat=flat, lengths=lengths, turn_counts=turn_counts, nested=np.array(nested))
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _load(path: Path) -> list[Any]:

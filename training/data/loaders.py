@@ -11,12 +11,12 @@ import json
 import os
 import random
 import socket
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from rxt.atomic_io import atomic_write_bytes
 from training.data.records import Record, RecordError, record_class, record_kind
 
 OFFLINE_VARIABLES: tuple[str, ...] = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
@@ -83,28 +83,13 @@ def load_parquet(path: str | os.PathLike[str], kind: str) -> list[Record]:
     return records
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def save_jsonl(records: Iterable[Record], path: str | os.PathLike[str]) -> Path:
     """Write records as JSONL (atomically: temp file, fsync, ``os.replace``); return the path."""
     lines = [json.dumps(record.to_dict(), ensure_ascii=False) for record in records]
     path = Path(path)
-    _atomic_write_bytes(path, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
+    atomic_write_bytes(path, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
     return path
 
 
@@ -128,7 +113,7 @@ def save_parquet(records: Sequence[Record], path: str | os.PathLike[str]) -> Pat
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows), buffer)
     path = Path(path)
-    _atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

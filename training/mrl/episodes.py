@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 import threading
 import uuid
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ import torch
 from rxnn_runtime.events import AnswerDone, Cancelled, Error, MemoryUpdated
 from rxnn_runtime.messages import GenerationOptions, Query
 from rxnn_runtime.stores import SessionState
+from rxt.atomic_io import atomic_write_bytes
 from training.data.records import EpisodeRecord
 
 FORMAT = "rxnn-mrl-episodes"
@@ -334,22 +334,10 @@ def episode_from_msg(data: Any, index: int) -> EpisodeLog:
 
 def save_episode_logs(path: str | os.PathLike, logs: Sequence[EpisodeLog]) -> Path:
     """Write ``logs`` to ``path`` atomically (see the module docstring for the format)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            packer = msgpack.Packer(use_bin_type=True)
-            f.write(packer.pack({"format": FORMAT, "version": VERSION, "count": len(logs)}))
-            for log in logs:
-                f.write(packer.pack(_episode_to_msg(log)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    packer = msgpack.Packer(use_bin_type=True)
+    chunks = [packer.pack({"format": FORMAT, "version": VERSION, "count": len(logs)})]
+    chunks += [packer.pack(_episode_to_msg(log)) for log in logs]
+    return atomic_write_bytes(path, b"".join(chunks))
 
 
 def load_episode_logs(path: str | os.PathLike) -> list[EpisodeLog]:

@@ -40,11 +40,12 @@ from rxt.freezing import freeze, unfreeze
 from rxt.model import RxT
 from training.callbacks import Callback
 from training.config import ConfigError, TrainConfig
-from training.data.datasets import EpisodeDataset, collate_episodes
+from training.data.datasets import EpisodeDataset
 from training.data.records import EpisodeRecord, InteractionRecord
 from training.pooling import pool_to_slots
 from training.stages.data_config import DataSource
-from training.trainer import StepOutput, Trainer
+from training.stages.episode_stage import EpisodeTrainer, RxTObjective
+from training.trainer import StepOutput
 
 
 @dataclass
@@ -114,7 +115,7 @@ def memory_target(
         return ((1.0 - w) * stm_prev.detach() + w * pooled).detach()
 
 
-class MemoryAttentionObjective(nn.Module):
+class MemoryAttentionObjective(RxTObjective):
     """The stage-3 step as a module (so DDP sees a forward): ``forward(turns, seed) -> dict`` of
     ``loss``, ``cosine``, ``weight``, ``tokens``. ``save_pretrained`` writes the RxT (and the tokenizer).
 
@@ -122,11 +123,8 @@ class MemoryAttentionObjective(nn.Module):
     ``target``/``new`` in ``self.trace`` (tests and debugging)."""
 
     def __init__(self, model: RxT, settings: MemoryAttentionStageConfig, tokenizer: Any = None) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model, tokenizer)
         self.settings = settings
-        self.tokenizer = tokenizer
-        self.record = False
         self.trace: list[dict[str, torch.Tensor]] = []
 
     def turn_weights(self, turn: int, batch: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -177,14 +175,7 @@ class MemoryAttentionObjective(nn.Module):
         return {"loss": loss_sum / denom, "cosine": cos_sum / denom,
                 "weight": torch.tensor(weight_sum / max(weight_n, 1)), "tokens": torch.tensor(tokens)}
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        path = self.model.save_pretrained(directory)
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(path)
-        return Path(path)
-
-
-class MemoryAttentionTrainer(Trainer):
+class MemoryAttentionTrainer(EpisodeTrainer):
     """Stage-3 trainer: freezes everything but ``model.memory_attention`` and trains it on episode batches
     (`collate_episodes`). ``self.unwrapped_model`` is the `MemoryAttentionObjective`; ``self.rxt`` the RxT."""
 
@@ -198,20 +189,13 @@ class MemoryAttentionTrainer(Trainer):
         tokenizer: Any = None,
         pad_id: int | None = None,
     ) -> None:
-        if not isinstance(model, RxT):
-            raise TypeError(f"MemoryAttentionTrainer needs an RxT, got {type(model).__name__}")
-        self.settings = config
-        self.rxt = model
-        self.pad_id = pad_id if pad_id is not None else (tokenizer.pad_id if tokenizer is not None else 0)
+        self.check_model(model, "MemoryAttentionTrainer")
         freeze(model)
         unfreeze(model.memory_attention)
         self._micro = 0
         self._micro_step = -1
-        super().__init__(MemoryAttentionObjective(model, config, tokenizer), config.train, train_dataset,
-                         eval_dataset, callbacks=callbacks, config=config)
-
-    def collate(self, samples: list[Any]) -> Any:
-        return collate_episodes(samples, self.pad_id)
+        super().__init__(MemoryAttentionObjective(model, config, tokenizer), config, train_dataset, eval_dataset,
+                         callbacks, self.resolve_pad_id(pad_id, tokenizer))
 
     def _jitter_seed(self) -> int:
         if self._micro_step != self.step:

@@ -41,10 +41,11 @@ from rxt.freezing import set_trainable, unfreeze
 from rxt.model import RxT
 from training.callbacks import Callback
 from training.config import ConfigError, TrainConfig
-from training.data.datasets import IGNORE_INDEX, collate_episodes
+from training.data.datasets import IGNORE_INDEX
 from training.metrics import causal_lm_loss, perplexity, token_counts
 from training.stages.data_config import DataSource
-from training.trainer import StepOutput, Trainer
+from training.stages.episode_stage import EpisodeTrainer, RxTObjective
+from training.trainer import StepOutput
 
 
 @dataclass
@@ -100,18 +101,15 @@ def groups_at(schedule: Sequence[tuple[int, Sequence[str]]], step: int) -> list[
     return current
 
 
-class SMATObjective(nn.Module):
+class SMATObjective(RxTObjective):
     """The stage-4 step as a module (so DDP sees a forward): ``forward(turns) -> dict`` of ``loss`` (mean
     answer-token CE), ``ce_sum``, ``tokens``, ``correct``. ``save_pretrained`` writes the RxT (and tokenizer).
 
     With ``record = True`` the STM read at each turn (with its autograd graph) is kept in ``self.stms``."""
 
     def __init__(self, model: RxT, bptt_depth: int, tokenizer: Any = None) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model, tokenizer)
         self.bptt_depth = bptt_depth
-        self.tokenizer = tokenizer
-        self.record = False
         self.stms: list[torch.Tensor] = []
         self.updates: list[torch.Tensor] = []
 
@@ -154,14 +152,7 @@ class SMATObjective(nn.Module):
         return {"loss": ce_sum / max(tokens, 1), "ce_sum": ce_sum, "tokens": torch.tensor(tokens),
                 "correct": torch.tensor(correct)}
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        path = self.model.save_pretrained(directory)
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(path)
-        return Path(path)
-
-
-class SMATTrainer(Trainer):
+class SMATTrainer(EpisodeTrainer):
     """Stage-4 trainer. ``self.unwrapped_model`` is the `SMATObjective`; ``self.rxt`` the RxT."""
 
     # frozen groups (and rows/turns without updates) leave parameters without gradients under DDP
@@ -177,20 +168,17 @@ class SMATTrainer(Trainer):
         tokenizer: Any = None,
         pad_id: int | None = None,
     ) -> None:
-        if not isinstance(model, RxT):
-            raise TypeError(f"SMATTrainer needs an RxT, got {type(model).__name__}")
-        self.settings = config
-        self.rxt = model
+        self.check_model(model, "SMATTrainer")
         self.groups = model.parameter_groups()
         unknown = sorted({g for _, gs in config.unfreeze_schedule for g in gs} - set(self.groups))
         if unknown:
             raise ConfigError(f"SMATStageConfig.unfreeze_schedule names unknown group(s) {unknown}; "
                               f"known: {sorted(self.groups)}")
-        self.pad_id = pad_id if pad_id is not None else (tokenizer.pad_id if tokenizer is not None else 0)
         self.trainable_groups: list[str] | None = None
         unfreeze(model)  # the optimizer (and DDP) get every parameter; the schedule then flips requires_grad
-        super().__init__(SMATObjective(model, config.bptt_depth, tokenizer), config.train, train_dataset,
-                         eval_dataset, callbacks=callbacks, config=config)
+        self.settings = config  # read by the schedule before the base constructor sets it
+        super().__init__(SMATObjective(model, config.bptt_depth, tokenizer), config, train_dataset, eval_dataset,
+                         callbacks, self.resolve_pad_id(pad_id, tokenizer))
         self.apply_unfreeze_schedule(self.step)
 
     def apply_unfreeze_schedule(self, step: int) -> list[str]:
@@ -201,9 +189,6 @@ class SMATTrainer(Trainer):
                 set_trainable(params, name in groups)
             self.trainable_groups = groups
         return groups
-
-    def collate(self, samples: list[Any]) -> Any:
-        return collate_episodes(samples, self.pad_id)
 
     def _output(self, out: dict[str, torch.Tensor]) -> StepOutput:
         tokens = int(out["tokens"])

@@ -79,16 +79,19 @@ def latency() -> list[str]:
 
 
 def tensorbleu() -> list[str]:
-    d = _load("tensorbleu")
-    if not d:
-        return []
-    lines = [f"**TensorBLEU vs NLTK `sentence_bleu`** ({d['device']}; `{d['command']}`)", "",
-             "| batch x length | TensorBLEU | NLTK (CPU) | speed-up | max abs diff |", "|---|---|---|---|---|"]
-    for r in d.get("records", d.get("results", [])):
-        lines.append(
-            f"| {r['batch_size']} x {r['seq_len']} | {r['tensorbleu_ms']:.1f} ms | {r['nltk_ms']:.0f} ms | "
-            f"{r['speedup']:.0f}x | {r.get('max_abs_diff', float('nan')):.1e} |"
-        )
+    lines: list[str] = []
+    for name in ("tensorbleu", "tensorbleu_cpu"):
+        d = _load(name)
+        if not d:
+            continue
+        lines += [f"**TensorBLEU vs NLTK `sentence_bleu`** ({d['device'] or d.get('device_type')}; `{d['command']}`)",
+                  "", "| batch x length | TensorBLEU | NLTK (CPU) | speed-up | max abs diff |", "|---|---|---|---|---|"]
+        for r in d["records"]:
+            lines.append(
+                f"| {r['batch_size']} x {r['seq_len']} | {r['tensorbleu_ms']:.1f} ms | {r['nltk_ms']:.0f} ms | "
+                f"{r['speedup']:.1f}x | {r.get('max_abs_diff', float('nan')):.1e} |"
+            )
+        lines.append("")
     return lines
 
 

@@ -1,0 +1,69 @@
+"""The one-command recipe (`examples/train_nano.py`): stages 0-4 run end to end on CPU with the tiny preset, every
+stage's ``final/`` loads, and the reference nano YAMLs match what the script builds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rxt.model import RxT
+from training.config import load_config
+from training.stages import get_stage
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "examples" / "train_nano.py"
+NANO_DIR = ROOT / "examples" / "configs" / "nano"
+
+
+def _recipe_module(monkeypatch):
+    spec = importlib.util.spec_from_file_location("train_nano", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "train_nano", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_recipe_runs_every_stage(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--preset", "tiny", "--steps", "3", "--reuse-tokenizer",
+         "--output-dir", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "recipe_summary.json").read_text())
+    assert list(summary["stages"]) == ["joint", "sft", "mem-attn", "smat"]
+    previous = "tiny"
+    for stage, entry in summary["stages"].items():
+        final = Path(entry["final"])
+        assert final.is_dir() and f"{stage} done" in proc.stdout and str(final) in proc.stdout
+        model = RxT.from_pretrained(final)
+        assert model.num_parameters() > 0
+        assert (final / "tokenizer.json").is_file()
+        assert entry["metrics"]["train"]["step"] == 3
+        # each stage started from the previous one's final/
+        module = get_stage(stage)
+        config = load_config(str(final.parent / "recipe_config.yaml"), module.CONFIG_CLASS)
+        assert config.model == previous and config.train.max_steps == 3
+        previous = str(final)
+
+
+@pytest.mark.parametrize("stage", ["joint", "sft", "mem-attn", "smat", "mrl"])
+def test_nano_reference_configs_match_the_script(tmp_path, monkeypatch, stage):
+    recipe = _recipe_module(monkeypatch)
+    recipe.dump_configs("nano", tmp_path, Path("runs/nano"), reuse_tokenizer=False)
+    name = recipe.CONFIG_FILES[stage]
+
+    def body(path: Path) -> str:
+        return "".join(line for line in path.read_text().splitlines(keepends=True) if not line.startswith("#"))
+
+    assert body(NANO_DIR / name) == body(tmp_path / name), f"regenerate {NANO_DIR}: see the script's docstring"
+    config = load_config(NANO_DIR / name, get_stage(stage).CONFIG_CLASS)
+    assert config.train.device != "cpu"

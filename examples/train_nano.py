@@ -9,6 +9,14 @@ Stages, each starting from the previous stage's ``final/`` directory::
     4  smat        supervised memory-aware training over multi-turn episodes       -> <out>/4_smat/final
     5  mrl         Memory Reinforcement Learning (IMPO), only with --with-mrl       -> <out>/5_mrl/final
 
+With ``--with-baseline`` the stateless baseline (`training.stages.baseline_lm`) is trained afterwards: a
+decoder-only LM matched to the RxT's parameter count (``match_parameters_of`` = stage 4's ``final/``, whose
+tokenizer it uses), reading the whole history of every episode, on the union of the data sources of stages 1, 2
+and 4 (as episodes) for as many optimizer steps as those three stages together, with stage 4's batch of
+episodes, learning-rate settings and held-out episodes: the same step budget, not the same token count (its
+sequences are whole histories). -> ``<out>/baseline/final``; the summary's ``baseline`` entry gives the step
+budget and the parameter counts.
+
 Every stage config is built as a plain dict (the preset below, then the command-line overrides) and passed
 through ``training.config.load_config`` with the stage's ``CONFIG_CLASS``, so it gets exactly the validation of
 ``rxnn train <stage> --config file.yaml``. The resolved configs are written beside each stage's output
@@ -62,6 +70,8 @@ CONFIG_FILES: dict[str, str] = {
     "smat": "4_smat.yaml",
     "mrl": "5_mrl.yaml",
 }
+BASELINE_DIR = "baseline"
+BASELINE_BUDGET_STAGES: tuple[str, ...] = ("joint", "sft", "smat")  # its data and its step budget
 MODEL_PLACEHOLDER = "<previous stage final>"  # replaced by the previous stage's final/ (stage 1: the preset)
 
 
@@ -117,6 +127,8 @@ TINY: dict[str, Any] = {
             "train": _train(lr=1.0e-3, warmup_steps=0, max_steps=1000),
         },
     },
+    # --with-baseline: the rest (data, steps, batch) comes from the stages of BASELINE_BUDGET_STAGES
+    "baseline": {"max_len": 128},
 }
 
 # `nano`: the real run on one GPU (see the module docstring). Synthetic memory dialogues plus chitchat;
@@ -195,6 +207,8 @@ NANO: dict[str, Any] = {
             "train": _train(lr=1.0e-5, warmup_steps=0, max_steps=100000, precision="bf16", seed=0),
         },
     },
+    # Episodes of up to 18 turns: a longer context than the RxT's 256-token interactions.
+    "baseline": {"max_len": 1024},
 }
 PRESETS: dict[str, dict[str, Any]] = {"tiny": TINY, "nano": NANO}
 
@@ -243,6 +257,63 @@ def build_stage_config(stage: str, raw: dict[str, Any]):
 
     module = get_stage(stage)
     return module, load_config(raw, module.CONFIG_CLASS)
+
+
+def baseline_config_dict(preset: str, *, match: str, output_dir: Path, steps: int | None = None,
+                         device: str | None = None, seed: int | None = None) -> dict[str, Any]:
+    """The baseline's raw config: the data sources of `BASELINE_BUDGET_STAGES` (duplicates once), their
+    summed ``max_steps`` (after ``steps``), and stage 4's train settings otherwise."""
+    resolved = {stage: stage_config_dict(preset, stage, model=MODEL_PLACEHOLDER, tokenizer=None,
+                                         output_dir=output_dir, steps=steps, device=device, seed=seed)
+                for stage in BASELINE_BUDGET_STAGES}
+    data: list[dict[str, Any]] = []  # a source used by several stages (whatever its limit) once, the widest limit
+    for stage in BASELINE_BUDGET_STAGES:
+        for source in resolved[stage]["data"]:
+            same = [d for d in data if {**d, "limit": None} == {**source, "limit": None}]
+            if not same:
+                data.append(copy.deepcopy(source))
+            elif same[0].get("limit") is not None:
+                limit = source.get("limit")
+                same[0]["limit"] = None if limit is None else max(limit, same[0]["limit"])
+    train = copy.deepcopy(resolved["smat"]["train"])
+    train["max_steps"] = sum(resolved[stage]["train"]["max_steps"] for stage in BASELINE_BUDGET_STAGES)
+    train["warmup_steps"] = min(train["max_steps"], max(resolved[s]["train"].get("warmup_steps", 0)
+                                                        for s in BASELINE_BUDGET_STAGES))
+    train["run_name"] = f"{preset}-baseline"
+    raw = {"match_parameters_of": match, "tokenizer": None, **copy.deepcopy(PRESETS[preset]["baseline"]),
+           "data": data, "train": train}
+    if resolved["smat"].get("eval_data"):  # the held-out episodes stage 4 is evaluated on
+        raw["eval_data"] = copy.deepcopy(resolved["smat"]["eval_data"])
+    else:
+        raw["val_fraction"] = resolved["joint"].get("val_fraction", 0.0)
+    return raw
+
+
+def run_baseline(args: argparse.Namespace, out: Path, rxt_final: str) -> dict[str, Any]:
+    """Train the stateless baseline (see the module docstring) and return its summary entry."""
+    stage_dir = out / BASELINE_DIR
+    raw = baseline_config_dict(args.preset, match=rxt_final, output_dir=stage_dir, steps=args.steps,
+                               device=args.device, seed=args.seed)
+    module, config = build_stage_config("baseline", raw)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / "recipe_config.yaml").write_text(to_yaml(raw))
+    final = stage_dir / "final"
+    start = time.perf_counter()
+    if args.resume and (final / "model.safetensors").is_file():
+        print(f"[baseline] {final} exists, skipped (--resume)", flush=True)
+    else:
+        print(f"[baseline] stateless DecoderLM matched to {rxt_final}, {raw['train']['max_steps']} steps "
+              f"-> {stage_dir}", flush=True)
+        final = Path(module.run_stage(config, resume=args.resume))
+    metrics = last_metrics(stage_dir)
+    seconds = time.perf_counter() - start
+    print(f"[baseline] done in {seconds:.1f}s: final={final}\n    {_fmt(metrics)}", flush=True)
+    entry: dict[str, Any] = {"final": str(final), "seconds": round(seconds, 2), "metrics": metrics,
+                             "max_steps": raw["train"]["max_steps"], "budget_of": list(BASELINE_BUDGET_STAGES)}
+    match_file = stage_dir / "parameter_match.json"
+    if match_file.is_file():
+        entry["parameters"] = json.loads(match_file.read_text())
+    return entry
 
 
 # ------------------------------------------------------------------------------------------------- stage 0
@@ -386,6 +457,10 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
         summary["stages"][stage] = {"final": str(final), "seconds": round(seconds, 2), "metrics": metrics}
         atomic_write_json(out / "recipe_summary.json", summary)
         model, tokenizer = str(final), None
+    if args.with_baseline:
+        rxt_final = summary["stages"]["smat"]["final"]
+        summary["baseline"] = run_baseline(args, out, rxt_final)
+        atomic_write_json(out / "recipe_summary.json", summary)
     print(f"recipe finished; the model is {model}", flush=True)
     return summary
 
@@ -400,6 +475,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="skip stage 0 and use the packaged default tokenizer")
     parser.add_argument("--tokenizer-vocab-size", type=int, default=None)
     parser.add_argument("--with-mrl", action="store_true", help="add stage 5 (MRL) after SMAT")
+    parser.add_argument("--with-baseline", action="store_true",
+                        help="then train the stateless baseline (same data, same step budget as stages 1+2+4)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--resume", action="store_true",

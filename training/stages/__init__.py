@@ -20,6 +20,7 @@ STAGES: dict[str, str] = {
     "mem-attn": "training.stages.memory_attention_pretraining",
     "smat": "training.stages.smat",
     "mrl": "training.stages.mrl",
+    "baseline": "training.stages.baseline_lm",
 }
 """Stage name -> module (``"module"`` or ``"module:attribute"`` for a stage object inside a module)."""
 

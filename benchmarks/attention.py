@@ -19,26 +19,23 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from rxt.atomic_io import atomic_write_json
+from bench_utils import RESULTS_DIR, inside, time_ms
 
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # runnable as `python benchmarks/attention.py` without installing the package
     sys.path.insert(0, str(_ROOT))
 
+from rxt.atomic_io import atomic_write_json
 from rxt.attention import Attention
 from rxt.attention_config import ATTENTION_VARIANTS, AttentionConfig
 
 DEFAULT_SEQ_LENS = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
-RESULTS_DIR = _ROOT / "benchmarks" / "results"
 BARE_HEADS = ("gqa", "xsqa")
 PASSES = ("forward", "forward_backward")
 MODE = "bidirectional full attention, no mask, batch 1 (encoder-style, compute-bound)"
@@ -67,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if "gqa" not in args.variants:
         args.variants = ["gqa", *args.variants]  # the reference for speed-ups
     device = torch.device(args.device)
-    if device.type != "cuda" and _inside(args.out, RESULTS_DIR):
+    if device.type != "cuda" and inside(args.out, RESULTS_DIR):
         p.error(
             f"--out={args.out} is under {RESULTS_DIR}, which holds GPU timings only; "
             "pass another --out for a CPU run"
@@ -75,45 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
-
-
-# -- timing ---------------------------------------------------------------------------------------------------
-def time_ms(fn: Callable[[], None], device: torch.device, warmup: int, iters: int) -> float:
-    """Median milliseconds of ``fn`` over ``iters`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        events = [
-            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)
-        ]
-        for start, end in events:
-            start.record()
-            fn()
-            end.record()
-        torch.cuda.synchronize(device)
-        times = [start.elapsed_time(end) for start, end in events]
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def _measure(
     make: Callable[..., Callable[[], None]], make_args: tuple, device: torch.device, warmup: int, iters: int
 ) -> dict:
     """Time ``make(*make_args)``; a CUDA out-of-memory error is recorded, not raised."""
     try:
-        return {"ms": time_ms(make(*make_args), device, warmup, iters)}
+        return {"ms": time_ms(make(*make_args), device, warmup, iters, sync_each=False)}
     except torch.cuda.OutOfMemoryError as exc:  # the math SDPA backend at long sequences, say
         return {"ms": None, "error": f"out of memory: {str(exc).splitlines()[0]}"}
     finally:

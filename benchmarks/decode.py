@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from bench_utils import time_ms
 
 from rxt.atomic_io import atomic_write_json
 from rxt.config import RxTConfig
@@ -42,18 +42,8 @@ CONFIGS = {
 
 
 def _sync_time(fn, warmup: int, iters: int) -> float:
-    """Median milliseconds of ``fn`` with CUDA events after warm-up."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    """Median milliseconds of ``fn`` with CUDA events after warm-up, waiting after every run."""
+    return time_ms(fn, torch.device("cuda"), warmup, iters)
 
 
 def _hf_model(cfg: RxTConfig, device, dtype):

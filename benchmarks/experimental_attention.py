@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_utils import RESULTS_DIR, inside, time_ms
 
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
@@ -40,7 +41,6 @@ from rxt.experimental.flex_sqa import FlexSQAAttention
 from rxt.experimental.gma import DeepMoEAttention, GroupedMoEAttention
 from rxt.experimental.lm import ExperimentalAttentionTransformer, ExperimentalLMConfig
 
-RESULTS_DIR = _ROOT / "benchmarks" / "results"
 DEFAULT_SEQ_LENS = (4096, 8192, 16384, 32768, 65536, 131072, 262144)
 VARIANTS = ("gqa", "sqa", "gma", "dma", "flex-sqa")
 
@@ -72,19 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.dtype is None:
         args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
-    if torch.device(args.device).type != "cuda" and _inside(args.out, RESULTS_DIR):
+    if torch.device(args.device).type != "cuda" and inside(args.out, RESULTS_DIR):
         p.error(f"--out={args.out} is under {RESULTS_DIR}, which holds GPU results only; pass another --out")
     if min(args.seq_lens) < 1 or args.iters < 1 or args.quality_steps < 1:
         p.error("--seq-lens, --iters and --quality-steps must be >= 1")
     return args
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 # -- speed ----------------------------------------------------------------------------------------------------
@@ -129,26 +121,7 @@ def time_forward(module: torch.nn.Module, x: torch.Tensor, warmup: int, iters: i
     run()  # first call: compile / block mask for flex
     _sync(device)
     first_ms = (time.perf_counter() - t0) * 1e3
-    for _ in range(warmup):
-        run()
-    times = []
-    if device.type == "cuda":
-        events = [
-            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)
-        ]
-        _sync(device)
-        for start, end in events:
-            start.record()
-            run()
-            end.record()
-        _sync(device)
-        times = [s.elapsed_time(e) for s, e in events]
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            run()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return {"ms": statistics.median(times), "first_call_ms": first_ms}
+    return {"ms": time_ms(run, device, warmup, iters, sync_each=False), "first_call_ms": first_ms}
 
 
 def speed(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> list[dict]:

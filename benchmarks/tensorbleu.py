@@ -26,20 +26,18 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
-from rxt.atomic_io import atomic_write_json
+from bench_utils import RESULTS_DIR, time_ms
 
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # runnable as `python benchmarks/tensorbleu.py` without installing the package
     sys.path.insert(0, str(_ROOT))
 
+from rxt.atomic_io import atomic_write_json
 from training.rewards.tensorbleu import tensor_sentence_bleu
 
-RESULTS_DIR = _ROOT / "benchmarks" / "results"
 NLTK_METHODS = {"none": "method0", "floor": "method1", "add-k": "method2", "exp": "method3"}
 
 
@@ -71,28 +69,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0.0 <= args.noise <= 1.0:
         p.error("--noise must be in [0, 1]")
     return args
-
-
-def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> float:
-    """Median milliseconds of ``fn`` over ``iters`` runs after ``warmup`` runs (CUDA events on a GPU)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for _ in range(iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def make_batch(batch: int, length: int, vocab: int, noise: float, gen: torch.Generator):

@@ -1,0 +1,51 @@
+"""What the benchmark scripts share: the timer and the guard that keeps CPU timings out of results/."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def time_ms(
+    fn: Callable[[], object], device: torch.device, warmup: int, iters: int, *, sync_each: bool = True
+) -> float:
+    """Median milliseconds of ``fn`` over ``iters`` runs after ``warmup`` runs.
+
+    On a GPU each run is bracketed by CUDA events. ``sync_each=False`` records all runs back to back and
+    synchronises once (steady-state kernel throughput); ``True`` waits after every run (what a caller that
+    reads the result each time sees). On the CPU it is wall-clock time.
+    """
+    for _ in range(warmup):
+        fn()
+    if device.type != "cuda":
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+    torch.cuda.synchronize(device)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+    for start, end in events:
+        start.record()
+        fn()
+        end.record()
+        if sync_each:
+            end.synchronize()
+    torch.cuda.synchronize(device)
+    return statistics.median(start.elapsed_time(end) for start, end in events)
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies under ``folder`` (used to refuse CPU runs writing into benchmarks/results)."""
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False

@@ -128,22 +128,10 @@ def run_stateless(cfg, turns, q_len, a_len, device, dtype):
 
 
 def matched_baseline_config(cfg, max_seq_len: int):
-    """A decoder-only config with the RxT's widths and about its total parameter count (more layers)."""
-    from rxt.classic import DecoderLM
-    from rxt.config import TransformerConfig
-    from rxt.model import RxT
+    """The stateless baseline: the RxT's widths, at least its parameter count (see rxt.classic)."""
+    from rxt.classic import matched_decoder_config
 
-    with torch.device("meta"):
-        target = RxT(cfg).num_parameters()
-        layers = cfg.num_layers
-        while True:
-            base = TransformerConfig(
-                vocab_size=cfg.vocab_size, dim=cfg.dim, num_layers=layers, num_heads=cfg.num_heads,
-                max_seq_len=max_seq_len, ffn_hidden_dim=cfg.ffn_hidden_dim, self_attention=cfg.self_attention,
-            )
-            if DecoderLM(base).num_parameters() >= target or layers >= 8 * cfg.num_layers:
-                return base
-            layers += 1
+    return matched_decoder_config(cfg, max_seq_len, at_least=True)[0]
 
 
 def run_hf(cfg, turns, q_len, a_len, device, dtype, measure_every: int = 10):

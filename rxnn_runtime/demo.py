@@ -15,8 +15,8 @@ import torch
 
 from rxt.chat import ReactiveChat
 from rxt.chat_events import AnswerCompleted, MemoryUpdated, TokenGenerated
-from rxt.classic import DecoderLM
-from rxt.config import RxTConfig, TransformerConfig
+from rxt.classic import DecoderLM, matched_decoder_config
+from rxt.config import RxTConfig
 from rxt.generation import decode_steps
 from rxt.model import RxT
 from rxt.sampling import SamplingConfig
@@ -55,17 +55,10 @@ def default_model(tokenizer: RxTokenizer) -> tuple[RxT, bool]:
 
 def _stateless_baseline(model: RxT) -> DecoderLM:
     """A decoder-only LM of about the same parameter count, with room for the whole conversation."""
-    cfg = model.config
-    layers = cfg.num_layers
-    while True:  # add layers until it is at least as large as the RxT (memory attention + encoder count too)
-        base = TransformerConfig(
-            vocab_size=cfg.vocab_size, dim=cfg.dim, num_layers=layers, num_heads=cfg.num_heads,
-            max_seq_len=2048, ffn_hidden_dim=cfg.ffn_hidden_dim, self_attention="gqa",
-        )
-        lm = DecoderLM(base)
-        if lm.num_parameters() >= model.num_parameters() or layers > 4 * cfg.num_layers:
-            return lm.eval()
-        layers += 1
+    config, _, _ = matched_decoder_config(
+        model.config, max_seq_len=2048, at_least=True, max_layers_factor=4, self_attention="gqa"
+    )
+    return DecoderLM(config).eval()
 
 
 def _time_stateless_turn(lm: DecoderLM, history: list[int], sampling: SamplingConfig, eos: int, pad: int):

@@ -56,3 +56,44 @@ class EncoderLM(nn.Module, HubMixin):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+_SHARED_WIDTHS = (
+    "vocab_size", "dim", "num_heads", "self_attention", "ffn_hidden_dim", "ffn_activation", "ffn_gated",
+    "num_experts", "top_k", "position_encoding", "rope_base", "dropout", "norm_eps", "tie_lm_head",
+    "attention_backend",
+)
+
+
+def matched_decoder_config(
+    rxt_config: TransformerConfig,
+    max_seq_len: int,
+    *,
+    at_least: bool = False,
+    max_layers_factor: int = 8,
+    **overrides,
+) -> tuple[TransformerConfig, int, int]:
+    """The stateless baseline for an RxT: ``(config, baseline_params, rxt_params)``.
+
+    A decoder-only config with the RxT's widths (``overrides`` replace some) and more layers, so that its
+    parameter count matches the whole RxT's (encoder and memory attention included). The layer count grows from
+    the RxT's up to ``max_layers_factor`` times it; it is the first that reaches the RxT's count when
+    ``at_least``, else the closest. Counted on the meta device: nothing is allocated.
+    """
+    from rxt.model import RxT
+
+    widths = {name: getattr(rxt_config, name) for name in _SHARED_WIDTHS} | overrides
+    best: tuple[int, TransformerConfig, int] | None = None
+    with torch.device("meta"):
+        target = RxT(rxt_config).num_parameters()
+        for layers in range(rxt_config.num_layers, max_layers_factor * rxt_config.num_layers + 1):
+            cfg = TransformerConfig(**widths, num_layers=layers, max_seq_len=max_seq_len)
+            params = DecoderLM(cfg).num_parameters()
+            if at_least and params >= target:
+                return cfg, params, target
+            if best is None or abs(params - target) < best[0]:
+                best = (abs(params - target), cfg, params)
+            if params >= target:
+                break
+    assert best is not None
+    return best[1], best[2], target

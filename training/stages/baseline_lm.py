@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from rxt.classic import DecoderLM
+from rxt.classic import DecoderLM, matched_decoder_config
 from rxt.config import PRESET_NAMES, RxTConfig, TransformerConfig
 from rxt.hub import CONFIG_NAME, WEIGHTS_NAME
 from rxt.template import InteractionTemplate
@@ -158,28 +158,6 @@ def load_episodes(sources: Sequence[DataSource], key: str = "data") -> list[Epis
 # ---------------------------------------------------------------------------------------------------- model
 
 
-def matched_decoder_config(rxt_config: RxTConfig, max_seq_len: int, max_layers_factor: int = 8) -> tuple[
-        TransformerConfig, int, int]:
-    """``(config, baseline_params, rxt_params)``: a decoder-only config with the RxT's widths and the layer count
-    (from the RxT's up to ``max_layers_factor`` times it) whose parameter count is closest to the RxT's."""
-    from rxt.model import RxT
-
-    keep = ("vocab_size", "dim", "num_heads", "self_attention", "ffn_hidden_dim", "ffn_activation", "ffn_gated",
-            "num_experts", "top_k", "position_encoding", "rope_base", "dropout", "norm_eps", "tie_lm_head",
-            "attention_backend")
-    widths = {name: getattr(rxt_config, name) for name in keep}
-    best: tuple[int, TransformerConfig, int] | None = None
-    with torch.device("meta"):
-        target = RxT(rxt_config).num_parameters()
-        for layers in range(rxt_config.num_layers, max_layers_factor * rxt_config.num_layers + 1):
-            cfg = TransformerConfig(**widths, num_layers=layers, max_seq_len=max_seq_len)
-            params = DecoderLM(cfg).num_parameters()
-            if best is None or abs(params - target) < best[0]:
-                best = (abs(params - target), cfg, params)
-            if params >= target:
-                break
-    assert best is not None
-    return best[1], best[2], target
 
 
 def _load_tokenizer(config: BaselineLMConfig) -> RxTokenizer:

@@ -103,7 +103,6 @@ class ReactiveModel:
         # Decode slots with a static KV cache; each step is a captured CUDA graph on the GPU (see DecodeEngine).
         self.engine = DecodeEngine(self.model.decoder, max_slots=max_batch_size, capacity=model.config.max_seq_len,
                                    use_cuda_graphs=use_cuda_graphs)
-        self._idle = threading.Condition()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def connect(self) -> abc.DisposableBase:
@@ -261,15 +260,13 @@ class ReactiveModel:
                 self._start_turn(slot, query, turn_id)
             except Exception as exc:
                 log.exception("could not start turn %s/%s", sid, turn_id)
-                self.engine.release(slot) if self.engine.live[slot] else None
+                if self.engine.live[slot]:
+                    self.engine.release(slot)
                 self._turns.pop(slot, None)
                 self._busy.discard(sid)
                 self._emit(Error, sid, turn_id, query.query_id, code="internal", message=repr(exc))
         if self._turns:
             self._request_step()
-        elif not self._updates:
-            with self._idle:
-                self._idle.notify_all()
 
     def _start_turn(self, slot: int, query: Query, turn_id: int) -> None:
         device = self.model.embedding.weight.device

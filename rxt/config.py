@@ -21,7 +21,7 @@ mini     640    10      16     512     1664   1024      ~103M, like RxT-Alpha Mi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from rxt.attention_config import ATTENTION_VARIANTS, AttentionConfig
@@ -171,7 +171,3 @@ _PRESETS: dict[str, dict[str, Any]] = {
 
 PRESET_NAMES = tuple(_PRESETS)
 
-
-def with_overrides(cfg, **overrides):
-    """A copy of ``cfg`` with fields replaced (re-validated)."""
-    return replace(cfg, **overrides)

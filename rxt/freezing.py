@@ -25,13 +25,3 @@ def unfreeze(module_or_params: nn.Module | Iterable[nn.Parameter]) -> int:
     params = module_or_params.parameters() if isinstance(module_or_params, nn.Module) else module_or_params
     return set_trainable(params, True)
 
-
-def train_only(model: nn.Module, groups: dict[str, list[nn.Parameter]], names: Iterable[str]) -> None:
-    """Make exactly the named groups trainable (e.g. ``train_only(m, m.parameter_groups(), ["memory"])``)."""
-    names = set(names)
-    unknown = names - set(groups)
-    if unknown:
-        raise ValueError(f"unknown parameter group(s) {sorted(unknown)}; known: {sorted(groups)}")
-    freeze(model)
-    for name in names:
-        unfreeze(groups[name])

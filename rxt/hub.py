@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from safetensors import safe_open
@@ -152,13 +151,3 @@ def _resolve(name_or_path: str | os.PathLike, revision: str | None) -> Path:
             "pass a local directory, or unset HF_HUB_OFFLINE if you are online"
         ) from exc
 
-
-def copy_checkpoint(source: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Copy a saved model directory (config + weights)."""
-    Path(target).mkdir(parents=True, exist_ok=True)
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        shutil.copy2(Path(source) / name, Path(target) / name)
-
-
-def config_dict(model: Any) -> dict[str, Any]:
-    return {"model_type": type(model).__name__, **model.config.to_dict()}

@@ -63,7 +63,8 @@ def test_continuous_batching_matches_sessions_run_alone(model):
 def test_slot_reuse_and_limits(model):
     engine = DecodeEngine(model.decoder, max_slots=2, capacity=8)
     mem = model.project_memory(model.initial_memory(1))
-    slot = engine.start(0, torch.tensor([5, 6, 7]), mem) is not None and 0
+    slot = 0
+    assert engine.start(slot, torch.tensor([5, 6, 7]), mem).shape == (128,)
     assert engine.free_slot() == 1
     with pytest.raises(ValueError, match="slot 0 is live"):
         engine.start(0, torch.tensor([5]), mem)

@@ -56,6 +56,9 @@ class AnswerDone(Event):
     token_ids: tuple[int, ...] = ()
     stopped_by_eos: bool = False
     log_probs: tuple[float, ...] = ()  # per token, when the query asked for them (options.return_log_probs)
+    # Text the Token events still owe: an unfinished UTF-8 character at the very end of the answer, decoded as
+    # U+FFFD. The Token texts followed by ``tail`` always equal ``text``.
+    tail: str = ""
     type: ClassVar[str] = "answer"
 
 

@@ -343,7 +343,8 @@ class ReactiveModel:
         self._end_turn(turn, cancelled=False)
         self._emit(AnswerDone, turn.session_id, turn.turn_id, turn.query.query_id,
                    text=self.tokenizer.decode(turn.answer), token_ids=tuple(turn.answer),
-                   stopped_by_eos=turn.stopped_by_eos, log_probs=tuple(turn.log_probs))
+                   stopped_by_eos=turn.stopped_by_eos, log_probs=tuple(turn.log_probs),
+                   tail=turn.text_decoder.flush())
         # The memory update is its own lane action, after the answer has been delivered. Turns finishing
         # close together share one batched encoder + memory-attention pass.
         self._updates.append(turn)

@@ -94,7 +94,9 @@ class ReactiveChat:
         try:
             text = self.tokenizer.decode(answer)
             answered = True
-            yield AnswerCompleted(text=text, token_ids=tuple(answer), stopped_by_eos=stopped_by_eos)
+            yield AnswerCompleted(
+                text=text, token_ids=tuple(answer), stopped_by_eos=stopped_by_eos, tail=decoder.flush()
+            )
         finally:
             if answered:
                 version = self.write_to_memory([*prompt, *answer, self.tokenizer.eos_id])

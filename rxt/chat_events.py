@@ -21,6 +21,7 @@ class AnswerCompleted:
     text: str
     token_ids: tuple[int, ...]
     stopped_by_eos: bool
+    tail: str = ""  # an unfinished character at the end that no TokenGenerated carried; tokens + tail == text
 
 
 @dataclass(frozen=True)

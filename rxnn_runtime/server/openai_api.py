@@ -249,7 +249,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         })
         await response.prepare(request)
         await response.write(_chunk(cid, created, model, {"role": "assistant", "content": ""}))
-        streamed = ""
         while True:
             event = await next_event()
             pieces = []
@@ -261,11 +260,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     break
                 event = queue.get_nowait()
             text = "".join(pieces)
-            if isinstance(event, AnswerDone) and event.text.startswith(streamed + text):
-                # Bytes of an unfinished character at the end decode (as U+FFFD) only in the full answer.
-                text = event.text[len(streamed):]
+            if isinstance(event, AnswerDone):
+                text += event.tail  # an unfinished character at the end, owed by the token stream
             if text:
-                streamed += text
                 await response.write(_chunk(cid, created, model, {"content": text}))
             if isinstance(event, AnswerDone):
                 finished = True

@@ -231,3 +231,18 @@ def test_wrapping_does_not_modify_the_given_tokenizer():
     backend = _trained_backend(list(ALL_SPECIAL_TOKENS))
     RxTokenizer(backend)
     assert backend.encode("[Q]", add_special_tokens=False).ids == [backend.token_to_id("[Q]")]
+
+
+def test_incremental_decoder_flush_owes_exactly_the_unfinished_character():
+    """The runtime's AnswerDone.tail relies on this: deltas + flush() == decode() even when ids stop mid-character."""
+    tok = RxTokenizer.default()
+    owed = 0
+    for text in ("hi 🐝", "日本語", "ça va 👍🏽"):
+        ids = tok.encode(text)
+        for cut in range(1, len(ids) + 1):
+            dec = tok.incremental_decoder()
+            streamed = dec.decode_tokens(ids[:cut])
+            tail = dec.flush()
+            owed += bool(tail)
+            assert streamed + tail == tok.decode(ids[:cut]), (text, cut)
+    assert owed > 0  # some cuts really do stop inside a character

@@ -31,15 +31,18 @@ GPU, the real run (the ``nano`` preset: ~12.5M-parameter RxT-Alpha-Nano-like mod
 
     python examples/train_nano.py --preset nano --output-dir runs/nano --device cuda --with-mrl
 
-Intended step counts for ``nano`` (batch 64 episodes/texts, seq 256, lr 5e-4 with warmup, then cosine):
+Intended step counts for ``nano`` (batches of 512 texts, 256/128 episodes; seq 256; lr 1e-3, warmup, cosine):
 joint 20k, sft 10k, mem-attn 4k, smat 10k optimizer steps; MRL a curriculum of 2/4/8/16-step episodes
-(long-range and cumulative), 2 epochs of 512 episodes each. These are a starting budget (roughly 3-5 GPU hours
+(long-range and cumulative), 2 epochs of 128 episodes each. These are a starting budget (roughly 3-5 GPU hours
 on an H100 at the throughput measured by ``benchmarks/train_throughput.py``), NOT a measured run: the recipe
 has been exercised end to end on CPU with the ``tiny`` preset only. ``examples/configs/nano/*.yaml`` are the
 same configs as files (``python examples/train_nano.py --preset nano --dump-configs examples/configs/nano``
 regenerates them), so a single stage can be re-run with ``rxnn train <stage> --config ...``.
 
 ``--resume`` skips stages whose ``final/`` exists and resumes the interrupted one from its last checkpoint.
+``--start-at STAGE`` starts from the previous stage's ``final/`` in ``--output-dir`` (copied from another machine,
+say). ``--minutes STAGE=M`` gives a stage a wall-clock budget: its step horizon and cosine are shortened to what
+fits (``train.max_minutes``); ``examples/nano_gpu_run.sh`` is the budgeted GPU run the README's results come from.
 """
 
 from __future__ import annotations
@@ -133,8 +136,10 @@ TINY: dict[str, Any] = {
 
 # `nano`: the real run on one GPU (see the module docstring). Synthetic memory dialogues plus chitchat;
 # SMAT/MRL see episodes up to the benchmark's distance 16.
-_NANO_TRAIN = dict(lr=5.0e-4, batch_size=64, precision="bf16", log_every=100, eval_every=1000,
-                   save_every=2000, keep_last=2, num_workers=2)
+# Large batches: at this size a step costs about the same whatever the batch (kernel-launch bound on an H200,
+# measured: examples/nano_gpu_run.sh), so a bigger batch is nearly free data per step.
+_NANO_TRAIN = dict(lr=1.0e-3, batch_size=512, precision="bf16", log_every=50, eval_every=1000,
+                   save_every=2000, keep_last=2, num_workers=4)
 _BENCH_K = [1, 2, 4, 8, 16]
 NANO: dict[str, Any] = {
     "model": "nano",
@@ -174,11 +179,11 @@ NANO: dict[str, Any] = {
             ],
             "eval_data": [{"kind": "synthetic", "synthetic": {"num_episodes": 256, "distance": _BENCH_K,
                                                               "split": "eval", "seed": 101}}],
-            "train": _train(**{**_NANO_TRAIN, "batch_size": 32}, warmup_steps=200, max_steps=4000),
+            "train": _train(**{**_NANO_TRAIN, "batch_size": 256}, warmup_steps=200, max_steps=4000),
         },
         "smat": {
             "max_len": 256, "max_turns": 18, "bptt_depth": 4,
-            "unfreeze_schedule": [[0, ["memory"]], [2000, ["memory", "rest"]]],
+            "unfreeze_schedule": [[0, ["memory"]], [25, ["memory", "rest"]]],
             "data": [
                 {"kind": "synthetic", "synthetic": {"num_episodes": 60000, "distance": _BENCH_K,
                                                     "style": "long_range", "seed": 3}},
@@ -188,22 +193,22 @@ NANO: dict[str, Any] = {
             ],
             "eval_data": [{"kind": "synthetic", "synthetic": {"num_episodes": 256, "distance": _BENCH_K,
                                                               "split": "eval", "seed": 102}}],
-            "train": _train(**{**_NANO_TRAIN, "batch_size": 32}, warmup_steps=500, max_steps=10000),
+            "train": _train(**{**_NANO_TRAIN, "batch_size": 128}, warmup_steps=500, max_steps=10000),
         },
         "mrl": {
             "curriculum": [
-                {"steps": 2, "strategy": "long_range", "epochs": 2, "episodes_per_epoch": 512},
-                {"steps": 4, "strategy": "cumulative", "epochs": 2, "episodes_per_epoch": 512},
-                {"steps": 4, "strategy": "long_range", "epochs": 2, "episodes_per_epoch": 512},
-                {"steps": 8, "strategy": "long_range", "epochs": 2, "episodes_per_epoch": 512},
-                {"steps": 16, "strategy": "long_range", "epochs": 2, "episodes_per_epoch": 512},
+                {"steps": 2, "strategy": "long_range", "epochs": 2, "episodes_per_epoch": 128},
+                {"steps": 4, "strategy": "cumulative", "epochs": 2, "episodes_per_epoch": 128},
+                {"steps": 4, "strategy": "long_range", "epochs": 2, "episodes_per_epoch": 128},
+                {"steps": 8, "strategy": "long_range", "epochs": 2, "episodes_per_epoch": 128},
+                {"steps": 16, "strategy": "long_range", "epochs": 2, "episodes_per_epoch": 128},
             ],
             "batch_episodes": 32, "max_new_tokens": 48, "minibatch_size": 32, "ppo_epochs": 2,
             "reset_prob_schedule": [[0, 1.0], [4, 0.5]],
             "unfreeze_schedule": [[0, ["memory"]], [2, ["memory", "rest"]]],
             "replay_buffer_size": 64,
             "reward": {"bleu_weight": 1.0, "cosine_weight": 1.0, "length_weight": 0.1},
-            "eval_episodes": 64,
+            "eval_episodes": 32,
             "train": _train(lr=1.0e-5, warmup_steps=0, max_steps=100000, precision="bf16", seed=0),
         },
     },
@@ -217,8 +222,10 @@ PRESETS: dict[str, dict[str, Any]] = {"tiny": TINY, "nano": NANO}
 
 
 def stage_config_dict(preset: str, stage: str, *, model: str, tokenizer: str | None, output_dir: Path,
-                      steps: int | None = None, device: str | None = None, seed: int | None = None) -> dict[str, Any]:
-    """The raw config dict of ``stage`` (before `load_config`): the preset's, plus where it reads and writes."""
+                      steps: int | None = None, device: str | None = None, seed: int | None = None,
+                      minutes: float | None = None) -> dict[str, Any]:
+    """The raw config dict of ``stage`` (before `load_config`): the preset's, plus where it reads and writes.
+    ``minutes`` is the stage's wall-clock budget (``train.max_minutes``)."""
     raw = copy.deepcopy(PRESETS[preset]["stages"][stage])
     raw["model"] = model
     raw["tokenizer"] = tokenizer
@@ -231,6 +238,8 @@ def stage_config_dict(preset: str, stage: str, *, model: str, tokenizer: str | N
         train["device"] = device
     if seed is not None:
         train["seed"] = seed
+    if minutes is not None:
+        train["max_minutes"] = minutes
     if steps is not None and stage != "mrl":
         train["max_steps"] = steps
         train["warmup_steps"] = min(train.get("warmup_steps", 0), max(steps // 4, 0))
@@ -260,7 +269,8 @@ def build_stage_config(stage: str, raw: dict[str, Any]):
 
 
 def baseline_config_dict(preset: str, *, match: str, output_dir: Path, steps: int | None = None,
-                         device: str | None = None, seed: int | None = None) -> dict[str, Any]:
+                         device: str | None = None, seed: int | None = None,
+                         minutes: float | None = None) -> dict[str, Any]:
     """The baseline's raw config: the data sources of `BASELINE_BUDGET_STAGES` (duplicates once), their
     summed ``max_steps`` (after ``steps``), and stage 4's train settings otherwise."""
     resolved = {stage: stage_config_dict(preset, stage, model=MODEL_PLACEHOLDER, tokenizer=None,
@@ -280,6 +290,9 @@ def baseline_config_dict(preset: str, *, match: str, output_dir: Path, steps: in
     train["warmup_steps"] = min(train["max_steps"], max(resolved[s]["train"].get("warmup_steps", 0)
                                                         for s in BASELINE_BUDGET_STAGES))
     train["run_name"] = f"{preset}-baseline"
+    train.pop("max_minutes", None)
+    if minutes is not None:
+        train["max_minutes"] = minutes
     raw = {"match_parameters_of": match, "tokenizer": None, **copy.deepcopy(PRESETS[preset]["baseline"]),
            "data": data, "train": train}
     if resolved["smat"].get("eval_data"):  # the held-out episodes stage 4 is evaluated on
@@ -293,7 +306,7 @@ def run_baseline(args: argparse.Namespace, out: Path, rxt_final: str) -> dict[st
     """Train the stateless baseline (see the module docstring) and return its summary entry."""
     stage_dir = out / BASELINE_DIR
     raw = baseline_config_dict(args.preset, match=rxt_final, output_dir=stage_dir, steps=args.steps,
-                               device=args.device, seed=args.seed)
+                               device=args.device, seed=args.seed, minutes=args.minutes.get(BASELINE_DIR))
     module, config = build_stage_config("baseline", raw)
     stage_dir.mkdir(parents=True, exist_ok=True)
     (stage_dir / "recipe_config.yaml").write_text(to_yaml(raw))
@@ -428,7 +441,9 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {"preset": args.preset, "command": " ".join([sys.executable, *sys.argv]),
                                "stages": {}}
     tokenizer: str | None = None
-    if not args.reuse_tokenizer:
+    if args.start_at:
+        print(f"[stage 0] skipped (--start-at {args.start_at}): later stages read the saved tokenizer", flush=True)
+    elif not args.reuse_tokenizer:
         tok_dir = out / STAGE_DIRS["tokenizer"]
         if not (args.resume and (tok_dir / "tokenizer.json").is_file()):
             run_tokenizer_stage(args.preset, tok_dir, args.tokenizer_vocab_size)
@@ -439,8 +454,20 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
     model = PRESETS[args.preset]["model"]
     for number, stage in enumerate(stages, start=1):
         stage_dir = out / STAGE_DIRS[stage]
+        first = STAGE_ORDER.index(args.start_at) + 1 if args.start_at else 1
+        if number < first - 1:
+            continue
+        if number == first - 1:  # trained earlier (maybe on another machine): its final/ is the starting point
+            final = stage_dir / "final"
+            if not (final / "model.safetensors").is_file():
+                raise SystemExit(f"--start-at {args.start_at} needs {final} (stage {number}, {stage})")
+            print(f"[stage {number}] {stage}: using {final} (--start-at {args.start_at})", flush=True)
+            summary["stages"][stage] = {"final": str(final), "metrics": last_metrics(stage_dir)}
+            model, tokenizer = str(final), None
+            continue
         raw = stage_config_dict(args.preset, stage, model=model, tokenizer=tokenizer, output_dir=stage_dir,
-                                steps=args.steps, device=args.device, seed=args.seed)
+                                steps=args.steps, device=args.device, seed=args.seed,
+                                minutes=args.minutes.get(stage))
         module, config = build_stage_config(stage, raw)
         stage_dir.mkdir(parents=True, exist_ok=True)
         (stage_dir / "recipe_config.yaml").write_text(to_yaml(raw))
@@ -465,6 +492,23 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def _parse_minutes(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, float]:
+    budgets: dict[str, float] = {}
+    known = (*STAGE_ORDER, BASELINE_DIR)
+    for item in items:
+        stage, sep, value = item.partition("=")
+        if not sep or stage not in known:
+            parser.error(f"--minutes {item!r}: expected STAGE=MINUTES with STAGE one of {', '.join(known)}")
+        try:
+            minutes = float(value)
+        except ValueError:
+            minutes = -1.0
+        if not minutes > 0:
+            parser.error(f"--minutes {item!r}: MINUTES must be a number > 0")
+        budgets[stage] = minutes
+    return budgets
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
@@ -477,15 +521,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--with-mrl", action="store_true", help="add stage 5 (MRL) after SMAT")
     parser.add_argument("--with-baseline", action="store_true",
                         help="then train the stateless baseline (same data, same step budget as stages 1+2+4)")
+    parser.add_argument("--minutes", action="append", default=[], metavar="STAGE=MINUTES",
+                        help="wall-clock budget of a stage (joint, sft, mem-attn, smat, mrl, baseline), repeatable: "
+                             "the stage's step horizon and cosine are shortened to fit (train.max_minutes)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--resume", action="store_true",
                         help="skip stages whose final/ exists; resume the interrupted stage from its checkpoint")
+    parser.add_argument("--start-at", choices=STAGE_ORDER[1:], default=None,
+                        help="skip the stages before this one: each must have its final/ in --output-dir already "
+                             "(e.g. MRL on another machine from a copied 4_smat/final)")
     parser.add_argument("--dump-configs", type=Path, default=None,
                         help="write the resolved stage configs as YAML into this folder and exit")
     args = parser.parse_args(argv)
+    if args.start_at == "mrl" and not args.with_mrl:
+        parser.error("--start-at mrl needs --with-mrl")
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be >= 1")
+    args.minutes = _parse_minutes(parser, args.minutes)
     if args.output_dir is None:
         args.output_dir = f"runs/{args.preset}" if args.dump_configs else f"runs/{args.preset}_recipe"
     return args

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import types
@@ -47,6 +48,7 @@ class TrainConfig:
     eps: float = 1e-8
     warmup_steps: int = 100
     max_steps: int = 1000  # optimizer steps
+    max_minutes: float = 0.0  # wall-clock budget of one `Trainer.train` call; 0 = none (see `Trainer`)
     batch_size: int = 8  # per rank, per micro-batch
     grad_accum_steps: int = 1
     max_grad_norm: float = 1.0  # 0 = no clipping
@@ -92,6 +94,8 @@ class TrainConfig:
                 fail(name, ">= 0")
         if self.warmup_steps > self.max_steps:
             fail("warmup_steps", f"<= max_steps ({self.max_steps})")
+        if not (self.max_minutes >= 0 and math.isfinite(self.max_minutes)):
+            fail("max_minutes", ">= 0 (0 = no time budget)")
         if self.max_grad_norm < 0:
             fail("max_grad_norm", ">= 0 (0 = no clipping)")
         if self.precision not in PRECISIONS:

@@ -109,17 +109,38 @@ def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_lr_
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+class WarmupCosine:
+    """The `warmup_cosine_factor` of a schedule whose horizon ``total_steps`` may be shortened while training
+    (a time budget, see `Trainer`). An object rather than a closure so that `LambdaLR.state_dict` saves the
+    horizon with a checkpoint."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> None:
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.min_lr_ratio = min_lr_ratio
+
+    def __call__(self, step: int) -> float:
+        return warmup_cosine_factor(step, self.warmup_steps, self.total_steps, self.min_lr_ratio)
+
+
 def warmup_cosine_schedule(
     optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1
 ) -> LambdaLR:
-    """`LambdaLR` applying `warmup_cosine_factor` to every group's initial lr."""
+    """`LambdaLR` applying `warmup_cosine_factor` (a `WarmupCosine`) to every group's initial lr."""
     if warmup_steps < 0 or total_steps < 1 or warmup_steps > total_steps:
         raise ValueError(f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps}) and "
                          "total_steps >= 1")
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(f"min_lr_ratio={min_lr_ratio} must be in [0, 1]")
+    return LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, min_lr_ratio))
 
-    def factor(step: int) -> float:
-        return warmup_cosine_factor(step, warmup_steps, total_steps, min_lr_ratio)
 
-    return LambdaLR(optimizer, factor)
+def shorten_schedule(scheduler: LambdaLR, total_steps: int) -> None:
+    """Move the cosine's end of every group to ``total_steps`` (a time budget's projection, earlier or later);
+    the warmup is scaled in proportion, so a run cut to a tenth still warms up for a tenth of its steps."""
+    for schedule in scheduler.lr_lambdas:
+        if not isinstance(schedule, WarmupCosine):
+            raise TypeError(f"cannot move the end of a {type(schedule).__name__} schedule")
+        scaled = math.ceil(schedule.warmup_steps * total_steps / schedule.total_steps)
+        schedule.warmup_steps = min(scaled, total_steps)
+        schedule.total_steps = total_steps

@@ -50,7 +50,8 @@ from training.checkpoint import (
 )
 from training.config import TrainConfig, to_dict
 from training.distributed import DistInfo, init_distributed
-from training.optim import build_optimizer, warmup_cosine_schedule
+from training.optim import build_optimizer, shorten_schedule, warmup_cosine_schedule
+from training.time_budget import TimeBudget
 
 
 @dataclass
@@ -157,6 +158,7 @@ class Trainer:
         self._writer = None
         self._last_eval_step = -1
         self._last_save_step = -1
+        self.time_budget: dict[str, Any] | None = None  # what max_minutes did, for metrics.json
 
         samples = len(train_dataset)
         if self.steps_per_epoch < 1:
@@ -296,6 +298,7 @@ class Trainer:
                    dynamic_ncols=True)
         window: list[dict[str, float]] = []
         t_last = time.perf_counter()
+        budget = TimeBudget(self.cfg.max_minutes, self.step) if self.cfg.max_minutes > 0 else None
         try:
             while self.step < end_step and not self.should_stop:
                 batches = self._loader()
@@ -304,6 +307,8 @@ class Trainer:
                     metrics = self._train_step(batches)
                     window.append(metrics)
                     bar.update(1)
+                    if budget is not None:
+                        end_step = self._apply_time_budget(budget, end_step, bar, num_steps is not None)
                     if self.step % self.cfg.log_every == 0 or self.step == end_step:
                         now = time.perf_counter()
                         tok_s = sum(m["tokens"] for m in window) / max(now - t_last, 1e-9)
@@ -336,6 +341,29 @@ class Trainer:
         finally:
             bar.close()
         return self.history
+
+    def _apply_time_budget(self, budget: TimeBudget, end_step: int, bar: tqdm, partial: bool) -> int:
+        """Move the run's end to what fits in ``max_minutes`` (see `training.time_budget`); returns the new end."""
+        due = budget.observe(self.step)
+        if due or (budget.projected and self.step % self.cfg.log_every == 0):
+            if self.time_budget is None:
+                self.time_budget = {"max_minutes": self.cfg.max_minutes, "planned_max_steps": self.cfg.max_steps}
+            horizon = budget.horizon(self.step, self.time_budget["planned_max_steps"])
+            if self.dist.enabled:  # every rank must stop at the same step
+                agreed = torch.tensor([horizon], device=self.device, dtype=torch.int64)
+                dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+                horizon = int(agreed.item())
+            if horizon < self.cfg.max_steps or (horizon > self.cfg.max_steps and budget.may_lengthen()):
+                shorten_schedule(self.scheduler, horizon)
+                self.cfg.warmup_steps = min(self.cfg.warmup_steps, self.scheduler.lr_lambdas[0].warmup_steps)
+                self.cfg.max_steps = horizon
+                self.time_budget.update(max_steps=horizon, seconds_per_step=budget.seconds_per_step(self.step))
+                bar.total = horizon
+                bar.refresh()
+                end_step = min(end_step, horizon) if partial else horizon  # partial: train(num_steps)
+        if budget.expired():
+            self.request_stop(f"time budget of {self.cfg.max_minutes} min reached")
+        return end_step
 
     def _sync_stop(self) -> None:
         if not self.dist.enabled:
@@ -500,7 +528,8 @@ class Trainer:
 
     def _write_metrics(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        data = {**self.history, "step": self.step, "tokens_seen": self.tokens_seen, "stop_reason": self.stop_reason}
+        data = {**self.history, "step": self.step, "tokens_seen": self.tokens_seen, "stop_reason": self.stop_reason,
+                "time_budget": self.time_budget}
         _atomic_write_text(self.output_dir / "metrics.json", json.dumps(data, indent=2) + "\n")
 
     def plot_loss_curves(self, path: str | os.PathLike | None = None) -> Path | None:

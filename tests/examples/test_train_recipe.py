@@ -67,3 +67,47 @@ def test_nano_reference_configs_match_the_script(tmp_path, monkeypatch, stage):
     assert body(NANO_DIR / name) == body(tmp_path / name), f"regenerate {NANO_DIR}: see the script's docstring"
     config = load_config(NANO_DIR / name, get_stage(stage).CONFIG_CLASS)
     assert config.train.device != "cpu"
+
+
+def test_stage_minutes_reach_the_train_configs(tmp_path, monkeypatch):
+    recipe = _recipe_module(monkeypatch)
+    args = recipe.parse_args(["--preset", "nano", "--minutes", "joint=2.5", "--minutes", "baseline=1"])
+    assert args.minutes == {"joint": 2.5, "baseline": 1.0}
+    raw = recipe.stage_config_dict("nano", "joint", model="nano", tokenizer=None, output_dir=tmp_path,
+                                   minutes=args.minutes.get("joint"))
+    _, config = recipe.build_stage_config("joint", raw)
+    assert config.train.max_minutes == 2.5
+    base = recipe.baseline_config_dict("nano", match="m", output_dir=tmp_path, minutes=1.0)
+    assert base["train"]["max_minutes"] == 1.0
+
+
+@pytest.mark.parametrize("bad", ["joint", "nope=1", "joint=0", "joint=x"])
+def test_bad_stage_minutes_exit_with_a_usage_error(monkeypatch, capsys, bad):
+    recipe = _recipe_module(monkeypatch)
+    with pytest.raises(SystemExit) as exc:
+        recipe.parse_args(["--minutes", bad])
+    assert exc.value.code == 2
+    assert "--minutes" in capsys.readouterr().err
+
+
+def test_start_at_mrl_continues_from_a_copied_stage4(tmp_path, monkeypatch):
+    from rxt.config import RxTConfig
+    from rxt.tokenizer import RxTokenizer
+
+    recipe = _recipe_module(monkeypatch)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "run"
+    args = recipe.parse_args(["--preset", "tiny", "--with-mrl", "--start-at", "mrl", "--output-dir", str(out)])
+    with pytest.raises(SystemExit, match="4_smat/final"):  # nothing to start from yet
+        recipe.run_recipe(args)
+    tokenizer = RxTokenizer.default()
+    smat = out / "4_smat" / "final"
+    RxT(RxTConfig.preset("tiny", vocab_size=tokenizer.vocab_size)).save_pretrained(smat)
+    tokenizer.save_pretrained(smat)
+    summary = recipe.run_recipe(args)
+    assert list(summary["stages"]) == ["smat", "mrl"]
+    assert summary["stages"]["smat"]["final"] == str(smat)
+    assert (out / "5_mrl" / "final" / "model.safetensors").is_file()
+    assert not (out / "1_joint").exists()
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--start-at", "mrl"])  # without --with-mrl

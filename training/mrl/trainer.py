@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import time
 import warnings
 from collections import deque
 from collections.abc import Sequence
@@ -87,6 +88,7 @@ class MRLTrainer:
         self.history: list[dict[str, float]] = []
         self.eval_history: list[dict[str, float]] = []
         self.updates = 0
+        self.stop_reason: str | None = None
         self._reactive: ReactiveModel | None = None
         self._writer: Any = None
 
@@ -189,6 +191,8 @@ class MRLTrainer:
         stop = False
         bar = tqdm(total=sum(s.epochs * s.episodes_per_epoch for s in c.curriculum), desc=self.cfg.run_name,
                    unit="episode")
+        started = time.perf_counter()
+        budget_s = self.cfg.max_minutes * 60.0  # 0 = none; checked between updates, the curriculum is cut short
         try:
             if c.eval_episodes:
                 start = self.evaluate(c.curriculum[0], 0)
@@ -208,8 +212,12 @@ class MRLTrainer:
                         stats = self.update(logs)
                         bar.update(len(logs))
                         bar.set_postfix(reward=f"{stats['reward_mean']:.3f}", kl=f"{stats['kl']:.4f}")
+                        if budget_s and time.perf_counter() - started >= budget_s:
+                            self.stop_reason = f"time budget of {self.cfg.max_minutes} min reached"
+                            stop = True
+                            break
                     epoch += 1
-                    if c.eval_episodes:
+                    if c.eval_episodes:  # also after a cut-short epoch: the final figures
                         ev = self.evaluate(stage, index)
                         self.eval_history.append({"epoch": epoch, "stage": index, **ev})
                         self.log_scalars("eval", ev, epoch)
@@ -218,8 +226,10 @@ class MRLTrainer:
                         else:
                             bad += 1
                             if self.cfg.early_stopping_patience and bad >= self.cfg.early_stopping_patience:
+                                self.stop_reason = "early stopping on the eval reward"
                                 stop = True
-                                break
+                    if stop:
+                        break
                 if stop:
                     break
         finally:
@@ -266,7 +276,7 @@ class MRLTrainer:
         self.tokenizer.save_pretrained(final)
         torch.save(self.critic.state_dict(), final / "critic.pt")
         (self.output_dir / "metrics.json").write_text(json.dumps(
-            {"train": self.history, "eval": self.eval_history}, indent=1))
+            {"train": self.history, "eval": self.eval_history, "stop_reason": self.stop_reason}, indent=1))
         self.plot_reward_curve()
         self.close()
         return final

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import torch
@@ -105,3 +106,16 @@ def test_tiny_mrl_yaml_runs_the_stage(tmp_path):
     cfg.train.output_dir = str(tmp_path / "offline")
     out = stage.train_from_logs(cfg, files)
     assert (out / "model.safetensors").is_file()
+
+
+def test_mrl_time_budget_cuts_the_curriculum_after_one_update(tmp_path):
+    stage = get_stage("mrl")
+    cfg = load_config("examples/configs/tiny_mrl.yaml", stage.CONFIG_CLASS)
+    cfg.train.output_dir = str(tmp_path)
+    cfg.curriculum[0].episodes_per_epoch = 8
+    cfg.eval_episodes = 0
+    cfg.train.max_minutes = 1e-9  # spent by the first collection
+    stage.run_stage(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(metrics["train"]) == 1
+    assert metrics["stop_reason"].startswith("time budget")

@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(PY) -m pytest tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check rxt rxnn_runtime training tests benchmarks examples
+	$(VENV)/bin/ruff check rxt rxnn_runtime training tests benchmarks examples scripts
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -124,8 +124,68 @@ def serving() -> list[str]:
     return lines
 
 
+def nano_training() -> list[str]:
+    d = _load("nano_training")
+    if not d:
+        return []
+    lines = [f"**Trained `nano`: the budgeted GPU run** ({d['device']}, torch {d['versions']['torch']}; "
+             + "; ".join(f"`{c}`" for c in d["commands"]) + "; curves: `benchmarks/results/nano_training/`)", "",
+             "| stage | seconds | steps | held-out metric |", "|---|---|---|---|"]
+    keys = {"joint": ("val_ar_acc_peek", "AR accuracy (peeking decoder)"), "sft": ("val_answer_acc", "answer accuracy"),
+            "mem-attn": ("val_cosine", "cosine to target"), "smat": ("val_accuracy", "answer accuracy (memory)"),
+            "baseline": ("val_answer_acc", "answer accuracy (history)")}
+    for stage, (key, label) in keys.items():
+        entry = d["stages"][stage]
+        value = (entry.get("last_eval") or {}).get(key)
+        shown = f"{label} {value:.3f}" if value is not None else "-"
+        lines.append(f"| {stage} | {entry['seconds']:.0f} | {entry['steps']} | {shown} |")
+    mrl = d["stages"]["mrl"]
+    first, last = mrl["eval"][0]["reward_mean"], mrl["eval"][-1]["reward_mean"]
+    lines.append(f"| mrl | {mrl['seconds']:.0f} | {mrl['updates']} updates | eval reward {first:.2f} -> {last:.2f} |")
+    return lines
+
+
+def memory_retention() -> list[str]:
+    d = _load("memory_retention")
+    if not d:
+        return []
+    ks = [str(k) for k in d["settings"]["distances"]]
+    lines = [f"**Memory retention** ({d['device']}; {d['settings']['episodes_per_k']} held-out episodes per k, "
+             f"{d['settings']['chitchat']} held-out chitchat conversations; `{d['command']}`; "
+             "plot: `benchmarks/results/memory_retention.png`)", "",
+             "| system | " + " | ".join(f"recall k={k}" for k in ks) + " | reward (0-10) | chitchat ppl | chitchat acc |",
+             "|---|" + "---|" * (len(ks) + 3)]
+    for name, r in d["systems"].items():
+        chat = r.get("chitchat") or {}
+        lines.append(f"| {name} | " + " | ".join(f"{r['recall'][k]:.2f}" for k in ks)
+                     + f" | {r['reward_mean']:.2f} | {chat.get('answer_ppl', float('nan')):.0f}"
+                     f" | {chat.get('answer_acc', float('nan')):.3f} |")
+    return lines
+
+
+def experimental_attention() -> list[str]:
+    d = _load("experimental_attention")
+    if not d:
+        return []
+    variants = ["gqa", "sqa", "gma", "dma", "flex-sqa"]
+    lengths = sorted({r["seq_len"] for r in d["speed"]})
+    ms = {(r["variant"], r["seq_len"]): r["ms"] for r in d["speed"] if "ms" in r}
+    lines = [f"**Experimental attention** ({d['device']}, {d['dtype']}, {d['speed_setup']['pass']}, "
+             f"D={d['speed_setup']['dim']}, H={d['speed_setup']['num_heads']}; `{d['command']}`): forward ms", "",
+             "| variant | " + " | ".join(f"{t // 1024}k" for t in lengths) + " | held-out loss (tiny, same tokens) |",
+             "|---|" + "---|" * (len(lengths) + 1)]
+    quality = d["quality"]["results"]
+    for v in variants:
+        cells = [f"{ms[(v, t)]:.2f}" if (v, t) in ms else "-" for t in lengths]
+        q = quality.get(v, {}).get("heldout_loss")
+        loss = f"{q:.3f}" if q is not None else "-"
+        lines.append(f"| {v} | " + " | ".join(cells) + f" | {loss} |")
+    return lines
+
+
 def main() -> None:
-    for section in (attention, decode, latency, serving, train_throughput, tensorbleu):
+    for section in (nano_training, memory_retention, attention, decode, latency, serving, train_throughput,
+                    tensorbleu, experimental_attention):
         lines = section()
         if lines:
             print("\n".join(lines) + "\n")

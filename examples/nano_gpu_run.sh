@@ -39,9 +39,9 @@ train)
   pack nano_train $runs/4_smat/final $runs/baseline/final
   ;;
 evaluate)
-  timeout 240 python3 examples/train_nano.py --preset nano --device cuda --output-dir $runs --with-mrl \
-    --start-at mrl --minutes mrl=2.5 2>&1 | tee "$out/evaluate.log"
-  timeout 240 python3 benchmarks/memory_retention.py --rxt stage4=$runs/4_smat/final --rxt mrl=$runs/5_mrl/final \
+  timeout 200 python3 examples/train_nano.py --preset nano --device cuda --output-dir $runs --with-mrl \
+    --start-at mrl --minutes mrl=2.0 2>&1 | tee "$out/evaluate.log"
+  timeout 215 python3 benchmarks/memory_retention.py --rxt stage4=$runs/4_smat/final --rxt mrl=$runs/5_mrl/final \
     --baseline baseline=$runs/baseline/final --episodes-per-k 32 --chitchat 32 --device cuda \
     --out "$out/memory_retention.json" 2>&1 | tee -a "$out/evaluate.log"
   pack nano_mrl $runs/5_mrl/final

@@ -23,14 +23,18 @@ from rxt.sampling import SamplingConfig
 from rxt.template import InteractionTemplate
 from rxt.tokenizer import RxTokenizer
 
+# A fact in turn 1, unrelated turns, then the question: the shape of the synthetic memory dialogues the default
+# model was trained on (training.data.synthetic). "Jasper" is a held-out value: it never occurs in training data.
 SCRIPT = (
-    "Hi! My name is Ada and I keep bees.",
-    "What do bees need in winter?",
-    "How many hives should a beginner start with?",
-    "Do you remember what I keep?",
-    "And what is my name?",
+    "My boss is called Jasper.",
+    "Any tips for sleeping better?",
+    "What is 13 times 6?",
+    "Do you have a tip for remembering names?",
+    "What is my boss called?",
     "Thanks, that is all for today.",
 )
+FACT_VALUE = "Jasper"
+RECALL_TURN = 5  # 1-based: the turn that asks about the fact
 
 
 @dataclass
@@ -100,12 +104,14 @@ def run_demo(max_new_tokens: int = 24, print_fn=print) -> list[tuple[TurnTiming,
         start = time.perf_counter()
         first = None
         answer_ms = update_ms = 0.0
+        answer_text = ""
         for event in chat.stream(query):
             if isinstance(event, TokenGenerated):
                 first = first or time.perf_counter()
                 print_fn(event.text, end="", flush=True)
             elif isinstance(event, AnswerCompleted):
                 answered_at = time.perf_counter()
+                answer_text = event.text
                 answer_ms = (answered_at - start) * 1e3
             elif isinstance(event, MemoryUpdated):
                 update_ms = (time.perf_counter() - answered_at) * 1e3
@@ -117,6 +123,10 @@ def run_demo(max_new_tokens: int = 24, print_fn=print) -> list[tuple[TurnTiming,
         history += [*answer, tokenizer.eos_id]
         print_fn("")
         rows.append((rxt_timing, base_timing))
+        if turn == RECALL_TURN:
+            recalled = FACT_VALUE.lower() in answer_text.lower()
+            print_fn(f"  (recall check: the answer {'names' if recalled else 'does NOT name'} {FACT_VALUE!r}, "
+                     f"stated {RECALL_TURN - 1} turns earlier and now only in the STM)")
     _print_table(rows, print_fn)
     return rows
 

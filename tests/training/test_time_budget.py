@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_trainer import make, repetitive_data  # same folder: pytest puts it on sys.path
 
+from training import trainer as trainer_module
 from training.config import ConfigError, TrainConfig
 from training.optim import warmup_cosine_factor
 from training.time_budget import TimeBudget
-from training import trainer as trainer_module
-
-from test_trainer import make, repetitive_data  # same folder: pytest puts it on sys.path
 
 
 class FakeClock:

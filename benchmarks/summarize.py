@@ -183,8 +183,20 @@ def experimental_attention() -> list[str]:
     return lines
 
 
+def smat_step() -> list[str]:
+    d = _load("smat_step")
+    if not d:
+        return []
+    lines = [f"**Where a SMAT step goes** (nano, untrained, {d['device']}, {d['dtype']}; `{d['command']}`)", "",
+             "| episodes x turns | step | tokens/s | kernels per step | GPU busy |", "|---|---|---|---|---|"]
+    for r in d["results"]:
+        lines.append(f"| {r['batch']} x {r['turns']} | {r['step_ms']:.0f} ms | {r['tokens_per_s']:.0f} | "
+                     f"{r.get('kernels_per_step', 0):.0f} | {r.get('gpu_busy_fraction', float('nan')) * 100:.0f}% |")
+    return lines
+
+
 def main() -> None:
-    for section in (nano_training, memory_retention, attention, decode, latency, serving, train_throughput,
+    for section in (nano_training, memory_retention, smat_step, attention, decode, latency, serving, train_throughput,
                     tensorbleu, experimental_attention):
         lines = section()
         if lines:

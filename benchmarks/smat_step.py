@@ -1,0 +1,120 @@
+"""Where a stage-4 (SMAT) step spends its time: step time against GPU-busy time and kernel count.
+
+A SMAT step runs the episode's turns one after another (decoder on the turn, then encoder + memory attention
+to update the STM), forward and backward, so its kernel count grows with the number of turns while each kernel
+is small at `nano` size. This measures, for the `nano` RxT (untrained weights: timing only) under bf16 autocast
+with AdamW, per optimizer step: the median wall time (CUDA events, after warm-up), the summed time of the GPU
+kernels and their number (torch.profiler over a few steps). ``gpu_busy_fraction`` well below 1 means the step
+is bound by launching kernels, not by computing them: a bigger batch is then nearly free, and fewer launches
+(CUDA graphs, compilation) are the lever.
+
+    python benchmarks/smat_step.py --out benchmarks/results/smat_step.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_utils import RESULTS_DIR, inside, time_ms
+from rxt.atomic_io import atomic_write_json
+from rxt.config import RxTConfig
+from rxt.model import RxT
+from training.stages.smat import SMATObjective
+
+IGNORE_INDEX = -100
+
+
+def make_turns(batch: int, turns: int, length: int, vocab: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """Random episodes of ``turns`` full turns: the first half of each turn is the query (no loss)."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(turns):
+        ids = torch.randint(10, vocab, (batch, length), generator=g)
+        labels = ids.clone()
+        labels[:, : length // 2] = IGNORE_INDEX
+        out.append({"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, dtype=torch.bool).to(device),
+                    "labels": labels.to(device), "active": torch.ones(batch, dtype=torch.bool, device=device)})
+    return out
+
+
+def measure(preset: str, batch: int, turns: int, length: int, bptt: int, device: torch.device,
+            warmup: int, iters: int, profile_steps: int) -> dict:
+    torch.manual_seed(0)
+    model = RxT(RxTConfig.preset(preset)).to(device)
+    objective = SMATObjective(model, bptt).train()
+    optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-4, fused=device.type == "cuda")
+    data = make_turns(batch, turns, length, model.config.vocab_size, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = objective(data)["loss"]
+        loss.backward()
+        optimizer.step()
+
+    step_ms = time_ms(step, device, warmup, iters)
+    row = {"preset": preset, "batch": batch, "turns": turns, "turn_tokens": length, "bptt_depth": bptt,
+           "step_ms": step_ms, "tokens_per_s": batch * turns * length / (step_ms / 1e3)}
+    if device.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(profile_steps):
+                step()
+            torch.cuda.synchronize(device)
+        kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+        busy_ms = sum(e.device_time for e in kernels) / 1e3 / profile_steps
+        row.update(kernels_per_step=len(kernels) / profile_steps, gpu_busy_ms=busy_ms,
+                   gpu_busy_fraction=busy_ms / step_ms)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="nano")
+    parser.add_argument("--shapes", nargs="+", default=["32x6", "32x18", "128x18", "512x18"],
+                        help="BATCHxTURNS per measurement")
+    parser.add_argument("--turn-tokens", type=int, default=48)
+    parser.add_argument("--bptt-depth", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--profile-steps", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "smat_step.json")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type != "cuda" and inside(args.out, RESULTS_DIR):
+        parser.error("CPU timings do not go into benchmarks/results/; pass --out elsewhere")
+    shapes = []
+    for shape in args.shapes:
+        b, sep, t = shape.partition("x")
+        if not (sep and b.isdigit() and t.isdigit() and int(b) > 0 and int(t) > 0):
+            parser.error(f"--shapes {shape!r}: expected BATCHxTURNS with positive integers, e.g. 32x18")
+        shapes.append((int(b), int(t)))
+    rows = []
+    for batch, turns in shapes:
+        row = measure(args.preset, batch, turns, args.turn_tokens, args.bptt_depth, device, args.warmup, args.iters,
+                      args.profile_steps)
+        print(row, flush=True)
+        rows.append(row)
+    doc = {"benchmark": "smat_step", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()},
+           "command": " ".join(["python", "benchmarks/smat_step.py", *(argv if argv is not None else sys.argv[1:])]),
+           "dtype": "bfloat16 autocast" if device.type == "cuda" else "float32", "results": rows}
+    atomic_write_json(args.out, doc)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -110,14 +110,21 @@ def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_lr_
 
 
 class WarmupCosine:
-    """The `warmup_cosine_factor` of a schedule whose horizon ``total_steps`` may be shortened while training
-    (a time budget, see `Trainer`). An object rather than a closure so that `LambdaLR.state_dict` saves the
-    horizon with a checkpoint."""
+    """The `warmup_cosine_factor` of a schedule whose horizon may move while training (a time budget, see
+    `Trainer`). An object rather than a closure so that `LambdaLR.state_dict` saves the horizon with a
+    checkpoint. The planned warmup and horizon are kept: every move scales the warmup from them, so repeated
+    moves do not accumulate rounding."""
 
     def __init__(self, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> None:
-        self.warmup_steps = warmup_steps
-        self.total_steps = total_steps
+        self.planned_warmup_steps = self.warmup_steps = warmup_steps
+        self.planned_total_steps = self.total_steps = total_steps
         self.min_lr_ratio = min_lr_ratio
+
+    def set_horizon(self, total_steps: int) -> None:
+        """End the cosine at ``total_steps``; the warmup keeps its planned share of the run."""
+        scaled = math.ceil(self.planned_warmup_steps * total_steps / self.planned_total_steps)
+        self.warmup_steps = min(scaled, total_steps)
+        self.total_steps = total_steps
 
     def __call__(self, step: int) -> float:
         return warmup_cosine_factor(step, self.warmup_steps, self.total_steps, self.min_lr_ratio)
@@ -135,12 +142,10 @@ def warmup_cosine_schedule(
     return LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, min_lr_ratio))
 
 
-def shorten_schedule(scheduler: LambdaLR, total_steps: int) -> None:
+def set_schedule_horizon(scheduler: LambdaLR, total_steps: int) -> None:
     """Move the cosine's end of every group to ``total_steps`` (a time budget's projection, earlier or later);
-    the warmup is scaled in proportion, so a run cut to a tenth still warms up for a tenth of its steps."""
+    see `WarmupCosine.set_horizon`."""
     for schedule in scheduler.lr_lambdas:
         if not isinstance(schedule, WarmupCosine):
             raise TypeError(f"cannot move the end of a {type(schedule).__name__} schedule")
-        scaled = math.ceil(schedule.warmup_steps * total_steps / schedule.total_steps)
-        schedule.warmup_steps = min(scaled, total_steps)
-        schedule.total_steps = total_steps
+        schedule.set_horizon(total_steps)

@@ -50,7 +50,7 @@ from training.checkpoint import (
 )
 from training.config import TrainConfig, to_dict
 from training.distributed import DistInfo, init_distributed
-from training.optim import build_optimizer, shorten_schedule, warmup_cosine_schedule
+from training.optim import build_optimizer, set_schedule_horizon, warmup_cosine_schedule
 from training.time_budget import TimeBudget
 
 
@@ -354,8 +354,8 @@ class Trainer:
                 dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
                 horizon = int(agreed.item())
             if horizon < self.cfg.max_steps or (horizon > self.cfg.max_steps and budget.may_lengthen()):
-                shorten_schedule(self.scheduler, horizon)
-                self.cfg.warmup_steps = min(self.cfg.warmup_steps, self.scheduler.lr_lambdas[0].warmup_steps)
+                set_schedule_horizon(self.scheduler, horizon)
+                self.cfg.warmup_steps = self.scheduler.lr_lambdas[0].warmup_steps  # cfg describes the run it drives
                 self.cfg.max_steps = horizon
                 self.time_budget.update(max_steps=horizon, seconds_per_step=budget.seconds_per_step(self.step))
                 bar.total = horizon

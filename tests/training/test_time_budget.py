@@ -49,16 +49,20 @@ def test_horizon_fits_the_budget_after_the_warmup_and_probe():
     assert budget.horizon(8, 1000) == 9  # out of time: at least one more step
 
 
-def test_shorten_schedule_scales_the_warmup():
+def test_set_schedule_horizon_scales_the_warmup_without_drift():
     from torch import nn, optim
 
-    from training.optim import shorten_schedule, warmup_cosine_schedule
+    from training.optim import set_schedule_horizon, warmup_cosine_schedule
 
     opt = optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
     scheduler = warmup_cosine_schedule(opt, warmup_steps=100, total_steps=1000)
-    shorten_schedule(scheduler, 200)
+    set_schedule_horizon(scheduler, 200)
     assert scheduler.lr_lambdas[0].warmup_steps == 20 and scheduler.lr_lambdas[0].total_steps == 200
-    shorten_schedule(scheduler, 400)  # a later projection may move the end back out
+    set_schedule_horizon(scheduler, 400)  # a later projection may move the end back out
+    assert scheduler.lr_lambdas[0].warmup_steps == 40
+    for _ in range(50):  # projections that wobble by a step must not ratchet the warmup up by rounding
+        set_schedule_horizon(scheduler, 394)
+        set_schedule_horizon(scheduler, 395)
     assert scheduler.lr_lambdas[0].warmup_steps == 40
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import time
 import warnings
 from collections import deque
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ from training.mrl.episodes import EpisodeLog, collect_episodes, save_episode_log
 from training.mrl.impo import IMPOLearner
 from training.mrl.rewards import compute_rewards
 from training.rewards import model_embedding
+from training.time_budget import TimeBudget
 from training.trainer import seed_everything
 
 
@@ -191,8 +191,8 @@ class MRLTrainer:
         stop = False
         bar = tqdm(total=sum(s.epochs * s.episodes_per_epoch for s in c.curriculum), desc=self.cfg.run_name,
                    unit="episode")
-        started = time.perf_counter()
-        budget_s = self.cfg.max_minutes * 60.0  # 0 = none; checked between updates, the curriculum is cut short
+        # checked between updates: the curriculum is cut short (no step horizon to move, unlike `Trainer`)
+        budget = TimeBudget(self.cfg.max_minutes, 0) if self.cfg.max_minutes > 0 else None
         try:
             if c.eval_episodes:
                 start = self.evaluate(c.curriculum[0], 0)
@@ -212,7 +212,7 @@ class MRLTrainer:
                         stats = self.update(logs)
                         bar.update(len(logs))
                         bar.set_postfix(reward=f"{stats['reward_mean']:.3f}", kl=f"{stats['kl']:.4f}")
-                        if budget_s and time.perf_counter() - started >= budget_s:
+                        if budget is not None and budget.expired():
                             self.stop_reason = f"time budget of {self.cfg.max_minutes} min reached"
                             stop = True
                             break

@@ -7,8 +7,9 @@
 #                                            stage 4, MRL (each with its memory-reset ablation) and the baseline
 #
 # Each phase leaves in $OUT (default /tmp/nano_out) its log, and the bf16 copies of its models
-# (scripts/half_precision_copy.py) as a tar split into 15 MB parts: the machine returns at most 16 MiB a file.
-# `evaluate` expects runs/nano/4_smat/final and runs/nano/baseline/final (the bf16 copies from `train`).
+# (scripts/half_precision_copy.py) with the stages' metrics and curves, as a tar split into 15 MB parts (the
+# machine returns at most 16 MiB a file). The tar mirrors runs/nano: `cat nano_train.tgz.part-* | tar xzf - -C
+# runs/nano` puts back runs/nano/4_smat/final and runs/nano/baseline/final, which `evaluate` starts from.
 # On a machine that keeps its disk, run both phases in a row. The budgets are minutes of training per stage:
 # the stage's step horizon and cosine are shortened to what fits (TrainConfig.max_minutes).
 set -uo pipefail
@@ -23,7 +24,7 @@ pack() {  # pack NAME DIR...: bf16 copies of the model directories, tarred and s
   local staging=$runs/export_$name
   rm -rf "$staging" && mkdir -p "$staging"
   for dir in "$@"; do
-    [ -f "$dir/model.safetensors" ] && python3 scripts/half_precision_copy.py "$dir" "$staging/$(basename "$(dirname "$dir")")"
+    [ -f "$dir/model.safetensors" ] && python3 scripts/half_precision_copy.py "$dir" "$staging/${dir#"$runs"/}"
   done
   for f in "$runs"/*/metrics.json "$runs"/*/loss_curves.png "$runs"/*/reward_curve.png "$runs"/recipe_summary.json; do
     [ -f "$f" ] && mkdir -p "$staging/logs/$(basename "$(dirname "$f")")" && cp "$f" "$staging/logs/$(basename "$(dirname "$f")")/"

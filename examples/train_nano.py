@@ -33,10 +33,11 @@ GPU, the real run (the ``nano`` preset: ~12.5M-parameter RxT-Alpha-Nano-like mod
 
 Intended step counts for ``nano`` (batches of 512 texts, 256/128 episodes; seq 256; lr 1e-3, warmup, cosine):
 joint 20k, sft 10k, mem-attn 4k, smat 10k optimizer steps; MRL a curriculum of 2/4/8/16-step episodes
-(long-range and cumulative), 2 epochs of 128 episodes each. These are a starting budget (roughly 3-5 GPU hours
-on an H100 at the throughput measured by ``benchmarks/train_throughput.py``), NOT a measured run: the recipe
-has been exercised end to end on CPU with the ``tiny`` preset only. ``examples/configs/nano/*.yaml`` are the
-same configs as files (``python examples/train_nano.py --preset nano --dump-configs examples/configs/nano``
+(long-range and cumulative), 2 epochs of 128 episodes each. These are a planned budget that has NOT been run: at
+the seconds per step of the budgeted H200 run (``time_budget`` in ``benchmarks/results/nano_training.json``:
+joint 0.30, sft 0.14, mem-attn 0.93, smat 3.3) they come to about 12 GPU hours, 9 of them SMAT. The only GPU run
+so far is ``examples/nano_gpu_run.sh``: the same presets under ``--minutes`` budgets, ~10 minutes in all.
+``examples/configs/nano/*.yaml`` are the same configs as files (``python examples/train_nano.py --preset nano --dump-configs examples/configs/nano``
 regenerates them), so a single stage can be re-run with ``rxnn train <stage> --config ...``.
 
 ``--resume`` skips stages whose ``final/`` exists and resumes the interrupted one from its last checkpoint.
@@ -136,8 +137,8 @@ TINY: dict[str, Any] = {
 
 # `nano`: the real run on one GPU (see the module docstring). Synthetic memory dialogues plus chitchat;
 # SMAT/MRL see episodes up to the benchmark's distance 16.
-# Large batches: at this size a step costs about the same whatever the batch (kernel-launch bound on an H200,
-# measured: examples/nano_gpu_run.sh), so a bigger batch is nearly free data per step.
+# Large batches: at this size a step costs about the same whatever the batch (kernel-launch bound on an H200:
+# benchmarks/results/smat_step.json), so a bigger batch is nearly free data per step.
 _NANO_TRAIN = dict(lr=1.0e-3, batch_size=512, precision="bf16", log_every=50, eval_every=1000,
                    save_every=2000, keep_last=2, num_workers=4)
 _BENCH_K = [1, 2, 4, 8, 16]
@@ -290,7 +291,6 @@ def baseline_config_dict(preset: str, *, match: str, output_dir: Path, steps: in
     train["warmup_steps"] = min(train["max_steps"], max(resolved[s]["train"].get("warmup_steps", 0)
                                                         for s in BASELINE_BUDGET_STAGES))
     train["run_name"] = f"{preset}-baseline"
-    train.pop("max_minutes", None)
     if minutes is not None:
         train["max_minutes"] = minutes
     raw = {"match_parameters_of": match, "tokenizer": None, **copy.deepcopy(PRESETS[preset]["baseline"]),
@@ -452,9 +452,9 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
     else:
         print("[stage 0] reusing the packaged default tokenizer", flush=True)
     model = PRESETS[args.preset]["model"]
+    first = STAGE_ORDER.index(args.start_at) + 1 if args.start_at else 1  # number of the first stage to train
     for number, stage in enumerate(stages, start=1):
         stage_dir = out / STAGE_DIRS[stage]
-        first = STAGE_ORDER.index(args.start_at) + 1 if args.start_at else 1
         if number < first - 1:
             continue
         if number == first - 1:  # trained earlier (maybe on another machine): its final/ is the starting point
@@ -529,8 +529,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true",
                         help="skip stages whose final/ exists; resume the interrupted stage from its checkpoint")
     parser.add_argument("--start-at", choices=STAGE_ORDER[1:], default=None,
-                        help="skip the stages before this one: each must have its final/ in --output-dir already "
-                             "(e.g. MRL on another machine from a copied 4_smat/final)")
+                        help="skip the stages before this one; the one just before must have its final/ in "
+                             "--output-dir already (e.g. MRL on another machine from a copied 4_smat/final)")
     parser.add_argument("--dump-configs", type=Path, default=None,
                         help="write the resolved stage configs as YAML into this folder and exit")
     args = parser.parse_args(argv)

@@ -24,7 +24,8 @@ from rxt.template import InteractionTemplate
 from rxt.tokenizer import RxTokenizer
 
 # A fact in turn 1, unrelated turns, then the question: the shape of the synthetic memory dialogues the default
-# model was trained on (training.data.synthetic). "Jasper" is a held-out value: it never occurs in training data.
+# model was trained on (training.data.synthetic). "Jasper" is one of the generator's held-out (eval-split) values:
+# no training episode states it.
 SCRIPT = (
     "My boss is called Jasper.",
     "Any tips for sleeping better?",

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import torch
 
@@ -14,19 +11,10 @@ from rxt.config import RxTConfig, TransformerConfig
 from rxt.model import RxT
 from rxt.tokenizer import RxTokenizer
 
-ROOT = Path(__file__).resolve().parents[2]
 DISTANCES = ["1", "2", "4", "8", "16"]
 
 
-def _benchmark(monkeypatch):
-    spec = importlib.util.spec_from_file_location("memory_retention", ROOT / "benchmarks" / "memory_retention.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "memory_retention", module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_memory_retention_smoke(tmp_path, monkeypatch):
+def test_memory_retention_smoke(tmp_path, monkeypatch, load_script):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)
     tokenizer = RxTokenizer.default()
@@ -38,7 +26,7 @@ def test_memory_retention_smoke(tmp_path, monkeypatch):
                                 ffn_hidden_dim=64)).save_pretrained(base_dir)
     out = tmp_path / "results" / "memory_retention.json"
 
-    code = _benchmark(monkeypatch).main([
+    code = load_script("benchmarks/memory_retention.py").main([
         "--rxt", f"stage4={rxt_dir}", "--baseline", str(base_dir), "--episodes-per-k", "2", "--chitchat", "2",
         "--max-new-tokens", "6", "--device", "cpu", "--out", str(out),
     ])

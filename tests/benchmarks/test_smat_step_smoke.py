@@ -3,26 +3,13 @@ write CPU timings into benchmarks/results/."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _benchmark(monkeypatch):
-    spec = importlib.util.spec_from_file_location("smat_step", ROOT / "benchmarks" / "smat_step.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "smat_step", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_smat_step_smoke(tmp_path, monkeypatch):
-    bench = _benchmark(monkeypatch)
+def test_smat_step_smoke(tmp_path, load_script):
+    bench = load_script("benchmarks/smat_step.py")
     out = tmp_path / "smat_step.json"
     assert bench.main(["--preset", "tiny", "--shapes", "2x3", "--turn-tokens", "8", "--warmup", "0", "--iters", "1",
                        "--device", "cpu", "--out", str(out)]) == 0
@@ -34,8 +21,8 @@ def test_smat_step_smoke(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv", [["--shapes", "2"], ["--shapes", "0x3"], ["--device", "cpu"]])
-def test_smat_step_bad_arguments(monkeypatch, capsys, argv):
-    bench = _benchmark(monkeypatch)
+def test_smat_step_bad_arguments(capsys, argv, load_script):
+    bench = load_script("benchmarks/smat_step.py")
     with pytest.raises(SystemExit) as exc:
         bench.main(argv)
     assert exc.value.code == 2

@@ -3,7 +3,6 @@ stage's ``final/`` loads, and the reference nano YAMLs match what the script bui
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,13 +19,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "train_nano.py"
 NANO_DIR = ROOT / "examples" / "configs" / "nano"
 
-
-def _recipe_module(monkeypatch):
-    spec = importlib.util.spec_from_file_location("train_nano", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "train_nano", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_tiny_recipe_runs_every_stage(tmp_path):
@@ -56,8 +48,8 @@ def test_tiny_recipe_runs_every_stage(tmp_path):
 
 
 @pytest.mark.parametrize("stage", ["joint", "sft", "mem-attn", "smat", "mrl"])
-def test_nano_reference_configs_match_the_script(tmp_path, monkeypatch, stage):
-    recipe = _recipe_module(monkeypatch)
+def test_nano_reference_configs_match_the_script(tmp_path, stage, load_script):
+    recipe = load_script("examples/train_nano.py")
     recipe.dump_configs("nano", tmp_path, Path("runs/nano"), reuse_tokenizer=False)
     name = recipe.CONFIG_FILES[stage]
 
@@ -69,8 +61,8 @@ def test_nano_reference_configs_match_the_script(tmp_path, monkeypatch, stage):
     assert config.train.device != "cpu"
 
 
-def test_stage_minutes_reach_the_train_configs(tmp_path, monkeypatch):
-    recipe = _recipe_module(monkeypatch)
+def test_stage_minutes_reach_the_train_configs(tmp_path, load_script):
+    recipe = load_script("examples/train_nano.py")
     args = recipe.parse_args(["--preset", "nano", "--minutes", "joint=2.5", "--minutes", "baseline=1"])
     assert args.minutes == {"joint": 2.5, "baseline": 1.0}
     raw = recipe.stage_config_dict("nano", "joint", model="nano", tokenizer=None, output_dir=tmp_path,
@@ -82,19 +74,19 @@ def test_stage_minutes_reach_the_train_configs(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("bad", ["joint", "nope=1", "joint=0", "joint=x"])
-def test_bad_stage_minutes_exit_with_a_usage_error(monkeypatch, capsys, bad):
-    recipe = _recipe_module(monkeypatch)
+def test_bad_stage_minutes_exit_with_a_usage_error(capsys, bad, load_script):
+    recipe = load_script("examples/train_nano.py")
     with pytest.raises(SystemExit) as exc:
         recipe.parse_args(["--minutes", bad])
     assert exc.value.code == 2
     assert "--minutes" in capsys.readouterr().err
 
 
-def test_start_at_mrl_continues_from_a_copied_stage4(tmp_path, monkeypatch):
+def test_start_at_mrl_continues_from_a_copied_stage4(tmp_path, monkeypatch, load_script):
     from rxt.config import RxTConfig
     from rxt.tokenizer import RxTokenizer
 
-    recipe = _recipe_module(monkeypatch)
+    recipe = load_script("examples/train_nano.py")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "run"
     args = recipe.parse_args(["--preset", "tiny", "--with-mrl", "--start-at", "mrl", "--output-dir", str(out)])

@@ -3,10 +3,6 @@ keeps the files beside the weights."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -14,20 +10,10 @@ from rxt.classic import DecoderLM
 from rxt.config import RxTConfig, TransformerConfig
 from rxt.model import RxT
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _script(monkeypatch):
-    spec = importlib.util.spec_from_file_location("half_precision_copy", ROOT / "scripts" / "half_precision_copy.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "half_precision_copy", module)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-def test_copy_is_half_the_size_and_loads_close(tmp_path, monkeypatch, dtype):
-    script = _script(monkeypatch)
+def test_copy_is_half_the_size_and_loads_close(tmp_path, dtype, load_script):
+    script = load_script("scripts/half_precision_copy.py")
     torch.manual_seed(0)
     model = RxT(RxTConfig.preset("tiny", vocab_size=300))
     model.save_pretrained(tmp_path / "src")
@@ -45,8 +31,8 @@ def test_copy_is_half_the_size_and_loads_close(tmp_path, monkeypatch, dtype):
         torch.testing.assert_close(b, a, rtol=tol, atol=tol)
 
 
-def test_decoder_lm_and_bad_input(tmp_path, monkeypatch, capsys):
-    script = _script(monkeypatch)
+def test_decoder_lm_and_bad_input(tmp_path, capsys, load_script):
+    script = load_script("scripts/half_precision_copy.py")
     DecoderLM(TransformerConfig(vocab_size=64, dim=32, num_layers=1, num_heads=4, ffn_hidden_dim=64)).save_pretrained(
         tmp_path / "lm")
     assert script.main([str(tmp_path / "lm"), str(tmp_path / "lm16")]) == 0

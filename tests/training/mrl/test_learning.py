@@ -88,12 +88,18 @@ def test_mrl_raises_the_reward_above_the_supervised_start(tok, tmp_path):
     assert end > start * 1.5 and end > start + 0.1, (start, end)
 
 
-def test_tiny_mrl_yaml_runs_the_stage(tmp_path):
+def _tiny_mrl(tmp_path, eval_episodes: int):
+    """The mrl stage module and the tiny example config, shrunk to one batch of 8 episodes per epoch."""
     stage = get_stage("mrl")
     cfg = load_config("examples/configs/tiny_mrl.yaml", stage.CONFIG_CLASS)
     cfg.train.output_dir = str(tmp_path)
     cfg.curriculum[0].episodes_per_epoch = 8
-    cfg.eval_episodes = 4
+    cfg.eval_episodes = eval_episodes
+    return stage, cfg
+
+
+def test_tiny_mrl_yaml_runs_the_stage(tmp_path):
+    stage, cfg = _tiny_mrl(tmp_path, eval_episodes=4)
     cfg.save_episode_logs = True
     final = stage.run_stage(cfg)
     assert (final / "model.safetensors").is_file() and (final / "tokenizer.json").is_file()
@@ -109,11 +115,7 @@ def test_tiny_mrl_yaml_runs_the_stage(tmp_path):
 
 
 def test_mrl_time_budget_cuts_the_curriculum_after_one_update(tmp_path):
-    stage = get_stage("mrl")
-    cfg = load_config("examples/configs/tiny_mrl.yaml", stage.CONFIG_CLASS)
-    cfg.train.output_dir = str(tmp_path)
-    cfg.curriculum[0].episodes_per_epoch = 8
-    cfg.eval_episodes = 0
+    stage, cfg = _tiny_mrl(tmp_path, eval_episodes=0)
     cfg.train.max_minutes = 1e-9  # spent by the first collection
     stage.run_stage(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())

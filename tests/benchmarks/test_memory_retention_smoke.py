@@ -46,6 +46,9 @@ def test_memory_retention_smoke(tmp_path, monkeypatch, load_script):
         assert all(0.0 <= v <= 1.0 for v in result["recall"].values())
         assert all(0.0 <= v <= 10.0 for v in result["reward"].values())
         assert result["episodes_per_k"] == dict.fromkeys(DISTANCES, 2)
+        unseen = result["unseen_phrasing"]
+        assert list(unseen["recall"]) == DISTANCES and len(unseen["phrasings"]) == 2
+        assert all(0.0 <= v <= 1.0 for v in unseen["recall"].values())
         chat = result["chitchat"]
         assert chat["conversations"] == 2 and chat["answer_tokens"] > 0
         assert chat["answer_ppl"] > 1.0 and 0.0 <= chat["answer_acc"] <= 1.0
@@ -53,3 +56,21 @@ def test_memory_retention_smoke(tmp_path, monkeypatch, load_script):
     assert systems["stage4"]["chitchat"]["answer_tokens"] == systems["stage4/memory_reset"]["chitchat"]["answer_tokens"]
     png = out.with_suffix(".png")
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unseen_phrasings_are_never_generated(load_script):
+    from training.data.synthetic import SyntheticDialogueConfig, generate_episodes
+    from training.data.synthetic_vocab import FACT_TYPES
+
+    bench = load_script("benchmarks/memory_retention.py")
+    stems = [p.split("{subject}")[0] for p in bench.UNSEEN_PHRASINGS]
+    templates = [q for f in FACT_TYPES for q in f.questions]
+    assert not [q for q in templates for stem in stems if stem.strip() and stem.strip() in q]
+    episodes = generate_episodes(SyntheticDialogueConfig(num_episodes=40, distance=(1, 2), split="eval", seed=3))
+    for i, episode in enumerate(episodes):
+        changed = bench.unseen_phrasing(episode, i)
+        assert changed.turns[:-1] == episode.turns[:-1] and changed.turns[-1].answer == episode.turns[-1].answer
+        assert changed.turns[-1].query not in templates
+        assert changed.turns[-1].query.startswith(stems[i % 2])
+        first = episode.turns[bench.statement_turn(episode)]
+        assert episode.metadata["fact_value"] in first.query

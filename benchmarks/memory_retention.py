@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import math
 import platform
 import sys
@@ -60,6 +61,7 @@ from rxt.template import InteractionTemplate
 from rxt.tokenizer import RxTokenizer
 from training.data.records import EpisodeRecord, InteractionRecord
 from training.data.synthetic import BENCHMARK_DISTANCES, SyntheticDialogueConfig, fact_type, generate_episodes
+from training.recall_eval import generated_answers
 
 DEFAULT_OUT = Path("benchmarks/results/memory_retention.json")
 
@@ -164,6 +166,22 @@ class System:
         )
         tokens = result.tokens[0, : int(result.lengths[0])].tolist()
         return [t for t in tokens if t != self.tokenizer.eos_id]
+
+    def answers(self, episodes: Sequence[EpisodeRecord], max_new_tokens: int) -> list[str]:
+        """The greedy answer to the last query of each episode after its (teacher-forced) history. An RxT runs
+        the episodes as one batch (`training.recall_eval.generated_answers`: per-row memory updates and prompt
+        lengths, equal to one episode at a time); a stateless model one episode at a time."""
+        max_new = max(1, min(max_new_tokens, self.max_seq_len // 2))
+        if self.kind == "rxt":
+            return generated_answers(self.model, self.tokenizer, episodes, reset_memory=not self.use_memory,
+                                     max_new_tokens=max_new)
+        out = []
+        for episode in episodes:
+            state = self.initial_state()
+            for turn in episode.turns[:-1]:
+                state = self.advance(state, turn)
+            out.append(self.tokenizer.decode(self.answer(state, episode.turns[-1].query, max_new)))
+        return out
 
     @torch.no_grad()
     def answer_nll(self, state: Any, turn: InteractionRecord) -> tuple[float, int, int]:
@@ -301,14 +319,9 @@ def evaluate_unseen_phrasing(system: System, episodes: dict[int, list[EpisodeRec
     """Recall per k with the final question asked in `UNSEEN_PHRASINGS` (same episodes, same history)."""
     recall: dict[str, float] = {}
     for k, items in episodes.items():
-        hits = 0
-        for i, episode in enumerate(items):
-            episode = unseen_phrasing(episode, i)
-            state = system.initial_state()
-            for turn in episode.turns[:-1]:
-                state = system.advance(state, turn)
-            answer = system.tokenizer.decode(system.answer(state, episode.turns[-1].query, max_new_tokens))
-            hits += recall_hit(answer, episode.metadata["fact_value"])
+        changed = [unseen_phrasing(episode, i) for i, episode in enumerate(items)]
+        answers = system.answers(changed, max_new_tokens)
+        hits = sum(recall_hit(a, e.metadata["fact_value"]) for a, e in zip(answers, changed, strict=True))
         recall[str(k)] = hits / len(items) if items else 0.0
     return {"phrasings": list(UNSEEN_PHRASINGS), "recall": recall,
             "recall_mean": sum(recall.values()) / len(recall) if recall else 0.0}
@@ -322,13 +335,9 @@ def evaluate_recall(system: System, episodes: dict[int, list[EpisodeRecord]], sc
     examples: dict[str, dict[str, str]] = {}
     for k, items in episodes.items():
         hits, rewards = 0, []
-        for episode in items:
+        for episode, answer in zip(items, system.answers(items, max_new_tokens), strict=True):
             turns = episode.turns
-            state = system.initial_state()
-            for turn in turns[:-1]:
-                state = system.advance(state, turn)
             question = turns[-1]
-            answer = system.tokenizer.decode(system.answer(state, question.query, max_new_tokens))
             hit = recall_hit(answer, episode.metadata["fact_value"])
             hits += hit
             rewards.append(scorer(answer, question.answer, turns[statement_turn(episode)]))
@@ -410,6 +419,12 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    return {"distances": list(args.distances), "episodes_per_k": args.episodes_per_k, "chitchat": args.chitchat,
+            "style": args.style, "seed": args.seed, "split": "eval", "max_new_tokens": args.max_new_tokens,
+            "decoding": "greedy", "history": "teacher-forced reference turns"}
+
+
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(args.seed)
@@ -436,15 +451,22 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
               f"unseen phrasing {entry['unseen_phrasing']['recall_mean']:.2f} | "
               f"reward {entry['reward_mean']:.2f} | chitchat ppl {chat['answer_ppl']} acc {chat['answer_acc']}",
               flush=True)
+    for path in args.merge:  # systems measured in another call (e.g. the baseline, trained on another machine)
+        other = json.loads(Path(path).read_text())
+        mismatched = {k for k in ("distances", "episodes_per_k", "style", "seed", "split", "max_new_tokens")
+                      if other.get("settings", {}).get(k) != _settings_of(args).get(k)}
+        if mismatched:
+            raise SystemExit(f"--merge {path}: its settings differ in {sorted(mismatched)}")
+        for name, entry in other["systems"].items():
+            if name in results:
+                raise SystemExit(f"--merge {path}: system {name!r} is measured here too")
+            results[name] = {**entry, "merged_from": {"file": str(path), "device": other.get("device"),
+                                                       "command": other.get("command")}}
     doc = {
         "benchmark": "memory_retention",
         **environment(device),
         "command": " ".join(["python", "benchmarks/memory_retention.py", *argv]),
-        "settings": {
-            "distances": list(args.distances), "episodes_per_k": args.episodes_per_k, "chitchat": args.chitchat,
-            "style": args.style, "seed": args.seed, "split": "eval", "max_new_tokens": args.max_new_tokens,
-            "decoding": "greedy", "history": "teacher-forced reference turns", "reward": scorer.settings,
-        },
+        "settings": {**_settings_of(args), "reward": scorer.settings},
         "systems": results,
     }
     if args.out is not None:
@@ -473,6 +495,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (default: --out with .png)")
+    parser.add_argument("--merge", action="append", default=[], metavar="JSON",
+                        help="add the systems of an earlier result file of the same settings (repeatable)")
     args = parser.parse_args(argv)
     if not args.rxt and not args.baseline:
         parser.error("give at least one --rxt or --baseline checkpoint")

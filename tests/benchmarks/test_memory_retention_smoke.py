@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from rxt.classic import DecoderLM
@@ -74,3 +75,45 @@ def test_unseen_phrasings_are_never_generated(load_script):
         assert changed.turns[-1].query.startswith(stems[i % 2])
         first = episode.turns[bench.statement_turn(episode)]
         assert episode.metadata["fact_value"] in first.query
+
+
+def test_merge_adds_the_systems_of_an_earlier_call(tmp_path, monkeypatch, load_script):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    tokenizer = RxTokenizer.default()
+    RxT(RxTConfig.preset("tiny", vocab_size=tokenizer.vocab_size)).save_pretrained(tmp_path / "rxt")
+    DecoderLM(TransformerConfig(vocab_size=tokenizer.vocab_size, dim=32, num_layers=1, num_heads=4, max_seq_len=96,
+                                ffn_hidden_dim=64)).save_pretrained(tmp_path / "lm")
+    bench = load_script("benchmarks/memory_retention.py")
+    common = ["--episodes-per-k", "1", "--chitchat", "0", "--max-new-tokens", "4", "--device", "cpu",
+              "--distances", "1", "2"]
+    first = tmp_path / "baseline.json"
+    assert bench.main(["--baseline", f"base={tmp_path / 'lm'}", *common, "--out", str(first)]) == 0
+    merged = tmp_path / "all.json"
+    assert bench.main(["--rxt", f"smat={tmp_path / 'rxt'}", *common, "--merge", str(first), "--out", str(merged)]) == 0
+    systems = json.loads(merged.read_text())["systems"]
+    assert set(systems) == {"smat", "smat/memory_reset", "base", "base/no_history"}
+    assert systems["base"]["merged_from"]["file"] == str(first)
+    with pytest.raises(SystemExit, match="differ"):
+        bench.main(["--rxt", str(tmp_path / "rxt"), *common[:-3], "--distances", "1", "--merge", str(first),
+                    "--out", str(tmp_path / "x.json")])
+
+
+def test_batched_rxt_answers_equal_one_episode_at_a_time(load_script):
+    from training.data.synthetic import SyntheticDialogueConfig, generate_episodes
+
+    bench = load_script("benchmarks/memory_retention.py")
+    torch.manual_seed(1)
+    tokenizer = RxTokenizer.default()
+    model = RxT(RxTConfig.preset("tiny", vocab_size=tokenizer.vocab_size)).eval()
+    episodes = generate_episodes(SyntheticDialogueConfig(num_episodes=6, distance=(0, 1, 3), seed=5))
+    for use_memory in (True, False):
+        system = bench.System("rxt", "rxt", "-", model, tokenizer, use_memory=use_memory)
+        batched = system.answers(episodes, 6)
+        single = []
+        for episode in episodes:
+            state = system.initial_state()
+            for turn in episode.turns[:-1]:
+                state = system.advance(state, turn)
+            single.append(tokenizer.decode(system.answer(state, episode.turns[-1].query, 6)))
+        assert batched == single

@@ -43,6 +43,7 @@ from training.data.synthetic_values import EVAL_EVERY, SPLITS, generate_value
 from training.data.synthetic_vocab import FACT_TYPES, FILLER_QA, GENERIC_ACKS, FactType
 
 STYLES: tuple[str, ...] = ("long_range", "cumulative")
+FORMS: tuple[str, ...] = ("dialogue", "in_context")
 BENCHMARK_DISTANCES: tuple[int, ...] = (1, 2, 4, 8, 16)
 GROUPS: tuple[str, ...] = tuple(dict.fromkeys(f.group for f in FACT_TYPES))
 _BY_GROUP: dict[str, tuple[FactType, ...]] = {g: tuple(f for f in FACT_TYPES if f.group == g) for g in GROUPS}
@@ -78,6 +79,9 @@ class SyntheticDialogueConfig:
         max_lead: at most this many distractor statements come before the target's (0 or 1 turn each episode;
             the episode then has ``lead + distance + 2`` turns).
         groups: the fact groups to draw from (`GROUPS`); ``None`` = all.
+        form: ``"dialogue"`` (the multi-turn episode above) or ``"in_context"``: each episode is the single
+            interaction of `in_context_interactions` that asks the question, its statements in the same query
+            (the copy task without memory, for the first steps of a memory-aware stage).
     """
 
     num_episodes: int = 1000
@@ -89,6 +93,7 @@ class SyntheticDialogueConfig:
     num_facts: int | tuple[int, int] = (2, 4)
     max_lead: int = 1
     groups: tuple[str, ...] | None = None
+    form: str = "dialogue"
 
     def __post_init__(self) -> None:
         for name in ("num_episodes", "num_turns", "seed", "max_lead"):
@@ -102,6 +107,8 @@ class SyntheticDialogueConfig:
             raise ValueError(f"style must be one of {STYLES}, got {self.style!r}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if self.form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
         object.__setattr__(self, "distance", _distances(self.distance))
         facts = self.num_facts
         bounds = (facts, facts) if isinstance(facts, int) and not isinstance(facts, bool) else tuple(facts)
@@ -203,7 +210,13 @@ def generate_episode(config: SyntheticDialogueConfig, index: int) -> EpisodeReco
         "seed": config.seed,
         "index": index,
     }
-    return EpisodeRecord(turns[0].query, turns[0].answer, tuple(turns[1:]), metadata)
+    episode = EpisodeRecord(turns[0].query, turns[0].answer, tuple(turns[1:]), metadata)
+    if config.form == "in_context":
+        question = in_context_interactions(episode)[metadata["question_turn"]]
+        facts = [[key, value, 0] for key, value, _ in stated]  # all stated in the one query
+        metadata = {**metadata, "question_turn": 0, "facts": facts, "form": "in_context"}
+        return EpisodeRecord(question.query, question.answer, (), metadata)
+    return episode
 
 
 def iter_episodes(config: SyntheticDialogueConfig) -> Iterator[EpisodeRecord]:
@@ -250,6 +263,7 @@ def fact_type(key: str) -> FactType:
 __all__ = [
     "BENCHMARK_DISTANCES",
     "EVAL_EVERY",
+    "FORMS",
     "GROUPS",
     "SPLITS",
     "STYLES",

@@ -200,3 +200,15 @@ def test_bad_config_names_field():
         SyntheticDialogueConfig(groups=("colours",))
     with pytest.raises(ValueError, match="kind"):
         generate_value("colour", None, "train")
+
+
+def test_in_context_form_is_one_interaction_with_its_statements():
+    config = SyntheticDialogueConfig(num_episodes=50, distance=(0, 1, 4), num_facts=(1, 3), form="in_context")
+    dialogues = generate_episodes(SyntheticDialogueConfig(num_episodes=50, distance=(0, 1, 4), num_facts=(1, 3)))
+    for episode, dialogue in zip(generate_episodes(config), dialogues, strict=True):
+        assert len(episode.turns) == 1 and episode.metadata["question_turn"] == 0
+        assert episode.query.endswith(dialogue.turns[-1].query) and episode.answer == dialogue.turns[-1].answer
+        assert all(recall_hit(episode.query, value) for _, value, _ in episode.metadata["facts"])
+    assert synthetic_records(config, "interaction") == [e.turns[0] for e in generate_episodes(config)]
+    with pytest.raises(ValueError, match="form"):
+        SyntheticDialogueConfig(form="chat")

@@ -170,17 +170,32 @@ class System:
     def answers(self, episodes: Sequence[EpisodeRecord], max_new_tokens: int) -> list[str]:
         """The greedy answer to the last query of each episode after its (teacher-forced) history. An RxT runs
         the episodes as one batch (`training.recall_eval.generated_answers`: per-row memory updates and prompt
-        lengths, equal to one episode at a time); a stateless model one episode at a time."""
+        lengths); a stateless model its histories as right-padded prompts of per-row lengths. Both equal one
+        episode at a time (`answer`), which the tests check."""
         max_new = max(1, min(max_new_tokens, self.max_seq_len // 2))
         if self.kind == "rxt":
             return generated_answers(self.model, self.tokenizer, episodes, reset_memory=not self.use_memory,
                                      max_new_tokens=max_new)
-        out = []
+        prompts = []
         for episode in episodes:
             state = self.initial_state()
             for turn in episode.turns[:-1]:
                 state = self.advance(state, turn)
-            out.append(self.tokenizer.decode(self.answer(state, episode.turns[-1].query, max_new)))
+            prompts.append(self._context(state, self.template.query_ids(episode.turns[-1].query),
+                                         self.max_seq_len - max_new)[0])
+        out: list[str] = []
+        for start in range(0, len(prompts), 64):  # right-padded, each row decoded from its own length
+            chunk = prompts[start : start + 64]
+            ids = torch.full((len(chunk), max(len(p) for p in chunk)), self.tokenizer.pad_id, dtype=torch.long)
+            for row, prompt in enumerate(chunk):
+                ids[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+            lengths = torch.tensor([len(p) for p in chunk], dtype=torch.long)
+            result = generate(self.decoder, ids.to(self.device), lengths.to(self.device),
+                              SamplingConfig(max_new_tokens=max_new), eos_id=self.tokenizer.eos_id,
+                              pad_id=self.tokenizer.pad_id)
+            for row in range(len(chunk)):
+                tokens = result.tokens[row, : int(result.lengths[row])].tolist()
+                out.append(self.tokenizer.decode([t for t in tokens if t != self.tokenizer.eos_id]))
         return out
 
     @torch.no_grad()

@@ -15,7 +15,7 @@ The data can only be solved by copying (`training.data.synthetic`): every fact v
 one group per episode (distractors). Stages 1-2 read each question merged with its statements into one sequence,
 so the decoder learns to copy in context first; stage 3 and SMAT read the dialogues, SMAT with gradients through
 every memory update of an episode. The curriculum is the one `training/copy_gate.py` (the CPU gate) shows to
-work on a toy of the same stack. The ``tiny`` preset has the same steps at toy size (``smat-k2`` then ``smat``).
+work on a toy of the same stack. The ``tiny`` preset has the same steps at toy size.
 
 With ``--with-baseline`` the stateless baseline (`training.stages.baseline_lm`) is trained afterwards: a
 decoder-only LM matched to the RxT's parameter count (``match_parameters_of`` = stage 4's ``final/``, whose
@@ -163,7 +163,9 @@ TINY: dict[str, Any] = {
         },
         "smat-k2": _smat_phase([0, 1, 2], copy_episodes=16, max_len=64,
                                unfreeze_schedule=[[0, ["memory"]], [10, ["memory", "rest"]]], **_TINY_PHASE),
-        "smat": _smat_phase([1, 2, 4], max_len=64, unfreeze_schedule=[[0, ["memory", "rest"]]], **_TINY_PHASE),
+        "smat-k4": _smat_phase([1, 2, 4], max_len=64, unfreeze_schedule=[[0, ["memory", "rest"]]], **_TINY_PHASE),
+        "smat-k8": _smat_phase([1, 4, 8], max_len=64, unfreeze_schedule=[[0, ["memory", "rest"]]], **_TINY_PHASE),
+        "smat": _smat_phase([1, 8, 16], max_len=64, unfreeze_schedule=[[0, ["memory", "rest"]]], **_TINY_PHASE),
         "mrl": {
             "curriculum": [{"steps": 2, "strategy": "long_range", "epochs": 1, "episodes_per_epoch": 8}],
             "batch_episodes": 8, "max_new_tokens": 8, "minibatch_size": 8, "ppo_epochs": 1,
@@ -184,8 +186,8 @@ TINY: dict[str, Any] = {
 _NANO_TRAIN = dict(lr=1.0e-3, batch_size=512, precision="bf16", log_every=50, eval_every=500,
                    save_every=0, keep_last=1, num_workers=4)
 _NANO_TEXT = [
-    _synthetic(num_episodes=40000, distance=[0, 1, 2], style="long_range", seed=0),
-    _synthetic(num_episodes=15000, distance=[0, 1, 2], style="cumulative", seed=0),
+    _synthetic(num_episodes=24000, distance=[0, 1, 2], style="long_range", seed=0),
+    _synthetic(num_episodes=8000, distance=[0, 1, 2], style="cumulative", seed=0),
     {"kind": "chitchat", "limit": 50000},
     {"kind": "chatterbot"},
 ]
@@ -202,28 +204,28 @@ NANO: dict[str, Any] = {
         },
         "sft": {
             "max_len": 256, "mask_prob": 0.15, "encoder_noise_std": 0.15, "val_fraction": 0.01,
-            "data": [_synthetic(num_episodes=30000, distance=[0, 1, 2], style="long_range", seed=1),
-                     _synthetic(num_episodes=10000, distance=[0, 1, 2], style="cumulative", seed=1),
+            "data": [_synthetic(num_episodes=16000, distance=[0, 1, 2], style="long_range", seed=1),
+                     _synthetic(num_episodes=5000, distance=[0, 1, 2], style="cumulative", seed=1),
                      {"kind": "chitchat", "limit": 50000}, {"kind": "chatterbot"}],
             "train": _train(**_NANO_TRAIN, warmup_steps=100, max_steps=10000),
         },
         "mem-attn": {
             "max_len": 256, "max_turns": 11, "weight_jitter": 0.15,
-            "data": [_synthetic(num_episodes=20000, distance=[1, 2, 4, 8], style="long_range", seed=2),
-                     _synthetic(num_episodes=10000, distance=[1, 2, 4, 8], style="cumulative", seed=2)],
+            "data": [_synthetic(num_episodes=16000, distance=[1, 2, 4, 8], style="long_range", seed=2),
+                     _synthetic(num_episodes=5000, distance=[1, 2, 4, 8], style="cumulative", seed=2)],
             "eval_data": [_synthetic(num_episodes=256, distance=[1, 2, 4, 8], split="eval", seed=101)],
             "train": _train(**{**_NANO_TRAIN, "batch_size": 256}, warmup_steps=50, max_steps=4000),
         },
-        "smat-k2": _smat_phase([0, 1, 2], episodes=60000, copy_episodes=20000, seed=3, eval_seed=102,
+        "smat-k2": _smat_phase([0, 1, 2], episodes=30000, copy_episodes=10000, seed=3, eval_seed=102,
                                unfreeze_schedule=[[0, ["memory"]], [100, ["memory", "rest"]]],
                                train=_train(**_NANO_SMAT), **_NANO_PHASE),
-        "smat-k4": _smat_phase([1, 2, 3, 4], episodes=60000, copy_episodes=5000, seed=4, eval_seed=103,
+        "smat-k4": _smat_phase([1, 2, 3, 4], episodes=30000, copy_episodes=3000, seed=4, eval_seed=103,
                                unfreeze_schedule=[[0, ["memory", "rest"]]], train=_train(**_NANO_SMAT),
                                **_NANO_PHASE),
-        "smat-k8": _smat_phase([1, 2, 4, 6, 8, 8], episodes=60000, seed=5, eval_seed=104,
+        "smat-k8": _smat_phase([1, 2, 4, 6, 8, 8], episodes=24000, seed=5, eval_seed=104,
                                unfreeze_schedule=[[0, ["memory", "rest"]]], train=_train(**_NANO_SMAT),
                                **_NANO_PHASE),
-        "smat": _smat_phase([1, 2, 4, 8, 12, 16, 16], episodes=60000, seed=6, eval_seed=105,
+        "smat": _smat_phase([1, 2, 4, 8, 12, 16, 16], episodes=20000, seed=6, eval_seed=105,
                             unfreeze_schedule=[[0, ["memory", "rest"]]], train=_train(**_NANO_SMAT),
                             **_NANO_PHASE),
         "mrl": {

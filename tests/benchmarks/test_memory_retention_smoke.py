@@ -99,7 +99,7 @@ def test_merge_adds_the_systems_of_an_earlier_call(tmp_path, monkeypatch, load_s
                     "--out", str(tmp_path / "x.json")])
 
 
-def test_batched_rxt_answers_equal_one_episode_at_a_time(load_script):
+def test_batched_answers_equal_one_episode_at_a_time(load_script):
     from training.data.synthetic import SyntheticDialogueConfig, generate_episodes
 
     bench = load_script("benchmarks/memory_retention.py")
@@ -107,8 +107,11 @@ def test_batched_rxt_answers_equal_one_episode_at_a_time(load_script):
     tokenizer = RxTokenizer.default()
     model = RxT(RxTConfig.preset("tiny", vocab_size=tokenizer.vocab_size)).eval()
     episodes = generate_episodes(SyntheticDialogueConfig(num_episodes=6, distance=(0, 1, 3), seed=5))
-    for use_memory in (True, False):
-        system = bench.System("rxt", "rxt", "-", model, tokenizer, use_memory=use_memory)
+    lm = DecoderLM(TransformerConfig(vocab_size=tokenizer.vocab_size, dim=32, num_layers=2, num_heads=4,
+                                     max_seq_len=96, ffn_hidden_dim=64)).eval()
+    systems = [bench.System("rxt", "rxt", "-", model, tokenizer, use_memory=flag) for flag in (True, False)]
+    systems += [bench.System("lm", "stateless", "-", lm, tokenizer, use_history=flag) for flag in (True, False)]
+    for system in systems:
         batched = system.answers(episodes, 6)
         single = []
         for episode in episodes:

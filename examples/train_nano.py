@@ -121,10 +121,11 @@ def _smat_phase(distances: list[int], *, episodes: int, copy_episodes: int = 0, 
     in-context copy task (``copy_episodes``) and chitchat; held out: ``split: eval`` dialogues at the same
     distances. Gradients flow through every memory update of an episode (``bptt_depth`` = its turns)."""
     turns = max(distances) + 3
-    data = [_synthetic(num_episodes=episodes, distance=distances, style="long_range", seed=seed),
-            _synthetic(num_episodes=episodes // 3, distance=distances, style="cumulative", seed=seed)]
+    data = [_synthetic(num_episodes=episodes, distance=distances, style="long_range", max_lead=1, seed=seed),
+            _synthetic(num_episodes=episodes // 3, distance=distances, style="cumulative", max_lead=1, seed=seed)]
     if copy_episodes:
-        data.append(_synthetic(num_episodes=copy_episodes, distance=distances, form="in_context", seed=seed))
+        data.append(_synthetic(num_episodes=copy_episodes, distance=distances, form="in_context", max_lead=1,
+                               seed=seed))
     if chitchat:
         data.append({"kind": "chitchat", "limit": chitchat})
     return {"max_turns": turns, "bptt_depth": turns, "data": data,
@@ -137,7 +138,8 @@ def _smat_phase(distances: list[int], *, episodes: int, copy_episodes: int = 0, 
 # facts of one group per episode. Stages 1-2 read each question merged with its statements into one sequence
 # (in-context copying first); stage 3 and the SMAT curriculum read the dialogues, k <= 2, then <= 4, <= 8, 16.
 # `tiny`: CPU, minutes. Data limits are small on purpose; `--steps N` sets every stage's max_steps.
-_TINY_TEXT = [_synthetic(limit=160, num_episodes=40, distance=[0, 1, 2], seed=0), {"kind": "chitchat", "limit": 40}]
+_TINY_TEXT = [_synthetic(limit=160, num_episodes=40, distance=[0, 1, 2], max_lead=1, seed=0),
+              {"kind": "chitchat", "limit": 40}]
 _TINY_PHASE = dict(episodes=32, eval_episodes=8, eval_seed=1, seed=0,
                    train=_train(lr=1.0e-2, warmup_steps=3, max_steps=30, batch_size=8, log_every=5, keep_last=1))
 TINY: dict[str, Any] = {
@@ -151,13 +153,14 @@ TINY: dict[str, Any] = {
         },
         "sft": {
             "max_len": 64, "mask_prob": 0.15, "encoder_noise_std": 0.15, "val_fraction": 0.1,
-            "data": [_synthetic(limit=160, num_episodes=40, distance=[0, 1, 2], style="cumulative", seed=1),
+            "data": [_synthetic(limit=160, num_episodes=40, distance=[0, 1, 2], style="cumulative", max_lead=1,
+                                seed=1),
                      {"kind": "chitchat", "limit": 40}],
             "train": _train(lr=3.0e-3, warmup_steps=3, max_steps=30, batch_size=8, log_every=5, keep_last=1),
         },
         "mem-attn": {
             "max_len": 64, "max_turns": 5, "weight_jitter": 0.15,
-            "data": [_synthetic(num_episodes=32, distance=[0, 1, 2], seed=0)],
+            "data": [_synthetic(num_episodes=32, distance=[0, 1, 2], max_lead=1, seed=0)],
             "eval_data": [_synthetic(num_episodes=8, distance=[0, 1, 2], split="eval", seed=1)],
             "train": _train(lr=3.0e-3, warmup_steps=3, max_steps=30, batch_size=8, log_every=5, keep_last=1),
         },
@@ -186,8 +189,8 @@ TINY: dict[str, Any] = {
 _NANO_TRAIN = dict(lr=1.0e-3, batch_size=512, precision="bf16", log_every=50, eval_every=500,
                    save_every=0, keep_last=1, num_workers=4)
 _NANO_TEXT = [
-    _synthetic(num_episodes=24000, distance=[0, 1, 2], style="long_range", seed=0),
-    _synthetic(num_episodes=8000, distance=[0, 1, 2], style="cumulative", seed=0),
+    _synthetic(num_episodes=24000, distance=[0, 1, 2], style="long_range", max_lead=1, seed=0),
+    _synthetic(num_episodes=8000, distance=[0, 1, 2], style="cumulative", max_lead=1, seed=0),
     {"kind": "chitchat", "limit": 50000},
     {"kind": "chatterbot"},
 ]
@@ -204,15 +207,15 @@ NANO: dict[str, Any] = {
         },
         "sft": {
             "max_len": 256, "mask_prob": 0.15, "encoder_noise_std": 0.15, "val_fraction": 0.01,
-            "data": [_synthetic(num_episodes=16000, distance=[0, 1, 2], style="long_range", seed=1),
-                     _synthetic(num_episodes=5000, distance=[0, 1, 2], style="cumulative", seed=1),
+            "data": [_synthetic(num_episodes=16000, distance=[0, 1, 2], style="long_range", max_lead=1, seed=1),
+                     _synthetic(num_episodes=5000, distance=[0, 1, 2], style="cumulative", max_lead=1, seed=1),
                      {"kind": "chitchat", "limit": 50000}, {"kind": "chatterbot"}],
             "train": _train(**_NANO_TRAIN, warmup_steps=100, max_steps=10000),
         },
         "mem-attn": {
             "max_len": 256, "max_turns": 11, "weight_jitter": 0.15,
-            "data": [_synthetic(num_episodes=16000, distance=[1, 2, 4, 8], style="long_range", seed=2),
-                     _synthetic(num_episodes=5000, distance=[1, 2, 4, 8], style="cumulative", seed=2)],
+            "data": [_synthetic(num_episodes=16000, distance=[1, 2, 4, 8], style="long_range", max_lead=1, seed=2),
+                     _synthetic(num_episodes=5000, distance=[1, 2, 4, 8], style="cumulative", max_lead=1, seed=2)],
             "eval_data": [_synthetic(num_episodes=256, distance=[1, 2, 4, 8], split="eval", seed=101)],
             "train": _train(**{**_NANO_TRAIN, "batch_size": 256}, warmup_steps=50, max_steps=4000),
         },

@@ -7,8 +7,9 @@ BPE trained on the generator's training texts (`training.tokenizer_training`), t
 and the synthetic generator (`training.data.synthetic`). It trains in two phases, the curriculum the nano
 recipe follows:
 
-1. **copy in context** (``copy_steps``): single interactions whose query states the facts and asks one
-   (``form="in_context"``); the decoder learns to copy a value it has never seen from its own context;
+1. **copy in context** (``copy_steps``): the turns of training dialogues as single interactions, each question
+   merged with its statements into one query (`synthetic_records`, what the recipe's stages 1-2 read); the
+   decoder learns to copy a value it has never seen from its own context;
 2. **copy through memory** (``memory_steps``): dialogues with the question ``distance`` turns after the
    statement (mixed with a share ``copy_mix`` of phase-1 batches), so the value now reaches the decoder only
    through the STM.
@@ -34,7 +35,8 @@ import torch
 from rxt.config import RxTConfig
 from rxt.model import RxT
 from training.data.datasets import EpisodeDataset, collate_episodes
-from training.data.synthetic import SyntheticDialogueConfig, generate_episodes
+from training.data.records import EpisodeRecord
+from training.data.synthetic import SyntheticDialogueConfig, generate_episodes, synthetic_records
 from training.recall_eval import recall
 from training.stages.smat import SMATObjective
 from training.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
@@ -84,8 +86,11 @@ def run_gate(cfg: CopyGateConfig, log=print) -> dict[str, Any]:
     start = time.perf_counter()
     dialogues = generate_episodes(cfg.synthetic(num_episodes=cfg.train_episodes, distance=cfg.train_distances,
                                                 seed=cfg.seed))
-    copies = generate_episodes(cfg.synthetic(num_episodes=cfg.train_episodes // 4, distance=cfg.train_distances,
-                                             seed=cfg.seed + 1, form="in_context"))
+    # every turn of training dialogues as one interaction, each question merged with its statements (what the
+    # recipe's stages 1-2 read): statements whose answers repeat the value, fillers, in-context questions
+    copies = [EpisodeRecord(r.query, r.answer) for r in synthetic_records(
+        cfg.synthetic(num_episodes=cfg.train_episodes // 5, distance=cfg.train_distances, seed=cfg.seed + 1),
+        "interaction")]
     held_out = generate_episodes(cfg.synthetic(num_episodes=cfg.eval_episodes, distance=cfg.eval_distance,
                                                split="eval", seed=cfg.seed + 2))
     held_out_copies = generate_episodes(cfg.synthetic(num_episodes=cfg.eval_episodes, distance=cfg.eval_distance,
@@ -115,7 +120,8 @@ def run_gate(cfg: CopyGateConfig, log=print) -> dict[str, Any]:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        losses[phase] = 0.9 * losses.get(phase, float(loss)) + 0.1 * float(loss)
+        value = loss.item()
+        losses[phase] = 0.9 * losses.get(phase, value) + 0.1 * value
         if (step + 1) % 100 == 0:
             log(f"step {step + 1}/{total} " + " ".join(f"{k} loss {v:.3f}" for k, v in losses.items())
                 + f" ({time.perf_counter() - start:.0f}s)")

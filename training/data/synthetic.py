@@ -3,7 +3,7 @@ later it is asked about, and its value was made up for this episode.
 
 Episode layout (``lead + 1 + distance + 1`` turns; ``EpisodeRecord.turns``)::
 
-    turns 0..lead-1   statements of distractor facts (0 or 1 turn, ``max_lead``)
+    turns 0..lead-1   statements of distractor facts (0 turns unless ``max_lead``)
     turn  lead        the target fact is stated ("My cat is called Velmor."); the answer acknowledges it, often
                       repeating the value ("Velmor, got it.")
     k turns           k = distance intermediate turns; the other distractor facts are stated in some of them:
@@ -13,7 +13,7 @@ Episode layout (``lead + 1 + distance + 1`` turns; ``EpisodeRecord.turns``)::
 
 Every value is generated per episode (:mod:`training.data.synthetic_values`: made-up names, codes, numbers,
 passphrases), never drawn from a closed list, so a model cannot recite "the" value of a fact type: it must copy.
-An episode states ``num_facts`` facts (2-4 by default) whose types share one group (a dog's name beside the cat's,
+An episode states ``num_facts`` facts (2-4 by default, as many as fit) whose types share one group (a dog's name beside the cat's,
 a door code beside the room number): the distractors make the model bind value to key.
 
 **No question without its statement.** A question only ever follows the statement of its fact in the same
@@ -75,9 +75,12 @@ class SyntheticDialogueConfig:
             ``distance[i % len(distance)]``), e.g. :data:`BENCHMARK_DISTANCES` or ``(1, 2)`` for a curriculum
             phase "k <= 2".
         num_facts: facts stated per episode, ``[min, max]`` (drawn uniformly) or one int: the target and
-            ``num_facts - 1`` distractors of the same group.
-        max_lead: at most this many distractor statements come before the target's (0 or 1 turn each episode;
-            the episode then has ``lead + distance + 2`` turns).
+            ``num_facts - 1`` distractors of the same group, at most ``distance + max_lead`` of them (the places
+            they can take).
+        max_lead: at most this many distractor statements come before the target's (each episode draws 0 or 1;
+            the episode then has ``lead + distance + 2`` turns). 0, the default, keeps every episode at
+            ``distance + 2`` turns with the target stated first (what MRL's step counts assume); the recipe's
+            training data uses 1, so the target is not always the first fact.
         groups: the fact groups to draw from (`GROUPS`); ``None`` = all.
         form: ``"dialogue"`` (the multi-turn episode above) or ``"in_context"``: each episode is the single
             interaction of `in_context_interactions` that asks the question, its statements in the same query
@@ -91,7 +94,7 @@ class SyntheticDialogueConfig:
     seed: int = 0
     distance: int | tuple[int, ...] | None = None
     num_facts: int | tuple[int, int] = (2, 4)
-    max_lead: int = 1
+    max_lead: int = 0
     groups: tuple[str, ...] | None = None
     form: str = "dialogue"
 
@@ -174,10 +177,10 @@ def generate_episode(config: SyntheticDialogueConfig, index: int) -> EpisodeReco
         values.append(value)
     target, value = facts[0], values[0]
     distance = config.distance_of(index)
-    distractors = list(zip(facts[1:], values[1:], strict=True))
-    lead = min(config.max_lead, len(distractors), rng.randint(0, 1)) if distractors else 0
-    # Distractors not stated before the target take intermediate turns (random positions, in order); any that
-    # do not fit (distance too short) go before it as well.
+    # Distractors take intermediate turns (random positions, in order) or, up to `max_lead`, come before the
+    # target; an episode states no more facts than those places hold (k = 0 and max_lead = 0: the target only).
+    distractors = list(zip(facts[1:], values[1:], strict=True))[: distance + config.max_lead]
+    lead = min(config.max_lead, len(distractors), rng.randint(0, 1))
     inside = min(len(distractors) - lead, distance)
     lead = len(distractors) - inside
     before, after = distractors[:lead], distractors[lead:]

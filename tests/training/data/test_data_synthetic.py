@@ -178,8 +178,13 @@ def test_distance_cycle_lengths_and_groups():
     assert [e.metadata["distance"] for e in eps] == [1, 2, 4, 8, 16, 1, 2, 4, 8, 16]
     assert all(len(e.turns) == e.metadata["distance"] + 2 for e in eps)
     assert generate_episode(SyntheticDialogueConfig(num_turns=3), 0).metadata["distance"] == 3
-    for e in generate_episodes(SyntheticDialogueConfig(num_episodes=50, distance=16, num_facts=4)):
-        assert len(e.turns) <= 19  # distractors fill intermediate turns; at most one comes first
+    for e in generate_episodes(SyntheticDialogueConfig(num_episodes=50, distance=(0, 1, 16), num_facts=4)):
+        k = e.metadata["distance"]
+        assert len(e.turns) == k + 2 and e.metadata["facts"][0][0] == e.metadata["fact_key"]  # target first
+        assert len(e.metadata["facts"]) == min(4, k + 1)  # as many distractors as intermediate turns hold
+    led = generate_episodes(SyntheticDialogueConfig(num_episodes=60, distance=(0, 2, 16), num_facts=4, max_lead=1))
+    assert all(len(e.turns) <= e.metadata["distance"] + 3 for e in led)
+    assert any(e.metadata["facts"][0][0] != e.metadata["fact_key"] for e in led)  # not always stated first
     only = generate_episodes(SyntheticDialogueConfig(num_episodes=30, groups=("pet",)))
     assert {fact_type(e.metadata["fact_key"]).group for e in only} == {"pet"}
     assert set(GROUPS) == {f.group for f in FACT_TYPES}

@@ -421,6 +421,28 @@ def load_own_tokenizer(directory: Path, vocab_size: int):
     return tokenizer
 
 
+def tokenizer_for(model: HubMixin, source: str) -> tuple[Any, str | None]:
+    """The tokenizer to run ``model`` with, and a note to show the user (or None).
+
+    The model's own (loaded with it by ``from_pretrained``). A model saved without one gets the packaged tokenizer
+    only when its ``vocab_size`` is exactly the packaged tokenizer's, with a note saying so; otherwise it is an
+    error: decoding with another tokenizer would be silent nonsense.
+    """
+    if model.tokenizer is not None:
+        return model.tokenizer, None
+    from rxt.tokenizer import TOKENIZER_FILE, RxTokenizer
+
+    default = RxTokenizer.default()
+    vocab = model.config.vocab_size  # type: ignore[attr-defined]
+    if default.vocab_size != vocab:
+        raise ValueError(
+            f"model {source} has no {TOKENIZER_FILE} and its vocab_size={vocab} is not the packaged tokenizer's "
+            f"{default.vocab_size}: save the model with its tokenizer (save_pretrained(dir, tokenizer=...))"
+        )
+    return default, (f"model {source} has no {TOKENIZER_FILE}: using the packaged tokenizer (same vocab_size "
+                     f"{vocab}); save the model with its own tokenizer to be sure")
+
+
 def load_weights(model: nn.Module, path: Path, *, map_location: str | torch.device = "cpu") -> None:
     path = Path(path)
     if path.name == PT_WEIGHTS_NAME:
@@ -467,5 +489,6 @@ __all__ = [
     "parse_dtype",
     "push_folder",
     "read_model_config",
+    "tokenizer_for",
     "weights_path",
 ]

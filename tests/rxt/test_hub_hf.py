@@ -92,9 +92,13 @@ def test_push_records_files_and_loads_back_by_repo_id_from_the_cache(tmp_path, t
     assert RxTokenizer.from_pretrained("org/tiny-rxt", cache_dir=cache).to_str() == tok.to_str()
 
 
-def test_push_without_a_tokenizer_is_an_error(hub):
+def test_push_without_a_tokenizer_is_an_error_and_save_can_push(tmp_path, tok, hub):
     with pytest.raises(ValueError, match="has no tokenizer"):
         _model().push_to_hub("org/x")
+    _model().save_pretrained(tmp_path / "m", tokenizer=tok, push_to_hub=True, repo_id="org/saved",
+                             commit_message="from save_pretrained", private=False)
+    assert hub.uploads[-1]["repo_id"] == "org/saved" and hub.uploads[-1]["commit_message"] == "from save_pretrained"
+    assert "tokenizer.json" in hub.uploads[-1]["files"] and not (tmp_path / "m" / "README.md").exists()
 
 
 def test_revision_picks_a_snapshot_and_token_is_accepted(tmp_path, tok):

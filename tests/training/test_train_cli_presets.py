@@ -4,7 +4,6 @@ missing extra is named."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -15,7 +14,6 @@ from pathlib import Path
 
 import datasets
 import pytest
-import torch
 
 from rxnn_runtime.cli import main
 from rxt.model import RxT
@@ -27,16 +25,6 @@ from training.stages.sft import run_stage as run_sft
 
 ROOT = Path(__file__).resolve().parents[2]
 SFT_YAML = ROOT / "examples" / "configs" / "tiny_sft.yaml"
-
-
-@contextlib.contextmanager
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def readme_commands(prefix: str) -> list[list[str]]:
@@ -87,13 +75,12 @@ def test_model_option_replaces_the_config_model(tmp_path, capsys, monkeypatch):
     assert "'runs/nosuch' is not a directory (no such path) and not a Hub repo id" in err, err
 
 
-def test_readme_training_commands_run_in_order(tmp_path, monkeypatch, capsys):
+def test_readme_training_commands_run_in_order(tmp_path, monkeypatch, capsys, single_torch_thread):
     commands = readme_commands("rxnn train --preset tiny")
     assert [c[c.index("--stage") + 1] for c in commands] == list(PRESET_STAGES)
     monkeypatch.chdir(tmp_path)
-    with one_thread():
-        for command in commands:
-            assert main(command[1:]) == 0, capsys.readouterr().err
+    for command in commands:
+        assert main(command[1:]) == 0, capsys.readouterr().err
     final = tmp_path / "runs" / "tiny" / "5_mrl" / "final"
     assert capsys.readouterr().out.strip().splitlines()[-1] == "runs/tiny/5_mrl/final"
     model = RxT.from_pretrained(final)
@@ -105,7 +92,7 @@ def test_readme_training_commands_run_in_order(tmp_path, monkeypatch, capsys):
     assert result.returncode == 0 and "rxt> " in result.stdout, result.stderr
 
 
-def test_messages_dataset_saved_to_disk_trains_a_tiny_sft_stage(tmp_path):
+def test_messages_dataset_saved_to_disk_trains_a_tiny_sft_stage(tmp_path, single_torch_thread):
     chats = [{"messages": [{"role": "system", "content": "Be brief."},
                            {"role": "user", "content": f"My number is {i}."},
                            {"role": "assistant", "content": f"Noted: {i}."},
@@ -116,8 +103,7 @@ def test_messages_dataset_saved_to_disk_trains_a_tiny_sft_stage(tmp_path):
            "data": [{"kind": "hub", "name": str(tmp_path / "chats")}],
            "train": {"output_dir": str(tmp_path / "sft"), "max_steps": 6, "warmup_steps": 1, "batch_size": 8,
                      "lr": 3e-3, "device": "cpu", "log_every": 1, "keep_last": 1}}
-    with one_thread():
-        final = run_sft(load_config(raw, SFTConfig))
+    final = run_sft(load_config(raw, SFTConfig))
     metrics = json.loads((tmp_path / "sft" / "metrics.json").read_text())
     assert metrics["step"] == 6 and all(e["loss"] > 0 for e in metrics["train"])
     assert metrics["eval"] and "val_answer_acc" in metrics["eval"][-1]

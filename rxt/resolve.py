@@ -83,7 +83,11 @@ def resolve_pretrained(
     if path.exists():
         raise _not_found(value, "it is a file")
     if isinstance(name_or_path, Path) or looks_like_path(value):
-        raise _not_found(value, "no such path")
+        error = _not_found(value, "no such path")
+        first = value.split("/", 1)[0]
+        if is_repo_id(value) and Path(first).is_dir():
+            error = ModelNotFoundError(f"{error} (read as a local path: {first + '/'!r} is a local directory)")
+        raise error
     options = options or HubOptions()
     from huggingface_hub import snapshot_download
 

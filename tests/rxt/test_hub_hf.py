@@ -217,6 +217,7 @@ def test_resolver_errors_say_not_a_directory_and_not_a_hub_id(tmp_path, monkeypa
             RxT.from_pretrained(value)
         message = str(info.value)
         assert f"'{value}' is not a directory ({why}) and not a Hub repo id" in message, message
+        assert ("'runs/' is a local directory" in message) == (value == "runs/nosuch"), message
 
 
 @pytest.mark.parametrize("cls", [DecoderLM, EncoderLM])

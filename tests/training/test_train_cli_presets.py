@@ -101,11 +101,12 @@ def test_messages_dataset_saved_to_disk_trains_a_tiny_sft_stage(tmp_path, single
     datasets.Dataset.from_list(chats).save_to_disk(str(tmp_path / "chats"))
     raw = {"model": "tiny", "max_len": 48, "val_fraction": 0.1,
            "data": [{"kind": "hub", "name": str(tmp_path / "chats")}],
-           "train": {"output_dir": str(tmp_path / "sft"), "max_steps": 6, "warmup_steps": 1, "batch_size": 8,
+           "train": {"output_dir": str(tmp_path / "sft"), "max_steps": 20, "warmup_steps": 2, "batch_size": 8,
                      "lr": 3e-3, "device": "cpu", "log_every": 1, "keep_last": 1}}
     final = run_sft(load_config(raw, SFTConfig))
     metrics = json.loads((tmp_path / "sft" / "metrics.json").read_text())
-    assert metrics["step"] == 6 and all(e["loss"] > 0 for e in metrics["train"])
+    losses = [e["loss"] for e in metrics["train"]]
+    assert metrics["step"] == 20 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5, losses  # it learns
     assert metrics["eval"] and "val_answer_acc" in metrics["eval"][-1]
     assert RxT.from_pretrained(final).tokenizer is not None
 

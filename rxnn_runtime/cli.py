@@ -41,22 +41,16 @@ def _load_reactive(args: argparse.Namespace):
     from rxt.tokenizer import RxTokenizer
 
     if args.model:
+        from rxt.hub import tokenizer_for
         from rxt.model import RxT
 
-        path = Path(args.model)
-        if not path.exists() and (path.is_absolute() or args.model.startswith(".") or args.model.count("/") != 1):
-            raise CliError(f"model path {args.model} does not exist")
-        try:
+        try:  # one resolver (rxt.resolve): an existing directory, else a Hub repo id; its own tokenizer with it
             model = RxT.from_pretrained(args.model)
+            tokenizer, note = tokenizer_for(model, args.model)
         except Exception as exc:
             raise CliError(f"cannot load model {args.model}: {_one_line(exc)}") from exc
-        tokenizer_file = path / "tokenizer.json"
-        tokenizer = RxTokenizer.from_pretrained(path) if tokenizer_file.is_file() else RxTokenizer.default()
-        if tokenizer.vocab_size > model.config.vocab_size:
-            raise CliError(
-                f"model {args.model} has vocab_size={model.config.vocab_size} but its tokenizer has "
-                f"{tokenizer.vocab_size} ids"
-            )
+        if note:
+            print(f"NOTE: {note}", file=sys.stderr)
         trained = True
     else:
         from rxnn_runtime.demo import default_model
@@ -229,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-new-tokens", type=int, default=24, help="answer budget per turn (default 24)")
     demo.set_defaults(func=_demo)
 
-    model_help = "model directory (save_pretrained) or Hub id; default: the packaged model, else an untrained nano"
+    model_help = ("model directory (save_pretrained) or Hub repo id owner/name, loaded with its own tokenizer; "
+                  "default: the packaged model, else an untrained nano")
     store_help = "session store: memory:// (default), a directory, or redis://HOST:PORT/DB"
     serve = sub.add_parser("serve", help="websocket + web chat server (binds 127.0.0.1 by default)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

@@ -23,8 +23,10 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
 def _shown(url: str) -> str:
     if url.lower().startswith(("redis://", "rediss://")):
-        from rxnn_runtime.stores.redis_store import redact_url
-
+        try:
+            from rxnn_runtime.stores.redis_store import redact_url
+        except ModuleNotFoundError:  # no redis package: hide a password without it
+            return re.sub(r"^(\w+://[^:/@]*):[^@/]*@", r"\1:***@", url)
         return redact_url(url)
     return url
 
@@ -57,7 +59,8 @@ def open_store(url: str | os.PathLike[str] | None) -> SessionStore:
             if exc.name != "redis":
                 raise
             raise ModuleNotFoundError(
-                f"session store url {_shown(text)!r} needs the redis package: pip install 'redis>=5'",
+                f"session store url {_shown(text)!r} needs the redis package, in the 'redis' extra: "
+                "pip install 'rxnn-runtime[redis]'",
                 name="redis",
             ) from exc
         return RedisStore(text)

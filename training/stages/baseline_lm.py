@@ -182,6 +182,8 @@ def _saved_config(path: Path, key: str, expected: str) -> dict[str, Any]:
     model_type = raw.pop("model_type", expected)
     if model_type != expected:
         raise ConfigError(f"config key {key!r}: {str(path)!r} holds a {model_type}, not a {expected}")
+    for meta in ("architectures", "torch_dtype"):  # config.json keys that are not config fields
+        raw.pop(meta, None)
     return raw
 
 

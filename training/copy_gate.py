@@ -142,11 +142,26 @@ def run_gate(cfg: CopyGateConfig, log=print) -> dict[str, Any]:
     return result
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.copy_gate [--out FILE.json]``: run the gate, print (and write) the report."""
+    import argparse
+    import platform
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=None, help="also write the report as JSON (atomically)")
+    args = parser.parse_args(argv)
     result = run_gate(CopyGateConfig())
     result.pop("model"), result.pop("tokenizer")
+    result["passed"] = result["recall"] >= 0.8 and result["recall_memory_reset"] <= 0.05
+    result.update(benchmark="copy_gate", command=" ".join(["python -m training.copy_gate", *(argv or sys.argv[1:])]),
+                  device=f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+                  versions={"python": platform.python_version(), "torch": torch.__version__})
     print(json.dumps(result, indent=2))
-    return 0 if result["recall"] >= 0.8 and result["recall_memory_reset"] <= 0.05 else 1
+    if args.out:
+        from rxt.atomic_io import atomic_write_json
+
+        atomic_write_json(args.out, result)
+    return 0 if result["passed"] else 1
 
 
 if __name__ == "__main__":

@@ -3,12 +3,12 @@
 # the stateless baseline, under wall-clock budgets, in two calls ("phases") of at most ~9.5 minutes to a lent
 # GPU machine, split at a step boundary, the weights carried between them as bf16 parts of at most 15 MB.
 #
-#   bash examples/nano_gpu_run.sh a   RxT steps joint, sft, mem-attn, smat-k2 (3.8 min of training) with the
+#   bash examples/nano_gpu_run.sh a   RxT steps joint, sft, mem-attn, smat-k2 (3.5 min of training) with the
 #                                     memory diagnostics after sft ("before"), mem-attn and smat-k2; beside it, on
 #                                     the same GPU, the parameter-matched stateless baseline on the same data for
-#                                     the RxT's total training minutes (6.5, its only run); then the baseline's
+#                                     the RxT's total training minutes (6.0, its only run); then the baseline's
 #                                     memory-retention benchmark.
-#   bash examples/nano_gpu_run.sh b   (phase a's files in $CARRIED) smat-k4, smat-k8, smat (2.7 min), MRL from
+#   bash examples/nano_gpu_run.sh b   (phase a's files in $CARRIED) smat-k4, smat-k8, smat (2.5 min), MRL from
 #                                     stage 4 (1.5 min), then benchmarks/memory_retention.py over stage 4 and MRL
 #                                     (each with its memory-reset ablation) merged with the baseline's result, and
 #                                     benchmarks/memory_diagnostics.py (gates, read-attention entropy).
@@ -37,8 +37,8 @@ carried=${CARRIED:-carried}
 episodes=${EPISODES:-64}   # held-out episodes per k of the benchmark
 chitchat=${CHITCHAT:-32}
 limit=${LIMIT_S:-510}      # a backstop: each training process ends by its budgets before this
-M_JOINT=${M_JOINT:-1.1} M_SFT=${M_SFT:-0.7} M_MEMATTN=${M_MEMATTN:-0.5} M_K2=${M_K2:-1.5}
-M_K4=${M_K4:-1.0} M_K8=${M_K8:-0.9} M_K16=${M_K16:-0.8} M_MRL=${M_MRL:-1.5}
+M_JOINT=${M_JOINT:-1.0} M_SFT=${M_SFT:-0.6} M_MEMATTN=${M_MEMATTN:-0.4} M_K2=${M_K2:-1.5}
+M_K4=${M_K4:-1.0} M_K8=${M_K8:-0.8} M_K16=${M_K16:-0.7} M_MRL=${M_MRL:-1.5}
 M_BASE=${M_BASE:-$(python3 -c "print(round($M_JOINT + $M_SFT + $M_MEMATTN + $M_K2 + $M_K4 + $M_K8 + $M_K16, 2))")}
 mkdir -p "$out" "$runs"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_MININTERVAL=20

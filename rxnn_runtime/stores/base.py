@@ -72,6 +72,10 @@ class SessionStore(abc.ABC):
     @abc.abstractmethod
     def session_ids(self) -> list[str]: ...
 
+    def health(self) -> dict[str, Any]:
+        """``{"status": "ok" | "degraded", ...}`` for ``/healthz``; in-process stores are always reachable."""
+        return {"status": "ok", "store": type(self).__name__}
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections or files."""
 

@@ -207,13 +207,18 @@ class Connection:
         except asyncio.CancelledError:
             pass
 
-    def close(self, code: int, message: str) -> None:
-        """Close from the loop without waiting (idempotent)."""
+    def close(self, code: int, message: str, *, flush: bool = False) -> None:
+        """Close from the loop without waiting (idempotent); ``flush`` first sends the frames already waiting."""
         if self._closer is None:
             self.closing = True
-            self._closer = self.loop.create_task(self._close(code, message))
+            self._closer = self.loop.create_task(self._close(code, message, flush))
 
-    async def _close(self, code: int, message: str) -> None:
+    async def _flush(self) -> None:
+        while self.outbox:
+            item = self.outbox.popleft()
+            await self.send_frame(self.tokens.pop(item).frame() if isinstance(item, tuple) else item)
+
+    async def _close(self, code: int, message: str, flush: bool = False) -> None:
         # The sender may be parked in aiohttp's drain (the client stopped reading). Cancelling it can leave the
         # protocol's shared drain waiter cancelled, so the close below may raise CancelledError rather than
         # time out: whatever happens, unless the handshake really finished, abort the transport.
@@ -223,6 +228,8 @@ class Connection:
             self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
+            if flush:
+                await asyncio.wait_for(self._flush(), timeout=CLOSE_TIMEOUT)
             await asyncio.wait_for(self.ws.close(code=code, message=message.encode()), timeout=CLOSE_TIMEOUT)
             closed = True
         except (asyncio.CancelledError, Exception) as exc:
@@ -285,7 +292,7 @@ class Connection:
             return
         self.send_error("unauthorized", "missing or wrong API key: the first frame must be "
                         '{"type": "auth", "api_key": ...} (or send the key when connecting)', field="api_key")
-        self.close(CLOSE_POLICY_VIOLATION, "unauthorized")
+        self.close(CLOSE_POLICY_VIOLATION, "unauthorized", flush=True)
 
     def handle_message(self, data: dict[str, Any]) -> None:
         kind = data.get("type")
@@ -379,7 +386,7 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
         def _auth_timeout() -> None:
             if not conn.authenticated:
                 conn.send_error("unauthorized", f"no auth frame within {AUTH_TIMEOUT}s", field="api_key")
-                conn.close(CLOSE_POLICY_VIOLATION, "unauthorized")
+                conn.close(CLOSE_POLICY_VIOLATION, "unauthorized", flush=True)
 
         auth_timer = asyncio.get_running_loop().call_later(AUTH_TIMEOUT, _auth_timeout)
     try:

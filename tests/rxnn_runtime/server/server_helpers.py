@@ -106,3 +106,37 @@ def tcp_states(local_port: int, remote_port: int) -> list[str]:
             if int(local.split(":")[1], 16) == local_port and int(remote.split(":")[1], 16) == remote_port:
                 states.append(state)
     return states
+
+
+TIMEOUT = 20.0
+
+
+async def ws_send(ws, frame: dict) -> None:
+    await ws.send_str(json.dumps(frame))
+
+
+async def ws_recv(ws, timeout: float = TIMEOUT) -> dict:
+    import aiohttp
+
+    msg = await asyncio.wait_for(ws.receive(), timeout)
+    if msg.type == aiohttp.WSMsgType.TEXT:
+        return json.loads(msg.data)
+    if msg.type == aiohttp.WSMsgType.BINARY:
+        import msgpack
+
+        return msgpack.unpackb(msg.data, raw=False)
+    return {"type": "_closed", "code": msg.data}
+
+
+async def ws_until(ws, pred, limit: int = 200) -> list[dict]:
+    frames = []
+    for _ in range(limit):
+        frame = await ws_recv(ws)
+        frames.append(frame)
+        if pred(frame) or frame["type"] == "_closed":
+            return frames
+    raise AssertionError(f"no matching frame in {frames}")
+
+
+def turn_done(qid: str):
+    return lambda f: f.get("id") == qid and f["type"] in ("memory_updated", "error", "cancelled")

@@ -36,12 +36,12 @@ def _check_session_id(value: Any, name: str = "session") -> str:
         raise InvalidMessage(name, "must be a non-empty string")
     if len(value) > MAX_SESSION_ID_LENGTH:
         raise InvalidMessage(name, f"is {len(value)} characters, more than the limit {MAX_SESSION_ID_LENGTH}")
-    # ASCII only, and not starting with ".", so every id the protocol accepts is also a valid file name for the
-    # directory store (128 ASCII bytes + suffix stay under its name limit; no hidden or "."/".." names).
+    # ASCII only, no leading "." and no "..", so every id the protocol accepts is also a valid file name for
+    # the directory store (128 ASCII bytes + suffix stay under its name limit; no hidden or traversal names).
     if not all((c.isascii() and c.isalnum()) or c in "-_.:@" for c in value):
         raise InvalidMessage(name, "may contain only ASCII letters, digits and - _ . : @")
-    if value.startswith("."):
-        raise InvalidMessage(name, "must not start with '.'")
+    if value.startswith(".") or ".." in value:
+        raise InvalidMessage(name, "must not start with '.' or contain '..'")
     return value
 
 

@@ -9,6 +9,7 @@ old state or the new one, never a mix.
 from __future__ import annotations
 
 import abc
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,29 @@ class SessionState:
             metadata=raw["metadata"],
             updated_at=raw["updated_at"],
         )
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long a store keeps sessions nobody uses: at most ``max_sessions`` (the least recently used go first)
+    and none idle for more than ``idle_seconds``. None = no bound. The in-memory store always has one (its
+    default, `MEMORY_RETENTION`); the directory and Redis stores delete only when given one."""
+
+    max_sessions: int | None = None
+    idle_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_sessions is not None and (isinstance(self.max_sessions, bool) or self.max_sessions < 1):
+            raise ValueError(f"Retention.max_sessions={self.max_sessions!r} must be >= 1 or None")
+        if self.idle_seconds is not None and not (math.isfinite(self.idle_seconds) and self.idle_seconds > 0):
+            raise ValueError(f"Retention.idle_seconds={self.idle_seconds!r} must be a finite number > 0 or None")
+
+    @property
+    def bounded(self) -> bool:
+        return self.max_sessions is not None or self.idle_seconds is not None
+
+
+MEMORY_RETENTION = Retention(max_sessions=1024, idle_seconds=3600.0)
 
 
 class SessionStore(abc.ABC):

@@ -67,6 +67,7 @@ class InMemoryStore(SessionStore):
             self._expire(self._clock())
             return sorted(self._records)
 
-    def __len__(self) -> int:
+    def count(self) -> int:
+        """Records held now. (Not ``__len__``: an empty store must stay truthy for ``store or default``.)"""
         with self._lock:
             return len(self._records)

@@ -31,7 +31,7 @@ def test_memory_store_is_bounded_by_default():
     assert store.retention == MEMORY_RETENTION and MEMORY_RETENTION.bounded
     for i in range(MEMORY_RETENTION.max_sessions + 50):
         store.save(state(f"s{i}"))
-    assert len(store) == MEMORY_RETENTION.max_sessions
+    assert store.count() == MEMORY_RETENTION.max_sessions
     assert store.load("s0") is None and store.load(f"s{MEMORY_RETENTION.max_sessions + 49}") is not None
     with pytest.raises(ValueError, match="needs a bound"):
         InMemoryStore(Retention())

@@ -45,17 +45,36 @@ class SessionState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SessionState:
+        """Decode and validate a record field by field: a missing or wrongly typed field is a `ValueError` naming
+        the field (the stores wrap it in `CorruptSessionRecord`), never a session that fails later on the lane.
+        The STM's values are kept bit for bit (NaN included): refusing a non-finite memory is the runtime's
+        decision when it loads a session into the model, not the container's."""
         raw = msgpack.unpackb(data, raw=False)
         if not isinstance(raw, dict) or raw.get("format") != 1:
             raise ValueError("session record is not a format-1 rxnn session")
-        return cls(
-            session_id=raw["session_id"],
-            stm=load(raw["stm"])["stm"],
-            turns=raw["turns"],
-            memory_version=raw["memory_version"],
-            metadata=raw["metadata"],
-            updated_at=raw["updated_at"],
-        )
+        missing = sorted({"session_id", "stm", "turns", "memory_version", "metadata", "updated_at"} - set(raw))
+        if missing:
+            raise ValueError(f"session record lacks field(s) {missing}")
+
+        def check(name: str, ok: bool, want: str) -> None:
+            if not ok:
+                raise ValueError(f"session record field {name!r} must be {want}, got {raw[name]!r:.60}")
+
+        check("session_id", isinstance(raw["session_id"], str) and bool(raw["session_id"]), "a non-empty string")
+        for name in ("turns", "memory_version"):
+            value = raw[name]
+            check(name, isinstance(value, int) and not isinstance(value, bool) and value >= 0, "an integer >= 0")
+        check("metadata", isinstance(raw["metadata"], dict), "a map")
+        updated = raw["updated_at"]
+        check("updated_at", isinstance(updated, (int, float)) and not isinstance(updated, bool)
+              and math.isfinite(updated), "a finite number")
+        check("stm", isinstance(raw["stm"], bytes), "safetensors bytes")
+        tensors = load(raw["stm"])
+        stm = tensors.get("stm")
+        if stm is None or not stm.is_floating_point() or stm.dim() != 3:
+            raise ValueError("session record field 'stm' must hold one floating-point (L, S, D) tensor 'stm'")
+        return cls(session_id=raw["session_id"], stm=stm, turns=raw["turns"], memory_version=raw["memory_version"],
+                   metadata=raw["metadata"], updated_at=float(updated))
 
 
 @dataclass(frozen=True)

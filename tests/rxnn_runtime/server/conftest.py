@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import pytest
-
-from rxnn_runtime.reactive_model import ReactiveModel
-from rxt.model import RxT, RxTConfig
-from rxt.tokenizer import RxTokenizer
+from server_helpers import tiny_reactive
 
 
 @pytest.fixture(scope="module")
 def reactive():
-    tok = RxTokenizer.default()
-    rm = ReactiveModel(RxT(RxTConfig.preset("tiny", vocab_size=tok.vocab_size, max_seq_len=128)), tok)
-    rm.connect()
+    rm = tiny_reactive()
     yield rm
     rm.wait_idle(10)
     rm.dispose()

@@ -19,6 +19,19 @@ from rxnn_runtime.messages import Query
 from rxnn_runtime.stores import InMemoryStore
 
 
+def tiny_reactive(store=None, *, max_seq_len: int = 128, **kw):
+    """A connected `ReactiveModel` around a tiny RxT with the default tokenizer (dispose it when done)."""
+    from rxnn_runtime.reactive_model import ReactiveModel
+    from rxt.model import RxT, RxTConfig
+    from rxt.tokenizer import RxTokenizer
+
+    tok = RxTokenizer.default()
+    model = RxT(RxTConfig.preset("tiny", vocab_size=tok.vocab_size, max_seq_len=max_seq_len))
+    reactive = ReactiveModel(model, tok, store=store, **kw)
+    reactive.connect()
+    return reactive
+
+
 class FloodModel:
     """Stands in for a `ReactiveModel`: every query makes it emit ``frames`` events of ``size`` characters each,
     from a lane thread, one every ``interval`` seconds (a real model never waits on a client either). The pace

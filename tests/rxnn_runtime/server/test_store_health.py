@@ -9,13 +9,10 @@ import signal
 import subprocess
 import time
 
-from server_helpers import turn_done, ws_send, ws_until
+from server_helpers import tiny_reactive, turn_done, ws_send, ws_until
 
-from rxnn_runtime.reactive_model import ReactiveModel
 from rxnn_runtime.server import create_app
 from rxnn_runtime.stores.redis_store import RedisStore
-from rxt.model import RxT, RxTConfig
-from rxt.tokenizer import RxTokenizer
 
 
 def redis_pid(url: str) -> int:
@@ -33,10 +30,8 @@ async def ask(ws, session: str, qid: str, n: int = 2) -> list[dict]:
 async def test_paused_redis(aiohttp_client, disposable_redis):
     url, _stop = disposable_redis
     pid = redis_pid(url)
-    tok = RxTokenizer.default()
     store = RedisStore(url, socket_timeout=0.5, connect_timeout=0.5, retry_after=1.0)
-    rm = ReactiveModel(RxT(RxTConfig.preset("tiny", vocab_size=tok.vocab_size, max_seq_len=128)), tok, store=store)
-    rm.connect()
+    rm = tiny_reactive(store)
     try:
         client = await aiohttp_client(create_app(rm))
         health = await client.get("/healthz")

@@ -8,7 +8,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from server_helpers import TIMEOUT, turn_done, ws_recv, ws_until
+from server_helpers import TIMEOUT, tiny_reactive, turn_done, ws_recv, ws_until
 
 from rxnn_runtime.messages import MAX_SESSION_ID_LENGTH, InvalidMessage, _check_session_id
 from rxnn_runtime.server import create_app
@@ -154,14 +154,7 @@ def test_every_protocol_session_id_is_a_valid_file_name(session_id):
 
 
 async def test_directory_store_serves_every_protocol_id(aiohttp_client, tmp_path):
-    from rxnn_runtime.reactive_model import ReactiveModel
-    from rxt.model import RxT, RxTConfig
-    from rxt.tokenizer import RxTokenizer
-
-    tok = RxTokenizer.default()
-    rm = ReactiveModel(RxT(RxTConfig.preset("tiny", vocab_size=tok.vocab_size, max_seq_len=128)), tok,
-                       store=DirectoryStore(tmp_path))
-    rm.connect()
+    rm = tiny_reactive(DirectoryStore(tmp_path))
     try:
         client = await aiohttp_client(create_app(rm))
         for sid in ("x" * MAX_SESSION_ID_LENGTH, "a:b@c-d_e.f", "a.b"):
@@ -172,5 +165,25 @@ async def test_directory_store_serves_every_protocol_id(aiohttp_client, tmp_path
             assert err["param"] == "X-Session-Id", err
         assert rm.wait_idle(10)
         assert sorted(rm.store.session_ids()) == sorted(["x" * MAX_SESSION_ID_LENGTH, "a:b@c-d_e.f", "a.b"])
+    finally:
+        rm.dispose()
+
+
+async def test_mistyped_record_is_an_error_frame_at_once(aiohttp_client, tmp_path):
+    """A stored record with a wrongly typed field reaches the client as an error frame, not a silent hang."""
+    import msgpack
+    import torch
+    from safetensors.torch import save
+
+    raw = {"format": 1, "session_id": "bad", "turns": "many", "memory_version": 2, "metadata": {},
+           "updated_at": 1.5, "stm": save({"stm": torch.zeros(2, 4, 8)})}
+    (tmp_path / "bad.rxs").write_bytes(msgpack.packb(raw, use_bin_type=True))
+    rm = tiny_reactive(DirectoryStore(tmp_path))
+    try:
+        client = await aiohttp_client(create_app(rm))
+        async with client.ws_connect("/ws") as ws:
+            await ws.send_str(json.dumps({"type": "query", "session": "bad", "id": "q", "text": "hi"}))
+            frame = await ws_recv(ws, timeout=5.0)
+            assert frame["type"] == "error" and frame["id"] == "q" and "'turns'" in frame["message"], frame
     finally:
         rm.dispose()

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import WSCloseCode, web
 
 from rxnn_runtime.reactive_model import ReactiveModel
-from rxnn_runtime.server.security import AccessPolicy, SessionOwners
+from rxnn_runtime.server.security import AccessPolicy, SessionOwners, exposure_warning
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +139,9 @@ async def _on_shutdown(app: web.Application) -> None:
 async def run_server(reactive: ReactiveModel, host: str = "127.0.0.1", port: int = 8765, **kw: Any) -> None:
     """Serve until cancelled or SIGTERM/SIGINT, then shut down gracefully (see `create_app`)."""
     app = create_app(reactive, **kw)
-    if app[CONFIG].access.api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("serving on %s without an API key: anyone who can reach this address can use the model and "
-                    "its sessions; set --api-key or $RXNN_API_KEY", host)
+    warning = exposure_warning(host, app[CONFIG].access)
+    if warning:
+        log.warning(warning)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()

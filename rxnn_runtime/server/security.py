@@ -150,6 +150,17 @@ class SessionOwners:
         return len(self._owner)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def exposure_warning(host: str, policy: AccessPolicy) -> str | None:
+    """The warning to log when the server listens beyond loopback without an API key (None if it does not)."""
+    if policy.api_key is not None or host in LOOPBACK_HOSTS:
+        return None
+    return (f"serving on {host} without an API key: anyone who can reach this address can use the model and "
+            f"its sessions; set --api-key or ${API_KEY_ENV}")
+
+
 def openai_error(status: int, message: str, kind: str, param: str | None = None,
                  headers: dict[str, str] | None = None) -> web.Response:
     """An error in the OpenAI shape ``{"error": {message, type, param, code}}``."""

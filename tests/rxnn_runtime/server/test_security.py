@@ -9,7 +9,7 @@ import pytest
 from server_helpers import TIMEOUT, turn_done, ws_recv, ws_send, ws_until
 
 from rxnn_runtime.server import create_app
-from rxnn_runtime.server.security import AccessPolicy, SessionOwners, normalize_origin
+from rxnn_runtime.server.security import AccessPolicy, SessionOwners, exposure_warning, normalize_origin
 
 KEY = "s3cret-key"
 
@@ -107,6 +107,13 @@ async def test_cross_origin_and_text_plain_posts_are_refused(aiohttp_client, rea
     assert resp.status == 415 and "application/json" in (await resp.json())["error"]["message"]
     resp = await post(client, chat(), headers={"Origin": f"http://127.0.0.1:{client.port}"})
     assert resp.status == 200
+
+
+def test_listening_beyond_loopback_without_a_key_warns():
+    assert exposure_warning("127.0.0.1", AccessPolicy()) is None
+    assert exposure_warning("0.0.0.0", AccessPolicy(api_key=KEY)) is None
+    warning = exposure_warning("0.0.0.0", AccessPolicy())
+    assert warning is not None and "without an API key" in warning and "RXNN_API_KEY" in warning
 
 
 def test_origin_rules():

@@ -53,6 +53,7 @@ async def test_session_less_requests_keep_memory_flat(aiohttp_client):
         assert rm.wait_idle(30)
         gc.collect()
         growth = rss_mib() - before
+        print(f"RSS {before:.0f} MiB -> {before + growth:.0f} MiB over {REQUESTS} requests; store holds {store.count()}")
         # Unbounded, the store alone would grow by REQUESTS x 256 KiB = 500 MiB.
         assert growth < 100, f"RSS grew by {growth:.0f} MiB over {REQUESTS} session-less requests"
         assert store.count() <= 64

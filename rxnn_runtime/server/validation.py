@@ -15,6 +15,10 @@ MAX_JSON_DEPTH = 32
 """Deepest nesting of maps/lists accepted in a frame or body; real requests need 4 (OpenAI content parts)."""
 
 
+class TooDeep(InvalidMessage):
+    """Maps/lists nested deeper than `MAX_JSON_DEPTH`."""
+
+
 class TooLong(InvalidMessage):
     """Prompt + answer budget over the model's ``max_seq_len`` (error code ``too_long``, as the runtime uses)."""
 
@@ -31,7 +35,7 @@ def check_depth(value: Any, field: str, limit: int = MAX_JSON_DEPTH) -> None:
         else:
             continue
         if depth > limit:
-            raise InvalidMessage(field, f"nests maps/lists deeper than the limit {limit}")
+            raise TooDeep(field, f"nests maps/lists deeper than the limit {limit}")
         stack.extend((child, depth + 1) for child in children)
 
 
@@ -40,7 +44,7 @@ def decode_json(raw: str | bytes, field: str, limit: int = MAX_JSON_DEPTH) -> An
     try:
         data = json.loads(raw)
     except RecursionError:
-        raise InvalidMessage(field, f"nests maps/lists deeper than the limit {limit}") from None
+        raise TooDeep(field, f"nests maps/lists deeper than the limit {limit}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidMessage(field, f"is not valid JSON: {exc}") from None
     check_depth(data, field, limit)
@@ -65,4 +69,4 @@ def check_room(template: Any, max_seq_len: int, text: str, max_new_tokens: int, 
     return prompt
 
 
-__all__ = ["MAX_JSON_DEPTH", "TooLong", "check_depth", "check_room", "decode_json"]
+__all__ = ["MAX_JSON_DEPTH", "TooDeep", "TooLong", "check_depth", "check_room", "decode_json"]

@@ -40,7 +40,7 @@ from rxnn_runtime.server.security import (
     SessionOwners,
     forbidden_message,
 )
-from rxnn_runtime.server.validation import TooLong, check_depth, check_room, decode_json
+from rxnn_runtime.server.validation import TooDeep, TooLong, check_depth, check_room, decode_json
 
 log = logging.getLogger(__name__)
 
@@ -270,8 +270,7 @@ class Connection:
             else:
                 data = decode_json(raw, "frame")
         except InvalidMessage as exc:
-            code = "invalid_message" if "deeper" in str(exc) else "invalid_json"
-            self.send_error(code, str(exc), field="frame")
+            self.send_error("invalid_message" if isinstance(exc, TooDeep) else "invalid_json", str(exc), field="frame")
             return
         except Exception as exc:
             self.send_error("invalid_msgpack", f"frame is not valid msgpack: {exc}", field="frame")

@@ -45,11 +45,13 @@ from training.checkpoint import (
     checkpoint_name,
     latest_checkpoint,
     load_checkpoint,
+    load_pt,
     restore_rng_state,
     save_checkpoint,
 )
 from training.config import TrainConfig, to_dict
 from training.distributed import DistInfo, init_distributed
+from training.nonfinite import NonFiniteLossGuard
 from training.optim import build_optimizer, set_schedule_horizon, warmup_cosine_schedule
 from training.time_budget import TimeBudget
 
@@ -106,6 +108,7 @@ class Trainer:
     ) -> None:
         cfg.validate()
         self.cfg = cfg
+        self._nonfinite = NonFiniteLossGuard(cfg.nonfinite_loss_patience)
         self.config = config if config is not None else cfg
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
@@ -305,6 +308,7 @@ class Trainer:
                 epoch_done = False
                 while self.step < end_step and not self.should_stop:
                     metrics = self._train_step(batches)
+                    self._nonfinite.check(self.step, metrics)  # before any log, callback or save sees the step
                     window.append(metrics)
                     bar.update(1)
                     if budget is not None:
@@ -499,7 +503,7 @@ class Trainer:
         state = load_checkpoint(path, model=self.unwrapped_model, optimizer=self.optimizer,
                                 scheduler=self.scheduler, scaler=self.scaler, map_location=self.device,
                                 restore_rng=False)
-        rng = torch.load(path / RNG_FILE, weights_only=False)
+        rng = load_pt(path / RNG_FILE)
         ranks = rng.get("ranks", [rng])
         if len(ranks) == self.dist.world_size:
             restore_rng_state(ranks[self.dist.rank])

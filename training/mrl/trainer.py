@@ -39,6 +39,7 @@ from training.mrl.curriculum import CurriculumStage, MRLConfig, at_epoch
 from training.mrl.episodes import EpisodeLog, collect_episodes, save_episode_logs
 from training.mrl.impo import IMPOLearner
 from training.mrl.rewards import compute_rewards
+from training.nonfinite import NonFiniteLossGuard
 from training.rewards import model_embedding
 from training.time_budget import TimeBudget
 from training.trainer import seed_everything
@@ -62,6 +63,7 @@ class MRLTrainer:
             model, tokenizer = load_model_and_tokenizer(config.model, config.tokenizer, config.model_overrides)
         self.config = config
         self.cfg = config.train
+        self._nonfinite = NonFiniteLossGuard(self.cfg.nonfinite_loss_patience)
         seed_everything(self.cfg.seed)
         self.device = _device(self.cfg.device)
         self.policy = model.to(self.device).eval()
@@ -163,6 +165,7 @@ class MRLTrainer:
             self._reactive.wait_idle()
         batch = [*logs, *self.replay]
         stats = self.learner.update(batch)
+        self._nonfinite.check(self.updates + 1, {"loss": stats.get("policy_loss", 0.0) + stats.get("value_loss", 0.0)})
         if self.config.replay_buffer_size:
             self.replay.extend(logs)
         self.updates += 1

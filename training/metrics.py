@@ -24,6 +24,11 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
+def upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Logits for a loss: half precision goes to float32, float32/float64 stay as they are."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
 def _aligned(logits: torch.Tensor, labels: torch.Tensor, shifted: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if logits.dim() != 3 or labels.dim() != 2 or logits.shape[:2] != labels.shape:
         raise ValueError(
@@ -36,7 +41,7 @@ def _aligned(logits: torch.Tensor, labels: torch.Tensor, shifted: bool) -> tuple
 
 
 def _mean_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    flat_logits = logits.reshape(-1, logits.shape[-1]).float()
+    flat_logits = upcast(logits.reshape(-1, logits.shape[-1]))
     flat_targets = targets.reshape(-1)
     if not bool((flat_targets != IGNORE_INDEX).any()):
         return flat_logits.sum() * 0.0

@@ -247,7 +247,7 @@ class Trainer:
         self.model.train()
         accum = self.cfg.grad_accum_steps
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        extra: dict[str, float] = {}
+        extra: dict[str, Any] = {}  # device tensors stay on the device until the step's single read-back
         tokens = 0
         for micro in range(accum):
             batch = move_to_device(next(batches), self.device)
@@ -260,7 +260,8 @@ class Trainer:
             loss_sum += out.loss.detach().double()
             tokens += int(out.num_tokens)
             for k, v in out.metrics.items():
-                extra[k] = extra.get(k, 0.0) + float(v) / accum
+                v = v.detach().double() if isinstance(v, torch.Tensor) else float(v)
+                extra[k] = extra.get(k, 0.0) + v / accum
             self.position += self.micro_samples
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -274,19 +275,18 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
 
+        # One read-back per step: loss, token count, grad norm and every metric travel in one tensor.
         keys = sorted(extra)
-        packed = torch.tensor(
-            [loss_sum.item() / accum, float(tokens), *(extra[k] for k in keys)], dtype=torch.float64
-        )
+        values = [loss_sum / accum, float(tokens), grad_norm, *(extra[k] for k in keys)]
+        packed = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(())
+                              for v in values])
         if self.dist.enabled:
-            packed = packed.to(self.device)
             dist.all_reduce(packed)
-            packed = packed.cpu()
             packed[0] /= self.dist.world_size
-            packed[2:] /= self.dist.world_size
-        metrics = {"loss": float(packed[0]), "lr": float(lr), "grad_norm": float(grad_norm),
-                   "tokens": int(packed[1])}
-        metrics.update({k: float(v) for k, v in zip(keys, packed[2:].tolist())})
+            packed[2:] /= self.dist.world_size  # grad_norm is identical on every rank after DDP's all-reduce
+        host = packed.tolist()
+        metrics = {"loss": host[0], "lr": float(lr), "grad_norm": host[2], "tokens": int(host[1])}
+        metrics.update(zip(keys, host[3:]))
         self.tokens_seen += metrics["tokens"]
         return metrics
 

@@ -42,9 +42,10 @@ from rxt.model import RxT
 from training.callbacks import Callback
 from training.config import ConfigError, TrainConfig
 from training.data.datasets import IGNORE_INDEX
-from training.metrics import causal_lm_loss, perplexity, token_counts
+from training.metrics import causal_lm_loss, token_counts
 from training.stages.data_config import DataSource
 from training.stages.episode_stage import EpisodeTrainer, RxTObjective
+from training.stages.smat_batched import is_stacked, smat_forward, stack_episode_turns, unstack_episode_turns
 from training.trainer import StepOutput
 
 
@@ -107,9 +108,10 @@ class SMATObjective(RxTObjective):
 
     With ``record = True`` the STM read at each turn (with its autograd graph) is kept in ``self.stms``."""
 
-    def __init__(self, model: RxT, bptt_depth: int, tokenizer: Any = None) -> None:
+    def __init__(self, model: RxT, bptt_depth: int, tokenizer: Any = None, *, reference: bool = False) -> None:
         super().__init__(model, tokenizer)
         self.bptt_depth = bptt_depth
+        self.reference = reference
         self.stms: list[torch.Tensor] = []
         self.updates: list[torch.Tensor] = []
 
@@ -117,7 +119,19 @@ class SMATObjective(RxTObjective):
         new = self.model.update_memory(stm, ids, mask)
         return torch.where(active[None, :, None, None], new, stm)  # ended episodes keep their memory
 
-    def forward(self, turns: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def forward(self, turns: Sequence[dict[str, torch.Tensor]] | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The step: the restructured one (`training.stages.smat_batched`) unless ``self.reference`` is set.
+        ``turns`` is a `collate_episodes` list or a `stack_episode_turns` dict."""
+        if self.reference:
+            return self.reference_forward(turns if not is_stacked(turns) else unstack_episode_turns(turns))
+        batch = turns if is_stacked(turns) else stack_episode_turns(turns)
+        out, stms, updates = smat_forward(self.model, batch, self.bptt_depth, record=self.record)
+        self.stms, self.updates = stms, updates
+        return out
+
+    def reference_forward(self, turns: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The per-turn loop of the module docstring, kept as the reference the restructured step is tested
+        against (and selectable with ``reference=True``)."""
         model = self.model
         ids0 = turns[0]["input_ids"]
         device = ids0.device
@@ -151,6 +165,7 @@ class SMATObjective(RxTObjective):
                 self.updates.append(stm)
         return {"loss": ce_sum / max(tokens, 1), "ce_sum": ce_sum, "tokens": torch.tensor(tokens),
                 "correct": torch.tensor(correct)}
+
 
 class SMATTrainer(EpisodeTrainer):
     """Stage-4 trainer. ``self.unwrapped_model`` is the `SMATObjective`; ``self.rxt`` the RxT."""
@@ -190,10 +205,15 @@ class SMATTrainer(EpisodeTrainer):
             self.trainable_groups = groups
         return groups
 
+    def collate(self, samples: list[Any]) -> Any:
+        """Episodes stacked for the restructured step; the answer positions are listed here, on the host."""
+        return stack_episode_turns(super().collate(samples), self.pad_id)
+
     def _output(self, out: dict[str, torch.Tensor]) -> StepOutput:
+        # Device tensors: the Trainer reads a step's metrics back once, together (no per-metric host sync).
         tokens = int(out["tokens"])
-        metrics = {"accuracy": int(out["correct"]) / tokens if tokens else 0.0,
-                   "perplexity": perplexity(out["loss"])}
+        metrics = {"accuracy": out["correct"].detach() / max(tokens, 1),
+                   "perplexity": out["loss"].detach().float().exp()}
         return StepOutput(out["loss"], metrics, tokens)
 
     def compute_loss(self, model: nn.Module, batch: Any) -> StepOutput:

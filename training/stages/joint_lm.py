@@ -36,7 +36,8 @@ from training.callbacks import Callback
 from training.config import ConfigError, TrainConfig
 from training.data.datasets import collate_lm
 from training.heads import MLMHead
-from training.metrics import causal_lm_loss, masked_lm_loss, perplexity, token_accuracy
+from training.data.packing import PackedRows, document_masks, mask_tokens
+from training.metrics import accuracy_tensor, causal_lm_loss, masked_lm_loss
 from training.stages.data_config import DataSource, check_sources
 from training.trainer import StepOutput, Trainer
 
@@ -59,6 +60,7 @@ class JointLMConfig:
     mlm_weight: float = 1.0
     encoder_noise_std: float = 0.15
     tie_mlm_head: bool = True  # a new MLM head shares the token embedding
+    pack: bool = True  # pack texts into rows of max_len tokens (training.data.packing); batch_size counts rows
 
     def __post_init__(self) -> None:
         validate_joint_fields(self)
@@ -103,10 +105,11 @@ class JointLMModel(nn.Module):
         self.encoder_noise_std = encoder_noise_std
 
     def encoder_memory(
-        self, encoder_ids: torch.Tensor, attention_mask: torch.Tensor | None
+        self, encoder_ids: torch.Tensor, attention_mask: torch.Tensor | None, **packed: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mlm_logits (B, T, V), memory (L, B, T, D))``: the memory is detached, noised when training."""
-        encoded = self.rxt.encoder(encoder_ids, attention_mask)
+        """``(mlm_logits (B, T, V), memory (L, B, T, D))``: the memory is detached, noised when training.
+        ``packed`` (``positions``, ``mask``) are passed to the encoder for packed rows."""
+        encoded = self.rxt.encoder(encoder_ids, attention_mask, **packed)
         memory = encoded.hidden_states.detach()
         if self.training and self.encoder_noise_std > 0:
             memory = memory + self.encoder_noise_std * torch.randn_like(memory)
@@ -114,21 +117,32 @@ class JointLMModel(nn.Module):
 
     def decode_with_memory(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, memory: torch.Tensor,
-        memory_valid: torch.Tensor | None,
+        memory_valid: torch.Tensor | None, **packed: torch.Tensor,
     ) -> torch.Tensor:
-        """Decoder logits (B, T, V) reading ``memory`` (L, B, S, D) whose valid keys are ``memory_valid`` (B, S)."""
-        memory_mask = key_padding_mask(memory_valid) if memory_valid is not None else None
+        """Decoder logits (B, T, V) reading ``memory`` (L, B, S, D) whose valid keys are ``memory_valid`` (B, S)
+        (or, for packed rows, ``packed`` = ``memory_mask``, ``positions``, ``self_mask``)."""
+        if "memory_mask" not in packed:
+            packed["memory_mask"] = key_padding_mask(memory_valid) if memory_valid is not None else None
         out = self.rxt.decoder(
-            input_ids, attention_mask=attention_mask, memory=self.rxt.decoder.project_memory(memory),
-            memory_mask=memory_mask,
+            input_ids, attention_mask=attention_mask, memory=self.rxt.decoder.project_memory(memory), **packed
         )
         return out.logits
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, encoder_ids: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, encoder_ids: torch.Tensor,
+        doc: torch.Tensor | None = None, positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        mlm_logits, memory = self.encoder_memory(encoder_ids, attention_mask)
-        return self.decode_with_memory(input_ids, attention_mask, memory, attention_mask), mlm_logits
+        """Both views. With ``doc``/``positions`` (packed rows, `training.data.packing`) every attention, the
+        decoder's memory cross-attention included, stays within a document."""
+        if doc is None:
+            mlm_logits, memory = self.encoder_memory(encoder_ids, attention_mask)
+            return self.decode_with_memory(input_ids, attention_mask, memory, attention_mask), mlm_logits
+        both, causal = document_masks(doc)
+        valid = doc >= 0
+        mlm_logits, memory = self.encoder_memory(encoder_ids, valid, validate=False, positions=positions, mask=both)
+        logits = self.decode_with_memory(input_ids, valid, memory, None, memory_mask=both, positions=positions,
+                                         self_mask=causal, validate=False)
+        return logits, mlm_logits
 
     def save_pretrained(self, directory: str | Path) -> Path:
         target = self.rxt.save_pretrained(directory)
@@ -153,8 +167,10 @@ class JointLMTrainer(Trainer):
     peek_prefix = "ar"
 
     def __init__(self, model: JointLMModel, cfg: TrainConfig, train_dataset, eval_dataset=None, *, pad_id: int,
-                 ar_weight: float = 1.0, mlm_weight: float = 1.0, callbacks=(), config=None) -> None:
+                 ar_weight: float = 1.0, mlm_weight: float = 1.0, callbacks=(), config=None,
+                 mask_prob: float = 0.15) -> None:
         self.pad_id = pad_id
+        self.mask_prob = mask_prob  # MLM rate of packed rows (`PackedRows` train data); datasets mask themselves
         self.ar_weight = ar_weight
         self.mlm_weight = mlm_weight
         super().__init__(model, cfg, train_dataset, eval_dataset, callbacks=callbacks, config=config)
@@ -162,20 +178,52 @@ class JointLMTrainer(Trainer):
     def collate(self, samples):
         return collate_lm(samples, self.pad_id)
 
+    # -- packed rows: resident on the device, gathered per step (no DataLoader), MLM drawn on the device
+    def _loader(self):
+        if not isinstance(self.train_dataset, PackedRows):
+            return super()._loader()
+        return self._packed_batches()
+
+    def _packed_batches(self):
+        if getattr(self, "_device_rows", None) is None:
+            self._device_rows = self.train_dataset.to(self.device)
+            tok = self.unwrapped_model.tokenizer
+            if tok is None:
+                raise ValueError("packed rows need the model's tokenizer (its [MASK] id and special ids)")
+            special = set(tok.special_ids)
+            self._mlm = (tok.mask_id, torch.tensor([i for i in range(tok.vocab_size) if i not in special],
+                                                   device=self.device))
+        rows = self._device_rows
+        mask_id, random_ids = self._mlm
+        for index in self.rank_batches(self.epoch, self.position):
+            index_t = torch.tensor(index)
+            batch = rows.rows(index_t)
+            # deterministic per (seed, epoch, position, rank): a resumed run draws the same masks
+            g = torch.Generator(self.device).manual_seed(
+                hash((self.cfg.seed, self.epoch, self.position, self.dist.rank)) & 0x7FFF_FFFF_FFFF)
+            batch["mlm_input_ids"], batch["mlm_labels"] = mask_tokens(
+                batch["input_ids"], batch.pop("maskable"), mask_prob=self.mask_prob, mask_id=mask_id,
+                random_ids=random_ids, generator=g)
+            batch["attention_mask"] = batch["doc"] >= 0
+            batch["num_targets"] = int(self.train_dataset.targets[index_t].sum())  # host counts: no read-back
+            yield batch
+
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-        logits, mlm_logits = model(batch["input_ids"], batch["attention_mask"], batch["mlm_input_ids"])
+        packed = {k: batch[k] for k in ("doc", "positions") if k in batch}
+        logits, mlm_logits = model(batch["input_ids"], batch["attention_mask"], batch["mlm_input_ids"], **packed)
         ar = causal_lm_loss(logits, batch["labels"])
         mlm = masked_lm_loss(mlm_logits, batch["mlm_labels"])
         loss = self.ar_weight * ar + self.mlm_weight * mlm
         p = self.peek_prefix
+        # device tensors: the Trainer reads a step's metrics back once
         metrics = {
-            f"{p}_loss_peek": float(ar.detach()),
-            f"{p}_acc_peek": token_accuracy(logits, batch["labels"], shifted=True),
-            f"{p}_ppl_peek": perplexity(ar),
-            "mlm_loss": float(mlm.detach()),
-            "mlm_acc": token_accuracy(mlm_logits, batch["mlm_labels"], shifted=False),
+            f"{p}_loss_peek": ar.detach(),
+            f"{p}_acc_peek": accuracy_tensor(logits, batch["labels"], shifted=True),
+            f"{p}_ppl_peek": ar.detach().float().exp(),
+            "mlm_loss": mlm.detach(),
+            "mlm_acc": accuracy_tensor(mlm_logits, batch["mlm_labels"], shifted=False),
         }
-        num_tokens = int((batch["labels"][:, 1:] != -100).sum())
+        num_tokens = batch["num_targets"] if "num_targets" in batch else int((batch["labels"][:, 1:] != -100).sum())
         return StepOutput(loss=loss, metrics=metrics, num_tokens=num_tokens)
 
 
@@ -223,6 +271,17 @@ def prepare(config: Any, record_kind: str):
     return rxt, tokenizer, head, records, eval_records
 
 
+def packed_or(dataset: Any, config: Any, rxt: RxT, tokenizer: RxTokenizer) -> Any:
+    """``dataset`` packed into rows of ``config.max_len`` tokens when ``config.pack`` (else as it is)."""
+    if not config.pack:
+        return dataset
+    from training.data.packing import pack_dataset
+
+    sources = ", ".join(s.path or s.name or s.kind for s in config.data) or "none"
+    return pack_dataset(dataset, config.max_len, source=f"config key 'data' ({sources})",
+                        max_len=rxt.config.max_seq_len, special_ids=tokenizer.special_ids, pad_id=tokenizer.pad_id)
+
+
 def train_and_finish(trainer: Trainer, resume: bool, *datasets) -> Path:
     """Resume when asked (and a checkpoint exists), train, return ``output_dir/final``."""
     if resume:
@@ -255,8 +314,9 @@ def run_stage(config: JointLMConfig, *, resume: bool = False, callbacks=()) -> P
                                  seed=config.train.seed + 1)
     model = JointLMModel(rxt, head, tokenizer, encoder_noise_std=config.encoder_noise_std)
     trainer = JointLMTrainer(
-        model, config.train, train_ds, eval_ds, pad_id=tokenizer.pad_id, ar_weight=config.ar_weight,
-        mlm_weight=config.mlm_weight, callbacks=[_NewMasksEachEpoch(train_ds), *callbacks], config=config,
+        model, config.train, packed_or(train_ds, config, rxt, tokenizer), eval_ds, pad_id=tokenizer.pad_id,
+        ar_weight=config.ar_weight, mlm_weight=config.mlm_weight, callbacks=[_NewMasksEachEpoch(train_ds), *callbacks],
+        config=config, mask_prob=config.mask_prob,
     )
     return train_and_finish(trainer, resume, train_ds)
 

@@ -33,6 +33,7 @@ from training.stages.joint_lm import (
     JointLMTrainer,
     _NewMasksEachEpoch,
     freeze_unused_memory_system,
+    packed_or,
     prepare,
     train_and_finish,
     validate_joint_fields,
@@ -57,6 +58,7 @@ class SFTConfig:
     mlm_weight: float = 1.0
     encoder_noise_std: float = 0.15
     tie_mlm_head: bool = True
+    pack: bool = True  # pack interactions into rows of max_len tokens; batch_size counts rows
 
     def __post_init__(self) -> None:
         validate_joint_fields(self)
@@ -133,9 +135,10 @@ def run_stage(config: SFTConfig, *, resume: bool = False, callbacks=()) -> Path:
                                            config.train.seed + 1)
     model = JointLMModel(rxt, head, tokenizer, encoder_noise_std=config.encoder_noise_std)
     trainer = SFTTrainer(
-        model, config.train, train_ds, eval_ds, pad_id=tokenizer.pad_id, ar_weight=config.ar_weight,
-        mlm_weight=config.mlm_weight, callbacks=[_NewMasksEachEpoch(train_ds), *callbacks], config=config,
-        answer_id=tokenizer.answer_id,
+        model, config.train, packed_or(train_ds.interactions, config, rxt, tokenizer), eval_ds,
+        pad_id=tokenizer.pad_id, ar_weight=config.ar_weight, mlm_weight=config.mlm_weight,
+        callbacks=[_NewMasksEachEpoch(train_ds), *callbacks], config=config, answer_id=tokenizer.answer_id,
+        mask_prob=config.mask_prob,
     )
     return train_and_finish(trainer, resume, train_ds)
 

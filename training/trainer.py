@@ -135,9 +135,14 @@ class Trainer:
                 find_unused_parameters=self.ddp_find_unused_parameters,
             )
         self.eval_model: nn.Module = self.unwrapped_model
-        if cfg.compile:
-            wrapped = torch.compile(wrapped)
-            self.eval_model = torch.compile(self.unwrapped_model)
+        # compile=None (auto): on CUDA only, and a failure to compile falls back to eager with a warning
+        self._compile_auto = cfg.compile is None and device_type == "cuda"
+        self._eager_model = wrapped
+        self._compiled = bool(cfg.compile or self._compile_auto)
+        if self._compiled:
+            wrapped = self.compile_model(wrapped)
+            if cfg.compile:
+                self.eval_model = torch.compile(self.unwrapped_model)
         self.model = wrapped
 
         self.callbacks: list[Callback] = list(callbacks)
@@ -186,6 +191,14 @@ class Trainer:
 
     def collate(self, samples: list[Any]) -> Any:
         return default_collate(samples)
+
+    def compile_model(self, model: nn.Module) -> nn.Module:
+        """The compiled training model (``TrainConfig.compile``). Stages whose step loops in Python (SMAT)
+        compile their sub-modules in place instead of tracing the loop."""
+        return torch.compile(model)
+
+    def uncompile_model(self) -> None:
+        """Undo what `compile_model` did in place (the eager fallback of ``compile=None``)."""
 
     # ------------------------------------------------------------------------------------------ properties
 
@@ -254,9 +267,7 @@ class Trainer:
             sync = micro == accum - 1 or not isinstance(self.model, DistributedDataParallel)
             ctx = contextlib.nullcontext() if sync else self.model.no_sync()
             with ctx:
-                with self._autocast():
-                    out = self.compute_loss(self.model, batch)
-                self.scaler.scale(out.loss / accum).backward()
+                out = self._forward_backward(batch, accum)
             loss_sum += out.loss.detach().double()
             tokens += int(out.num_tokens)
             for k, v in out.metrics.items():
@@ -289,6 +300,22 @@ class Trainer:
         metrics.update(zip(keys, host[3:]))
         self.tokens_seen += metrics["tokens"]
         return metrics
+
+    def _forward_backward(self, batch: Any, accum: int) -> StepOutput:
+        try:
+            with self._autocast():
+                out = self.compute_loss(self.model, batch)
+            self.scaler.scale(out.loss / accum).backward()
+        except Exception as exc:  # only an automatic compile is retried, eagerly
+            if not (self._compile_auto and self._compiled):
+                raise
+            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); training eagerly",
+                          stacklevel=2)
+            self.model, self._compiled = self._eager_model, False
+            self.uncompile_model()
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._forward_backward(batch, accum)
+        return out
 
     def train(self, num_steps: int | None = None) -> dict[str, list[dict[str, float]]]:
         """Train until ``max_steps`` (or ``num_steps`` more steps, or a callback stops it); returns the history."""

@@ -35,9 +35,10 @@ from rxt.tokenizer import RxTokenizer
 from training.callbacks import Callback
 from training.config import ConfigError, TrainConfig
 from training.data.datasets import collate_lm
+from training.data.packing import document_masks, mask_tokens
 from training.heads import MLMHead
-from training.data.packing import PackedRows, document_masks, mask_tokens
 from training.metrics import accuracy_tensor, causal_lm_loss, masked_lm_loss
+from training.packed_loader import PackedRowsLoader
 from training.stages.data_config import DataSource, check_sources
 from training.trainer import StepOutput, Trainer
 
@@ -160,7 +161,7 @@ def freeze_unused_memory_system(rxt: RxT) -> None:
             p.requires_grad_(False)
 
 
-class JointLMTrainer(Trainer):
+class JointLMTrainer(PackedRowsLoader, Trainer):
     """`Trainer` for stage 1 (and, via `SFTTrainer`, stage 2): batches from `collate_lm` with ``input_ids``,
     ``attention_mask``, ``labels`` (AR, aligned) and ``mlm_input_ids``, ``mlm_labels``."""
 
@@ -178,35 +179,20 @@ class JointLMTrainer(Trainer):
     def collate(self, samples):
         return collate_lm(samples, self.pad_id)
 
-    # -- packed rows: resident on the device, gathered per step (no DataLoader), MLM drawn on the device
-    def _loader(self):
-        if not isinstance(self.train_dataset, PackedRows):
-            return super()._loader()
-        return self._packed_batches()
-
-    def _packed_batches(self):
-        if getattr(self, "_device_rows", None) is None:
-            self._device_rows = self.train_dataset.to(self.device)
+    def add_views(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Packed rows: the encoder's MLM copy, drawn on the device."""
+        if getattr(self, "_mlm", None) is None:
             tok = self.unwrapped_model.tokenizer
             if tok is None:
                 raise ValueError("packed rows need the model's tokenizer (its [MASK] id and special ids)")
             special = set(tok.special_ids)
-            self._mlm = (tok.mask_id, torch.tensor([i for i in range(tok.vocab_size) if i not in special],
-                                                   device=self.device))
-        rows = self._device_rows
+            randoms = torch.tensor([i for i in range(tok.vocab_size) if i not in special], device=self.device)
+            self._mlm = (tok.mask_id, randoms)
         mask_id, random_ids = self._mlm
-        for index in self.rank_batches(self.epoch, self.position):
-            index_t = torch.tensor(index)
-            batch = rows.rows(index_t)
-            # deterministic per (seed, epoch, position, rank): a resumed run draws the same masks
-            g = torch.Generator(self.device).manual_seed(
-                hash((self.cfg.seed, self.epoch, self.position, self.dist.rank)) & 0x7FFF_FFFF_FFFF)
-            batch["mlm_input_ids"], batch["mlm_labels"] = mask_tokens(
-                batch["input_ids"], batch.pop("maskable"), mask_prob=self.mask_prob, mask_id=mask_id,
-                random_ids=random_ids, generator=g)
-            batch["attention_mask"] = batch["doc"] >= 0
-            batch["num_targets"] = int(self.train_dataset.targets[index_t].sum())  # host counts: no read-back
-            yield batch
+        batch["mlm_input_ids"], batch["mlm_labels"] = mask_tokens(
+            batch["input_ids"], batch.pop("maskable"), mask_prob=self.mask_prob, mask_id=mask_id,
+            random_ids=random_ids, generator=self.step_generator())
+        return batch
 
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
         packed = {k: batch[k] for k in ("doc", "positions") if k in batch}

@@ -205,6 +205,20 @@ class SMATTrainer(EpisodeTrainer):
             self.trainable_groups = groups
         return groups
 
+    def _compiled_parts(self) -> list[nn.Module]:
+        return [self.rxt.encoder, self.rxt.decoder, self.rxt.memory_attention]
+
+    def compile_model(self, model: nn.Module) -> nn.Module:
+        """Compile the encoder, the decoder and the memory attention in place, not the step: the step loops over
+        turns in Python, and one compiled memory-attention update serves every turn of the chain."""
+        for part in self._compiled_parts():
+            part.compile()
+        return model
+
+    def uncompile_model(self) -> None:
+        for part in self._compiled_parts():
+            part._compiled_call_impl = None
+
     def collate(self, samples: list[Any]) -> Any:
         """Episodes stacked for the restructured step; the answer positions are listed here, on the host."""
         return stack_episode_turns(super().collate(samples), self.pad_id)

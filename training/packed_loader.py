@@ -41,8 +41,9 @@ class PackedRowsLoader:
         return batch
 
     def step_generator(self) -> torch.Generator:
-        """A generator seeded by (seed, epoch, position, rank): a resumed run draws the same random views."""
-        seed = hash((self.cfg.seed, self.epoch, self.position, self.dist.rank)) & 0x7FFF_FFFF_FFFF
+        """A generator seeded by (seed, epoch, position): a resumed run draws the same random views, and every
+        rank the same stream (each keeps its slice of the global micro-batch's draws, see `mask_tokens`)."""
+        seed = hash((self.cfg.seed, self.epoch, self.position)) & 0x7FFF_FFFF_FFFF
         return torch.Generator(self.device).manual_seed(seed)
 
 

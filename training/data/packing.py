@@ -169,20 +169,40 @@ def document_masks(doc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def mask_tokens(
     ids: torch.Tensor, maskable: torch.Tensor, *, mask_prob: float, mask_id: int, random_ids: torch.Tensor,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1), max_selected: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT 80/10/10 on the device: ``(masked_ids, mlm_labels)`` (B, T). Each candidate (``maskable``) is
     selected with ``mask_prob``; a selected token becomes ``mask_id`` (80%), a random id from ``random_ids``
-    (10%) or stays (10%). Labels are the original ids at selected positions, -100 elsewhere."""
-    draw = torch.rand(ids.shape, device=ids.device, generator=generator)
-    roll = torch.rand(ids.shape, device=ids.device, generator=generator)
-    pick = torch.randint(len(random_ids), ids.shape, device=ids.device, generator=generator)
-    selected = (draw < mask_prob) & maskable
+    (10%) or stays (10%). Labels are the original ids at selected positions, -100 elsewhere.
+
+    ``shard = (rank, world_size)``: the draws are made for all ``world_size * B`` rows of the global micro-batch
+    and this rank keeps its slice, so under DDP every row gets the mask a single process would give it.
+    ``max_selected``: at most this many selections in the batch (the first in row-major order are kept), so the
+    MLM head can run on a fixed number of gathered positions (`mlm_positions`); set it well above
+    ``mask_prob`` x tokens and it never binds in practice."""
+    rank, world = shard
+    b = ids.shape[0]
+    shape = (world * b, *ids.shape[1:])
+
+    def draw(fn, *a):
+        return fn(*a, shape, device=ids.device, generator=generator)[rank * b : (rank + 1) * b]
+
+    select_draw = torch.rand(shape, device=ids.device, generator=generator)[rank * b : (rank + 1) * b]
+    roll = torch.rand(shape, device=ids.device, generator=generator)[rank * b : (rank + 1) * b]
+    pick = draw(torch.randint, len(random_ids))
+    selected = (select_draw < mask_prob) & maskable
+    if max_selected is not None:
+        selected &= (selected.flatten().cumsum(0) <= max_selected).view_as(selected)
     masked = torch.where(selected & (roll < 0.8), torch.full_like(ids, mask_id), ids)
     masked = torch.where(selected & (roll >= 0.8) & (roll < 0.9), random_ids.to(ids.device)[pick], masked)
     return masked, torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
 
 
+def mlm_positions(mlm_labels: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` flat positions of (B, T): every MLM target first (row-major), then non-targets as filler (their
+    label is -100, so they add nothing to the loss). Static in size: no device read-back, compile-friendly."""
+    flat = mlm_labels.flatten() == IGNORE_INDEX
+    return torch.argsort(flat.to(torch.int8), stable=True)[:count]
 
 
 def pack_dataset(dataset, row_len: int, *, source: str, max_len: int, special_ids: Sequence[int] = (),
@@ -202,4 +222,4 @@ def pack_dataset(dataset, row_len: int, *, source: str, max_len: int, special_id
     return pack_documents(documents, row_len, source=source, max_len=max_len, labels=labels,
                           special_ids=special_ids, pad_id=pad_id)
 
-__all__ = ["IGNORE_INDEX", "PackedRows", "PackingError", "document_masks", "mask_tokens", "pack_dataset", "pack_documents"]
+__all__ = ["IGNORE_INDEX", "PackedRows", "PackingError", "document_masks", "mask_tokens", "mlm_positions", "pack_dataset", "pack_documents"]

@@ -35,7 +35,7 @@ from rxt.tokenizer import RxTokenizer
 from training.callbacks import Callback
 from training.config import ConfigError, TrainConfig
 from training.data.datasets import collate_lm
-from training.data.packing import document_masks, mask_tokens
+from training.data.packing import document_masks, mask_tokens, mlm_positions
 from training.heads import MLMHead
 from training.metrics import accuracy_tensor, causal_lm_loss, masked_lm_loss
 from training.packed_loader import PackedRowsLoader
@@ -106,15 +106,20 @@ class JointLMModel(nn.Module):
         self.encoder_noise_std = encoder_noise_std
 
     def encoder_memory(
-        self, encoder_ids: torch.Tensor, attention_mask: torch.Tensor | None, **packed: torch.Tensor
+        self, encoder_ids: torch.Tensor, attention_mask: torch.Tensor | None, mlm_index: torch.Tensor | None = None,
+        **packed: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mlm_logits (B, T, V), memory (L, B, T, D))``: the memory is detached, noised when training.
-        ``packed`` (``positions``, ``mask``) are passed to the encoder for packed rows."""
+        ``packed`` (``positions``, ``mask``) are passed to the encoder for packed rows; with ``mlm_index`` (K,)
+        (flat positions, `training.data.packing.mlm_positions`) the MLM head runs there only: (1, K, V)."""
         encoded = self.rxt.encoder(encoder_ids, attention_mask, **packed)
         memory = encoded.hidden_states.detach()
         if self.training and self.encoder_noise_std > 0:
             memory = memory + self.encoder_noise_std * torch.randn_like(memory)
-        return self.mlm_head(encoded.last_hidden), memory
+        hidden = encoded.last_hidden
+        if mlm_index is not None:
+            hidden = hidden.flatten(0, 1).index_select(0, mlm_index)[None]
+        return self.mlm_head(hidden), memory
 
     def decode_with_memory(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, memory: torch.Tensor,
@@ -131,16 +136,17 @@ class JointLMModel(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, encoder_ids: torch.Tensor,
-        doc: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+        doc: torch.Tensor | None = None, positions: torch.Tensor | None = None, mlm_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Both views. With ``doc``/``positions`` (packed rows, `training.data.packing`) every attention, the
-        decoder's memory cross-attention included, stays within a document."""
+        decoder's memory cross-attention included, stays within a document; ``mlm_index`` see `encoder_memory`."""
         if doc is None:
             mlm_logits, memory = self.encoder_memory(encoder_ids, attention_mask)
             return self.decode_with_memory(input_ids, attention_mask, memory, attention_mask), mlm_logits
         both, causal = document_masks(doc)
         valid = doc >= 0
-        mlm_logits, memory = self.encoder_memory(encoder_ids, valid, validate=False, positions=positions, mask=both)
+        mlm_logits, memory = self.encoder_memory(encoder_ids, valid, mlm_index, validate=False, positions=positions,
+                                                 mask=both)
         logits = self.decode_with_memory(input_ids, valid, memory, None, memory_mask=both, positions=positions,
                                          self_mask=causal, validate=False)
         return logits, mlm_logits
@@ -189,13 +195,18 @@ class JointLMTrainer(PackedRowsLoader, Trainer):
             randoms = torch.tensor([i for i in range(tok.vocab_size) if i not in special], device=self.device)
             self._mlm = (tok.mask_id, randoms)
         mask_id, random_ids = self._mlm
-        batch["mlm_input_ids"], batch["mlm_labels"] = mask_tokens(
+        # The MLM head runs on a fixed number of gathered positions (a cap far above mask_prob x tokens)
+        cap = min(batch["input_ids"].numel(), int(batch["input_ids"].numel() * min(1.0, 2 * self.mask_prob)) + 64)
+        batch["mlm_input_ids"], labels = mask_tokens(
             batch["input_ids"], batch.pop("maskable"), mask_prob=self.mask_prob, mask_id=mask_id,
-            random_ids=random_ids, generator=self.step_generator())
+            random_ids=random_ids, generator=self.step_generator(), shard=(self.dist.rank, self.dist.world_size),
+            max_selected=cap)
+        batch["mlm_index"] = mlm_positions(labels, cap)
+        batch["mlm_labels"] = labels.flatten()[batch["mlm_index"]][None]
         return batch
 
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-        packed = {k: batch[k] for k in ("doc", "positions") if k in batch}
+        packed = {k: batch[k] for k in ("doc", "positions", "mlm_index") if k in batch}
         logits, mlm_logits = model(batch["input_ids"], batch["attention_mask"], batch["mlm_input_ids"], **packed)
         ar = causal_lm_loss(logits, batch["labels"])
         mlm = masked_lm_loss(mlm_logits, batch["mlm_labels"])

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from rxt.config import RxTConfig
 from rxt.model import RxT
-from training.data.packing import PackingError, document_masks, mask_tokens, pack_documents
+from training.data.packing import PackingError, document_masks, mask_tokens, mlm_positions, pack_documents
 from training.heads import MLMHead
 from training.stages.joint_lm import JointLMModel
 
@@ -90,6 +90,31 @@ def test_packed_rows_give_each_document_its_unpacked_losses():
             torch.testing.assert_close(mlm_ce[r, at], want_mlm[0], rtol=0, atol=1e-10)
             checked += 1
     assert checked == len(docs)
+    # the MLM head on gathered positions gives the same logits there (and every target is gathered)
+    count = int((mlm_labels != -100).sum()) + 5
+    index = mlm_positions(mlm_labels, count)
+    with torch.no_grad():
+        _, gathered = model(packed.input_ids, packed.doc >= 0, mlm_ids, doc=packed.doc, positions=packed.positions,
+                            mlm_index=index)
+    assert gathered.shape == (1, count, VOCAB)
+    torch.testing.assert_close(gathered[0], mlm_logits.flatten(0, 1)[index], rtol=0, atol=1e-10)
+    gathered_labels = mlm_labels.flatten()[index]
+    assert int((gathered_labels != -100).sum()) == count - 5
+
+
+def test_mlm_masks_are_the_same_for_any_world_size_and_the_cap_holds():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(8, VOCAB, (6, 20), generator=g)
+    maskable = torch.ones_like(ids, dtype=torch.bool)
+    kw = dict(mask_prob=0.3, mask_id=4, random_ids=torch.arange(8, VOCAB))
+    full = mask_tokens(ids, maskable, generator=torch.Generator().manual_seed(5), **kw)
+    for rank in (0, 1):
+        part = mask_tokens(ids[rank * 3 : rank * 3 + 3], maskable[:3], generator=torch.Generator().manual_seed(5),
+                           shard=(rank, 2), **kw)
+        assert torch.equal(part[0], full[0][rank * 3 : rank * 3 + 3])
+        assert torch.equal(part[1], full[1][rank * 3 : rank * 3 + 3])
+    capped = mask_tokens(ids, maskable, generator=torch.Generator().manual_seed(5), max_selected=7, **kw)
+    assert int((capped[1] != -100).sum()) == 7 < int((full[1] != -100).sum())
 
 
 def test_document_masks_keep_documents_apart_and_never_leave_a_row_empty():

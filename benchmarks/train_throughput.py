@@ -47,15 +47,15 @@ from rxt.model import RxT
 from rxt.tokenizer import RxTokenizer
 from training.config import TrainConfig
 
-STAGES = ("anchor", "joint-before", "joint", "sft-before", "sft", "smat-before", "smat", "mrl",
-          "baseline-before", "baseline")
+STAGES = ("anchor", "joint", "sft", "smat", "mrl", "baseline", "joint-before", "sft-before", "smat-before",
+          "baseline-before")
 
 
 def _train_cfg(args, tmp: str, batch: int, compile_: bool) -> TrainConfig:
     cuda = args.device == "cuda"
     return TrainConfig(batch_size=batch, max_steps=10_000, warmup_steps=10, precision="bf16" if cuda else "fp32",
                        device=args.device, compile=compile_ and cuda, log_every=10_000, output_dir=tmp, keep_last=0,
-                       lr=3e-4)
+                       lr=3e-4, num_workers=args.num_workers)  # the nano configs' DataLoader workers
 
 
 def _sync(device) -> None:
@@ -166,11 +166,12 @@ def joint_like(kind: str, packed: bool, args, device, tok, tmp):
     from training.data.packing import pack_dataset
     from training.data.records import TextRecord
     from training.heads import MLMHead
-    from training.stages.joint_lm import JointLMModel, JointLMTrainer
+    from training.stages.joint_lm import JointLMModel, JointLMTrainer, freeze_unused_memory_system
     from training.stages.sft import MaskedInteractionDataset, SFTTrainer
 
     torch.manual_seed(0)
     rxt = RxT(RxTConfig.preset(args.preset, vocab_size=tok.vocab_size))
+    freeze_unused_memory_system(rxt)  # as run_stage: stages 1-2 never run memory attention or the STM
     head = MLMHead(rxt.config.dim, tok.vocab_size, tie_to=rxt.embedding)
     model = JointLMModel(rxt, head, tok, encoder_noise_std=0.15)
     interactions = [t for e in _episodes(args.documents // 4, 3, 1) for t in e.turns]
@@ -240,7 +241,6 @@ def mrl(args, device, tok, tmp):
         trainer.update(logs)
         tokens[0] = sum(len(s.action_ids) for log in logs for s in log.steps)
 
-    step()  # warm-up collection: learn the generated token count
     return step, tokens, {"batch": f"{episodes_n} episodes x {steps} steps",
                           "what": "collection + rewards + IMPO update (minibatch 32, 2 PPO epochs, as the recipe)"}
 
@@ -272,6 +272,7 @@ def run_stage(name: str, args, device, tok, tmp) -> dict:
         step, tokens, extra = smat(name.endswith("before"), args, device, tok, tmp)
     elif name == "mrl":
         step, holder, extra = mrl(args, device, tok, tmp)
+        # no separate warm-up (an update is seconds long): the earlier stages warmed the GPU libraries
         row = measure(name, step, 0.0, device, 0, args.mrl_iters, 0, extra)
         row["real_tokens_per_step"] = holder[0]
         row["real_tokens_per_s"] = holder[0] / (row["step_ms"] / 1e3)
@@ -297,7 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smat", default="128x18", help="EPISODESxTURNS of the SMAT step")
     parser.add_argument("--turn-tokens", type=int, default=48)
     parser.add_argument("--mrl", default="128x8", help="EPISODESxSTEPS of the IMPO update")
+    parser.add_argument("--num-workers", type=int, default=4, help="DataLoader workers (the nano configs' 4)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--include-from", type=Path, default=None,
+                        help="a results file of an earlier run on the same kind of GPU whose rows are carried over")
+    parser.add_argument("--include-stages", nargs="*", default=[], help="the stages taken from --include-from")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -306,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     tok = RxTokenizer.default()
     rows = []
+    command = " ".join(["python", "benchmarks/train_throughput.py", *(argv if argv is not None else sys.argv[1:])])
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.stages:
             try:
@@ -314,6 +320,17 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"stage": name, "error": repr(exc)[:500]})
                 print(json.dumps(rows[-1]), flush=True)
             torch.cuda.empty_cache()
+            write(args, device, rows, command)  # after every stage: a run cut short keeps what it measured
+    return 0
+
+
+def write(args, device, measured: list[dict], command: str) -> None:
+    rows = [dict(r) for r in measured]
+    if args.include_from is not None:
+        earlier = json.loads(args.include_from.read_text())
+        for r in earlier.get("stages", []):
+            if r["stage"] in args.include_stages and all(m["stage"] != r["stage"] for m in rows):
+                rows.append({**r, "measured_in": f"{args.include_from.name}: {earlier.get('command', '')}"})
     anchor_rate = next((r["real_tokens_per_s"] for r in rows if r["stage"] == "anchor" and "error" not in r), None)
     for r in rows:
         if "error" not in r:
@@ -327,13 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"benchmark": "train_throughput",
            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()},
-           "command": " ".join(["python", "benchmarks/train_throughput.py", *(argv or sys.argv[1:])]),
-           "dtype": "bfloat16 autocast" if device.type == "cuda" else "float32", "preset": args.preset, "stages": rows, "mfu": mfu,
+           "command": command, "dtype": "bfloat16 autocast" if device.type == "cuda" else "float32",
+           "preset": args.preset, "stages": rows, "mfu": mfu,
            "mfu_note": "mini/dense-100m MFU records of the earlier run (their own device and torch), kept as they were"}
     if args.out:
         atomic_write_json(args.out, doc)
-        print(f"wrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

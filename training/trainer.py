@@ -19,7 +19,6 @@ the order is the same for any world size, which is what makes a DDP run equal a 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -51,6 +50,7 @@ from training.checkpoint import (
 from training.config import TrainConfig, to_dict
 from training.distributed import DistInfo, init_distributed
 from training.optim import build_optimizer, set_schedule_horizon, warmup_cosine_schedule
+from training.plumbing import ScalarLog, plot_curves, resolve_device, write_metrics
 from training.time_budget import TimeBudget
 
 
@@ -82,12 +82,6 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class Trainer:
     """Base training loop; see the module docstring. ``config`` (optional) is the full stage config stored in
     checkpoints; it defaults to ``cfg``."""
@@ -110,10 +104,7 @@ class Trainer:
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
 
-        device_type = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) \
-            else "cpu"
-        if device_type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("TrainConfig.device='cuda' but CUDA is not available")
+        device_type = resolve_device(cfg.device).type
         self.dist: DistInfo = init_distributed(device_type)
         self.device = torch.device("cuda", self.dist.local_rank) if device_type == "cuda" else torch.device("cpu")
         seed_everything(cfg.seed + self.dist.rank)
@@ -160,7 +151,7 @@ class Trainer:
         self.history: dict[str, list[dict[str, float]]] = {"train": [], "eval": []}
         self.should_stop = False
         self.stop_reason: str | None = None
-        self._writer = None
+        self.scalar_log = ScalarLog(self.output_dir / "tensorboard" / cfg.run_name, enabled=self.is_main)
         self._last_eval_step = -1
         self._last_save_step = -1
         self.time_budget: dict[str, Any] | None = None  # what max_minutes did, for metrics.json
@@ -433,39 +424,19 @@ class Trainer:
         metrics = {f"val_{k}": float(v) / total for k, v in zip(keys, packed[1:].tolist())}
         self._last_eval_step = self.step
         self.history["eval"].append({"step": self.step, **metrics})
-        writer = self._tb()
-        if writer is not None:
-            for k, v in metrics.items():
-                writer.add_scalar(f"eval/{k}", v, self.step)
+        self.scalar_log.scalars("eval", metrics, self.step)
         for cb in self.callbacks:
             cb.on_eval(self, metrics)
         return metrics
 
     # ------------------------------------------------------------------------------------------ logging
 
-    def _tb(self):
-        if not self.is_main:
-            return None
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is in the `train` extra
-                warnings.warn("tensorboard is not installed; no TensorBoard logs", stacklevel=2)
-                self._writer = False
-            else:
-                self._writer = SummaryWriter(str(self.output_dir / "tensorboard" / self.cfg.run_name))
-        return self._writer or None
-
     def _log_train(self, window: list[dict[str, float]], tok_s: float) -> None:
         avg = {k: sum(m[k] for m in window) / len(window) for k in window[-1] if k not in ("tokens", "lr")}
         entry = {"step": self.step, **avg, "lr": window[-1]["lr"], "tokens_per_s": tok_s,
                  "tokens_seen": self.tokens_seen, "epoch": self.epoch}
         self.history["train"].append(entry)
-        writer = self._tb()
-        if writer is not None:
-            for k, v in entry.items():
-                if k != "step":
-                    writer.add_scalar(f"train/{k}", v, self.step)
+        self.scalar_log.scalars("train", {k: v for k, v in entry.items() if k != "step"}, self.step)
 
     # ------------------------------------------------------------------------------------------ checkpoints
 
@@ -557,38 +528,17 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         data = {**self.history, "step": self.step, "tokens_seen": self.tokens_seen, "stop_reason": self.stop_reason,
                 "time_budget": self.time_budget}
-        _atomic_write_text(self.output_dir / "metrics.json", json.dumps(data, indent=2) + "\n")
+        write_metrics(self.output_dir / "metrics.json", data)
 
     def plot_loss_curves(self, path: str | os.PathLike | None = None) -> Path | None:
         """Train/val loss against step as a PNG (needs matplotlib; returns None without it)."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            warnings.warn("matplotlib is not installed; no loss-curve plot", stacklevel=2)
-            return None
-        path = Path(path) if path is not None else self.output_dir / "loss_curves.png"
-        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
         train = self.history["train"]
-        if train:
-            ax.plot([e["step"] for e in train], [e["loss"] for e in train], label="train loss")
         evals = [e for e in self.history["eval"] if "val_loss" in e]
-        if evals:
-            ax.plot([e["step"] for e in evals], [e["val_loss"] for e in evals], "o-", label="val loss")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.set_title(self.cfg.run_name)
-        ax.grid(alpha=0.3)
-        if train or evals:
-            ax.legend()
-        fig.tight_layout()
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp)
-        plt.close(fig)
-        os.replace(tmp, path)
-        return path
+        return plot_curves(
+            Path(path) if path is not None else self.output_dir / "loss_curves.png",
+            [("train loss", [e["step"] for e in train], [e["loss"] for e in train], "-"),
+             ("val loss", [e["step"] for e in evals], [e["val_loss"] for e in evals], "o-")],
+            xlabel="step", ylabel="loss", title=self.cfg.run_name)
 
     def _finish(self) -> None:
         if self.is_main:
@@ -596,8 +546,7 @@ class Trainer:
                 self.unwrapped_model.save_pretrained(self.output_dir / "final")
             self._write_metrics()
             self.plot_loss_curves()
-            if self._writer:
-                self._writer.flush()
+            self.scalar_log.flush()
         for cb in self.callbacks:
             cb.on_end(self)
         if self.dist.enabled:
@@ -605,6 +554,4 @@ class Trainer:
 
     def close(self) -> None:
         """Close the TensorBoard writer (the process group is left to the launcher)."""
-        if self._writer:
-            self._writer.close()
-        self._writer = None
+        self.scalar_log.close()

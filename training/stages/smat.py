@@ -37,12 +37,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from rxt.freezing import set_trainable, unfreeze
+from rxt.freezing import unfreeze
 from rxt.model import RxT
 from training.callbacks import Callback
 from training.config import ConfigError, TrainConfig
 from training.data.datasets import IGNORE_INDEX
 from training.metrics import causal_lm_loss, token_counts
+from training.plumbing import UnfreezeSchedule, groups_at
 from training.stages.data_config import DataSource
 from training.stages.episode_stage import EpisodeTrainer, RxTObjective
 from training.stages.smat_batched import is_stacked, smat_forward, stack_episode_turns, unstack_episode_turns
@@ -91,15 +92,6 @@ class SMATStageConfig:
 
 
 CONFIG_CLASS = SMATStageConfig
-
-
-def groups_at(schedule: Sequence[tuple[int, Sequence[str]]], step: int) -> list[str]:
-    """The trainable groups before optimizer step ``step`` (0-based)."""
-    current: list[str] = []
-    for start, groups in schedule:
-        if start <= step:
-            current = list(groups)
-    return current
 
 
 class SMATObjective(RxTObjective):
@@ -184,26 +176,21 @@ class SMATTrainer(EpisodeTrainer):
         pad_id: int | None = None,
     ) -> None:
         self.check_model(model, "SMATTrainer")
-        self.groups = model.parameter_groups()
-        unknown = sorted({g for _, gs in config.unfreeze_schedule for g in gs} - set(self.groups))
-        if unknown:
-            raise ConfigError(f"SMATStageConfig.unfreeze_schedule names unknown group(s) {unknown}; "
-                              f"known: {sorted(self.groups)}")
-        self.trainable_groups: list[str] | None = None
+        self.unfreeze = UnfreezeSchedule(config.unfreeze_schedule, model.parameter_groups(),
+                                         "SMATStageConfig.unfreeze_schedule")
         unfreeze(model)  # the optimizer (and DDP) get every parameter; the schedule then flips requires_grad
         self.settings = config  # read by the schedule before the base constructor sets it
         super().__init__(SMATObjective(model, config.bptt_depth, tokenizer), config, train_dataset, eval_dataset,
                          callbacks, self.resolve_pad_id(pad_id, tokenizer))
         self.apply_unfreeze_schedule(self.step)
 
+    @property
+    def trainable_groups(self) -> list[str] | None:
+        return self.unfreeze.current
+
     def apply_unfreeze_schedule(self, step: int) -> list[str]:
         """Make exactly the scheduled groups trainable before optimizer step ``step``; returns them."""
-        groups = groups_at(self.settings.unfreeze_schedule, step)
-        if groups != self.trainable_groups:
-            for name, params in self.groups.items():
-                set_trainable(params, name in groups)
-            self.trainable_groups = groups
-        return groups
+        return self.unfreeze.apply(step)
 
     def _compiled_parts(self) -> list[nn.Module]:
         return [self.rxt.encoder, self.rxt.decoder, self.rxt.memory_attention]

@@ -231,7 +231,8 @@ def mrl(args, device, tok, tmp):
     config = MRLConfig(train=TrainConfig(run_name="mrl", warmup_steps=0, lr=1e-4, device=args.device,
                                          output_dir=tmp),
                        curriculum=[stage], batch_episodes=episodes_n, minibatch_size=32, ppo_epochs=2,
-                       eval_episodes=0)
+                       max_new_tokens=48, eval_episodes=0,
+                       reward={"bleu_weight": 1.0, "cosine_weight": 1.0, "length_weight": 0.1})  # the nano recipe's
     trainer = MRLTrainer(config, rxt, tok)
     episodes = trainer.stage_episodes(stage, 0, count=episodes_n)
     tokens = [0.0]
@@ -242,7 +243,7 @@ def mrl(args, device, tok, tmp):
         tokens[0] = sum(len(s.action_ids) for log in logs for s in log.steps)
 
     return step, tokens, {"batch": f"{episodes_n} episodes x {steps} steps",
-                          "what": "collection + rewards + IMPO update (minibatch 32, 2 PPO epochs, as the recipe)"}
+                          "what": "collection (all episodes in one runtime batch) + rewards + IMPO update (minibatch 32, 2 PPO epochs, 48 new tokens, the recipe's reward)"}
 
 
 def baseline(packed: bool, args, device, tok, tmp):

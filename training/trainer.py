@@ -88,6 +88,9 @@ class Trainer:
 
     #: passed to DistributedDataParallel (set True in stages that leave some trainable parameters unused)
     ddp_find_unused_parameters: bool = False
+    #: whether ``TrainConfig.compile = None`` (auto) compiles on CUDA; off for steps that unroll a Python loop over
+    #: a varying number of turns (a recompile per shape would cost more than it saves)
+    auto_compile: bool = True
 
     def __init__(
         self,
@@ -127,7 +130,7 @@ class Trainer:
             )
         self.eval_model: nn.Module = self.unwrapped_model
         # compile=None (auto): on CUDA only, and a failure to compile falls back to eager with a warning
-        self._compile_auto = cfg.compile is None and device_type == "cuda"
+        self._compile_auto = cfg.compile is None and device_type == "cuda" and self.auto_compile
         self._eager_model = wrapped
         self._compiled = bool(cfg.compile or self._compile_auto)
         if self._compiled:

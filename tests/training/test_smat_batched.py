@@ -71,3 +71,23 @@ def test_stacking_lists_answer_positions_on_the_host(tok, batch):
         live = stacked["active"][t]
         assert torch.equal(back[t]["input_ids"][:, :w], turn["input_ids"])
         assert torch.equal(back[t]["labels"][live, :w], turn["labels"][live])
+
+
+def test_bucketing_keeps_a_permutation_and_groups_similar_episodes():
+    from training.stages.smat_batched import bucketed_permutation
+
+    g = torch.Generator().manual_seed(0)
+    n = 96
+    keys = [(int(torch.randint(1, 18, (1,), generator=g)), int(torch.randint(5, 200, (1,), generator=g)))
+            for _ in range(n)]
+    perm = torch.randperm(n, generator=g)
+    out = bucketed_permutation(perm, keys, step_samples=8, window=4, generator=torch.Generator().manual_seed(1))
+    assert sorted(out.tolist()) == list(range(n))  # still a permutation
+    batches = [out[i : i + 8].tolist() for i in range(0, n, 8)]
+    spread = sum(max(keys[i][0] for i in b) - min(keys[i][0] for i in b) for b in batches) / len(batches)
+    random_spread = sum(max(keys[i][0] for i in perm[k : k + 8].tolist()) - min(keys[i][0] for i in perm[k : k + 8].tolist())
+                        for k in range(0, n, 8)) / len(batches)
+    assert spread < random_spread / 2
+    # each window of 4 batches holds the same entries as the unbucketed permutation's window
+    for w in range(0, n, 32):
+        assert sorted(out[w : w + 32].tolist()) == sorted(perm[w : w + 32].tolist())

@@ -179,6 +179,8 @@ class MemoryAttentionTrainer(EpisodeTrainer):
     """Stage-3 trainer: freezes everything but ``model.memory_attention`` and trains it on episode batches
     (`collate_episodes`). ``self.unwrapped_model`` is the `MemoryAttentionObjective`; ``self.rxt`` the RxT."""
 
+    auto_compile = False  # the step loops over the turns in Python: compile it only when asked (train.compile)
+
     def __init__(
         self,
         model: RxT,

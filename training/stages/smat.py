@@ -46,7 +46,13 @@ from training.metrics import causal_lm_loss, token_counts
 from training.plumbing import UnfreezeSchedule, groups_at
 from training.stages.data_config import DataSource
 from training.stages.episode_stage import EpisodeTrainer, RxTObjective
-from training.stages.smat_batched import is_stacked, smat_forward, stack_episode_turns, unstack_episode_turns
+from training.stages.smat_batched import (
+    bucketed_permutation,
+    is_stacked,
+    smat_forward,
+    stack_episode_turns,
+    unstack_episode_turns,
+)
 from training.trainer import StepOutput
 
 
@@ -65,6 +71,7 @@ class SMATStageConfig:
     max_len: int = 256
     max_turns: int | None = None
     bptt_depth: int = 2
+    bucket_window: int = 32  # sort episodes by (turns, turn length) within this many global batches; 0 = off
     unfreeze_schedule: list[tuple[int, list[str]]] = field(
         default_factory=lambda: [(0, ["memory"]), (200, ["memory", "rest"])]
     )
@@ -75,6 +82,8 @@ class SMATStageConfig:
 
         if isinstance(self.bptt_depth, bool) or self.bptt_depth < 0:
             fail("bptt_depth", ">= 0")
+        if isinstance(self.bucket_window, bool) or self.bucket_window < 0:
+            fail("bucket_window", ">= 0 (0 = no bucketing)")
         if isinstance(self.max_len, bool) or self.max_len < 2:
             fail("max_len", ">= 2")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -205,6 +214,20 @@ class SMATTrainer(EpisodeTrainer):
     def uncompile_model(self) -> None:
         for part in self._compiled_parts():
             part._compiled_call_impl = None
+
+    def epoch_permutation(self, epoch: int) -> torch.Tensor:
+        """The Trainer's permutation, bucketed by turn count and turn length (``bucket_window``)."""
+        perm = super().epoch_permutation(epoch)
+        records = getattr(self.train_dataset, "records", None)
+        if not self.settings.bucket_window or records is None:
+            return perm
+        if getattr(self, "_bucket_keys", None) is None:
+            cap = self.settings.max_turns
+            self._bucket_keys = [(min(len(r.turns), cap or len(r.turns)),
+                                  max(len(t.query) + len(t.answer) for t in r.turns)) for r in records]
+        generator = torch.Generator().manual_seed(self.cfg.seed + 7919 * (epoch + 1))
+        return bucketed_permutation(perm, self._bucket_keys, self.step_samples, self.settings.bucket_window,
+                                    generator)
 
     def collate(self, samples: list[Any]) -> Any:
         """Episodes stacked for the restructured step; the answer positions are listed here, on the host."""

@@ -69,6 +69,27 @@ def unstack_episode_turns(batch: dict[str, torch.Tensor]) -> list[dict[str, torc
              "labels": labels[t], "active": batch["active"][t]} for t in range(batch["input_ids"].shape[0])]
 
 
+def bucketed_permutation(perm: torch.Tensor, keys: Sequence[tuple[int, int]], step_samples: int, window: int,
+                         generator: torch.Generator) -> torch.Tensor:
+    """``perm`` reordered so each global batch holds episodes of similar turn count and turn length.
+
+    Within windows of ``window`` global batches (``window * step_samples`` entries of ``perm``), entries are sorted
+    by ``keys[i]`` = (turns, longest turn), cut into global batches, and those batches are shuffled (``generator``)
+    inside the window. The result is still a permutation, so the Trainer's data-order guarantees (resume, any world
+    size) hold; a batch pads to its own longest episode instead of the longest in the whole data set."""
+    size = window * step_samples
+    out = []
+    for start in range(0, len(perm), size):
+        chunk = perm[start : start + size].tolist()
+        chunk.sort(key=lambda i: keys[i])
+        batches = [chunk[b : b + step_samples] for b in range(0, len(chunk), step_samples)]
+        full = [b for b in batches if len(b) == step_samples]
+        order = torch.randperm(len(full), generator=generator).tolist()
+        out.extend(i for k in order for i in full[k])
+        out.extend(i for b in batches if len(b) < step_samples for i in b)  # a partial tail stays last
+    return torch.tensor(out, dtype=perm.dtype)
+
+
 def smat_forward(model: RxT, batch: dict[str, torch.Tensor], bptt_depth: int, *, record: bool = False
                  ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     """The stage-4 step over a stacked batch: ``(out, stms, updates)``.
@@ -116,4 +137,4 @@ def smat_forward(model: RxT, batch: dict[str, torch.Tensor], bptt_depth: int, *,
     return out, (stms if record else []), updates
 
 
-__all__ = ["STACKED_KEYS", "is_stacked", "smat_forward", "stack_episode_turns", "unstack_episode_turns"]
+__all__ = ["STACKED_KEYS", "bucketed_permutation", "is_stacked", "smat_forward", "stack_episode_turns", "unstack_episode_turns"]

@@ -53,21 +53,17 @@ from training.data.records import EpisodeRecord, InteractionRecord
 from training.metrics import accuracy_tensor, causal_lm_loss
 from training.packed_loader import PackedRowsLoader
 from training.stages.data_config import DataSource, check_sources
+from training.stages.stage_config import DataStageConfig
 from training.trainer import StepOutput, Trainer
 
 
 @dataclass
-class BaselineLMConfig:
+class BaselineLMConfig(DataStageConfig):
     """Stateless-baseline settings: exactly one of ``model`` / ``match_parameters_of`` (see the module docstring)."""
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(run_name="baseline"))
     model: str | None = None
     match_parameters_of: str | None = None
-    tokenizer: str | None = None
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    data: list[DataSource] = field(default_factory=list)
-    eval_data: list[DataSource] = field(default_factory=list)
-    val_fraction: float = 0.0  # held out of `data` when `eval_data` is empty
     max_len: int = 256  # tokens of history per sequence (cut from the left)
     max_turns: int | None = None  # keep the first max_turns turns of each episode
     pack: bool = True  # pack histories into rows of max_len tokens (training.data.packing); batch_size counts rows

@@ -22,7 +22,7 @@ The output ``<train.output_dir>/final/`` holds the RxT (``save_pretrained``), ``
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +39,16 @@ from training.data.packing import document_masks, mask_tokens, mlm_positions
 from training.heads import MLMHead
 from training.metrics import accuracy_tensor, causal_lm_loss, masked_lm_loss
 from training.packed_loader import PackedRowsLoader
-from training.stages.data_config import DataSource, check_sources
+from training.stages.data_config import check_sources
+from training.stages.stage_config import DataStageConfig
 from training.trainer import StepOutput, Trainer
 
 
 @dataclass
-class JointLMConfig:
-    """Stage-1 config. ``model`` is a preset name or a saved model directory; ``tokenizer`` a tokenizer
-    directory/file (default: the saved model's own, else the packaged default)."""
+class JointLMConfig(DataStageConfig):
+    """Stage-1 config (the shared fields: `DataStageConfig`). ``model`` is a preset name or a saved model
+    directory; ``tokenizer`` a tokenizer directory/file (default: the saved model's own, else the packaged one)."""
 
-    train: TrainConfig = field(default_factory=TrainConfig)
-    model: str = "tiny"
-    tokenizer: str | None = None
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    data: list[DataSource] = field(default_factory=list)
-    eval_data: list[DataSource] = field(default_factory=list)
-    val_fraction: float = 0.0  # held out of `data` when `eval_data` is empty
     max_len: int = 64
     mask_prob: float = 0.15
     ar_weight: float = 1.0

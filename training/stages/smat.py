@@ -44,7 +44,6 @@ from training.config import ConfigError, TrainConfig
 from training.data.datasets import IGNORE_INDEX
 from training.metrics import causal_lm_loss, token_counts
 from training.plumbing import UnfreezeSchedule, groups_at
-from training.stages.data_config import DataSource
 from training.stages.episode_stage import EpisodeTrainer, RxTObjective
 from training.stages.smat_batched import (
     bucketed_permutation,
@@ -53,21 +52,15 @@ from training.stages.smat_batched import (
     stack_episode_turns,
     unstack_episode_turns,
 )
+from training.stages.stage_config import DataStageConfig
 from training.trainer import StepOutput
 
 
 @dataclass
-class SMATStageConfig:
-    """Stage-4 settings. ``model``/``tokenizer``/``model_overrides`` go to `load_model_and_tokenizer`
-    (usually stage 3's ``final/``)."""
+class SMATStageConfig(DataStageConfig):
+    """Stage-4 settings (the shared fields: `DataStageConfig`; ``model`` is usually stage 3's ``final/``)."""
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(run_name="smat"))
-    model: str = "tiny"
-    tokenizer: str | None = None
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    data: list[DataSource] = field(default_factory=list)
-    eval_data: list[DataSource] = field(default_factory=list)
-    val_fraction: float = 0.0  # split off an eval set when eval_data is empty
     max_len: int = 256
     max_turns: int | None = None
     bptt_depth: int = 2

@@ -64,7 +64,7 @@ class TrainConfig:
     run_name: str = "run"
     keep_last: int = 3  # checkpoints kept on disk; 0 = keep all
     early_stopping_patience: int = 0  # evaluations without improvement; 0 = off
-    compile: bool = False
+    compile: bool | None = None  # torch.compile the step; None = on CUDA for the stages that opt in, else eager
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = 0
     push_to_hub: str | None = None  # Hub repo id pushed at every save

@@ -386,7 +386,7 @@ class ReactiveModel:
     def _commit(self, turn: ActiveTurn, stm: torch.Tensor) -> None:
         state = self._session(turn.session_id)
         new_state = SessionState(
-            session_id=state.session_id, stm=stm.clone(), turns=state.turns + 1,
+            session_id=state.session_id, stm=stm.clone(), turns=turn.turn_id,  # the number the client was sent
             memory_version=state.memory_version + 1, metadata=state.metadata,
         )
         try:

@@ -25,7 +25,9 @@
 # and runs/nano/5_mrl/final (bf16 weights; `scripts/half_precision_copy.py` makes the packaged model from them).
 #
 # Budgets (minutes, env overrides): M_JOINT M_SFT M_MEMATTN M_K2 (phase a), M_K4 M_K8 M_K16 M_MRL (phase b); the
-# baseline gets their sum without MRL. A CPU dry run of both phases at toy size (the test does this):
+# baseline gets their sum without MRL. At the H200 step times of benchmarks/results/train_throughput.json (joint
+# 87 ms at 512 x 256; SMAT 0.52 s for 128 episodes of 18 turns, about proportional to the turns) the defaults
+# give about 690 joint, 400 sft, 600 smat-k2, 240 smat-k4, 150 smat-k8 and 100 smat optimizer steps. A CPU dry run of both phases at toy size (the test does this):
 #   PRESET=tiny DEVICE=cpu STEPS=2 EPISODES=2 OUT=/tmp/a bash examples/nano_gpu_run.sh a
 set -uo pipefail
 phase=${1:?usage: nano_gpu_run.sh a|b}
@@ -38,7 +40,7 @@ episodes=${EPISODES:-64}   # held-out episodes per k of the benchmark
 chitchat=${CHITCHAT:-32}
 limit=${LIMIT_S:-510}      # a backstop: each training process ends by its budgets before this
 M_JOINT=${M_JOINT:-1.0} M_SFT=${M_SFT:-0.6} M_MEMATTN=${M_MEMATTN:-0.4} M_K2=${M_K2:-1.5}
-M_K4=${M_K4:-1.0} M_K8=${M_K8:-0.8} M_K16=${M_K16:-0.7} M_MRL=${M_MRL:-1.5}
+M_K4=${M_K4:-0.8} M_K8=${M_K8:-0.8} M_K16=${M_K16:-0.9} M_MRL=${M_MRL:-1.5}
 M_BASE=${M_BASE:-$(python3 -c "print(round($M_JOINT + $M_SFT + $M_MEMATTN + $M_K2 + $M_K4 + $M_K8 + $M_K16, 2))")}
 mkdir -p "$out" "$runs"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_MININTERVAL=20

@@ -62,7 +62,7 @@ class CopyGateConfig:
     lr: float = 3e-3
     warmup_steps: int = 30
     copy_steps: int = 800
-    memory_steps: int = 1300
+    memory_steps: int = 1700
     copy_mix: float = 0.3
     bptt_depth: int = 3
     max_new_tokens: int = 16

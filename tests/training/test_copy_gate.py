@@ -1,6 +1,6 @@
 """The CPU gate (`training.copy_gate`): a toy of the RxT stack learns k = 1 recall of held-out values through its
 memory, measured by generation and the whole-word rule, with the memory-reset ablation near 0. It runs in
-`make test` (about 2-3 CPU minutes on one idle core); `-m "not gate"` skips it during quick iterations."""
+`make test` (about 3-4 CPU minutes on one core); `-m "not gate"` skips it during quick iterations."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ buffers. A slot holds one sequence:
   ``memory``, the memory K/V projection happens inside the prefill, and on CUDA the whole prefill (projection,
   prompt padded to a length bucket, first-token logits) is one captured graph per length bucket, staged in a
   one-row cache and copied into the slot;
+- `start_batch(slots, prompts, stm=...)` prefills queries that arrive together in one forward pass;
 - `step(tokens)` feeds one token to every slot of the smallest bucket that covers the live slots and returns
   their next-token logits. Sessions join (`start`) and leave (`release`) between steps, so a long answer never
   holds up short ones.
@@ -145,6 +146,71 @@ class DecodeEngine:
         self.slot_length[slot] = length
         self.live[slot] = True
         return self.decoder.lm_head(out.hidden[0, -1])
+
+    @torch.no_grad()
+    def start_batch(
+        self,
+        slots: Sequence[int],
+        prompts: Sequence[Sequence[int] | torch.Tensor],
+        *,
+        stm: torch.Tensor | None = None,
+        memory: list[MemoryKV | None] | None = None,
+    ) -> torch.Tensor:
+        """Prefill several prompts into their ``slots`` in one forward pass; return (n, V) first-token logits.
+
+        Queries that arrive together are prefilled together: the prompts are right-padded to the longest, run
+        through the decoder once (padding masked as keys), and each row's keys/values and memory K/V are copied
+        into its slot. ``stm`` is (L, n, S, D) (projected here, in the same pass) or ``memory`` the per-layer K/V
+        of batch n; neither for a decoder without memory. One prompt alone takes `start` (a graph on CUDA).
+        """
+        n = len(slots)
+        if n != len(prompts):
+            raise ValueError(f"start_batch: {n} slots for {len(prompts)} prompts")
+        if stm is not None and memory is not None:
+            raise ValueError("DecodeEngine.start_batch: pass memory or stm, not both")
+        if n == 0:
+            return torch.empty(0, self.decoder.lm_head.out_features, device=self.device)
+        rows = [torch.as_tensor(p, dtype=torch.long) for p in prompts]
+        if n == 1:
+            one_memory = None if memory is None else [None if kv is None else (kv[0][:1], kv[1][:1]) for kv in memory]
+            return self.start(slots[0], rows[0], one_memory, stm=None if stm is None else stm[:, 0])[None]
+        if len(set(slots)) != n:
+            raise ValueError(f"start_batch: slots {list(slots)} repeat a slot")
+        for slot, row in zip(slots, rows, strict=True):
+            if not 0 <= slot < self.max_slots:
+                raise ValueError(f"slot={slot} is outside 0..{self.max_slots - 1}")
+            if self.live[slot]:
+                raise ValueError(f"slot {slot} is live; release it first")
+            if not 1 <= row.shape[0] < self.capacity:
+                raise ValueError(f"prompt of {row.shape[0]} tokens must be within 1..{self.capacity - 1} (capacity)")
+        if stm is not None:
+            memory = self.decoder.project_memory(stm.to(self.device, self.cache.k.dtype))
+        index = torch.tensor(list(slots), device=self.device)
+        if memory is not None:
+            self._ensure_memory(memory)
+            for buffers, kv in zip(self.memory, memory, strict=True):
+                if buffers is not None:
+                    buffers[0].index_copy_(0, index, kv[0])
+                    buffers[1].index_copy_(0, index, kv[1])
+        lengths = [int(r.shape[0]) for r in rows]
+        longest = max(lengths)
+        ids = torch.zeros((n, longest), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : lengths[i]] = row
+        ids = ids.to(self.device, non_blocking=True)
+        length_t = torch.tensor(lengths, device=self.device)
+        valid = torch.arange(longest, device=self.device)[None, :] < length_t[:, None]
+        stage = self.decoder.new_cache(n, longest)  # attends over the prompts only: n x T x T, not x capacity
+        out = self.decoder(ids, attention_mask=valid, memory=memory, cache=stage, compute_logits=False, validate=False)
+        # Rows land in their slots; positions past a row's length hold padding the row's own steps overwrite.
+        self.cache.k[:, index, :, :longest] = stage.k
+        self.cache.v[:, index, :, :longest] = stage.v
+        self.cache.lengths[index] = length_t
+        last = out.hidden[torch.arange(n, device=self.device), length_t - 1]
+        for slot, length in zip(slots, lengths, strict=True):
+            self.slot_length[slot] = length
+            self.live[slot] = True
+        return self.decoder.lm_head(last)
 
     def _start_graphed(self, slot: int, prompt: torch.Tensor, stm: torch.Tensor) -> torch.Tensor | None:
         length = prompt.shape[0]

@@ -73,3 +73,31 @@ def choose_tokens(
     if cfg.return_log_probs:
         log_probs = logits.log_softmax(dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
     return tokens, log_probs
+
+
+
+def choose_rows(
+    logits: torch.Tensor, rows: list[tuple[SamplingConfig, torch.Generator | None]]
+) -> tuple[list[int], list[float | None]]:
+    """One token per row of ``logits`` (N, V), each row with its own sampling settings and generator.
+
+    Greedy rows share one argmax; a sampled row draws from its own generator on its own (1, V) logits, so a
+    seeded row gives the same tokens whatever else shares the batch. One device-to-host copy per call.
+    """
+    n = len(rows)
+    if logits.shape[0] != n:
+        raise ValueError(f"choose_rows: {logits.shape[0]} logit rows for {n} sampling rows")
+    if n == 0:
+        return [], []
+    want_lp = [cfg.return_log_probs for cfg, _ in rows]
+    if all(cfg.greedy for cfg, _ in rows) and not any(want_lp):  # the common serving case: one kernel, one copy
+        return logits.argmax(dim=-1).tolist(), [None] * n
+    picked = logits.argmax(dim=-1)
+    for i, (cfg, generator) in enumerate(rows):
+        if not cfg.greedy:
+            picked[i] = choose_tokens(logits[i : i + 1], cfg, generator)[0][0]
+    # The log-prob of the chosen token under the plain softmax, as `choose_tokens` records it.
+    lp = logits.float().log_softmax(dim=-1).gather(-1, picked[:, None]).squeeze(-1) if any(want_lp) else None
+    host = torch.stack([picked.float(), lp if lp is not None else torch.zeros_like(picked, dtype=torch.float)])
+    tokens, values = host.cpu().tolist()
+    return [int(t) for t in tokens], [v if w else None for v, w in zip(values, want_lp, strict=True)]

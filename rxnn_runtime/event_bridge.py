@@ -28,6 +28,7 @@ from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
 
 from rxnn_runtime.events import TERMINAL_EVENTS, Event
 
+
 class _LoopScheduler(AsyncIOThreadSafeScheduler):
     """RxPY's asyncio scheduler, made safe to call after the loop has closed (a late batch is dropped)."""
 
@@ -131,6 +132,16 @@ class EventQueue:
         if isinstance(item, BaseException):
             self.close()
             raise item
+        return item
+
+    def get_nowait(self) -> Event | None:
+        """The next event if one is already waiting, else None (to coalesce what arrived together)."""
+        if self._queue.empty():
+            return None
+        item = self._queue.get_nowait()
+        if item is self._DONE or isinstance(item, BaseException):
+            self._queue.put_nowait(item)  # keep it for __anext__, which ends or raises
+            return None
         return item
 
     def close(self) -> None:

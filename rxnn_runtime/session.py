@@ -76,7 +76,7 @@ class ReactiveSession:
         async def run() -> str:
             try:
                 return await asyncio.wait_for(self.ask(text, options), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise TimeoutError(f"no answer within {timeout} s") from None
 
         return asyncio.run(run())

@@ -29,7 +29,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rxnn_runtime.active_turn import ActiveTurn
-from rxt.events import AnswerDone, Cancelled, Error, Event, MemoryUpdated, MemoryUpdateStarted, QueryAccepted, Token
+from rxt.events import (
+    AnswerDone,
+    Cancelled,
+    Error,
+    Event,
+    MemoryUpdated,
+    MemoryUpdateStarted,
+    QueryAccepted,
+    Token,
+)
 from rxt.stopping import StopRule
 
 

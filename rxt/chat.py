@@ -12,9 +12,8 @@ The asynchronous, multi-session, scheduled version of this is `rxnn_runtime.Reac
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import itertools
+from collections.abc import Iterator
 
 import torch
 

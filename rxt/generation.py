@@ -41,7 +41,7 @@ class GenerationResult:
 
 
 def _prompt_rows(input_ids: torch.Tensor, lengths: torch.Tensor | None) -> list[torch.Tensor]:
-    batch, prompt_len = input_ids.shape
+    prompt_len = input_ids.shape[1]
     if lengths is None:
         return list(input_ids)
     host = lengths.tolist()

@@ -1,14 +1,15 @@
 """`GET /ws`: the websocket bridge between clients and a `ReactiveModel` (protocol: docs/protocol.md).
 
     client frame ──► validate ──► reactive.submit(Query | Cancel | Reset)
-    reactive.events (lane thread) ──► filter(sessions this connection queried)
-        ──► loop.call_soon_threadsafe ──► bounded outbox ──► send loop ──► client
+    reactive.batches (lane thread) ──EventBridge (once per step into the loop, fanned out per session)──►
+        session_events(each session this connection queried) ──► bounded outbox ──► send loop ──► client
 
 Frames are msgpack (binary) or JSON (text); replies use the encoding the client used last.
 
 Slow-client policy: the model lane never blocks or waits on a client. Events only cross into the event loop;
-token events of one turn are coalesced into one pending frame per (session, id) until the send loop gets to
-it, so a slow client gets fewer, larger token frames. Any other frame takes one outbox slot; when the outbox
+token events of one turn are coalesced into one pending frame per (session, turn) until the send loop gets to
+it, so a slow client gets fewer, larger token frames. A coalesced frame never crosses a turn and carries the
+``seq`` of its first token, the place it holds in the outbox, so ``seq`` strictly increases along the connection. Any other frame takes one outbox slot; when the outbox
 holds ``outbox_limit`` frames the client is too far behind: the connection is closed with code 1013 ("try
 again later") and an error is logged. Its turns still run to the end and their memory is committed.
 """
@@ -25,6 +26,7 @@ from typing import Any
 import msgpack
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from rxnn_runtime.event_bridge import EventBridge
 from rxnn_runtime.events import AnswerDone, Event, Token
 from rxnn_runtime.messages import MAX_SESSION_ID_LENGTH, Cancel, InvalidMessage, Query, Reset
 
@@ -78,9 +80,10 @@ class _TokenBuffer:
         self.seq = event.seq
 
     def add(self, event: Token) -> None:
+        # ``seq`` stays the first token's: the frame holds the outbox place of that token, and a later seq here
+        # would overtake the frames queued behind it (seq must strictly increase along the connection).
         self.text.append(event.text)
         self.token_ids.append(event.token_id)
-        self.seq = event.seq
 
     def frame(self) -> dict[str, Any]:
         return {
@@ -104,28 +107,27 @@ class Connection:
         self.peer = peer
         self.transport = transport
         self.encoding = MSGPACK
-        self.sessions: frozenset[str] = frozenset()  # replaced, never mutated: read from the lane thread
+        self.sessions: frozenset[str] = frozenset()  # replaced, never mutated
         self.outbox: deque[Any] = deque()
-        self.tokens: dict[tuple[str, str], _TokenBuffer] = {}
+        self.tokens: dict[tuple[str, int], _TokenBuffer] = {}  # (session, turn) -> the token frame still waiting
         self.closing = False
         self._wake = asyncio.Event()
-        self._subscription = reactive.events.subscribe(on_next=self._on_event_from_lane)
+        self._bridge = EventBridge.of(reactive, loop)
+        self._watching: dict[str, Any] = {}  # session -> its subscription on the bridge (loop thread)
         self._sender = loop.create_task(self._send_loop())
         self._closer: asyncio.Task | None = None
 
-    # -- lane side: cheap, never raises, never waits -----------------------------------------------------------
-    def _on_event_from_lane(self, event: Event) -> None:
-        if self.closing or event.session_id not in self.sessions:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
-            self.loop.call_soon_threadsafe(self._enqueue_event, event)
+    # -- loop side (the bridge delivers here) ---------------------------------------------------------------
+    def _unwatch_all(self) -> None:
+        watching, self._watching = self._watching, {}
+        for subscription in watching.values():
+            subscription.dispose()
 
-    # -- loop side ------------------------------------------------------------------------------------------
     def _enqueue_event(self, event: Event) -> None:
         if self.closing:
             return
         if isinstance(event, Token):
-            key = (event.session_id, event.query_id)
+            key = (event.session_id, event.turn_id)  # never coalesce across turns, with or without an id
             buffer = self.tokens.get(key)
             if buffer is not None:  # a frame for this turn is still waiting: coalesce into it
                 buffer.add(event)
@@ -190,7 +192,7 @@ class Connection:
             self._closer = self.loop.create_task(self._close(code, message))
 
     async def _close(self, code: int, message: str) -> None:
-        self._subscription.dispose()
+        self._unwatch_all()
         self._sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._sender
@@ -203,7 +205,7 @@ class Connection:
     async def finish(self) -> None:
         """After the receive loop ends: stop listening and sending."""
         self.closing = True
-        self._subscription.dispose()
+        self._unwatch_all()
         self._sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._sender
@@ -264,6 +266,9 @@ class Connection:
     def _watch(self, session_id: str) -> None:
         if session_id not in self.sessions:
             self.sessions = self.sessions | {session_id}
+        if session_id not in self._watching and not self.closing:
+            self._watching[session_id] = self._bridge.session_events(session_id).subscribe(
+                on_next=self._enqueue_event)
 
 
 def _required(data: dict[str, Any], name: str) -> Any:

@@ -14,6 +14,8 @@ Rules:
   (a session moves to the back of the order when one of its turns is admitted). Slots are taken lowest first,
   which keeps the live rows in a small decode bucket.
 - A primed interaction (`Prime`) needs no slot: it joins the step's memory-update pass, one per session per step.
+  A session's next primed interaction need not wait for the previous one's save (the STM on the device already
+  holds it), so the primes of sessions that prime together share every pass; an answer turn or a Reset does wait.
 - A Reset waits behind the session's in-flight turn (its answer is out and will be committed first), then
   returns the session to its initial memory.
 - Cancel drops waiting turns and stops a running one at once (its partial answer is never written to memory);
@@ -87,6 +89,7 @@ class TurnScheduler:
         self.seq = seq or itertools.count(1)
         self._pending: OrderedDict[str, deque[ActiveTurn]] = OrderedDict()  # order = admission fairness
         self._busy: dict[str, ActiveTurn] = {}  # session -> its turn in flight (admitted .. committed)
+        self._saving: dict[str, int] = {}  # session -> primed interactions written on the device, not yet saved
         self._running: dict[int, ActiveTurn] = {}  # slot -> turn decoding in it
         self._free = list(range(max_slots))  # kept sorted: lowest slot first
         self._release: list[int] = []
@@ -109,7 +112,7 @@ class TurnScheduler:
 
     def knows(self, session_id: str) -> bool:
         """The session has a turn waiting or in flight (its cached state must stay)."""
-        return session_id in self._busy or bool(self._pending.get(session_id))
+        return session_id in self._busy or session_id in self._saving or bool(self._pending.get(session_id))
 
     def next_turn_id(self, session_id: str, committed_turns: int) -> int:
         """Turn numbers: committed turns + 1, then one more per turn accepted since (cancelled ones included)."""
@@ -143,9 +146,9 @@ class TurnScheduler:
             if not queue:
                 del self._pending[sid]
                 continue
-            if sid in self._busy:
-                continue
             head = queue[0]
+            if sid in self._busy or (head.kind != "prime" and sid in self._saving):
+                continue
             if head.kind == "answer":
                 if not self._free:
                     continue  # no slot: primes and resets of other sessions may still go
@@ -178,7 +181,10 @@ class TurnScheduler:
             events.append(self._turn_event(Error, turn, code=code, message=message))
         for turn in result.new_memory:
             if turn not in failed:
-                turn.phase = "committing"  # busy until `committed`
+                turn.phase = "committing"  # an answer keeps its session busy until `committed`
+                if turn.kind == "prime":  # the next prime may go on; answers and resets wait for the save
+                    self._busy.pop(turn.session_id, None)
+                    self._saving[turn.session_id] = self._saving.get(turn.session_id, 0) + 1
         for turn in (*plan.decode, *plan.admit):
             if turn in failed or turn.phase != "running":
                 continue  # failed, or cancelled while the step ran
@@ -212,6 +218,10 @@ class TurnScheduler:
     def committed(self, turn: ActiveTurn, version: int, error: str | None = None) -> list[Event]:
         """The turn's memory is saved (or saving failed): the session is free for its next turn."""
         self._end(turn)
+        if turn.kind == "prime":
+            left = self._saving.pop(turn.session_id, 1) - 1
+            if left > 0:
+                self._saving[turn.session_id] = left
         if error is not None:
             return [self._turn_event(Error, turn, code="store", message=error)]
         return [self._turn_event(MemoryUpdated, turn, version=version)]
@@ -255,10 +265,12 @@ class TurnScheduler:
         """Whether another step would do anything (slots live, releases or updates due, admissible turns)."""
         if self._running or self._answered or self._release:
             return True
-        return any(q and sid not in self._busy for sid, q in self._pending.items())
+        return any(q and sid not in self._busy and (q[0].kind == "prime" or sid not in self._saving)
+                   for sid, q in self._pending.items())
 
     def idle(self) -> bool:
-        return not (self._running or self._answered or self._release or self._busy or any(self._pending.values()))
+        return not (self._running or self._answered or self._release or self._busy or self._saving
+                    or any(self._pending.values()))
 
     def forget(self, session_id: str) -> None:
         """Drop the per-session counters of an idle session (bounded maps: the cache evicted it)."""

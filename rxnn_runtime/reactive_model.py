@@ -233,12 +233,14 @@ class ReactiveModel:
 
     def _accept_prime(self, message: Prime) -> list[Event]:
         sid = message.session_id
+        state = None
         try:
             state = self.sessions.get(sid)
             ids = [self.template.interaction_ids(q, a)[: self.model.config.max_seq_len]
                    for q, a in message.interactions]
-        except Exception as exc:
-            return [self.scheduler.event(Error, sid, 0, message.query_id, code="invalid", message=str(exc))]
+        except Exception as exc:  # a bad record, or history the tokenizer cannot encode (a lone surrogate)
+            code, text = ("session", str(exc)) if state is None else ("invalid", f"history cannot be tokenized: {exc}")
+            return [self.scheduler.event(Error, sid, 0, message.query_id, code=code, message=text)]
         query = Query(sid, "", query_id=message.query_id)
         events: list[Event] = []
         for interaction in ids:

@@ -29,6 +29,7 @@ class ActiveTurn:
     answer: list[int] = field(default_factory=list)
     log_probs: list[float] = field(default_factory=list)
     stopped_by_eos: bool = False
+    stop_rule: Any = None  # the turn's rxt.stopping.StopRule, made once
 
     @property
     def session_id(self) -> str:

@@ -9,8 +9,13 @@ In order, one lane action:
 3. one decode step for every running turn (`DecodeEngine.step`, a CUDA graph per bucket on the GPU);
 4. one prefill for every admitted turn together (`DecodeEngine.start_batch`, memory K/V projected in the same
    pass from the sessions' device-resident STMs);
-5. one token per row (`choose_rows`: one argmax for the greedy rows, each sampled row with its own seeded
-   generator), one device-to-host copy.
+5. one token per row (`choose_rows_on_device`: one argmax for the greedy rows, each sampled row with its own
+   seeded generator), written straight into the engine's next-token buffer, and one asynchronous copy to the host.
+
+`launch` queues all of that without waiting for the device; `collect` waits for the token copy and returns the
+`StepResult`. The runtime launches step N+1 before it collects step N, so the host turns step N's tokens into
+events while the device computes step N+1 (a turn that stopped at step N has been fed one token more, which is
+thrown away; the scheduler keeps one position of room for it). `execute` is launch + collect, synchronously.
 
 A failure in one phase fails only the turns of that phase (reported in `StepResult.failures`); the others go on.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,10 +32,22 @@ from rxnn_runtime.active_turn import ActiveTurn
 from rxnn_runtime.turn_scheduler import StepPlan, StepResult
 from rxt.decode_engine import DecodeEngine
 from rxt.model import RxT
-from rxt.sampling import SamplingConfig, choose_rows
+from rxt.sampling import SamplingConfig, choose_rows_on_device
 from rxt.template import pad_batch
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LaunchedStep:
+    """A step queued on the device: its plan, what is already known, and the pending token copy."""
+
+    plan: StepPlan
+    result: StepResult
+    rows: list[ActiveTurn] = field(default_factory=list)  # turns whose next token is in ``host``
+    host: torch.Tensor | None = None  # (2, rows): tokens, log-probs (pinned on CUDA)
+    want_log_probs: list[bool] = field(default_factory=list)
+    ready: torch.cuda.Event | None = None
 
 
 class ModelExecutor:
@@ -43,35 +61,37 @@ class ModelExecutor:
         self.engine = DecodeEngine(model.decoder, max_slots=max_slots, capacity=model.config.max_seq_len,
                                    use_cuda_graphs=use_cuda_graphs)
         self._sampling: dict[int, tuple[SamplingConfig, torch.Generator | None]] = {}  # slot -> row's sampling
-        self._next_token = [pad_id] * max_slots  # host copy of each slot's last token, fed at the next step
+        # Each slot's last chosen token, on the device: the next decode step reads it without a host round trip.
+        self._next = torch.full((max_slots,), pad_id, dtype=torch.long, device=self.device)
 
     @property
     def capacity(self) -> int:
         return self.engine.capacity
 
-    @torch.no_grad()
     def execute(self, plan: StepPlan, stm_of: Callable[[str], torch.Tensor]) -> StepResult:
-        result = StepResult()
+        return self.collect(self.launch(plan, stm_of))
+
+    @torch.no_grad()
+    def launch(self, plan: StepPlan, stm_of: Callable[[str], torch.Tensor]) -> LaunchedStep:
+        step = LaunchedStep(plan, StepResult())
         for slot in plan.release:
             if self.engine.live[slot]:
                 self.engine.release(slot)
             self._sampling.pop(slot, None)
         if plan.updates:
-            self._update_memory(plan.updates, stm_of, result)
-        rows: list[tuple[ActiveTurn, torch.Tensor]] = []  # (turn, logits row source)
-        logits_parts: list[torch.Tensor] = []
+            self._update_memory(plan.updates, stm_of, step.result)
+        parts: list[torch.Tensor] = []
         decode = [t for t in plan.decode if self.engine.live[t.slot]]
         if decode:
             try:
                 bucket = self.engine.bucket()
-                tokens = torch.tensor(self._next_token[:bucket], dtype=torch.long)
-                logits = self.engine.step(tokens.to(self.device, non_blocking=True))
+                logits = self.engine.step(self._next[:bucket])
                 index = [t.slot for t in decode]
-                logits_parts.append(logits if index == list(range(bucket)) else logits[index])
-                rows.extend((t, None) for t in decode)
+                parts.append(logits if index == list(range(bucket)) else logits[index])
+                step.rows.extend(decode)
             except Exception as exc:
                 log.exception("decode step failed")
-                self._fail(decode, "internal", exc, result)
+                self._fail(decode, "internal", exc, step.result)
         if plan.admit:
             try:
                 stm = torch.stack([stm_of(t.session_id) for t in plan.admit], dim=1)
@@ -80,22 +100,51 @@ class ModelExecutor:
                 for turn in plan.admit:
                     cfg = turn.query.options.sampling(return_log_probs=turn.query.options.return_log_probs)
                     self._sampling[turn.slot] = (cfg, cfg.generator(self.device))
-                logits_parts.append(logits)
-                rows.extend((t, None) for t in plan.admit)
+                parts.append(logits)
+                step.rows.extend(plan.admit)
             except Exception as exc:
                 log.exception("prefill failed")
-                self._fail(plan.admit, "internal", exc, result)
-        if rows:
+                self._fail(plan.admit, "internal", exc, step.result)
+        if step.rows:
             try:
-                logits = logits_parts[0] if len(logits_parts) == 1 else torch.cat(logits_parts)
-                tokens, log_probs = choose_rows(logits, [self._sampling[t.slot] for t, _ in rows])
+                self._choose(step, parts[0] if len(parts) == 1 else torch.cat(parts))
             except Exception as exc:
                 log.exception("token choice failed")
-                self._fail([t for t, _ in rows], "internal", exc, result)
-            else:
-                for (turn, _), token, log_prob in zip(rows, tokens, log_probs, strict=True):
-                    self._next_token[turn.slot] = token
-                    result.tokens[turn] = (token, log_prob)
+                self._fail(step.rows, "internal", exc, step.result)
+                step.rows = []
+        return step
+
+    def _choose(self, step: LaunchedStep, logits: torch.Tensor) -> None:
+        rows = [self._sampling[t.slot] for t in step.rows]
+        tokens, log_probs = choose_rows_on_device(logits, rows)
+        slots = torch.tensor([t.slot for t in step.rows], device=self.device)
+        self._next.index_copy_(0, slots, tokens)  # fed by the next decode step, on the device
+        values = torch.stack([tokens.float(), log_probs if log_probs is not None else torch.zeros_like(tokens,
+                                                                                                       dtype=torch.float)])
+        if values.is_cuda:
+            step.host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            step.host.copy_(values, non_blocking=True)
+            step.ready = torch.cuda.Event()
+            step.ready.record()
+        else:
+            step.host = values
+        step.want_log_probs = [cfg.return_log_probs for cfg, _ in rows]
+
+    def collect(self, step: LaunchedStep) -> StepResult:
+        """Wait for the step's tokens and hand back its result (a device error fails the step's rows)."""
+        result = step.result
+        if not step.rows:
+            return result
+        try:
+            if step.ready is not None:
+                step.ready.synchronize()
+            tokens, log_probs = step.host.tolist()
+        except Exception as exc:
+            log.exception("decode step failed on the device")
+            self._fail(step.rows, "internal", exc, result)
+            return result
+        for turn, token, log_prob, wanted in zip(step.rows, tokens, log_probs, step.want_log_probs, strict=True):
+            result.tokens[turn] = (int(token), log_prob if wanted else None)
         return result
 
     def _update_memory(self, turns: list[ActiveTurn], stm_of: Callable[[str], torch.Tensor],

@@ -82,7 +82,7 @@ class ReactiveModel:
         self.engine = self.executor.engine
         self.scheduler = TurnScheduler(max_slots=max_batch_size, capacity=self.executor.capacity,
                                        eos_id=tokenizer.eos_id, decode_text=tokenizer.decode,
-                                       max_pending_per_session=max_pending_per_session)
+                                       max_pending_per_session=max_pending_per_session, lookahead=1)
         self.sessions = SessionCache(self.model, self.store, capacity=session_cache_size, keep=self.scheduler.knows)
         self.sessions.on_evict = self.scheduler.forget
         self.commits = CommitWriter(self.store, self._on_committed)
@@ -98,6 +98,7 @@ class ReactiveModel:
         self._connected = False
         self._disposed = False
         self._early: list[Any] = []  # messages that arrived before connect()
+        self._inflight = None  # the step launched on the device and not yet collected
         self._connection: abc.DisposableBase | None = None
         self._step_scheduled = False
 
@@ -219,7 +220,7 @@ class ReactiveModel:
         except Exception as exc:  # e.g. a lone surrogate the tokenizer cannot encode
             return [self.scheduler.event(Error, sid, 0, query.query_id, code="invalid",
                                          message=f"text cannot be tokenized: {exc}")]
-        limit = self.executor.capacity - query.options.max_new_tokens
+        limit = self.executor.capacity - query.options.max_new_tokens - self.scheduler.lookahead
         if len(prompt) > limit:
             return [self.scheduler.event(
                 Error, sid, 0, query.query_id, code="too_long",
@@ -255,23 +256,29 @@ class ReactiveModel:
             self._schedule(self._step)
 
     def _step(self) -> None:
+        """Launch step N+1 on the device, then turn step N's output into events while the device works."""
         self._step_scheduled = False
-        plan = self.scheduler.schedule()
-        if plan.empty:
-            return
+        previous, self._inflight = self._inflight, None
         try:
-            self._emit(self.scheduler.started_events(plan))
-            result = self.executor.execute(plan, lambda sid: self.sessions.get(sid).stm)
-            events = self.scheduler.update_from_output(plan, result)
-            for turn, stm in result.new_memory.items():
-                if turn.phase == "committing":
-                    self.commits.submit(turn, self.sessions.advance(turn.session_id, stm))
-            for turn in plan.resets:
-                self.commits.submit(turn, self.sessions.reset(turn.session_id))
-            self._emit(events)
+            plan = self.scheduler.schedule()
+            if not plan.empty:
+                self._emit(self.scheduler.started_events(plan))
+                self._inflight = self.executor.launch(plan, lambda sid: self.sessions.get(sid).stm)
+                for turn in plan.resets:
+                    self.commits.submit(turn, self.sessions.reset(turn.session_id))
+            if previous is not None:
+                self._finish(previous)
         finally:
-            if self.scheduler.has_work():
+            if self._inflight is not None or self.scheduler.has_work():
                 self._request_step()
+
+    def _finish(self, launched) -> None:
+        result = self.executor.collect(launched)
+        events = self.scheduler.update_from_output(launched.plan, result)
+        for turn, stm in result.new_memory.items():
+            if turn.phase == "committing":
+                self.commits.submit(turn, self.sessions.advance(turn.session_id, stm))
+        self._emit(events)
 
     def _on_committed(self, turn: ActiveTurn, state: SessionState, error: str | None) -> None:
         """From the commit writer's thread: hop onto the lane to free the session and announce the commit."""

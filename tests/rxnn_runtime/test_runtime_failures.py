@@ -17,12 +17,13 @@ from rxt.sampling import SamplingConfig
 OPTS = GenerationOptions(max_new_tokens=4)
 
 
-def _runtime(**kw):
+def _runtime(connect=True, **kw):
     model, tokenizer = tiny_model()
     reactive = ReactiveModel(model, tokenizer, max_batch_size=4, **kw)
     log = EventLog()
     reactive.events.subscribe(log)
-    reactive.connect()
+    if connect:
+        reactive.connect()
     return reactive, log
 
 
@@ -88,7 +89,7 @@ def test_bad_stored_record_is_a_session_error_not_a_hang(record, needle):
 
 
 def test_priming_is_batched_fair_and_cancellable():
-    reactive, log = _runtime()
+    reactive, log = _runtime(connect=False)
     calls = []
     update = reactive.model.update_memory
 
@@ -102,6 +103,7 @@ def test_priming_is_batched_fair_and_cancellable():
         history = [(f"question {i}", f"answer {i}") for i in range(300)]
         reactive.submit(Prime("a", tuple(history[:3]), query_id="pa"))
         reactive.submit(Prime("b", tuple(history[:3]), query_id="pb"))
+        reactive.connect()  # both histories arrived together
         assert log.wait_for(lambda ev: sum(isinstance(e, MemoryUpdated) for e in ev) == 6)
         assert sum(calls) == 6 and len(calls) < 6 and max(calls) == 2  # the sessions share update passes
         assert [e.version for e in log.events if isinstance(e, MemoryUpdated) and e.session_id == "a"] == [1, 2, 3]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -52,6 +53,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _git_commit() -> str:
+    if os.environ.get("RXNN_COMMIT"):  # a copied tree without .git (the GPU machine) names its commit here
+        return os.environ["RXNN_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"

@@ -160,6 +160,26 @@ def engine_anchor(model: RxT, tokenizer: RxTokenizer, sessions: list[int], devic
     return out
 
 
+def memory_update_check(model: RxT, tokenizer: RxTokenizer, device: torch.device) -> dict:
+    """The graphed memory update against the eager one on the same rows, and both timed (1 and 64 rows)."""
+    from rxt.memory_update import MemoryUpdater
+
+    template = InteractionTemplate(tokenizer)
+    row = template.interaction_ids(QUESTION, "I am fine, thank you. " * 4)
+    out = {}
+    graphed, eager = MemoryUpdater(model, pad_id=tokenizer.pad_id), MemoryUpdater(model, use_cuda_graphs=False)
+    for n in (1, 64):
+        stm = model.initial_memory(n).contiguous()
+        rows = [row[: len(row) - (i % 7)] for i in range(n)]
+        diff = (graphed(stm, rows).float() - eager(stm, rows).float()).abs().max().item()
+        out[n] = {"graph_ms": time_ms(lambda stm=stm, rows=rows: graphed(stm, rows), device, 3, 10),
+                  "eager_ms": time_ms(lambda stm=stm, rows=rows: eager(stm, rows), device, 1, 5),
+                  "graph_vs_eager_max_abs_diff": diff}
+        print(f"memory update {n:>2} rows: graph {out[n]['graph_ms']:.2f} ms, eager {out[n]['eager_ms']:.2f} ms, "
+              f"max |diff| {diff:.2e}", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -180,6 +200,7 @@ def main() -> None:
     model = RxT(RxTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size)).to(device=device, dtype=dtype).eval()
     levels = asyncio.run(serve_levels(model, tokenizer, args))
     anchor = engine_anchor(model, tokenizer, sorted(set(args.clients)), device)
+    update_check = memory_update_check(model, tokenizer, device)
     for level in levels:
         ref = anchor[level["clients"]]
         level.update(ref)
@@ -205,6 +226,7 @@ def main() -> None:
         "parameters": model.num_parameters(),
         "levels": levels,
         "aggregate_ratio_32_vs_1": ratio,
+        "memory_update_bare": update_check,
     }
     if args.out:
         doc = {"benchmark": "serving", "runs": []}

@@ -3,9 +3,9 @@
 In order, one lane action:
 
 1. free the slots of turns that ended;
-2. one memory-update pass (encoder + memory attention) for every turn that finished answering in the previous
-   step and every primed interaction of this step: their STMs (resident on the device) stacked, the
-   interactions right-padded, one forward;
+2. one memory-update pass (encoder + memory attention, `MemoryUpdater`: a CUDA graph per batch and length
+   bucket) for every turn that finished answering in the previous step and every primed interaction of this
+   step: their STMs (resident on the device) stacked, the interactions right-padded, one forward;
 3. one decode step for every running turn (`DecodeEngine.step`, a CUDA graph per bucket on the GPU);
 4. one prefill for every admitted turn together (`DecodeEngine.start_batch`, memory K/V projected in the same
    pass from the sessions' device-resident STMs);
@@ -31,9 +31,9 @@ import torch
 from rxnn_runtime.active_turn import ActiveTurn
 from rxnn_runtime.turn_scheduler import StepPlan, StepResult
 from rxt.decode_engine import DecodeEngine
+from rxt.memory_update import MemoryUpdater
 from rxt.model import RxT
 from rxt.sampling import SamplingConfig, choose_rows_on_device
-from rxt.template import pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class ModelExecutor:
         # Decode slots with a static KV cache; each step is a captured CUDA graph on the GPU (see DecodeEngine).
         self.engine = DecodeEngine(model.decoder, max_slots=max_slots, capacity=model.config.max_seq_len,
                                    use_cuda_graphs=use_cuda_graphs)
+        # One encoder + memory-attention pass per step for every turn that finished (a graph per shape on CUDA).
+        self.updater = MemoryUpdater(model, pad_id=pad_id, use_cuda_graphs=use_cuda_graphs)
         self._sampling: dict[int, tuple[SamplingConfig, torch.Generator | None]] = {}  # slot -> row's sampling
         # Each slot's last chosen token, on the device: the next decode step reads it without a host round trip.
         self._next = torch.full((max_slots,), pad_id, dtype=torch.long, device=self.device)
@@ -151,11 +153,8 @@ class ModelExecutor:
                        result: StepResult) -> None:
         try:
             max_len = self.model.config.max_seq_len
-            ids, lengths = pad_batch([t.interaction(self.eos_id, max_len) for t in turns], self.pad_id)
-            valid = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
             stm = torch.stack([stm_of(t.session_id) for t in turns], dim=1)
-            new_stm = self.model.update_memory(stm, ids.to(self.device, non_blocking=True),
-                                               valid.to(self.device, non_blocking=True))
+            new_stm = self.updater(stm, [t.interaction(self.eos_id, max_len) for t in turns])
         except Exception as exc:
             log.exception("memory update failed")
             for turn in turns:

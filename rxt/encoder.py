@@ -30,8 +30,11 @@ class Encoder(TokenStack):
         rope = self.positions.self_attention_rope
         self.layers = nn.ModuleList(EncoderLayer(attention, ffn, rope, cfg.norm_eps) for _ in range(cfg.num_layers))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> EncoderOutput:
-        valid = self._check(input_ids, attention_mask)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, validate: bool = True
+    ) -> EncoderOutput:
+        """``validate=False`` skips the host-side id checks (a caller that built the ids, or a CUDA graph)."""
+        valid = self._check(input_ids, attention_mask) if validate else attention_mask
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         mask = key_padding_mask(valid) if valid is not None else None
         bias = self.positions.bias(positions[None], positions[None])

@@ -93,10 +93,10 @@ def test_priming_is_batched_fair_and_cancellable():
     calls = []
     update = reactive.model.update_memory
 
-    def counting_update(stm, ids, mask=None):
+    def counting_update(stm, ids, mask=None, **kw):
         calls.append(stm.shape[1])
         time.sleep(0.01)  # a slow update pass, so there is time to cancel
-        return update(stm, ids, mask)
+        return update(stm, ids, mask, **kw)
 
     reactive.model.update_memory = counting_update
     try:

@@ -125,3 +125,15 @@ def test_start_batch_equals_one_start_per_slot(model):
         DecodeEngine(model.decoder, max_slots=4, capacity=32).start_batch([1, 1], prompts[:2], stm=stm[:, :2])
     with pytest.raises(ValueError, match="is live"):
         together.start_batch([0, 1], prompts[:2], stm=stm[:, :2])
+
+
+def test_memory_updater_equals_update_memory_per_row(model):
+    from rxt.memory_update import MemoryUpdater
+
+    torch.manual_seed(5)
+    rows = [torch.randint(4, 128, (n,)).tolist() for n in (3, 11, 6)]
+    stm = torch.randn(model.initial_memory(3).shape, dtype=torch.float64)
+    together = MemoryUpdater(model)(stm, rows)
+    for i, row in enumerate(rows):
+        alone = model.update_memory(stm[:, i : i + 1], torch.tensor([row]))
+        torch.testing.assert_close(together[:, i : i + 1], alone)

@@ -4,9 +4,9 @@ Starts the real aiohttp server on 127.0.0.1 in this process and runs the websock
 (`serving_clients.py`, at most ``--clients-per-process`` each, as vLLM's serving benchmark keeps its clients out
 of the server's interpreter). Each client holds a ``--turns``-turn conversation (greedy, ``--max-new-tokens``
 per answer, the next query after the previous turn's memory_updated). Per level: time to first token p50/p99,
-aggregate tokens/s (all answer tokens / wall time from the start signal to the last client's end), median
-memory-update time (answer frame -> memory_updated frame). A warm-up level at the largest client count runs
-first, so CUDA-graph captures are not timed.
+aggregate tokens/s (all answer tokens / wall time from the first client's start to the last client's end), median
+memory-update time (answer frame -> memory_updated frame). Every level first runs once unmeasured, so
+CUDA-graph captures are not timed.
 
 Then, in the same process on the same model, the anchor: `DecodeEngine` alone at the same session counts
 (``engine_tokens_per_s``: sessions x 1000 / one captured decode step's median ms, the `benchmarks/decode.py`
@@ -86,7 +86,9 @@ async def _run_level(url: str, clients: int, turns: int, max_new_tokens: int, pe
         if proc.returncode != 0:
             raise RuntimeError(f"client process failed ({proc.returncode})")
         reports.append(json.loads(out.decode().strip().splitlines()[-1]))
-    wall = max(r["end"] for r in reports) - go
+    # From the first client's start (the start signal reaching a process takes a variable few ms) to the last end.
+    start = min(r["start"] for r in reports)
+    wall = max(r["end"] for r in reports) - start
     turns_done = [t for r in reports for t in r["turns"]]
     tokens = sum(t["tokens"] for t in turns_done)
     ttft = [t["ttft_ms"] for t in turns_done]
@@ -102,6 +104,7 @@ async def _run_level(url: str, clients: int, turns: int, max_new_tokens: int, pe
         "aggregate_tokens_per_s": tokens / wall,
         "memory_update_ms_median": statistics.median(t["memory_update_ms"] for t in turns_done),
         "wall_s": wall,
+        "start_signal_ms": (start - go) * 1e3,
     }
 
 
@@ -116,8 +119,10 @@ async def serve_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namesp
     url = f"http://127.0.0.1:{port}/ws"
     levels = []
     try:
-        for n in sorted(set(args.clients)):  # warm-up: captures every decode bucket and prefill shape used
-            await _run_level(url, n, 1, 4, args.clients_per_process)
+        # Warm-up: each level once in full, unmeasured, so the CUDA graphs its shapes need (decode buckets,
+        # prefill lengths, memory-update batch and length buckets) are captured before anything is timed.
+        for n in sorted(set(args.clients)):
+            await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
         for n in args.clients:
             level = await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
             print(f"runtime {n:>3} clients: TTFT p50 {level['ttft_ms_p50']:7.1f} ms p99 {level['ttft_ms_p99']:7.1f} ms"

@@ -1,13 +1,16 @@
 """The one bridge from the model lane into asyncio: event batches cross once per step, fan out per session.
 
-    reactive.batches (lane thread, one tuple per step)
-        ──observe_on(AsyncIOThreadSafeScheduler(loop))──►  EventBridge._dispatch (loop thread)
+    reactive.batches (lane thread, one tuple per step) ──► inbox ──tick──►
+        observe_on(AsyncIOThreadSafeScheduler(loop)) ──► EventBridge._drain (loop thread): every batch waiting
         ──per session──► session_events(sid) ──take_while(not terminal, inclusive=True)──► turn_events(sid, qid)
 
 One `EventBridge` per (model, event loop), shared by everything on that loop: the session facade
 (`ReactiveSession.stream/ask`), the websocket bridge, the OpenAI handler and the CLI. The lane never waits on the
-loop: RxPY's ``observe_on`` queues the batches and drains them in one loop callback, so a busy loop gets several
-steps at once rather than one wake-up per token. Fan-out is a dict lookup by session id, so the cost of a step
+loop: it appends the step's batch to an inbox and, unless a drain is already on its way, sends one tick through
+RxPY's ``observe_on``; the loop callback then dispatches every batch that waits. A loop that falls behind so gets
+several steps in one callback, before its senders run, and the websocket bridge coalesces their tokens into one
+frame per turn instead of paying a frame per token per step (which would make the loop, not the device, the
+bottleneck). Fan-out is a dict lookup by session id, so the cost of a step
 grows with its events, not with events x listeners. The bridge subscribes to the model while it has listeners
 and lets go when the last one leaves, so a finished ``asyncio.run`` leaves nothing behind on the lane.
 
@@ -17,14 +20,17 @@ Observables returned here deliver on the loop's thread and must be subscribed fr
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
+from collections import deque
 from typing import Any
 
 import reactivex
 from reactivex import abc
 from reactivex import operators as ops
-from reactivex.disposable import Disposable
+from reactivex.disposable import CompositeDisposable, Disposable
 from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
+from reactivex.subject import Subject
 
 from rxnn_runtime.events import TERMINAL_EVENTS, Event
 
@@ -51,6 +57,9 @@ class EventBridge:
         self._listeners: dict[str, list[abc.ObserverBase]] = {}
         self._count = 0
         self._subscription: abc.DisposableBase | None = None
+        self._inbox: deque = deque()  # batches from the lane not yet dispatched
+        self._lock = threading.Lock()
+        self._tick_pending = False
 
     @classmethod
     def of(cls, reactive: Any, loop: asyncio.AbstractEventLoop | None = None) -> EventBridge:
@@ -62,19 +71,35 @@ class EventBridge:
             bridge = per_loop[id(reactive)] = cls(reactive, loop)
         return bridge
 
+    # -- lane side ------------------------------------------------------------------------------------------
+    def _from_lane(self, batch: tuple[Event, ...], ticks: Subject) -> None:
+        with self._lock:
+            self._inbox.append(batch)
+            if self._tick_pending:
+                return  # the drain on its way takes this batch too
+            self._tick_pending = True
+        ticks.on_next(None)
+
     # -- loop side ------------------------------------------------------------------------------------------
-    def _dispatch(self, batch: tuple[Event, ...]) -> None:
-        for event in batch:
-            for observer in tuple(self._listeners.get(event.session_id, ())):
-                observer.on_next(event)
+    def _drain(self, _tick: object) -> None:
+        with self._lock:
+            batches = list(self._inbox)
+            self._inbox.clear()
+            self._tick_pending = False
+        listeners = self._listeners
+        for batch in batches:
+            for event in batch:
+                for observer in tuple(listeners.get(event.session_id, ())):
+                    observer.on_next(event)
 
     def _add(self, session_id: str, observer: abc.ObserverBase) -> abc.DisposableBase:
         self._listeners.setdefault(session_id, []).append(observer)
         self._count += 1
         if self._subscription is None:
-            self._subscription = self.reactive.batches.pipe(
-                ops.observe_on(_LoopScheduler(self.loop))
-            ).subscribe(on_next=self._dispatch)
+            ticks: Subject = Subject()
+            crossing = ticks.pipe(ops.observe_on(_LoopScheduler(self.loop))).subscribe(on_next=self._drain)
+            feed = self.reactive.batches.subscribe(on_next=lambda batch: self._from_lane(batch, ticks))
+            self._subscription = CompositeDisposable(feed, crossing)
 
         def remove() -> None:
             observers = self._listeners.get(session_id)
@@ -87,6 +112,9 @@ class EventBridge:
             if self._count == 0 and self._subscription is not None:
                 self._subscription.dispose()
                 self._subscription = None
+                with self._lock:  # a tick still on its way died with the subscription
+                    self._inbox.clear()
+                    self._tick_pending = False
 
         return Disposable(remove)
 

@@ -30,7 +30,7 @@ import torch
 
 from rxnn_runtime.active_turn import ActiveTurn
 from rxnn_runtime.turn_scheduler import StepPlan, StepResult
-from rxt.decode_engine import DecodeEngine
+from rxt.decode_engine import DecodeEngine, to_device_async
 from rxt.memory_update import MemoryUpdater
 from rxt.model import RxT
 from rxt.sampling import SamplingConfig, choose_rows_on_device
@@ -89,7 +89,7 @@ class ModelExecutor:
                 bucket = self.engine.bucket()
                 logits = self.engine.step(self._next[:bucket])
                 index = [t.slot for t in decode]
-                parts.append(logits if index == list(range(bucket)) else logits[index])
+                parts.append(logits if index == list(range(bucket)) else logits[to_device_async(index, self.device)])
                 step.rows.extend(decode)
             except Exception as exc:
                 log.exception("decode step failed")
@@ -119,7 +119,7 @@ class ModelExecutor:
     def _choose(self, step: LaunchedStep, logits: torch.Tensor) -> None:
         rows = [self._sampling[t.slot] for t in step.rows]
         tokens, log_probs = choose_rows_on_device(logits, rows)
-        slots = torch.tensor([t.slot for t in step.rows], device=self.device)
+        slots = to_device_async([t.slot for t in step.rows], self.device)
         self._next.index_copy_(0, slots, tokens)  # fed by the next decode step, on the device
         values = torch.stack([tokens.float(), log_probs if log_probs is not None else torch.zeros_like(tokens,
                                                                                                        dtype=torch.float)])

@@ -36,6 +36,15 @@ DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
+def to_device_async(values: list[int], device: torch.device) -> torch.Tensor:
+    """A small host list on ``device`` without waiting for the work already queued there (a plain
+    ``torch.tensor(..., device=cuda)`` copies synchronously, which would stall the host behind the GPU)."""
+    host = torch.tensor(values, dtype=torch.long)
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
+
+
 class DecodeEngine:
     def __init__(
         self,
@@ -185,7 +194,7 @@ class DecodeEngine:
                 raise ValueError(f"prompt of {row.shape[0]} tokens must be within 1..{self.capacity - 1} (capacity)")
         if stm is not None:
             memory = self.decoder.project_memory(stm.to(self.device, self.cache.k.dtype))
-        index = torch.tensor(list(slots), device=self.device)
+        index = to_device_async(list(slots), self.device)
         if memory is not None:
             self._ensure_memory(memory)
             for buffers, kv in zip(self.memory, memory, strict=True):
@@ -198,7 +207,7 @@ class DecodeEngine:
         for i, row in enumerate(rows):
             ids[i, : lengths[i]] = row
         ids = ids.to(self.device, non_blocking=True)
-        length_t = torch.tensor(lengths, device=self.device)
+        length_t = to_device_async(lengths, self.device)
         valid = torch.arange(longest, device=self.device)[None, :] < length_t[:, None]
         stage = self.decoder.new_cache(n, longest)  # attends over the prompts only: n x T x T, not x capacity
         out = self.decoder(ids, attention_mask=valid, memory=memory, cache=stage, compute_logits=False, validate=False)
@@ -221,7 +230,7 @@ class DecodeEngine:
             return None
         stage = self._stage_buffers(stm)
         stage["stm"].copy_(stm.unsqueeze(1))
-        stage["prompt"][0, :length].copy_(prompt)
+        stage["prompt"][0, :length].copy_(prompt, non_blocking=True)
         stage["prompt"][0, length:].zero_()
         stage["length"].fill_(length)
         graph = self._prefill_graphs.get(bucket) or self._capture_prefill(bucket)

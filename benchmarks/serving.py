@@ -182,6 +182,18 @@ def memory_update_check(model: RxT, tokenizer: RxTokenizer, device: torch.device
                   "graph_vs_eager_max_abs_diff": diff}
         print(f"memory update {n:>2} rows: graph {out[n]['graph_ms']:.2f} ms, eager {out[n]['eager_ms']:.2f} ms, "
               f"max |diff| {diff:.2e}", flush=True)
+    # Batched prefill: the graph per (batch, length) bucket against the eager pass, on the same 5 queries.
+    prompts = [torch.tensor(template.query_ids(q)) for q in (QUESTION, "Hi", "What is the weather like today?",
+                                                              "Tell me a story.", "Why?")]
+    stm = model.initial_memory(5).contiguous()
+    results = []
+    with torch.no_grad():
+        for graphs in (True, False):
+            engine = DecodeEngine(model.decoder, max_slots=8, capacity=model.config.max_seq_len,
+                                  use_cuda_graphs=graphs)
+            results.append(engine.start_batch([6, 1, 3, 0, 4], prompts, stm=stm).float())
+    out["prefill_5_rows_graph_vs_eager_max_abs_diff"] = (results[0] - results[1]).abs().max().item()
+    print(f"prefill 5 rows: graph vs eager max |diff| {out['prefill_5_rows_graph_vs_eager_max_abs_diff']:.2e}")
     return out
 
 

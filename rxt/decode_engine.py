@@ -33,6 +33,9 @@ from rxt.layers import MemoryKV
 log = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Captures run on the serving lane while other threads (store commits copying STMs off the device) keep using
+# CUDA; "thread_local" restricts only the capturing thread, so their calls neither fail nor spoil the capture.
+CAPTURE_MODE = "thread_local"
 PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
@@ -302,7 +305,7 @@ class DecodeEngine:
                     self._prefill(batch, bucket)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
                 logits, memory = self._prefill(batch, bucket)
         except Exception as exc:
             log.warning("CUDA graph capture of prefill (batch %d, length %d) failed (%s); prefilling eagerly",
@@ -359,7 +362,7 @@ class DecodeEngine:
             torch.cuda.current_stream().wait_stream(stream)
             self.cache.lengths.copy_(saved_lengths)  # warm-up steps wrote at the next positions: undo the count
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
                 logits = self._step(b)
         except Exception as exc:
             log.warning("CUDA graph capture failed for bucket %d (%s); decoding eagerly", b, exc)

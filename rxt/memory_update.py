@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
+from rxt.decode_engine import CAPTURE_MODE
 from rxt.model import RxT
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class MemoryUpdater:
                     model.update_memory(buffers["stm"], buffers["ids"], buffers["valid"], validate=False)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
                 buffers["out"] = model.update_memory(buffers["stm"], buffers["ids"], buffers["valid"], validate=False)
         except Exception as exc:
             log.warning("CUDA graph capture of the memory update %s failed (%s); updating eagerly", key, exc)

@@ -15,6 +15,7 @@ tokens to the host, every step), with the runtime's ratio to each.
 
     python benchmarks/serving.py --device cpu --clients 1 4 --turns 2 --out /tmp/serving_cpu.json     # smoke
     python benchmarks/serving.py --clients 1 32 64 --out benchmarks/results/serving.json              # GPU
+    python benchmarks/serving.py --config 1b --clients 1 32 64 --out benchmarks/results/serving.json  # ~1B
 """
 
 from __future__ import annotations
@@ -197,24 +198,66 @@ def memory_update_check(model: RxT, tokenizer: RxTokenizer, device: torch.device
     return out
 
 
+def plot(run: dict, path: Path) -> None:
+    """Aggregate tokens/s against sessions: the runtime beside its engine (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = sorted(run["levels"], key=lambda lv: lv["clients"])
+    clients = [lv["clients"] for lv in levels]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(clients, [lv["engine_tokens_per_s"] for lv in levels], "o-", label="DecodeEngine alone")
+    ax.plot(clients, [lv["aggregate_tokens_per_s"] for lv in levels], "s-", label="runtime over websockets")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrent sessions")
+    ax.set_ylabel("aggregate tokens/s")
+    ax.set_title(f"{run['preset']}, {run['device']} ({run['runtime_version'].split(':')[0]})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")
     parser.add_argument("--preset", default="nano")
+    parser.add_argument("--config", choices=["1b"], default=None,
+                        help="instead of --preset: the ~1B configuration of benchmarks/decode.py")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 32, 64])
     parser.add_argument("--clients-per-process", type=int, default=8)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--out", type=Path, default=None, help="JSON output: a run appended to its 'runs'")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG: aggregate tokens/s, runtime beside engine")
+    parser.add_argument("--plot-from", type=Path, default=None,
+                        help="only plot the last run of this JSON file to --plot (no measurement)")
     args = parser.parse_args()
+    if args.plot_from:
+        if not args.plot:
+            parser.error("--plot-from needs --plot")
+        plot(json.loads(args.plot_from.read_text())["runs"][-1], args.plot)
+        return
     if any(n < 1 or n > 256 for n in args.clients):
         parser.error("--clients values must be within 1..256 (the benchmark targets 127.0.0.1 only)")
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     tokenizer = RxTokenizer.default()
     torch.manual_seed(0)
-    model = RxT(RxTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size)).to(device=device, dtype=dtype).eval()
+    if args.config:
+        from decode import CONFIGS  # the ~1B widths, shared with the decode benchmark
+
+        spec = CONFIGS[args.config]
+        args.preset = args.config
+        cfg = RxTConfig.preset(spec["preset"], vocab_size=tokenizer.vocab_size, **spec["overrides"])
+    else:
+        cfg = RxTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size)
+    model = RxT(cfg).to(device=device, dtype=dtype).eval()
     levels = asyncio.run(serve_levels(model, tokenizer, args))
     anchor = engine_anchor(model, tokenizer, sorted(set(args.clients)), device)
     update_check = memory_update_check(model, tokenizer, device)
@@ -252,6 +295,8 @@ def main() -> None:
         doc["runs"].append(run)
         atomic_write_json(args.out, doc)
         print(f"wrote {args.out}")
+    if args.plot:
+        plot(run, args.plot)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,38 @@ class _LoopScheduler(AsyncIOThreadSafeScheduler):
 _BRIDGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {id(reactive): EventBridge}
 
 
+class _Crossing:
+    """One subscription's hand-over from the lane to the loop: an inbox and at most one tick on its way.
+
+    A fresh one per subscription, so a tick lost with a disposed subscription can never leave a later one waiting.
+    """
+
+    def __init__(self, batches: reactivex.Observable, loop: asyncio.AbstractEventLoop, dispatch) -> None:
+        self._inbox: deque = deque()
+        self._lock = threading.Lock()
+        self._tick_pending = False
+        self._dispatch = dispatch
+        self._ticks: Subject = Subject()
+        crossing = self._ticks.pipe(ops.observe_on(_LoopScheduler(loop))).subscribe(on_next=self._drain)
+        feed = batches.subscribe(on_next=self._from_lane)
+        self.subscription = CompositeDisposable(feed, crossing)
+
+    def _from_lane(self, batch: tuple[Event, ...]) -> None:  # lane thread: append, tick at most once
+        with self._lock:
+            self._inbox.append(batch)
+            if self._tick_pending:
+                return  # the drain on its way takes this batch too
+            self._tick_pending = True
+        self._ticks.on_next(None)
+
+    def _drain(self, _tick: object) -> None:  # loop thread: every batch waiting, in order
+        with self._lock:
+            batches = list(self._inbox)
+            self._inbox.clear()
+            self._tick_pending = False
+        self._dispatch(batches)
+
+
 class EventBridge:
     def __init__(self, reactive: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.reactive = reactive
@@ -57,9 +89,6 @@ class EventBridge:
         self._listeners: dict[str, list[abc.ObserverBase]] = {}
         self._count = 0
         self._subscription: abc.DisposableBase | None = None
-        self._inbox: deque = deque()  # batches from the lane not yet dispatched
-        self._lock = threading.Lock()
-        self._tick_pending = False
 
     @classmethod
     def of(cls, reactive: Any, loop: asyncio.AbstractEventLoop | None = None) -> EventBridge:
@@ -71,21 +100,8 @@ class EventBridge:
             bridge = per_loop[id(reactive)] = cls(reactive, loop)
         return bridge
 
-    # -- lane side ------------------------------------------------------------------------------------------
-    def _from_lane(self, batch: tuple[Event, ...], ticks: Subject) -> None:
-        with self._lock:
-            self._inbox.append(batch)
-            if self._tick_pending:
-                return  # the drain on its way takes this batch too
-            self._tick_pending = True
-        ticks.on_next(None)
-
     # -- loop side ------------------------------------------------------------------------------------------
-    def _drain(self, _tick: object) -> None:
-        with self._lock:
-            batches = list(self._inbox)
-            self._inbox.clear()
-            self._tick_pending = False
+    def _dispatch(self, batches: list[tuple[Event, ...]]) -> None:
         listeners = self._listeners
         for batch in batches:
             for event in batch:
@@ -96,10 +112,7 @@ class EventBridge:
         self._listeners.setdefault(session_id, []).append(observer)
         self._count += 1
         if self._subscription is None:
-            ticks: Subject = Subject()
-            crossing = ticks.pipe(ops.observe_on(_LoopScheduler(self.loop))).subscribe(on_next=self._drain)
-            feed = self.reactive.batches.subscribe(on_next=lambda batch: self._from_lane(batch, ticks))
-            self._subscription = CompositeDisposable(feed, crossing)
+            self._subscription = _Crossing(self.reactive.batches, self.loop, self._dispatch).subscription
 
         def remove() -> None:
             observers = self._listeners.get(session_id)
@@ -110,11 +123,8 @@ class EventBridge:
                 del self._listeners[session_id]
             self._count -= 1
             if self._count == 0 and self._subscription is not None:
-                self._subscription.dispose()
+                self._subscription.dispose()  # its crossing, inbox and tick go with it
                 self._subscription = None
-                with self._lock:  # a tick still on its way died with the subscription
-                    self._inbox.clear()
-                    self._tick_pending = False
 
         return Disposable(remove)
 

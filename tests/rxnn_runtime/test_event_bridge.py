@@ -53,3 +53,20 @@ async def test_bridge_fans_out_per_session_and_lets_go_when_the_last_listener_le
         assert bridge._subscription is None  # nothing left listening on the lane
     finally:
         reactive.dispose()
+
+
+async def test_bridge_resubscribes_cleanly_while_events_keep_flowing():
+    """Each ask() subscribes and lets go; with another session decoding all the while, a tick lost with a
+    disposed subscription must never leave the next subscription waiting."""
+    model, tokenizer = tiny_model()
+    reactive = ReactiveModel(model, tokenizer, max_batch_size=4)
+    reactive.connect()
+    try:
+        for i in range(20):  # background traffic: batches arrive while listeners come and go
+            reactive.submit(Query("noise", f"tell me more {i}", GenerationOptions(max_new_tokens=20)))
+        session = reactive.session("asker")
+        for i in range(6):
+            assert isinstance(await asyncio.wait_for(session.ask(f"question {i}", {"max_new_tokens": 3}), 20), str)
+        assert EventBridge.of(reactive)._subscription is None
+    finally:
+        reactive.dispose()

@@ -15,6 +15,7 @@ session's next turn waits for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -61,11 +62,12 @@ class ReactiveSession:
 
     async def ask(self, text: str, options: GenerationOptions | dict | None = None) -> str:
         """Answer text; raises `TurnFailed` on Error or Cancelled."""
-        async for event in self.stream(text, options):
-            if isinstance(event, AnswerDone):
-                return event.text
-            if isinstance(event, (Error, Cancelled)):
-                raise TurnFailed(event)
+        async with contextlib.aclosing(self.stream(text, options)) as events:  # stop listening at once
+            async for event in events:
+                if isinstance(event, AnswerDone):
+                    return event.text
+                if isinstance(event, (Error, Cancelled)):
+                    raise TurnFailed(event)
         raise TurnFailed(Error(self.session_id, 0, 0, message="stream ended without an answer"))
 
     def ask_sync(

@@ -1,8 +1,9 @@
 """Where a stage-4 (SMAT) step spends its time: step time against GPU-busy time and kernel count.
 
-A SMAT step runs the episode's turns one after another (decoder on the turn, then encoder + memory attention
-to update the STM), forward and backward, so its kernel count grows with the number of turns while each kernel
-is small at `nano` size. This measures, for the `nano` RxT (untrained weights: timing only) under bf16 autocast
+``--reference`` measures the per-turn loop (decoder on the turn, then encoder + memory attention to update the
+STM, turn after turn), whose kernel count grows with the number of turns while each kernel is small at `nano`
+size; the default is the restructured step (encoder and decoder once over all turns, only the memory-attention
+chain sequential; ``--compile`` compiles the three parts as `SMATTrainer` does). This measures, for the `nano` RxT (untrained weights: timing only) under bf16 autocast
 with AdamW, per optimizer step: the median wall time (CUDA events, after warm-up), the summed time of the GPU
 kernels and their number (torch.profiler over a few steps). ``gpu_busy_fraction`` well below 1 means the step
 is bound by launching kernels, not by computing them: a bigger batch is then nearly free, and fewer launches
@@ -29,6 +30,8 @@ from rxt.atomic_io import atomic_write_json
 from rxt.config import RxTConfig
 from rxt.model import RxT
 from training.stages.smat import SMATObjective
+from training.stages.smat_batched import stack_episode_turns
+from training.trainer import move_to_device
 
 IGNORE_INDEX = -100
 
@@ -47,14 +50,19 @@ def make_turns(batch: int, turns: int, length: int, vocab: int, device: torch.de
 
 
 def measure(preset: str, batch: int, turns: int, length: int, bptt: int, device: torch.device,
-            warmup: int, iters: int, profile_steps: int) -> dict:
+            warmup: int, iters: int, profile_steps: int, reference: bool = False, compile_parts: bool = False) -> dict:
     torch.manual_seed(0)
     model = RxT(RxTConfig.preset(preset)).to(device)
-    objective = SMATObjective(model, bptt).train()
+    objective = SMATObjective(model, bptt, reference=reference).train()
+    if compile_parts:  # as SMATTrainer.compile_model
+        for part in (model.encoder, model.decoder, model.memory_attention):
+            part.compile()
     # The objective's forward/backward is what is measured; the Trainer's own bookkeeping (clipping, metrics,
     # its foreach AdamW) launches few kernels beside the ~50k of an 18-turn step, so a fused AdamW stands in.
     optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-4, fused=device.type == "cuda")
-    data = make_turns(batch, turns, length, model.config.vocab_size, device)
+    data = make_turns(batch, turns, length, model.config.vocab_size, torch.device("cpu"))
+    # stacked once on the host, as the trainer's collate does (answer positions listed there)
+    data = move_to_device(data if reference else stack_episode_turns(data), device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def step() -> None:
@@ -65,7 +73,8 @@ def measure(preset: str, batch: int, turns: int, length: int, bptt: int, device:
         optimizer.step()
 
     step_ms = time_ms(step, device, warmup, iters)
-    row = {"preset": preset, "batch": batch, "turns": turns, "turn_tokens": length, "bptt_depth": bptt,
+    row = {"preset": preset, "path": "reference" if reference else "restructured", "compiled": compile_parts,
+           "batch": batch, "turns": turns, "turn_tokens": length, "bptt_depth": bptt,
            "step_ms": step_ms, "tokens_per_s": batch * turns * length / (step_ms / 1e3)}
     if device.type == "cuda":
         from torch.profiler import ProfilerActivity, profile
@@ -91,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--profile-steps", type=int, default=3)
+    parser.add_argument("--reference", action="store_true", help="the per-turn loop (the step before issue 12)")
+    parser.add_argument("--compile", action="store_true", help="compile encoder, decoder and memory attention")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "smat_step.json")
     args = parser.parse_args(argv)
@@ -106,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for batch, turns in shapes:
         row = measure(args.preset, batch, turns, args.turn_tokens, args.bptt_depth, device, args.warmup, args.iters,
-                      args.profile_steps)
+                      args.profile_steps, reference=args.reference, compile_parts=args.compile)
         print(row, flush=True)
         rows.append(row)
     doc = {"benchmark": "smat_step", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

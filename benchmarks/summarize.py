@@ -99,13 +99,57 @@ def train_throughput() -> list[str]:
     d = _load("train_throughput")
     if not d:
         return []
-    lines = [f"**Training throughput** ({d['device']}, {d['dtype']}; `{d['command']}`)", "",
-             "| model | compile | tokens/s | MFU |", "|---|---|---|---|"]
-    for r in d["results"]:
+    records = d.get("mfu", d.get("results", []))
+    lines = ["**Training MFU** (`mini` joint step and a dense 100M decoder, sequence 1024, bfloat16 autocast)", "",
+             "| model | device | compile | tokens/s | MFU |", "|---|---|---|---|---|"]
+    for r in records:
         if "error" in r:
             continue
-        lines.append(f"| {r['model']} | {r['compile']} | {r['tokens_per_s']:.0f} | {r['mfu'] * 100:.1f}% |")
+        lines.append(f"| {r['model']} | {r.get('device', d['device'])} | {r['compile']} | {r['tokens_per_s']:.0f} | "
+                     f"{r['mfu'] * 100:.1f}% |")
     return lines
+
+
+def where_a_step_goes() -> list[str]:
+    """Every nano stage's step, before (the old path) and after, beside the compiled plain-decoder anchor."""
+    d = _load("train_throughput")
+    if not d or "stages" not in d:
+        return []
+    rows = {r["stage"]: r for r in d["stages"] if "error" not in r}
+    lines = [f"**Where a step goes** (nano, untrained, {d['device']}, {d['dtype']}, torch {d['versions']['torch']}; "
+             f"`{d['command']}`)", "",
+             "| stage | path | step | real tokens/s | vs anchor | kernels / step | GPU busy |",
+             "|---|---|---|---|---|---|---|"]
+    order = ["anchor", "joint-before", "joint", "sft-before", "sft", "smat-before", "smat", "mrl", "baseline-before",
+             "baseline"]
+    for name in order:
+        r = rows.get(name)
+        if r is None:
+            continue
+        path = r.get("path") or ("packed, compiled" if r.get("packed") else "padded, eager" if "packed" in r else
+                                 "compiled" if r.get("compiled") else r.get("what", ""))
+        kernels = f"{r['kernels_per_step']:.0f}" if r.get("kernels_per_step") else "-"
+        busy = f"{r['gpu_busy_fraction'] * 100:.0f}%" if r.get("gpu_busy_fraction") else "-"
+        lines.append(f"| {name} ({r.get('batch', '')}) | {path} | {r['step_ms']:.0f} ms | "
+                     f"{r['real_tokens_per_s']:,.0f} | {r['vs_anchor']:.3f} | {kernels} | {busy} |")
+    carried = [r for r in d["stages"] if "measured_in" in r]
+    for r in carried:
+        lines.append(f"\n`{r['stage']}` comes from the check run: `{r['measured_in']}`.")
+    return lines
+
+
+def ddp() -> list[str]:
+    d = _load("ddp")
+    if not d:
+        return []
+    one, two = d["gpus_1"], d["gpus_2"]
+    return [f"**DDP, joint stage** ({d['stage']}, {d['device']}, {one['rows_per_step']} rows of 256 tokens per step, "
+            f"compiled: {one['compiled']}; `{d['command']}`)", "",
+            "| GPUs | step | real tokens/s | final loss |", "|---|---|---|---|",
+            f"| 1 | {one['step_ms']:.0f} ms | {one['real_tokens_per_s']:,.0f} | {one['loss_curve'][-1]:.4f} |",
+            f"| 2 | {two['step_ms']:.0f} ms | {two['real_tokens_per_s']:,.0f} | {two['loss_curve'][-1]:.4f} |", "",
+            f"Scaling {d['scaling']:.2f}x; the loss curves ({len(one['loss_curve'])} steps) differ by at most "
+            f"{d['loss_max_abs_diff']:.4f}."]
 
 
 def serving() -> list[str]:
@@ -195,16 +239,17 @@ def smat_step() -> list[str]:
     if not d:
         return []
     lines = [f"**Where a SMAT step goes** (nano, untrained, {d['device']}, {d['dtype']}; `{d['command']}`)", "",
-             "| episodes x turns | step | tokens/s | kernels per step | GPU busy |", "|---|---|---|---|---|"]
+             "| path | episodes x turns | step | tokens/s | kernels per step | GPU busy |", "|---|---|---|---|---|---|"]
     for r in d["results"]:
-        lines.append(f"| {r['batch']} x {r['turns']} | {r['step_ms']:.0f} ms | {r['tokens_per_s']:.0f} | "
+        path = r.get("path", "reference")  # files from before the restructured step measured the per-turn loop
+        lines.append(f"| {path} | {r['batch']} x {r['turns']} | {r['step_ms']:.0f} ms | {r['tokens_per_s']:.0f} | "
                      f"{r.get('kernels_per_step', 0):.0f} | {r.get('gpu_busy_fraction', float('nan')) * 100:.0f}% |")
     return lines
 
 
 def main() -> None:
-    for section in (nano_training, memory_retention, smat_step, attention, decode, latency, serving, train_throughput,
-                    tensorbleu, experimental_attention):
+    for section in (nano_training, memory_retention, where_a_step_goes, ddp, smat_step, attention, decode, latency,
+                    serving, train_throughput, tensorbleu, experimental_attention):
         lines = section()
         if lines:
             print("\n".join(lines) + "\n")

@@ -1,10 +1,24 @@
-"""Training throughput: tokens/s and MFU for the stage-1 (joint LM) step and for a dense decoder LM.
+"""Training throughput of every `nano` stage as the recipe runs it, side by side with a plain-decoder anchor.
 
-Models: the `mini` RxT preset (encoder MLM on a masked copy + decoder AR reading detached encoder states, as
-in joint pre-training) and a ~100M dense decoder-only LM (`rxt.classic.DecoderLM`), at sequence length 1024,
-bf16 autocast, AdamW, eager and with `torch.compile`. MFU = achieved model FLOPs / the GPU's dense bf16 peak,
-with model FLOPs per token = 6 * (parameters touched per token, embeddings excluded) + 12 * layers * T * D
-(attention scores and values, forward + backward), the usual nanoGPT/PaLM accounting.
+One run on one GPU measures, per stage, the optimizer step of the stage's own trainer (`Trainer._train_step`:
+forward, backward, clipping, fused AdamW, the step's metric read-back) on the stage's data path, after warm-up:
+
+- ``anchor``: a plain decoder of the nano's width and depth (`rxt.classic.DecoderLM`, d=256, 6 layers), batch
+  512 x 256 random tokens already on the GPU, `torch.compile`, bf16 autocast, fused AdamW;
+- ``joint`` / ``sft``: `JointLMTrainer` / `SFTTrainer` on packed rows (512 x 256, resident on the GPU, MLM drawn on
+  the GPU), compiled; ``joint-before`` / ``sft-before``: the same trainer on the unpacked, padded dataset through
+  the DataLoader, eager (the path the recipe ran before);
+- ``smat``: `SMATTrainer` (restructured step, compiled encoder/decoder/memory attention), 128 episodes x 18 turns
+  of 48 tokens (half query, half answer); ``smat-before``: the per-turn loop (``reference=True``), eager;
+- ``mrl``: one IMPO update as `MRLTrainer` runs it: 128 episodes x 8 steps collected through the runtime (one turn
+  of every episode per runtime step), rewards, then the PPO epochs; ``step_ms`` is collection + update;
+- ``baseline`` / ``baseline-before``: the stateless `BaselineLMTrainer` on packed / padded histories.
+
+``real_tokens_per_s`` counts non-pad tokens the step trains on (input tokens, not only targets; for MRL the
+generated action tokens); ``kernels_per_step`` and ``gpu_busy_fraction`` (summed kernel time / step time) come
+from torch.profiler over a few steps; ``vs_anchor`` is real tokens/s over the anchor's in the same run. The
+synthetic dialogues of `training.data.synthetic` (tokenised with the packaged tokenizer) stand in for the recipe
+data. The earlier ``mini``/``dense-100m`` MFU records are carried over from the previous file under ``mfu``.
 
     python benchmarks/train_throughput.py --out benchmarks/results/train_throughput.json
 """
@@ -13,143 +27,330 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import platform
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_utils import RESULTS_DIR, inside
 from rxt.atomic_io import atomic_write_json
 from rxt.classic import DecoderLM
 from rxt.config import RxTConfig, TransformerConfig
 from rxt.model import RxT
+from rxt.tokenizer import RxTokenizer
+from training.config import TrainConfig
 
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-
-
-def _peak(name: str) -> float:
-    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), float("nan"))
-
-
-def _non_embedding_params(module: torch.nn.Module, embedding: torch.nn.Embedding) -> int:
-    skip = {id(embedding.weight)}
-    return sum(p.numel() for p in module.parameters() if id(p) not in skip)
+STAGES = ("anchor", "joint", "sft", "smat", "mrl", "baseline", "joint-before", "sft-before", "smat-before",
+          "baseline-before")
 
 
-def joint_setup(batch: int, seq: int, device):
-    cfg = RxTConfig.preset("mini", max_seq_len=seq)
-    model = RxT(cfg).to(device)
-    ids = torch.randint(10, cfg.vocab_size, (batch, seq), device=device)
-    masked = ids.clone()
-    mlm_positions = torch.rand(batch, seq, device=device) < 0.15
-    masked[mlm_positions] = 4
-    mlm_labels = torch.where(mlm_positions, ids, torch.full_like(ids, -100))
-
-    def step_fn():
-        encoded = model.encoder(masked)
-        mlm_logits = F.linear(encoded.last_hidden, model.embedding.weight)
-        memory = model.decoder.project_memory(encoded.hidden_states.detach())
-        logits = model.decoder(ids, memory=memory).logits
-        ar = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
-        mlm = F.cross_entropy(mlm_logits.flatten(0, 1).float(), mlm_labels.flatten(), ignore_index=-100)
-        return ar + mlm
-
-    # Per token: encoder + decoder self-attn/FFN + decoder cross-attn over T memory positions + LM/MLM heads.
-    params = _non_embedding_params(model, model.embedding) - sum(p.numel() for p in model.memory_attention.parameters())
-    params -= model.stm.initial.numel()
-    head = 2 * cfg.vocab_size * cfg.dim  # LM head and MLM head (tied weights, computed twice)
-    attn = 12 * cfg.num_layers * seq * cfg.dim * 2  # encoder + decoder self-attention
-    attn += 12 * cfg.num_layers * seq * cfg.dim  # decoder memory cross-attention over T encoder states
-    flops_per_token = 6 * (params + head) + attn
-    return model, step_fn, flops_per_token, cfg
+def _train_cfg(args, tmp: str, batch: int, compile_: bool) -> TrainConfig:
+    cuda = args.device == "cuda"
+    return TrainConfig(batch_size=batch, max_steps=10_000, warmup_steps=10, precision="bf16" if cuda else "fp32",
+                       device=args.device, compile=compile_ and cuda, log_every=10_000, output_dir=tmp, keep_last=0,
+                       lr=3e-4, num_workers=args.num_workers)  # the nano configs' DataLoader workers
 
 
-def dense_setup(batch: int, seq: int, device):
-    cfg = TransformerConfig(vocab_size=8192, dim=768, num_layers=12, num_heads=12, max_seq_len=seq,
-                            ffn_hidden_dim=2048, self_attention="mha")
-    model = DecoderLM(cfg).to(device)
-    ids = torch.randint(10, cfg.vocab_size, (batch, seq), device=device)
-
-    def step_fn():
-        logits = model(ids).logits
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
-
-    params = _non_embedding_params(model, model.decoder.embedding)
-    flops_per_token = 6 * (params + cfg.vocab_size * cfg.dim) + 12 * cfg.num_layers * seq * cfg.dim
-    return model, step_fn, flops_per_token, cfg
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def measure(setup, name: str, batch: int, seq: int, compile_model: bool, steps: int, device) -> dict:
-    torch.manual_seed(0)
-    model, step_fn, flops_per_token, _cfg = setup(batch, seq, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    fn = torch.compile(step_fn) if compile_model else step_fn
+def _profile(step, device, steps: int) -> tuple[float, float]:
+    from torch.profiler import ProfilerActivity, profile
 
-    def train_step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = fn()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize(device)
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    return len(kernels) / steps, sum(e.device_time for e in kernels) / 1e3 / steps
 
-    for _ in range(3):
-        train_step()
-    torch.cuda.synchronize()
+
+def measure(name: str, step, real_tokens: float, device, warmup: int, iters: int, profile_steps: int,
+            extra: dict | None = None) -> dict:
+    """Median wall time of ``step`` (each step ends with a host read-back, so wall time is step time)."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    warm_s = time.perf_counter() - t0
     times = []
-    for _ in range(steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        train_step()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    step_s = statistics.median(times)
-    tokens_per_s = batch * seq / step_s
-    achieved = tokens_per_s * flops_per_token / 1e12
-    peak = _peak(torch.cuda.get_device_name())
-    out = {
-        "model": name, "compile": compile_model, "batch": batch, "seq_len": seq,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "step_ms": step_s * 1e3, "tokens_per_s": tokens_per_s, "model_tflops": achieved,
-        "flops_per_token": flops_per_token, "peak_tflops": peak, "mfu": achieved / peak,
-    }
-    print(json.dumps(out), flush=True)
-
-    torch.cuda.empty_cache()
-    return out
+    for _ in range(iters):
+        t = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    times.sort()
+    step_s = times[len(times) // 2]
+    row = {"stage": name, "step_ms": step_s * 1e3, "real_tokens_per_step": real_tokens,
+           "real_tokens_per_s": real_tokens / step_s, "warmup_s": warm_s, "iters": iters, **(extra or {})}
+    if profile_steps and device.type == "cuda":
+        kernels, busy_ms = _profile(step, device, profile_steps)
+        row.update(kernels_per_step=kernels, gpu_busy_ms=busy_ms, gpu_busy_fraction=busy_ms / (step_s * 1e3))
+    else:
+        row.update(kernels_per_step=None, gpu_busy_ms=None, gpu_busy_fraction=None)
+    print(json.dumps(row), flush=True)
+    return row
 
 
-def main() -> None:
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def anchor(args, device):
+    nano = RxTConfig.preset(args.preset)
+    cfg = TransformerConfig(vocab_size=nano.vocab_size, dim=nano.dim, num_layers=nano.num_layers,
+                            num_heads=nano.num_heads, max_seq_len=args.row_len, ffn_hidden_dim=nano.ffn_hidden_dim)
+    model = DecoderLM(cfg).to(device)
+    ids = torch.randint(10, cfg.vocab_size, (args.rows, args.row_len), device=device)
+    cuda = device.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=cuda)
+
+    def loss_fn():
+        logits = model(ids).logits
+        return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+
+    compiled = torch.compile(loss_fn) if cuda else loss_fn
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            loss = compiled()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())  # the read-back every trainer step has
+
+    return step, ids.numel(), {"parameters": sum(p.numel() for p in model.parameters()),
+                               "batch": f"{args.rows}x{args.row_len}", "compiled": cuda}
+
+
+def _episodes(count: int, turns: int, seed: int):
+    from training.data.synthetic import SyntheticDialogueConfig, generate_episodes
+
+    return generate_episodes(SyntheticDialogueConfig(num_episodes=count, num_turns=turns, seed=seed))
+
+
+def _trainer_step(trainer):
+    batches = [trainer._loader()]
+
+    def step():
+        try:
+            return trainer._train_step(batches[0])
+        except StopIteration:  # the epoch ran out: start the next pass
+            trainer.position = 0
+            batches[0] = trainer._loader()
+            return trainer._train_step(batches[0])
+
+    return step
+
+
+def _real_tokens_of(trainer) -> float:
+    from training.data.packing import PackedRows
+
+    data = trainer.train_dataset
+    if isinstance(data, PackedRows):
+        return data.real_tokens / len(data) * trainer.cfg.batch_size
+    n = min(len(data), 2048)
+    return sum(len(data[i]["input_ids"]) for i in range(n)) / n * trainer.cfg.batch_size
+
+
+def joint_like(kind: str, packed: bool, args, device, tok, tmp):
+    from training.data.datasets import JointLMDataset
+    from training.data.packing import pack_dataset
+    from training.data.records import TextRecord
+    from training.heads import MLMHead
+    from training.stages.joint_lm import JointLMModel, JointLMTrainer, freeze_unused_memory_system
+    from training.stages.sft import MaskedInteractionDataset, SFTTrainer
+
+    torch.manual_seed(0)
+    rxt = RxT(RxTConfig.preset(args.preset, vocab_size=tok.vocab_size))
+    freeze_unused_memory_system(rxt)  # as run_stage: stages 1-2 never run memory attention or the STM
+    head = MLMHead(rxt.config.dim, tok.vocab_size, tie_to=rxt.embedding)
+    model = JointLMModel(rxt, head, tok, encoder_noise_std=0.15)
+    interactions = [t for e in _episodes(args.documents // 4, 3, 1) for t in e.turns]
+    if kind == "joint":
+        dataset = JointLMDataset([TextRecord(f"{t.query} {t.answer}") for t in interactions], tok, args.row_len)
+        docs = dataset
+    else:
+        dataset = MaskedInteractionDataset(interactions, tok, args.row_len)
+        docs = dataset.interactions
+    data = pack_dataset(docs, args.row_len, source="synthetic", max_len=rxt.config.max_seq_len,
+                        special_ids=tok.special_ids, pad_id=tok.pad_id) if packed else dataset
+    cfg = _train_cfg(args, tmp, args.rows, packed)
+    common = dict(pad_id=tok.pad_id, mask_prob=0.15)
+    trainer = JointLMTrainer(model, cfg, data, **common) if kind == "joint" else \
+        SFTTrainer(model, cfg, data, answer_id=tok.answer_id, **common)
+    extra = {"batch": f"{args.rows} rows x {args.row_len}" if packed else f"{args.rows} padded",
+             "packed": packed, "compiled": cfg.compile}
+    if packed:
+        extra["pack_fill"] = data.fill
+    return _trainer_step(trainer), _real_tokens_of(trainer), extra
+
+
+def smat(before: bool, args, device, tok, tmp):
+    from training.stages.smat import SMATStageConfig, SMATTrainer
+
+    torch.manual_seed(0)
+    rxt = RxT(RxTConfig.preset(args.preset, vocab_size=tok.vocab_size))
+    g = torch.Generator().manual_seed(0)
+    batch, turns = (int(x) for x in args.smat.split("x"))
+    length = args.turn_tokens
+    episodes = []
+    for _ in range(batch):
+        ep = []
+        for _ in range(turns):
+            ids = torch.randint(10, tok.vocab_size, (length,), generator=g)
+            labels = ids.clone()
+            labels[: length // 2] = -100
+            ep.append({"input_ids": ids, "labels": labels, "query_ids": ids[: length // 2]})
+        episodes.append(ep)
+    config = SMATStageConfig(train=_train_cfg(args, tmp, batch, not before), bptt_depth=4,
+                             unfreeze_schedule=[(0, ["memory", "rest"])])
+    trainer = SMATTrainer(rxt, config, episodes, tokenizer=tok)
+    trainer.unwrapped_model.reference = before  # the loop unstacks the collated batch itself
+    extra = {"batch": f"{batch}x{turns} turns of {length}", "bptt_depth": 4, "compiled": config.train.compile,
+             "path": "per-turn loop (reference)" if before else "restructured"}
+    return _trainer_step(trainer), batch * turns * length, extra
+
+
+def mrl(args, device, tok, tmp):
+    from training.mrl.curriculum import CurriculumStage, MRLConfig
+    from training.mrl.trainer import MRLTrainer
+
+    torch.manual_seed(0)
+    rxt = RxT(RxTConfig.preset(args.preset, vocab_size=tok.vocab_size))
+    episodes_n, steps = (int(x) for x in args.mrl.split("x"))
+    stage = CurriculumStage(steps=steps, episodes_per_epoch=episodes_n)
+    config = MRLConfig(train=TrainConfig(run_name="mrl", warmup_steps=0, lr=1e-4, device=args.device,
+                                         output_dir=tmp),
+                       curriculum=[stage], batch_episodes=episodes_n, minibatch_size=32, ppo_epochs=2,
+                       max_new_tokens=48, eval_episodes=0,
+                       reward={"bleu_weight": 1.0, "cosine_weight": 1.0, "length_weight": 0.1})  # the nano recipe's
+    trainer = MRLTrainer(config, rxt, tok)
+    episodes = trainer.stage_episodes(stage, 0, count=episodes_n)
+    tokens = [0.0]
+
+    def step():
+        logs = trainer.collect(episodes, stage, reset_prob=1.0)
+        trainer.update(logs)
+        tokens[0] = sum(len(s.action_ids) for log in logs for s in log.steps)
+
+    return step, tokens, {"batch": f"{episodes_n} episodes x {steps} steps",
+                          "what": "collection (all episodes in one runtime batch) + rewards + IMPO update (minibatch 32, 2 PPO epochs, 48 new tokens, the recipe's reward)"}
+
+
+def baseline(packed: bool, args, device, tok, tmp):
+    from rxt.classic import matched_decoder_config
+    from training.data.packing import pack_dataset
+    from training.stages.baseline_lm import BaselineLMModel, BaselineLMTrainer, HistoryDataset
+
+    torch.manual_seed(0)
+    rxt_cfg = RxTConfig.preset(args.preset, vocab_size=tok.vocab_size)
+    lm = DecoderLM(matched_decoder_config(rxt_cfg, args.row_len)[0])
+    dataset = HistoryDataset(_episodes(args.documents // 4, 4, 2), tok, args.row_len)
+    data = pack_dataset(dataset, args.row_len, source="synthetic", max_len=lm.config.max_seq_len,
+                        pad_id=tok.pad_id) if packed else dataset
+    cfg = _train_cfg(args, tmp, args.rows, packed)
+    trainer = BaselineLMTrainer(BaselineLMModel(lm, tok), cfg, data, pad_id=tok.pad_id)
+    extra = {"batch": f"{args.rows} rows x {args.row_len}" if packed else f"{args.rows} padded", "packed": packed,
+             "compiled": cfg.compile}
+    return _trainer_step(trainer), _real_tokens_of(trainer), extra
+
+
+def run_stage(name: str, args, device, tok, tmp) -> dict:
+    if name == "anchor":
+        step, tokens, extra = anchor(args, device)
+    elif name in ("joint", "joint-before", "sft", "sft-before"):
+        step, tokens, extra = joint_like(name.split("-")[0], not name.endswith("before"), args, device, tok, tmp)
+    elif name in ("smat", "smat-before"):
+        step, tokens, extra = smat(name.endswith("before"), args, device, tok, tmp)
+    elif name == "mrl":
+        step, holder, extra = mrl(args, device, tok, tmp)
+        # no separate warm-up (an update is seconds long): the earlier stages warmed the GPU libraries
+        row = measure(name, step, 0.0, device, 0, args.mrl_iters, 0, extra)
+        row["real_tokens_per_step"] = holder[0]
+        row["real_tokens_per_s"] = holder[0] / (row["step_ms"] / 1e3)
+        return row
+    else:
+        step, tokens, extra = baseline(not name.endswith("before"), args, device, tok, tmp)
+    iters = args.iters_before if name.endswith("before") else args.iters
+    return measure(name, step, tokens, device, args.warmup, iters, args.profile_steps, extra)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seq-len", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--models", nargs="+", default=["joint-mini", "dense-100m"])
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--iters-before", type=int, default=4)
+    parser.add_argument("--mrl-iters", type=int, default=1)
+    parser.add_argument("--profile-steps", type=int, default=2)
+    parser.add_argument("--documents", type=int, default=40_000, help="synthetic interactions for joint/SFT")
+    parser.add_argument("--preset", default="nano")
+    parser.add_argument("--rows", type=int, default=512, help="packed rows (or padded sequences) per step")
+    parser.add_argument("--row-len", type=int, default=256)
+    parser.add_argument("--smat", default="128x18", help="EPISODESxTURNS of the SMAT step")
+    parser.add_argument("--turn-tokens", type=int, default=48)
+    parser.add_argument("--mrl", default="128x8", help="EPISODESxSTEPS of the IMPO update")
+    parser.add_argument("--num-workers", type=int, default=4, help="DataLoader workers (the nano configs' 4)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--include-from", type=Path, default=None,
+                        help="a results file of an earlier run on the same kind of GPU whose rows are carried over")
+    parser.add_argument("--include-stages", nargs="*", default=[], help="the stages taken from --include-from")
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        parser.error("this benchmark needs a CUDA GPU")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type != "cuda" and args.out is not None and inside(args.out, RESULTS_DIR):
+        parser.error("CPU timings do not go into benchmarks/results/; pass --out elsewhere")
     torch.backends.cuda.matmul.allow_tf32 = True
-    device = torch.device("cuda")
-    setups = {"joint-mini": joint_setup, "dense-100m": dense_setup}
-    results = []
-    for name in args.models:
-        for compile_model in (False, True):
+    tok = RxTokenizer.default()
+    rows = []
+    command = " ".join(["python", "benchmarks/train_throughput.py", *(argv if argv is not None else sys.argv[1:])])
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.stages:
             try:
-                results.append(measure(setups[name], name, args.batch, args.seq_len, compile_model, args.steps, device))
-            except Exception as exc:
-                results.append({"model": name, "compile": compile_model, "error": repr(exc)[:500]})
-                print(results[-1], flush=True)
-    doc = {
-        "benchmark": "train_throughput", "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "command": " ".join(["python", *sys.argv]), "dtype": "bfloat16 autocast",
-        "mfu_definition": "model FLOPs (6N + 12*L*T*D per token, embeddings excluded, heads included) / peak",
-        "results": results,
-    }
+                rows.append(run_stage(name, args, device, tok, tmp))
+            except Exception as exc:  # record the failure, keep measuring the others
+                rows.append({"stage": name, "error": repr(exc)[:500]})
+                print(json.dumps(rows[-1]), flush=True)
+            torch.cuda.empty_cache()
+            write(args, device, rows, command)  # after every stage: a run cut short keeps what it measured
+    return 0
+
+
+def write(args, device, measured: list[dict], command: str) -> None:
+    rows = [dict(r) for r in measured]
+    if args.include_from is not None:
+        earlier = json.loads(args.include_from.read_text())
+        for r in earlier.get("stages", []):
+            if r["stage"] in args.include_stages and all(m["stage"] != r["stage"] for m in rows):
+                rows.append({**r, "measured_in": f"{args.include_from.name}: {earlier.get('command', '')}"})
+    anchor_rate = next((r["real_tokens_per_s"] for r in rows if r["stage"] == "anchor" and "error" not in r), None)
+    for r in rows:
+        if "error" not in r:
+            r["vs_anchor"] = r["real_tokens_per_s"] / anchor_rate if anchor_rate else None
+    previous = RESULTS_DIR / "train_throughput.json"
+    mfu = []
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        mfu = old.get("mfu") or [{**r, "device": old.get("device"), "torch": old.get("torch")}
+                                 for r in old.get("results", [])]
+    doc = {"benchmark": "train_throughput",
+           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()},
+           "command": command, "dtype": "bfloat16 autocast" if device.type == "cuda" else "float32",
+           "preset": args.preset, "stages": rows, "mfu": mfu,
+           "mfu_note": "mini/dense-100m MFU records of the earlier run (their own device and torch), kept as they were"}
     if args.out:
         atomic_write_json(args.out, doc)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -40,43 +40,50 @@ def _load_reactive(args: argparse.Namespace):
     from rxt.tokenizer import RxTokenizer
 
     if args.model:
+        from rxt.hub import tokenizer_for
         from rxt.model import RxT
 
-        path = Path(args.model)
-        if not path.exists() and (path.is_absolute() or args.model.startswith(".") or args.model.count("/") != 1):
-            raise CliError(f"model path {args.model} does not exist")
-        try:
+        try:  # one resolver (rxt.resolve): an existing directory, else a Hub repo id; its own tokenizer with it
             model = RxT.from_pretrained(args.model)
+            tokenizer, note = tokenizer_for(model, args.model)
         except Exception as exc:
             raise CliError(f"cannot load model {args.model}: {_one_line(exc)}") from exc
-        tokenizer_file = path / "tokenizer.json"
-        tokenizer = RxTokenizer.from_pretrained(path) if tokenizer_file.is_file() else RxTokenizer.default()
-        if tokenizer.vocab_size > model.config.vocab_size:
-            raise CliError(
-                f"model {args.model} has vocab_size={model.config.vocab_size} but its tokenizer has "
-                f"{tokenizer.vocab_size} ids"
-            )
+        if note:
+            print(f"NOTE: {note}", file=sys.stderr)
         trained = True
     else:
         from rxnn_runtime.demo import default_model
 
         tokenizer = RxTokenizer.default()
         model, trained = default_model(tokenizer)
-    store = _open_store(args.store)
+    store = _open_store(args.store, _retention(args))
     reactive = ReactiveModel(model, tokenizer, store=store)
     reactive.connect()
     return reactive, trained
 
 
-def _open_store(url: str | None):
+def _retention(args: argparse.Namespace):
+    """`Retention` from ``--session-limit`` / ``--session-ttl`` (serve only), or None for the store's default."""
+    limit, ttl = getattr(args, "session_limit", None), getattr(args, "session_ttl", None)
+    if limit is None and ttl is None:
+        return None
+    from rxnn_runtime.stores import Retention
+
+    try:
+        return Retention(max_sessions=limit, idle_seconds=ttl)
+    except ValueError as exc:
+        raise CliError(_one_line(exc)) from exc
+
+
+def _open_store(url: str | None, retention: Any = None):
     if url is None or url == "memory://":
         from rxnn_runtime.stores import InMemoryStore
 
-        return InMemoryStore()
+        return InMemoryStore(retention)
     from rxnn_runtime.stores import open_store
 
     try:
-        return open_store(url)
+        return open_store(url, retention)
     except Exception as exc:
         raise CliError(f"cannot open store {url}: {_one_line(exc)}") from exc
 
@@ -99,7 +106,8 @@ def _serve(args: argparse.Namespace) -> int:
         print("NOTE: serving an UNTRAINED model (seeded random init): answers are noise.", file=sys.stderr)
 
     async def serve() -> None:
-        task = asyncio.ensure_future(run_server(reactive, host=args.host, port=args.port))
+        task = asyncio.ensure_future(run_server(reactive, host=args.host, port=args.port, api_key=args.api_key,
+                                                allowed_origins=args.allowed_origin))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
@@ -223,13 +231,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-new-tokens", type=int, default=24, help="answer budget per turn (default 24)")
     demo.set_defaults(func=_demo)
 
-    model_help = "model directory (save_pretrained) or Hub id; default: the packaged model, else an untrained nano"
+    model_help = ("model directory (save_pretrained) or Hub repo id owner/name, loaded with its own tokenizer; "
+                  "default: the packaged model, else an untrained nano")
     store_help = "session store: memory:// (default), a directory, or redis://HOST:PORT/DB"
     serve = sub.add_parser("serve", help="websocket + web chat server (binds 127.0.0.1 by default)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 = any free port)")
     serve.add_argument("--model", metavar="PATH", help=model_help)
     serve.add_argument("--store", metavar="URL", help=store_help)
+    serve.add_argument("--api-key", "--token", metavar="KEY", dest="api_key",
+                       help="require this key (HTTP: Authorization: Bearer KEY; websocket: header, ?api_key= or a "
+                       "first auth frame); default $RXNN_API_KEY, else none")
+    serve.add_argument("--allowed-origin", metavar="ORIGIN", action="append", default=[],
+                       help="a browser origin (scheme://host[:port]) allowed besides the server's own; repeatable")
+    serve.add_argument("--session-limit", metavar="N", type=int,
+                       help="keep at most N idle sessions (memory: default 1024; directory: delete the oldest)")
+    serve.add_argument("--session-ttl", metavar="SECONDS", type=float,
+                       help="drop sessions idle for SECONDS (memory: default 3600; directory/redis: delete/expire)")
     serve.set_defaults(func=_serve)
 
     chat = sub.add_parser(

@@ -6,12 +6,19 @@ and raise `InvalidMessage` naming the field and the limit.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 MAX_SESSION_ID_LENGTH = 128
 MAX_QUERY_CHARS = 8_000
 MAX_NEW_TOKENS_LIMIT = 1_024
+# Sampling runs in float32: a top_p or temperature below these underflows (every token dropped, or logits / T
+# overflows to inf) and the turn would fail on the lane instead of at the edge.
+MIN_TOP_P = 1e-6
+MIN_TEMPERATURE = 1e-3  # 0 (greedy) is allowed; (0, MIN_TEMPERATURE) is not
+MAX_TEMPERATURE = 10.0
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
 
 class InvalidMessage(ValueError):
@@ -27,8 +34,25 @@ def _check_session_id(value: Any, name: str = "session") -> str:
         raise InvalidMessage(name, "must be a non-empty string")
     if len(value) > MAX_SESSION_ID_LENGTH:
         raise InvalidMessage(name, f"is {len(value)} characters, more than the limit {MAX_SESSION_ID_LENGTH}")
-    if not all(c.isalnum() or c in "-_.:@" for c in value):
-        raise InvalidMessage(name, "may contain only letters, digits and - _ . : @")
+    # ASCII only, no leading "." and no "..", so every id the protocol accepts is also a valid file name for
+    # the directory store (128 ASCII bytes + suffix stay under its name limit; no hidden or traversal names).
+    if not all((c.isascii() and c.isalnum()) or c in "-_.:@" for c in value):
+        raise InvalidMessage(name, "may contain only ASCII letters, digits and - _ . : @")
+    if value.startswith(".") or ".." in value:
+        raise InvalidMessage(name, "must not start with '.' or contain '..'")
+    return value
+
+
+def check_text(value: Any, name: str = "text") -> str:
+    """A string that can be encoded as UTF-8: JSON's \\ud800 escapes decode to lone surrogates, which the
+    tokenizer cannot encode; refuse them here, at the edge, naming the field."""
+    if not isinstance(value, str):
+        raise InvalidMessage(name, f"must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidMessage(name, f"contains a lone surrogate U+{ord(value[exc.start]):04X} at index {exc.start}: "
+                             "not valid Unicode text") from None
     return value
 
 
@@ -57,12 +81,16 @@ class GenerationOptions:
                 value = data[name]
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise InvalidMessage(f"options.{name}", f"must be a number, got {type(value).__name__}")
+                if not math.isfinite(value):  # JSON Infinity/NaN: int() of them would raise outside validation
+                    raise InvalidMessage(f"options.{name}", f"must be a finite number, got {value}")
                 if kind is int and value != int(value):
                     raise InvalidMessage(f"options.{name}", "must be an integer")
                 kwargs[name] = kind(value)
         if "seed" in data and data["seed"] is not None:
             if isinstance(data["seed"], bool) or not isinstance(data["seed"], int):
                 raise InvalidMessage("options.seed", "must be an integer or null")
+            if not SEED_RANGE[0] <= data["seed"] <= SEED_RANGE[1]:
+                raise InvalidMessage("options.seed", f"{data['seed']} is outside {SEED_RANGE[0]}..{SEED_RANGE[1]}")
             kwargs["seed"] = data["seed"]
         if "return_log_probs" in data:
             if not isinstance(data["return_log_probs"], bool):
@@ -77,12 +105,13 @@ class GenerationOptions:
             raise InvalidMessage(
                 "options.max_new_tokens", f"{self.max_new_tokens} is outside 1..{MAX_NEW_TOKENS_LIMIT}"
             )
-        if not 0.0 <= self.temperature <= 10.0:
-            raise InvalidMessage("options.temperature", f"{self.temperature} is outside 0..10")
+        if not (self.temperature == 0.0 or MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE):
+            raise InvalidMessage("options.temperature", f"{self.temperature} is outside 0..10 (0 = greedy, else "
+                                 f"at least {MIN_TEMPERATURE})")
         if self.top_k < 0:
             raise InvalidMessage("options.top_k", f"{self.top_k} must be >= 0")
-        if not 0.0 < self.top_p <= 1.0:
-            raise InvalidMessage("options.top_p", f"{self.top_p} is outside (0, 1]")
+        if not MIN_TOP_P <= self.top_p <= 1.0:
+            raise InvalidMessage("options.top_p", f"{self.top_p} is outside (0, 1] (at least {MIN_TOP_P})")
 
     def sampling(self, *, return_log_probs: bool = False):
         """The `rxt.sampling.SamplingConfig` of these options (imported here: messages stay torch-free)."""
@@ -110,8 +139,9 @@ class Query:
 
     def __post_init__(self) -> None:
         _check_session_id(self.session_id)
-        if not isinstance(self.text, str):
-            raise InvalidMessage("text", f"must be a string, got {type(self.text).__name__}")
+        check_text(self.text)
+        if self.memory_answer is not None:
+            check_text(self.memory_answer, "memory_answer")
         if len(self.text) > MAX_QUERY_CHARS:
             raise InvalidMessage("text", f"is {len(self.text)} characters, more than the limit {MAX_QUERY_CHARS}")
         if not isinstance(self.query_id, str) or len(self.query_id) > MAX_SESSION_ID_LENGTH:

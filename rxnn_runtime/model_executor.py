@@ -15,7 +15,7 @@ In order, one lane action:
 `launch` queues all of that without waiting for the device; `collect` waits for the token copy and returns the
 `StepResult`. The runtime launches step N+1 before it collects step N, so the host turns step N's tokens into
 events while the device computes step N+1 (a turn that stopped at step N has been fed one token more, which is
-thrown away; the scheduler keeps one position of room for it). `execute` is launch + collect, synchronously.
+thrown away, unless its cache row is full: then it is not fed). `execute` is launch + collect, synchronously.
 
 A failure in one phase fails only the turns of that phase (reported in `StepResult.failures`); the others go on.
 """
@@ -84,6 +84,11 @@ class ModelExecutor:
             self._update_memory(plan.updates, stm_of, step.result)
         parts: list[torch.Tensor] = []
         decode = [t for t in plan.decode if self.engine.live[t.slot]]
+        for turn in [t for t in decode if self.engine.room(t.slot) < 1]:
+            # Its row is full, so by the stop rule its last token ended it (the scheduler sees that once it
+            # collects the step before): nothing more to feed, the slot is done.
+            self.engine.release(turn.slot)
+            decode.remove(turn)
         if decode:
             try:
                 bucket = self.engine.bucket()

@@ -82,7 +82,7 @@ class ReactiveModel:
         self.engine = self.executor.engine
         self.scheduler = TurnScheduler(max_slots=max_batch_size, capacity=self.executor.capacity,
                                        eos_id=tokenizer.eos_id, decode_text=tokenizer.decode,
-                                       max_pending_per_session=max_pending_per_session, lookahead=1)
+                                       max_pending_per_session=max_pending_per_session)
         self.sessions = SessionCache(self.model, self.store, capacity=session_cache_size, keep=self.scheduler.knows)
         self.sessions.on_evict = self.scheduler.forget
         self.commits = CommitWriter(self.store, self._on_committed)
@@ -220,7 +220,7 @@ class ReactiveModel:
         except Exception as exc:  # e.g. a lone surrogate the tokenizer cannot encode
             return [self.scheduler.event(Error, sid, 0, query.query_id, code="invalid",
                                          message=f"text cannot be tokenized: {exc}")]
-        limit = self.executor.capacity - query.options.max_new_tokens - self.scheduler.lookahead
+        limit = self.executor.capacity - query.options.max_new_tokens
         if len(prompt) > limit:
             return [self.scheduler.event(
                 Error, sid, 0, query.query_id, code="too_long",
@@ -277,7 +277,9 @@ class ReactiveModel:
         events = self.scheduler.update_from_output(launched.plan, result)
         for turn, stm in result.new_memory.items():
             if turn.phase == "committing":
-                self.commits.submit(turn, self.sessions.advance(turn.session_id, stm))
+                # The committed turn count is the number the client was sent (cancelled turns consume numbers
+                # too), so numbering carries on from there after a restart.
+                self.commits.submit(turn, self.sessions.advance(turn.session_id, stm, turns=turn.turn_id))
         self._emit(events)
 
     def _on_committed(self, turn: ActiveTurn, state: SessionState, error: str | None) -> None:

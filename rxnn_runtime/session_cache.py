@@ -61,10 +61,11 @@ class SessionCache:
         return SessionState(session_id=session_id, stm=state.stm.to(self.device), turns=state.turns,
                             memory_version=state.memory_version, metadata=dict(state.metadata or {}))
 
-    def advance(self, session_id: str, stm: torch.Tensor) -> SessionState:
-        """One committed memory write: the new STM (device) and counters; returns the new state."""
+    def advance(self, session_id: str, stm: torch.Tensor, *, turns: int | None = None) -> SessionState:
+        """One committed memory write: the new STM (device), the turn count (default: one more) and the memory
+        version; returns the new state."""
         old = self.get(session_id)
-        state = SessionState(session_id=session_id, stm=stm, turns=old.turns + 1,
+        state = SessionState(session_id=session_id, stm=stm, turns=old.turns + 1 if turns is None else turns,
                              memory_version=old.memory_version + 1, metadata=old.metadata)
         self._states[session_id] = state
         return state

@@ -76,10 +76,7 @@ class TurnScheduler:
         decode_text: Callable[[list[int]], str],
         max_pending_per_session: int = 8,
         seq: Iterator[int] | None = None,
-        lookahead: int = 0,
     ) -> None:
-        """``lookahead``: decode steps the executor may run ahead of the scheduler (1 when it launches step N+1
-        before step N's tokens are seen); a row keeps that many cache positions spare for tokens fed meanwhile."""
         if max_slots < 1:
             raise ValueError(f"max_slots={max_slots} must be >= 1")
         if max_pending_per_session < 1:
@@ -90,7 +87,6 @@ class TurnScheduler:
         self.decode_text = decode_text
         self.max_pending_per_session = max_pending_per_session
         self.seq = seq or itertools.count(1)
-        self.lookahead = lookahead
         self._pending: OrderedDict[str, deque[ActiveTurn]] = OrderedDict()  # order = admission fairness
         self._busy: dict[str, ActiveTurn] = {}  # session -> its turn in flight (admitted .. committed)
         self._saving: dict[str, int] = {}  # session -> primed interactions written on the device, not yet saved
@@ -206,8 +202,7 @@ class TurnScheduler:
             turn.answer.append(token)
             events.append(self._turn_event(Token, turn, index=len(turn.answer) - 1, token_id=token,
                                            text=turn.text_decoder.decode_token(token)))
-        # Cache positions left to feed this token (and the tokens a step launched ahead may feed meanwhile).
-        room = self.capacity - len(turn.prompt) - len(turn.answer) - self.lookahead
+        room = self.capacity - len(turn.prompt) - len(turn.answer)  # cache positions left to feed this token
         stop = turn.stop_rule.check(token, len(turn.answer), room)
         if stop is not None:
             turn.stopped_by_eos = stop == "eos"

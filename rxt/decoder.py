@@ -92,12 +92,16 @@ class Decoder(TokenStack):
         cache: KVCache | None = None,
         compute_logits: bool = True,
         validate: bool = True,
+        positions: torch.Tensor | None = None,
+        self_mask: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """Run the decoder over ``input_ids`` (B, T).
 
         ``attention_mask`` (B, T) marks real tokens (right padding). ``memory`` is `project_memory`'s output;
         ``memory_mask`` (B, 1, 1, S) masks memory keys (only needed when the memory has padding, e.g. encoder
         states in joint pre-training). ``validate=False`` skips the host-side id checks in decode steps.
+        ``positions`` (B, T) and ``self_mask`` (B, 1, T, T) (full forward only) replace positions 0..T-1 and the
+        causal mask: packed rows, where each document restarts its positions and sees only its own past.
         """
         valid = self._check(input_ids, attention_mask) if validate else attention_mask
         t = input_ids.shape[1]
@@ -107,6 +111,11 @@ class Decoder(TokenStack):
             mask = cached_causal_mask(positions, key_count)
             bias = self.positions.bias(positions, torch.arange(key_count, device=input_ids.device)[None])
             causal = False
+        elif self_mask is not None:
+            if positions is None:
+                raise ValueError("Decoder: a self_mask (packed rows) needs the per-token positions")
+            bias = self.positions.bias(positions, positions)
+            mask, causal = self_mask, False
         else:
             positions = torch.arange(t, device=input_ids.device)
             bias = self.positions.bias(positions[None], positions[None])

@@ -31,13 +31,20 @@ class Encoder(TokenStack):
         self.layers = nn.ModuleList(EncoderLayer(attention, ffn, rope, cfg.norm_eps) for _ in range(cfg.num_layers))
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, validate: bool = True
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, validate: bool = True,
+        positions: torch.Tensor | None = None, mask: torch.Tensor | None = None,
     ) -> EncoderOutput:
-        """``validate=False`` skips the host-side id checks (a caller that built the ids, or a CUDA graph)."""
+        """``validate=False`` skips the host-side id range check (training steps whose ids were checked when
+        they were tokenised: the check reads values back from the device). ``positions`` (B, T) and ``mask``
+        (B, 1, T, T) replace the default positions 0..T-1 and key-padding mask: packed rows, where several
+        documents share a row and each restarts its positions and attends only to itself."""
         valid = self._check(input_ids, attention_mask) if validate else attention_mask
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        mask = key_padding_mask(valid) if valid is not None else None
-        bias = self.positions.bias(positions[None], positions[None])
+        if positions is None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        if mask is None:
+            mask = key_padding_mask(valid) if valid is not None else None
+        rows = positions if positions.dim() == 2 else positions[None]
+        bias = self.positions.bias(rows, rows)
         x = self.positions.embed(self.embedding(input_ids), positions)
         states = []
         for layer in self.layers:

@@ -29,6 +29,10 @@ from rxt.special_tokens import ALL_SPECIAL_TOKENS, SpecialTokens
 
 TOKENIZER_FILE = "tokenizer.json"
 """File name used by :meth:`RxTokenizer.save_pretrained` and :meth:`RxTokenizer.from_pretrained`."""
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
+TOKENIZER_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE)
+"""What :meth:`RxTokenizer.save_pretrained` writes (and what is fetched of a Hub repo)."""
 
 _DEFAULT_ASSET = ("assets", TOKENIZER_FILE)
 _REPLACEMENT_CHAR = "\ufffd"
@@ -127,12 +131,30 @@ class RxTokenizer:
         return cls(Tokenizer.from_file(str(path)))
 
     @classmethod
-    def from_pretrained(cls, directory_or_file: str | os.PathLike[str]) -> RxTokenizer:
-        """Load from a directory written by :meth:`save_pretrained`, or directly from a ``tokenizer.json``."""
-        path = Path(directory_or_file)
-        if path.is_dir():
-            path = path / TOKENIZER_FILE
-        return cls.from_file(path)
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        force_download: bool = False,
+    ) -> RxTokenizer:
+        """Load from a directory written by :meth:`save_pretrained`, a ``tokenizer.json`` file, or a Hugging Face
+        Hub repo id (``owner/name``, fetched into the Hub cache; the keyword arguments are passed to it).
+
+        The directory-or-Hub-id rule is the one of `rxt.resolve` (a mistyped local path is an error that says so).
+        """
+        from rxt.resolve import HubOptions, resolve_pretrained
+
+        path = Path(name_or_path)
+        if path.is_file():
+            return cls.from_file(path)
+        options = HubOptions(revision=revision, cache_dir=cache_dir, token=token,
+                             local_files_only=local_files_only, force_download=force_download)
+        directory = resolve_pretrained(name_or_path, options=options, allow_patterns=TOKENIZER_FILES)
+        return cls.from_file(directory / TOKENIZER_FILE)
 
     @classmethod
     def from_str(cls, json_text: str) -> RxTokenizer:
@@ -154,13 +176,48 @@ class RxTokenizer:
         data.update(self._saved_options)
         return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``<directory>/tokenizer.json`` atomically (temp file, fsync, ``os.replace``); return its path.
+    def hf_config(self) -> dict[str, Any]:
+        """``tokenizer_config.json`` for ``transformers.PreTrainedTokenizerFast``: the special tokens by role and
+        the chat template (`rxt.chat_template`), so its users get the ids of `rxt.template`."""
+        from rxt.chat_template import CHAT_TEMPLATE
 
-        The directory is created if needed. On any error the temp file is removed and an existing
-        ``tokenizer.json`` is left untouched.
+        return {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            **self.special_tokens_map(),
+            "clean_up_tokenization_spaces": False,
+            "chat_template": CHAT_TEMPLATE,
+        }
+
+    @staticmethod
+    def special_tokens_map() -> dict[str, Any]:
+        """``special_tokens_map.json``: bos/eos/pad/unk/mask and the interaction markers as extra specials."""
+        roles = {"bos_token": SpecialTokens.BOS, "eos_token": SpecialTokens.EOS, "pad_token": SpecialTokens.PAD,
+                 "unk_token": SpecialTokens.UNK, "mask_token": SpecialTokens.MASK}
+        extra = [SpecialTokens.QUERY, SpecialTokens.ANSWER, SpecialTokens.THINK, SpecialTokens.INTERNAL]
+        return {**{k: str(v) for k, v in roles.items()}, "additional_special_tokens": [str(t) for t in extra]}
+
+    def _files(self) -> dict[str, str]:
+        # tokenizer.json first: the other two describe it.
+        return {
+            TOKENIZER_FILE: self.to_str(),
+            TOKENIZER_CONFIG_FILE: json.dumps(self.hf_config(), indent=2, ensure_ascii=False) + "\n",
+            SPECIAL_TOKENS_MAP_FILE: json.dumps(self.special_tokens_map(), indent=2) + "\n",
+        }
+
+    def write_files(self, directory: str | os.PathLike[str]) -> None:
+        """Write the tokenizer files into ``directory`` plainly (for a caller that makes the directory atomic)."""
+        for name, text in self._files().items():
+            (Path(directory) / name).write_text(text, encoding="utf-8")
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` into
+        ``directory``, each atomically (temp file, fsync, ``os.replace``); return the ``tokenizer.json`` path.
+
+        The directory is created if needed. On any error the temp file is removed and the existing files are left
+        untouched.
         """
-        return atomic_write_text(Path(directory) / TOKENIZER_FILE, self.to_str())
+        paths = [atomic_write_text(Path(directory) / name, text) for name, text in self._files().items()]
+        return paths[0]
 
     # ------------------------------------------------------------------ vocabulary
     @property
@@ -401,4 +458,4 @@ class IncrementalDecoder:
         return self._emit(new_text[len(prefix_text) :])
 
 
-__all__ = ["TOKENIZER_FILE", "IncrementalDecoder", "RxTokenizer"]
+__all__ = ["TOKENIZER_CONFIG_FILE", "TOKENIZER_FILE", "TOKENIZER_FILES", "IncrementalDecoder", "RxTokenizer"]

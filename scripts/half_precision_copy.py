@@ -36,7 +36,7 @@ def half_precision_copy(src: Path, dst: Path, dtype: str = "bf16") -> Path:
     model_type = json.loads(config_file.read_text()).get("model_type", "RxT")
     if model_type not in MODEL_CLASSES:
         raise ValueError(f"{src}: model_type {model_type!r} is not one of {sorted(MODEL_CLASSES)}")
-    model = MODEL_CLASSES[model_type].from_pretrained(src)
+    model = MODEL_CLASSES[model_type].from_pretrained(src, load_tokenizer=False)  # copied below as it is
     model.save_pretrained(dst, dtype=DTYPES[dtype])
     for extra in sorted(src.iterdir()):
         if extra.is_file() and extra.name not in SKIPPED and not (dst / extra.name).exists():

@@ -25,3 +25,13 @@ def load_script(monkeypatch):
         return module
 
     return load
+
+
+@pytest.fixture
+def single_torch_thread():
+    """Run the test on one torch thread: tiny models run faster so, and far faster when other processes share
+    the cores."""
+    from torch_threads import one_thread
+
+    with one_thread():
+        yield

@@ -101,17 +101,28 @@ class CheckpointKeeper(Callback):
 
 
 class HubPush(Callback):
-    """Pushes the model (``save_pretrained`` format) to the Hub repo ``repo_id`` at every save (rank 0)."""
+    """Pushes the model to the Hub repo ``repo_id`` at every save (rank 0): what the trained module's
+    ``save_pretrained`` writes (config, weights and, for the stages, the tokenizer and heads) plus a generated model
+    card with the run's ``metrics.json`` (`rxt.hub.push_folder`)."""
 
     def __init__(self, repo_id: str, private: bool = True) -> None:
         self.repo_id = repo_id
         self.private = private
 
     def on_save(self, trainer, path):
+        import tempfile
+
+        from rxt.hub import push_folder
+
         model = trainer.unwrapped_model
-        if not hasattr(model, "push_to_hub"):
-            raise TypeError(f"{type(model).__name__} has no push_to_hub (HubPush needs a HubMixin model)")
-        model.push_to_hub(self.repo_id, private=self.private)
+        if not hasattr(model, "save_pretrained"):
+            raise TypeError(f"{type(model).__name__} has no save_pretrained (HubPush needs a saveable model)")
+        with tempfile.TemporaryDirectory(prefix="rxnn-hub-push-") as tmp:
+            folder = Path(tmp) / "model"
+            model.save_pretrained(folder)
+            # The card reads metrics.json from the run's output_dir (the parent of its final/).
+            push_folder(folder, self.repo_id, source_dir=Path(trainer.output_dir) / "final", private=self.private,
+                        commit_message=f"{trainer.cfg.run_name}: step {trainer.step}")
 
 
 class EarlyStopping(Callback):

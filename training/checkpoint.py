@@ -10,16 +10,22 @@ Layout of ``<dir>/``::
     trainer_state.json   step, epoch, data position, tokens seen, metrics history, callback states
     config.json          the run config
 
-Everything is written to a temporary sibling directory which then replaces ``<dir>`` with ``os.replace``, so a
+Everything is written to a temporary sibling directory whose files and directory are fsynced, which then
+replaces ``<dir>`` with ``os.replace`` (the parent directory fsynced too), so after a crash or power cut a
 checkpoint directory is either complete or absent (an interrupted save leaves only a ``.tmp-*`` sibling, which
-the next save removes). The ``.pt`` files are loaded with ``weights_only=False`` for the RNG states: only load
-checkpoints you wrote yourself.
+the next save removes).
+
+Every ``.pt`` file is loaded with ``torch.load(weights_only=True)``: a crafted pickle cannot run code, it is
+refused (`UnsafeCheckpointError`). The RNG states are therefore saved as tensors and plain numbers (numpy's
+state as an int64 tensor); ``rng.pt`` files of older versions (numpy arrays) still load, through torch's
+allow-list of numpy's array types only.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 import uuid
@@ -30,6 +36,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
+
+from rxt.atomic_io import fsync_directory
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -60,10 +68,47 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file holds objects that a weights-only load refuses (possibly a crafted pickle)."""
+
+
+def _numpy_globals() -> list[Any]:
+    """numpy's array reconstruction, for ``rng.pt`` files written before RNG states were saved as tensors."""
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_pt(path: str | os.PathLike, map_location: Any = None) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors, numbers, strings and containers only, never code."""
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise UnsafeCheckpointError(
+            f"refusing to load {str(path)!r}: it holds objects a weights-only load does not allow ({first}); "
+            "only tensors, numbers, strings and containers are accepted"
+        ) from None
+
+
+def _numpy_state_to_tensors(state: tuple) -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = state
+    return {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _numpy_state_from_saved(saved: Any) -> tuple:
+    if isinstance(saved, dict):
+        keys = saved["keys"].numpy().astype(np.uint32)
+        return saved["kind"], keys, saved["pos"], saved["has_gauss"], saved["cached_gaussian"]
+    return saved  # an older checkpoint's tuple with a numpy array
+
+
 def capture_rng_state() -> dict[str, Any]:
+    """python, numpy, torch (and CUDA) generator states as tensors and plain numbers (weights-only loadable)."""
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_state_to_tensors(np.random.get_state()),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -76,7 +121,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     if "ranks" in state:
         state = state["ranks"][0]
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(_numpy_state_from_saved(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         states = state["cuda"]
@@ -89,6 +134,18 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _fsync_tree(directory: Path) -> None:
+    """fsync every file under ``directory`` and then the directories, so a rename of it publishes whole files."""
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_directory(root)
 
 
 def save_checkpoint(
@@ -120,11 +177,13 @@ def save_checkpoint(
         torch.save(rng_state if rng_state is not None else capture_rng_state(), tmp / RNG_FILE)
         _write_json(tmp / CONFIG_FILE, config or {})
         _write_json(tmp / STATE_FILE, trainer_state or {})  # written last: marks the directory complete
+        _fsync_tree(tmp)
         old = None
         if target.exists():
             old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
             os.replace(target, old)
         os.replace(tmp, target)
+        fsync_directory(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -152,13 +211,13 @@ def load_checkpoint(
         raise ValueError(f"checkpoint {str(directory)!r} does not match the model: missing keys {sorted(missing)}, "
                          f"unexpected keys {sorted(unexpected)}")
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, map_location=map_location))
+        optimizer.load_state_dict(load_pt(directory / OPTIMIZER_FILE, map_location=map_location))
     if scheduler is not None and (directory / SCHEDULER_FILE).is_file():
-        scheduler.load_state_dict(torch.load(directory / SCHEDULER_FILE, weights_only=False))
+        scheduler.load_state_dict(load_pt(directory / SCHEDULER_FILE))
     if scaler is not None and (directory / SCALER_FILE).is_file():
-        scaler.load_state_dict(torch.load(directory / SCALER_FILE))
+        scaler.load_state_dict(load_pt(directory / SCALER_FILE))
     if restore_rng:
-        restore_rng_state(torch.load(directory / RNG_FILE, weights_only=False))
+        restore_rng_state(load_pt(directory / RNG_FILE))
     state = json.loads((directory / STATE_FILE).read_text())
     state["config"] = json.loads((directory / CONFIG_FILE).read_text())
     return state

@@ -28,6 +28,9 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# Sanity bounds: values beyond them are typos that train to NaN (lr 1e30), not settings anyone means.
+MAX_LR = 1.0
+MAX_WEIGHT_DECAY = 10.0
 DEVICES = ("auto", "cpu", "cuda")
 
 T = TypeVar("T")
@@ -61,10 +64,11 @@ class TrainConfig:
     run_name: str = "run"
     keep_last: int = 3  # checkpoints kept on disk; 0 = keep all
     early_stopping_patience: int = 0  # evaluations without improvement; 0 = off
-    compile: bool = False
+    compile: bool | None = None  # torch.compile the step; None = on CUDA for the stages that opt in, else eager
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = 0
     push_to_hub: str | None = None  # Hub repo id pushed at every save
+    nonfinite_loss_patience: int = 0  # consecutive NaN/inf losses tolerated before training stops with an error
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
@@ -75,21 +79,26 @@ class TrainConfig:
         def fail(name: str, limit: str) -> None:
             raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r} must be {limit}")
 
+        for name in ("lr", "min_lr_ratio", "weight_decay", "eps", "max_grad_norm", "max_minutes"):
+            if not math.isfinite(getattr(self, name)):  # NaN passes every comparison below as False
+                fail(name, "a finite number")
         if not self.lr > 0:
             fail("lr", "> 0")
+        if self.lr > MAX_LR:
+            fail("lr", f"<= {MAX_LR}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             fail("min_lr_ratio", "in [0, 1]")
-        if self.weight_decay < 0:
-            fail("weight_decay", ">= 0")
+        if not 0.0 <= self.weight_decay <= MAX_WEIGHT_DECAY:
+            fail("weight_decay", f"in [0, {MAX_WEIGHT_DECAY}]")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             fail("betas", "two values in [0, 1)")
-        if not self.eps > 0:
-            fail("eps", "> 0")
+        if not 0 < self.eps < 1:
+            fail("eps", "in (0, 1)")
         for name in ("max_steps", "batch_size", "grad_accum_steps", "log_every"):
             if getattr(self, name) < 1:
                 fail(name, ">= 1")
         for name in ("warmup_steps", "eval_every", "save_every", "keep_last", "early_stopping_patience",
-                     "num_workers", "seed"):
+                     "num_workers", "seed", "nonfinite_loss_patience"):
             if getattr(self, name) < 0:
                 fail(name, ">= 0")
         if self.warmup_steps > self.max_steps:
@@ -226,6 +235,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _type_error(key, tp, value)
+        if not math.isfinite(value):  # YAML .inf/.nan: no config field means them
+            raise ConfigError(f"config key {key!r}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
+
+from rxt.atomic_io import atomic_write_bytes
 
 MLM_HEAD_FILE = "mlm_head.safetensors"
 
@@ -58,11 +60,7 @@ class MLMHead(nn.Module):
             tensors["proj.weight"] = self.proj.weight.detach().contiguous().cpu()
             tensors["proj.bias"] = self.proj.bias.detach().contiguous().cpu()
         meta = {"dim": self.dim, "vocab_size": self.vocab_size, "tied": self.tied, "norm_eps": self.norm_eps}
-        path = target / MLM_HEAD_FILE
-        tmp = target / f".{MLM_HEAD_FILE}.tmp"
-        save_file(tensors, str(tmp), metadata={"mlm_head": json.dumps(meta)})
-        os.replace(tmp, path)
-        return path
+        return atomic_write_bytes(target / MLM_HEAD_FILE, save(tensors, metadata={"mlm_head": json.dumps(meta)}))
 
     @classmethod
     def load(cls, directory: str | os.PathLike, *, embedding: nn.Embedding | None = None) -> MLMHead:

@@ -24,6 +24,11 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
+def upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Logits for a loss: half precision goes to float32, float32/float64 stay as they are."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
 def _aligned(logits: torch.Tensor, labels: torch.Tensor, shifted: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if logits.dim() != 3 or labels.dim() != 2 or logits.shape[:2] != labels.shape:
         raise ValueError(
@@ -36,11 +41,11 @@ def _aligned(logits: torch.Tensor, labels: torch.Tensor, shifted: bool) -> tuple
 
 
 def _mean_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    flat_logits = logits.reshape(-1, logits.shape[-1]).float()
+    # sum / count on the device (no read-back of the count): 0, still connected to the logits, with no target
+    flat_logits = upcast(logits.reshape(-1, logits.shape[-1]))
     flat_targets = targets.reshape(-1)
-    if not bool((flat_targets != IGNORE_INDEX).any()):
-        return flat_logits.sum() * 0.0
-    return F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX)
+    total = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (flat_targets != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -60,6 +65,15 @@ def token_counts(logits: torch.Tensor, labels: torch.Tensor, shifted: bool) -> t
     counted = targets != IGNORE_INDEX
     hits = (logits.argmax(dim=-1) == targets) & counted
     return int(hits.sum()), int(counted.sum())
+
+
+@torch.no_grad()
+def accuracy_tensor(logits: torch.Tensor, labels: torch.Tensor, shifted: bool) -> torch.Tensor:
+    """`token_accuracy` as a 0-dim device tensor (no host read-back; the Trainer reads a step's metrics once)."""
+    logits, targets = _aligned(logits, labels, shifted)
+    counted = targets != IGNORE_INDEX
+    hits = (logits.argmax(dim=-1) == targets) & counted
+    return hits.sum() / counted.sum().clamp(min=1)
 
 
 @torch.no_grad()
@@ -83,9 +97,11 @@ def perplexity(loss: float | torch.Tensor) -> float:
 
 __all__ = [
     "IGNORE_INDEX",
+    "accuracy_tensor",
     "causal_lm_loss",
     "masked_lm_loss",
     "perplexity",
     "token_accuracy",
     "token_counts",
+    "upcast",
 ]

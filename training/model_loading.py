@@ -1,4 +1,4 @@
-"""Where a stage's model and tokenizer come from: a preset name or a ``save_pretrained`` directory.
+"""Where a stage's model and tokenizer come from: a preset name, a ``save_pretrained`` directory or a Hub repo id.
 
 Everything here runs before training starts, and every error is a `ConfigError` naming the config key
 (``model``, ``tokenizer``, ``model_overrides``) and the value or path at fault.
@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from rxt.config import PRESET_NAMES, RxTConfig
-from rxt.hub import CONFIG_NAME, WEIGHTS_NAME, load_weights
+from rxt.hub import CONFIG_NAME, HUB_PATTERNS, WEIGHTS_NAME, load_weights
 from rxt.model import RxT
+from rxt.resolve import ModelNotFoundError, resolve_pretrained
 from rxt.tokenizer import RxTokenizer
 from training.config import ConfigError
 from training.heads import MLM_HEAD_FILE, MLMHead
@@ -21,19 +22,19 @@ TOKENIZER_FILE = "tokenizer.json"
 
 
 def load_tokenizer(tokenizer: str | None, model_dir: Path | None = None, key: str = "tokenizer") -> RxTokenizer:
-    """``tokenizer``: a directory holding ``tokenizer.json`` or the file itself. ``None``: the saved model's own
-    ``tokenizer.json`` when ``model_dir`` has one, else `RxTokenizer.default()`."""
+    """``tokenizer``: a directory holding ``tokenizer.json``, the file itself, or a Hub repo id (`rxt.resolve`).
+    ``None``: the saved model's own ``tokenizer.json`` when ``model_dir`` has one, else `RxTokenizer.default()`."""
     if tokenizer is None:
         if model_dir is not None and (model_dir / TOKENIZER_FILE).is_file():
             return RxTokenizer.from_pretrained(model_dir)
         return RxTokenizer.default()
     path = Path(tokenizer)
-    if not path.exists():
-        raise ConfigError(f"config key {key!r}: tokenizer path {str(path)!r} does not exist")
     if path.is_dir() and not (path / TOKENIZER_FILE).is_file():
         raise ConfigError(f"config key {key!r}: directory {str(path)!r} has no {TOKENIZER_FILE}")
     try:
-        return RxTokenizer.from_pretrained(path)
+        return RxTokenizer.from_pretrained(tokenizer)
+    except ModelNotFoundError as exc:
+        raise ConfigError(f"config key {key!r}: tokenizer {exc}") from exc
     except Exception as exc:  # a corrupt file: say which one
         raise ConfigError(f"config key {key!r}: cannot read tokenizer {str(path)!r}: {exc}") from exc
 
@@ -57,8 +58,9 @@ def load_model_and_tokenizer(
     """Build or load the stage's `RxT` and its tokenizer.
 
     Args:
-        model: a preset name (``"tiny"``, ``"nano"``, ...: a fresh model whose ``vocab_size`` is the tokenizer's)
-            or a directory written by ``save_pretrained`` (``config.json`` + ``model.safetensors``).
+        model: a preset name (``"tiny"``, ``"nano"``, ...: a fresh model whose ``vocab_size`` is the tokenizer's),
+            a directory written by ``save_pretrained`` (``config.json`` + ``model.safetensors``) or a Hub repo id of
+            one (fetched into the Hub cache; `rxt.resolve` says which is which).
         tokenizer: see `load_tokenizer`.
         overrides: RxTConfig fields replacing the preset's or the saved config's (shape-changing overrides
             of a saved model fail when the weights are loaded).
@@ -82,11 +84,10 @@ def load_model_and_tokenizer(
                 f"model_overrides.vocab_size={cfg.vocab_size} is smaller"
             )
         return RxT(cfg), tok
-    if not path.exists():
-        raise ConfigError(
-            f"config key 'model': {model!r} is neither a preset ({', '.join(PRESET_NAMES)}) nor an existing "
-            f"model directory (path {str(path.resolve())!r} does not exist)"
-        )
+    try:
+        path = resolve_pretrained(model, allow_patterns=HUB_PATTERNS)
+    except ModelNotFoundError as exc:
+        raise ConfigError(f"config key 'model': not a preset ({', '.join(PRESET_NAMES)}); {exc}") from exc
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (path / name).is_file():
             raise ConfigError(f"config key 'model': {str(path)!r} is not a saved model directory (no {name})")
@@ -98,6 +99,8 @@ def load_model_and_tokenizer(
     model_type = raw.pop("model_type", "RxT")
     if model_type != "RxT":
         raise ConfigError(f"config key 'model': {str(path)!r} holds a {model_type}, not an RxT")
+    for meta in ("architectures", "torch_dtype"):  # training runs in float32 whatever the weights are stored in
+        raw.pop(meta, None)
     cfg = _model_config(raw, overrides, repr(str(path)))
     if tok.vocab_size > cfg.vocab_size:
         raise ConfigError(

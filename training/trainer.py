@@ -19,7 +19,6 @@ the order is the same for any world size, which is what makes a DDP run equal a 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -45,12 +44,15 @@ from training.checkpoint import (
     checkpoint_name,
     latest_checkpoint,
     load_checkpoint,
+    load_pt,
     restore_rng_state,
     save_checkpoint,
 )
 from training.config import TrainConfig, to_dict
 from training.distributed import DistInfo, init_distributed
+from training.nonfinite import NonFiniteLossGuard
 from training.optim import build_optimizer, set_schedule_horizon, warmup_cosine_schedule
+from training.plumbing import ScalarLog, plot_curves, resolve_device, write_metrics
 from training.time_budget import TimeBudget
 
 
@@ -82,18 +84,15 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class Trainer:
     """Base training loop; see the module docstring. ``config`` (optional) is the full stage config stored in
     checkpoints; it defaults to ``cfg``."""
 
     #: passed to DistributedDataParallel (set True in stages that leave some trainable parameters unused)
     ddp_find_unused_parameters: bool = False
+    #: whether ``TrainConfig.compile = None`` (auto) compiles on CUDA; off for steps that unroll a Python loop over
+    #: a varying number of turns (a recompile per shape would cost more than it saves)
+    auto_compile: bool = True
 
     def __init__(
         self,
@@ -106,14 +105,12 @@ class Trainer:
     ) -> None:
         cfg.validate()
         self.cfg = cfg
+        self._nonfinite = NonFiniteLossGuard(cfg.nonfinite_loss_patience)
         self.config = config if config is not None else cfg
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
 
-        device_type = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) \
-            else "cpu"
-        if device_type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("TrainConfig.device='cuda' but CUDA is not available")
+        device_type = resolve_device(cfg.device).type
         self.dist: DistInfo = init_distributed(device_type)
         self.device = torch.device("cuda", self.dist.local_rank) if device_type == "cuda" else torch.device("cpu")
         seed_everything(cfg.seed + self.dist.rank)
@@ -135,9 +132,14 @@ class Trainer:
                 find_unused_parameters=self.ddp_find_unused_parameters,
             )
         self.eval_model: nn.Module = self.unwrapped_model
-        if cfg.compile:
-            wrapped = torch.compile(wrapped)
-            self.eval_model = torch.compile(self.unwrapped_model)
+        # compile=None (auto): on CUDA only, and a failure to compile falls back to eager with a warning
+        self._compile_auto = cfg.compile is None and device_type == "cuda" and self.auto_compile
+        self._eager_model = wrapped
+        self._compiled = bool(cfg.compile or self._compile_auto)
+        if self._compiled:
+            wrapped = self.compile_model(wrapped)
+            if cfg.compile:
+                self.eval_model = torch.compile(self.unwrapped_model)
         self.model = wrapped
 
         self.callbacks: list[Callback] = list(callbacks)
@@ -155,7 +157,7 @@ class Trainer:
         self.history: dict[str, list[dict[str, float]]] = {"train": [], "eval": []}
         self.should_stop = False
         self.stop_reason: str | None = None
-        self._writer = None
+        self.scalar_log = ScalarLog(self.output_dir / "tensorboard" / cfg.run_name, enabled=self.is_main)
         self._last_eval_step = -1
         self._last_save_step = -1
         self.time_budget: dict[str, Any] | None = None  # what max_minutes did, for metrics.json
@@ -186,6 +188,14 @@ class Trainer:
 
     def collate(self, samples: list[Any]) -> Any:
         return default_collate(samples)
+
+    def compile_model(self, model: nn.Module) -> nn.Module:
+        """The compiled training model (``TrainConfig.compile``). Stages whose step loops in Python (SMAT)
+        compile their sub-modules in place instead of tracing the loop."""
+        return torch.compile(model)
+
+    def uncompile_model(self) -> None:
+        """Undo what `compile_model` did in place (the eager fallback of ``compile=None``)."""
 
     # ------------------------------------------------------------------------------------------ properties
 
@@ -247,20 +257,19 @@ class Trainer:
         self.model.train()
         accum = self.cfg.grad_accum_steps
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        extra: dict[str, float] = {}
+        extra: dict[str, Any] = {}  # device tensors stay on the device until the step's single read-back
         tokens = 0
         for micro in range(accum):
             batch = move_to_device(next(batches), self.device)
             sync = micro == accum - 1 or not isinstance(self.model, DistributedDataParallel)
             ctx = contextlib.nullcontext() if sync else self.model.no_sync()
             with ctx:
-                with self._autocast():
-                    out = self.compute_loss(self.model, batch)
-                self.scaler.scale(out.loss / accum).backward()
+                out = self._forward_backward(batch, accum)
             loss_sum += out.loss.detach().double()
             tokens += int(out.num_tokens)
             for k, v in out.metrics.items():
-                extra[k] = extra.get(k, 0.0) + float(v) / accum
+                v = v.detach().double() if isinstance(v, torch.Tensor) else float(v)
+                extra[k] = extra.get(k, 0.0) + v / accum
             self.position += self.micro_samples
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -274,21 +283,36 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
 
+        # One read-back per step: loss, token count, grad norm and every metric travel in one tensor.
         keys = sorted(extra)
-        packed = torch.tensor(
-            [loss_sum.item() / accum, float(tokens), *(extra[k] for k in keys)], dtype=torch.float64
-        )
+        values = [loss_sum / accum, float(tokens), grad_norm, *(extra[k] for k in keys)]
+        packed = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(())
+                              for v in values])
         if self.dist.enabled:
-            packed = packed.to(self.device)
             dist.all_reduce(packed)
-            packed = packed.cpu()
             packed[0] /= self.dist.world_size
-            packed[2:] /= self.dist.world_size
-        metrics = {"loss": float(packed[0]), "lr": float(lr), "grad_norm": float(grad_norm),
-                   "tokens": int(packed[1])}
-        metrics.update({k: float(v) for k, v in zip(keys, packed[2:].tolist())})
+            packed[2:] /= self.dist.world_size  # grad_norm is identical on every rank after DDP's all-reduce
+        host = packed.tolist()
+        metrics = {"loss": host[0], "lr": float(lr), "grad_norm": host[2], "tokens": int(host[1])}
+        metrics.update(zip(keys, host[3:]))
         self.tokens_seen += metrics["tokens"]
         return metrics
+
+    def _forward_backward(self, batch: Any, accum: int) -> StepOutput:
+        try:
+            with self._autocast():
+                out = self.compute_loss(self.model, batch)
+            self.scaler.scale(out.loss / accum).backward()
+        except Exception as exc:  # only an automatic compile is retried, eagerly
+            if not (self._compile_auto and self._compiled):
+                raise
+            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); training eagerly",
+                          stacklevel=2)
+            self.model, self._compiled = self._eager_model, False
+            self.uncompile_model()
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._forward_backward(batch, accum)
+        return out
 
     def train(self, num_steps: int | None = None) -> dict[str, list[dict[str, float]]]:
         """Train until ``max_steps`` (or ``num_steps`` more steps, or a callback stops it); returns the history."""
@@ -305,6 +329,7 @@ class Trainer:
                 epoch_done = False
                 while self.step < end_step and not self.should_stop:
                     metrics = self._train_step(batches)
+                    self._nonfinite.check(self.step, metrics)  # before any log, callback or save sees the step
                     window.append(metrics)
                     bar.update(1)
                     if budget is not None:
@@ -406,39 +431,19 @@ class Trainer:
         metrics = {f"val_{k}": float(v) / total for k, v in zip(keys, packed[1:].tolist())}
         self._last_eval_step = self.step
         self.history["eval"].append({"step": self.step, **metrics})
-        writer = self._tb()
-        if writer is not None:
-            for k, v in metrics.items():
-                writer.add_scalar(f"eval/{k}", v, self.step)
+        self.scalar_log.scalars("eval", metrics, self.step)
         for cb in self.callbacks:
             cb.on_eval(self, metrics)
         return metrics
 
     # ------------------------------------------------------------------------------------------ logging
 
-    def _tb(self):
-        if not self.is_main:
-            return None
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is in the `train` extra
-                warnings.warn("tensorboard is not installed; no TensorBoard logs", stacklevel=2)
-                self._writer = False
-            else:
-                self._writer = SummaryWriter(str(self.output_dir / "tensorboard" / self.cfg.run_name))
-        return self._writer or None
-
     def _log_train(self, window: list[dict[str, float]], tok_s: float) -> None:
         avg = {k: sum(m[k] for m in window) / len(window) for k in window[-1] if k not in ("tokens", "lr")}
         entry = {"step": self.step, **avg, "lr": window[-1]["lr"], "tokens_per_s": tok_s,
                  "tokens_seen": self.tokens_seen, "epoch": self.epoch}
         self.history["train"].append(entry)
-        writer = self._tb()
-        if writer is not None:
-            for k, v in entry.items():
-                if k != "step":
-                    writer.add_scalar(f"train/{k}", v, self.step)
+        self.scalar_log.scalars("train", {k: v for k, v in entry.items() if k != "step"}, self.step)
 
     # ------------------------------------------------------------------------------------------ checkpoints
 
@@ -499,7 +504,7 @@ class Trainer:
         state = load_checkpoint(path, model=self.unwrapped_model, optimizer=self.optimizer,
                                 scheduler=self.scheduler, scaler=self.scaler, map_location=self.device,
                                 restore_rng=False)
-        rng = torch.load(path / RNG_FILE, weights_only=False)
+        rng = load_pt(path / RNG_FILE)
         ranks = rng.get("ranks", [rng])
         if len(ranks) == self.dist.world_size:
             restore_rng_state(ranks[self.dist.rank])
@@ -530,38 +535,17 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         data = {**self.history, "step": self.step, "tokens_seen": self.tokens_seen, "stop_reason": self.stop_reason,
                 "time_budget": self.time_budget}
-        _atomic_write_text(self.output_dir / "metrics.json", json.dumps(data, indent=2) + "\n")
+        write_metrics(self.output_dir / "metrics.json", data)
 
     def plot_loss_curves(self, path: str | os.PathLike | None = None) -> Path | None:
         """Train/val loss against step as a PNG (needs matplotlib; returns None without it)."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            warnings.warn("matplotlib is not installed; no loss-curve plot", stacklevel=2)
-            return None
-        path = Path(path) if path is not None else self.output_dir / "loss_curves.png"
-        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
         train = self.history["train"]
-        if train:
-            ax.plot([e["step"] for e in train], [e["loss"] for e in train], label="train loss")
         evals = [e for e in self.history["eval"] if "val_loss" in e]
-        if evals:
-            ax.plot([e["step"] for e in evals], [e["val_loss"] for e in evals], "o-", label="val loss")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.set_title(self.cfg.run_name)
-        ax.grid(alpha=0.3)
-        if train or evals:
-            ax.legend()
-        fig.tight_layout()
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp)
-        plt.close(fig)
-        os.replace(tmp, path)
-        return path
+        return plot_curves(
+            Path(path) if path is not None else self.output_dir / "loss_curves.png",
+            [("train loss", [e["step"] for e in train], [e["loss"] for e in train], "-"),
+             ("val loss", [e["step"] for e in evals], [e["val_loss"] for e in evals], "o-")],
+            xlabel="step", ylabel="loss", title=self.cfg.run_name)
 
     def _finish(self) -> None:
         if self.is_main:
@@ -569,8 +553,7 @@ class Trainer:
                 self.unwrapped_model.save_pretrained(self.output_dir / "final")
             self._write_metrics()
             self.plot_loss_curves()
-            if self._writer:
-                self._writer.flush()
+            self.scalar_log.flush()
         for cb in self.callbacks:
             cb.on_end(self)
         if self.dist.enabled:
@@ -578,6 +561,4 @@ class Trainer:
 
     def close(self) -> None:
         """Close the TensorBoard writer (the process group is left to the launcher)."""
-        if self._writer:
-            self._writer.close()
-        self._writer = None
+        self.scalar_log.close()

@@ -1,6 +1,7 @@
 """The aiohttp application: `/ws`, `/v1/chat/completions`, `/v1/models`, `/healthz` and the chat page at `/`.
 
-Binds 127.0.0.1 by default. On shutdown websockets are closed with 1001 (going away) and the server waits
+Binds 127.0.0.1 by default. Access control (API key, Origin check, session ownership) is in `security.py`;
+`/healthz` reports the session store's health too (503 when it is unreachable). On shutdown websockets are closed with 1001 (going away) and the server waits
 (bounded) for the model to go idle, so running turns finish and their sessions are saved (the runtime saves on
 every commit).
 """
@@ -11,13 +12,14 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import WSCloseCode, web
 
 from rxnn_runtime.reactive_model import ReactiveModel
+from rxnn_runtime.server.security import AccessPolicy, SessionOwners, exposure_warning
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,16 @@ class ServerConfig:
     shutdown_timeout: float = 10.0
     request_timeout: float = 300.0
     max_body_bytes: int = 1024 * 1024
+    access: AccessPolicy = field(default_factory=AccessPolicy)
+    max_history_messages: int = 64  # messages one session-less OpenAI request may prime into memory
+    max_sessions_per_connection: int = 256  # sessions one websocket connection may own at a time
+    health_timeout: float = 2.0  # seconds /healthz waits for the store's answer
 
 
 REACTIVE: web.AppKey[ReactiveModel] = web.AppKey("rxnn_reactive", ReactiveModel)
 CONFIG: web.AppKey[ServerConfig] = web.AppKey("rxnn_config", ServerConfig)
 CONNECTIONS: web.AppKey[set] = web.AppKey("rxnn_connections", set)
+OWNERS: web.AppKey[SessionOwners] = web.AppKey("rxnn_session_owners", SessionOwners)
 
 
 def create_app(
@@ -50,20 +57,37 @@ def create_app(
     shutdown_timeout: float = 10.0,
     request_timeout: float = 300.0,
     max_body_bytes: int = 1024 * 1024,
+    api_key: str | None = None,
+    allowed_origins: tuple[str, ...] | list[str] = (),
+    max_history_messages: int = 64,
+    max_sessions_per_connection: int = 256,
 ) -> web.Application:
-    """Wire the routes around a connected (or soon connected) `ReactiveModel`."""
+    """Wire the routes around a connected (or soon connected) `ReactiveModel`.
+
+    ``api_key`` None reads ``$RXNN_API_KEY`` (unset or empty: no key); see `security.py` for the rules.
+    """
     from rxnn_runtime.server.openai_api import chat_completions, list_models
+    from rxnn_runtime.server.security import access_middleware
     from rxnn_runtime.server.websocket import websocket_handler
 
     if max_message_bytes < 1:
         raise ValueError(f"max_message_bytes={max_message_bytes} must be >= 1")
     if outbox_limit < 1:
         raise ValueError(f"outbox_limit={outbox_limit} must be >= 1")
-    app = web.Application(client_max_size=max_body_bytes)
+    for name, value in (("max_history_messages", max_history_messages),
+                        ("max_sessions_per_connection", max_sessions_per_connection)):
+        if value < 1:
+            raise ValueError(f"{name}={value} must be >= 1")
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[access_middleware])
     app[REACTIVE] = reactive
-    app[CONFIG] = ServerConfig(max_message_bytes, outbox_limit, heartbeat, model_name, shutdown_timeout,
-                               request_timeout, max_body_bytes)
+    app[CONFIG] = ServerConfig(
+        max_message_bytes=max_message_bytes, outbox_limit=outbox_limit, heartbeat=heartbeat, model_name=model_name,
+        shutdown_timeout=shutdown_timeout, request_timeout=request_timeout, max_body_bytes=max_body_bytes,
+        access=AccessPolicy.from_env(api_key, allowed_origins), max_history_messages=max_history_messages,
+        max_sessions_per_connection=max_sessions_per_connection,
+    )
     app[CONNECTIONS] = set()
+    app[OWNERS] = SessionOwners()
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/ws", websocket_handler)
@@ -81,9 +105,21 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """``status`` "ok", or "degraded" (HTTP 503) when the session store does not answer its health check."""
     config = request.app[CONFIG]
+    store = request.app[REACTIVE].store
+    loop = asyncio.get_running_loop()
+    try:  # off the loop: a Redis ping may block up to its socket timeout
+        store_health = await asyncio.wait_for(loop.run_in_executor(None, store.health), config.health_timeout)
+    except TimeoutError:
+        store_health = {"status": "degraded", "error": f"no answer within health_timeout={config.health_timeout}s"}
+    except Exception as exc:
+        store_health = {"status": "degraded", "error": f"{type(exc).__name__}: {exc}"}
+    ok = store_health.get("status") == "ok"
     return web.json_response(
-        {"status": "ok", "model": config.model_name, "websockets": len(request.app[CONNECTIONS])}
+        {"status": "ok" if ok else "degraded", "model": config.model_name,
+         "websockets": len(request.app[CONNECTIONS]), "store": store_health},
+        status=200 if ok else 503,
     )
 
 
@@ -103,6 +139,9 @@ async def _on_shutdown(app: web.Application) -> None:
 async def run_server(reactive: ReactiveModel, host: str = "127.0.0.1", port: int = 8765, **kw: Any) -> None:
     """Serve until cancelled or SIGTERM/SIGINT, then shut down gracefully (see `create_app`)."""
     app = create_app(reactive, **kw)
+    warning = exposure_warning(host, app[CONFIG].access)
+    if warning:
+        log.warning(warning)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()

@@ -3,9 +3,9 @@
 The model is stateful: only the newest user message is processed; the earlier turns live in the session's
 memory. The session comes from the ``X-Session-Id`` header or the ``user`` field. A request with neither gets a
 fresh session (returned in the ``X-Session-Id`` response header) whose memory is first primed with the
-request's earlier (user, assistant) turns via `ReactiveModel.prime` (one batched memory-update row per
-interaction and step; cancelled with the request when the client goes away). The request's events reach the
-handler through the one Rx-to-asyncio bridge (`rxnn_runtime.event_bridge`).
+request's earlier (user, assistant) turns via `ReactiveModel.prime`, at most ``max_history_messages`` of them
+(one batched memory-update row per interaction and step; cancelled with the request when the client goes away).
+The request's events reach the handler through the one Rx-to-asyncio bridge (`rxnn_runtime.event_bridge`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ from rxnn_runtime.messages import (
     InvalidMessage,
     Query,
     _check_session_id,
+    check_text,
 )
+from rxnn_runtime.server.security import SessionOwners, forbidden_message
+from rxnn_runtime.server.validation import check_room, decode_json
 
 ROLES = ("system", "user", "assistant", "developer", "tool")
 _OPTION_PARAMS = {
@@ -60,20 +63,31 @@ def _content(message: dict[str, Any], i: int) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
-        return content
+        return _text(content, f"messages[{i}].content")
     if isinstance(content, list):
         parts = []
         for j, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 raise BadRequest(f"messages[{i}].content[{j}]", "only text parts ({type: text, text}) are supported")
-            parts.append(part["text"])
+            parts.append(_text(part["text"], f"messages[{i}].content[{j}].text"))
         return "".join(parts)
     raise BadRequest(f"messages[{i}].content", f"must be a string or a list of text parts, got "
                      f"{type(content).__name__}")
 
 
-def parse_request(body: dict[str, Any], header_session: str | None) -> dict[str, Any]:
-    """Validate an OpenAI chat request; raises BadRequest naming the parameter."""
+def _text(value: str, param: str) -> str:
+    try:
+        return check_text(value, param)
+    except InvalidMessage as exc:
+        raise BadRequest(param, str(exc)) from None
+
+
+def parse_request(body: dict[str, Any], header_session: str | None, *,
+                  max_history_messages: int | None = None) -> dict[str, Any]:
+    """Validate an OpenAI chat request; raises BadRequest naming the parameter.
+
+    ``max_history_messages`` caps the earlier messages of a session-less request (those are primed into memory).
+    """
     if not isinstance(body, dict):
         raise BadRequest(None, "the request body must be a JSON object")
     model = body.get("model")
@@ -125,6 +139,10 @@ def parse_request(body: dict[str, Any], header_session: str | None) -> dict[str,
             _check_session_id(session, param)
         except InvalidMessage as exc:
             raise BadRequest(param, str(exc)) from None
+    if session is None and max_history_messages is not None and len(turns) - 1 > max_history_messages:
+        raise BadRequest("messages", f"{len(turns) - 1} earlier messages to prime into memory, more than the limit "
+                         f"max_history_messages={max_history_messages}; send X-Session-Id to continue a session "
+                         "instead of resending its history")
     return {"turns": turns, "stream": stream, "options": generation, "session": session}
 
 
@@ -180,7 +198,7 @@ def _turn_error(event: Event) -> BadRequest:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    from rxnn_runtime.server.app import CONFIG, REACTIVE
+    from rxnn_runtime.server.app import CONFIG, OWNERS, REACTIVE
 
     config = request.app[CONFIG]
     reactive = request.app[REACTIVE]
@@ -191,17 +209,25 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             raise BadRequest(None, f"the request body is larger than the limit max_body_bytes="
                              f"{config.max_body_bytes}", status=413) from None
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(None, f"the request body is not valid JSON: {exc}") from None
-        req = parse_request(body, request.headers.get("X-Session-Id"))
+            body = decode_json(raw, "body")
+        except InvalidMessage as exc:
+            raise BadRequest(None, f"the request {exc}") from None
+        req = parse_request(body, request.headers.get("X-Session-Id"),
+                            max_history_messages=config.max_history_messages)
         session = req["session"] or f"chat-{uuid.uuid4().hex}"
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         try:
             query = Query(session, req["turns"][-1][1], req["options"], query_id=cid)
+            prompt_tokens = check_room(reactive.template, reactive.model.config.max_seq_len, query.text,
+                                       query.options.max_new_tokens, tokens_field="max_tokens",
+                                       text_field="messages")
         except InvalidMessage as exc:
             param = _OPTION_PARAMS.get(exc.field, exc.field)
             raise BadRequest(param, f"{param}: {str(exc).split(': ', 1)[-1]}") from None
+        owners = request.app[OWNERS]
+        if not owners.claim(session, SessionOwners.HTTP):
+            raise BadRequest("X-Session-Id" if request.headers.get("X-Session-Id") else "user",
+                             forbidden_message(session), status=409, kind="conflict_error")
     except BadRequest as exc:
         return exc.response()
 
@@ -231,7 +257,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 event = await next_event()
                 if isinstance(event, AnswerDone):
                     finished = True
-                    prompt_tokens = len(reactive.template.query_ids(query.text))
                     return web.json_response({
                         "id": cid, "object": "chat.completion", "created": created, "model": model,
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": event.text},
@@ -289,6 +314,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return response
     finally:
         queue.close()
+        owners.release(session, SessionOwners.HTTP)
         if not finished:  # client gone, timeout or error: do not keep decoding (or priming) for nobody
             with contextlib.suppress(Exception):
                 reactive.submit(Cancel(session) if primed else Cancel(session, cid))

@@ -2,16 +2,21 @@
 
     client frame ──► validate ──► reactive.submit(Query | Cancel | Reset)
     reactive.batches (lane thread) ──EventBridge (once per step into the loop, fanned out per session)──►
-        session_events(each session this connection queried) ──► bounded outbox ──► send loop ──► client
+        session_events(each session this connection owns) ──► bounded outbox ──► send loop ──► client
 
 Frames are msgpack (binary) or JSON (text); replies use the encoding the client used last.
 
 Slow-client policy: the model lane never blocks or waits on a client. Events only cross into the event loop;
 token events of one turn are coalesced into one pending frame per (session, turn) until the send loop gets to
 it, so a slow client gets fewer, larger token frames. A coalesced frame never crosses a turn and carries the
-``seq`` of its first token, the place it holds in the outbox, so ``seq`` strictly increases along the connection. Any other frame takes one outbox slot; when the outbox
-holds ``outbox_limit`` frames the client is too far behind: the connection is closed with code 1013 ("try
-again later") and an error is logged. Its turns still run to the end and their memory is committed.
+``seq`` of its first token, the place it holds in the outbox, so ``seq`` strictly increases along the
+connection. Any other frame takes one outbox slot; when the outbox holds ``outbox_limit`` frames the client is too far behind: the connection is closed with code 1013 ("try
+again later") and an error is logged. A client that stops reading cannot take the close frame either: if the
+close handshake does not finish within ``CLOSE_TIMEOUT`` the transport is aborted, whatever the close raised.
+Its turns still run to the end and their memory is committed.
+
+Access (see `security.py`): with an API key the connection must authenticate (header, ``api_key`` query
+parameter or a first ``auth`` frame); a connection acts on and hears only the sessions it owns.
 """
 
 from __future__ import annotations
@@ -29,10 +34,20 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from rxnn_runtime.event_bridge import EventBridge
 from rxnn_runtime.events import AnswerDone, Event, Token
 from rxnn_runtime.messages import MAX_SESSION_ID_LENGTH, Cancel, InvalidMessage, Query, Reset
+from rxnn_runtime.server.security import (
+    AUTH_FRAME,
+    AUTH_TIMEOUT,
+    CLOSE_POLICY_VIOLATION,
+    AccessPolicy,
+    SessionOwners,
+    forbidden_message,
+)
+from rxnn_runtime.server.validation import TooDeep, TooLong, check_depth, check_room, decode_json
 
 log = logging.getLogger(__name__)
 
 CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_TIMEOUT = 2.0  # seconds the close handshake may take before the transport is aborted
 HARD_LIMIT_FACTOR = 16
 """aiohttp's own ``max_msg_size`` is ``HARD_LIMIT_FACTOR * max_message_bytes``: frames between the two limits
 get an error frame, frames beyond it close the connection (1009, message too big)."""
@@ -93,12 +108,17 @@ class _TokenBuffer:
         }
 
 
+class Forbidden(InvalidMessage):
+    """A frame names a session the connection may not use (owned by another client, or over its limit)."""
+
+
 class Connection:
     """One websocket client. Outbox, token buffers and the session set are touched on the event loop only."""
 
     def __init__(self, ws: web.WebSocketResponse, reactive: Any, loop: asyncio.AbstractEventLoop, *,
                  outbox_limit: int, max_message_bytes: int, peer: str = "",
-                 transport: asyncio.Transport | None = None) -> None:
+                 transport: asyncio.Transport | None = None, owners: SessionOwners | None = None,
+                 max_sessions: int = 256, access: AccessPolicy | None = None, authenticated: bool = True) -> None:
         self.ws = ws
         self.reactive = reactive
         self.loop = loop
@@ -111,6 +131,10 @@ class Connection:
         self.outbox: deque[Any] = deque()
         self.tokens: dict[tuple[str, int], _TokenBuffer] = {}  # (session, turn) -> the token frame still waiting
         self.closing = False
+        self.owners = owners if owners is not None else SessionOwners()
+        self.max_sessions = max_sessions
+        self.access = access or AccessPolicy()
+        self.authenticated = authenticated
         self._wake = asyncio.Event()
         self._bridge = EventBridge.of(reactive, loop)
         self._watching: dict[str, Any] = {}  # session -> its subscription on the bridge (loop thread)
@@ -185,27 +209,47 @@ class Connection:
         except asyncio.CancelledError:
             pass
 
-    def close(self, code: int, message: str) -> None:
-        """Close from the loop without waiting (idempotent)."""
+    def close(self, code: int, message: str, *, flush: bool = False) -> None:
+        """Close from the loop without waiting (idempotent); ``flush`` first sends the frames already waiting."""
         if self._closer is None:
             self.closing = True
-            self._closer = self.loop.create_task(self._close(code, message))
+            self._closer = self.loop.create_task(self._close(code, message, flush))
 
-    async def _close(self, code: int, message: str) -> None:
-        self._unwatch_all()
-        self._sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._sender
+    async def _flush(self) -> None:
+        while self.outbox:
+            item = self.outbox.popleft()
+            await self.send_frame(self.tokens.pop(item).frame() if isinstance(item, tuple) else item)
+
+    async def _close(self, code: int, message: str, flush: bool = False) -> None:
+        # The sender may be parked in aiohttp's drain (the client stopped reading). Cancelling it can leave the
+        # protocol's shared drain waiter cancelled, so the close below may raise CancelledError rather than
+        # time out: whatever happens, unless the handshake really finished, abort the transport.
+        closed = False
         try:
-            await asyncio.wait_for(self.ws.close(code=code, message=message.encode()), timeout=2.0)
-        except (TimeoutError, ConnectionError, RuntimeError):
-            if self.transport is not None:
+            self._unwatch_all()
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+            if flush:
+                await asyncio.wait_for(self._flush(), timeout=CLOSE_TIMEOUT)
+            await asyncio.wait_for(self.ws.close(code=code, message=message.encode()), timeout=CLOSE_TIMEOUT)
+            closed = True
+        except (asyncio.CancelledError, Exception) as exc:
+            log.debug("websocket close to %s did not finish (%r): aborting the transport", self.peer, exc)
+            task = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+                raise  # this task itself is being cancelled (shutdown): the finally still aborts
+        finally:
+            if not closed and self.transport is not None:
                 self.transport.abort()
 
     async def finish(self) -> None:
-        """After the receive loop ends: stop listening and sending."""
+        """After the receive loop ends: stop listening and sending, and give up the sessions it owned."""
         self.closing = True
         self._unwatch_all()
+        for sid in self.sessions:
+            self.owners.release(sid, self)
+        self.sessions = frozenset()
         self._sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._sender
@@ -222,39 +266,73 @@ class Connection:
                             f"{self.max_message_bytes}", field="frame")
             return
         try:
-            data = msgpack.unpackb(raw, raw=False) if binary else json.loads(raw)
+            if binary:
+                data = msgpack.unpackb(raw, raw=False)
+                check_depth(data, "frame")
+            else:
+                data = decode_json(raw, "frame")
+        except InvalidMessage as exc:
+            self.send_error("invalid_message" if isinstance(exc, TooDeep) else "invalid_json", str(exc), field="frame")
+            return
         except Exception as exc:
-            kind = "msgpack" if binary else "JSON"
-            self.send_error(f"invalid_{kind.lower()}", f"frame is not valid {kind}: {exc}", field="frame")
+            self.send_error("invalid_msgpack", f"frame is not valid msgpack: {exc}", field="frame")
             return
         if not isinstance(data, dict):
             self.send_error("invalid_message", f"frame must be a map, got {type(data).__name__}", field="frame")
             return
+        if not self.authenticated:
+            self._authenticate(data)
+            return
         self.handle_message(data)
+
+    def _authenticate(self, data: dict[str, Any]) -> None:
+        """The first frame of a connection that did not bring the key in its upgrade request."""
+        if data.get("type") == AUTH_FRAME and self.access.key_matches(data.get("api_key")):
+            self.authenticated = True
+            self._push({"type": "auth_ok"})
+            return
+        self.send_error("unauthorized", "missing or wrong API key: the first frame must be "
+                        '{"type": "auth", "api_key": ...} (or send the key when connecting)', field="api_key")
+        self.close(CLOSE_POLICY_VIOLATION, "unauthorized", flush=True)
 
     def handle_message(self, data: dict[str, Any]) -> None:
         kind = data.get("type")
         session, query_id = data.get("session"), data.get("id")
         try:
-            if kind == "query":
-                query = Query.from_dict(data)
-                self._watch(query.session_id)
-                self.reactive.submit(query)
-            elif kind == "cancel":
-                self._check_id(query_id)
-                message = Cancel(_required(data, "session"), str(query_id) if query_id is not None else "")
-                self._watch(message.session_id)
-                self.reactive.submit(message)
-            elif kind == "reset":
-                message = Reset(_required(data, "session"))
-                self._watch(message.session_id)
-                self.reactive.submit(message)
-            elif kind is None:
-                raise InvalidMessage("type", "is required (one of query, cancel, reset)")
-            else:
-                raise InvalidMessage("type", f"{_short(kind)} is unknown (one of query, cancel, reset)")
+            self._dispatch(kind, data, query_id)
+        except TooLong as exc:
+            self.send_error("too_long", str(exc), field=exc.field, session=session, query_id=query_id)
+        except Forbidden as exc:
+            self.send_error("forbidden", str(exc).split(": ", 1)[-1], field=exc.field, session=session,
+                            query_id=query_id)
         except InvalidMessage as exc:
             self.send_error("invalid_message", str(exc), field=exc.field, session=session, query_id=query_id)
+        except Exception as exc:  # a bug here must cost one error frame, never the connection
+            log.exception("websocket frame from %s failed", self.peer)
+            self.send_error("internal", f"{type(exc).__name__}: {exc}", session=session, query_id=query_id)
+
+    def _dispatch(self, kind: Any, data: dict[str, Any], query_id: Any) -> None:
+        if kind == "query":
+            query = Query.from_dict(data)
+            check_room(self.reactive.template, self.reactive.model.config.max_seq_len, query.text,
+                       query.options.max_new_tokens, tokens_field="options.max_new_tokens", text_field="text")
+            self._watch(query.session_id)
+            self.reactive.submit(query)
+        elif kind == "cancel":
+            self._check_id(query_id)
+            message = Cancel(_required(data, "session"), str(query_id) if query_id is not None else "")
+            self._watch(message.session_id)
+            self.reactive.submit(message)
+        elif kind == "reset":
+            message = Reset(_required(data, "session"))
+            self._watch(message.session_id)
+            self.reactive.submit(message)
+        elif kind == AUTH_FRAME:
+            self._push({"type": "auth_ok"})  # already authenticated (or no key configured)
+        elif kind is None:
+            raise InvalidMessage("type", "is required (one of query, cancel, reset)")
+        else:
+            raise InvalidMessage("type", f"{_short(kind)} is unknown (one of query, cancel, reset)")
 
     @staticmethod
     def _check_id(query_id: Any) -> None:
@@ -264,9 +342,16 @@ class Connection:
             raise InvalidMessage("id", f"must be a string of at most {MAX_SESSION_ID_LENGTH} characters")
 
     def _watch(self, session_id: str) -> None:
-        if session_id not in self.sessions:
-            self.sessions = self.sessions | {session_id}
-        if session_id not in self._watching and not self.closing:
+        """Own ``session_id`` (refused if another client owns it) and hear its events from now on."""
+        if session_id in self.sessions:
+            return
+        if len(self.sessions) >= self.max_sessions:
+            raise Forbidden("session", f"this connection already owns {len(self.sessions)} sessions, the limit "
+                            f"max_sessions_per_connection={self.max_sessions}")
+        if not self.owners.claim(session_id, self):
+            raise Forbidden("session", forbidden_message(session_id))
+        self.sessions = self.sessions | {session_id}
+        if not self.closing:
             self._watching[session_id] = self._bridge.session_events(session_id).subscribe(
                 on_next=self._enqueue_event)
 
@@ -283,17 +368,31 @@ def _short(value: Any) -> str:
 
 
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
-    from rxnn_runtime.server.app import CONFIG, CONNECTIONS, REACTIVE
+    from rxnn_runtime.server.app import CONFIG, CONNECTIONS, OWNERS, REACTIVE
 
     config = request.app[CONFIG]
+    access = config.access
+    authenticated = access.bearer_ok(request) or (
+        access.api_key is not None and access.key_matches(request.query.get("api_key"))
+    )
     ws = web.WebSocketResponse(
         heartbeat=config.heartbeat, max_msg_size=config.max_message_bytes * HARD_LIMIT_FACTOR
     )
     await ws.prepare(request)
     conn = Connection(ws, request.app[REACTIVE], asyncio.get_running_loop(), outbox_limit=config.outbox_limit,
-                      max_message_bytes=config.max_message_bytes, peer=str(request.remote), transport=request.transport)
+                      max_message_bytes=config.max_message_bytes, peer=str(request.remote),
+                      transport=request.transport, owners=request.app[OWNERS],
+                      max_sessions=config.max_sessions_per_connection, access=access, authenticated=authenticated)
     connections = request.app[CONNECTIONS]
     connections.add(conn)
+    auth_timer = None
+    if not authenticated:
+        def _auth_timeout() -> None:
+            if not conn.authenticated:
+                conn.send_error("unauthorized", f"no auth frame within {AUTH_TIMEOUT}s", field="api_key")
+                conn.close(CLOSE_POLICY_VIOLATION, "unauthorized", flush=True)
+
+        auth_timer = asyncio.get_running_loop().call_later(AUTH_TIMEOUT, _auth_timeout)
     try:
         async for msg in ws:
             if conn.closing:
@@ -306,6 +405,8 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
                 log.debug("websocket %s error: %r", conn.peer, ws.exception())
                 break
     finally:
+        if auth_timer is not None:
+            auth_timer.cancel()
         connections.discard(conn)
         await conn.finish()
         if not ws.closed:

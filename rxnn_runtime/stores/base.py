@@ -9,6 +9,7 @@ old state or the new one, never a mix.
 from __future__ import annotations
 
 import abc
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,17 +45,59 @@ class SessionState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SessionState:
+        """Decode and validate a record field by field: a missing or wrongly typed field is a `ValueError` naming
+        the field (the stores wrap it in `CorruptSessionRecord`), never a session that fails later on the lane.
+        The STM's values are kept bit for bit (NaN included): refusing a non-finite memory is the runtime's
+        decision when it loads a session into the model, not the container's."""
         raw = msgpack.unpackb(data, raw=False)
         if not isinstance(raw, dict) or raw.get("format") != 1:
             raise ValueError("session record is not a format-1 rxnn session")
-        return cls(
-            session_id=raw["session_id"],
-            stm=load(raw["stm"])["stm"],
-            turns=raw["turns"],
-            memory_version=raw["memory_version"],
-            metadata=raw["metadata"],
-            updated_at=raw["updated_at"],
-        )
+        missing = sorted({"session_id", "stm", "turns", "memory_version", "metadata", "updated_at"} - set(raw))
+        if missing:
+            raise ValueError(f"session record lacks field(s) {missing}")
+
+        def check(name: str, ok: bool, want: str) -> None:
+            if not ok:
+                raise ValueError(f"session record field {name!r} must be {want}, got {raw[name]!r:.60}")
+
+        check("session_id", isinstance(raw["session_id"], str) and bool(raw["session_id"]), "a non-empty string")
+        for name in ("turns", "memory_version"):
+            value = raw[name]
+            check(name, isinstance(value, int) and not isinstance(value, bool) and value >= 0, "an integer >= 0")
+        check("metadata", isinstance(raw["metadata"], dict), "a map")
+        updated = raw["updated_at"]
+        check("updated_at", isinstance(updated, (int, float)) and not isinstance(updated, bool)
+              and math.isfinite(updated), "a finite number")
+        check("stm", isinstance(raw["stm"], bytes), "safetensors bytes")
+        tensors = load(raw["stm"])
+        stm = tensors.get("stm")
+        if stm is None or not stm.is_floating_point() or stm.dim() != 3:
+            raise ValueError("session record field 'stm' must hold one floating-point (L, S, D) tensor 'stm'")
+        return cls(session_id=raw["session_id"], stm=stm, turns=raw["turns"], memory_version=raw["memory_version"],
+                   metadata=raw["metadata"], updated_at=float(updated))
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long a store keeps sessions nobody uses: at most ``max_sessions`` (the least recently used go first)
+    and none idle for more than ``idle_seconds``. None = no bound. The in-memory store always has one (its
+    default, `MEMORY_RETENTION`); the directory and Redis stores delete only when given one."""
+
+    max_sessions: int | None = None
+    idle_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_sessions is not None and (isinstance(self.max_sessions, bool) or self.max_sessions < 1):
+            raise ValueError(f"Retention.max_sessions={self.max_sessions!r} must be >= 1 or None")
+        if self.idle_seconds is not None and not (math.isfinite(self.idle_seconds) and self.idle_seconds > 0):
+            raise ValueError(f"Retention.idle_seconds={self.idle_seconds!r} must be a finite number > 0 or None")
+
+    @property
+    def bounded(self) -> bool:
+        return self.max_sessions is not None or self.idle_seconds is not None
+
+
+MEMORY_RETENTION = Retention(max_sessions=1024, idle_seconds=3600.0)
 
 
 class SessionStore(abc.ABC):
@@ -71,6 +114,10 @@ class SessionStore(abc.ABC):
 
     @abc.abstractmethod
     def session_ids(self) -> list[str]: ...
+
+    def health(self) -> dict[str, Any]:
+        """``{"status": "ok" | "degraded", ...}`` for ``/healthz``; in-process stores are always reachable."""
+        return {"status": "ok", "store": type(self).__name__}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections or files."""

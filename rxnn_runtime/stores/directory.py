@@ -2,26 +2,43 @@
 
 A save writes the record to a temp file in the same directory, flushes and fsyncs it, `os.replace`s it over the
 session's file and then fsyncs the directory, so after a crash (or a power cut) a reader finds the old record or
-the new one, never a torn mix. Temp files are named `.<session_id>.<random>.tmp`; a save that fails removes its
-own, and temp files left by a killed process are ignored by `load`/`session_ids` and removed once they are older
-than `stale_temp_seconds` (when the store is opened). Several processes may share one directory: each save has
-its own temp file and the last `os.replace` wins.
+the new one, never a torn mix. Temp files are named `.<session_id>.<pid>~<random>.tmp`; a save that fails removes
+its own, and temp files left by a killed process are ignored by `load`/`session_ids` and removed when the store is
+opened: at once if the process that wrote them (same host) is gone, else once they are older than
+`stale_temp_seconds`. Several processes may share one directory: each save has its own temp file and the last
+`os.replace` wins.
+
+Records are deleted only by an explicit `Retention` policy (``retention=``; none by default): at most
+``max_sessions`` records (the least recently saved go first) and none unsaved for ``idle_seconds``, applied when
+the store opens and then at most every ``sweep_seconds`` on save.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
 
-from rxnn_runtime.stores.base import SessionState, SessionStore
+from rxnn_runtime.stores.base import Retention, SessionState, SessionStore
 
 SUFFIX = ".rxs"
 TEMP_SUFFIX = ".tmp"
 # Longest file name (in bytes) we create; most filesystems allow 255 and the temp name adds ~15 bytes.
 _MAX_NAME_BYTES = 230
+_TEMP_PID = re.compile(r"\.(\d+)~[^.]*\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or we cannot tell: keep its files
+    return True
 
 
 class CorruptSessionRecord(ValueError):
@@ -60,8 +77,12 @@ def _fsync_directory(path: Path) -> None:
 
 
 class DirectoryStore(SessionStore):
-    def __init__(self, path: str | os.PathLike[str], *, stale_temp_seconds: float = 3600.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, stale_temp_seconds: float = 3600.0,
+                 retention: Retention | None = None, sweep_seconds: float = 60.0) -> None:
         self.path = Path(path).expanduser()
+        self.retention = retention or Retention()
+        self.sweep_seconds = sweep_seconds
+        self._last_sweep = 0.0
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -69,6 +90,7 @@ class DirectoryStore(SessionStore):
         if not self.path.is_dir():
             raise NotADirectoryError(f"session store path {str(self.path)!r} is not a directory")
         self._remove_stale_temps(stale_temp_seconds)
+        self.sweep()
 
     def __repr__(self) -> str:
         return f"DirectoryStore({str(self.path)!r})"
@@ -95,7 +117,8 @@ class DirectoryStore(SessionStore):
     def save(self, state: SessionState) -> None:
         file = self.file_for(state.session_id)
         data = state.to_bytes()  # before touching the disk: a failure here leaves nothing behind
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{state.session_id}.", suffix=TEMP_SUFFIX, dir=self.path)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{state.session_id}.{os.getpid()}~", suffix=TEMP_SUFFIX,
+                                        dir=self.path)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -107,6 +130,8 @@ class DirectoryStore(SessionStore):
                 os.unlink(tmp_name)
             raise
         _fsync_directory(self.path)
+        if self.retention.bounded and time.monotonic() - self._last_sweep >= self.sweep_seconds:
+            self.sweep()
 
     def delete(self, session_id: str) -> None:
         file = self.file_for(session_id)
@@ -124,11 +149,41 @@ class DirectoryStore(SessionStore):
                 ids.append(name[: -len(SUFFIX)])
         return sorted(ids)
 
+    def sweep(self) -> list[str]:
+        """Apply the retention policy now; returns the deleted session ids (oldest first)."""
+        self._last_sweep = time.monotonic()
+        if not self.retention.bounded:
+            return []
+        records = []
+        for entry in os.scandir(self.path):
+            if entry.name.endswith(SUFFIX) and len(entry.name) > len(SUFFIX) and not entry.name.startswith("."):
+                with contextlib.suppress(OSError):
+                    if entry.is_file():
+                        records.append((entry.stat().st_mtime, entry.name[: -len(SUFFIX)]))
+        records.sort()
+        doomed = []
+        if self.retention.idle_seconds is not None:
+            cutoff = time.time() - self.retention.idle_seconds
+            doomed = [sid for mtime, sid in records if mtime < cutoff]
+        if self.retention.max_sessions is not None:
+            over = len(records) - self.retention.max_sessions
+            doomed = list(dict.fromkeys(doomed + [sid for _, sid in records[:max(over, 0)]]))
+        for sid in doomed:
+            with contextlib.suppress(OSError):
+                (self.path / (sid + SUFFIX)).unlink()
+        if doomed:
+            _fsync_directory(self.path)
+        return doomed
+
     def _remove_stale_temps(self, max_age: float) -> None:
-        """Remove temp files a killed process left behind (old enough that no save can still be writing them)."""
+        """Remove temp files a killed process left behind: those of a process that is gone (same host) at once,
+        any other once it is old enough that no save can still be writing it."""
         cutoff = time.time() - max_age
         for entry in os.scandir(self.path):
             if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and entry.is_file():
+                match = _TEMP_PID.search(entry.name)
                 with contextlib.suppress(OSError):
-                    if entry.stat().st_mtime < cutoff:
+                    orphan = match is not None and int(match.group(1)) != os.getpid() and not _pid_alive(
+                        int(match.group(1)))
+                    if orphan or entry.stat().st_mtime < cutoff:
                         os.unlink(entry.path)

@@ -1,27 +1,62 @@
-"""The default store: sessions live in this process only (lost on restart)."""
+"""The default store: sessions live in this process only (lost on restart), bounded.
+
+Without a bound every session ever seen (one per session-less OpenAI request, for instance) would keep its STM
+forever. The store keeps at most ``retention.max_sessions`` records, dropping the least recently used, and drops
+records not loaded or saved for ``retention.idle_seconds`` (default `MEMORY_RETENTION`: 1024 sessions, 1 hour).
+An evicted session starts again from the initial memory.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 
-from rxnn_runtime.stores.base import SessionState, SessionStore
+from rxnn_runtime.stores.base import MEMORY_RETENTION, Retention, SessionState, SessionStore
 
 
 class InMemoryStore(SessionStore):
-    def __init__(self) -> None:
-        self._records: dict[str, bytes] = {}
+    def __init__(self, retention: Retention | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.retention = retention or MEMORY_RETENTION
+        if not self.retention.bounded:
+            raise ValueError("the in-memory store needs a bound: give Retention.max_sessions or idle_seconds")
+        self._clock = clock
+        # session id -> (record bytes, last use); ordered by last use, oldest first
+        self._records: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._lock = threading.Lock()
 
+    def _expire(self, now: float) -> None:
+        idle = self.retention.idle_seconds
+        if idle is not None:
+            while self._records:
+                oldest, (_, used) = next(iter(self._records.items()))
+                if now - used <= idle:
+                    break
+                del self._records[oldest]
+        limit = self.retention.max_sessions
+        if limit is not None:
+            while len(self._records) > limit:
+                self._records.popitem(last=False)
+
     def load(self, session_id: str) -> SessionState | None:
+        now = self._clock()
         with self._lock:
-            data = self._records.get(session_id)
+            self._expire(now)
+            entry = self._records.get(session_id)
+            if entry is not None:
+                self._records[session_id] = (entry[0], now)
+                self._records.move_to_end(session_id)
         # Stored as bytes so a caller mutating its tensor cannot change the saved state.
-        return SessionState.from_bytes(data) if data is not None else None
+        return SessionState.from_bytes(entry[0]) if entry is not None else None
 
     def save(self, state: SessionState) -> None:
         data = state.to_bytes()
+        now = self._clock()
         with self._lock:
-            self._records[state.session_id] = data
+            self._records[state.session_id] = (data, now)
+            self._records.move_to_end(state.session_id)
+            self._expire(now)
 
     def delete(self, session_id: str) -> None:
         with self._lock:
@@ -29,4 +64,10 @@ class InMemoryStore(SessionStore):
 
     def session_ids(self) -> list[str]:
         with self._lock:
+            self._expire(self._clock())
             return sorted(self._records)
+
+    def count(self) -> int:
+        """Records held now. (Not ``__len__``: an empty store must stay truthy for ``store or default``.)"""
+        with self._lock:
+            return len(self._records)

@@ -4,6 +4,9 @@
 - "redis://host:port/db" or "rediss://..." (TLS): `RedisStore`, shared by several replicas
 - "file:///absolute/path" or a plain path ("sessions", "./data/sessions", "~/rxnn"): `DirectoryStore`,
   created if missing
+
+``retention`` (`Retention`) bounds how long idle sessions are kept: for the in-memory store it replaces the
+default bound (`MEMORY_RETENTION`); the directory and Redis stores delete sessions only when it is given.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from rxnn_runtime.stores.base import SessionStore
+from rxnn_runtime.stores.base import Retention, SessionStore
 from rxnn_runtime.stores.memory import InMemoryStore
 
 ACCEPTED = "memory://, redis://, rediss://, file:///absolute/path, or a plain directory path"
@@ -23,24 +26,26 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
 def _shown(url: str) -> str:
     if url.lower().startswith(("redis://", "rediss://")):
-        from rxnn_runtime.stores.redis_store import redact_url
-
+        try:
+            from rxnn_runtime.stores.redis_store import redact_url
+        except ModuleNotFoundError:  # no redis package: hide a password without it
+            return re.sub(r"^(\w+://[^:/@]*):[^@/]*@", r"\1:***@", url)
         return redact_url(url)
     return url
 
 
-def open_store(url: str | os.PathLike[str] | None) -> SessionStore:
+def open_store(url: str | os.PathLike[str] | None, retention: Retention | None = None) -> SessionStore:
     if url is None:
-        return InMemoryStore()
+        return InMemoryStore(retention)
     if isinstance(url, os.PathLike):
         from rxnn_runtime.stores.directory import DirectoryStore
 
-        return DirectoryStore(url)
+        return DirectoryStore(url, retention=retention)
     if not isinstance(url, str):
         raise TypeError(f"session store url must be a string or a path, not {type(url).__name__}")
     text = url.strip()
     if text == "" or text.lower() == "memory://":
-        return InMemoryStore()
+        return InMemoryStore(retention)
 
     match = _SCHEME.match(text)
     # A one-letter "scheme" is a Windows drive ("C:\\sessions"), i.e. a plain path.
@@ -49,7 +54,7 @@ def open_store(url: str | os.PathLike[str] | None) -> SessionStore:
     if scheme is None:
         from rxnn_runtime.stores.directory import DirectoryStore
 
-        return DirectoryStore(Path(text))
+        return DirectoryStore(Path(text), retention=retention)
     if scheme in ("redis", "rediss"):
         try:
             from rxnn_runtime.stores.redis_store import RedisStore
@@ -57,10 +62,11 @@ def open_store(url: str | os.PathLike[str] | None) -> SessionStore:
             if exc.name != "redis":
                 raise
             raise ModuleNotFoundError(
-                f"session store url {_shown(text)!r} needs the redis package: pip install 'redis>=5'",
+                f"session store url {_shown(text)!r} needs the redis package, in the 'redis' extra: "
+                "pip install 'rxnn-runtime[redis]'",
                 name="redis",
             ) from exc
-        return RedisStore(text)
+        return RedisStore(text, retention=retention)
     if scheme == "file":
         parts = urlsplit(text)
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
@@ -72,5 +78,5 @@ def open_store(url: str | os.PathLike[str] | None) -> SessionStore:
             raise ValueError(f"session store url {url!r}: a file URL takes no ?query or #fragment")
         from rxnn_runtime.stores.directory import DirectoryStore
 
-        return DirectoryStore(Path(unquote(parts.path)))
+        return DirectoryStore(Path(unquote(parts.path)), retention=retention)
     raise ValueError(f"unsupported session store url {_shown(text)!r}: use {ACCEPTED}")

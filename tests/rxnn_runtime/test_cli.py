@@ -136,3 +136,39 @@ def test_serve_answers_healthz_and_stops_on_sigterm(tiny_model_dir):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_serve_flags_key_and_retention(tiny_model_dir, tmp_path):
+    """--api-key and --session-limit reach the server; a bad retention value is a one-line error."""
+    bad = rxnn("serve", "--model", str(tiny_model_dir), "--session-limit", "0")
+    assert bad.returncode == 1 and "Retention.max_sessions=0" in bad.stderr
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rxnn_runtime.cli", "serve", "--model", str(tiny_model_dir), "--port", str(port),
+         "--api-key", "k1", "--store", str(tmp_path / "s"), "--session-limit", "3"],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    body = b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}'
+
+    def post(headers):
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **headers})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert post({}) == 401
+        assert post({"Authorization": "Bearer k1"}) == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)

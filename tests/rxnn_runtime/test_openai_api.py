@@ -160,4 +160,5 @@ async def test_lone_surrogate_is_a_400_at_once_not_a_hang(client, where):
     resp = await asyncio.wait_for(client.post("/v1/chat/completions", data=raw,
                                               headers={"Content-Type": "application/json"}), 5.0)
     assert resp.status == 400, await resp.text()
-    assert "tokenized" in (await resp.json())["error"]["message"]
+    message = (await resp.json())["error"]["message"]
+    assert "surrogate" in message or "tokenized" in message  # refused at the edge, or by the lane as an Error

@@ -31,10 +31,20 @@ def _done(log, sid, kinds=(MemoryUpdated, Error)):
     return log.wait_for(lambda ev: any(isinstance(e, kinds) and e.session_id == sid for e in ev), timeout=60)
 
 
-def test_lone_surrogate_is_an_error_for_that_turn_and_others_go_on():
+def test_tokenizer_failure_is_an_error_for_that_turn_and_others_go_on():
+    """A query the tokenizer cannot encode (a lone surrogate used to reach it; `Query` now refuses those at
+    the edge) fails on the lane: that turn gets an Error, the lane and the other sessions go on."""
     reactive, log = _runtime()
+    query_ids = reactive.template.query_ids
+
+    def fragile(text, *args, **kwargs):
+        if "boom" in text:
+            raise UnicodeEncodeError("utf-8", text, 0, 1, "surrogates not allowed")
+        return query_ids(text, *args, **kwargs)
+
+    reactive.template.query_ids = fragile
     try:
-        reactive.submit(Query("bad", "hello \ud800 there", OPTS, query_id="q"))
+        reactive.submit(Query("bad", "hello boom there", OPTS, query_id="q"))
         reactive.submit(Query("good", "hello", OPTS))
         assert _done(log, "bad") and _done(log, "good")
         error = next(e for e in log.events if e.session_id == "bad")

@@ -265,14 +265,27 @@ d.DirectoryStore({str(tmp_path)!r}).save(SessionState("s", torch.full((2, 4, 8),
     assert store.session_ids() == ["s"]
     assert_same_state(store.load("s"), old)
 
-    # Fresh, so the temp file is not stale yet: kept (a save may still be writing it).
-    DirectoryStore(tmp_path)
-    assert len([n for n in os.listdir(tmp_path) if n.endswith(".tmp")]) == 1
-    an_hour_ago = time.time() - 7200
-    os.utime(tmp_path / leftovers[0], (an_hour_ago, an_hour_ago))
+    # The process that wrote it is gone: the next store removes it at once, not an hour later.
     DirectoryStore(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["s.rxs"]
     assert_same_state(store.load("s"), old)
+
+
+def test_directory_keeps_a_live_writers_temp_until_stale(tmp_path):
+    """A temp file of a process that is still running may be a save in progress: kept until it is stale."""
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        temp = tmp_path / f".s.{writer.pid}~abc123.tmp"
+        temp.write_bytes(b"half a record")
+        DirectoryStore(tmp_path)
+        assert temp.exists()
+        an_hour_ago = time.time() - 7200
+        os.utime(temp, (an_hour_ago, an_hour_ago))
+        DirectoryStore(tmp_path)
+        assert not temp.exists()
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 def test_directory_save_fsyncs_file_and_directory(tmp_path, monkeypatch):
@@ -527,7 +540,7 @@ def test_open_store_rediss_scheme_goes_to_redis(monkeypatch):
     from rxnn_runtime.stores import redis_store
 
     opened = []
-    monkeypatch.setattr(redis_store.RedisStore, "__init__", lambda self, url: opened.append(url))
+    monkeypatch.setattr(redis_store.RedisStore, "__init__", lambda self, url, **kw: opened.append(url))
     open_store("rediss://example.invalid:6380/1")
     open_store("redis://example.invalid/0")
     assert opened == ["rediss://example.invalid:6380/1", "redis://example.invalid/0"]

@@ -170,13 +170,3 @@ def test_failed_turn_frees_its_session_and_slot():
     assert [(type(e), e.code) for e in events] == [(Error, "internal")]
     assert not s.is_busy("a") and s.schedule().release == [0]
 
-
-def test_lookahead_keeps_a_position_for_the_token_fed_ahead():
-    s = _scheduler(slots=1, capacity=8, lookahead=1)
-    turn = _turn(s, "r", max_new=50, prompt=(1, 2, 3, 4, 5))
-    s.add(turn)
-    done = []
-    for _ in range(6):
-        done += [e for e in _step(s)[1] if isinstance(e, AnswerDone)]
-    # prompt 5 + 2 answer tokens + the token a step launched ahead may feed: the row's 8 positions.
-    assert [e.token_ids for e in done] == [(7, 7)]

@@ -169,3 +169,27 @@ def test_server_error_is_shown_in_the_status_line(served, browser):
     wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("error: too_long"))
     assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
     assert browser.find_element(By.ID, "cancel").get_attribute("disabled") is not None
+
+
+@pytest.fixture
+def api_key_env(monkeypatch):
+    """Set before `served` builds the app (fixtures run in argument order): the server then requires the key."""
+    monkeypatch.setenv("RXNN_API_KEY", "page-key")
+    return "page-key"
+
+
+def test_page_authenticates_with_a_key_from_the_url_fragment(api_key_env, served, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    reactive, url = served
+    wait = WebDriverWait(browser, 60, poll_frequency=0.05)
+    browser.get(url + "#api_key=" + api_key_env)  # (without it: tests/rxnn_runtime/server/test_security.py)
+    wait.until(lambda d: d.find_element(By.ID, "connection").text == "connected")
+    session = browser.execute_script("return window.rxnnChat.session")
+    box = browser.find_element(By.ID, "input")
+    box.send_keys("hello")
+    box.send_keys(Keys.ENTER)
+    wait.until(lambda d: d.find_element(By.ID, "turns").text == "turn 1")
+    assert reactive.session_state(session).turns == 1

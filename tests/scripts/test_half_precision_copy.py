@@ -24,7 +24,7 @@ def test_copy_is_half_the_size_and_loads_close(tmp_path, dtype, load_script):
     assert (dst / "tokenizer.json").read_text() == "{}" and not (dst / "critic.pt").exists()
     src_bytes = (tmp_path / "src" / "model.safetensors").stat().st_size
     assert (dst / "model.safetensors").stat().st_size < 0.6 * src_bytes
-    loaded = RxT.from_pretrained(dst)
+    loaded = RxT.from_pretrained(dst, load_tokenizer=False)  # the tokenizer.json above is a stand-in
     tol = 1e-2 if dtype == "bf16" else 1e-3
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert b.dtype == a.dtype, name  # loads back in the model's own dtype

@@ -74,7 +74,7 @@ def test_unknown_key_is_named(tmp_path):
     [
         ({"train": {"batch_size": "8"}}, "'train.batch_size': expected int, got str"),
         ({"train": {"batch_size": 8.5}}, "'train.batch_size': expected int, got float"),
-        ({"train": {"compile": "yes"}}, "'train.compile': expected bool, got str"),
+        ({"train": {"compile": "yes"}}, "'train.compile': expected bool | None, got str"),
         ({"train": {"lr": True}}, "'train.lr': expected float, got bool"),
         ({"train": {"betas": [0.9]}}, "'train.betas': expected 2 values"),
         ({"train": {"precision": "fp64"}}, "'train.precision': expected one of"),

@@ -2,11 +2,11 @@
 interactions, parameter matching against the RxT, the loss goes down, bad configs fail before training, and
 ``final/`` loads with ``DecoderLM.from_pretrained``."""
 
-import contextlib
 import json
 
 import pytest
 import torch
+from torch_threads import one_thread
 
 from rxt.classic import DecoderLM
 from rxt.config import RxTConfig
@@ -29,16 +29,6 @@ from training.stages.data_config import DataSource
 TRAIN = {"batch_size": 8, "warmup_steps": 2, "lr": 3e-3, "device": "cpu", "log_every": 1, "keep_last": 1,
          "seed": 0}
 DATA = [{"kind": "synthetic", "synthetic": {"num_episodes": 32, "num_turns": 2, "seed": 5}}]
-
-
-@contextlib.contextmanager
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def raw_config(output_dir, **overrides):

@@ -1,11 +1,11 @@
 """Stage 1 (joint LM pre-training): the loss goes down, final/ loads, the decoder's memory path is detached,
 and bad configs fail before training, naming the key."""
 
-import contextlib
 import json
 
 import pytest
 import torch
+from torch_threads import one_thread
 
 from rxt.config import RxTConfig
 from rxt.model import RxT
@@ -17,17 +17,6 @@ from training.stages import STAGES, get_stage
 from training.stages.joint_lm import JointLMConfig, JointLMModel, run_stage
 
 DATA = [{"kind": "synthetic", "limit": 160, "synthetic": {"num_episodes": 40, "num_turns": 2, "seed": 3}}]
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Tiny models run faster on one thread, and far faster when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 

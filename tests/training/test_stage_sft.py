@@ -1,11 +1,11 @@
 """Stage 2 (interaction SFT): starts from stage 1's final/, the loss goes down, answer-only labels, honest
 (no-peek) answer metrics in evaluation, bad config fails before training."""
 
-import contextlib
 import json
 
 import pytest
 import torch
+from torch_threads import one_thread
 
 from rxt.model import RxT
 from rxt.tokenizer import RxTokenizer
@@ -19,17 +19,6 @@ from training.stages.sft import MaskedInteractionDataset, SFTConfig, query_part,
 TRAIN = {"batch_size": 8, "warmup_steps": 2, "lr": 3e-3, "device": "cpu", "log_every": 1, "keep_last": 1,
          "seed": 0}
 DATA = [{"kind": "synthetic", "limit": 160, "synthetic": {"num_episodes": 40, "num_turns": 2, "seed": 5}}]
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Tiny models run faster on one thread, and far faster when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 

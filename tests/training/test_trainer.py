@@ -157,3 +157,24 @@ def test_interrupted_save_leaves_previous_checkpoint_loadable(tmp_path, monkeypa
     assert not list(path.parent.glob(".tmp-*"))
     state = ck.load_checkpoint(path, model=t.unwrapped_model, optimizer=t.optimizer)
     assert state["step"] == 2
+
+
+def test_a_failed_automatic_compile_falls_back_to_eager(tmp_path):
+    """compile=None (auto, CUDA only) retries a step eagerly when the compiled model fails; asked-for compile
+    (compile=True) and eager runs raise as usual."""
+    trainer = make(tmp_path, random_data(), max_steps=3)
+
+    class Broken(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            raise RuntimeError("inductor says no")
+
+    eager = trainer.model
+    trainer._compile_auto, trainer._compiled, trainer.model = True, True, Broken()
+    trainer._eager_model = eager
+    with pytest.warns(UserWarning, match="torch.compile failed .*inductor says no.*training eagerly"):
+        trainer.train()
+    assert trainer.model is eager and not trainer._compiled and trainer.step == 3
+    other = make(tmp_path / "b", random_data(), max_steps=3)
+    other._compiled, other.model = True, Broken()  # compile asked for explicitly: no silent fallback
+    with pytest.raises(RuntimeError, match="inductor says no"):
+        other.train()

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 from rxt.atomic_io import atomic_write_bytes
 from training.data.records import Record, RecordError, record_class, record_kind
+from training.data.rows import row_records, rows_to_records
 
 OFFLINE_VARIABLES: tuple[str, ...] = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 """Environment variables that put the Hugging Face libraries offline; :func:`from_hub` checks them first."""
@@ -35,14 +36,14 @@ def _existing_file(path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def load_jsonl(path: str | os.PathLike[str], kind: str) -> list[Record]:
-    """Read one record per non-blank line of a JSONL file.
+def load_jsonl(path: str | os.PathLike[str], kind: str, *, columns: Mapping[str, str] | None = None) -> list[Record]:
+    """Read the records of every non-blank line of a JSONL file (any row format of :mod:`training.data.rows`).
 
     Raises:
         FileNotFoundError: naming ``path``.
         ValueError: ``"<path>: line N: ..."`` for invalid JSON or a missing / wrong-typed key.
     """
-    cls = record_class(kind)
+    record_class(kind)
     path = _existing_file(path)
     records: list[Record] = []
     with path.open("r", encoding="utf-8") as handle:
@@ -54,14 +55,14 @@ def load_jsonl(path: str | os.PathLike[str], kind: str) -> list[Record]:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}: line {lineno}: invalid JSON ({exc.msg})") from None
             try:
-                records.append(cls.from_dict(row))
+                records.extend(row_records(row, kind, columns))
             except RecordError as exc:
                 raise RecordError(f"{path}: line {lineno}: {exc}") from None
     return records
 
 
-def load_parquet(path: str | os.PathLike[str], kind: str) -> list[Record]:
-    """Read one record per row of a Parquet file (columns named like the record's keys).
+def load_parquet(path: str | os.PathLike[str], kind: str, *, columns: Mapping[str, str] | None = None) -> list[Record]:
+    """Read the records of every row of a Parquet file (columns named like the record's keys, or ``columns``).
 
     An episode's ``metadata`` column may hold JSON text (what :func:`save_parquet` writes) or a struct.
 
@@ -71,17 +72,9 @@ def load_parquet(path: str | os.PathLike[str], kind: str) -> list[Record]:
     """
     import pyarrow.parquet as pq
 
-    cls = record_class(kind)
+    record_class(kind)
     path = _existing_file(path)
-    rows = pq.read_table(path).to_pylist()
-    records: list[Record] = []
-    for rowno, row in enumerate(rows, start=1):
-        try:
-            records.append(cls.from_dict(row))
-        except RecordError as exc:
-            raise RecordError(f"{path}: row {rowno}: {exc}") from None
-    return records
-
+    return rows_to_records(pq.read_table(path).to_pylist(), kind, where=str(path), columns=columns)
 
 
 
@@ -144,6 +137,25 @@ def _probe_hub(name: str, timeout: float) -> None:
         ) from None
 
 
+def is_saved_dataset(path: str | os.PathLike[str]) -> bool:
+    """A directory written by ``datasets.Dataset(Dict).save_to_disk`` (read with ``load_from_disk``)."""
+    path = Path(path)
+    return path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file())
+
+
+def _open_dataset(name: str, split: str, subset: str | None, data_files: Any, streaming: bool, kwargs: dict):
+    import datasets
+
+    if is_saved_dataset(name):
+        data = datasets.load_from_disk(name)
+        if isinstance(data, datasets.DatasetDict):
+            if split not in data:
+                raise ValueError(f"dataset {name!r} has no split {split!r}; it has {sorted(data)}")
+            data = data[split]
+        return data.to_iterable_dataset() if streaming else data
+    return datasets.load_dataset(name, subset, split=split, data_files=data_files, streaming=streaming, **kwargs)
+
+
 def from_hub(
     name: str,
     kind: str,
@@ -151,26 +163,36 @@ def from_hub(
     *,
     columns: Mapping[str, str] | None = None,
     limit: int | None = None,
+    subset: str | None = None,
+    data_files: str | Sequence[str] | Mapping[str, Any] | None = None,
+    streaming: bool = False,
     probe_timeout: float = 3.0,
     **kwargs: Any,
 ) -> list[Record]:
-    """Load a Hugging Face dataset with ``datasets.load_dataset(name, split=split, **kwargs)`` as records.
+    """Load a Hugging Face dataset as records: ``datasets.load_dataset(name, subset, split=split,
+    data_files=data_files, streaming=streaming, **kwargs)``, or ``datasets.load_from_disk(name)`` for a directory
+    written by ``save_to_disk``. Rows may be in any format of :mod:`training.data.rows` (``messages``, query/answer,
+    text).
 
     Fails fast rather than hanging: for a Hub name (not a local path or a packaged builder such as ``"json"``),
     a set :data:`OFFLINE_VARIABLES` raises at once, and otherwise a TCP connection to the Hub (``HF_ENDPOINT``) must
     open within ``probe_timeout`` seconds.
 
     Args:
-        name: Hub id (``"owner/name"``), local path, or packaged builder name.
+        name: Hub id (``"owner/name"``), local path (a ``save_to_disk`` directory too), or packaged builder name
+            (``"json"``, ``"parquet"``, ... with ``data_files``).
         kind: record kind, ``"text"``, ``"interaction"`` or ``"episode"``.
         columns: record key -> dataset column, for datasets whose columns are named differently.
-        limit: keep only the first ``limit`` rows.
+        limit: keep only the first ``limit`` records; with ``streaming`` no more rows than that are read.
+        subset: the dataset's configuration (``name`` argument of ``load_dataset``).
+        data_files: files of a builder or a Hub repo (``load_dataset``'s ``data_files``).
+        streaming: read rows as they arrive instead of downloading the whole dataset first (large Hub datasets).
 
     Raises:
         RuntimeError: offline, naming the dataset and the variable (or the unreachable host).
         ValueError: ``"<name>[<split>]: row N: ..."`` naming a missing / wrong-typed key.
     """
-    cls = record_class(kind)
+    record_class(kind)
     if not _is_local(name):
         variable = _offline_variable()
         if variable is not None:
@@ -180,21 +202,8 @@ def from_hub(
                 "(load_jsonl / load_parquet)."
             )
         _probe_hub(name, probe_timeout)
-    import datasets
-
-    data = datasets.load_dataset(name, split=split, **kwargs)
-    mapping = dict(columns or {})
-    records: list[Record] = []
-    for rowno, row in enumerate(data, start=1):
-        if limit is not None and rowno > limit:
-            break
-        if mapping:
-            row = {**row, **{key: row[col] for key, col in mapping.items() if col in row}}
-        try:
-            records.append(cls.from_dict(row))
-        except RecordError as exc:
-            raise RecordError(f"{name}[{split}]: row {rowno}: {exc}") from None
-    return records
+    data = _open_dataset(name, split, subset, data_files, streaming, kwargs)
+    return rows_to_records(data, kind, where=f"{name}[{split}]", columns=columns, limit=limit)
 
 
 # ---------------------------------------------------------------------------------------------- combining
@@ -247,6 +256,7 @@ __all__ = [
     "OFFLINE_VARIABLES",
     "concat",
     "from_hub",
+    "is_saved_dataset",
     "load_jsonl",
     "load_parquet",
     "save_jsonl",

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from training.config import ConfigError, TrainConfig
 from training.mrl.impo import IMPOConfig
 from training.stages.data_config import DataSource
+from training.stages.stage_config import ModelStageConfig
 
 STRATEGIES = ("cumulative", "long_range")
 
@@ -47,15 +48,12 @@ class CurriculumStage:
 
 
 @dataclass
-class MRLConfig:
+class MRLConfig(ModelStageConfig):
     """Stage-5 settings. ``model``/``tokenizer``/``model_overrides`` go to `load_model_and_tokenizer`
     (usually stage 4's ``final/``). ``train`` gives lr, betas, weight decay, grad clipping, seed, device,
     output directory and ``early_stopping_patience`` (evaluations without a better eval reward; 0 = off)."""
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(run_name="mrl", warmup_steps=0, lr=1e-4))
-    model: str = "tiny"
-    tokenizer: str | None = None
-    model_overrides: dict[str, Any] = field(default_factory=dict)
     curriculum: list[CurriculumStage] = field(default_factory=lambda: [CurriculumStage()])
     data: list[DataSource] = field(default_factory=list)
     synthetic_seed: int = 0

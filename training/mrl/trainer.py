@@ -17,9 +17,7 @@ reward-curve PNG and ``final/`` (RxT ``save_pretrained`` + tokenizer + ``critic.
 from __future__ import annotations
 
 import copy
-import json
 import random
-import warnings
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +30,7 @@ from rxnn_runtime.messages import GenerationOptions
 from rxnn_runtime.reactive_model import ReactiveModel
 from rxt.freezing import set_trainable
 from rxt.model import RxT
+from training.callbacks import EarlyStopping
 from training.data.records import EpisodeRecord
 from training.data.synthetic import SyntheticDialogueConfig, generate_episodes, recall_hit
 from training.mrl.critic import Critic
@@ -39,21 +38,19 @@ from training.mrl.curriculum import CurriculumStage, MRLConfig, at_epoch
 from training.mrl.episodes import EpisodeLog, collect_episodes, save_episode_logs
 from training.mrl.impo import IMPOLearner
 from training.mrl.rewards import compute_rewards
+from training.nonfinite import NonFiniteLossGuard
+from training.plumbing import ScalarLog, UnfreezeSchedule, plot_curves, resolve_device, write_metrics
 from training.rewards import model_embedding
 from training.time_budget import TimeBudget
 from training.trainer import seed_everything
 
 
-def _device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("TrainConfig.device='cuda' but CUDA is not available")
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 class MRLTrainer:
-    """Holds the policy, its frozen reference copy, the critic, the optimizer and the runtime."""
+    """Holds the policy, its frozen reference copy, the critic, the optimizer and the runtime.
+
+    The loop differs from `Trainer`'s (collections through the runtime, then IMPO updates), the plumbing does
+    not: device choice, TensorBoard, early stopping (`EarlyStopping` on the eval reward), the unfreeze schedule
+    (per epoch), metrics.json and the curve plot are the shared parts of `training.plumbing`/`callbacks`."""
 
     def __init__(self, config: MRLConfig, model: RxT | None = None, tokenizer: Any = None) -> None:
         if model is None or tokenizer is None:
@@ -62,8 +59,9 @@ class MRLTrainer:
             model, tokenizer = load_model_and_tokenizer(config.model, config.tokenizer, config.model_overrides)
         self.config = config
         self.cfg = config.train
+        self._nonfinite = NonFiniteLossGuard(self.cfg.nonfinite_loss_patience)
         seed_everything(self.cfg.seed)
-        self.device = _device(self.cfg.device)
+        self.device = resolve_device(self.cfg.device)
         self.policy = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.reference = copy.deepcopy(self.policy).eval()
@@ -72,12 +70,12 @@ class MRLTrainer:
         set_trainable(self.policy.parameters(), True)
         self.optimizer = torch.optim.AdamW(
             [*self.policy.parameters(), *self.critic.parameters()], lr=self.cfg.lr, betas=self.cfg.betas,
-            eps=self.cfg.eps, weight_decay=self.cfg.weight_decay,
+            eps=self.cfg.eps, weight_decay=self.cfg.weight_decay, fused=self.device.type == "cuda",
         )
         self.learner = IMPOLearner(self.policy, self.critic, self.optimizer, config.impo_config(),
                                    reference=self.reference, pad_id=tokenizer.pad_id, device=self.device)
-        self.groups = self.policy.parameter_groups()
-        self.trainable: list[str] | None = None
+        self.unfreeze = UnfreezeSchedule(config.unfreeze_schedule, self.policy.parameter_groups(),
+                                         "MRLConfig.unfreeze_schedule")
         embed = model_embedding(self.policy.embedding) if config.reward.get("cosine_weight", 1.0) > 0 else None
         self.embed = embed
         self.reward = config.reward_fn()
@@ -89,8 +87,11 @@ class MRLTrainer:
         self.eval_history: list[dict[str, float]] = []
         self.updates = 0
         self.stop_reason: str | None = None
+        self.should_stop = False
+        self.early_stopping = EarlyStopping(self.cfg.early_stopping_patience, metric="reward_mean", mode="max") \
+            if self.cfg.early_stopping_patience else None
         self._reactive: ReactiveModel | None = None
-        self._writer: Any = None
+        self.scalar_log = ScalarLog(self.output_dir / "tensorboard" / self.cfg.run_name)
 
     # -- plumbing --------------------------------------------------------------------------------------------
     @property
@@ -100,30 +101,20 @@ class MRLTrainer:
                                            use_cuda_graphs=False)
         return self._reactive
 
-    def writer(self):
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                warnings.warn("tensorboard is not installed; no TensorBoard logs", stacklevel=2)
-                self._writer = False
-            else:
-                self._writer = SummaryWriter(str(self.output_dir / "tensorboard" / self.cfg.run_name))
-        return self._writer or None
-
     def log_scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
-        w = self.writer()
-        if w is not None:
-            for key, value in values.items():
-                w.add_scalar(f"{prefix}/{key}", value, step)
+        self.scalar_log.scalars(prefix, values, step)
+
+    @property
+    def trainable(self) -> list[str] | None:
+        return self.unfreeze.current
 
     def apply_unfreeze_schedule(self, epoch: int) -> list[str]:
-        groups = at_epoch(self.config.unfreeze_schedule, epoch)
-        if groups != self.trainable:
-            for name, params in self.groups.items():
-                set_trainable(params, name in groups)
-            self.trainable = list(groups)
-        return groups
+        return self.unfreeze.apply(epoch)
+
+    def request_stop(self, reason: str) -> None:
+        """What `EarlyStopping` calls (the `Trainer` interface)."""
+        if not self.should_stop:
+            self.should_stop, self.stop_reason = True, reason
 
     def options(self, temperature: float | None = None) -> GenerationOptions:
         c = self.config
@@ -163,6 +154,7 @@ class MRLTrainer:
             self._reactive.wait_idle()
         batch = [*logs, *self.replay]
         stats = self.learner.update(batch)
+        self._nonfinite.check(self.updates + 1, {"loss": stats.get("policy_loss", 0.0) + stats.get("value_loss", 0.0)})
         if self.config.replay_buffer_size:
             self.replay.extend(logs)
         self.updates += 1
@@ -187,7 +179,6 @@ class MRLTrainer:
     def fit(self) -> Path:
         c = self.config
         epoch = 0
-        best, bad = None, 0
         stop = False
         bar = tqdm(total=sum(s.epochs * s.episodes_per_epoch for s in c.curriculum), desc=self.cfg.run_name,
                    unit="episode")
@@ -221,13 +212,9 @@ class MRLTrainer:
                         ev = self.evaluate(stage, index)
                         self.eval_history.append({"epoch": epoch, "stage": index, **ev})
                         self.log_scalars("eval", ev, epoch)
-                        if best is None or ev["reward_mean"] > best:
-                            best, bad = ev["reward_mean"], 0
-                        else:
-                            bad += 1
-                            if self.cfg.early_stopping_patience and bad >= self.cfg.early_stopping_patience:
-                                self.stop_reason = "early stopping on the eval reward"
-                                stop = True
+                        if self.early_stopping is not None:
+                            self.early_stopping.on_eval(self, ev)
+                            stop = stop or self.should_stop
                     if stop:
                         break
                 if stop:
@@ -243,30 +230,13 @@ class MRLTrainer:
         return [episodes[(stage_epoch * n + i) % len(episodes)] for i in range(n)]
 
     def plot_reward_curve(self, path: str | Path | None = None) -> Path | None:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            warnings.warn("matplotlib is not installed; no reward-curve plot", stacklevel=2)
-            return None
-        path = Path(path or self.output_dir / "reward_curve.png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig, ax = plt.subplots(figsize=(6, 4))
-        if self.history:
-            ax.plot([h["update"] for h in self.history], [h["reward_mean"] for h in self.history], label="train")
-        if self.eval_history:
-            per_epoch = max(1, len(self.history) // max(1, len(self.eval_history) - 1))
-            ax.plot([h["epoch"] * per_epoch for h in self.eval_history],
-                    [h.get("reward_mean", 0.0) for h in self.eval_history], "o-", label="eval")
-        ax.set_xlabel("update")
-        ax.set_ylabel("mean reward")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
-        return path
+        per_epoch = max(1, len(self.history) // max(1, len(self.eval_history) - 1))
+        return plot_curves(
+            Path(path or self.output_dir / "reward_curve.png"),
+            [("train", [h["update"] for h in self.history], [h["reward_mean"] for h in self.history], "-"),
+             ("eval", [h["epoch"] * per_epoch for h in self.eval_history],
+              [h.get("reward_mean", 0.0) for h in self.eval_history], "o-")],
+            xlabel="update", ylabel="mean reward", title=self.cfg.run_name)
 
     def finish(self) -> Path:
         if self._reactive is not None:
@@ -275,8 +245,8 @@ class MRLTrainer:
         self.policy.save_pretrained(final)
         self.tokenizer.save_pretrained(final)
         torch.save(self.critic.state_dict(), final / "critic.pt")
-        (self.output_dir / "metrics.json").write_text(json.dumps(
-            {"train": self.history, "eval": self.eval_history, "stop_reason": self.stop_reason}, indent=1))
+        write_metrics(self.output_dir / "metrics.json",
+                      {"train": self.history, "eval": self.eval_history, "stop_reason": self.stop_reason})
         self.plot_reward_curve()
         self.close()
         return final
@@ -285,9 +255,7 @@ class MRLTrainer:
         if self._reactive is not None:
             self._reactive.dispose()
             self._reactive = None
-        if self._writer:
-            self._writer.close()
-            self._writer = None
+        self.scalar_log.close()
 
 
 __all__ = ["MRLTrainer"]

@@ -48,26 +48,25 @@ from rxt.template import InteractionTemplate
 from rxt.tokenizer import RxTokenizer
 from training.config import ConfigError, TrainConfig
 from training.data.datasets import IGNORE_INDEX, collate_lm
+from training.data.packing import document_masks
 from training.data.records import EpisodeRecord, InteractionRecord
-from training.metrics import causal_lm_loss, perplexity, token_counts
+from training.metrics import accuracy_tensor, causal_lm_loss
+from training.packed_loader import PackedRowsLoader
 from training.stages.data_config import DataSource, check_sources
+from training.stages.stage_config import DataStageConfig
 from training.trainer import StepOutput, Trainer
 
 
 @dataclass
-class BaselineLMConfig:
+class BaselineLMConfig(DataStageConfig):
     """Stateless-baseline settings: exactly one of ``model`` / ``match_parameters_of`` (see the module docstring)."""
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(run_name="baseline"))
     model: str | None = None
     match_parameters_of: str | None = None
-    tokenizer: str | None = None
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    data: list[DataSource] = field(default_factory=list)
-    eval_data: list[DataSource] = field(default_factory=list)
-    val_fraction: float = 0.0  # held out of `data` when `eval_data` is empty
     max_len: int = 256  # tokens of history per sequence (cut from the left)
     max_turns: int | None = None  # keep the first max_turns turns of each episode
+    pack: bool = True  # pack histories into rows of max_len tokens (training.data.packing); batch_size counts rows
 
     def __post_init__(self) -> None:
         def fail(name: str, limit: str) -> None:
@@ -182,6 +181,8 @@ def _saved_config(path: Path, key: str, expected: str) -> dict[str, Any]:
     model_type = raw.pop("model_type", expected)
     if model_type != expected:
         raise ConfigError(f"config key {key!r}: {str(path)!r} holds a {model_type}, not a {expected}")
+    for meta in ("architectures", "torch_dtype"):  # config.json keys that are not config fields
+        raw.pop(meta, None)
     return raw
 
 
@@ -246,8 +247,13 @@ class BaselineLMModel(nn.Module):
         self.lm = lm
         self.tokenizer = tokenizer
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.lm(input_ids, attention_mask=attention_mask).logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                doc: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        if doc is None:
+            return self.lm(input_ids, attention_mask=attention_mask).logits
+        _, causal = document_masks(doc)  # packed rows: each history sees only its own past
+        return self.lm.decoder(input_ids, attention_mask=attention_mask, positions=positions, self_mask=causal,
+                               validate=False).logits
 
     def save_pretrained(self, directory: str | Path) -> Path:
         target = Path(self.lm.save_pretrained(directory))
@@ -256,7 +262,7 @@ class BaselineLMModel(nn.Module):
         return target
 
 
-class BaselineLMTrainer(Trainer):
+class BaselineLMTrainer(PackedRowsLoader, Trainer):
     """Next-token CE over the answer tokens of the whole history; logs ``answer_acc`` and ``answer_ppl``."""
 
     def __init__(self, *args, pad_id: int, **kwargs) -> None:
@@ -267,10 +273,13 @@ class BaselineLMTrainer(Trainer):
         return collate_lm(samples, self.pad_id)
 
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-        logits = model(batch["input_ids"], batch["attention_mask"])
+        packed = {k: batch[k] for k in ("doc", "positions") if k in batch}
+        logits = model(batch["input_ids"], batch["attention_mask"], **packed)
         loss = causal_lm_loss(logits, batch["labels"])
-        correct, counted = token_counts(logits, batch["labels"], shifted=True)
-        metrics = {"answer_acc": correct / counted if counted else 0.0, "answer_ppl": perplexity(loss)}
+        # device tensors: the Trainer reads a step's metrics back once
+        metrics = {"answer_acc": accuracy_tensor(logits, batch["labels"], shifted=True),
+                   "answer_ppl": loss.detach().float().exp()}
+        counted = batch["num_targets"] if "num_targets" in batch else int((batch["labels"][:, 1:] != -100).sum())
         return StepOutput(loss=loss, metrics=metrics, num_tokens=counted)
 
 
@@ -312,6 +321,11 @@ def run_stage(config: BaselineLMConfig, *, resume: bool = False, callbacks=()) -
         (out / "parameter_match.json").write_text(json.dumps(match, indent=2) + "\n")
         print(f"[baseline] {match['baseline_parameters']:,} parameters ({match['baseline_layers']} layers) against "
               f"the RxT's {match['rxt_parameters']:,}", file=sys.stderr)
+    if config.pack:
+        from training.data.packing import pack_dataset
+
+        train_ds = pack_dataset(train_ds, config.max_len, source="config key 'data'", max_len=lm.config.max_seq_len,
+                                pad_id=tokenizer.pad_id)
     trainer = BaselineLMTrainer(BaselineLMModel(lm, tokenizer), config.train, train_ds, eval_ds,
                                 pad_id=tokenizer.pad_id, callbacks=list(callbacks), config=config)
     return train_and_finish(trainer, resume)

@@ -7,17 +7,26 @@ YAML::
       - {kind: chitchat, limit: 200}
       - {kind: jsonl, path: data/train.jsonl}
       - {kind: hub, name: owner/dataset, split: train, limit: 1000}
+      - {kind: hub, name: owner/chats, subset: en, columns: {messages: conversations}, streaming: true, limit: 5000}
+      - {kind: hub, name: json, data_files: data/chats.jsonl}        # a packaged builder on local files
+      - {kind: hub, name: data/saved}                                # a Dataset.save_to_disk directory
 
 Kinds and what they give for each record kind (``text`` / ``interaction`` / ``episode``):
 
 ==========  =======================================================================================
 jsonl       records of the requested kind from a local JSONL file (``path``)
 parquet     records of the requested kind from a local Parquet file (``path``)
-hub         records of the requested kind from ``datasets.load_dataset(name, split=split)``
+hub         records of the requested kind from ``datasets.load_dataset(name, subset, split=split,
+            data_files=data_files, streaming=streaming)`` (``load_from_disk`` for a ``save_to_disk`` directory)
 chitchat    the packaged chitchat corpus: one text ``"query answer"`` per turn / its turns / episodes
 chatterbot  the packaged chatterbot corpus: texts / (query, answer) pairs; no episodes
 synthetic   `SyntheticDialogueConfig(**synthetic)` memory dialogues: one text per turn / turns / episodes
 ==========  =======================================================================================
+
+Rows of ``jsonl``, ``parquet`` and ``hub`` sources may be in the ``messages`` format (role/content lists), the
+query/answer format or text (:mod:`training.data.rows`); ``columns`` maps a record key to the source's column
+name (``{query: question, answer: response}``, ``{messages: conversations}``). ``streaming`` (hub only) reads a
+large Hub dataset row by row, up to ``limit`` records, without downloading all of it.
 
 ``limit`` keeps the first ``limit`` records of the source (after conversion). Problems are `ConfigError` naming
 the key (``data[1].path`` ...), raised by `check_sources` before anything heavy runs.
@@ -45,6 +54,10 @@ class DataSource:
     split: str = "train"  # hub split
     limit: int | None = None  # keep the first `limit` records
     synthetic: dict[str, Any] | None = None  # SyntheticDialogueConfig fields
+    columns: dict[str, str] | None = None  # record key -> column name (jsonl / parquet / hub)
+    subset: str | None = None  # hub: the dataset's configuration name
+    data_files: str | list[str] | dict[str, Any] | None = None  # hub: load_dataset's data_files
+    streaming: bool = False  # hub: read rows as they arrive, up to `limit` records
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCE_KINDS:
@@ -57,6 +70,11 @@ class DataSource:
             raise ConfigError(f"config key 'limit': must be >= 1 or null, got {self.limit}")
         if self.synthetic is not None and self.kind != "synthetic":
             raise ConfigError(f"config key 'synthetic': only for kind 'synthetic', not {self.kind!r}")
+        for key in ("subset", "data_files", "streaming"):
+            if getattr(self, key) not in (None, False) and self.kind != "hub":
+                raise ConfigError(f"config key {key!r}: only for kind 'hub', not {self.kind!r}")
+        if self.columns is not None and self.kind not in ("jsonl", "parquet", "hub"):
+            raise ConfigError(f"config key 'columns': only for kinds jsonl, parquet and hub, not {self.kind!r}")
         if self.kind == "synthetic":
             self.synthetic_config()  # fail now, naming the field
 
@@ -111,11 +129,14 @@ def _load_one(source: DataSource, record_kind: str, where: str) -> list[Record]:
 
     limit = source.limit
     if source.kind == "jsonl":
-        records = loaders.load_jsonl(source.path, record_kind)
+        records = loaders.load_jsonl(source.path, record_kind, columns=source.columns)
     elif source.kind == "parquet":
-        records = loaders.load_parquet(source.path, record_kind)
+        records = loaders.load_parquet(source.path, record_kind, columns=source.columns)
     elif source.kind == "hub":
-        records = loaders.from_hub(source.name, record_kind, split=source.split, limit=limit)
+        records = loaders.from_hub(
+            source.name, record_kind, split=source.split, limit=limit, columns=source.columns,
+            subset=source.subset, data_files=source.data_files, streaming=source.streaming,
+        )
     elif source.kind == "chitchat":
         if record_kind == "episode":
             records = adapters.chitchat_episodes(limit=limit)

@@ -22,7 +22,7 @@ The output ``<train.output_dir>/final/`` holds the RxT (``save_pretrained``), ``
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,30 +35,27 @@ from rxt.tokenizer import RxTokenizer
 from training.callbacks import Callback
 from training.config import ConfigError, TrainConfig
 from training.data.datasets import collate_lm
+from training.data.packing import document_masks, mask_tokens, mlm_positions
 from training.heads import MLMHead
-from training.metrics import causal_lm_loss, masked_lm_loss, perplexity, token_accuracy
-from training.stages.data_config import DataSource, check_sources
+from training.metrics import accuracy_tensor, causal_lm_loss, masked_lm_loss
+from training.packed_loader import PackedRowsLoader
+from training.stages.data_config import check_sources
+from training.stages.stage_config import DataStageConfig
 from training.trainer import StepOutput, Trainer
 
 
 @dataclass
-class JointLMConfig:
-    """Stage-1 config. ``model`` is a preset name or a saved model directory; ``tokenizer`` a tokenizer
-    directory/file (default: the saved model's own, else the packaged default)."""
+class JointLMConfig(DataStageConfig):
+    """Stage-1 config (the shared fields: `DataStageConfig`). ``model`` is a preset name or a saved model
+    directory; ``tokenizer`` a tokenizer directory/file (default: the saved model's own, else the packaged one)."""
 
-    train: TrainConfig = field(default_factory=TrainConfig)
-    model: str = "tiny"
-    tokenizer: str | None = None
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    data: list[DataSource] = field(default_factory=list)
-    eval_data: list[DataSource] = field(default_factory=list)
-    val_fraction: float = 0.0  # held out of `data` when `eval_data` is empty
     max_len: int = 64
     mask_prob: float = 0.15
     ar_weight: float = 1.0
     mlm_weight: float = 1.0
     encoder_noise_std: float = 0.15
     tie_mlm_head: bool = True  # a new MLM head shares the token embedding
+    pack: bool = True  # pack texts into rows of max_len tokens (training.data.packing); batch_size counts rows
 
     def __post_init__(self) -> None:
         validate_joint_fields(self)
@@ -103,32 +100,50 @@ class JointLMModel(nn.Module):
         self.encoder_noise_std = encoder_noise_std
 
     def encoder_memory(
-        self, encoder_ids: torch.Tensor, attention_mask: torch.Tensor | None
+        self, encoder_ids: torch.Tensor, attention_mask: torch.Tensor | None, mlm_index: torch.Tensor | None = None,
+        **packed: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mlm_logits (B, T, V), memory (L, B, T, D))``: the memory is detached, noised when training."""
-        encoded = self.rxt.encoder(encoder_ids, attention_mask)
+        """``(mlm_logits (B, T, V), memory (L, B, T, D))``: the memory is detached, noised when training.
+        ``packed`` (``positions``, ``mask``) are passed to the encoder for packed rows; with ``mlm_index`` (K,)
+        (flat positions, `training.data.packing.mlm_positions`) the MLM head runs there only: (1, K, V)."""
+        encoded = self.rxt.encoder(encoder_ids, attention_mask, **packed)
         memory = encoded.hidden_states.detach()
         if self.training and self.encoder_noise_std > 0:
             memory = memory + self.encoder_noise_std * torch.randn_like(memory)
-        return self.mlm_head(encoded.last_hidden), memory
+        hidden = encoded.last_hidden
+        if mlm_index is not None:
+            hidden = hidden.flatten(0, 1).index_select(0, mlm_index)[None]
+        return self.mlm_head(hidden), memory
 
     def decode_with_memory(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, memory: torch.Tensor,
-        memory_valid: torch.Tensor | None,
+        memory_valid: torch.Tensor | None, **packed: torch.Tensor,
     ) -> torch.Tensor:
-        """Decoder logits (B, T, V) reading ``memory`` (L, B, S, D) whose valid keys are ``memory_valid`` (B, S)."""
-        memory_mask = key_padding_mask(memory_valid) if memory_valid is not None else None
+        """Decoder logits (B, T, V) reading ``memory`` (L, B, S, D) whose valid keys are ``memory_valid`` (B, S)
+        (or, for packed rows, ``packed`` = ``memory_mask``, ``positions``, ``self_mask``)."""
+        if "memory_mask" not in packed:
+            packed["memory_mask"] = key_padding_mask(memory_valid) if memory_valid is not None else None
         out = self.rxt.decoder(
-            input_ids, attention_mask=attention_mask, memory=self.rxt.decoder.project_memory(memory),
-            memory_mask=memory_mask,
+            input_ids, attention_mask=attention_mask, memory=self.rxt.decoder.project_memory(memory), **packed
         )
         return out.logits
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, encoder_ids: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, encoder_ids: torch.Tensor,
+        doc: torch.Tensor | None = None, positions: torch.Tensor | None = None, mlm_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        mlm_logits, memory = self.encoder_memory(encoder_ids, attention_mask)
-        return self.decode_with_memory(input_ids, attention_mask, memory, attention_mask), mlm_logits
+        """Both views. With ``doc``/``positions`` (packed rows, `training.data.packing`) every attention, the
+        decoder's memory cross-attention included, stays within a document; ``mlm_index`` see `encoder_memory`."""
+        if doc is None:
+            mlm_logits, memory = self.encoder_memory(encoder_ids, attention_mask)
+            return self.decode_with_memory(input_ids, attention_mask, memory, attention_mask), mlm_logits
+        both, causal = document_masks(doc)
+        valid = doc >= 0
+        mlm_logits, memory = self.encoder_memory(encoder_ids, valid, mlm_index, validate=False, positions=positions,
+                                                 mask=both)
+        logits = self.decode_with_memory(input_ids, valid, memory, None, memory_mask=both, positions=positions,
+                                         self_mask=causal, validate=False)
+        return logits, mlm_logits
 
     def save_pretrained(self, directory: str | Path) -> Path:
         target = self.rxt.save_pretrained(directory)
@@ -146,15 +161,17 @@ def freeze_unused_memory_system(rxt: RxT) -> None:
             p.requires_grad_(False)
 
 
-class JointLMTrainer(Trainer):
+class JointLMTrainer(PackedRowsLoader, Trainer):
     """`Trainer` for stage 1 (and, via `SFTTrainer`, stage 2): batches from `collate_lm` with ``input_ids``,
     ``attention_mask``, ``labels`` (AR, aligned) and ``mlm_input_ids``, ``mlm_labels``."""
 
     peek_prefix = "ar"
 
     def __init__(self, model: JointLMModel, cfg: TrainConfig, train_dataset, eval_dataset=None, *, pad_id: int,
-                 ar_weight: float = 1.0, mlm_weight: float = 1.0, callbacks=(), config=None) -> None:
+                 ar_weight: float = 1.0, mlm_weight: float = 1.0, callbacks=(), config=None,
+                 mask_prob: float = 0.15) -> None:
         self.pad_id = pad_id
+        self.mask_prob = mask_prob  # MLM rate of packed rows (`PackedRows` train data); datasets mask themselves
         self.ar_weight = ar_weight
         self.mlm_weight = mlm_weight
         super().__init__(model, cfg, train_dataset, eval_dataset, callbacks=callbacks, config=config)
@@ -162,20 +179,42 @@ class JointLMTrainer(Trainer):
     def collate(self, samples):
         return collate_lm(samples, self.pad_id)
 
+    def add_views(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Packed rows: the encoder's MLM copy, drawn on the device."""
+        if getattr(self, "_mlm", None) is None:
+            tok = self.unwrapped_model.tokenizer
+            if tok is None:
+                raise ValueError("packed rows need the model's tokenizer (its [MASK] id and special ids)")
+            special = set(tok.special_ids)
+            randoms = torch.tensor([i for i in range(tok.vocab_size) if i not in special], device=self.device)
+            self._mlm = (tok.mask_id, randoms)
+        mask_id, random_ids = self._mlm
+        # The MLM head runs on a fixed number of gathered positions (a cap far above mask_prob x tokens)
+        cap = min(batch["input_ids"].numel(), int(batch["input_ids"].numel() * min(1.0, 2 * self.mask_prob)) + 64)
+        batch["mlm_input_ids"], labels = mask_tokens(
+            batch["input_ids"], batch.pop("maskable"), mask_prob=self.mask_prob, mask_id=mask_id,
+            random_ids=random_ids, generator=self.step_generator(), shard=(self.dist.rank, self.dist.world_size),
+            max_selected=cap)
+        batch["mlm_index"] = mlm_positions(labels, cap)
+        batch["mlm_labels"] = labels.flatten()[batch["mlm_index"]][None]
+        return batch
+
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-        logits, mlm_logits = model(batch["input_ids"], batch["attention_mask"], batch["mlm_input_ids"])
+        packed = {k: batch[k] for k in ("doc", "positions", "mlm_index") if k in batch}
+        logits, mlm_logits = model(batch["input_ids"], batch["attention_mask"], batch["mlm_input_ids"], **packed)
         ar = causal_lm_loss(logits, batch["labels"])
         mlm = masked_lm_loss(mlm_logits, batch["mlm_labels"])
         loss = self.ar_weight * ar + self.mlm_weight * mlm
         p = self.peek_prefix
+        # device tensors: the Trainer reads a step's metrics back once
         metrics = {
-            f"{p}_loss_peek": float(ar.detach()),
-            f"{p}_acc_peek": token_accuracy(logits, batch["labels"], shifted=True),
-            f"{p}_ppl_peek": perplexity(ar),
-            "mlm_loss": float(mlm.detach()),
-            "mlm_acc": token_accuracy(mlm_logits, batch["mlm_labels"], shifted=False),
+            f"{p}_loss_peek": ar.detach(),
+            f"{p}_acc_peek": accuracy_tensor(logits, batch["labels"], shifted=True),
+            f"{p}_ppl_peek": ar.detach().float().exp(),
+            "mlm_loss": mlm.detach(),
+            "mlm_acc": accuracy_tensor(mlm_logits, batch["mlm_labels"], shifted=False),
         }
-        num_tokens = int((batch["labels"][:, 1:] != -100).sum())
+        num_tokens = batch["num_targets"] if "num_targets" in batch else int((batch["labels"][:, 1:] != -100).sum())
         return StepOutput(loss=loss, metrics=metrics, num_tokens=num_tokens)
 
 
@@ -223,6 +262,17 @@ def prepare(config: Any, record_kind: str):
     return rxt, tokenizer, head, records, eval_records
 
 
+def packed_or(dataset: Any, config: Any, rxt: RxT, tokenizer: RxTokenizer) -> Any:
+    """``dataset`` packed into rows of ``config.max_len`` tokens when ``config.pack`` (else as it is)."""
+    if not config.pack:
+        return dataset
+    from training.data.packing import pack_dataset
+
+    sources = ", ".join(s.path or s.name or s.kind for s in config.data) or "none"
+    return pack_dataset(dataset, config.max_len, source=f"config key 'data' ({sources})",
+                        max_len=rxt.config.max_seq_len, special_ids=tokenizer.special_ids, pad_id=tokenizer.pad_id)
+
+
 def train_and_finish(trainer: Trainer, resume: bool, *datasets) -> Path:
     """Resume when asked (and a checkpoint exists), train, return ``output_dir/final``."""
     if resume:
@@ -255,8 +305,9 @@ def run_stage(config: JointLMConfig, *, resume: bool = False, callbacks=()) -> P
                                  seed=config.train.seed + 1)
     model = JointLMModel(rxt, head, tokenizer, encoder_noise_std=config.encoder_noise_std)
     trainer = JointLMTrainer(
-        model, config.train, train_ds, eval_ds, pad_id=tokenizer.pad_id, ar_weight=config.ar_weight,
-        mlm_weight=config.mlm_weight, callbacks=[_NewMasksEachEpoch(train_ds), *callbacks], config=config,
+        model, config.train, packed_or(train_ds, config, rxt, tokenizer), eval_ds, pad_id=tokenizer.pad_id,
+        ar_weight=config.ar_weight, mlm_weight=config.mlm_weight, callbacks=[_NewMasksEachEpoch(train_ds), *callbacks],
+        config=config, mask_prob=config.mask_prob,
     )
     return train_and_finish(trainer, resume, train_ds)
 

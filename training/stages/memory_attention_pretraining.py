@@ -43,23 +43,17 @@ from training.config import ConfigError, TrainConfig
 from training.data.datasets import EpisodeDataset
 from training.data.records import EpisodeRecord, InteractionRecord
 from training.pooling import pool_to_slots
-from training.stages.data_config import DataSource
 from training.stages.episode_stage import EpisodeTrainer, RxTObjective
+from training.stages.stage_config import DataStageConfig
 from training.trainer import StepOutput
 
 
 @dataclass
-class MemoryAttentionStageConfig:
+class MemoryAttentionStageConfig(DataStageConfig):
     """Stage-3 settings. ``model``/``tokenizer``/``model_overrides`` go to `load_model_and_tokenizer`
     (a preset name or a ``save_pretrained`` directory, usually stage 2's ``final/``)."""
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(run_name="mem-attn"))
-    model: str = "tiny"
-    tokenizer: str | None = None
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    data: list[DataSource] = field(default_factory=list)
-    eval_data: list[DataSource] = field(default_factory=list)
-    val_fraction: float = 0.0  # split off an eval set when eval_data is empty
     record_kind: str = "episode"  # "episode" or "interaction" (one-turn episodes)
     max_len: int = 256
     max_turns: int | None = None
@@ -178,6 +172,8 @@ class MemoryAttentionObjective(RxTObjective):
 class MemoryAttentionTrainer(EpisodeTrainer):
     """Stage-3 trainer: freezes everything but ``model.memory_attention`` and trains it on episode batches
     (`collate_episodes`). ``self.unwrapped_model`` is the `MemoryAttentionObjective`; ``self.rxt`` the RxT."""
+
+    auto_compile = False  # the step loops over the turns in Python: compile it only when asked (train.compile)
 
     def __init__(
         self,

@@ -17,49 +17,31 @@ are picked up. Output: ``<train.output_dir>/final/`` like stage 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from training.config import TrainConfig
 from training.metrics import causal_lm_loss, perplexity, token_counts
-from training.stages.data_config import DataSource
 from training.stages.joint_lm import (
+    JointLMConfig,
     JointLMModel,
     JointLMTrainer,
     _NewMasksEachEpoch,
     freeze_unused_memory_system,
+    packed_or,
     prepare,
     train_and_finish,
-    validate_joint_fields,
 )
 from training.trainer import StepOutput
 
 
 @dataclass
-class SFTConfig:
-    """Stage-2 config: like `JointLMConfig`, on interaction records (``model`` is usually stage 1's ``final/``)."""
-
-    train: TrainConfig = field(default_factory=TrainConfig)
-    model: str = "tiny"
-    tokenizer: str | None = None
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    data: list[DataSource] = field(default_factory=list)
-    eval_data: list[DataSource] = field(default_factory=list)
-    val_fraction: float = 0.0
-    max_len: int = 64
-    mask_prob: float = 0.15
-    ar_weight: float = 1.0
-    mlm_weight: float = 1.0
-    encoder_noise_std: float = 0.15
-    tie_mlm_head: bool = True
-
-    def __post_init__(self) -> None:
-        validate_joint_fields(self)
+class SFTConfig(JointLMConfig):
+    """Stage-2 config: the fields of `JointLMConfig`, on interaction records (``model`` is usually stage 1's
+    ``final/``; with ``pack``, interactions are packed into rows of ``max_len`` tokens)."""
 
 
 CONFIG_CLASS = SFTConfig
@@ -133,9 +115,10 @@ def run_stage(config: SFTConfig, *, resume: bool = False, callbacks=()) -> Path:
                                            config.train.seed + 1)
     model = JointLMModel(rxt, head, tokenizer, encoder_noise_std=config.encoder_noise_std)
     trainer = SFTTrainer(
-        model, config.train, train_ds, eval_ds, pad_id=tokenizer.pad_id, ar_weight=config.ar_weight,
-        mlm_weight=config.mlm_weight, callbacks=[_NewMasksEachEpoch(train_ds), *callbacks], config=config,
-        answer_id=tokenizer.answer_id,
+        model, config.train, packed_or(train_ds.interactions, config, rxt, tokenizer), eval_ds,
+        pad_id=tokenizer.pad_id, ar_weight=config.ar_weight, mlm_weight=config.mlm_weight,
+        callbacks=[_NewMasksEachEpoch(train_ds), *callbacks], config=config, answer_id=tokenizer.answer_id,
+        mask_prob=config.mask_prob,
     )
     return train_and_finish(trainer, resume, train_ds)
 

@@ -37,32 +37,34 @@ from typing import Any
 import torch
 from torch import nn
 
-from rxt.freezing import set_trainable, unfreeze
+from rxt.freezing import unfreeze
 from rxt.model import RxT
 from training.callbacks import Callback
 from training.config import ConfigError, TrainConfig
 from training.data.datasets import IGNORE_INDEX
-from training.metrics import causal_lm_loss, perplexity, token_counts
-from training.stages.data_config import DataSource
+from training.metrics import causal_lm_loss, token_counts
+from training.plumbing import UnfreezeSchedule, groups_at
 from training.stages.episode_stage import EpisodeTrainer, RxTObjective
+from training.stages.smat_batched import (
+    bucketed_permutation,
+    is_stacked,
+    smat_forward,
+    stack_episode_turns,
+    unstack_episode_turns,
+)
+from training.stages.stage_config import DataStageConfig
 from training.trainer import StepOutput
 
 
 @dataclass
-class SMATStageConfig:
-    """Stage-4 settings. ``model``/``tokenizer``/``model_overrides`` go to `load_model_and_tokenizer`
-    (usually stage 3's ``final/``)."""
+class SMATStageConfig(DataStageConfig):
+    """Stage-4 settings (the shared fields: `DataStageConfig`; ``model`` is usually stage 3's ``final/``)."""
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(run_name="smat"))
-    model: str = "tiny"
-    tokenizer: str | None = None
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    data: list[DataSource] = field(default_factory=list)
-    eval_data: list[DataSource] = field(default_factory=list)
-    val_fraction: float = 0.0  # split off an eval set when eval_data is empty
     max_len: int = 256
     max_turns: int | None = None
     bptt_depth: int = 2
+    bucket_window: int = 32  # sort episodes by (turns, turn length) within this many global batches; 0 = off
     unfreeze_schedule: list[tuple[int, list[str]]] = field(
         default_factory=lambda: [(0, ["memory"]), (200, ["memory", "rest"])]
     )
@@ -73,6 +75,8 @@ class SMATStageConfig:
 
         if isinstance(self.bptt_depth, bool) or self.bptt_depth < 0:
             fail("bptt_depth", ">= 0")
+        if isinstance(self.bucket_window, bool) or self.bucket_window < 0:
+            fail("bucket_window", ">= 0 (0 = no bucketing)")
         if isinstance(self.max_len, bool) or self.max_len < 2:
             fail("max_len", ">= 2")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -92,24 +96,16 @@ class SMATStageConfig:
 CONFIG_CLASS = SMATStageConfig
 
 
-def groups_at(schedule: Sequence[tuple[int, Sequence[str]]], step: int) -> list[str]:
-    """The trainable groups before optimizer step ``step`` (0-based)."""
-    current: list[str] = []
-    for start, groups in schedule:
-        if start <= step:
-            current = list(groups)
-    return current
-
-
 class SMATObjective(RxTObjective):
     """The stage-4 step as a module (so DDP sees a forward): ``forward(turns) -> dict`` of ``loss`` (mean
     answer-token CE), ``ce_sum``, ``tokens``, ``correct``. ``save_pretrained`` writes the RxT (and tokenizer).
 
     With ``record = True`` the STM read at each turn (with its autograd graph) is kept in ``self.stms``."""
 
-    def __init__(self, model: RxT, bptt_depth: int, tokenizer: Any = None) -> None:
+    def __init__(self, model: RxT, bptt_depth: int, tokenizer: Any = None, *, reference: bool = False) -> None:
         super().__init__(model, tokenizer)
         self.bptt_depth = bptt_depth
+        self.reference = reference
         self.stms: list[torch.Tensor] = []
         self.updates: list[torch.Tensor] = []
 
@@ -117,7 +113,19 @@ class SMATObjective(RxTObjective):
         new = self.model.update_memory(stm, ids, mask)
         return torch.where(active[None, :, None, None], new, stm)  # ended episodes keep their memory
 
-    def forward(self, turns: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def forward(self, turns: Sequence[dict[str, torch.Tensor]] | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The step: the restructured one (`training.stages.smat_batched`) unless ``self.reference`` is set.
+        ``turns`` is a `collate_episodes` list or a `stack_episode_turns` dict."""
+        if self.reference:
+            return self.reference_forward(turns if not is_stacked(turns) else unstack_episode_turns(turns))
+        batch = turns if is_stacked(turns) else stack_episode_turns(turns)
+        out, stms, updates = smat_forward(self.model, batch, self.bptt_depth, record=self.record)
+        self.stms, self.updates = stms, updates
+        return out
+
+    def reference_forward(self, turns: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The per-turn loop of the module docstring, kept as the reference the restructured step is tested
+        against (and selectable with ``reference=True``)."""
         model = self.model
         ids0 = turns[0]["input_ids"]
         device = ids0.device
@@ -152,6 +160,7 @@ class SMATObjective(RxTObjective):
         return {"loss": ce_sum / max(tokens, 1), "ce_sum": ce_sum, "tokens": torch.tensor(tokens),
                 "correct": torch.tensor(correct)}
 
+
 class SMATTrainer(EpisodeTrainer):
     """Stage-4 trainer. ``self.unwrapped_model`` is the `SMATObjective`; ``self.rxt`` the RxT."""
 
@@ -169,31 +178,59 @@ class SMATTrainer(EpisodeTrainer):
         pad_id: int | None = None,
     ) -> None:
         self.check_model(model, "SMATTrainer")
-        self.groups = model.parameter_groups()
-        unknown = sorted({g for _, gs in config.unfreeze_schedule for g in gs} - set(self.groups))
-        if unknown:
-            raise ConfigError(f"SMATStageConfig.unfreeze_schedule names unknown group(s) {unknown}; "
-                              f"known: {sorted(self.groups)}")
-        self.trainable_groups: list[str] | None = None
+        self.unfreeze = UnfreezeSchedule(config.unfreeze_schedule, model.parameter_groups(),
+                                         "SMATStageConfig.unfreeze_schedule")
         unfreeze(model)  # the optimizer (and DDP) get every parameter; the schedule then flips requires_grad
         self.settings = config  # read by the schedule before the base constructor sets it
         super().__init__(SMATObjective(model, config.bptt_depth, tokenizer), config, train_dataset, eval_dataset,
                          callbacks, self.resolve_pad_id(pad_id, tokenizer))
         self.apply_unfreeze_schedule(self.step)
 
+    @property
+    def trainable_groups(self) -> list[str] | None:
+        return self.unfreeze.current
+
     def apply_unfreeze_schedule(self, step: int) -> list[str]:
         """Make exactly the scheduled groups trainable before optimizer step ``step``; returns them."""
-        groups = groups_at(self.settings.unfreeze_schedule, step)
-        if groups != self.trainable_groups:
-            for name, params in self.groups.items():
-                set_trainable(params, name in groups)
-            self.trainable_groups = groups
-        return groups
+        return self.unfreeze.apply(step)
+
+    def _compiled_parts(self) -> list[nn.Module]:
+        return [self.rxt.encoder, self.rxt.decoder, self.rxt.memory_attention]
+
+    def compile_model(self, model: nn.Module) -> nn.Module:
+        """Compile the encoder, the decoder and the memory attention in place, not the step: the step loops over
+        turns in Python, and one compiled memory-attention update serves every turn of the chain."""
+        for part in self._compiled_parts():
+            part.compile()
+        return model
+
+    def uncompile_model(self) -> None:
+        for part in self._compiled_parts():
+            part._compiled_call_impl = None
+
+    def epoch_permutation(self, epoch: int) -> torch.Tensor:
+        """The Trainer's permutation, bucketed by turn count and turn length (``bucket_window``)."""
+        perm = super().epoch_permutation(epoch)
+        records = getattr(self.train_dataset, "records", None)
+        if not self.settings.bucket_window or records is None:
+            return perm
+        if getattr(self, "_bucket_keys", None) is None:
+            cap = self.settings.max_turns
+            self._bucket_keys = [(min(len(r.turns), cap or len(r.turns)),
+                                  max(len(t.query) + len(t.answer) for t in r.turns)) for r in records]
+        generator = torch.Generator().manual_seed(self.cfg.seed + 7919 * (epoch + 1))
+        return bucketed_permutation(perm, self._bucket_keys, self.step_samples, self.settings.bucket_window,
+                                    generator)
+
+    def collate(self, samples: list[Any]) -> Any:
+        """Episodes stacked for the restructured step; the answer positions are listed here, on the host."""
+        return stack_episode_turns(super().collate(samples), self.pad_id)
 
     def _output(self, out: dict[str, torch.Tensor]) -> StepOutput:
+        # Device tensors: the Trainer reads a step's metrics back once, together (no per-metric host sync).
         tokens = int(out["tokens"])
-        metrics = {"accuracy": int(out["correct"]) / tokens if tokens else 0.0,
-                   "perplexity": perplexity(out["loss"])}
+        metrics = {"accuracy": out["correct"].detach() / max(tokens, 1),
+                   "perplexity": out["loss"].detach().float().exp()}
         return StepOutput(out["loss"], metrics, tokens)
 
     def compute_loss(self, model: nn.Module, batch: Any) -> StepOutput:

@@ -1,0 +1,50 @@
+"""Smoke tests of `benchmarks/train_throughput.py` and `benchmarks/ddp_joint.py` on CPU (tiny preset): every
+stage builds and steps through its own trainer, records carry the fields the README table reads, CPU timings are
+kept out of benchmarks/results/, and the DDP merge computes the scaling and the loss-curve difference."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def test_every_stage_steps_and_records(tmp_path, load_script):
+    bench = load_script("benchmarks/train_throughput.py")
+    out = tmp_path / "tt.json"
+    argv = ["--preset", "tiny", "--rows", "4", "--row-len", "64", "--smat", "2x3", "--turn-tokens", "16", "--mrl",
+            "2x2", "--documents", "80", "--warmup", "0", "--iters", "1", "--iters-before", "1", "--num-workers", "0",
+            "--device", "cpu", "--out", str(out)]
+    assert bench.main(argv) == 0
+    doc = json.loads(out.read_text())
+    rows = {r["stage"]: r for r in doc["stages"]}
+    assert set(rows) == set(bench.STAGES)
+    for name, r in rows.items():
+        assert "error" not in r, (name, r.get("error"))
+        assert r["step_ms"] > 0 and r["real_tokens_per_s"] > 0 and r["vs_anchor"] > 0, name
+    assert rows["anchor"]["vs_anchor"] == 1.0
+    assert rows["joint"]["packed"] and not rows["joint-before"]["packed"]
+    assert rows["joint"]["pack_fill"] > 0.8  # packed rows are mostly real tokens
+    assert rows["smat"]["path"] == "restructured" and rows["smat-before"]["path"].startswith("per-turn loop")
+    assert doc["device"] == "cpu" and "mfu" in doc
+
+
+def test_cpu_timings_stay_out_of_results(load_script, capsys):
+    bench = load_script("benchmarks/train_throughput.py")
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cpu", "--stages", "anchor", "--out", "benchmarks/results/x.json"])
+    assert "benchmarks/results" in capsys.readouterr().err
+
+
+def test_ddp_merge(tmp_path, load_script, monkeypatch):
+    bench = load_script("benchmarks/ddp_joint.py")
+    base = {"device": "cpu", "versions": {}, "rows_per_step": 8, "compiled": False}
+    (tmp_path / "1.json").write_text(json.dumps({**base, "world_size": 1, "real_tokens_per_s": 100.0,
+                                                 "loss_curve": [3.0, 2.0]}))
+    (tmp_path / "2.json").write_text(json.dumps({**base, "world_size": 2, "real_tokens_per_s": 190.0,
+                                                 "loss_curve": [3.0, 2.01]}))
+    monkeypatch.setattr("sys.argv", ["ddp_joint.py", "--merge", str(tmp_path / "1.json"), str(tmp_path / "2.json"),
+                                     "--out", str(tmp_path / "ddp.json")])
+    bench.main()
+    doc = json.loads((tmp_path / "ddp.json").read_text())
+    assert doc["scaling"] == pytest.approx(1.9) and doc["loss_max_abs_diff"] == pytest.approx(0.01)

@@ -1,0 +1,140 @@
+"""The SMAT step restructured: encoder once, memory-attention chain sequential, decoder once.
+
+The per-turn loop (`SMATObjective.reference_forward`) runs decoder, encoder and memory attention turn after turn,
+so an 18-turn step launches tens of thousands of small kernels. But only the memory-attention chain is
+sequential:
+
+- the encoder never reads the STM, so ``ED_t = Encoder(interaction_t)`` for every turn is one batched call over
+  ``(N - 1) * B`` rows (the last turn's update is never read);
+- ``STM_{t+1} = MemAttn(STM_t, ED_t)`` is the only recurrence (with the same truncated-BPTT detaches as the loop);
+- the decoder of turn t reads only ``STM_t``, so all N turns decode in one call over ``N * B`` rows, each row
+  reading its own turn's STM from the stacked ``(L, N * B, S, D)`` memory.
+
+The loss is taken only where a target exists: `stack_episode_turns` (on the host, at collate time) lists the flat
+positions of the answer tokens, so the LM head runs on those rows only and no step reads a count back from the
+GPU. The result equals the loop's loss and gradients up to float rounding (tests/training/test_smat_batched.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from rxt.model import RxT
+from training.data.datasets import IGNORE_INDEX
+from training.metrics import upcast
+
+#: keys of a stacked episode batch (`stack_episode_turns`)
+STACKED_KEYS = ("input_ids", "attention_mask", "active", "labels", "target_index", "targets", "num_tokens")
+
+
+def is_stacked(batch: object) -> bool:
+    return isinstance(batch, dict) and "target_index" in batch
+
+
+def stack_episode_turns(turns: Sequence[dict[str, torch.Tensor]], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """`collate_episodes` output (N dicts of (B, T_t)) -> one dict of stacked tensors, padded to one width T:
+
+    ``input_ids`` (N, B, T), ``attention_mask`` (N, B, T) bool, ``active`` (N, B) bool (the episode is live at
+    that turn and the row has tokens), ``target_index`` (K,) flat indices into the (N, B, T - 1) grid of
+    next-token predictions whose label is not -100 in a live row, ``targets`` (K,) those labels, and
+    ``labels`` (N, B, T - 1) the shifted targets (-100 where none), ``num_tokens`` (int K). Runs on the host (the collate), so the step needs no device read-back.
+    """
+    if not turns:
+        raise ValueError("stack_episode_turns: no turns")
+    width = max(t["input_ids"].shape[1] for t in turns)
+    if width < 2:
+        raise ValueError(f"stack_episode_turns: turns of {width} token(s); a next-token target needs >= 2")
+
+    def pad(x: torch.Tensor, value) -> torch.Tensor:
+        return F.pad(x, (0, width - x.shape[1]), value=value)
+
+    ids = torch.stack([pad(t["input_ids"], pad_id) for t in turns])
+    mask = torch.stack([pad(t["attention_mask"].bool(), False) for t in turns])
+    active = torch.stack([t["active"].bool() for t in turns]) & mask.any(dim=2)
+    labels = torch.stack([pad(t["labels"], IGNORE_INDEX) for t in turns])
+    labels = labels.masked_fill(~active[:, :, None], IGNORE_INDEX)[:, :, 1:]
+    flat = labels.reshape(-1)
+    index = (flat != IGNORE_INDEX).nonzero().squeeze(1)
+    return {"input_ids": ids, "attention_mask": mask, "active": active, "labels": labels, "target_index": index,
+            "targets": flat[index], "num_tokens": int(index.numel())}
+
+
+def unstack_episode_turns(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """A stacked batch back as the per-turn list the reference loop reads (padded to the common width)."""
+    labels = F.pad(batch["labels"], (1, 0), value=IGNORE_INDEX)  # undo the shift: position 0 is never a target
+    return [{"input_ids": batch["input_ids"][t], "attention_mask": batch["attention_mask"][t],
+             "labels": labels[t], "active": batch["active"][t]} for t in range(batch["input_ids"].shape[0])]
+
+
+def bucketed_permutation(perm: torch.Tensor, keys: Sequence[tuple[int, int]], step_samples: int, window: int,
+                         generator: torch.Generator) -> torch.Tensor:
+    """``perm`` reordered so each global batch holds episodes of similar turn count and turn length.
+
+    Within windows of ``window`` global batches (``window * step_samples`` entries of ``perm``), entries are sorted
+    by ``keys[i]`` = (turns, longest turn), cut into global batches, and those batches are shuffled (``generator``)
+    inside the window. The result is still a permutation, so the Trainer's data-order guarantees (resume, any world
+    size) hold; a batch pads to its own longest episode instead of the longest in the whole data set."""
+    size = window * step_samples
+    out = []
+    for start in range(0, len(perm), size):
+        chunk = perm[start : start + size].tolist()
+        chunk.sort(key=lambda i: keys[i])
+        batches = [chunk[b : b + step_samples] for b in range(0, len(chunk), step_samples)]
+        full = [b for b in batches if len(b) == step_samples]
+        order = torch.randperm(len(full), generator=generator).tolist()
+        out.extend(i for k in order for i in full[k])
+        out.extend(i for b in batches if len(b) < step_samples for i in b)  # a partial tail stays last
+    return torch.tensor(out, dtype=perm.dtype)
+
+
+def smat_forward(model: RxT, batch: dict[str, torch.Tensor], bptt_depth: int, *, record: bool = False
+                 ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """The stage-4 step over a stacked batch: ``(out, stms, updates)``.
+
+    ``out`` holds ``loss`` (mean answer-token CE), ``ce_sum``, ``tokens`` (int) and ``correct`` (a device tensor:
+    nothing is read back). ``stms[t]`` is the STM turn t's decoder read and ``updates[k]`` the STM written after turn k (only
+    with ``record``; the graph is kept, as in the loop).
+    """
+    ids, mask, active = batch["input_ids"], batch["attention_mask"], batch["active"]
+    n, b, width = ids.shape
+    stm = model.initial_memory(b).to(ids.device)
+    stms = [stm]
+    updates: list[torch.Tensor] = []
+    if n > 1:
+        enc_ids = ids[:-1].reshape((n - 1) * b, width)
+        enc_mask = mask[:-1].reshape((n - 1) * b, width)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and bptt_depth > 0):
+            encoded = model.encoder(enc_ids, enc_mask, validate=False).hidden_states
+            encoded = encoded.unflatten(1, (n - 1, b))  # (L, N-1, B, T, D)
+        chained = 0  # memory updates in the current gradient path of `stm` (the loop's fixed segments)
+        for t in range(n - 1):
+            if bptt_depth == 0:
+                stm = stm.detach()
+            elif chained >= bptt_depth:
+                stm, chained = stm.detach(), 0
+            with torch.set_grad_enabled(torch.is_grad_enabled() and bptt_depth > 0):
+                new = model.memory_attention(stm, encoded[:, t], mask[t])
+                stm = torch.where(active[t][None, :, None, None], new, stm)  # ended episodes keep their memory
+            chained += 1
+            stms.append(stm)
+            if record and bptt_depth > 0:  # as the loop: depth 0 updates carry no graph to inspect
+                updates.append(stm)
+    memory = torch.stack(stms, dim=1).flatten(1, 2)  # (L, N*B, S, D): row (t, i) reads turn t's STM
+    hidden = model.decoder(
+        ids.reshape(n * b, width), attention_mask=mask.reshape(n * b, width),
+        memory=model.decoder.project_memory(memory), compute_logits=False, validate=False,
+    ).hidden
+    rows = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, batch["target_index"])
+    logits = upcast(model.decoder.lm_head(rows))
+    targets = batch["targets"]
+    ce_sum = F.cross_entropy(logits, targets, reduction="sum")
+    tokens = int(batch["target_index"].numel())  # a shape, not a device value: no read-back
+    correct = (logits.detach().argmax(dim=-1) == targets).sum()
+    out = {"loss": ce_sum / max(tokens, 1), "ce_sum": ce_sum, "tokens": tokens, "correct": correct}
+    return out, (stms if record else []), updates
+
+
+__all__ = ["STACKED_KEYS", "bucketed_permutation", "is_stacked", "smat_forward", "stack_episode_turns", "unstack_episode_turns"]

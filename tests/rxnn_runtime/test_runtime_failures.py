@@ -194,3 +194,19 @@ def test_session_cache_is_bounded_and_evicted_sessions_reload_from_the_store():
         assert reactive.session_state("a").turns == 2  # reloaded with its committed turn count
     finally:
         reactive.dispose()
+
+
+def test_a_turn_that_fills_its_cache_row_ends_cleanly_while_others_decode():
+    """prompt + max_new_tokens == max_seq_len: the row fills up; the step launched ahead must not feed it."""
+    reactive, log = _runtime()
+    try:
+        text = "fill the row"
+        room = reactive.model.config.max_seq_len - len(reactive.template.query_ids(text))
+        reactive.submit(Query("full", text, GenerationOptions(max_new_tokens=room), query_id="f"))
+        reactive.submit(Query("other", "hello", GenerationOptions(max_new_tokens=room), query_id="o"))
+        assert _done(log, "full") and _done(log, "other")
+        assert not [e for e in log.events if isinstance(e, Error)]
+        done = next(e for e in log.events if isinstance(e, AnswerDone) and e.session_id == "full")
+        assert done.stopped_by_eos or len(done.token_ids) == room
+    finally:
+        reactive.dispose()

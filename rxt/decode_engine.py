@@ -245,10 +245,11 @@ class DecodeEngine:
         if batch is None or bucket is None:
             return None
         stage, cache = self._stage_buffers(batch, stm)
-        prompt = torch.zeros((batch, bucket), dtype=torch.long)
+        on_device = all(row.device == self.device for row in rows)  # else host ids: built there, copied once
+        prompt = torch.zeros((batch, bucket), dtype=torch.long, device=self.device if on_device else "cpu")
         for i, row in enumerate(rows):
             prompt[i, : lengths[i]] = row
-        stage["prompt"][:, :bucket].copy_(to_device_async(prompt, self.device))
+        stage["prompt"][:, :bucket].copy_(prompt if on_device else to_device_async(prompt, self.device))
         stage["length"].copy_(to_device_async(lengths + [1] * (batch - n), self.device))
         stage["stm"][:, :n].copy_(stm)
         graph = self._prefill_graphs.get((batch, bucket)) or self._capture_prefill(batch, bucket)

@@ -46,6 +46,7 @@ from rxnn_runtime.messages import Cancel, InvalidMessage, Prime, Query, Reset
 from rxnn_runtime.model_executor import ModelExecutor
 from rxnn_runtime.session_cache import SessionCache
 from rxnn_runtime.stores import InMemoryStore, SessionState, SessionStore
+from rxnn_runtime.turn_intake import TurnIntake
 from rxnn_runtime.turn_scheduler import TurnScheduler
 from rxt.model import RxT
 from rxt.template import InteractionTemplate
@@ -85,6 +86,8 @@ class ReactiveModel:
                                        max_pending_per_session=max_pending_per_session)
         self.sessions = SessionCache(self.model, self.store, capacity=session_cache_size, keep=self.scheduler.knows)
         self.sessions.on_evict = self.scheduler.forget
+        self.intake = TurnIntake(self.scheduler, self.sessions, tokenizer, self.template,
+                                 capacity=self.executor.capacity, max_seq_len=model.config.max_seq_len)
         self.commits = CommitWriter(self.store, self._on_committed)
         self._lane = scheduler or EventLoopScheduler()
         self._owns_lane = scheduler is None
@@ -190,14 +193,14 @@ class ReactiveModel:
             return
         try:
             if isinstance(message, Query):
-                self._emit(self._accept(message))
+                self._emit(self.intake.query(message))
             elif isinstance(message, Cancel):
                 self._emit(self.scheduler.cancel(message.session_id, message.query_id))
             elif isinstance(message, Reset):
                 reset = ActiveTurn(Query(message.session_id, ""), 0, [], kind="reset")
                 self._emit(self.scheduler.reset(reset))
             elif isinstance(message, Prime):
-                self._emit(self._accept_prime(message))
+                self._emit(self.intake.prime(message))
             else:
                 self._emit([self.scheduler.event(Error, "", 0, code="invalid",
                                                  message=f"unsupported input {type(message).__name__}")])
@@ -207,47 +210,6 @@ class ReactiveModel:
             self._emit([self.scheduler.event(Error, sid, 0, getattr(message, "query_id", ""), code="internal",
                                              message=repr(exc))])
         self._request_step()
-
-    def _accept(self, query: Query) -> list[Event]:
-        sid = query.session_id
-        try:
-            state = self.sessions.get(sid)
-        except Exception as exc:
-            return [self.scheduler.event(Error, sid, 0, query.query_id, code="session", message=str(exc))]
-        try:
-            prompt = self.template.query_ids(query.text)
-            memory_ids = None if query.memory_answer is None else self.tokenizer.encode(query.memory_answer)
-        except Exception as exc:  # e.g. a lone surrogate the tokenizer cannot encode
-            return [self.scheduler.event(Error, sid, 0, query.query_id, code="invalid",
-                                         message=f"text cannot be tokenized: {exc}")]
-        limit = self.executor.capacity - query.options.max_new_tokens
-        if len(prompt) > limit:
-            return [self.scheduler.event(
-                Error, sid, 0, query.query_id, code="too_long",
-                message=f"text is {len(prompt)} tokens; with options.max_new_tokens={query.options.max_new_tokens} "
-                f"the limit is {limit} (max_seq_len={self.model.config.max_seq_len})")]
-        if self.scheduler.waiting(sid) >= self.max_pending_per_session:
-            return self.scheduler.add(ActiveTurn(query, 0, prompt))  # the scheduler words the queue_full Error
-        turn = ActiveTurn(query, self.scheduler.next_turn_id(sid, state.turns), prompt,
-                          text_decoder=self.tokenizer.incremental_decoder(), memory_ids=memory_ids)
-        return self.scheduler.add(turn)
-
-    def _accept_prime(self, message: Prime) -> list[Event]:
-        sid = message.session_id
-        state = None
-        try:
-            state = self.sessions.get(sid)
-            ids = [self.template.interaction_ids(q, a)[: self.model.config.max_seq_len]
-                   for q, a in message.interactions]
-        except Exception as exc:  # a bad record, or history the tokenizer cannot encode (a lone surrogate)
-            code, text = ("session", str(exc)) if state is None else ("invalid", f"history cannot be tokenized: {exc}")
-            return [self.scheduler.event(Error, sid, 0, message.query_id, code=code, message=text)]
-        query = Query(sid, "", query_id=message.query_id)
-        events: list[Event] = []
-        for interaction in ids:
-            turn_id = self.scheduler.next_turn_id(sid, state.turns)
-            events += self.scheduler.add(ActiveTurn(query, turn_id, interaction, kind="prime"))
-        return events
 
     # -- the step loop ---------------------------------------------------------------------------------------
     def _request_step(self) -> None:

@@ -1,4 +1,4 @@
-"""Decode-speed benchmark: RxT (eager, and the CUDA-graph DecodeEngine) beside Hugging Face `transformers`.
+"""Decode-speed benchmark: RxT (`generate` on an eager DecodeEngine, and the CUDA-graph engine) beside HF `transformers`.
 
 In one process on one GPU, at `nano` and at a ~1B configuration:
 - single-stream decode tokens/s (greedy, batch 1) for: our eager loop, our graph engine, HF `generate`
@@ -69,7 +69,7 @@ def bench_config(name: str, args, device, dtype) -> dict:
     query = torch.randint(10, cfg.vocab_size, (64,), device=device)
     stm = model.initial_memory(1).to(dtype)
 
-    # Single stream, eager loop (prefill + decode steps on the dynamic cache).
+    # Single stream, eager: `generate`, the synchronous driver over a one-off DecodeEngine without graphs.
     sampling = SamplingConfig(max_new_tokens=n_new)
     def eager_generate():
         memory = model.project_memory(stm)

@@ -1,12 +1,21 @@
-"""Serving benchmark: N concurrent websocket clients, each holding a multi-turn conversation with a `nano` RxT.
+"""Serving benchmark: the runtime over websockets against its own engine, in one run.
 
-Starts the real aiohttp server on 127.0.0.1 in this process, connects N real websocket clients (1, 8, 32, 64
-by default) and has each run ``--turns`` turns. Reports time to first token (p50/p99), tokens/s per client and
-in aggregate, and memory-update time (answer frame -> memory_updated frame), then the ratio of aggregate
-throughput at 32 sessions to 1 session, which is what batching buys. Untrained weights are fine for timing.
+Starts the real aiohttp server on 127.0.0.1 in this process and runs the websocket clients in separate processes
+(`serving_clients.py`, at most ``--clients-per-process`` each, as vLLM's serving benchmark keeps its clients out
+of the server's interpreter). Each client holds a ``--turns``-turn conversation (greedy, ``--max-new-tokens``
+per answer, the next query after the previous turn's memory_updated). Per level: time to first token p50/p99,
+aggregate tokens/s (all answer tokens / wall time from the first client's start to the last client's end), median
+memory-update time (answer frame -> memory_updated frame). Every level first runs once unmeasured, so
+CUDA-graph captures are not timed.
 
-    python benchmarks/serving.py --device cpu --clients 1 8 --turns 2          # smoke
-    python benchmarks/serving.py --device cuda --out benchmarks/results/serving.json
+Then, in the same process on the same model, the anchor: `DecodeEngine` alone at the same session counts
+(``engine_tokens_per_s``: sessions x 1000 / one captured decode step's median ms, the `benchmarks/decode.py`
+definition), and the same with the host in the loop (``engine_host_loop_tokens_per_s``: step, argmax, copy the
+tokens to the host, every step), with the runtime's ratio to each.
+
+    python benchmarks/serving.py --device cpu --clients 1 4 --turns 2 --out /tmp/serving_cpu.json     # smoke
+    python benchmarks/serving.py --clients 1 32 64 --out benchmarks/results/serving.json              # GPU
+    python benchmarks/serving.py --config 1b --clients 1 32 64 --out benchmarks/results/serving.json  # ~1B
 """
 
 from __future__ import annotations
@@ -14,24 +23,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-import aiohttp
 import torch
 from aiohttp import web
+from bench_utils import time_ms
 
 from rxnn_runtime.reactive_model import ReactiveModel
 from rxnn_runtime.server.app import create_app
 from rxt.atomic_io import atomic_write_json
 from rxt.config import RxTConfig
+from rxt.decode_engine import DecodeEngine
 from rxt.model import RxT
+from rxt.template import InteractionTemplate
 from rxt.tokenizer import RxTokenizer
 
-QUESTIONS = ("Hello, how are you today?", "What did you do this weekend?", "Tell me about your favourite book.")
+CLIENTS = Path(__file__).resolve().parent / "serving_clients.py"
+QUESTION = "Hello, how are you today?"
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -39,118 +53,250 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-async def _client(url: str, session_id: str, turns: int, max_new_tokens: int, stats: dict) -> None:
-    async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
-        for turn in range(turns):
-            query = {
-                "type": "query", "session": session_id, "id": f"{session_id}-{turn}",
-                "text": QUESTIONS[turn % len(QUESTIONS)],
-                "options": {"max_new_tokens": max_new_tokens, "temperature": 0.0},
-            }
-            sent = time.perf_counter()
-            await ws.send_str(json.dumps(query))
-            first = answered = None
-            tokens = 0
-            while True:
-                msg = await asyncio.wait_for(ws.receive(), timeout=300)
-                frame = json.loads(msg.data)
-                kind = frame.get("type")
-                if kind == "token":
-                    first = first or time.perf_counter()
-                elif kind == "answer":
-                    answered = time.perf_counter()
-                    tokens = len(frame.get("token_ids", []))
-                elif kind == "memory_updated" and answered is not None:
-                    stats["memory_update_ms"].append((time.perf_counter() - answered) * 1e3)
-                    break
-                elif kind == "error":
-                    raise RuntimeError(f"server error: {frame}")
-            stats["ttft_ms"].append(((first or answered) - sent) * 1e3)
-            stats["client_tokens_per_s"].append(tokens / max(answered - sent, 1e-9))
-            stats["tokens"] += tokens
+def _git_commit() -> str:
+    if os.environ.get("RXNN_COMMIT"):  # a copied tree without .git (the GPU machine) names its commit here
+        return os.environ["RXNN_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
 
 
-async def _run_level(url: str, clients: int, turns: int, max_new_tokens: int) -> dict:
-    stats = {"ttft_ms": [], "client_tokens_per_s": [], "memory_update_ms": [], "tokens": 0}
-    start = time.perf_counter()
-    await asyncio.gather(
-        *(_client(url, f"bench-{clients}-{i}", turns, max_new_tokens, stats) for i in range(clients))
-    )
-    wall = time.perf_counter() - start
+async def _run_level(url: str, clients: int, turns: int, max_new_tokens: int, per_process: int) -> dict:
+    sessions = [f"bench-{clients}-{time.monotonic_ns()}-{i}" for i in range(clients)]
+    groups = [sessions[i : i + per_process] for i in range(0, clients, per_process)]
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, str(CLIENTS), "--url", url, "--turns", str(turns), "--max-new-tokens",
+            str(max_new_tokens), "--sessions", *group,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        for group in groups
+    ]
+    for proc in procs:  # every client connected before anyone starts
+        line = await asyncio.wait_for(proc.stdout.readline(), 120)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"client process did not get ready: {line!r}")
+    go = time.time()
+    for proc in procs:
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
+    reports = []
+    for proc in procs:
+        out, _ = await asyncio.wait_for(proc.communicate(), 600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"client process failed ({proc.returncode})")
+        reports.append(json.loads(out.decode().strip().splitlines()[-1]))
+    # From the first client's start (the start signal reaching a process takes a variable few ms) to the last end.
+    start = min(r["start"] for r in reports)
+    wall = max(r["end"] for r in reports) - start
+    turns_done = [t for r in reports for t in r["turns"]]
+    tokens = sum(t["tokens"] for t in turns_done)
+    ttft = [t["ttft_ms"] for t in turns_done]
     return {
         "clients": clients,
+        "client_processes": len(procs),
         "turns_per_client": turns,
         "max_new_tokens": max_new_tokens,
-        "ttft_ms_p50": statistics.median(stats["ttft_ms"]),
-        "ttft_ms_p99": _percentile(stats["ttft_ms"], 0.99),
-        "client_tokens_per_s_median": statistics.median(stats["client_tokens_per_s"]),
-        "aggregate_tokens_per_s": stats["tokens"] / wall,
-        "memory_update_ms_median": statistics.median(stats["memory_update_ms"]),
+        "tokens": tokens,
+        "ttft_ms_p50": statistics.median(ttft),
+        "ttft_ms_p99": _percentile(ttft, 0.99),
+        "client_tokens_per_s_median": statistics.median(t["tokens"] / max(t["answer_s"], 1e-9) for t in turns_done),
+        "aggregate_tokens_per_s": tokens / wall,
+        "memory_update_ms_median": statistics.median(t["memory_update_ms"] for t in turns_done),
         "wall_s": wall,
+        "start_signal_ms": (start - go) * 1e3,
     }
 
 
-async def main_async(args: argparse.Namespace) -> dict:
-    tokenizer = RxTokenizer.default()
-    torch.manual_seed(0)
-    model = RxT(RxTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size)).to(args.device).eval()
+async def serve_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namespace) -> list[dict]:
     reactive = ReactiveModel(model, tokenizer, max_batch_size=max(args.clients), max_pending_per_session=4)
     reactive.connect()
-    runner = web.AppRunner(create_app(reactive))
+    runner = web.AppRunner(create_app(reactive, outbox_limit=4096))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     url = f"http://127.0.0.1:{port}/ws"
+    levels = []
     try:
-        await _run_level(url, 1, 1, 4)  # warm-up
-        levels = []
+        # Warm-up: each level once in full, unmeasured, so the CUDA graphs its shapes need (decode buckets,
+        # prefill lengths, memory-update batch and length buckets) are captured before anything is timed.
+        for n in sorted(set(args.clients)):
+            await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
         for n in args.clients:
-            level = await _run_level(url, n, args.turns, args.max_new_tokens)
-            print(
-                f"{n:>3} clients: TTFT p50 {level['ttft_ms_p50']:8.1f} ms  p99 {level['ttft_ms_p99']:8.1f} ms  "
-                f"per-client {level['client_tokens_per_s_median']:8.1f} tok/s  aggregate "
-                f"{level['aggregate_tokens_per_s']:8.1f} tok/s  mem update {level['memory_update_ms_median']:7.1f} ms",
-                flush=True,
-            )
+            level = await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
+            print(f"runtime {n:>3} clients: TTFT p50 {level['ttft_ms_p50']:7.1f} ms p99 {level['ttft_ms_p99']:7.1f} ms"
+                  f"  aggregate {level['aggregate_tokens_per_s']:9.1f} tok/s  mem update "
+                  f"{level['memory_update_ms_median']:6.1f} ms", flush=True)
             levels.append(level)
     finally:
         await runner.cleanup()
         reactive.dispose()
-    by_n = {lv["clients"]: lv for lv in levels}
-    ratio = None
-    if 1 in by_n and 32 in by_n:
-        ratio = by_n[32]["aggregate_tokens_per_s"] / by_n[1]["aggregate_tokens_per_s"]
-        print(f"aggregate throughput 32 sessions / 1 session: {ratio:.1f}x")
-    return {
-        "benchmark": "serving",
-        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu_threads": torch.get_num_threads(),
-        "command": " ".join(["python", *sys.argv]),
-        "preset": args.preset,
-        "parameters": model.num_parameters(),
-        "levels": levels,
-        "aggregate_ratio_32_vs_1": ratio,
-    }
+    return levels
+
+
+def engine_anchor(model: RxT, tokenizer: RxTokenizer, sessions: list[int], device: torch.device) -> dict:
+    """`DecodeEngine` alone: n live slots, one captured step (and one step with the host in the loop)."""
+    prompt = torch.tensor(InteractionTemplate(tokenizer).query_ids(QUESTION), device=device)
+    stm = model.initial_memory(1)[:, 0]
+    engine = DecodeEngine(model.decoder, max_slots=max(sessions), capacity=model.config.max_seq_len)
+    out = {}
+    with torch.no_grad():
+        for n in sessions:
+            for slot in range(engine.max_slots):
+                engine.release(slot)
+            first = torch.stack([engine.start(slot, prompt, stm=stm).argmax() for slot in range(n)])
+            tokens = torch.zeros(engine.bucket(), dtype=torch.long, device=device)
+            tokens[:n] = first
+            step_ms = time_ms(lambda tokens=tokens: engine.step(tokens), device, 3, 20)
+
+            def host_loop(tokens=tokens):
+                logits = engine.step(tokens)
+                tokens.copy_(logits.argmax(dim=-1))
+                return tokens.tolist()
+
+            host_ms = time_ms(host_loop, device, 3, 20)
+            for slot in range(n):  # the timed steps advanced every row; keep within capacity for the next n
+                engine.release(slot)
+            out[n] = {"engine_tokens_per_s": n * 1e3 / step_ms, "engine_step_ms": step_ms,
+                      "engine_host_loop_tokens_per_s": n * 1e3 / host_ms}
+            print(f"engine  {n:>3} sessions: {out[n]['engine_tokens_per_s']:9.1f} tok/s (step {step_ms:.3f} ms), "
+                  f"host loop {out[n]['engine_host_loop_tokens_per_s']:9.1f} tok/s", flush=True)
+    return out
+
+
+def memory_update_check(model: RxT, tokenizer: RxTokenizer, device: torch.device) -> dict:
+    """The graphed memory update against the eager one on the same rows, and both timed (1 and 64 rows)."""
+    from rxt.memory_update import MemoryUpdater
+
+    template = InteractionTemplate(tokenizer)
+    row = template.interaction_ids(QUESTION, "I am fine, thank you. " * 4)
+    out = {}
+    graphed, eager = MemoryUpdater(model, pad_id=tokenizer.pad_id), MemoryUpdater(model, use_cuda_graphs=False)
+    for n in (1, 64):
+        stm = model.initial_memory(n).contiguous()
+        rows = [row[: len(row) - (i % 7)] for i in range(n)]
+        diff = (graphed(stm, rows).float() - eager(stm, rows).float()).abs().max().item()
+        out[n] = {"graph_ms": time_ms(lambda stm=stm, rows=rows: graphed(stm, rows), device, 3, 10),
+                  "eager_ms": time_ms(lambda stm=stm, rows=rows: eager(stm, rows), device, 1, 5),
+                  "graph_vs_eager_max_abs_diff": diff}
+        print(f"memory update {n:>2} rows: graph {out[n]['graph_ms']:.2f} ms, eager {out[n]['eager_ms']:.2f} ms, "
+              f"max |diff| {diff:.2e}", flush=True)
+    # Batched prefill: the graph per (batch, length) bucket against the eager pass, on the same 5 queries.
+    prompts = [torch.tensor(template.query_ids(q)) for q in (QUESTION, "Hi", "What is the weather like today?",
+                                                              "Tell me a story.", "Why?")]
+    stm = model.initial_memory(5).contiguous()
+    results = []
+    with torch.no_grad():
+        for graphs in (True, False):
+            engine = DecodeEngine(model.decoder, max_slots=8, capacity=model.config.max_seq_len,
+                                  use_cuda_graphs=graphs)
+            results.append(engine.start_batch([6, 1, 3, 0, 4], prompts, stm=stm).float())
+    out["prefill_5_rows_graph_vs_eager_max_abs_diff"] = (results[0] - results[1]).abs().max().item()
+    print(f"prefill 5 rows: graph vs eager max |diff| {out['prefill_5_rows_graph_vs_eager_max_abs_diff']:.2e}")
+    return out
+
+
+def plot(run: dict, path: Path) -> None:
+    """Aggregate tokens/s against sessions: the runtime beside its engine (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = sorted(run["levels"], key=lambda lv: lv["clients"])
+    clients = [lv["clients"] for lv in levels]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(clients, [lv["engine_tokens_per_s"] for lv in levels], "o-", label="DecodeEngine alone")
+    ax.plot(clients, [lv["aggregate_tokens_per_s"] for lv in levels], "s-", label="runtime over websockets")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrent sessions")
+    ax.set_ylabel("aggregate tokens/s")
+    ax.set_title(f"{run['preset']}, {run['device']} ({run['runtime_version'].split(':')[0]})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")
     parser.add_argument("--preset", default="nano")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--config", choices=["1b"], default=None,
+                        help="instead of --preset: the ~1B configuration of benchmarks/decode.py")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 32, 64])
+    parser.add_argument("--clients-per-process", type=int, default=8)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=None, help="JSON output (default: print only)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON output: a run appended to its 'runs'")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG: aggregate tokens/s, runtime beside engine")
+    parser.add_argument("--plot-from", type=Path, default=None,
+                        help="only plot the last run of this JSON file to --plot (no measurement)")
     args = parser.parse_args()
+    if args.plot_from:
+        if not args.plot:
+            parser.error("--plot-from needs --plot")
+        plot(json.loads(args.plot_from.read_text())["runs"][-1], args.plot)
+        return
     if any(n < 1 or n > 256 for n in args.clients):
         parser.error("--clients values must be within 1..256 (the benchmark targets 127.0.0.1 only)")
-    result = asyncio.run(main_async(args))
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    tokenizer = RxTokenizer.default()
+    torch.manual_seed(0)
+    if args.config:
+        from decode import CONFIGS  # the ~1B widths, shared with the decode benchmark
+
+        spec = CONFIGS[args.config]
+        args.preset = args.config
+        cfg = RxTConfig.preset(spec["preset"], vocab_size=tokenizer.vocab_size, **spec["overrides"])
+    else:
+        cfg = RxTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size)
+    model = RxT(cfg).to(device=device, dtype=dtype).eval()
+    levels = asyncio.run(serve_levels(model, tokenizer, args))
+    anchor = engine_anchor(model, tokenizer, sorted(set(args.clients)), device)
+    update_check = memory_update_check(model, tokenizer, device)
+    for level in levels:
+        ref = anchor[level["clients"]]
+        level.update(ref)
+        level["ratio_to_engine"] = level["aggregate_tokens_per_s"] / ref["engine_tokens_per_s"]
+        level["ratio_to_engine_host_loop"] = level["aggregate_tokens_per_s"] / ref["engine_host_loop_tokens_per_s"]
+    by_n = {lv["clients"]: lv for lv in levels}
+    ratio = None
+    if 1 in by_n and 32 in by_n:
+        ratio = by_n[32]["aggregate_tokens_per_s"] / by_n[1]["aggregate_tokens_per_s"]
+        print(f"aggregate throughput 32 sessions / 1 session: {ratio:.1f}x")
+    run = {
+        "benchmark": "serving",
+        "runtime_version": f"commit {_git_commit()}: TurnScheduler/ModelExecutor split, batched prefill and memory "
+                           "updates, STM on the device, commits off the lane, per-step event batches, step N+1 "
+                           "launched before step N's tokens reach the host",
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "dtype": str(dtype).removeprefix("torch."),
+        "command": " ".join(["python", *sys.argv]),
+        "preset": args.preset,
+        "parameters": model.num_parameters(),
+        "levels": levels,
+        "aggregate_ratio_32_vs_1": ratio,
+        "memory_update_bare": update_check,
+    }
     if args.out:
-        atomic_write_json(args.out, result)
+        doc = {"benchmark": "serving", "runs": []}
+        if args.out.exists():
+            doc = json.loads(args.out.read_text())
+        doc["runs"].append(run)
+        atomic_write_json(args.out, doc)
         print(f"wrote {args.out}")
+    if args.plot:
+        plot(run, args.plot)
 
 
 if __name__ == "__main__":

@@ -1,33 +1,47 @@
-"""A turn while it is being answered: which decode slot it holds, what it has produced so far."""
+"""A turn of one session, from acceptance to commit. Torch-free: the scheduler reads and writes it.
+
+``kind`` is "answer" (a query to decode, then write to memory) or "prime" (an earlier interaction the client
+brought, written to memory without decoding). ``phase`` walks waiting -> running -> answered -> updating ->
+committing -> done for an answer; a prime skips running and answered.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import torch
+from typing import Any, Literal
 
 from rxnn_runtime.messages import Query
-from rxt.sampling import SamplingConfig
-from rxt.tokenizer import IncrementalDecoder
+
+TurnKind = Literal["answer", "prime"]
+Phase = Literal["waiting", "running", "answered", "updating", "committing", "done"]
 
 
-@dataclass
+@dataclass(eq=False)
 class ActiveTurn:
     query: Query
     turn_id: int
-    prompt: list[int]
-    text_decoder: IncrementalDecoder
+    prompt: list[int]  # answer: [BOS][Q] query [A]; prime: the whole interaction written to memory
+    kind: TurnKind = "answer"
+    text_decoder: Any = None  # an rxt IncrementalDecoder (token -> newly completed text)
+    memory_ids: list[int] | None = None  # teacher forcing: the answer tokens written to memory instead
     slot: int = -1
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    generator: torch.Generator | None = None
-    stm: torch.Tensor | None = None  # (L, S, D): the committed memory this turn reads
-    next_token: int = 0
+    phase: Phase = "waiting"
     answer: list[int] = field(default_factory=list)
     log_probs: list[float] = field(default_factory=list)
-    done: bool = False
-    cancelled: bool = False
     stopped_by_eos: bool = False
+    stop_rule: Any = None  # the turn's rxt.stopping.StopRule, made once
 
     @property
     def session_id(self) -> str:
         return self.query.session_id
+
+    @property
+    def query_id(self) -> str:
+        return self.query.query_id
+
+    def interaction(self, eos_id: int, max_len: int) -> list[int]:
+        """The ids written to memory: ``[BOS][Q] query [A] answer [EOS]`` (or the primed interaction)."""
+        if self.kind == "prime":
+            return self.prompt[:max_len]
+        answer = self.memory_ids if self.memory_ids is not None else self.answer
+        return [*self.prompt, *answer, eos_id][:max_len]

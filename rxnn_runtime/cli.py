@@ -13,7 +13,6 @@ More commands come from installed plugins (entry-point group ``rxnn.commands``),
 from __future__ import annotations
 
 import argparse
-import queue
 import sys
 import uuid
 from pathlib import Path
@@ -138,26 +137,20 @@ def _save_session(reactive: Any, session_id: str, directory: str) -> Path:
 
 
 def _chat_turn(reactive: Any, session_id: str, text: str, max_new_tokens: int, out) -> None:
-    """Send one query and stream its tokens to ``out`` until the turn's terminal event."""
-    from reactivex import operators as ops
+    """Send one query and stream its tokens to ``out`` until the turn's terminal event (through the session
+    facade, so the CLI crosses from the lane like every other client: the one Rx-to-asyncio bridge)."""
+    import asyncio
 
-    from rxnn_runtime.events import TERMINAL_EVENTS, AnswerDone, Cancelled, Error, Token
-    from rxnn_runtime.messages import GenerationOptions, Query
+    from rxnn_runtime.events import AnswerDone, Cancelled, Error, Token
+    from rxnn_runtime.messages import GenerationOptions
 
-    query = Query(session_id, text, GenerationOptions(max_new_tokens=max_new_tokens), query_id=uuid.uuid4().hex)
-    events: queue.Queue = queue.Queue()
-    subscription = reactive.events.pipe(ops.filter(lambda e: e.query_id == query.query_id)).subscribe(
-        on_next=events.put
-    )
-    try:
-        reactive.submit(query)
+    session = reactive.session(session_id)
+    query = session.query(text, GenerationOptions(max_new_tokens=max_new_tokens))
+
+    async def run() -> None:
         out.write("rxt> ")
         out.flush()
-        while True:
-            try:
-                event = events.get(timeout=600)
-            except queue.Empty:
-                raise CliError("no answer within 600 s") from None
+        async for event in session.events(query):
             if isinstance(event, Token):
                 out.write(event.text)
                 out.flush()
@@ -169,10 +162,11 @@ def _chat_turn(reactive: Any, session_id: str, text: str, max_new_tokens: int, o
                 print(f"rxnn chat: error: {event.code}: {event.message}", file=sys.stderr)
             elif isinstance(event, Cancelled):
                 out.write("\n(cancelled)\n")
-            if isinstance(event, TERMINAL_EVENTS):
-                return
-    finally:
-        subscription.dispose()
+
+    try:
+        asyncio.run(asyncio.wait_for(run(), timeout=600))
+    except TimeoutError:
+        raise CliError("no answer within 600 s") from None
 
 
 def _chat(args: argparse.Namespace) -> int:

@@ -10,8 +10,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from rxt.sampling import SamplingConfig
-
 MAX_SESSION_ID_LENGTH = 128
 MAX_QUERY_CHARS = 8_000
 MAX_NEW_TOKENS_LIMIT = 1_024
@@ -115,7 +113,10 @@ class GenerationOptions:
         if not MIN_TOP_P <= self.top_p <= 1.0:
             raise InvalidMessage("options.top_p", f"{self.top_p} is outside (0, 1] (at least {MIN_TOP_P})")
 
-    def sampling(self, *, return_log_probs: bool = False) -> SamplingConfig:
+    def sampling(self, *, return_log_probs: bool = False):
+        """The `rxt.sampling.SamplingConfig` of these options (imported here: messages stay torch-free)."""
+        from rxt.sampling import SamplingConfig
+
         return SamplingConfig(
             max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,
@@ -184,4 +185,26 @@ class Reset:
         _check_session_id(self.session_id)
 
 
-InputMessage = Query | Cancel | Reset
+@dataclass(frozen=True)
+class Prime:
+    """Write earlier (query, answer) interactions into the session's memory, in order, without decoding.
+
+    Each interaction is one memory-update row of a batched update pass (at most one per session per step, so a
+    long history never holds up other sessions) and gets its own MemoryUpdated carrying ``query_id``. A Cancel
+    for the session (or for ``query_id``) drops the interactions not yet written.
+    """
+
+    session_id: str
+    interactions: tuple[tuple[str, str], ...]
+    query_id: str = ""
+
+    def __post_init__(self) -> None:
+        _check_session_id(self.session_id)
+        if not isinstance(self.query_id, str) or len(self.query_id) > MAX_SESSION_ID_LENGTH:
+            raise InvalidMessage("id", f"must be a string of at most {MAX_SESSION_ID_LENGTH} characters")
+        for i, pair in enumerate(self.interactions):
+            if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+                raise InvalidMessage(f"interactions[{i}]", "must be a (query, answer) pair of strings")
+
+
+InputMessage = Query | Cancel | Reset | Prime

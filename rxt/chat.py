@@ -1,7 +1,9 @@
 """A single in-process conversation with an RxT: the model-level streaming API.
 
-``for event in chat.stream("Hi!")`` yields `TokenGenerated` events, then `AnswerCompleted`, then `MemoryUpdated`
-once the finished interaction has been encoded into STM. The memory update happens after the answer is out.
+``for event in chat.stream("Hi!")`` yields `Token` events, then `AnswerDone`, then `MemoryUpdated` once the
+finished interaction has been encoded into STM: the runtime's own events (`rxt.events`; ``TokenGenerated`` and
+``AnswerCompleted`` are their chat names), numbered by turn and ``seq``. Decoding runs on a one-slot
+`DecodeEngine` kept for the chat's life (the one decode path; on CUDA its prefill and steps are graphs). The memory update happens after the answer is out.
 If the consumer stops iterating after `AnswerCompleted`, the update still runs (the generator's cleanup
 commits it), so memory is never silently skipped; a turn abandoned mid-answer is not written to memory.
 
@@ -10,11 +12,14 @@ The asynchronous, multi-session, scheduled version of this is `rxnn_runtime.Reac
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import torch
 
-from rxt.chat_events import AnswerCompleted, ChatEvent, MemoryUpdated, TokenGenerated
+from rxt.chat_events import ChatEvent
+from rxt.decode_engine import DecodeEngine
+from rxt.events import AnswerDone, MemoryUpdated, Token
 from rxt.generation import decode_steps
 from rxt.model import RxT
 from rxt.sampling import SamplingConfig
@@ -39,6 +44,8 @@ class ReactiveChat:
         self.tokenizer = tokenizer
         self.template = InteractionTemplate(tokenizer)
         self.sampling = sampling or SamplingConfig()
+        self.engine = DecodeEngine(model.decoder, max_slots=1, capacity=model.config.max_seq_len)
+        self._seq = itertools.count(1)
         self.reset()
         if system_prompt:
             self.write_to_memory(self.template.system_ids(system_prompt))
@@ -51,6 +58,7 @@ class ReactiveChat:
         """Start over from the initial memory."""
         self.stm = self.model.initial_memory(1).detach()
         self.memory_version = 0
+        self.turns = 0
 
     @torch.no_grad()
     def write_to_memory(self, ids: list[int]) -> int:
@@ -70,10 +78,12 @@ class ReactiveChat:
             raise ValueError(
                 f"query is {len(prompt)} tokens; with max_new_tokens={sampling.max_new_tokens} the limit is {limit}"
             )
-        memory = self.model.project_memory(self.stm)  # once per turn, reused by every token
+        self.model.stm.validate(self.stm, 1)
         decoder = self.tokenizer.incremental_decoder()
         answer: list[int] = []
         stopped_by_eos = False
+        turn = self.turns + 1
+        # The memory K/V projection (once per turn, reused by every token) runs inside the prefill.
         steps = decode_steps(
             self.model.decoder,
             torch.tensor([prompt], device=self.device),
@@ -81,31 +91,36 @@ class ReactiveChat:
             sampling,
             eos_id=self.tokenizer.eos_id,
             pad_id=self.tokenizer.pad_id,
-            memory=memory,
+            stm=self.stm,
+            engine=self.engine,
         )
-        for step in steps:
-            token = int(step.tokens[0])
-            if token == self.tokenizer.eos_id:
-                stopped_by_eos = True
-                break
-            answer.append(token)
-            yield TokenGenerated(index=len(answer) - 1, token_id=token, text=decoder.decode_token(token))
+        try:
+            for step in steps:
+                token = int(step.tokens[0])
+                if token == self.tokenizer.eos_id:
+                    stopped_by_eos = True
+                    break
+                answer.append(token)
+                yield Token(turn_id=turn, seq=next(self._seq), index=len(answer) - 1, token_id=token,
+                            text=decoder.decode_token(token))
+        finally:
+            steps.close()  # frees the engine's slot however the loop ends
         answered = False
         try:
             text = self.tokenizer.decode(answer)
             answered = True
-            yield AnswerCompleted(
-                text=text, token_ids=tuple(answer), stopped_by_eos=stopped_by_eos, tail=decoder.flush()
-            )
+            yield AnswerDone(turn_id=turn, seq=next(self._seq), text=text, token_ids=tuple(answer),
+                             stopped_by_eos=stopped_by_eos, tail=decoder.flush())
         finally:
             if answered:
                 version = self.write_to_memory([*prompt, *answer, self.tokenizer.eos_id])
-        yield MemoryUpdated(version=version)
+                self.turns = turn
+        yield MemoryUpdated(turn_id=turn, seq=next(self._seq), version=version)
 
     def ask(self, query: str, **kwargs) -> str:
         """Answer ``query`` and update memory; returns the answer text."""
         text = ""
         for event in self.stream(query, **kwargs):
-            if isinstance(event, AnswerCompleted):
+            if isinstance(event, AnswerDone):
                 text = event.text
         return text

@@ -1,34 +1,16 @@
-"""Typed events of one streamed turn (no magic integers: the reference used -1/-2 token ids as signals)."""
+"""The events of one streamed chat turn: the runtime's own classes (`rxt.events`), under their chat names.
+
+There is one set of events and one `MemoryUpdated`: ``TokenGenerated`` is `rxt.events.Token` and
+``AnswerCompleted`` is `rxt.events.AnswerDone`, so code written against the chat reads runtime events too.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from rxt.events import AnswerDone, MemoryUpdated, MemoryUpdateStarted, Token
 
+TokenGenerated = Token
+AnswerCompleted = AnswerDone
 
-@dataclass(frozen=True)
-class TokenGenerated:
-    """One answer token; ``text`` is the newly completed text (may be "" mid-way through a UTF-8 character)."""
+ChatEvent = Token | AnswerDone | MemoryUpdateStarted | MemoryUpdated
 
-    index: int
-    token_id: int
-    text: str
-
-
-@dataclass(frozen=True)
-class AnswerCompleted:
-    """The whole answer is out; the memory update has not started yet."""
-
-    text: str
-    token_ids: tuple[int, ...]
-    stopped_by_eos: bool
-    tail: str = ""  # an unfinished character at the end that no TokenGenerated carried; tokens + tail == text
-
-
-@dataclass(frozen=True)
-class MemoryUpdated:
-    """The interaction was encoded and written into STM; ``version`` counts committed updates."""
-
-    version: int
-
-
-ChatEvent = TokenGenerated | AnswerCompleted | MemoryUpdated
+__all__ = ["AnswerCompleted", "ChatEvent", "MemoryUpdated", "TokenGenerated"]

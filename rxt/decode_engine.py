@@ -6,8 +6,9 @@ buffers. A slot holds one sequence:
 - `start(slot, prompt, memory=..., stm=...)` prefills the prompt into the slot's cache row (other slots are
   untouched) and returns the logits of its first answer token. Given ``stm`` (L, S, D) instead of projected
   ``memory``, the memory K/V projection happens inside the prefill, and on CUDA the whole prefill (projection,
-  prompt padded to a length bucket, first-token logits) is one captured graph per length bucket, staged in a
-  one-row cache and copied into the slot;
+  prompt padded to a length bucket, first-token logits) is one captured graph per (batch, length) bucket,
+  staged in a cache of the bucket's rows and copied into the slots;
+- `start_batch(slots, prompts, stm=...)` prefills queries that arrive together in one pass (the same graphs);
 - `step(tokens)` feeds one token to every slot of the smallest bucket that covers the live slots and returns
   their next-token logits. Sessions join (`start`) and leave (`release`) between steps, so a long answer never
   holds up short ones.
@@ -32,7 +33,19 @@ from rxt.layers import MemoryKV
 log = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Captures run on the serving lane while other threads (store commits copying STMs off the device) keep using
+# CUDA; "thread_local" restricts only the capturing thread, so their calls neither fail nor spoil the capture.
+CAPTURE_MODE = "thread_local"
 PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+def to_device_async(values: list[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Small host ids on ``device`` without waiting for the work already queued there (a plain
+    ``torch.tensor(..., device=cuda)`` copies synchronously, which would stall the host behind the GPU)."""
+    host = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=torch.long)
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
 
 
 class DecodeEngine:
@@ -67,9 +80,8 @@ class DecodeEngine:
         # Optional: fuse the step's many small kernels with torch.compile before capturing it (GPU only; the
         # benchmark measures whether it pays off).
         self._decode = torch.compile(self._decode_impl, dynamic=False) if compile_step else self._decode_impl
-        self._prefill_graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, list[MemoryKV | None]]] = {}
-        self._stage: dict[str, torch.Tensor] | None = None
-        self._stage_cache = None
+        self._prefill_graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, list]] = {}
+        self._stages: dict[int, tuple[dict[str, torch.Tensor], object]] = {}  # batch -> staging buffers, cache
 
     # -- slots -----------------------------------------------------------------------------------------------
     def free_slot(self) -> int | None:
@@ -120,9 +132,9 @@ class DecodeEngine:
             if memory is not None:
                 raise ValueError("DecodeEngine.start: pass memory or stm, not both")
             if self.use_cuda_graphs and not self._graph_failed:
-                logits = self._start_graphed(slot, prompt, stm)
+                logits = self._start_graphed([slot], [prompt], stm.unsqueeze(1))
                 if logits is not None:
-                    return logits
+                    return logits[0]
             memory = self.decoder.project_memory(stm.unsqueeze(1).to(self.device, self.cache.k.dtype))
         if not 0 <= slot < self.max_slots:
             raise ValueError(f"slot={slot} is outside 0..{self.max_slots - 1}")
@@ -146,48 +158,135 @@ class DecodeEngine:
         self.live[slot] = True
         return self.decoder.lm_head(out.hidden[0, -1])
 
-    def _start_graphed(self, slot: int, prompt: torch.Tensor, stm: torch.Tensor) -> torch.Tensor | None:
-        length = prompt.shape[0]
-        if not 0 <= slot < self.max_slots or self.live[slot] or not 1 <= length < self.capacity:
+    @torch.no_grad()
+    def start_batch(
+        self,
+        slots: Sequence[int],
+        prompts: Sequence[Sequence[int] | torch.Tensor],
+        *,
+        stm: torch.Tensor | None = None,
+        memory: list[MemoryKV | None] | None = None,
+    ) -> torch.Tensor:
+        """Prefill several prompts into their ``slots`` in one forward pass; return (n, V) first-token logits.
+
+        Queries that arrive together are prefilled together: the prompts are right-padded to the longest, run
+        through the decoder once (padding masked as keys), and each row's keys/values and memory K/V are copied
+        into its slot. ``stm`` is (L, n, S, D) (projected here, in the same pass) or ``memory`` the per-layer K/V
+        of batch n; neither for a decoder without memory. One prompt alone takes `start` (a graph on CUDA).
+        """
+        n = len(slots)
+        if n != len(prompts):
+            raise ValueError(f"start_batch: {n} slots for {len(prompts)} prompts")
+        if stm is not None and memory is not None:
+            raise ValueError("DecodeEngine.start_batch: pass memory or stm, not both")
+        if n == 0:
+            return torch.empty(0, self.decoder.lm_head.out_features, device=self.device)
+        rows = [torch.as_tensor(p, dtype=torch.long) for p in prompts]
+        if n == 1:
+            one_memory = None if memory is None else [None if kv is None else (kv[0][:1], kv[1][:1]) for kv in memory]
+            return self.start(slots[0], rows[0], one_memory, stm=None if stm is None else stm[:, 0])[None]
+        if len(set(slots)) != n:
+            raise ValueError(f"start_batch: slots {list(slots)} repeat a slot")
+        for slot, row in zip(slots, rows, strict=True):
+            if not 0 <= slot < self.max_slots:
+                raise ValueError(f"slot={slot} is outside 0..{self.max_slots - 1}")
+            if self.live[slot]:
+                raise ValueError(f"slot {slot} is live; release it first")
+            if not 1 <= row.shape[0] < self.capacity:
+                raise ValueError(f"prompt of {row.shape[0]} tokens must be within 1..{self.capacity - 1} (capacity)")
+        if stm is not None and self.use_cuda_graphs and not self._graph_failed:
+            logits = self._start_graphed(slots, rows, stm.to(self.device))
+            if logits is not None:
+                return logits
+        if stm is not None:
+            memory = self.decoder.project_memory(stm.to(self.device, self.cache.k.dtype))
+        index = to_device_async(list(slots), self.device)
+        if memory is not None:
+            self._ensure_memory(memory)
+            for buffers, kv in zip(self.memory, memory, strict=True):
+                if buffers is not None:
+                    buffers[0].index_copy_(0, index, kv[0])
+                    buffers[1].index_copy_(0, index, kv[1])
+        lengths = [int(r.shape[0]) for r in rows]
+        longest = max(lengths)
+        ids = torch.zeros((n, longest), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : lengths[i]] = row
+        ids = ids.to(self.device, non_blocking=True)
+        length_t = to_device_async(lengths, self.device)
+        valid = torch.arange(longest, device=self.device)[None, :] < length_t[:, None]
+        stage = self.decoder.new_cache(n, longest)  # attends over the prompts only: n x T x T, not x capacity
+        out = self.decoder(ids, attention_mask=valid, memory=memory, cache=stage, compute_logits=False, validate=False)
+        # Rows land in their slots; positions past a row's length hold padding the row's own steps overwrite.
+        self.cache.k[:, index, :, :longest] = stage.k
+        self.cache.v[:, index, :, :longest] = stage.v
+        self.cache.lengths[index] = length_t
+        last = out.hidden[torch.arange(n, device=self.device), length_t - 1]
+        for slot, length in zip(slots, lengths, strict=True):
+            self.slot_length[slot] = length
+            self.live[slot] = True
+        return self.decoder.lm_head(last)
+
+    def _start_graphed(self, slots: Sequence[int], rows: Sequence[torch.Tensor], stm: torch.Tensor) -> torch.Tensor | None:
+        """Prefill ``rows`` into ``slots`` with a captured graph per (batch bucket, length bucket); None to go eager.
+
+        The rows are staged in a cache of the bucket's batch (padding rows: one pad token, ignored), the graph
+        projects the memory and prefills, then each real row's keys/values, length and memory K/V are copied
+        into its slot. ``stm`` is (L, n, S, D).
+        """
+        n = len(slots)
+        lengths = [int(r.shape[0]) for r in rows]
+        if any(not 0 <= s < self.max_slots or self.live[s] for s in slots) or len(set(slots)) != n:
             return None  # let the eager path raise its precise error
-        bucket = next((b for b in PREFILL_BUCKETS if b >= length and b < self.capacity), None)
-        if bucket is None:
+        if any(not 1 <= length < self.capacity for length in lengths):
             return None
-        stage = self._stage_buffers(stm)
-        stage["stm"].copy_(stm.unsqueeze(1))
-        stage["prompt"][0, :length].copy_(prompt)
-        stage["prompt"][0, length:].zero_()
-        stage["length"].fill_(length)
-        graph = self._prefill_graphs.get(bucket) or self._capture_prefill(bucket)
+        batch = next((b for b in self.buckets if b >= n), None)
+        bucket = next((b for b in PREFILL_BUCKETS if b >= max(lengths) and b < self.capacity), None)
+        if batch is None or bucket is None:
+            return None
+        stage, cache = self._stage_buffers(batch, stm)
+        on_device = all(row.device == self.device for row in rows)  # else host ids: built there, copied once
+        prompt = torch.zeros((batch, bucket), dtype=torch.long, device=self.device if on_device else "cpu")
+        for i, row in enumerate(rows):
+            prompt[i, : lengths[i]] = row
+        stage["prompt"][:, :bucket].copy_(prompt if on_device else to_device_async(prompt, self.device))
+        stage["length"].copy_(to_device_async(lengths + [1] * (batch - n), self.device))
+        stage["stm"][:, :n].copy_(stm)
+        graph = self._prefill_graphs.get((batch, bucket)) or self._capture_prefill(batch, bucket)
         if graph is None:
             return None
         graph[0].replay()
-        # Move the staged row into the slot: cache keys/values, length, memory K/V.
-        self.cache.k[:, slot].copy_(self._stage_cache.k[:, 0])
-        self.cache.v[:, slot].copy_(self._stage_cache.v[:, 0])
-        self.cache.lengths[slot] = length
+        # Move the staged rows into their slots: cache keys/values, lengths, memory K/V.
+        index = to_device_async(list(slots), self.device)
+        self.cache.k[:, index] = cache.k[:, :n]
+        self.cache.v[:, index] = cache.v[:, :n]
+        self.cache.lengths[index] = stage["length"][:n]
         self._ensure_memory(graph[2])
         for buffers, kv in zip(self.memory, graph[2], strict=True):
             if buffers is not None:
-                buffers[0][slot].copy_(kv[0][0])
-                buffers[1][slot].copy_(kv[1][0])
-        self.slot_length[slot] = length
-        self.live[slot] = True
-        return graph[1][0]
+                buffers[0].index_copy_(0, index, kv[0][:n])
+                buffers[1].index_copy_(0, index, kv[1][:n])
+        for slot, length in zip(slots, lengths, strict=True):
+            self.slot_length[slot] = length
+            self.live[slot] = True
+        return graph[1][:n]
 
-    def _stage_buffers(self, stm: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self._stage is None:
+    def _stage_buffers(self, batch: int, stm: torch.Tensor):
+        if batch not in self._stages:
             # Not static: a prefill bucket of T tokens attends over T keys (its shapes are fixed by the bucket).
-            self._stage_cache = self.decoder.new_cache(1, self.capacity)
-            self._stage = {
-                "stm": torch.zeros((stm.shape[0], 1, *stm.shape[1:]), dtype=self.cache.k.dtype, device=self.device),
-                "prompt": torch.zeros((1, max(PREFILL_BUCKETS)), dtype=torch.long, device=self.device),
-                "length": torch.zeros(1, dtype=torch.long, device=self.device),
-            }
-        return self._stage
+            self._stages[batch] = (
+                {
+                    "stm": torch.zeros((stm.shape[0], batch, *stm.shape[2:]), dtype=self.cache.k.dtype,
+                                       device=self.device),
+                    "prompt": torch.zeros((batch, max(PREFILL_BUCKETS)), dtype=torch.long, device=self.device),
+                    "length": torch.ones(batch, dtype=torch.long, device=self.device),
+                },
+                self.decoder.new_cache(batch, self.capacity),
+            )
+        return self._stages[batch]
 
-    def _prefill(self, bucket: int):
-        stage, cache = self._stage, self._stage_cache
+    def _prefill(self, batch: int, bucket: int):
+        stage, cache = self._stages[batch]
         cache.written = 0  # host-side capacity counter only; the graph reads nothing from it
         cache.lengths.zero_()
         memory = self.decoder.project_memory(stage["stm"])
@@ -195,26 +294,27 @@ class DecodeEngine:
         valid = torch.arange(bucket, device=self.device)[None, :] < stage["length"][:, None]
         out = self.decoder(ids, attention_mask=valid, memory=memory, cache=cache, compute_logits=False,
                            validate=False)
-        last = out.hidden.gather(1, (stage["length"] - 1)[:, None, None].expand(1, 1, out.hidden.shape[-1]))
+        last = out.hidden.gather(1, (stage["length"] - 1)[:, None, None].expand(batch, 1, out.hidden.shape[-1]))
         return self.decoder.lm_head(last[:, 0]), memory
 
-    def _capture_prefill(self, bucket: int):
+    def _capture_prefill(self, batch: int, bucket: int):
         try:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(2):
-                    self._prefill(bucket)
+                    self._prefill(batch, bucket)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                logits, memory = self._prefill(bucket)
+            with torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
+                logits, memory = self._prefill(batch, bucket)
         except Exception as exc:
-            log.warning("CUDA graph capture of prefill bucket %d failed (%s); prefilling eagerly", bucket, exc)
+            log.warning("CUDA graph capture of prefill (batch %d, length %d) failed (%s); prefilling eagerly",
+                        batch, bucket, exc)
             self._graph_failed = True
             return None
-        self._prefill_graphs[bucket] = (graph, logits, memory)
-        return self._prefill_graphs[bucket]
+        self._prefill_graphs[(batch, bucket)] = (graph, logits, memory)
+        return self._prefill_graphs[(batch, bucket)]
 
     def release(self, slot: int) -> None:
         self.live[slot] = False
@@ -263,7 +363,7 @@ class DecodeEngine:
             torch.cuda.current_stream().wait_stream(stream)
             self.cache.lengths.copy_(saved_lengths)  # warm-up steps wrote at the next positions: undo the count
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
                 logits = self._step(b)
         except Exception as exc:
             log.warning("CUDA graph capture failed for bucket %d (%s); decoding eagerly", b, exc)

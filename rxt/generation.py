@@ -1,11 +1,14 @@
-"""Batched autoregressive generation on a preallocated KV cache.
+"""Batched autoregressive generation: a synchronous driver over `DecodeEngine`, the one decode path.
 
-Prefill runs the (right-padded) prompts once; each decode step then feeds one token per row. Rows stop
-independently at ``eos_id``; finished rows are fed ``pad_id`` until every row is done. Memory cross-attention
-keys/values (``memory``) are computed by the caller once per turn and reused by every step.
+The prompts (right-padded to per-row ``lengths``) are prefilled into the slots of a `DecodeEngine` in one pass;
+each step then feeds one token per row. Rows stop independently by the one stop rule (`rxt.stopping.StopRule`:
+``eos_id`` or ``max_new_tokens``); finished rows are fed ``pad_id`` until every row is done, so the tokens a
+seeded batch draws do not depend on when its other rows stop. Memory cross-attention keys/values (``memory``)
+are computed by the caller once per turn and reused by every step.
 
-The same loop serves chat, serving and MRL rollouts: `decode_steps` yields each step so a caller can stream
-tokens as they are produced; `generate` collects them.
+Chat (`rxt.chat.ReactiveChat`), serving (`rxnn_runtime`) and MRL rollouts all decode through `DecodeEngine`;
+`decode_steps` yields each step so a caller can stream tokens as they are produced; `generate` collects them.
+Pass ``engine`` to reuse one engine (and its captured CUDA graphs) across calls.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
+from rxt.decode_engine import DecodeEngine
 from rxt.decoder import Decoder
 from rxt.layers import MemoryKV
 from rxt.sampling import SamplingConfig, choose_tokens
+from rxt.stopping import StopRule
 
 
 @dataclass
@@ -35,6 +40,16 @@ class GenerationResult:
     log_probs: torch.Tensor | None  # (B, N), 0 past each row's end
 
 
+def _prompt_rows(input_ids: torch.Tensor, lengths: torch.Tensor | None) -> list[torch.Tensor]:
+    prompt_len = input_ids.shape[1]
+    if lengths is None:
+        return list(input_ids)
+    host = lengths.tolist()
+    if any(n < 1 or n > prompt_len for n in host):
+        raise ValueError(f"prompt lengths must be in 1..{prompt_len}; got {host}")
+    return [input_ids[i, :n] for i, n in enumerate(host)]
+
+
 @torch.no_grad()
 def decode_steps(
     decoder: Decoder,
@@ -45,39 +60,58 @@ def decode_steps(
     eos_id: int,
     pad_id: int,
     memory: list[MemoryKV | None] | None = None,
+    stm: torch.Tensor | None = None,
+    engine: DecodeEngine | None = None,
 ) -> Iterator[DecodeStep]:
-    """Prefill ``input_ids`` (B, T, right-padded to per-row ``lengths``) and yield one `DecodeStep` per token."""
+    """Prefill ``input_ids`` (B, T, right-padded to per-row ``lengths``) and yield one `DecodeStep` per token.
+
+    The rows read ``memory`` (per-layer K/V of batch B) or ``stm`` (L, B, S, D, projected in the prefill).
+    ``engine`` must have at least B free slots; rows take slots 0..B-1 and are released at the end.
+    """
     batch, prompt_len = input_ids.shape
     device = input_ids.device
-    if lengths is None:
-        lengths = torch.full((batch,), prompt_len, dtype=torch.long, device=device)
-    lengths = lengths.to(device)
-    if bool((lengths < 1).any()) or bool((lengths > prompt_len).any()):
-        raise ValueError(f"prompt lengths must be in 1..{prompt_len}; got {lengths.tolist()}")
+    rows = _prompt_rows(input_ids, lengths)
     budget = decoder.cfg.max_seq_len
     if prompt_len + sampling.max_new_tokens > budget:
         raise ValueError(
             f"prompt of {prompt_len} tokens + max_new_tokens={sampling.max_new_tokens} exceeds "
             f"max_seq_len={budget}"
         )
-    cache = decoder.new_cache(batch, prompt_len + sampling.max_new_tokens)
-    valid = torch.arange(prompt_len, device=device)[None, :] < lengths[:, None]
-    out = decoder(input_ids, attention_mask=valid, memory=memory, cache=cache, compute_logits=False)
-    last_hidden = out.hidden[torch.arange(batch, device=device), lengths - 1]
-    logits = decoder.lm_head(last_hidden)
+    if engine is None:
+        # A one-off engine: no graph capture (it would be thrown away with the engine).
+        engine = DecodeEngine(decoder, max_slots=batch, capacity=min(budget, prompt_len + sampling.max_new_tokens + 1),
+                              use_cuda_graphs=False)
+    if engine.max_slots < batch or engine.num_live:
+        raise ValueError(f"engine has {engine.max_slots} slots ({engine.num_live} live); {batch} free ones are needed")
+    slots = list(range(batch))
+    logits = engine.start_batch(slots, rows, stm=stm, memory=memory)
     generator = sampling.generator(device)
+    rule = StopRule(eos_id, sampling.max_new_tokens)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    for step in range(sampling.max_new_tokens):
-        tokens, log_probs = choose_tokens(logits, sampling, generator)
-        active = ~finished
-        tokens = torch.where(active, tokens, torch.full_like(tokens, pad_id))
-        if log_probs is not None:
-            log_probs = torch.where(active, log_probs, torch.zeros_like(log_probs))
-        finished = finished | (tokens == eos_id)
-        yield DecodeStep(tokens=tokens, log_probs=log_probs, active=active, finished=finished.clone())
-        if bool(finished.all()) or step == sampling.max_new_tokens - 1:
-            return
-        logits = decoder(tokens[:, None], memory=memory, cache=cache, validate=False).logits[:, -1]
+    done = [False] * batch
+    try:
+        for step in range(sampling.max_new_tokens):
+            # All rows are sampled together (one generator draw per step), as a batch always was.
+            tokens, log_probs = choose_tokens(logits[:batch], sampling, generator)
+            tokens = tokens.to(device)
+            active = ~finished
+            tokens = torch.where(active, tokens, torch.full_like(tokens, pad_id))
+            if log_probs is not None:
+                log_probs = torch.where(active, log_probs.to(device), torch.zeros_like(log_probs, device=device))
+            host = tokens.tolist()
+            for i in slots:
+                if not done[i]:
+                    done[i] = rule.check(host[i], step + 1, engine.room(i)) is not None
+            finished = torch.tensor(done, device=device)
+            yield DecodeStep(tokens=tokens, log_probs=log_probs, active=active, finished=finished.clone())
+            if all(done):
+                return
+            step_tokens = torch.full((engine.bucket(),), pad_id, dtype=torch.long, device=engine.device)
+            step_tokens[:batch] = tokens
+            logits = engine.step(step_tokens)
+    finally:
+        for i in slots:
+            engine.release(i)
 
 
 def generate(
@@ -89,12 +123,14 @@ def generate(
     eos_id: int,
     pad_id: int,
     memory: list[MemoryKV | None] | None = None,
+    stm: torch.Tensor | None = None,
+    engine: DecodeEngine | None = None,
 ) -> GenerationResult:
     """Run `decode_steps` to the end and collect the tokens (and log-probs) per row."""
     sampling = sampling or SamplingConfig()
     tokens, log_probs, counts = [], [], None
     for step in decode_steps(
-        decoder, input_ids, lengths, sampling, eos_id=eos_id, pad_id=pad_id, memory=memory
+        decoder, input_ids, lengths, sampling, eos_id=eos_id, pad_id=pad_id, memory=memory, stm=stm, engine=engine
     ):
         tokens.append(step.tokens)
         if step.log_probs is not None:

@@ -70,16 +70,22 @@ class RxT(nn.Module, HubMixin):
         self.stm.validate(stm)
         return self.decoder.project_memory(stm)
 
-    def encode(self, interaction_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(
+        self, interaction_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, validate: bool = True
+    ) -> torch.Tensor:
         """Every encoder layer's hidden states ED (L, B, T, D) for a batch of finished interactions."""
-        return self.encoder(interaction_ids, attention_mask).hidden_states
+        return self.encoder(interaction_ids, attention_mask, validate=validate).hidden_states
 
     def update_memory(
-        self, stm: torch.Tensor, interaction_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self, stm: torch.Tensor, interaction_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        *, validate: bool = True,
     ) -> torch.Tensor:
-        """STM' = MemAttn(STM, Encoder(interaction)). Out-of-place; rows with no real tokens keep their STM."""
+        """STM' = MemAttn(STM, Encoder(interaction)). Out-of-place; rows with no real tokens keep their STM.
+
+        ``validate=False`` skips the host-side id checks, so the update can be captured as a CUDA graph.
+        """
         self.stm.validate(stm, interaction_ids.shape[0])
-        encoded = self.encode(interaction_ids, attention_mask)
+        encoded = self.encode(interaction_ids, attention_mask, validate=validate)
         return self.memory_attention(stm, encoded, attention_mask)
 
     # -- decoding --------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 The model is stateful: only the newest user message is processed; the earlier turns live in the session's
 memory. The session comes from the ``X-Session-Id`` header or the ``user`` field. A request with neither gets a
 fresh session (returned in the ``X-Session-Id`` response header) whose memory is first primed with the
-request's earlier (user, assistant) turns via `ReactiveModel.prime`, at most ``max_history_messages`` of them.
+request's earlier (user, assistant) turns via `ReactiveModel.prime`, at most ``max_history_messages`` of them
+(one batched memory-update row per interaction and step; cancelled with the request when the client goes away).
+The request's events reach the handler through the one Rx-to-asyncio bridge (`rxnn_runtime.event_bridge`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from aiohttp import web
 from reactivex import operators as ops
 
+from rxnn_runtime.event_bridge import EventBridge, EventQueue
 from rxnn_runtime.events import AnswerDone, Cancelled, Error, Event, Token
 from rxnn_runtime.messages import (
     MAX_NEW_TOKENS_LIMIT,
@@ -229,18 +232,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return exc.response()
 
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Event] = asyncio.Queue()
-
-    def on_event(event: Event) -> None:  # lane thread: hand over, never wait
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(queue.put_nowait, event)
+    prime_id = f"{cid}-prime"
+    primed = req["session"] is None and len(req["turns"]) > 1
+    # The query's events, and the priming's errors (a history that cannot be written fails the request).
+    queue = EventQueue(EventBridge.of(reactive, loop).session_events(session).pipe(
+        ops.filter(lambda e: e.query_id == cid or (e.query_id == prime_id and isinstance(e, Error)))))
 
     response: web.StreamResponse | None = None
-    subscription = reactive.events.pipe(ops.filter(lambda e: e.query_id == cid)).subscribe(on_next=on_event)
     finished = False
     try:
-        if req["session"] is None and len(req["turns"]) > 1:
-            reactive.prime(session, history_pairs(req["turns"][:-1]), query_id=f"{cid}-prime")
+        if primed:
+            reactive.prime(session, history_pairs(req["turns"][:-1]), query_id=prime_id)
         reactive.submit(query)
         created = int(time.time())
         model = config.model_name
@@ -248,7 +250,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         headers = {"X-Session-Id": session}
 
         async def next_event() -> Event:
-            return await asyncio.wait_for(queue.get(), timeout=max(0.0, deadline - loop.time()))
+            return await asyncio.wait_for(queue.__anext__(), timeout=max(0.0, deadline - loop.time()))
 
         if not req["stream"]:
             while True:
@@ -280,10 +282,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             # Coalesce whatever tokens are already waiting into one chunk.
             while isinstance(event, Token):
                 pieces.append(event.text)
-                if queue.empty():
-                    event = None
-                    break
                 event = queue.get_nowait()
+                if event is None:
+                    break
             text = "".join(pieces)
             if isinstance(event, AnswerDone):
                 text += event.tail  # an unfinished character at the end, owed by the token stream
@@ -312,11 +313,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         await response.write_eof()
         return response
     finally:
-        subscription.dispose()
+        queue.close()
         owners.release(session, SessionOwners.HTTP)
-        if not finished:  # client gone, timeout or error: do not keep decoding for nobody
+        if not finished:  # client gone, timeout or error: do not keep decoding (or priming) for nobody
             with contextlib.suppress(Exception):
-                reactive.submit(Cancel(session, cid))
+                reactive.submit(Cancel(session) if primed else Cancel(session, cid))
 
 
 async def list_models(request: web.Request) -> web.Response:

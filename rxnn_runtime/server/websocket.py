@@ -1,15 +1,16 @@
 """`GET /ws`: the websocket bridge between clients and a `ReactiveModel` (protocol: docs/protocol.md).
 
     client frame ──► validate ──► reactive.submit(Query | Cancel | Reset)
-    reactive.events (lane thread) ──► filter(sessions this connection queried)
-        ──► loop.call_soon_threadsafe ──► bounded outbox ──► send loop ──► client
+    reactive.batches (lane thread) ──EventBridge (once per step into the loop, fanned out per session)──►
+        session_events(each session this connection owns) ──► bounded outbox ──► send loop ──► client
 
 Frames are msgpack (binary) or JSON (text); replies use the encoding the client used last.
 
 Slow-client policy: the model lane never blocks or waits on a client. Events only cross into the event loop;
-token events of one turn are coalesced into one pending frame per (session, id) until the send loop gets to
-it, so a slow client gets fewer, larger token frames. Any other frame takes one outbox slot; when the outbox
-holds ``outbox_limit`` frames the client is too far behind: the connection is closed with code 1013 ("try
+token events of one turn are coalesced into one pending frame per (session, turn) until the send loop gets to
+it, so a slow client gets fewer, larger token frames. A coalesced frame never crosses a turn and carries the
+``seq`` of its first token, the place it holds in the outbox, so ``seq`` strictly increases along the
+connection. Any other frame takes one outbox slot; when the outbox holds ``outbox_limit`` frames the client is too far behind: the connection is closed with code 1013 ("try
 again later") and an error is logged. A client that stops reading cannot take the close frame either: if the
 close handshake does not finish within ``CLOSE_TIMEOUT`` the transport is aborted, whatever the close raised.
 Its turns still run to the end and their memory is committed.
@@ -30,6 +31,7 @@ from typing import Any
 import msgpack
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from rxnn_runtime.event_bridge import EventBridge
 from rxnn_runtime.events import AnswerDone, Event, Token
 from rxnn_runtime.messages import MAX_SESSION_ID_LENGTH, Cancel, InvalidMessage, Query, Reset
 from rxnn_runtime.server.security import (
@@ -93,9 +95,10 @@ class _TokenBuffer:
         self.seq = event.seq
 
     def add(self, event: Token) -> None:
+        # ``seq`` stays the first token's: the frame holds the outbox place of that token, and a later seq here
+        # would overtake the frames queued behind it (seq must strictly increase along the connection).
         self.text.append(event.text)
         self.token_ids.append(event.token_id)
-        self.seq = event.seq
 
     def frame(self) -> dict[str, Any]:
         return {
@@ -124,32 +127,31 @@ class Connection:
         self.peer = peer
         self.transport = transport
         self.encoding = MSGPACK
-        self.sessions: frozenset[str] = frozenset()  # replaced, never mutated: read from the lane thread
+        self.sessions: frozenset[str] = frozenset()  # replaced, never mutated
         self.outbox: deque[Any] = deque()
-        self.tokens: dict[tuple[str, str], _TokenBuffer] = {}
+        self.tokens: dict[tuple[str, int], _TokenBuffer] = {}  # (session, turn) -> the token frame still waiting
         self.closing = False
         self.owners = owners if owners is not None else SessionOwners()
         self.max_sessions = max_sessions
         self.access = access or AccessPolicy()
         self.authenticated = authenticated
         self._wake = asyncio.Event()
-        self._subscription = reactive.events.subscribe(on_next=self._on_event_from_lane)
+        self._bridge = EventBridge.of(reactive, loop)
+        self._watching: dict[str, Any] = {}  # session -> its subscription on the bridge (loop thread)
         self._sender = loop.create_task(self._send_loop())
         self._closer: asyncio.Task | None = None
 
-    # -- lane side: cheap, never raises, never waits -----------------------------------------------------------
-    def _on_event_from_lane(self, event: Event) -> None:
-        if self.closing or event.session_id not in self.sessions:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
-            self.loop.call_soon_threadsafe(self._enqueue_event, event)
+    # -- loop side (the bridge delivers here) ---------------------------------------------------------------
+    def _unwatch_all(self) -> None:
+        watching, self._watching = self._watching, {}
+        for subscription in watching.values():
+            subscription.dispose()
 
-    # -- loop side ------------------------------------------------------------------------------------------
     def _enqueue_event(self, event: Event) -> None:
         if self.closing:
             return
         if isinstance(event, Token):
-            key = (event.session_id, event.query_id)
+            key = (event.session_id, event.turn_id)  # never coalesce across turns, with or without an id
             buffer = self.tokens.get(key)
             if buffer is not None:  # a frame for this turn is still waiting: coalesce into it
                 buffer.add(event)
@@ -224,7 +226,7 @@ class Connection:
         # time out: whatever happens, unless the handshake really finished, abort the transport.
         closed = False
         try:
-            self._subscription.dispose()
+            self._unwatch_all()
             self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
@@ -244,7 +246,7 @@ class Connection:
     async def finish(self) -> None:
         """After the receive loop ends: stop listening and sending, and give up the sessions it owned."""
         self.closing = True
-        self._subscription.dispose()
+        self._unwatch_all()
         for sid in self.sessions:
             self.owners.release(sid, self)
         self.sessions = frozenset()
@@ -349,6 +351,9 @@ class Connection:
         if not self.owners.claim(session_id, self):
             raise Forbidden("session", forbidden_message(session_id))
         self.sessions = self.sessions | {session_id}
+        if not self.closing:
+            self._watching[session_id] = self._bridge.session_events(session_id).subscribe(
+                on_next=self._enqueue_event)
 
 
 def _required(data: dict[str, Any], name: str) -> Any:

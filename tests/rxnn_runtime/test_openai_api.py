@@ -146,3 +146,19 @@ async def test_bad_json_and_oversize_body(client):
     assert "max_body_bytes=65536" in (await resp.json())["error"]["message"]
     resp = await post(client, body(), headers={"X-Session-Id": "x" * 200})
     assert resp.status == 400 and (await resp.json())["error"]["param"] == "X-Session-Id"
+
+
+@pytest.mark.parametrize("where", ["query", "history"])
+async def test_lone_surrogate_is_a_400_at_once_not_a_hang(client, where):
+    text = "hi \ud800 there"
+    if where == "query":
+        payload = body(text=text, user="oa-surrogate")
+    else:  # in the history a session-less request primes into memory
+        payload = {"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"},
+                                {"role": "user", "content": "and now?"}], "max_tokens": 4}
+    raw = json.dumps(payload)  # json escapes the lone surrogate as \ud800: valid JSON text
+    resp = await asyncio.wait_for(client.post("/v1/chat/completions", data=raw,
+                                              headers={"Content-Type": "application/json"}), 5.0)
+    assert resp.status == 400, await resp.text()
+    message = (await resp.json())["error"]["message"]
+    assert "surrogate" in message or "tokenized" in message  # refused at the edge, or by the lane as an Error

@@ -89,3 +89,42 @@ def test_start_from_stm_equals_start_from_projected_memory(model):
     torch.testing.assert_close(a.step(torch.tensor([0, 7])), b.step(torch.tensor([0, 7])))
     with pytest.raises(ValueError, match="not both"):
         b.start(0, prompt, model.project_memory(stm), stm=stm[:, 0])
+
+
+def test_graphed_prefill_staging_matches_eager(model, monkeypatch):
+    """The graph path's staging (bucketed rows, padding rows, copies into non-contiguous slots), with each
+    "graph" replayed eagerly so it runs on the CPU: the same logits and the same next step as the eager path."""
+
+    class EagerGraph:
+        def __init__(self, engine, batch, bucket):
+            self.run = lambda: engine._prefill(batch, bucket)
+            self.logits, self.memory = self.run()
+
+        def replay(self):
+            logits, memory = self.run()
+            self.logits.copy_(logits)
+            for kv, new in zip(self.memory, memory):
+                if kv is not None:
+                    kv[0].copy_(new[0])
+                    kv[1].copy_(new[1])
+
+    def fake_capture(self, batch, bucket):
+        graph = EagerGraph(self, batch, bucket)
+        self._prefill_graphs[(batch, bucket)] = (graph, graph.logits, graph.memory)
+        return self._prefill_graphs[(batch, bucket)]
+
+    monkeypatch.setattr(DecodeEngine, "_capture_prefill", fake_capture)
+    torch.manual_seed(2)
+    prompts = [torch.randint(4, 128, (n,)) for n in (5, 9, 3)]
+    stm = torch.randn(model.initial_memory(3).shape)
+    slots = [3, 0, 2]
+    graphed = DecodeEngine(model.decoder, max_slots=4, capacity=32)
+    graphed.use_cuda_graphs = True  # the staging code path, with the eager stand-in graphs above
+    eager = DecodeEngine(model.decoder, max_slots=4, capacity=32)
+    torch.testing.assert_close(graphed.start_batch(slots, prompts, stm=stm), eager.start_batch(slots, prompts, stm=stm))
+    one = graphed.start(1, prompts[0], stm=stm[:, 0])  # a single row takes the same path (batch bucket 1)
+    torch.testing.assert_close(one, eager.start(1, prompts[0], stm=stm[:, 0]))
+    # 3 rows in the batch bucket of 4 with 9 tokens in the length bucket of 16; then 1 row.
+    assert set(graphed._prefill_graphs) == {(4, 16), (1, 16)}
+    step = torch.tensor([11, 7, 12, 13])
+    torch.testing.assert_close(graphed.step(step), eager.step(step))

@@ -39,7 +39,7 @@ class FloodModel:
     the outbox overflows, as with a real client that stops reading mid-answer."""
 
     def __init__(self, frames: int = 400, size: int = 64 * 1024, interval: float = 0.002, store=None) -> None:
-        self.events = Subject()
+        self.batches = Subject()  # a ReactiveModel's stream: one tuple of events per lane action
         self.frames, self.size, self.interval = frames, size, interval
         self.store = store or InMemoryStore()
         self.template = SimpleNamespace(query_ids=lambda text: [0] * (2 + len(text) // 4))
@@ -57,8 +57,8 @@ class FloodModel:
     def _flood(self, query: Query) -> None:
         text = "x" * self.size
         for i in range(self.frames):
-            self.events.on_next(QueryAccepted(session_id=query.session_id, turn_id=1, seq=i + 1,
-                                              query_id=query.query_id, text=text))
+            self.batches.on_next((QueryAccepted(session_id=query.session_id, turn_id=1, seq=i + 1,
+                                                query_id=query.query_id, text=text),))
             time.sleep(self.interval)
 
     def wait_idle(self, timeout: float = 30.0) -> bool:

@@ -1,0 +1,189 @@
+"""The one bridge from the model lane into asyncio: event batches cross once per step, fan out per session.
+
+    reactive.batches (lane thread, one tuple per step) ──► inbox ──tick──►
+        observe_on(AsyncIOThreadSafeScheduler(loop)) ──► EventBridge._drain (loop thread): every batch waiting
+        ──per session──► session_events(sid) ──take_while(not terminal, inclusive=True)──► turn_events(sid, qid)
+
+One `EventBridge` per (model, event loop), shared by everything on that loop: the session facade
+(`ReactiveSession.stream/ask`), the websocket bridge, the OpenAI handler and the CLI. The lane never waits on the
+loop: it appends the step's batch to an inbox and, unless a drain is already on its way, sends one tick through
+RxPY's ``observe_on``; the loop callback then dispatches every batch that waits. A loop that falls behind so gets
+several steps in one callback, before its senders run, and the websocket bridge coalesces their tokens into one
+frame per turn instead of paying a frame per token per step (which would make the loop, not the device, the
+bottleneck). Fan-out is a dict lookup by session id, so the cost of a step
+grows with its events, not with events x listeners. The bridge subscribes to the model while it has listeners
+and lets go when the last one leaves, so a finished ``asyncio.run`` leaves nothing behind on the lane.
+
+Observables returned here deliver on the loop's thread and must be subscribed from it (asyncio code).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections import deque
+from typing import Any
+
+import reactivex
+from reactivex import abc
+from reactivex import operators as ops
+from reactivex.disposable import CompositeDisposable, Disposable
+from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
+from reactivex.subject import Subject
+
+from rxnn_runtime.events import TERMINAL_EVENTS, Event
+
+
+class _LoopScheduler(AsyncIOThreadSafeScheduler):
+    """RxPY's asyncio scheduler, made safe to call after the loop has closed (a late batch is dropped)."""
+
+    def schedule(self, action, state=None):
+        if self._loop.is_closed():
+            return Disposable()
+        try:
+            return super().schedule(action, state)
+        except RuntimeError:  # closed between the check and the call
+            return Disposable()
+
+
+_BRIDGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {id(reactive): EventBridge}
+
+
+class _Crossing:
+    """One subscription's hand-over from the lane to the loop: an inbox and at most one tick on its way.
+
+    A fresh one per subscription, so a tick lost with a disposed subscription can never leave a later one waiting.
+    """
+
+    def __init__(self, batches: reactivex.Observable, loop: asyncio.AbstractEventLoop, dispatch) -> None:
+        self._inbox: deque = deque()
+        self._lock = threading.Lock()
+        self._tick_pending = False
+        self._dispatch = dispatch
+        self._ticks: Subject = Subject()
+        crossing = self._ticks.pipe(ops.observe_on(_LoopScheduler(loop))).subscribe(on_next=self._drain)
+        feed = batches.subscribe(on_next=self._from_lane)
+        self.subscription = CompositeDisposable(feed, crossing)
+
+    def _from_lane(self, batch: tuple[Event, ...]) -> None:  # lane thread: append, tick at most once
+        with self._lock:
+            self._inbox.append(batch)
+            if self._tick_pending:
+                return  # the drain on its way takes this batch too
+            self._tick_pending = True
+        self._ticks.on_next(None)
+
+    def _drain(self, _tick: object) -> None:  # loop thread: every batch waiting, in order
+        with self._lock:
+            batches = list(self._inbox)
+            self._inbox.clear()
+            self._tick_pending = False
+        self._dispatch(batches)
+
+
+class EventBridge:
+    def __init__(self, reactive: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.reactive = reactive
+        self.loop = loop
+        self._listeners: dict[str, list[abc.ObserverBase]] = {}
+        self._count = 0
+        self._subscription: abc.DisposableBase | None = None
+
+    @classmethod
+    def of(cls, reactive: Any, loop: asyncio.AbstractEventLoop | None = None) -> EventBridge:
+        """The bridge of ``reactive`` into ``loop`` (default: the running loop), made on first use."""
+        loop = loop or asyncio.get_running_loop()
+        per_loop = _BRIDGES.setdefault(loop, {})
+        bridge = per_loop.get(id(reactive))
+        if bridge is None or bridge.reactive is not reactive:
+            bridge = per_loop[id(reactive)] = cls(reactive, loop)
+        return bridge
+
+    # -- loop side ------------------------------------------------------------------------------------------
+    def _dispatch(self, batches: list[tuple[Event, ...]]) -> None:
+        listeners = self._listeners
+        for batch in batches:
+            for event in batch:
+                for observer in tuple(listeners.get(event.session_id, ())):
+                    observer.on_next(event)
+
+    def _add(self, session_id: str, observer: abc.ObserverBase) -> abc.DisposableBase:
+        self._listeners.setdefault(session_id, []).append(observer)
+        self._count += 1
+        if self._subscription is None:
+            self._subscription = _Crossing(self.reactive.batches, self.loop, self._dispatch).subscription
+
+        def remove() -> None:
+            observers = self._listeners.get(session_id)
+            if observers is None or observer not in observers:
+                return
+            observers.remove(observer)
+            if not observers:
+                del self._listeners[session_id]
+            self._count -= 1
+            if self._count == 0 and self._subscription is not None:
+                self._subscription.dispose()  # its crossing, inbox and tick go with it
+                self._subscription = None
+
+        return Disposable(remove)
+
+    # -- observables ----------------------------------------------------------------------------------------
+    def session_events(self, session_id: str) -> reactivex.Observable:
+        """Every event of ``session_id``, on the loop thread, from the moment of subscription."""
+
+        def subscribe(observer: abc.ObserverBase, scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+            return self._add(session_id, observer)
+
+        return reactivex.create(subscribe)
+
+    def turn_events(self, session_id: str, query_id: str) -> reactivex.Observable:
+        """The events of one query, up to and including its terminal event (MemoryUpdated, Cancelled, Error)."""
+        return self.session_events(session_id).pipe(
+            ops.filter(lambda e: e.query_id == query_id),
+            ops.take_while(lambda e: not isinstance(e, TERMINAL_EVENTS), inclusive=True),
+        )
+
+
+class EventQueue:
+    """Subscribes to ``observable`` (delivering on the running loop) at once; ``async for`` drains it.
+
+    Subscribing before a query is submitted means none of its events can be missed. `close` unsubscribes;
+    iteration ends after the observable completes (e.g. a turn's terminal event).
+    """
+
+    _DONE = object()
+
+    def __init__(self, observable: reactivex.Observable) -> None:
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._subscription = observable.subscribe(on_next=self._queue.put_nowait, on_error=self._queue.put_nowait,
+                                                  on_completed=lambda: self._queue.put_nowait(self._DONE))
+
+    def __aiter__(self) -> EventQueue:
+        return self
+
+    async def __anext__(self) -> Event:
+        item = await self._queue.get()
+        if item is self._DONE:
+            self.close()
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item
+
+    def get_nowait(self) -> Event | None:
+        """The next event if one is already waiting, else None (to coalesce what arrived together)."""
+        if self._queue.empty():
+            return None
+        item = self._queue.get_nowait()
+        if item is self._DONE or isinstance(item, BaseException):
+            self._queue.put_nowait(item)  # keep it for __anext__, which ends or raises
+            return None
+        return item
+
+    def close(self) -> None:
+        self._subscription.dispose()
+
+
+__all__ = ["EventBridge", "EventQueue"]

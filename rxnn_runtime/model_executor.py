@@ -1,0 +1,176 @@
+"""The model executor: one batched step on the device for a `StepPlan` of the `TurnScheduler`.
+
+In order, one lane action:
+
+1. free the slots of turns that ended;
+2. one memory-update pass (encoder + memory attention, `MemoryUpdater`: a CUDA graph per batch and length
+   bucket) for every turn that finished answering in the previous step and every primed interaction of this
+   step: their STMs (resident on the device) stacked, the interactions right-padded, one forward;
+3. one decode step for every running turn (`DecodeEngine.step`, a CUDA graph per bucket on the GPU);
+4. one prefill for every admitted turn together (`DecodeEngine.start_batch`, memory K/V projected in the same
+   pass from the sessions' device-resident STMs);
+5. one token per row (`choose_rows_on_device`: one argmax for the greedy rows, each sampled row with its own
+   seeded generator), written straight into the engine's next-token buffer, and one asynchronous copy to the host.
+
+`launch` queues all of that without waiting for the device; `collect` waits for the token copy and returns the
+`StepResult`. The runtime launches step N+1 before it collects step N, so the host turns step N's tokens into
+events while the device computes step N+1 (a turn that stopped at step N has been fed one token more, which is
+thrown away, unless its cache row is full: then it is not fed). `execute` is launch + collect, synchronously.
+
+A failure in one phase fails only the turns of that phase (reported in `StepResult.failures`); the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from rxnn_runtime.active_turn import ActiveTurn
+from rxnn_runtime.turn_scheduler import StepPlan, StepResult
+from rxt.decode_engine import DecodeEngine, to_device_async
+from rxt.memory_update import MemoryUpdater
+from rxt.model import RxT
+from rxt.sampling import SamplingConfig, choose_rows_on_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LaunchedStep:
+    """A step queued on the device: its plan, what is already known, and the pending token copy."""
+
+    plan: StepPlan
+    result: StepResult
+    rows: list[ActiveTurn] = field(default_factory=list)  # turns whose next token is in ``host``
+    host: torch.Tensor | None = None  # (2, rows): tokens, log-probs (pinned on CUDA)
+    want_log_probs: list[bool] = field(default_factory=list)
+    ready: torch.cuda.Event | None = None
+
+
+class ModelExecutor:
+    def __init__(self, model: RxT, *, max_slots: int, pad_id: int, eos_id: int,
+                 use_cuda_graphs: bool | None = None) -> None:
+        self.model = model
+        self.pad_id = pad_id
+        self.eos_id = eos_id
+        self.device = model.embedding.weight.device
+        # Decode slots with a static KV cache; each step is a captured CUDA graph on the GPU (see DecodeEngine).
+        self.engine = DecodeEngine(model.decoder, max_slots=max_slots, capacity=model.config.max_seq_len,
+                                   use_cuda_graphs=use_cuda_graphs)
+        # One encoder + memory-attention pass per step for every turn that finished (a graph per shape on CUDA).
+        self.updater = MemoryUpdater(model, pad_id=pad_id, use_cuda_graphs=use_cuda_graphs)
+        self._sampling: dict[int, tuple[SamplingConfig, torch.Generator | None]] = {}  # slot -> row's sampling
+        # Each slot's last chosen token, on the device: the next decode step reads it without a host round trip.
+        self._next = torch.full((max_slots,), pad_id, dtype=torch.long, device=self.device)
+
+    @property
+    def capacity(self) -> int:
+        return self.engine.capacity
+
+    def execute(self, plan: StepPlan, stm_of: Callable[[str], torch.Tensor]) -> StepResult:
+        return self.collect(self.launch(plan, stm_of))
+
+    @torch.no_grad()
+    def launch(self, plan: StepPlan, stm_of: Callable[[str], torch.Tensor]) -> LaunchedStep:
+        step = LaunchedStep(plan, StepResult())
+        for slot in plan.release:
+            if self.engine.live[slot]:
+                self.engine.release(slot)
+            self._sampling.pop(slot, None)
+        if plan.updates:
+            self._update_memory(plan.updates, stm_of, step.result)
+        parts: list[torch.Tensor] = []
+        decode = [t for t in plan.decode if self.engine.live[t.slot]]
+        for turn in [t for t in decode if self.engine.room(t.slot) < 1]:
+            # Its row is full, so by the stop rule its last token ended it (the scheduler sees that once it
+            # collects the step before): nothing more to feed, the slot is done.
+            self.engine.release(turn.slot)
+            decode.remove(turn)
+        if decode:
+            try:
+                bucket = self.engine.bucket()
+                logits = self.engine.step(self._next[:bucket])
+                index = [t.slot for t in decode]
+                parts.append(logits if index == list(range(bucket)) else logits[to_device_async(index, self.device)])
+                step.rows.extend(decode)
+            except Exception as exc:
+                log.exception("decode step failed")
+                self._fail(decode, "internal", exc, step.result)
+        if plan.admit:
+            try:
+                stm = torch.stack([stm_of(t.session_id) for t in plan.admit], dim=1)
+                logits = self.engine.start_batch([t.slot for t in plan.admit], [t.prompt for t in plan.admit],
+                                                 stm=stm)
+                for turn in plan.admit:
+                    cfg = turn.query.options.sampling(return_log_probs=turn.query.options.return_log_probs)
+                    self._sampling[turn.slot] = (cfg, cfg.generator(self.device))
+                parts.append(logits)
+                step.rows.extend(plan.admit)
+            except Exception as exc:
+                log.exception("prefill failed")
+                self._fail(plan.admit, "internal", exc, step.result)
+        if step.rows:
+            try:
+                self._choose(step, parts[0] if len(parts) == 1 else torch.cat(parts))
+            except Exception as exc:
+                log.exception("token choice failed")
+                self._fail(step.rows, "internal", exc, step.result)
+                step.rows = []
+        return step
+
+    def _choose(self, step: LaunchedStep, logits: torch.Tensor) -> None:
+        rows = [self._sampling[t.slot] for t in step.rows]
+        tokens, log_probs = choose_rows_on_device(logits, rows)
+        slots = to_device_async([t.slot for t in step.rows], self.device)
+        self._next.index_copy_(0, slots, tokens)  # fed by the next decode step, on the device
+        values = torch.stack([tokens.float(), log_probs if log_probs is not None else torch.zeros_like(tokens,
+                                                                                                       dtype=torch.float)])
+        if values.is_cuda:
+            step.host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            step.host.copy_(values, non_blocking=True)
+            step.ready = torch.cuda.Event()
+            step.ready.record()
+        else:
+            step.host = values
+        step.want_log_probs = [cfg.return_log_probs for cfg, _ in rows]
+
+    def collect(self, step: LaunchedStep) -> StepResult:
+        """Wait for the step's tokens and hand back its result (a device error fails the step's rows)."""
+        result = step.result
+        if not step.rows:
+            return result
+        try:
+            if step.ready is not None:
+                step.ready.synchronize()
+            tokens, log_probs = step.host.tolist()
+        except Exception as exc:
+            log.exception("decode step failed on the device")
+            self._fail(step.rows, "internal", exc, result)
+            return result
+        for turn, token, log_prob, wanted in zip(step.rows, tokens, log_probs, step.want_log_probs, strict=True):
+            result.tokens[turn] = (int(token), log_prob if wanted else None)
+        return result
+
+    def _update_memory(self, turns: list[ActiveTurn], stm_of: Callable[[str], torch.Tensor],
+                       result: StepResult) -> None:
+        try:
+            max_len = self.model.config.max_seq_len
+            stm = torch.stack([stm_of(t.session_id) for t in turns], dim=1)
+            new_stm = self.updater(stm, [t.interaction(self.eos_id, max_len) for t in turns])
+        except Exception as exc:
+            log.exception("memory update failed")
+            for turn in turns:
+                result.failures.append((turn, "memory_update", repr(exc)))
+            return
+        for turn, stm_row in zip(turns, new_stm.unbind(1), strict=True):
+            result.new_memory[turn] = stm_row
+
+    def _fail(self, turns: list[ActiveTurn], code: str, exc: Exception, result: StepResult) -> None:
+        for turn in turns:
+            if self.engine.live[turn.slot]:
+                self.engine.release(turn.slot)
+            self._sampling.pop(turn.slot, None)
+            result.failures.append((turn, code, repr(exc)))

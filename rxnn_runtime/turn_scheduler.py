@@ -1,0 +1,280 @@
+"""The turn scheduler: which turns run in the next step. Torch-free, touched only on the model lane.
+
+It owns the waiting queues (one per session), the decode slots, admission, cancellation and the stop rule, and
+knows nothing of tensors (the vLLM v1 split: scheduler here, `ModelExecutor` on the device):
+
+    plan = scheduler.schedule()                       # release, memory updates, decode rows, admissions
+    result = executor.execute(plan, ...)              # one batched step on the device
+    events = scheduler.update_from_output(plan, result)
+
+Rules:
+- A session runs one turn at a time: from admission until its memory update is committed (saved) it is busy,
+  so its next turn always reads the committed memory.
+- Admission is fair across sessions: among sessions with a waiting turn, the one served longest ago goes first
+  (a session moves to the back of the order when one of its turns is admitted). Slots are taken lowest first,
+  which keeps the live rows in a small decode bucket.
+- A primed interaction (`Prime`) needs no slot: it joins the step's memory-update pass, one per session per step.
+  A session's next primed interaction need not wait for the previous one's save (the STM on the device already
+  holds it), so the primes of sessions that prime together share every pass; an answer turn or a Reset does wait.
+- A Reset waits behind the session's in-flight turn (its answer is out and will be committed first), then
+  returns the session to its initial memory.
+- Cancel drops waiting turns and stops a running one at once (its partial answer is never written to memory);
+  an answered turn is past cancelling.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from rxnn_runtime.active_turn import ActiveTurn
+from rxt.events import (
+    AnswerDone,
+    Cancelled,
+    Error,
+    Event,
+    MemoryUpdated,
+    MemoryUpdateStarted,
+    QueryAccepted,
+    Token,
+)
+from rxt.stopping import StopRule
+
+
+@dataclass
+class StepPlan:
+    release: list[int] = field(default_factory=list)  # slots to free first (their turns ended)
+    updates: list[ActiveTurn] = field(default_factory=list)  # one batched memory-update pass
+    decode: list[ActiveTurn] = field(default_factory=list)  # running turns: feed their last token
+    admit: list[ActiveTurn] = field(default_factory=list)  # waiting turns given a slot: prefilled together
+    resets: list[ActiveTurn] = field(default_factory=list)  # sessions returning to their initial memory
+
+    @property
+    def empty(self) -> bool:
+        return not (self.release or self.updates or self.decode or self.admit or self.resets)
+
+
+@dataclass
+class StepResult:
+    """What the executor did: a token per decoded/admitted turn, failures by turn (the step went on without them)."""
+
+    tokens: dict[ActiveTurn, tuple[int, float | None]] = field(default_factory=dict)
+    new_memory: dict[ActiveTurn, Any] = field(default_factory=dict)  # turn -> its new STM (device), to commit
+    failures: list[tuple[ActiveTurn, str, str]] = field(default_factory=list)  # (turn, code, message)
+
+
+class TurnScheduler:
+    def __init__(
+        self,
+        *,
+        max_slots: int,
+        capacity: int,
+        eos_id: int,
+        decode_text: Callable[[list[int]], str],
+        max_pending_per_session: int = 8,
+        seq: Iterator[int] | None = None,
+    ) -> None:
+        if max_slots < 1:
+            raise ValueError(f"max_slots={max_slots} must be >= 1")
+        if max_pending_per_session < 1:
+            raise ValueError(f"max_pending_per_session={max_pending_per_session} must be >= 1")
+        self.max_slots = max_slots
+        self.capacity = capacity
+        self.eos_id = eos_id
+        self.decode_text = decode_text
+        self.max_pending_per_session = max_pending_per_session
+        self.seq = seq or itertools.count(1)
+        self._pending: OrderedDict[str, deque[ActiveTurn]] = OrderedDict()  # order = admission fairness
+        self._busy: dict[str, ActiveTurn] = {}  # session -> its turn in flight (admitted .. committed)
+        self._saving: dict[str, int] = {}  # session -> primed interactions written on the device, not yet saved
+        self._running: dict[int, ActiveTurn] = {}  # slot -> turn decoding in it
+        self._free = list(range(max_slots))  # kept sorted: lowest slot first
+        self._release: list[int] = []
+        self._answered: list[ActiveTurn] = []  # waiting for the next memory-update pass
+        self._next_turn: dict[str, int] = {}
+
+    # -- events ---------------------------------------------------------------------------------------------
+    def event(self, cls: type[Event], session_id: str, turn_id: int, query_id: str = "", **fields) -> Event:
+        return cls(session_id=session_id, turn_id=turn_id, seq=next(self.seq), query_id=query_id, **fields)
+
+    def _turn_event(self, cls: type[Event], turn: ActiveTurn, **fields) -> Event:
+        return self.event(cls, turn.session_id, turn.turn_id, turn.query_id, **fields)
+
+    # -- intake ---------------------------------------------------------------------------------------------
+    def waiting(self, session_id: str) -> int:
+        return len(self._pending.get(session_id, ()))
+
+    def is_busy(self, session_id: str) -> bool:
+        return session_id in self._busy
+
+    def knows(self, session_id: str) -> bool:
+        """The session has a turn waiting or in flight (its cached state must stay)."""
+        return session_id in self._busy or session_id in self._saving or bool(self._pending.get(session_id))
+
+    def next_turn_id(self, session_id: str, committed_turns: int) -> int:
+        """Turn numbers: committed turns + 1, then one more per turn accepted since (cancelled ones included)."""
+        turn_id = self._next_turn.get(session_id, committed_turns + 1)
+        self._next_turn[session_id] = turn_id + 1
+        return turn_id
+
+    def add(self, turn: ActiveTurn) -> list[Event]:
+        """Queue ``turn``; an answer turn is announced with QueryAccepted. A full queue is an Error instead."""
+        sid = turn.session_id
+        queue = self._pending.setdefault(sid, deque())
+        if turn.kind == "answer" and len(queue) >= self.max_pending_per_session:
+            return [self.event(Error, sid, 0, turn.query_id, code="queue_full",
+                               message=f"session {sid} has {len(queue)} waiting queries (limit "
+                               f"max_pending_per_session={self.max_pending_per_session})")]
+        queue.append(turn)
+        if turn.kind == "answer":
+            return [self._turn_event(QueryAccepted, turn, text=turn.query.text)]
+        return []
+
+    # -- the step -------------------------------------------------------------------------------------------
+    def schedule(self) -> StepPlan:
+        plan = StepPlan(release=self._release, updates=self._answered)
+        self._release, self._answered = [], []
+        for turn in plan.updates:
+            turn.phase = "updating"
+        self._free = sorted(self._free + plan.release)
+        plan.decode = list(self._running.values())
+        for sid in list(self._pending):
+            queue = self._pending[sid]
+            if not queue:
+                del self._pending[sid]
+                continue
+            head = queue[0]
+            if sid in self._busy or (head.kind != "prime" and sid in self._saving):
+                continue
+            if head.kind == "answer":
+                if not self._free:
+                    continue  # no slot: primes and resets of other sessions may still go
+                head.slot = self._free.pop(0)
+                head.phase = "running"
+                self._running[head.slot] = head
+                plan.admit.append(head)
+            elif head.kind == "prime":
+                head.phase = "updating"
+                plan.updates.append(head)
+            else:
+                head.phase = "committing"
+                plan.resets.append(head)
+            queue.popleft()
+            self._busy[sid] = head
+            self._pending.move_to_end(sid)  # served: the others go first next time
+            if not queue:
+                del self._pending[sid]
+        return plan
+
+    def started_events(self, plan: StepPlan) -> list[Event]:
+        """MemoryUpdateStarted for the answered turns of ``plan``'s update pass (sent before the pass runs)."""
+        return [self._turn_event(MemoryUpdateStarted, t) for t in plan.updates if t.kind == "answer"]
+
+    def update_from_output(self, plan: StepPlan, result: StepResult) -> list[Event]:
+        events: list[Event] = []
+        failed = {turn for turn, _, _ in result.failures}
+        for turn, code, message in result.failures:
+            self._end(turn)
+            events.append(self._turn_event(Error, turn, code=code, message=message))
+        for turn in result.new_memory:
+            if turn not in failed:
+                turn.phase = "committing"  # an answer keeps its session busy until `committed`
+                if turn.kind == "prime":  # the next prime may go on; answers and resets wait for the save
+                    self._busy.pop(turn.session_id, None)
+                    self._saving[turn.session_id] = self._saving.get(turn.session_id, 0) + 1
+        for turn in (*plan.decode, *plan.admit):
+            if turn in failed or turn.phase != "running":
+                continue  # failed, or cancelled while the step ran
+            token, log_prob = result.tokens[turn]
+            events.extend(self._take_token(turn, token, log_prob))
+        return events
+
+    def _take_token(self, turn: ActiveTurn, token: int, log_prob: float | None) -> list[Event]:
+        if log_prob is not None:
+            turn.log_probs.append(log_prob)
+        events: list[Event] = []
+        if turn.stop_rule is None:
+            turn.stop_rule = StopRule(self.eos_id, turn.query.options.max_new_tokens)
+        if token != self.eos_id:
+            turn.answer.append(token)
+            events.append(self._turn_event(Token, turn, index=len(turn.answer) - 1, token_id=token,
+                                           text=turn.text_decoder.decode_token(token)))
+        room = self.capacity - len(turn.prompt) - len(turn.answer)  # cache positions left to feed this token
+        stop = turn.stop_rule.check(token, len(turn.answer), room)
+        if stop is not None:
+            turn.stopped_by_eos = stop == "eos"
+            turn.phase = "answered"
+            self._running.pop(turn.slot, None)
+            self._release.append(turn.slot)
+            self._answered.append(turn)  # its memory update opens the next step
+            events.append(self._turn_event(
+                AnswerDone, turn, text=self.decode_text(turn.answer), token_ids=tuple(turn.answer),
+                stopped_by_eos=turn.stopped_by_eos, log_probs=tuple(turn.log_probs), tail=turn.text_decoder.flush(),
+            ))
+        return events
+
+    def committed(self, turn: ActiveTurn, version: int, error: str | None = None) -> list[Event]:
+        """The turn's memory is saved (or saving failed): the session is free for its next turn."""
+        self._end(turn)
+        if turn.kind == "prime":
+            left = self._saving.pop(turn.session_id, 1) - 1
+            if left > 0:
+                self._saving[turn.session_id] = left
+        if error is not None:
+            return [self._turn_event(Error, turn, code="store", message=error)]
+        return [self._turn_event(MemoryUpdated, turn, version=version)]
+
+    def _end(self, turn: ActiveTurn) -> None:
+        turn.phase = "done"
+        if self._running.get(turn.slot) is turn:
+            del self._running[turn.slot]
+            self._release.append(turn.slot)
+        if self._busy.get(turn.session_id) is turn:
+            del self._busy[turn.session_id]
+
+    # -- control --------------------------------------------------------------------------------------------
+    def cancel(self, session_id: str, query_id: str = "") -> list[Event]:
+        """Drop the session's waiting turns (all, or those of ``query_id``) and stop its running one."""
+        events: list[Event] = []
+        queue = self._pending.get(session_id)
+        if queue:
+            for turn in [t for t in queue if not query_id or t.query_id == query_id]:
+                if turn.kind == "reset":
+                    continue
+                queue.remove(turn)
+                turn.phase = "done"
+                if turn.kind == "answer":
+                    events.append(self._turn_event(Cancelled, turn))
+        turn = self._busy.get(session_id)
+        if turn is not None and turn.phase == "running" and (not query_id or turn.query_id == query_id):
+            self._end(turn)
+            events.append(self._turn_event(Cancelled, turn, partial_text=self.decode_text(turn.answer)))
+        return events
+
+    def reset(self, reset_turn: ActiveTurn) -> list[Event]:
+        """Cancel everything of the session, then queue ``reset_turn`` (applied once the session is idle)."""
+        sid = reset_turn.session_id
+        events = self.cancel(sid)
+        self._pending.setdefault(sid, deque()).append(reset_turn)
+        self._next_turn[sid] = 1
+        return events
+
+    def has_work(self) -> bool:
+        """Whether another step would do anything (slots live, releases or updates due, admissible turns)."""
+        if self._running or self._answered or self._release:
+            return True
+        return any(q and sid not in self._busy and (q[0].kind == "prime" or sid not in self._saving)
+                   for sid, q in self._pending.items())
+
+    def idle(self) -> bool:
+        return not (self._running or self._answered or self._release or self._busy or self._saving
+                    or any(self._pending.values()))
+
+    def forget(self, session_id: str) -> None:
+        """Drop the per-session counters of an idle session (bounded maps: the cache evicted it)."""
+        if not self.knows(session_id):
+            self._next_turn.pop(session_id, None)
+            self._pending.pop(session_id, None)

@@ -1,0 +1,117 @@
+"""Typed, immutable events of a turn: one set for the model-level chat (`rxt.chat.ReactiveChat`) and the runtime.
+
+Every event carries ``session_id``, ``turn_id`` (the session's turn number, from 1), ``query_id`` (the id the
+client gave its query, "" if none) and ``seq``: a number that increases strictly across all events of one
+`ReactiveModel` (or one `ReactiveChat`), so a consumer can order and deduplicate. The identity fields default
+to empty, so a single in-process conversation can leave them out. Per turn the order is:
+
+    QueryAccepted, Token*, AnswerDone, MemoryUpdateStarted, MemoryUpdated
+
+or a turn ends early with Cancelled or Error. `to_dict` / `event_from_dict` give a msgpack- and JSON-safe form
+with a ``type`` field ("query_accepted", "token", "answer", "memory_update_started", "memory_updated",
+"cancelled", "error").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Event:
+    session_id: str = ""
+    turn_id: int = 0
+    seq: int = 0
+    query_id: str = ""
+    type: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for key, value in data.items():
+            if isinstance(value, tuple):
+                data[key] = list(value)
+        return {"type": self.type, **data}
+
+
+@dataclass(frozen=True)
+class QueryAccepted(Event):
+    text: str = ""
+    type: ClassVar[str] = "query_accepted"
+
+
+@dataclass(frozen=True)
+class Token(Event):
+    """One generated token; ``text`` is the newly completed text ("" inside a multi-byte character)."""
+
+    index: int = 0
+    token_id: int = 0
+    text: str = ""
+    type: ClassVar[str] = "token"
+
+
+@dataclass(frozen=True)
+class AnswerDone(Event):
+    text: str = ""
+    token_ids: tuple[int, ...] = ()
+    stopped_by_eos: bool = False
+    log_probs: tuple[float, ...] = ()  # per token, when the query asked for them (options.return_log_probs)
+    # Text the Token events still owe: an unfinished UTF-8 character at the very end of the answer, decoded as
+    # U+FFFD. The Token texts followed by ``tail`` always equal ``text``.
+    tail: str = ""
+    type: ClassVar[str] = "answer"
+
+
+@dataclass(frozen=True)
+class MemoryUpdateStarted(Event):
+    type: ClassVar[str] = "memory_update_started"
+
+
+@dataclass(frozen=True)
+class MemoryUpdated(Event):
+    """The turn is committed: STM written and the session saved. ``version`` counts the session's updates."""
+
+    version: int = 0
+    type: ClassVar[str] = "memory_updated"
+
+
+@dataclass(frozen=True)
+class Cancelled(Event):
+    """The turn was cancelled; its partial answer is NOT written to memory (see docs/runtime.md)."""
+
+    partial_text: str = ""
+    type: ClassVar[str] = "cancelled"
+
+
+@dataclass(frozen=True)
+class Error(Event):
+    """Something failed for this session (or, with an empty session_id, for one message)."""
+
+    code: str = "internal"
+    message: str = ""
+    type: ClassVar[str] = "error"
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type: cls for cls in (QueryAccepted, Token, AnswerDone, MemoryUpdateStarted, MemoryUpdated, Cancelled, Error)
+}
+
+TERMINAL_EVENTS = (MemoryUpdated, Cancelled, Error)
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Inverse of `Event.to_dict`; unknown types and fields raise ValueError naming them."""
+    data = dict(data)
+    kind = data.pop("type", None)
+    cls = EVENT_TYPES.get(kind)
+    if cls is None:
+        raise ValueError(f"event type {kind!r} is unknown; known: {sorted(EVENT_TYPES)}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{kind} event has unknown field(s) {unknown}")
+    for key in ("token_ids", "log_probs"):
+        if key in data:
+            data[key] = tuple(data[key])
+    return cls(**data)

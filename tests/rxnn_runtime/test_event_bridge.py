@@ -1,0 +1,72 @@
+"""Event batches leave the lane once per step and fan out per session at the asyncio edge."""
+
+import asyncio
+
+from runtime_helpers import EventLog, tiny_model
+
+from rxnn_runtime.event_bridge import EventBridge, EventQueue
+from rxnn_runtime.events import MemoryUpdated, Token
+from rxnn_runtime.messages import GenerationOptions, Query
+from rxnn_runtime.reactive_model import ReactiveModel
+
+OPTS = GenerationOptions(max_new_tokens=5)
+
+
+def test_one_step_is_one_batch_with_every_sessions_token():
+    model, tokenizer = tiny_model()
+    reactive = ReactiveModel(model, tokenizer, max_batch_size=4)
+    batches = EventLog()
+    reactive.batches.subscribe(batches)
+    for i in range(3):
+        reactive.submit(Query(f"s{i}", "hello there", OPTS))
+    reactive.connect()
+    try:
+        assert batches.wait_for(lambda bs: sum(isinstance(e, MemoryUpdated) for b in bs for e in b) == 3)
+        token_batches = [b for b in batches.events if any(isinstance(e, Token) for e in b)]
+        # Admitted together, the three sessions decode in lockstep: each step's tokens travel as one tuple.
+        assert any(len({e.session_id for e in b if isinstance(e, Token)}) == 3 for b in token_batches)
+        seqs = [e.seq for b in batches.events for e in b]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    finally:
+        reactive.dispose()
+
+
+async def test_bridge_fans_out_per_session_and_lets_go_when_the_last_listener_leaves():
+    model, tokenizer = tiny_model()
+    reactive = ReactiveModel(model, tokenizer, max_batch_size=4)
+    reactive.connect()
+    try:
+        bridge = EventBridge.of(reactive)
+        assert EventBridge.of(reactive) is bridge  # one bridge per (model, loop)
+        a = EventQueue(bridge.turn_events("a", "qa"))
+        b = EventQueue(bridge.session_events("b"))
+        reactive.submit(Query("a", "hi", OPTS, query_id="qa"))
+        reactive.submit(Query("b", "hi", OPTS, query_id="qb"))
+        got_a = [e async for e in a]  # ends with the turn's terminal event (take_while inclusive)
+        assert isinstance(got_a[-1], MemoryUpdated) and {e.session_id for e in got_a} == {"a"}
+        got_b = []
+        while not got_b or not isinstance(got_b[-1], MemoryUpdated):
+            got_b.append(await asyncio.wait_for(b.__anext__(), 20))
+        assert {e.session_id for e in got_b} == {"b"}
+        assert bridge._subscription is not None
+        b.close()
+        assert bridge._subscription is None  # nothing left listening on the lane
+    finally:
+        reactive.dispose()
+
+
+async def test_bridge_resubscribes_cleanly_while_events_keep_flowing():
+    """Each ask() subscribes and lets go; with another session decoding all the while, a tick lost with a
+    disposed subscription must never leave the next subscription waiting."""
+    model, tokenizer = tiny_model()
+    reactive = ReactiveModel(model, tokenizer, max_batch_size=4)
+    reactive.connect()
+    try:
+        for i in range(20):  # background traffic: batches arrive while listeners come and go
+            reactive.submit(Query("noise", f"tell me more {i}", GenerationOptions(max_new_tokens=20)))
+        session = reactive.session("asker")
+        for i in range(6):
+            assert isinstance(await asyncio.wait_for(session.ask(f"question {i}", {"max_new_tokens": 3}), 20), str)
+        assert EventBridge.of(reactive)._subscription is None
+    finally:
+        reactive.dispose()

@@ -1,14 +1,16 @@
 """Memory retention: does the model recall a fact k turns later? RxT against its memory-reset ablation and a
 stateless baseline, on held-out data.
 
-**Synthetic recall.** Held-out synthetic memory dialogues (``split="eval"``: fact values never seen in training,
-and a seed of their own): a fact is stated in turn 0, then k unrelated turns follow (k = 1, 2, 4, 8, 16), then a
+**Synthetic recall.** Held-out synthetic memory dialogues (``split="eval"``: fact values from a generator space
+disjoint from training's, and a seed of their own): a fact is stated, then k turns follow (k = 1, 2, 4, 8, 16;
+unrelated filler, and 1-3 distractor facts of the same group stated among them or just before the fact), then a
 question about the fact. The history turns are teacher-forced (their reference query and answer are what the
 model reads or writes to memory), so only retention is measured; the answer to the question is generated
-greedily. Reported per k: exact-match recall (`recall_hit`: the fact value occurs as whole words in the answer)
-and the composite MRL reward (`MemoryRetentionReward`, 0-10, ``long_range`` mode: BLEU against the reference
-answer and the first interaction, plus the length term; no cosine term, so every system is scored the same
-way, with the first RxT's tokenizer).
+greedily. Reported per k: exact-match recall (`recall_hit`: the fact value occurs as whole words in the answer);
+the same recall with the question asked in one of two hand-written phrasings the generator never produces
+(``unseen_phrasing``); and the composite MRL reward (`MemoryRetentionReward`, 0-10, ``long_range`` mode: BLEU
+against the reference answer and the interaction that stated the fact, plus the length term; no cosine term, so
+every system is scored the same way, with the first RxT's tokenizer).
 
 **Chitchat.** Held-out chitchat conversations (the LAST ``--chitchat`` conversations of the packaged corpus,
 whereas training sources take the first ``limit``). Every turn is teacher-forced and the answer tokens (answer
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import math
 import platform
 import sys
@@ -52,18 +55,33 @@ import torch.nn.functional as F
 
 from rxt.atomic_io import atomic_write_json
 from rxt.generation import generate
+from rxt.recall import recall_hit
 from rxt.sampling import SamplingConfig
 from rxt.template import InteractionTemplate
 from rxt.tokenizer import RxTokenizer
 from training.data.records import EpisodeRecord, InteractionRecord
-from training.data.synthetic import (
-    BENCHMARK_DISTANCES,
-    SyntheticDialogueConfig,
-    generate_episodes,
-    recall_hit,
-)
+from training.data.synthetic import BENCHMARK_DISTANCES, SyntheticDialogueConfig, fact_type, generate_episodes
+from training.recall_eval import generated_answers
 
 DEFAULT_OUT = Path("benchmarks/results/memory_retention.json")
+
+UNSEEN_PHRASINGS: tuple[str, ...] = (
+    "Quick question before I forget: what was {subject} again?",
+    "I need {subject} right now. Can you tell me?",
+)
+"""Hand-written questions the generator never produces (its templates are checked against them): the
+"unseen phrasing" column asks the same held-out facts with these, alternating by episode, built from the fact
+type's first-person ``subject`` ("my cat's name", "the door code")."""
+
+
+def unseen_phrasing(episode: EpisodeRecord, index: int) -> EpisodeRecord:
+    """``episode`` with its final question replaced by hand-written phrasing ``index % 2``."""
+    subject = fact_type(str(episode.metadata["fact_key"])).subject
+    question = episode.turns[-1]
+    query = UNSEEN_PHRASINGS[index % len(UNSEEN_PHRASINGS)].format(subject=subject)
+    return EpisodeRecord(episode.query, episode.answer,
+                         (*episode.interactions[:-1], InteractionRecord(query, question.answer)),
+                         dict(episode.metadata))
 
 
 # ---------------------------------------------------------------------------------------------------- systems
@@ -148,6 +166,37 @@ class System:
         )
         tokens = result.tokens[0, : int(result.lengths[0])].tolist()
         return [t for t in tokens if t != self.tokenizer.eos_id]
+
+    def answers(self, episodes: Sequence[EpisodeRecord], max_new_tokens: int) -> list[str]:
+        """The greedy answer to the last query of each episode after its (teacher-forced) history. An RxT runs
+        the episodes as one batch (`training.recall_eval.generated_answers`: per-row memory updates and prompt
+        lengths); a stateless model its histories as right-padded prompts of per-row lengths. Both equal one
+        episode at a time (`answer`), which the tests check."""
+        max_new = max(1, min(max_new_tokens, self.max_seq_len // 2))
+        if self.kind == "rxt":
+            return generated_answers(self.model, self.tokenizer, episodes, reset_memory=not self.use_memory,
+                                     max_new_tokens=max_new)
+        prompts = []
+        for episode in episodes:
+            state = self.initial_state()
+            for turn in episode.turns[:-1]:
+                state = self.advance(state, turn)
+            prompts.append(self._context(state, self.template.query_ids(episode.turns[-1].query),
+                                         self.max_seq_len - max_new)[0])
+        out: list[str] = []
+        for start in range(0, len(prompts), 64):  # right-padded, each row decoded from its own length
+            chunk = prompts[start : start + 64]
+            ids = torch.full((len(chunk), max(len(p) for p in chunk)), self.tokenizer.pad_id, dtype=torch.long)
+            for row, prompt in enumerate(chunk):
+                ids[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+            lengths = torch.tensor([len(p) for p in chunk], dtype=torch.long)
+            result = generate(self.decoder, ids.to(self.device), lengths.to(self.device),
+                              SamplingConfig(max_new_tokens=max_new), eos_id=self.tokenizer.eos_id,
+                              pad_id=self.tokenizer.pad_id)
+            for row in range(len(chunk)):
+                tokens = result.tokens[row, : int(result.lengths[row])].tolist()
+                out.append(self.tokenizer.decode([t for t in tokens if t != self.tokenizer.eos_id]))
+        return out
 
     @torch.no_grad()
     def answer_nll(self, state: Any, turn: InteractionRecord) -> tuple[float, int, int]:
@@ -272,6 +321,27 @@ class RewardScorer:
         return float(value[0])
 
 
+def statement_turn(episode: EpisodeRecord) -> int:
+    """The turn that stated the asked fact (turn 0 for episodes without ``facts`` metadata)."""
+    for key, _, turn in episode.metadata.get("facts", ()):
+        if key == episode.metadata.get("fact_key"):
+            return int(turn)
+    return 0
+
+
+def evaluate_unseen_phrasing(system: System, episodes: dict[int, list[EpisodeRecord]],
+                             max_new_tokens: int) -> dict[str, Any]:
+    """Recall per k with the final question asked in `UNSEEN_PHRASINGS` (same episodes, same history)."""
+    recall: dict[str, float] = {}
+    for k, items in episodes.items():
+        changed = [unseen_phrasing(episode, i) for i, episode in enumerate(items)]
+        answers = system.answers(changed, max_new_tokens)
+        hits = sum(recall_hit(a, e.metadata["fact_value"]) for a, e in zip(answers, changed, strict=True))
+        recall[str(k)] = hits / len(items) if items else 0.0
+    return {"phrasings": list(UNSEEN_PHRASINGS), "recall": recall,
+            "recall_mean": sum(recall.values()) / len(recall) if recall else 0.0}
+
+
 def evaluate_recall(system: System, episodes: dict[int, list[EpisodeRecord]], scorer: RewardScorer,
                     max_new_tokens: int) -> dict[str, Any]:
     recall: dict[str, float] = {}
@@ -280,16 +350,12 @@ def evaluate_recall(system: System, episodes: dict[int, list[EpisodeRecord]], sc
     examples: dict[str, dict[str, str]] = {}
     for k, items in episodes.items():
         hits, rewards = 0, []
-        for episode in items:
+        for episode, answer in zip(items, system.answers(items, max_new_tokens), strict=True):
             turns = episode.turns
-            state = system.initial_state()
-            for turn in turns[:-1]:
-                state = system.advance(state, turn)
             question = turns[-1]
-            answer = system.tokenizer.decode(system.answer(state, question.query, max_new_tokens))
             hit = recall_hit(answer, episode.metadata["fact_value"])
             hits += hit
-            rewards.append(scorer(answer, question.answer, turns[0]))
+            rewards.append(scorer(answer, question.answer, turns[statement_turn(episode)]))
             if str(k) not in examples:
                 examples[str(k)] = {"question": question.query, "fact_value": episode.metadata["fact_value"],
                                     "answer": answer, "hit": bool(hit)}
@@ -368,6 +434,12 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    return {"distances": list(args.distances), "episodes_per_k": args.episodes_per_k, "chitchat": args.chitchat,
+            "style": args.style, "seed": args.seed, "split": "eval", "max_new_tokens": args.max_new_tokens,
+            "decoding": "greedy", "history": "teacher-forced reference turns"}
+
+
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(args.seed)
@@ -385,22 +457,31 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             "reads_history": system.kind == "stateless" and system.use_history,
         }
         entry.update(evaluate_recall(system, episodes, scorer, args.max_new_tokens))
+        entry["unseen_phrasing"] = evaluate_unseen_phrasing(system, episodes, args.max_new_tokens)
         entry["chitchat"] = evaluate_chitchat(system, conversations)
         entry["seconds"] = round(time.perf_counter() - start, 2)
         results[system.name] = entry
         chat = entry["chitchat"]
         print(f"{system.name:>24}: recall {' '.join(f'k={k}:{v:.2f}' for k, v in entry['recall'].items())} | "
+              f"unseen phrasing {entry['unseen_phrasing']['recall_mean']:.2f} | "
               f"reward {entry['reward_mean']:.2f} | chitchat ppl {chat['answer_ppl']} acc {chat['answer_acc']}",
               flush=True)
+    for path in args.merge:  # systems measured in another call (e.g. the baseline, trained on another machine)
+        other = json.loads(Path(path).read_text())
+        mismatched = {k for k in ("distances", "episodes_per_k", "style", "seed", "split", "max_new_tokens")
+                      if other.get("settings", {}).get(k) != _settings_of(args).get(k)}
+        if mismatched:
+            raise SystemExit(f"--merge {path}: its settings differ in {sorted(mismatched)}")
+        for name, entry in other["systems"].items():
+            if name in results:
+                raise SystemExit(f"--merge {path}: system {name!r} is measured here too")
+            results[name] = {**entry, "merged_from": {"file": str(path), "device": other.get("device"),
+                                                       "command": other.get("command")}}
     doc = {
         "benchmark": "memory_retention",
         **environment(device),
         "command": " ".join(["python", "benchmarks/memory_retention.py", *argv]),
-        "settings": {
-            "distances": list(args.distances), "episodes_per_k": args.episodes_per_k, "chitchat": args.chitchat,
-            "style": args.style, "seed": args.seed, "split": "eval", "max_new_tokens": args.max_new_tokens,
-            "decoding": "greedy", "history": "teacher-forced reference turns", "reward": scorer.settings,
-        },
+        "settings": {**_settings_of(args), "reward": scorer.settings},
         "systems": results,
     }
     if args.out is not None:
@@ -421,7 +502,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline", action="append", default=[], metavar="[LABEL=]DIR",
                         help="a stateless DecoderLM checkpoint (repeatable)")
     parser.add_argument("--distances", type=int, nargs="+", default=list(BENCHMARK_DISTANCES))
-    parser.add_argument("--episodes-per-k", type=int, default=50)
+    parser.add_argument("--episodes-per-k", type=int, default=64)
     parser.add_argument("--chitchat", type=int, default=50, help="held-out chitchat conversations (0 = skip)")
     parser.add_argument("--style", choices=("long_range", "cumulative"), default="long_range")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the held-out synthetic episodes")
@@ -429,6 +510,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (default: --out with .png)")
+    parser.add_argument("--merge", action="append", default=[], metavar="JSON",
+                        help="add the systems of an earlier result file of the same settings (repeatable)")
     args = parser.parse_args(argv)
     if not args.rxt and not args.baseline:
         parser.error("give at least one --rxt or --baseline checkpoint")

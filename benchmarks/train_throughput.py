@@ -231,7 +231,7 @@ def mrl(args, device, tok, tmp):
     config = MRLConfig(train=TrainConfig(run_name="mrl", warmup_steps=0, lr=1e-4, device=args.device,
                                          output_dir=tmp),
                        curriculum=[stage], batch_episodes=episodes_n, minibatch_size=32, ppo_epochs=2,
-                       max_new_tokens=48, eval_episodes=0,
+                       max_new_tokens=min(48, rxt.config.max_seq_len // 4), eval_episodes=0,  # tiny: 16
                        reward={"bleu_weight": 1.0, "cosine_weight": 1.0, "length_weight": 0.1})  # the nano recipe's
     trainer = MRLTrainer(config, rxt, tok)
     episodes = trainer.stage_episodes(stage, 0, count=episodes_n)

@@ -1,54 +1,90 @@
 #!/usr/bin/env bash
-# The GPU run behind the README's trained-model results: `nano` through stages 1-5 plus the stateless baseline,
-# under wall-clock budgets, in two phases that each fit in one 10-minute call to a lent GPU machine.
+# The GPU run behind the README's trained-model results: `nano` through every step of examples/train_nano.py and
+# the stateless baseline, under wall-clock budgets, in two calls ("phases") of at most ~9.5 minutes to a lent
+# GPU machine, split at a step boundary, the weights carried between them as bf16 parts of at most 15 MB.
 #
-#   bash examples/nano_gpu_run.sh train      stages 1-4 and the parameter-matched stateless baseline
-#   bash examples/nano_gpu_run.sh evaluate   stage 5 (MRL) from stage 4, then benchmarks/memory_retention.py over
-#                                            stage 4, MRL (each with its memory-reset ablation) and the baseline
+#   bash examples/nano_gpu_run.sh a   RxT steps joint, sft, mem-attn, smat-k2 (3.5 min of training) with the
+#                                     memory diagnostics after sft ("before"), mem-attn and smat-k2; beside it, on
+#                                     the same GPU, the parameter-matched stateless baseline on the same data for
+#                                     the RxT's total training minutes (6.0, its only run); then the baseline's
+#                                     memory-retention benchmark.
+#   bash examples/nano_gpu_run.sh b   (phase a's files in $CARRIED) smat-k4, smat-k8, smat (2.5 min), MRL from
+#                                     stage 4 (1.5 min), then benchmarks/memory_retention.py over stage 4 and MRL
+#                                     (each with its memory-reset ablation) merged with the baseline's result, and
+#                                     benchmarks/memory_diagnostics.py (gates, read-attention entropy).
 #
-# Each phase leaves in $OUT (default /tmp/nano_out) its log, and the bf16 copies of its models
-# (scripts/half_precision_copy.py) with the stages' metrics and curves, as a tar split into 15 MB parts (the
-# machine returns at most 16 MiB a file). The tar mirrors runs/nano: `cat nano_train.tgz.part-* | tar xzf - -C
-# runs/nano` puts back runs/nano/4_smat/final and runs/nano/baseline/final, which `evaluate` starts from.
-# On a machine that keeps its disk, run both phases in a row. The budgets are minutes of training per stage:
-# the stage's step horizon and cosine are shortened to what fits (TrainConfig.max_minutes).
+# What each phase leaves in $OUT (default /tmp/nano_out; at most 8 files, none over 15 MB):
+#   a: nano_a.tgz.part-*  (2 parts: the RxT after smat-k2 in bf16, every step's metrics/curves/diagnostics,
+#      recipe_summary.json), nano_a.tgz.manifest.json, memory_retention_baseline.json, phase_a.log
+#   b: nano_b.tgz.part-*  (4 parts: stage 4 and MRL in bf16, logs), nano_b.tgz.manifest.json,
+#      memory_retention.json, memory_retention.png, phase_b.log
+#      (memory_diagnostics.json and every step's diagnostics.json are inside the parts and printed in the log)
+# Between the calls: copy nano_a.tgz.part-* and nano_a.tgz.manifest.json and memory_retention_baseline.json
+# into $CARRIED (default carried/, relative to the repository root), which phase b unpacks into runs/nano.
+# `python scripts/carry_weights.py unpack --root runs/nano nano_b.tgz.part-*` puts back runs/nano/4_smat/final
+# and runs/nano/5_mrl/final (bf16 weights; `scripts/half_precision_copy.py` makes the packaged model from them).
+#
+# Budgets (minutes, env overrides): M_JOINT M_SFT M_MEMATTN M_K2 (phase a), M_K4 M_K8 M_K16 M_MRL (phase b); the
+# baseline gets their sum without MRL. At the H200 step times of benchmarks/results/train_throughput.json (joint
+# 87 ms at 512 x 256; SMAT 0.52 s for 128 episodes of 18 turns, about proportional to the turns) the defaults
+# give about 690 joint, 400 sft, 600 smat-k2, 240 smat-k4, 150 smat-k8 and 100 smat optimizer steps. A CPU dry run of both phases at toy size (the test does this):
+#   PRESET=tiny DEVICE=cpu STEPS=2 EPISODES=2 OUT=/tmp/a bash examples/nano_gpu_run.sh a
 set -uo pipefail
-phase=${1:?usage: nano_gpu_run.sh train|evaluate}
+phase=${1:?usage: nano_gpu_run.sh a|b}
+preset=${PRESET:-nano}
+device=${DEVICE:-cuda}
 out=${OUT:-/tmp/nano_out}
-runs=runs/nano
+runs=${RUNS:-runs/nano}
+carried=${CARRIED:-carried}
+episodes=${EPISODES:-64}   # held-out episodes per k of the benchmark
+chitchat=${CHITCHAT:-32}
+limit=${LIMIT_S:-510}      # a backstop: each training process ends by its budgets before this
+M_JOINT=${M_JOINT:-1.0} M_SFT=${M_SFT:-0.6} M_MEMATTN=${M_MEMATTN:-0.4} M_K2=${M_K2:-1.5}
+M_K4=${M_K4:-0.8} M_K8=${M_K8:-0.8} M_K16=${M_K16:-0.9} M_MRL=${M_MRL:-1.5}
+M_BASE=${M_BASE:-$(python3 -c "print(round($M_JOINT + $M_SFT + $M_MEMATTN + $M_K2 + $M_K4 + $M_K8 + $M_K16, 2))")}
 mkdir -p "$out" "$runs"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_MININTERVAL=20
-
-pack() {  # pack NAME DIR...: bf16 copies of the model directories, tarred and split
-  local name=$1; shift
-  local staging=$runs/export_$name
-  rm -rf "$staging" && mkdir -p "$staging"
-  for dir in "$@"; do
-    [ -f "$dir/model.safetensors" ] && python3 scripts/half_precision_copy.py "$dir" "$staging/${dir#"$runs"/}"
-  done
-  for f in "$runs"/*/metrics.json "$runs"/*/loss_curves.png "$runs"/*/reward_curve.png "$runs"/recipe_summary.json; do
-    [ -f "$f" ] && mkdir -p "$staging/logs/$(basename "$(dirname "$f")")" && cp "$f" "$staging/logs/$(basename "$(dirname "$f")")/"
-  done
-  tar czf - -C "$staging" . | split -b 15m - "$out/$name.tgz.part-"
-}
+common=(--preset "$preset" --reuse-tokenizer --device "$device" --output-dir "$runs" ${STEPS:+--steps "$STEPS"})
+bench=(--episodes-per-k "$episodes" --chitchat "$chitchat" --max-new-tokens 24 --device "$device")
+status=0
 
 case $phase in
-train)
-  timeout 555 python3 examples/train_nano.py --preset nano --reuse-tokenizer --device cuda --output-dir $runs \
-    --with-baseline --minutes joint=2.3 --minutes sft=1 --minutes mem-attn=0.5 --minutes smat=2.3 \
-    --minutes baseline=1.4 2>&1 | tee "$out/train.log"
-  pack nano_train $runs/4_smat/final $runs/baseline/final
+a)
+  log=$out/phase_a.log
+  echo "phase a: RxT joint=$M_JOINT sft=$M_SFT mem-attn=$M_MEMATTN smat-k2=$M_K2 min; baseline $M_BASE min" | tee "$log"
+  timeout "$limit" python3 examples/train_nano.py "${common[@]}" --baseline-only --minutes "baseline=$M_BASE" \
+    > "$runs/baseline.log" 2>&1 &
+  baseline_pid=$!
+  timeout "$limit" python3 examples/train_nano.py "${common[@]}" --diagnostics --stop-after smat-k2 \
+    --minutes "joint=$M_JOINT" --minutes "sft=$M_SFT" --minutes "mem-attn=$M_MEMATTN" --minutes "smat-k2=$M_K2" \
+    2>&1 | tee -a "$log" || status=1
+  wait "$baseline_pid" || status=1
+  cat "$runs/baseline.log" >> "$log"
+  timeout 120 python3 benchmarks/memory_retention.py --baseline "baseline=$runs/baseline/final" "${bench[@]}" \
+    --out "$out/memory_retention_baseline.json" --plot "$runs/memory_retention_baseline.png" 2>&1 | tee -a "$log"
+  python3 scripts/carry_weights.py pack --root "$runs" --out "$out" --name nano_a "$runs/4_smat_k2/final" \
+    2>&1 | tee -a "$log" || status=1
   ;;
-evaluate)
-  timeout 200 python3 examples/train_nano.py --preset nano --device cuda --output-dir $runs --with-mrl \
-    --start-at mrl --minutes mrl=2.0 2>&1 | tee "$out/evaluate.log"
-  timeout 215 python3 benchmarks/memory_retention.py --rxt stage4=$runs/4_smat/final --rxt mrl=$runs/5_mrl/final \
-    --baseline baseline=$runs/baseline/final --episodes-per-k 32 --chitchat 32 --device cuda \
-    --out "$out/memory_retention.json" 2>&1 | tee -a "$out/evaluate.log"
-  pack nano_mrl $runs/5_mrl/final
+b)
+  log=$out/phase_b.log
+  echo "phase b: RxT smat-k4=$M_K4 smat-k8=$M_K8 smat=$M_K16 mrl=$M_MRL min" | tee "$log"
+  python3 scripts/carry_weights.py unpack --root "$runs" "$carried"/nano_a.tgz.part-* 2>&1 | tee -a "$log"
+  timeout "$limit" python3 examples/train_nano.py "${common[@]}" --diagnostics --with-mrl --start-at smat-k4 \
+    --minutes "smat-k4=$M_K4" --minutes "smat-k8=$M_K8" --minutes "smat=$M_K16" --minutes "mrl=$M_MRL" \
+    2>&1 | tee -a "$log" || status=1
+  timeout 240 python3 benchmarks/memory_retention.py --rxt "stage4=$runs/4_smat/final" --rxt "mrl=$runs/5_mrl/final" \
+    --merge "$carried/memory_retention_baseline.json" "${bench[@]}" --out "$out/memory_retention.json" \
+    2>&1 | tee -a "$log" || status=1
+  timeout 60 python3 benchmarks/memory_diagnostics.py --rxt "smat_k2=$runs/4_smat_k2/final" \
+    --rxt "stage4=$runs/4_smat/final" --rxt "mrl=$runs/5_mrl/final" --device "$device" \
+    --out "$runs/memory_diagnostics.json" 2>&1 | tee -a "$log"
+  python3 scripts/carry_weights.py pack --root "$runs" --out "$out" --name nano_b "$runs/4_smat/final" \
+    "$runs/5_mrl/final" 2>&1 | tee -a "$log" || status=1
   ;;
 *)
-  echo "unknown phase $phase (train | evaluate)" >&2
+  echo "unknown phase $phase (a | b)" >&2
   exit 2
   ;;
 esac
+ls -l "$out" | tee -a "$log"
+exit $status

@@ -1,49 +1,52 @@
 """The training recipe: stages 0-4 (and optionally 5) of the RxT curriculum with one command.
 
-Stages, each starting from the previous stage's ``final/`` directory::
+Steps, each starting from the previous step's ``final/`` directory::
 
     0  tokenizer   byte-level BPE trained on the recipe's corpus (or --reuse-tokenizer: the packaged default)
     1  joint       joint LM pre-training (encoder MLM + decoder AR)               -> <out>/1_joint/final
     2  sft         interaction SFT, loss on answer tokens                          -> <out>/2_sft/final
     3  mem-attn    memory-attention self-supervised pre-training                   -> <out>/3_mem_attn/final
-    4  smat        supervised memory-aware training over multi-turn episodes       -> <out>/4_smat/final
+    4  smat-k2 ... supervised memory-aware training, a curriculum over distance:   -> <out>/4_smat_k2/final ...
+       smat        k <= 2 (with the in-context copy task), k <= 4, k <= 8, then k <= 16   -> <out>/4_smat/final
     5  mrl         Memory Reinforcement Learning (IMPO), only with --with-mrl       -> <out>/5_mrl/final
+
+The data can only be solved by copying (`training.data.synthetic`): every fact value is made up for its episode
+(names, codes, numbers, passphrases) from a generator space disjoint from the held-out values, with 1-4 facts of
+one group per episode (distractors). Stages 1-2 read each question merged with its statements into one sequence,
+so the decoder learns to copy in context first; stage 3 and SMAT read the dialogues, SMAT with gradients through
+every memory update of an episode. The curriculum is the one `training/copy_gate.py` (the CPU gate) shows to
+work on a toy of the same stack. The ``tiny`` preset has the same steps at toy size.
 
 With ``--with-baseline`` the stateless baseline (`training.stages.baseline_lm`) is trained afterwards: a
 decoder-only LM matched to the RxT's parameter count (``match_parameters_of`` = stage 4's ``final/``, whose
 tokenizer it uses), reading the whole history of every episode, on the union of the data sources of stages 1, 2
-and 4 (as episodes) for as many optimizer steps as those three stages together, with stage 4's batch of
-episodes, learning-rate settings and held-out episodes: the same step budget, not the same token count (its
-sequences are whole histories). -> ``<out>/baseline/final``; the summary's ``baseline`` entry gives the step
-budget and the parameter counts.
+and the SMAT curriculum (as episodes) for as many optimizer steps as those together, with stage 4's batch of
+episodes, learning-rate settings and held-out episodes -> ``<out>/baseline/final``. ``--baseline-only`` trains
+just the baseline (matched to the preset's RxT: the same shapes as the trained one), so it can run beside the
+RxT on the same GPU for the same minutes; ``--baseline-from DIR`` continues a saved one.
 
 Every stage config is built as a plain dict (the preset below, then the command-line overrides) and passed
 through ``training.config.load_config`` with the stage's ``CONFIG_CLASS``, so it gets exactly the validation of
 ``rxnn train <stage> --config file.yaml``. The resolved configs are written beside each stage's output
-(``<out>/<stage>/recipe_config.yaml``) and a summary with every final directory and its last metrics goes to
-``<out>/recipe_summary.json``.
+(``<out>/<step>/recipe_config.yaml``) and a summary with every final directory and its last metrics goes to
+``<out>/recipe_summary.json`` (a later call of a split run adds to it). ``--diagnostics`` adds, after sft (the
+memory path untrained: "before"), mem-attn and every SMAT step, held-out recall by generation with and without
+memory and the memory diagnostics (gate values, read-attention entropy: `training.memory_diagnostics`).
 
 CPU, in minutes (the ``tiny`` preset: a ~70k-parameter model on a few hundred synthetic/chitchat samples)::
 
     python examples/train_nano.py --preset tiny --steps 20 --reuse-tokenizer --output-dir runs/tiny_recipe
 
-GPU, the real run (the ``nano`` preset: ~12.5M-parameter RxT-Alpha-Nano-like model, bf16, one H100)::
+GPU: ``examples/nano_gpu_run.sh`` is the budgeted run (two calls of about 9 minutes, split at a step boundary,
+the weights carried between them in bf16 parts by ``scripts/carry_weights.py``). The step counts of the ``nano``
+preset are upper bounds; ``--minutes STEP=M`` gives a step a wall-clock budget (its step horizon and cosine are
+shortened to what fits: ``train.max_minutes``). ``examples/configs/nano/*.yaml`` are the same configs as files
+(``python examples/train_nano.py --preset nano --dump-configs examples/configs/nano`` regenerates them), so a
+single step can be re-run with ``rxnn train <stage> --config ...``.
 
-    python examples/train_nano.py --preset nano --output-dir runs/nano --device cuda --with-mrl
-
-Intended step counts for ``nano`` (batches of 512 texts, 256/128 episodes; seq 256; lr 1e-3, warmup, cosine):
-joint 20k, sft 10k, mem-attn 4k, smat 10k optimizer steps; MRL a curriculum of 2/4/8/16-step episodes
-(long-range and cumulative), 2 epochs of 128 episodes each. These are a planned budget that has NOT been run: at
-the seconds per step of the budgeted H200 run (``time_budget`` in ``benchmarks/results/nano_training.json``:
-joint 0.30, sft 0.14, mem-attn 0.93, smat 3.3) they come to about 12 GPU hours, 9 of them SMAT. The only GPU run
-so far is ``examples/nano_gpu_run.sh``: the same presets under ``--minutes`` budgets, ~10 minutes in all.
-``examples/configs/nano/*.yaml`` are the same configs as files (``python examples/train_nano.py --preset nano --dump-configs examples/configs/nano``
-regenerates them), so a single stage can be re-run with ``rxnn train <stage> --config ...``.
-
-``--resume`` skips stages whose ``final/`` exists and resumes the interrupted one from its last checkpoint.
-``--start-at STAGE`` starts from the previous stage's ``final/`` in ``--output-dir`` (copied from another machine,
-say). ``--minutes STAGE=M`` gives a stage a wall-clock budget: its step horizon and cosine are shortened to what
-fits (``train.max_minutes``); ``examples/nano_gpu_run.sh`` is the budgeted GPU run the README's results come from.
+``--resume`` skips steps whose ``final/`` exists and resumes the interrupted one from its last checkpoint.
+``--start-at STEP`` starts from the previous step's ``final/`` in ``--output-dir`` (copied from another machine,
+say) with a fresh optimizer and a short warm-up; ``--stop-after STEP`` ends a call at a step boundary.
 """
 
 from __future__ import annotations
@@ -67,61 +70,105 @@ STAGE_DIRS: dict[str, str] = {
     "smat": "4_smat",
     "mrl": "5_mrl",
 }
-CONFIG_FILES: dict[str, str] = {
-    "joint": "1_joint.yaml",
-    "sft": "2_sft.yaml",
-    "mem-attn": "3_mem_attn.yaml",
-    "smat": "4_smat.yaml",
-    "mrl": "5_mrl.yaml",
-}
 BASELINE_DIR = "baseline"
-BASELINE_BUDGET_STAGES: tuple[str, ...] = ("joint", "sft", "smat")  # its data and its step budget
 MODEL_PLACEHOLDER = "<previous stage final>"  # replaced by the previous stage's final/ (stage 1: the preset)
+SMAT_PHASE_PREFIX = "smat-"  # "smat-k2" ...: a SMAT run of the distance curriculum before the last one ("smat")
+
+
+def stage_module(step: str) -> str:
+    """The registered stage a recipe step runs (``smat-k4`` -> ``smat``)."""
+    return "smat" if step.startswith(SMAT_PHASE_PREFIX) else step
+
+
+def stage_dir(step: str) -> str:
+    """The folder of a recipe step under ``--output-dir`` (``smat-k4`` -> ``4_smat_k4``)."""
+    if step.startswith(SMAT_PHASE_PREFIX):
+        return f"{STAGE_DIRS['smat']}_{step[len(SMAT_PHASE_PREFIX):]}"
+    return STAGE_DIRS[step]
+
+
+def recipe_steps(preset: str, with_mrl: bool = True) -> list[str]:
+    """The preset's steps in order: joint, sft, mem-attn, the SMAT curriculum phases (``smat-*``, ending with
+    ``smat``), then mrl (only ``with_mrl``)."""
+    stages = PRESETS[preset]["stages"]
+    phases = [s for s in stages if s.startswith(SMAT_PHASE_PREFIX)]
+    steps = ["joint", "sft", "mem-attn", *phases, "smat"]
+    return [*steps, "mrl"] if with_mrl else steps
+
+
+def config_file(step: str) -> str:
+    return f"{stage_dir(step)}.yaml"
+
+
+CONFIG_FILES: dict[str, str] = {s: config_file(s) for s in STAGE_ORDER}  # the fixed stages; phases: config_file
 
 
 def _train(**kw: Any) -> dict[str, Any]:
     return kw
 
 
+def _synthetic(limit: int | None = None, **fields: Any) -> dict[str, Any]:
+    source: dict[str, Any] = {"kind": "synthetic", "synthetic": fields}
+    if limit is not None:
+        source["limit"] = limit
+    return source
+
+
+def _smat_phase(distances: list[int], *, episodes: int, copy_episodes: int = 0, chitchat: int = 0,
+                eval_episodes: int, eval_seed: int, seed: int, **stage: Any) -> dict[str, Any]:
+    """One SMAT run of the distance curriculum: long-range and cumulative dialogues at ``distances`` (episodes
+    of at most ``max(distances) + 3`` turns, so ``max_turns`` never cuts a question off), optionally the
+    in-context copy task (``copy_episodes``) and chitchat; held out: ``split: eval`` dialogues at the same
+    distances. Gradients flow through every memory update of an episode (``bptt_depth`` = its turns)."""
+    turns = max(distances) + 3
+    data = [_synthetic(num_episodes=episodes, distance=distances, style="long_range", max_lead=1, seed=seed),
+            _synthetic(num_episodes=episodes // 3, distance=distances, style="cumulative", max_lead=1, seed=seed)]
+    if copy_episodes:
+        data.append(_synthetic(num_episodes=copy_episodes, distance=distances, form="in_context", max_lead=1,
+                               seed=seed))
+    if chitchat:
+        data.append({"kind": "chitchat", "limit": chitchat})
+    return {"max_turns": turns, "bptt_depth": turns, "data": data,
+            "eval_data": [_synthetic(num_episodes=eval_episodes, distance=distances, split="eval", seed=eval_seed)],
+            **stage}
+
+
 # ----------------------------------------------------------------------------------------------------- presets
+# Data that can only be solved by copying (training.data.synthetic): every value is made up per episode, 1-4
+# facts of one group per episode. Stages 1-2 read each question merged with its statements into one sequence
+# (in-context copying first); stage 3 and the SMAT curriculum read the dialogues, k <= 2, then <= 4, <= 8, 16.
 # `tiny`: CPU, minutes. Data limits are small on purpose; `--steps N` sets every stage's max_steps.
+_TINY_TEXT = [_synthetic(limit=160, num_episodes=40, distance=[0, 1, 2], max_lead=1, seed=0),
+              {"kind": "chitchat", "limit": 40}]
+_TINY_PHASE = dict(episodes=32, eval_episodes=8, eval_seed=1, seed=0,
+                   train=_train(lr=1.0e-2, warmup_steps=3, max_steps=30, batch_size=8, log_every=5, keep_last=1))
 TINY: dict[str, Any] = {
     "model": "tiny",
     "tokenizer_training": {"kind": "byte_bpe", "vocab_size": 512, "min_frequency": 2, "max_texts": 2000},
     "stages": {
         "joint": {
             "max_len": 64, "mask_prob": 0.15, "encoder_noise_std": 0.15, "val_fraction": 0.1,
-            "data": [
-                {"kind": "synthetic", "limit": 120,
-                 "synthetic": {"num_episodes": 40, "num_turns": 2, "style": "long_range", "seed": 0}},
-                {"kind": "chitchat", "limit": 40},
-            ],
+            "data": _TINY_TEXT,
             "train": _train(lr=3.0e-3, warmup_steps=3, max_steps=30, batch_size=8, log_every=5, keep_last=1),
         },
         "sft": {
             "max_len": 64, "mask_prob": 0.15, "encoder_noise_std": 0.15, "val_fraction": 0.1,
-            "data": [
-                {"kind": "synthetic", "limit": 120,
-                 "synthetic": {"num_episodes": 40, "num_turns": 2, "style": "cumulative", "seed": 1}},
-                {"kind": "chitchat", "limit": 40},
-            ],
+            "data": [_synthetic(limit=160, num_episodes=40, distance=[0, 1, 2], style="cumulative", max_lead=1,
+                                seed=1),
+                     {"kind": "chitchat", "limit": 40}],
             "train": _train(lr=3.0e-3, warmup_steps=3, max_steps=30, batch_size=8, log_every=5, keep_last=1),
         },
         "mem-attn": {
-            "max_len": 64, "max_turns": 4, "weight_jitter": 0.15,
-            "data": [{"kind": "synthetic", "synthetic": {"num_episodes": 32, "num_turns": 2, "seed": 0}}],
-            "eval_data": [{"kind": "synthetic",
-                           "synthetic": {"num_episodes": 8, "num_turns": 2, "split": "eval", "seed": 1}}],
+            "max_len": 64, "max_turns": 5, "weight_jitter": 0.15,
+            "data": [_synthetic(num_episodes=32, distance=[0, 1, 2], max_lead=1, seed=0)],
+            "eval_data": [_synthetic(num_episodes=8, distance=[0, 1, 2], split="eval", seed=1)],
             "train": _train(lr=3.0e-3, warmup_steps=3, max_steps=30, batch_size=8, log_every=5, keep_last=1),
         },
-        "smat": {
-            "max_len": 64, "max_turns": 4, "bptt_depth": 2,
-            "unfreeze_schedule": [[0, ["memory"]], [10, ["memory", "rest"]]],
-            "data": [{"kind": "synthetic", "synthetic": {"num_episodes": 32, "num_turns": 2, "seed": 0}}],
-            "eval_data": [{"kind": "synthetic",
-                           "synthetic": {"num_episodes": 8, "num_turns": 2, "split": "eval", "seed": 1}}],
-            "train": _train(lr=1.0e-2, warmup_steps=3, max_steps=30, batch_size=8, log_every=5, keep_last=1),
-        },
+        "smat-k2": _smat_phase([0, 1, 2], copy_episodes=16, max_len=64,
+                               unfreeze_schedule=[[0, ["memory"]], [10, ["memory", "rest"]]], **_TINY_PHASE),
+        "smat-k4": _smat_phase([1, 2, 4], max_len=64, unfreeze_schedule=[[0, ["memory", "rest"]]], **_TINY_PHASE),
+        "smat-k8": _smat_phase([1, 4, 8], max_len=64, unfreeze_schedule=[[0, ["memory", "rest"]]], **_TINY_PHASE),
+        "smat": _smat_phase([1, 8, 16], max_len=64, unfreeze_schedule=[[0, ["memory", "rest"]]], **_TINY_PHASE),
         "mrl": {
             "curriculum": [{"steps": 2, "strategy": "long_range", "epochs": 1, "episodes_per_epoch": 8}],
             "batch_episodes": 8, "max_new_tokens": 8, "minibatch_size": 8, "ppo_epochs": 1,
@@ -131,92 +178,86 @@ TINY: dict[str, Any] = {
             "train": _train(lr=1.0e-3, warmup_steps=0, max_steps=1000),
         },
     },
-    # --with-baseline: the rest (data, steps, batch) comes from the stages of BASELINE_BUDGET_STAGES
+    # the baseline's data and step budget come from the stages of `baseline_budget_stages`
     "baseline": {"max_len": 128},
 }
 
-# `nano`: the real run on one GPU (see the module docstring). Synthetic memory dialogues plus chitchat;
-# SMAT/MRL see episodes up to the benchmark's distance 16.
-# Large batches: at this size a step costs about the same whatever the batch (kernel-launch bound on an H200:
-# benchmarks/results/smat_step.json), so a bigger batch is nearly free data per step.
-_NANO_TRAIN = dict(lr=1.0e-3, batch_size=512, precision="bf16", log_every=50, eval_every=1000,
-                   save_every=2000, keep_last=2, num_workers=4)
-_BENCH_K = [1, 2, 4, 8, 16]
+# `nano`: the real run on one GPU (see the module docstring). Large batches: at this size a step costs about the
+# same whatever the batch (kernel-launch bound on an H200: benchmarks/results/smat_step.json). The step counts
+# are upper bounds: `--minutes` budgets shorten them (train.max_minutes), and every stage restarts its optimizer
+# with a short warm-up, so a stage can start from weights carried in bf16 from another machine.
+_NANO_TRAIN = dict(lr=1.0e-3, batch_size=512, precision="bf16", log_every=50, eval_every=500,
+                   save_every=0, keep_last=1, num_workers=4)
+_NANO_TEXT = [
+    _synthetic(num_episodes=24000, distance=[0, 1, 2], style="long_range", max_lead=1, seed=0),
+    _synthetic(num_episodes=8000, distance=[0, 1, 2], style="cumulative", max_lead=1, seed=0),
+    {"kind": "chitchat", "limit": 50000},
+    {"kind": "chatterbot"},
+]
+_NANO_SMAT = dict(_NANO_TRAIN, batch_size=128, eval_every=250, warmup_steps=100, max_steps=20000)
+_NANO_PHASE = dict(max_len=256, eval_episodes=256, chitchat=4000)
 NANO: dict[str, Any] = {
     "model": "nano",
     "tokenizer_training": {"kind": "byte_bpe", "vocab_size": 8192, "min_frequency": 2, "max_texts": 200_000},
     "stages": {
         "joint": {
             "max_len": 256, "mask_prob": 0.15, "encoder_noise_std": 0.15, "val_fraction": 0.01,
-            "data": [
-                {"kind": "synthetic",
-                 "synthetic": {"num_episodes": 40000, "num_turns": 4, "style": "long_range", "seed": 0}},
-                {"kind": "synthetic",
-                 "synthetic": {"num_episodes": 20000, "num_turns": 4, "style": "cumulative", "seed": 0}},
-                {"kind": "chitchat", "limit": 50000},
-                {"kind": "chatterbot"},
-            ],
-            "train": _train(**_NANO_TRAIN, warmup_steps=1000, max_steps=20000),
+            "data": _NANO_TEXT,
+            "train": _train(**_NANO_TRAIN, warmup_steps=200, max_steps=20000),
         },
         "sft": {
             "max_len": 256, "mask_prob": 0.15, "encoder_noise_std": 0.15, "val_fraction": 0.01,
-            "data": [
-                {"kind": "synthetic",
-                 "synthetic": {"num_episodes": 30000, "num_turns": 4, "style": "long_range", "seed": 1}},
-                {"kind": "synthetic",
-                 "synthetic": {"num_episodes": 15000, "num_turns": 4, "style": "cumulative", "seed": 1}},
-                {"kind": "chitchat", "limit": 50000},
-                {"kind": "chatterbot"},
-            ],
-            "train": _train(**_NANO_TRAIN, warmup_steps=500, max_steps=10000),
+            "data": [_synthetic(num_episodes=16000, distance=[0, 1, 2], style="long_range", max_lead=1, seed=1),
+                     _synthetic(num_episodes=5000, distance=[0, 1, 2], style="cumulative", max_lead=1, seed=1),
+                     {"kind": "chitchat", "limit": 50000}, {"kind": "chatterbot"}],
+            "train": _train(**_NANO_TRAIN, warmup_steps=100, max_steps=10000),
         },
         "mem-attn": {
-            "max_len": 256, "max_turns": 18, "weight_jitter": 0.15,
-            "data": [
-                {"kind": "synthetic", "synthetic": {"num_episodes": 40000, "distance": _BENCH_K,
-                                                    "style": "long_range", "seed": 2}},
-                {"kind": "synthetic", "synthetic": {"num_episodes": 20000, "distance": _BENCH_K,
-                                                    "style": "cumulative", "seed": 2}},
-            ],
-            "eval_data": [{"kind": "synthetic", "synthetic": {"num_episodes": 256, "distance": _BENCH_K,
-                                                              "split": "eval", "seed": 101}}],
-            "train": _train(**{**_NANO_TRAIN, "batch_size": 256}, warmup_steps=200, max_steps=4000),
+            "max_len": 256, "max_turns": 11, "weight_jitter": 0.15,
+            "data": [_synthetic(num_episodes=16000, distance=[1, 2, 4, 8], style="long_range", max_lead=1, seed=2),
+                     _synthetic(num_episodes=5000, distance=[1, 2, 4, 8], style="cumulative", max_lead=1, seed=2)],
+            "eval_data": [_synthetic(num_episodes=256, distance=[1, 2, 4, 8], split="eval", seed=101)],
+            "train": _train(**{**_NANO_TRAIN, "batch_size": 256}, warmup_steps=50, max_steps=4000),
         },
-        "smat": {
-            "max_len": 256, "max_turns": 18, "bptt_depth": 4,
-            "unfreeze_schedule": [[0, ["memory"]], [25, ["memory", "rest"]]],
-            "data": [
-                {"kind": "synthetic", "synthetic": {"num_episodes": 60000, "distance": _BENCH_K,
-                                                    "style": "long_range", "seed": 3}},
-                {"kind": "synthetic", "synthetic": {"num_episodes": 20000, "distance": _BENCH_K,
-                                                    "style": "cumulative", "seed": 3}},
-                {"kind": "chitchat", "limit": 6000},
-            ],
-            "eval_data": [{"kind": "synthetic", "synthetic": {"num_episodes": 256, "distance": _BENCH_K,
-                                                              "split": "eval", "seed": 102}}],
-            "train": _train(**{**_NANO_TRAIN, "batch_size": 128}, warmup_steps=500, max_steps=10000),
-        },
+        "smat-k2": _smat_phase([0, 1, 2], episodes=30000, copy_episodes=10000, seed=3, eval_seed=102,
+                               unfreeze_schedule=[[0, ["memory"]], [100, ["memory", "rest"]]],
+                               train=_train(**_NANO_SMAT), **_NANO_PHASE),
+        "smat-k4": _smat_phase([1, 2, 3, 4], episodes=30000, copy_episodes=3000, seed=4, eval_seed=103,
+                               unfreeze_schedule=[[0, ["memory", "rest"]]], train=_train(**_NANO_SMAT),
+                               **_NANO_PHASE),
+        "smat-k8": _smat_phase([1, 2, 4, 6, 8, 8], episodes=24000, seed=5, eval_seed=104,
+                               unfreeze_schedule=[[0, ["memory", "rest"]]], train=_train(**_NANO_SMAT),
+                               **_NANO_PHASE),
+        "smat": _smat_phase([1, 2, 4, 8, 12, 16, 16], episodes=20000, seed=6, eval_seed=105,
+                            unfreeze_schedule=[[0, ["memory", "rest"]]], train=_train(**_NANO_SMAT),
+                            **_NANO_PHASE),
         "mrl": {
             "curriculum": [
-                {"steps": 2, "strategy": "long_range", "epochs": 2, "episodes_per_epoch": 128},
-                {"steps": 4, "strategy": "cumulative", "epochs": 2, "episodes_per_epoch": 128},
-                {"steps": 4, "strategy": "long_range", "epochs": 2, "episodes_per_epoch": 128},
-                {"steps": 8, "strategy": "long_range", "epochs": 2, "episodes_per_epoch": 128},
-                {"steps": 16, "strategy": "long_range", "epochs": 2, "episodes_per_epoch": 128},
+                {"steps": 2, "strategy": "long_range", "epochs": 1, "episodes_per_epoch": 128},
+                {"steps": 4, "strategy": "cumulative", "epochs": 1, "episodes_per_epoch": 128},
+                {"steps": 4, "strategy": "long_range", "epochs": 1, "episodes_per_epoch": 128},
+                {"steps": 8, "strategy": "long_range", "epochs": 1, "episodes_per_epoch": 128},
+                {"steps": 16, "strategy": "long_range", "epochs": 1, "episodes_per_epoch": 128},
             ],
-            "batch_episodes": 32, "max_new_tokens": 48, "minibatch_size": 32, "ppo_epochs": 2,
-            "reset_prob_schedule": [[0, 1.0], [4, 0.5]],
+            "batch_episodes": 64, "max_new_tokens": 32, "minibatch_size": 64, "ppo_epochs": 2,
+            "reset_prob_schedule": [[0, 1.0], [3, 0.5]],
             "unfreeze_schedule": [[0, ["memory"]], [2, ["memory", "rest"]]],
             "replay_buffer_size": 64,
             "reward": {"bleu_weight": 1.0, "cosine_weight": 1.0, "length_weight": 0.1},
-            "eval_episodes": 32,
+            "eval_episodes": 64,
             "train": _train(lr=1.0e-5, warmup_steps=0, max_steps=100000, precision="bf16", seed=0),
         },
     },
-    # Episodes of up to 18 turns: a longer context than the RxT's 256-token interactions.
+    # Whole histories of up to 19 turns: a longer context than the RxT's 256-token interactions.
     "baseline": {"max_len": 1024},
 }
 PRESETS: dict[str, dict[str, Any]] = {"tiny": TINY, "nano": NANO}
+
+
+def baseline_budget_stages(preset: str) -> list[str]:
+    """The steps whose data (as episodes) and summed step budget the stateless baseline gets: every step with
+    interaction data (joint, sft, the SMAT curriculum), not the memory-only mem-attn and mrl."""
+    return [s for s in recipe_steps(preset, with_mrl=False) if s != "mem-attn"]
 
 
 # ------------------------------------------------------------------------------------------------ config dicts
@@ -225,8 +266,8 @@ PRESETS: dict[str, dict[str, Any]] = {"tiny": TINY, "nano": NANO}
 def stage_config_dict(preset: str, stage: str, *, model: str, tokenizer: str | None, output_dir: Path,
                       steps: int | None = None, device: str | None = None, seed: int | None = None,
                       minutes: float | None = None) -> dict[str, Any]:
-    """The raw config dict of ``stage`` (before `load_config`): the preset's, plus where it reads and writes.
-    ``minutes`` is the stage's wall-clock budget (``train.max_minutes``)."""
+    """The raw config dict of recipe step ``stage`` (before `load_config`): the preset's, plus where it reads and
+    writes. ``minutes`` is the stage's wall-clock budget (``train.max_minutes``)."""
     raw = copy.deepcopy(PRESETS[preset]["stages"][stage])
     raw["model"] = model
     raw["tokenizer"] = tokenizer
@@ -248,7 +289,7 @@ def stage_config_dict(preset: str, stage: str, *, model: str, tokenizer: str | N
         for key in ("eval_every", "save_every"):
             if train.get(key, 0) > steps:
                 train[key] = 0  # only at the end
-        if stage == "smat":  # keep the staged unfreezing inside the shortened run
+        if stage_module(stage) == "smat":  # keep the staged unfreezing inside the shortened run
             schedule = raw["unfreeze_schedule"]
             shortened = [[0, schedule[0][1]]]
             if len(schedule) > 1:
@@ -261,24 +302,27 @@ def stage_config_dict(preset: str, stage: str, *, model: str, tokenizer: str | N
 
 
 def build_stage_config(stage: str, raw: dict[str, Any]):
-    """``load_config(raw, CONFIG_CLASS)`` of the registered stage: the validation of ``rxnn train``."""
+    """``load_config(raw, CONFIG_CLASS)`` of the step's registered stage: the validation of ``rxnn train``."""
     from training.config import load_config
     from training.stages import get_stage
 
-    module = get_stage(stage)
+    module = get_stage(stage_module(stage))
     return module, load_config(raw, module.CONFIG_CLASS)
 
 
-def baseline_config_dict(preset: str, *, match: str, output_dir: Path, steps: int | None = None,
-                         device: str | None = None, seed: int | None = None,
-                         minutes: float | None = None) -> dict[str, Any]:
-    """The baseline's raw config: the data sources of `BASELINE_BUDGET_STAGES` (duplicates once), their
-    summed ``max_steps`` (after ``steps``), and stage 4's train settings otherwise."""
+def baseline_config_dict(preset: str, *, match: str | None, output_dir: Path, steps: int | None = None,
+                         device: str | None = None, seed: int | None = None, minutes: float | None = None,
+                         model: str | None = None) -> dict[str, Any]:
+    """The baseline's raw config: the data sources of `baseline_budget_stages` (each once), their summed
+    ``max_steps`` (after ``steps``), the last SMAT step's train settings and held-out episodes otherwise.
+    ``match`` (an RxT preset or directory to match in parameters) or ``model`` (a saved baseline to continue
+    from: a fresh optimizer, the short warm-up)."""
+    budget = baseline_budget_stages(preset)
     resolved = {stage: stage_config_dict(preset, stage, model=MODEL_PLACEHOLDER, tokenizer=None,
                                          output_dir=output_dir, steps=steps, device=device, seed=seed)
-                for stage in BASELINE_BUDGET_STAGES}
+                for stage in budget}
     data: list[dict[str, Any]] = []  # a source used by several stages (whatever its limit) once, the widest limit
-    for stage in BASELINE_BUDGET_STAGES:
+    for stage in budget:
         for source in resolved[stage]["data"]:
             same = [d for d in data if {**d, "limit": None} == {**source, "limit": None}]
             if not same:
@@ -287,14 +331,15 @@ def baseline_config_dict(preset: str, *, match: str, output_dir: Path, steps: in
                 limit = source.get("limit")
                 same[0]["limit"] = None if limit is None else max(limit, same[0]["limit"])
     train = copy.deepcopy(resolved["smat"]["train"])
-    train["max_steps"] = sum(resolved[stage]["train"]["max_steps"] for stage in BASELINE_BUDGET_STAGES)
+    train["max_steps"] = sum(resolved[stage]["train"]["max_steps"] for stage in budget)
     train["warmup_steps"] = min(train["max_steps"], max(resolved[s]["train"].get("warmup_steps", 0)
-                                                        for s in BASELINE_BUDGET_STAGES))
+                                                        for s in budget))
     train["run_name"] = f"{preset}-baseline"
     if minutes is not None:
         train["max_minutes"] = minutes
-    raw = {"match_parameters_of": match, "tokenizer": None, **copy.deepcopy(PRESETS[preset]["baseline"]),
-           "data": data, "train": train}
+    source = {"model": model} if model is not None else {"match_parameters_of": match}
+    raw = {**source, "tokenizer": None, **copy.deepcopy(PRESETS[preset]["baseline"]), "data": data,
+           "train": train}
     if resolved["smat"].get("eval_data"):  # the held-out episodes stage 4 is evaluated on
         raw["eval_data"] = copy.deepcopy(resolved["smat"]["eval_data"])
     else:
@@ -302,31 +347,75 @@ def baseline_config_dict(preset: str, *, match: str, output_dir: Path, steps: in
     return raw
 
 
-def run_baseline(args: argparse.Namespace, out: Path, rxt_final: str) -> dict[str, Any]:
-    """Train the stateless baseline (see the module docstring) and return its summary entry."""
-    stage_dir = out / BASELINE_DIR
-    raw = baseline_config_dict(args.preset, match=rxt_final, output_dir=stage_dir, steps=args.steps,
-                               device=args.device, seed=args.seed, minutes=args.minutes.get(BASELINE_DIR))
+def run_baseline(args: argparse.Namespace, out: Path, rxt_final: str | None) -> dict[str, Any]:
+    """Train the stateless baseline (see the module docstring) and return its summary entry: matched to
+    ``rxt_final`` (or the preset's RxT), or continued from ``--baseline-from``."""
+    stage_path = out / BASELINE_DIR
+    match = None if args.baseline_from else (rxt_final or PRESETS[args.preset]["model"])
+    raw = baseline_config_dict(args.preset, match=match, output_dir=stage_path, steps=args.steps,
+                               device=args.device, seed=args.seed, minutes=args.minutes.get(BASELINE_DIR),
+                               model=args.baseline_from)
+    if args.baseline_from:
+        raw["train"]["warmup_steps"] = min(raw["train"]["warmup_steps"], RESTART_WARMUP)
     module, config = build_stage_config("baseline", raw)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    (stage_dir / "recipe_config.yaml").write_text(to_yaml(raw))
-    final = stage_dir / "final"
+    stage_path.mkdir(parents=True, exist_ok=True)
+    (stage_path / "recipe_config.yaml").write_text(to_yaml(raw))
+    final = stage_path / "final"
     start = time.perf_counter()
     if args.resume and (final / "model.safetensors").is_file():
         print(f"[baseline] {final} exists, skipped (--resume)", flush=True)
     else:
-        print(f"[baseline] stateless DecoderLM matched to {rxt_final}, {raw['train']['max_steps']} steps "
-              f"-> {stage_dir}", flush=True)
+        origin = f"continued from {args.baseline_from}" if args.baseline_from else f"matched to {match}"
+        print(f"[baseline] stateless DecoderLM {origin}, at most {raw['train']['max_steps']} steps -> {stage_path}",
+              flush=True)
         final = Path(module.run_stage(config, resume=args.resume))
-    metrics = last_metrics(stage_dir)
+    metrics = last_metrics(stage_path)
     seconds = time.perf_counter() - start
     print(f"[baseline] done in {seconds:.1f}s: final={final}\n    {_fmt(metrics)}", flush=True)
     entry: dict[str, Any] = {"final": str(final), "seconds": round(seconds, 2), "metrics": metrics,
-                             "max_steps": raw["train"]["max_steps"], "budget_of": list(BASELINE_BUDGET_STAGES)}
-    match_file = stage_dir / "parameter_match.json"
+                             "max_steps": raw["train"]["max_steps"], "budget_of": baseline_budget_stages(args.preset),
+                             "minutes": args.minutes.get(BASELINE_DIR)}
+    match_file = stage_path / "parameter_match.json"
     if match_file.is_file():
         entry["parameters"] = json.loads(match_file.read_text())
     return entry
+
+
+# --------------------------------------------------------------------------------------------- diagnostics
+
+
+def diagnose_stage(preset: str, stage: str, final: Path, device: str | None) -> dict[str, Any]:
+    """Held-out recall by generation (with and without memory) at the step's distances, and the memory
+    diagnostics (gates, read-attention entropy, write dependence) of ``final``; written beside it."""
+    import torch
+
+    from rxt.atomic_io import atomic_write_json
+    from rxt.model import RxT
+    from training.data.synthetic import SyntheticDialogueConfig, generate_episodes
+    from training.memory_diagnostics import diagnose
+    from training.model_loading import load_tokenizer
+    from training.recall_eval import recall
+
+    eval_sources = PRESETS[preset]["stages"].get(stage, {}).get("eval_data") or []
+    distances = (eval_sources[0]["synthetic"].get("distance") if eval_sources else None) or [1, 2, 4]
+    wanted = "cuda" if device in (None, "auto", "cuda") and torch.cuda.is_available() else "cpu"
+    model = RxT.from_pretrained(final).to(wanted)
+    tokenizer = load_tokenizer(None, final)
+    doc: dict[str, Any] = {"stage": stage, "model": str(final), "recall": {}, "recall_memory_reset": {}}
+    count = 64 if preset != "tiny" else 4
+    for k in sorted(set(distances)):
+        episodes = generate_episodes(SyntheticDialogueConfig(num_episodes=count, distance=k, split="eval",
+                                                             seed=4242))
+        doc["recall"][str(k)] = recall(model, tokenizer, episodes)
+        doc["recall_memory_reset"][str(k)] = recall(model, tokenizer, episodes, reset_memory=True)
+    doc["memory"] = diagnose(model, tokenizer, generate_episodes(SyntheticDialogueConfig(
+        num_episodes=count, distance=[1, 2, 4], split="eval", seed=4343)))
+    atomic_write_json(final.parent / "diagnostics.json", doc)
+    gates = " ".join(f"{g['mean']:.3f}" for g in doc["memory"]["gates"])
+    print(f"[diagnostics] {stage}: recall {doc['recall']} (memory reset {doc['recall_memory_reset']}); gates "
+          f"{gates}; read entropy {doc['memory']['read_entropy']} of {doc['memory']['read_entropy_max']}; "
+          f"write cosine {doc['memory']['write_cosine']}", flush=True)
+    return doc
 
 
 # ------------------------------------------------------------------------------------------------- stage 0
@@ -412,25 +501,42 @@ def to_yaml(raw: dict[str, Any]) -> str:
 
 
 def dump_configs(preset: str, directory: Path, output_dir: Path, reuse_tokenizer: bool) -> list[Path]:
-    """Write the resolved stage configs as YAML (the reference files under ``examples/configs/<preset>/``)."""
+    """Write the resolved step configs as YAML (the reference files under ``examples/configs/<preset>/``)."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     model = PRESETS[preset]["model"]
     tokenizer = None if reuse_tokenizer else str(output_dir / STAGE_DIRS["tokenizer"])
-    for stage in STAGE_ORDER:
+    steps = recipe_steps(preset)
+    for number, stage in enumerate(steps, start=1):
         raw = stage_config_dict(preset, stage, model=model, tokenizer=tokenizer,
-                                output_dir=output_dir / STAGE_DIRS[stage])
+                                output_dir=output_dir / stage_dir(stage))
         build_stage_config(stage, raw)  # fail here rather than in a later `rxnn train`
-        header = (f"# Stage {STAGE_ORDER.index(stage) + 1} ({stage}) of the `{preset}` recipe, generated by\n"
+        header = (f"# Step {number} ({stage}) of the `{preset}` recipe, generated by\n"
                   f"#   python examples/train_nano.py --preset {preset}{' --reuse-tokenizer' if reuse_tokenizer else ''} "
                   f"--dump-configs {directory}\n"
-                  f"# Run alone: rxnn train {stage} --config {directory / CONFIG_FILES[stage]}\n")
-        path = directory / CONFIG_FILES[stage]
+                  f"# Run alone: rxnn train {stage} --config {directory / config_file(stage)}\n")
+        path = directory / config_file(stage)
         path.write_text(header + to_yaml(raw))
         written.append(path)
-        model = str(output_dir / STAGE_DIRS[stage] / "final")
+        model = str(output_dir / stage_dir(stage) / "final")
         tokenizer = None  # later stages read the tokenizer.json saved beside the model
     return written
+
+
+RESTART_WARMUP = 100
+"""Warm-up steps of a stage or baseline continued from carried weights (a fresh optimizer)."""
+
+
+def _load_summary(path: Path, preset: str) -> dict[str, Any]:
+    """The run's summary so far (a later call of a split run adds to it), or a new one."""
+    if path.is_file():
+        try:
+            summary = json.loads(path.read_text())
+            if summary.get("preset") == preset:
+                return summary
+        except json.JSONDecodeError:
+            pass
+    return {"preset": preset, "stages": {}}
 
 
 def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
@@ -438,9 +544,14 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stages = list(STAGE_ORDER if args.with_mrl else STAGE_ORDER[:-1])
-    summary: dict[str, Any] = {"preset": args.preset, "command": " ".join([sys.executable, *sys.argv]),
-                               "stages": {}}
+    summary_file = out / ("baseline_summary.json" if args.baseline_only else "recipe_summary.json")
+    summary = _load_summary(summary_file, args.preset)
+    summary.setdefault("commands", []).append(" ".join([sys.executable, *sys.argv]))
+    if args.baseline_only:
+        summary["baseline"] = run_baseline(args, out, None)
+        atomic_write_json(summary_file, summary)
+        return summary
+    steps = recipe_steps(args.preset, args.with_mrl)
     tokenizer: str | None = None
     if args.start_at:
         print(f"[stage 0] skipped (--start-at {args.start_at}): later stages read the saved tokenizer", flush=True)
@@ -452,50 +563,66 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
         summary["stages"]["tokenizer"] = {"final": tokenizer}
     else:
         print("[stage 0] reusing the packaged default tokenizer", flush=True)
+    for name in (args.start_at, args.stop_after):
+        if name is not None and name not in steps:
+            raise SystemExit(f"step {name!r} is not in the {args.preset} recipe: {', '.join(steps)}")
     model = PRESETS[args.preset]["model"]
-    first = STAGE_ORDER.index(args.start_at) + 1 if args.start_at else 1  # number of the first stage to train
-    for number, stage in enumerate(stages, start=1):
-        stage_dir = out / STAGE_DIRS[stage]
-        if number < first - 1:
+    first = steps.index(args.start_at) if args.start_at else 0  # index of the first step to train
+    last = steps.index(args.stop_after) if args.stop_after else len(steps) - 1
+    if last < first:
+        raise SystemExit(f"--stop-after {args.stop_after} comes before --start-at {args.start_at}")
+    for index, stage in enumerate(steps[: last + 1]):
+        number = index + 1
+        path = out / stage_dir(stage)
+        if index < first - 1:
             continue
-        if number == first - 1:  # trained earlier (maybe on another machine): its final/ is the starting point
-            final = stage_dir / "final"
+        if index == first - 1:  # trained earlier (maybe on another machine): its final/ is the starting point
+            final = path / "final"
             if not (final / "model.safetensors").is_file():
-                raise SystemExit(f"--start-at {args.start_at} needs {final} (stage {number}, {stage})")
+                raise SystemExit(f"--start-at {args.start_at} needs {final} (step {number}, {stage})")
             print(f"[stage {number}] {stage}: using {final} (--start-at {args.start_at})", flush=True)
-            summary["stages"][stage] = {"final": str(final), "metrics": last_metrics(stage_dir)}
+            summary["stages"].setdefault(stage, {"final": str(final), "metrics": last_metrics(path)})
             model, tokenizer = str(final), None
+            if args.diagnostics and stage == "sft" and "diagnostics" not in summary["stages"][stage]:
+                summary["stages"][stage]["diagnostics"] = diagnose_stage(args.preset, stage, final, args.device)
             continue
-        raw = stage_config_dict(args.preset, stage, model=model, tokenizer=tokenizer, output_dir=stage_dir,
+        raw = stage_config_dict(args.preset, stage, model=model, tokenizer=tokenizer, output_dir=path,
                                 steps=args.steps, device=args.device, seed=args.seed,
                                 minutes=args.minutes.get(stage))
+        if index == first and args.start_at:  # a fresh optimizer on carried weights: a short warm-up
+            raw["train"]["warmup_steps"] = min(raw["train"].get("warmup_steps", 0), RESTART_WARMUP)
         module, config = build_stage_config(stage, raw)
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        (stage_dir / "recipe_config.yaml").write_text(to_yaml(raw))
-        final = stage_dir / "final"
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "recipe_config.yaml").write_text(to_yaml(raw))
+        final = path / "final"
         start = time.perf_counter()
         if args.resume and (final / "model.safetensors").is_file():
             print(f"[stage {number}] {stage}: {final} exists, skipped (--resume)", flush=True)
         else:
-            print(f"[stage {number}] {stage}: model={model} -> {stage_dir}", flush=True)
+            print(f"[stage {number}] {stage}: model={model} -> {path}", flush=True)
             final = Path(module.run_stage(config, resume=args.resume and stage != "mrl"))
-        metrics = last_metrics(stage_dir)
+        metrics = last_metrics(path)
         seconds = time.perf_counter() - start
         print(f"[stage {number}] {stage} done in {seconds:.1f}s: final={final}\n    {_fmt(metrics)}", flush=True)
-        summary["stages"][stage] = {"final": str(final), "seconds": round(seconds, 2), "metrics": metrics}
-        atomic_write_json(out / "recipe_summary.json", summary)
+        entry: dict[str, Any] = {"final": str(final), "seconds": round(seconds, 2), "metrics": metrics}
+        if args.minutes.get(stage) is not None:
+            entry["minutes"] = args.minutes[stage]
+        summary["stages"][stage] = entry
+        if args.diagnostics and (stage in ("sft", "mem-attn") or stage_module(stage) == "smat"):
+            entry["diagnostics"] = diagnose_stage(args.preset, stage, final, args.device)  # sft: "before"
+        atomic_write_json(summary_file, summary)
         model, tokenizer = str(final), None
     if args.with_baseline:
-        rxt_final = summary["stages"]["smat"]["final"]
+        rxt_final = summary["stages"].get("smat", {}).get("final")
         summary["baseline"] = run_baseline(args, out, rxt_final)
-        atomic_write_json(out / "recipe_summary.json", summary)
+        atomic_write_json(summary_file, summary)
     print(f"recipe finished; the model is {model}", flush=True)
     return summary
 
 
-def _parse_minutes(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, float]:
+def _parse_minutes(parser: argparse.ArgumentParser, items: list[str], known: list[str]) -> dict[str, float]:
     budgets: dict[str, float] = {}
-    known = (*STAGE_ORDER, BASELINE_DIR)
+    known = [*known, BASELINE_DIR]
     for item in items:
         stage, sep, value = item.partition("=")
         if not sep or stage not in known:
@@ -521,25 +648,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokenizer-vocab-size", type=int, default=None)
     parser.add_argument("--with-mrl", action="store_true", help="add stage 5 (MRL) after SMAT")
     parser.add_argument("--with-baseline", action="store_true",
-                        help="then train the stateless baseline (same data, same step budget as stages 1+2+4)")
+                        help="then train the stateless baseline (same data, same step budget as its stages)")
+    parser.add_argument("--baseline-only", action="store_true",
+                        help="train only the stateless baseline (matched to the preset's RxT, or continued from "
+                             "--baseline-from); its summary goes to baseline_summary.json")
+    parser.add_argument("--baseline-from", default=None, metavar="DIR",
+                        help="with --baseline-only: continue this saved baseline (a fresh optimizer, short warm-up)")
     parser.add_argument("--minutes", action="append", default=[], metavar="STAGE=MINUTES",
-                        help="wall-clock budget of a stage (joint, sft, mem-attn, smat, mrl, baseline), repeatable: "
-                             "the stage's step horizon and cosine are shortened to fit (train.max_minutes)")
+                        help="wall-clock budget of a step (joint, sft, mem-attn, smat-k2 ..., smat, mrl, baseline), "
+                             "repeatable: the step horizon and cosine are shortened to fit (train.max_minutes)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--resume", action="store_true",
                         help="skip stages whose final/ exists; resume the interrupted stage from its checkpoint")
-    parser.add_argument("--start-at", choices=STAGE_ORDER[1:], default=None,
-                        help="skip the stages before this one; the one just before must have its final/ in "
-                             "--output-dir already (e.g. MRL on another machine from a copied 4_smat/final)")
+    parser.add_argument("--start-at", default=None, metavar="STEP",
+                        help="skip the steps before this one; the one just before must have its final/ in "
+                             "--output-dir already (e.g. carried from another machine); its optimizer restarts "
+                             f"with at most {RESTART_WARMUP} warm-up steps")
+    parser.add_argument("--stop-after", default=None, metavar="STEP",
+                        help="stop after this step (a split run: the next call starts at the step after it)")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="after sft (before the memory stages), mem-attn and every SMAT step: held-out recall "
+                             "by generation and the memory diagnostics, into <step>/diagnostics.json")
     parser.add_argument("--dump-configs", type=Path, default=None,
                         help="write the resolved stage configs as YAML into this folder and exit")
     args = parser.parse_args(argv)
+    steps = recipe_steps(args.preset)
+    for flag in ("start_at", "stop_after"):
+        value = getattr(args, flag)
+        if value is not None and value not in steps[1:] + (["joint"] if flag == "stop_after" else []):
+            parser.error(f"--{flag.replace('_', '-')} {value!r}: expected one of {', '.join(steps)}")
     if args.start_at == "mrl" and not args.with_mrl:
         parser.error("--start-at mrl needs --with-mrl")
+    if args.baseline_from and not args.baseline_only:
+        parser.error("--baseline-from needs --baseline-only")
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be >= 1")
-    args.minutes = _parse_minutes(parser, args.minutes)
+    args.minutes = _parse_minutes(parser, args.minutes, steps)
     if args.output_dir is None:
         args.output_dir = f"runs/{args.preset}" if args.dump_configs else f"runs/{args.preset}_recipe"
     return args

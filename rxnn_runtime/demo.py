@@ -19,22 +19,23 @@ from rxt.classic import DecoderLM, matched_decoder_config
 from rxt.config import RxTConfig
 from rxt.generation import decode_steps
 from rxt.model import RxT
+from rxt.recall import recall_hit
 from rxt.sampling import SamplingConfig
 from rxt.template import InteractionTemplate
 from rxt.tokenizer import RxTokenizer
 
 # A fact in turn 1, unrelated turns, then the question: the shape of the synthetic memory dialogues the default
-# model was trained on (training.data.synthetic). "Jasper" is one of the generator's held-out (eval-split) values:
-# no training episode states it.
+# model was trained on (training.data.synthetic, whose templates these are). "Sorvina" is a made-up name of the
+# generator's held-out (eval) space: no training episode can state it (tests/rxnn_runtime/test_demo_script.py).
 SCRIPT = (
-    "My boss is called Jasper.",
+    "My boss is called Sorvina.",
     "Any tips for sleeping better?",
     "What is 13 times 6?",
     "Do you have a tip for remembering names?",
     "What is my boss called?",
     "Thanks, that is all for today.",
 )
-FACT_VALUE = "Jasper"
+FACT_VALUE = "Sorvina"
 RECALL_TURN = 5  # 1-based: the turn that asks about the fact
 
 
@@ -125,7 +126,7 @@ def run_demo(max_new_tokens: int = 24, print_fn=print) -> list[tuple[TurnTiming,
         print_fn("")
         rows.append((rxt_timing, base_timing))
         if turn == RECALL_TURN:
-            recalled = FACT_VALUE.lower() in answer_text.lower()
+            recalled = recall_hit(answer_text, FACT_VALUE)  # whole words, as every recall figure is measured
             print_fn(f"  (recall check: the answer {'names' if recalled else 'does NOT name'} {FACT_VALUE!r}, "
                      f"stated {RECALL_TURN - 1} turns earlier and now only in the STM)")
     _print_table(rows, print_fn)

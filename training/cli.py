@@ -28,8 +28,8 @@ from training.stages import STAGES
 
 PRESETS: tuple[str, ...] = ("tiny", "nano")
 PRESET_STAGES: dict[str, str] = {
-    "joint": "1_joint.yaml", "sft": "2_sft.yaml", "mem-attn": "3_mem_attn.yaml", "smat": "4_smat.yaml",
-    "mrl": "5_mrl.yaml",
+    "joint": "1_joint.yaml", "sft": "2_sft.yaml", "mem-attn": "3_mem_attn.yaml", "smat-k2": "4_smat_k2.yaml",
+    "smat-k4": "4_smat_k4.yaml", "smat-k8": "4_smat_k8.yaml", "smat": "4_smat.yaml", "mrl": "5_mrl.yaml",
 }
 """Stage -> file name of the packaged preset configs (the recipe's order)."""
 

@@ -31,7 +31,7 @@ def test_tiny_recipe_runs_every_stage(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "recipe_summary.json").read_text())
-    assert list(summary["stages"]) == ["joint", "sft", "mem-attn", "smat"]
+    assert list(summary["stages"]) == ["joint", "sft", "mem-attn", "smat-k2", "smat-k4", "smat-k8", "smat"]
     previous = "tiny"
     for stage, entry in summary["stages"].items():
         final = Path(entry["final"])
@@ -41,24 +41,37 @@ def test_tiny_recipe_runs_every_stage(tmp_path):
         assert (final / "tokenizer.json").is_file()
         assert entry["metrics"]["train"]["step"] == 3
         # each stage started from the previous one's final/
-        module = get_stage(stage)
+        module = get_stage("smat" if stage.startswith("smat") else stage)
         config = load_config(str(final.parent / "recipe_config.yaml"), module.CONFIG_CLASS)
         assert config.model == previous and config.train.max_steps == 3
         previous = str(final)
 
 
-@pytest.mark.parametrize("stage", ["joint", "sft", "mem-attn", "smat", "mrl"])
+NANO_STEPS = ["joint", "sft", "mem-attn", "smat-k2", "smat-k4", "smat-k8", "smat", "mrl"]
+
+
+def test_nano_steps_and_their_files(load_script):
+    recipe = load_script("examples/train_nano.py")
+    assert recipe.recipe_steps("nano") == NANO_STEPS
+    assert sorted(p.name for p in NANO_DIR.glob("*.yaml")) == sorted(recipe.config_file(s) for s in NANO_STEPS)
+
+
+@pytest.mark.parametrize("stage", NANO_STEPS)
 def test_nano_reference_configs_match_the_script(tmp_path, stage, load_script):
     recipe = load_script("examples/train_nano.py")
     recipe.dump_configs("nano", tmp_path, Path("runs/nano"), reuse_tokenizer=False)
-    name = recipe.CONFIG_FILES[stage]
+    name = recipe.config_file(stage)
 
     def body(path: Path) -> str:
         return "".join(line for line in path.read_text().splitlines(keepends=True) if not line.startswith("#"))
 
     assert body(NANO_DIR / name) == body(tmp_path / name), f"regenerate {NANO_DIR}: see the script's docstring"
-    config = load_config(NANO_DIR / name, get_stage(stage).CONFIG_CLASS)
+    config = load_config(NANO_DIR / name, get_stage(recipe.stage_module(stage)).CONFIG_CLASS)
     assert config.train.device != "cpu"
+    if stage.startswith("smat"):  # the curriculum: questions never cut off, gradients through every update
+        distances = [d for source in config.data if source.kind == "synthetic"
+                     for d in source.synthetic_config().distance]
+        assert config.max_turns == config.bptt_depth == max(distances) + 3
 
 
 def test_stage_minutes_reach_the_train_configs(tmp_path, load_script):
@@ -103,3 +116,37 @@ def test_start_at_mrl_continues_from_a_copied_stage4(tmp_path, monkeypatch, load
     assert not (out / "1_joint").exists()
     with pytest.raises(SystemExit):
         recipe.parse_args(["--start-at", "mrl"])  # without --with-mrl
+
+
+def test_split_gpu_run_dry_runs_on_cpu(tmp_path):
+    """examples/nano_gpu_run.sh, both phases, at toy size on CPU: phase b starts from phase a's bf16 parts only,
+    each phase leaves at most 8 files of at most 15 MB, and the results hold every system."""
+    runs_a, runs_b = tmp_path / "machine_a", tmp_path / "machine_b"
+    out_a, out_b, carried = tmp_path / "out_a", tmp_path / "out_b", tmp_path / "carried"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PRESET": "tiny", "DEVICE": "cpu",
+           "STEPS": "2", "EPISODES": "2", "CHITCHAT": "2", "CARRIED": str(carried),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    script = str(ROOT / "examples" / "nano_gpu_run.sh")
+    proc = subprocess.run(["bash", script, "a"], cwd=ROOT, env={**env, "OUT": str(out_a), "RUNS": str(runs_a)},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    carried.mkdir()
+    for item in out_a.iterdir():
+        if item.name != "phase_a.log":
+            (carried / item.name).write_bytes(item.read_bytes())
+    proc = subprocess.run(["bash", script, "b"], cwd=ROOT, env={**env, "OUT": str(out_b), "RUNS": str(runs_b)},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for out in (out_a, out_b):
+        files = list(out.iterdir())
+        assert len(files) <= 8 and all(f.stat().st_size <= 15 * 1024 * 1024 for f in files), files
+    results = json.loads((out_b / "memory_retention.json").read_text())
+    assert set(results["systems"]) == {"stage4", "stage4/memory_reset", "mrl", "mrl/memory_reset", "baseline",
+                                       "baseline/no_history"}
+    summary = json.loads((runs_b / "recipe_summary.json").read_text())
+    assert list(summary["stages"]) == ["joint", "sft", "mem-attn", "smat-k2", "smat-k4", "smat-k8", "smat", "mrl"]
+    assert not (runs_b / "1_joint" / "final").exists()  # phase b had only the carried smat-k2 model
+    for step in ("2_sft", "3_mem_attn", "4_smat_k2", "4_smat_k4", "4_smat_k8", "4_smat"):
+        assert "gates" in json.loads((runs_b / step / "diagnostics.json").read_text())["memory"], step
+    restarted = load_config(runs_b / "4_smat_k4" / "recipe_config.yaml", get_stage("smat").CONFIG_CLASS)
+    assert restarted.model == str(runs_b / "4_smat_k2" / "final") and restarted.train.warmup_steps <= 100

@@ -1,41 +1,63 @@
-"""Seeded synthetic memory dialogues: a fact is stated in turn 1 and asked about ``distance`` turns later.
+"""Seeded synthetic memory dialogues that can only be solved by copying: a fact is stated, ``distance`` turns
+later it is asked about, and its value was made up for this episode.
 
-Episode layout (``1 + distance + 1`` turns; ``EpisodeRecord.turns``)::
+Episode layout (``lead + 1 + distance + 1`` turns; ``EpisodeRecord.turns``)::
 
-    turn 0            query states the fact ("My cat is called Miso."), answer acknowledges it
-    turns 1..k        k = distance intermediate turns:
-                        long_range  -> unrelated filler (general knowledge, small talk, arithmetic, and with
-                                       probability ``distractor_prob`` a statement of a *different* fact)
-                        cumulative  -> follow-ups about the same subject with new details ("Miso turned five")
-    turn k + 1        question about the fact; the reference answer contains the fact value
+    turns 0..lead-1   statements of distractor facts (0 turns unless ``max_lead``)
+    turn  lead        the target fact is stated ("My cat is called Velmor."); the answer acknowledges it, often
+                      repeating the value ("Velmor, got it.")
+    k turns           k = distance intermediate turns; the other distractor facts are stated in some of them:
+                        long_range  -> unrelated filler (general knowledge, small talk, arithmetic)
+                        cumulative  -> follow-ups about the target that repeat its value ("Velmor turned five")
+    last turn         the question about the target; the reference answer contains its value
 
-``metadata``: ``fact_key``, ``fact_value``, ``distance`` (k), ``style``, ``split``, ``seed``, ``index``,
-``question_turn`` (k + 1), so a benchmark can score exact-match recall per k with :func:`recall_hit`.
+Every value is generated per episode (:mod:`training.data.synthetic_values`: made-up names, codes, numbers,
+passphrases), never drawn from a closed list, so a model cannot recite "the" value of a fact type: it must copy.
+An episode states ``num_facts`` facts (2-4 by default, as many as fit) whose types share one group (a dog's name beside the cat's,
+a door code beside the room number): the distractors make the model bind value to key.
 
-Held-out evaluation: the values of every fact type are partitioned deterministically (by the sha256 rank of
-``"<key>|<value>"``: every :data:`EVAL_EVERY`-th value is ``eval``, the rest ``train``), and every value string is
-unique across fact types, so the ``train`` and ``eval`` splits never share a fact (nor a value). Episode ``i`` is
-drawn from its own RNG seeded by ``(seed, split, style, i)``: the same config always gives the same episodes, a
-longer run extends a shorter one, and different seeds differ.
+**No question without its statement.** A question only ever follows the statement of its fact in the same
+episode. For the single-sequence record kinds (stage 1-2 texts and interactions, :func:`synthetic_records`), each
+question is merged with the statements before it into one query ("My cat is called Velmor. My dog is called Tosh.
+What is my cat called?"), so the decoder first learns to copy in context; memory-aware stages read the episodes.
+
+**Held-out values.** Values of the ``eval`` split are built only from atoms (words, codes, numbers) whose hash
+puts them in ``eval``, and ``train`` values only from the others (`synthetic_values.atom_split`): no evaluation
+value, nor any of its words, can occur in training data, for any seed or episode count.
+
+``metadata``: ``fact_key``, ``fact_value``, ``distance`` (k), ``question_turn``, ``facts`` (``[key, value, turn]``
+of every stated fact), ``style``, ``split``, ``seed``, ``index``, so a benchmark can score recall per k with
+:func:`recall_hit`. Episode ``i`` is drawn from its own RNG seeded by ``(seed, split, style, i)``: the same config
+always gives the same episodes, a longer run extends a shorter one, and different seeds differ.
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
-import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache
 
+from rxt.recall import recall_hit
 from training.data.records import EpisodeRecord, InteractionRecord
+from training.data.synthetic_values import EVAL_EVERY, SPLITS, generate_value
 from training.data.synthetic_vocab import FACT_TYPES, FILLER_QA, GENERIC_ACKS, FactType
 
 STYLES: tuple[str, ...] = ("long_range", "cumulative")
-SPLITS: tuple[str, ...] = ("train", "eval")
-EVAL_EVERY = 4
-"""One value in ``EVAL_EVERY`` (by hash rank, per fact type) is held out for the ``eval`` split."""
+FORMS: tuple[str, ...] = ("dialogue", "in_context")
 BENCHMARK_DISTANCES: tuple[int, ...] = (1, 2, 4, 8, 16)
+GROUPS: tuple[str, ...] = tuple(dict.fromkeys(f.group for f in FACT_TYPES))
+_BY_GROUP: dict[str, tuple[FactType, ...]] = {g: tuple(f for f in FACT_TYPES if f.group == g) for g in GROUPS}
+_BY_KEY: dict[str, FactType] = {f.key: f for f in FACT_TYPES}
+_MAX_FACTS = min(len(types) for types in _BY_GROUP.values())
+
+
+def _distances(value: int | Sequence[int] | None) -> int | tuple[int, ...] | None:
+    if value is None:
+        return None
+    dist = (value,) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    if not dist or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in dist):
+        raise ValueError(f"distance must be an int >= 0 or a non-empty list of them, got {value!r}")
+    return dist if len(dist) > 1 else dist[0]
 
 
 @dataclass(frozen=True)
@@ -44,15 +66,25 @@ class SyntheticDialogueConfig:
 
     Attributes:
         num_episodes: number of episodes.
-        num_turns: intermediate turns between the statement and the question (the distance k) when ``distance``
+        num_turns: the distance k (intermediate turns between the statement and the question) when ``distance``
             is ``None``.
         style: ``"long_range"`` or ``"cumulative"``.
-        split: ``"train"`` or ``"eval"`` (disjoint fact values).
+        split: ``"train"`` or ``"eval"`` (values from disjoint generator spaces).
         seed: RNG seed.
-        distance: ``None`` (use ``num_turns``), an int k (every episode has exactly k intermediate turns) or a
-            tuple of ints cycled over episodes (episode i gets ``distance[i % len(distance)]``), e.g.
-            :data:`BENCHMARK_DISTANCES`.
-        distractor_prob: long-range only: chance that a filler turn states a different fact.
+        distance: ``None`` (use ``num_turns``), an int k, or a tuple of ints cycled over episodes (episode i gets
+            ``distance[i % len(distance)]``), e.g. :data:`BENCHMARK_DISTANCES` or ``(1, 2)`` for a curriculum
+            phase "k <= 2".
+        num_facts: facts stated per episode, ``[min, max]`` (drawn uniformly) or one int: the target and
+            ``num_facts - 1`` distractors of the same group, at most ``distance + max_lead`` of them (the places
+            they can take).
+        max_lead: at most this many distractor statements come before the target's (each episode draws 0 or 1;
+            the episode then has ``lead + distance + 2`` turns). 0, the default, keeps every episode at
+            ``distance + 2`` turns with the target stated first (what MRL's step counts assume); the recipe's
+            training data uses 1, so the target is not always the first fact.
+        groups: the fact groups to draw from (`GROUPS`); ``None`` = all.
+        form: ``"dialogue"`` (the multi-turn episode above) or ``"in_context"``: each episode is the single
+            interaction of `in_context_interactions` that asks the question, its statements in the same query
+            (the copy task without memory, for the first steps of a memory-aware stage).
     """
 
     num_episodes: int = 1000
@@ -61,28 +93,39 @@ class SyntheticDialogueConfig:
     split: str = "train"
     seed: int = 0
     distance: int | tuple[int, ...] | None = None
-    distractor_prob: float = 0.25
+    num_facts: int | tuple[int, int] = (2, 4)
+    max_lead: int = 0
+    groups: tuple[str, ...] | None = None
+    form: str = "dialogue"
 
     def __post_init__(self) -> None:
-        for name in ("num_episodes", "num_turns", "seed"):
+        for name in ("num_episodes", "num_turns", "seed", "max_lead"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if self.num_episodes < 0:
-            raise ValueError(f"num_episodes must be >= 0, got {self.num_episodes}")
-        if self.num_turns < 0:
-            raise ValueError(f"num_turns must be >= 0, got {self.num_turns}")
+        for name in ("num_episodes", "num_turns", "max_lead"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.style not in STYLES:
             raise ValueError(f"style must be one of {STYLES}, got {self.style!r}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
-        if not 0.0 <= self.distractor_prob <= 1.0:
-            raise ValueError(f"distractor_prob must be in [0, 1], got {self.distractor_prob}")
-        if self.distance is not None:
-            dist = (self.distance,) if isinstance(self.distance, int) else tuple(self.distance)
-            if not dist or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in dist):
-                raise ValueError(f"distance must be an int >= 0 or a non-empty tuple of them, got {self.distance!r}")
-            object.__setattr__(self, "distance", dist if len(dist) > 1 else dist[0])
+        if self.form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
+        object.__setattr__(self, "distance", _distances(self.distance))
+        facts = self.num_facts
+        bounds = (facts, facts) if isinstance(facts, int) and not isinstance(facts, bool) else tuple(facts)
+        if (len(bounds) != 2 or any(isinstance(b, bool) or not isinstance(b, int) for b in bounds)
+                or not 1 <= bounds[0] <= bounds[1] <= _MAX_FACTS):
+            raise ValueError(f"num_facts must be an int or [min, max] with 1 <= min <= max <= {_MAX_FACTS}, "
+                             f"got {facts!r}")
+        object.__setattr__(self, "num_facts", bounds)
+        if self.groups is not None:
+            groups = (self.groups,) if isinstance(self.groups, str) else tuple(self.groups)
+            unknown = [g for g in groups if g not in GROUPS]
+            if not groups or unknown:
+                raise ValueError(f"groups must be a non-empty list of {GROUPS}, got {self.groups!r}")
+            object.__setattr__(self, "groups", groups)
 
     def distance_of(self, index: int) -> int:
         """The number of intermediate turns of episode ``index``."""
@@ -93,53 +136,19 @@ class SyntheticDialogueConfig:
         return self.distance[index % len(self.distance)]
 
 
-def _rank(key: str, value: str) -> str:
-    return hashlib.sha256(f"{key}|{value}".encode()).hexdigest()
-
-
-@cache
-def _partition(key: str) -> dict[str, tuple[str, ...]]:
-    fact = _FACTS_BY_KEY[key]
-    ordered = sorted(fact.values, key=lambda v: _rank(key, v))
-    return {
-        "eval": tuple(sorted(v for i, v in enumerate(ordered) if i % EVAL_EVERY == 0)),
-        "train": tuple(sorted(v for i, v in enumerate(ordered) if i % EVAL_EVERY != 0)),
-    }
-
-
-_FACTS_BY_KEY: dict[str, FactType] = {f.key: f for f in FACT_TYPES}
-
-
-def fact_values(key: str, split: str) -> tuple[str, ...]:
-    """The values of fact type ``key`` that belong to ``split`` (sorted)."""
-    if key not in _FACTS_BY_KEY:
-        raise ValueError(f"unknown fact key {key!r}; known: {sorted(_FACTS_BY_KEY)}")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return _partition(key)[split]
-
-
-def _article(value: str) -> str:
-    return ("an " if value[:1].lower() in "aeiou" else "a ") + value
-
-
 def _fill(template: str, value: str) -> str:
-    text = template.format(v=value, av=_article(value))
+    text = template.format(v=value)
     return text[:1].upper() + text[1:]
 
 
 def _statement(rng: random.Random, fact: FactType, value: str) -> InteractionRecord:
-    query = _fill(rng.choice(fact.statements), value)
-    answer = _fill(rng.choice(fact.acks + GENERIC_ACKS), value)
-    return InteractionRecord(query, answer)
+    # Most acknowledgements repeat the value: a copy inside one interaction, the easiest one to learn.
+    acks = fact.acks if rng.random() < 0.75 else GENERIC_ACKS
+    return InteractionRecord(_fill(rng.choice(fact.statements), value), _fill(rng.choice(acks), value))
 
 
-def _filler(rng: random.Random, split: str, exclude: str, distractor_prob: float) -> InteractionRecord:
-    if rng.random() < distractor_prob:
-        other = rng.choice([f for f in FACT_TYPES if f.key != exclude])
-        return _statement(rng, other, rng.choice(fact_values(other.key, split)))
-    kind = rng.random()
-    if kind < 0.3:
+def _filler(rng: random.Random) -> InteractionRecord:
+    if rng.random() < 0.3:
         a, b = rng.randint(2, 99), rng.randint(2, 99)
         if rng.random() < 0.5:
             return InteractionRecord(f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.")
@@ -149,42 +158,68 @@ def _filler(rng: random.Random, split: str, exclude: str, distractor_prob: float
     return InteractionRecord(query, answer)
 
 
-def _details(rng: random.Random, fact: FactType, value: str, count: int) -> list[InteractionRecord]:
-    out: list[InteractionRecord] = []
-    pool: list[tuple[str, str]] = []
-    for _ in range(count):
-        if not pool:  # each detail once before any repeats
-            pool = list(fact.details)
-            rng.shuffle(pool)
-        query, answer = pool.pop()
-        out.append(InteractionRecord(_fill(query, value), _fill(answer, value)))
-    return out
+def _detail(rng: random.Random, fact: FactType, value: str) -> InteractionRecord:
+    query, answer = rng.choice(fact.details)
+    return InteractionRecord(_fill(query, value), _fill(answer, value))
 
 
 def generate_episode(config: SyntheticDialogueConfig, index: int) -> EpisodeRecord:
     """Episode ``index`` of ``config`` (independent of ``num_episodes``)."""
     rng = random.Random(f"synthetic:{config.seed}:{config.split}:{config.style}:{index}")
-    fact = rng.choice(FACT_TYPES)
-    value = rng.choice(fact_values(fact.key, config.split))
+    group = rng.choice(config.groups or GROUPS)
+    count = rng.randint(*config.num_facts)
+    facts = rng.sample(_BY_GROUP[group], count)
+    values: list[str] = []
+    for fact in facts:  # distinct values: a distractor never repeats the target's value
+        value = generate_value(fact.kind, rng, config.split)
+        while value.lower() in {v.lower() for v in values}:
+            value = generate_value(fact.kind, rng, config.split)
+        values.append(value)
+    target, value = facts[0], values[0]
     distance = config.distance_of(index)
-    first = _statement(rng, fact, value)
-    if config.style == "long_range":
-        middle = [_filler(rng, config.split, fact.key, config.distractor_prob) for _ in range(distance)]
-    else:
-        middle = _details(rng, fact, value, distance)
-    question = InteractionRecord(_fill(rng.choice(fact.questions), value), _fill(rng.choice(fact.answers), value))
+    # Distractors take intermediate turns (random positions, in order) or, up to `max_lead`, come before the
+    # target; an episode states no more facts than those places hold (k = 0 and max_lead = 0: the target only).
+    distractors = list(zip(facts[1:], values[1:], strict=True))[: distance + config.max_lead]
+    lead = min(config.max_lead, len(distractors), rng.randint(0, 1))
+    inside = min(len(distractors) - lead, distance)
+    lead = len(distractors) - inside
+    before, after = distractors[:lead], distractors[lead:]
+    positions = sorted(rng.sample(range(distance), inside))
+    turns: list[InteractionRecord] = [_statement(rng, f, v) for f, v in before]
+    stated = [[f.key, v, i] for i, (f, v) in enumerate(before)]
+    stated.append([target.key, value, len(turns)])
+    turns.append(_statement(rng, target, value))
+    queue = iter(after)
+    for step in range(distance):
+        if step in positions:
+            fact, other = next(queue)
+            stated.append([fact.key, other, len(turns)])
+            turns.append(_statement(rng, fact, other))
+        elif config.style == "cumulative":
+            turns.append(_detail(rng, target, value))
+        else:
+            turns.append(_filler(rng))
+    turns.append(InteractionRecord(_fill(rng.choice(target.questions), value),
+                                   _fill(rng.choice(target.answers), value)))
     metadata = {
         "source": "synthetic",
-        "fact_key": fact.key,
+        "fact_key": target.key,
         "fact_value": value,
         "distance": distance,
-        "question_turn": distance + 1,
+        "question_turn": len(turns) - 1,
+        "facts": stated,
         "style": config.style,
         "split": config.split,
         "seed": config.seed,
         "index": index,
     }
-    return EpisodeRecord(first.query, first.answer, (*middle, question), metadata)
+    episode = EpisodeRecord(turns[0].query, turns[0].answer, tuple(turns[1:]), metadata)
+    if config.form == "in_context":
+        question = in_context_interactions(episode)[metadata["question_turn"]]
+        facts = [[key, value, 0] for key, value, _ in stated]  # all stated in the one query
+        metadata = {**metadata, "question_turn": 0, "facts": facts, "form": "in_context"}
+        return EpisodeRecord(question.query, question.answer, (), metadata)
+    return episode
 
 
 def iter_episodes(config: SyntheticDialogueConfig) -> Iterator[EpisodeRecord]:
@@ -198,25 +233,49 @@ def generate_episodes(config: SyntheticDialogueConfig) -> list[EpisodeRecord]:
     return list(iter_episodes(config))
 
 
-def _normalise(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s-]", " ", text.lower()).split())
+def in_context_interactions(episode: EpisodeRecord) -> list[InteractionRecord]:
+    """The turns of ``episode`` as single interactions, its question merged with the statements before it into
+    one query: every turn that states or elaborates a fact stays as it is, and no question is left without
+    its statement in the same sequence."""
+    turns = episode.turns
+    question = int(episode.metadata.get("question_turn", len(turns) - 1))
+    statements = sorted(int(turn) for _, _, turn in episode.metadata.get("facts", ()))
+    out = [turn for i, turn in enumerate(turns) if i != question]
+    context = " ".join(turns[i].query for i in statements if i < question)
+    final = turns[question]
+    out.insert(question, InteractionRecord(f"{context} {final.query}".strip(), final.answer, final.think))
+    return out
 
 
-def recall_hit(generated: str, fact_value: str) -> bool:
-    """Exact-match recall: ``fact_value`` occurs in ``generated`` as whole words (case and punctuation ignored)."""
-    value = _normalise(fact_value)
-    return bool(value) and re.search(rf"(?<![\w-]){re.escape(value)}(?![\w-])", _normalise(generated)) is not None
+def synthetic_records(config: SyntheticDialogueConfig, record_kind: str) -> list[EpisodeRecord | InteractionRecord]:
+    """The records a ``synthetic`` data source gives: episodes for ``record_kind == "episode"``; otherwise each
+    episode's `in_context_interactions` (the loaders turn them into texts)."""
+    episodes = generate_episodes(config)
+    if record_kind == "episode":
+        return list(episodes)
+    return [turn for episode in episodes for turn in in_context_interactions(episode)]
+
+
+def fact_type(key: str) -> FactType:
+    """The fact type named ``key``."""
+    if key not in _BY_KEY:
+        raise ValueError(f"unknown fact key {key!r}; known: {sorted(_BY_KEY)}")
+    return _BY_KEY[key]
 
 
 __all__ = [
     "BENCHMARK_DISTANCES",
     "EVAL_EVERY",
+    "FORMS",
+    "GROUPS",
     "SPLITS",
     "STYLES",
     "SyntheticDialogueConfig",
-    "fact_values",
+    "fact_type",
     "generate_episode",
     "generate_episodes",
+    "in_context_interactions",
     "iter_episodes",
     "recall_hit",
+    "synthetic_records",
 ]

@@ -1,53 +1,46 @@
 """The template vocabulary of the synthetic memory-dialogue generator (:mod:`training.data.synthetic`).
 
 A :class:`FactType` is one kind of personal fact ("my cat is called X"): phrasings to state it, to ask about it and
-to answer, its value vocabulary, and follow-up "detail" turns that build on it (the cumulative style). Every value
-string is unique across all fact types (checked by the tests), so partitioning values per type also partitions them
-globally. Filler turns (general knowledge, small talk) never mention a fact value.
+to answer, acknowledgements, the follow-up "detail" turns that build on it (the cumulative style), the ``kind`` of
+value it holds (:mod:`training.data.synthetic_values`: values are generated per episode, never listed here) and
+its ``group``: distractor facts of an episode come from the same group (a dog's name beside the cat's), so the
+model has to bind each value to its key instead of copying the last name it saw.
+
+Templates use ``{v}`` (the value). Filler turns (general knowledge, small talk) never mention a fact value; every
+word of a template or a filler is reserved (`synthetic_values.RESERVED_WORDS`), so no generated value equals one.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from training.data.synthetic_values import RESERVED_WORDS
 
 
 @dataclass(frozen=True)
 class FactType:
-    """One kind of fact. Templates use ``{v}`` (the value) and ``{av}`` (the value with "a"/"an")."""
+    """One kind of fact. ``subject`` names it in the first person ("my cat's name"): the benchmark's hand-written
+    "unseen phrasing" questions are built from it, never the generator."""
 
     key: str
+    group: str
+    kind: str
+    subject: str
     statements: tuple[str, ...]
     questions: tuple[str, ...]
     answers: tuple[str, ...]
     acks: tuple[str, ...]
     details: tuple[tuple[str, str], ...]
-    values: tuple[str, ...]
 
 
-def _words(text: str) -> tuple[str, ...]:
-    return tuple(w.replace("_", " ") for w in text.split())
-
-
-_PERSON_NAMES = _words(
-    "Alice Bruno Carmen Dmitri Elena Farid Greta Hamid Ingrid Jonas Keiko Lorenzo Maya Nikolai Olga Pedro "
-    "Quentin Rosa Samir Tomas Viktor Wanda Xavier Yara Zoltan Amara Bastian Chiara Dario Esme Felix Gloria Hugo "
-    "Isla Jasper Kira Leon Marta Nadia Oscar Paloma Rafael Tariq Una Vera Wesley Yusuf Zara Anika Benedikt Cyrus "
-    "Delia Emil Fiona Gideon Helga Ivo Jolene Kasper Lidia Matteo Nora Orla Priya Ruben Selma Theo Ulla Vivian "
-    "Willa Yannick Zelda Arjun Beatrix Clement Dagny Elif Fabian Henrik"
-)
-_PET_NAMES = _words(
-    "Miso Biscuit Pickles Noodle Waffles Pepper Mochi Tofu Sprout Bean Clover Ziggy Muffin Pebble Nacho Button "
-    "Marble Juniper Peanut Toffee Gizmo Rolo Basil Chutney Fudge Nugget Pippin Crumpet Wasabi Snickers Tango "
-    "Socks Bramble Doodle Fizz Gumbo Jellybean Kipper Lentil Oreo Pretzel Sherbet Truffle Velvet Whiskers Yoyo "
-    "Zorro Bubbles Custard Dusty Echo Flapjack Goober Hopscotch Inky Jinx Lollipop Marshmallow Noodlehead Paprika"
-)
-_CITIES = _words(
-    "Lisbon Porto Madrid Valencia Seville Barcelona Marseille Lyon Bordeaux Geneva Zurich Vienna Prague Krakow "
-    "Warsaw Budapest Bratislava Ljubljana Zagreb Belgrade Bucharest Athens Thessaloniki Istanbul Naples Florence "
-    "Bologna Turin Munich Hamburg Cologne Leipzig Copenhagen Oslo Bergen Stockholm Helsinki Tallinn Riga Vilnius "
-    "Dublin Galway Edinburgh Glasgow Cardiff Bristol Manchester Reykjavik Montreal Toronto Vancouver Seattle "
-    "Denver Chicago Boston Austin Nairobi Accra Dakar Marrakesh Cairo Tunis Mumbai Delhi Kyoto Osaka Seoul "
-    "Busan Hanoi Manila Jakarta Perth Adelaide Auckland Wellington Lima Quito Bogota Santiago Montevideo Havana"
+_NAME_ACKS = ("{v}, got it.", "Noted: {v}.", "{v}. I'll remember that.", "Thanks, {v} it is.")
+_CODE_ACKS = ("Saved: {v}.", "{v}, noted.", "Got it: {v}.", "I'll keep {v} in mind.")
+_GENERIC_ACKS = (
+    "Got it, thanks for telling me.",
+    "Noted! I'll keep that in mind.",
+    "Thanks, I'll remember that.",
+    "Good to know!",
 )
 
 _PET_DETAILS = (
@@ -57,8 +50,6 @@ _PET_DETAILS = (
     ("Should I take {v} to the vet for a check-up?", "A yearly check-up is a good idea for {v}."),
     ("{v} turned five last week.", "Happy birthday to {v}!"),
     ("What toy should I get for {v}?", "A puzzle toy would keep {v} busy for hours."),
-    ("{v} made friends with the neighbours' pet.", "That's sweet, {v} has a new friend."),
-    ("I think {v} is getting a bit heavy.", "Maybe {v} could use smaller portions and more play."),
 )
 _PERSON_DETAILS = (
     ("{v} is visiting me next weekend.", "That's lovely, I hope you and {v} have a great time."),
@@ -66,192 +57,142 @@ _PERSON_DETAILS = (
     ("What should I get {v} for their birthday?", "Maybe a good book; {v} might enjoy that."),
     ("{v} and I went hiking yesterday.", "Sounds like a fun day out with {v}."),
     ("I haven't talked to {v} in a while.", "Maybe give {v} a call this week."),
-    ("{v} is learning to bake sourdough.", "Sourdough takes patience; good luck to {v}."),
-    ("{v} recommended a podcast to me.", "{v} seems to have good taste in podcasts."),
 )
 _PLACE_DETAILS = (
     ("The weather in {v} has been lovely this week.", "Nice weather in {v} makes everything better."),
     ("What should I see in {v}?", "Walk around the old town of {v} and try the local food."),
-    ("I found a great café in {v}.", "A good café in {v} is a real find."),
-    ("Public transport in {v} is getting better.", "Good transport makes getting around {v} easier."),
-    ("Rents in {v} keep going up.", "Housing costs are a worry in {v}, as in many cities."),
-    ("There's a music festival in {v} this summer.", "A summer festival in {v} sounds fun."),
+    ("I found a great cafe in {v}.", "A good cafe in {v} is a real find."),
+    ("Rents in {v} keep going up.", "Housing costs are a worry in {v}, as in many places."),
 )
-_LIKE_DETAILS = (
-    ("My friend does not like {v} at all.", "Tastes differ, but you clearly love {v}."),
-    ("I saw something about {v} today that made me smile.", "It's nice when {v} turns up in your day."),
-    ("Why do you think I like {v} so much?", "{v} has a lot going for it; it's easy to see why you like it."),
-    ("I'd like to share {v} with more people.", "Sharing {v} with friends sounds like a nice idea."),
-    ("Is it strange to like {v} this much?", "Not at all; lots of people feel strongly about {v}."),
-)
-_GENERIC_DETAILS = (
+_THING_DETAILS = (
     ("I was thinking about {v} again today.", "It sounds like {v} matters to you."),
     ("I told my friend about {v} yesterday.", "I'm sure your friend found {v} interesting."),
     ("Do you think {v} was a good choice?", "{v} sounds like a good choice to me."),
     ("Remind me to tell you more about {v} later.", "Sure, I'd like to hear more about {v}."),
 )
-_GENERIC_ACKS = (
-    "Got it, thanks for telling me.",
-    "Noted! I'll keep that in mind.",
-    "Thanks, I'll remember that.",
-    "Good to know!",
+_CODE_DETAILS = (
+    ("I wrote {v} on a sticky note, just in case.", "Good idea to keep {v} written down somewhere safe."),
+    ("Should I share {v} with my family?", "Share {v} only with people you trust."),
+    ("I keep mixing up {v} with an old one.", "Repeating {v} a few times may help it stick."),
 )
 
-_ANIMALS = ("cat", "dog", "parrot", "rabbit", "hamster", "tortoise")
-_RELATIONS = ("sister", "brother", "best friend", "boss", "neighbour", "cousin", "grandmother", "flatmate")
 
-_PLACES = (
-    ("home_city", "I live in {v}.|I moved to {v} a few years ago and I live there now.|My home is in {v}.",
-     "Where do I live?|Which city do I live in?|Do you remember where my home is?",
-     "You live in {v}.|Your home is in {v}."),
-    ("birth_city", "I was born in {v}.|I grew up in {v}; that's where I was born.",
-     "Where was I born?|Which city was I born in?", "You were born in {v}.|Your birthplace is {v}."),
-    ("dream_trip", "I've always wanted to visit {v}.|My dream trip is to {v}.",
-     "Which city do I dream of visiting?|Where is my dream trip?", ("You've always wanted to visit {v}.|"
-     "Your dream trip is to {v}.")),
-    ("last_holiday", "Last summer I went on holiday to {v}.|I spent my last holiday in {v}.",
-     "Where did I go on my last holiday?|Which city did I visit last summer?",
-     "You went on holiday to {v}.|Your last holiday was in {v}."),
-)
-
-_FAVOURITES = {
-    "colour": "teal maroon turquoise crimson amber olive_green navy_blue coral mustard_yellow magenta burgundy "
-    "indigo charcoal_grey sea_green",
-    "food": "lasagne ramen paella tacos risotto falafel moussaka pad_thai goulash pierogi biryani ceviche "
-    "shakshuka gnocchi",
-    "fruit": "mango papaya pineapple kiwi pomegranate lychee apricot blackberry fig guava passion_fruit "
-    "nectarine plum raspberry",
-    "drink": "green_tea espresso lemonade hot_chocolate mint_tea iced_coffee chai_latte ginger_beer "
-    "sparkling_water matcha kombucha cider",
-    "sport": "tennis basketball volleyball rugby badminton ping_pong handball water_polo fencing rowing "
-    "cycling ice_hockey baseball surfing",
-    "instrument": "cello violin trumpet saxophone flute clarinet harp ukulele accordion banjo drums oboe "
-    "trombone mandolin",
-    "film genre": "science_fiction horror romantic_comedy documentary western thriller animation musical "
-    "film_noir fantasy mystery",
-    "flower": "tulip sunflower orchid daisy peony marigold magnolia jasmine hibiscus carnation poppy dahlia",
-    "dessert": "tiramisu cheesecake apple_pie crème_brûlée baklava panna_cotta brownies churros pavlova "
-    "eclairs gelato rice_pudding carrot_cake",
-    "board game": "chess Scrabble Monopoly backgammon Catan checkers Cluedo Ticket_to_Ride Carcassonne mahjong "
-    "dominoes",
-    "music genre": "jazz reggae blues heavy_metal hip_hop bossa_nova techno folk_music opera punk_rock soul "
-    "flamenco",
-    "bird": "robin kingfisher owl puffin hummingbird heron flamingo peacock magpie swallow eagle toucan",
-    "author": "Tolstoy Jane_Austen Murakami Toni_Morrison Borges Agatha_Christie Tolkien Italo_Calvino "
-    "Virginia_Woolf Orhan_Pamuk Chekhov Dostoevsky",
-    "vegetable": "broccoli spinach asparagus aubergine courgette cauliflower artichoke beetroot kale leek "
-    "sweet_potato",
-}
-
-_CUSTOM = (
-    ("job", "I work as {av}.|I'm {av} by profession.|My job? I'm {av}.",
-     "What do I do for a living?|What is my job?|Do you remember my profession?",
-     "You work as {av}.|You're {av}.",
-     ("nurse carpenter architect pharmacist software_developer librarian electrician dentist chef pilot plumber "
-     "journalist veterinarian translator firefighter accountant photographer baker marine_biologist")),
-    ("car", "I drive {av}.|My car is {av}.|I just bought {av}.",
-     "What car do I drive?|What kind of car do I have?", "You drive {av}.|Your car is {av}.",
-     "Volvo Toyota Skoda Fiat Subaru Peugeot Mazda Renault Kia Honda Tesla Volkswagen Citroen Hyundai Audi"),
-    ("language", "I'm learning {v} at the moment.|I've started taking {v} lessons.",
-     "Which language am I learning?|What language did I say I'm studying?",
-     "You are learning {v}.|You're taking {v} lessons.",
-     ("Portuguese Japanese Swahili Korean Finnish Greek Polish Turkish Dutch Hindi Arabic Icelandic Vietnamese "
-     "Hungarian Czech Welsh")),
-    ("hobby", "My favourite hobby is {v}.|In my spare time I love {v}.",
-     "What is my hobby?|What do I like doing in my spare time?", "You love {v}.|Your hobby is {v}.",
-     ("knitting rock_climbing pottery birdwatching woodworking gardening baking_bread stargazing origami "
-     "calligraphy kayaking beekeeping salsa_dancing sketching geocaching")),
-    ("allergy", "I'm allergic to {v}.|I have an allergy to {v}.", "What am I allergic to?|What is my allergy?",
-     "You are allergic to {v}.|You have an allergy to {v}.",
-     "peanuts shellfish pollen penicillin dust_mites wasp_stings latex sesame strawberries gluten soy walnuts"),
-    ("birth_month", "My birthday is in {v}.|I was born in the month of {v}.",
-     "In which month is my birthday?|When is my birthday?", "Your birthday is in {v}.",
-     "January February March April May June July August September October November December"),
-)
-_ADJECTIVES = ["copper", "silent", "rapid", "frozen", "golden", "hidden", "lucky", "brave", "sleepy", "velvet"]
-_NOUNS = ["falcon", "otter", "lantern", "harbor", "meadow", "comet", "anchor", "walrus", "canyon", "glacier"]
-_AIRLINES = ["TP", "LH", "BA", "AF", "KL", "IB", "SK", "AY", "OS", "LX"]
-_FLIGHT_NUMBERS = ["214", "387", "452", "519", "608", "731", "846", "903", "1120", "1275"]
-
-
-def _split(text: str) -> tuple[str, ...]:
+def _s(text: str) -> tuple[str, ...]:
     return tuple(text.split("|"))
 
 
 def _build_fact_types() -> tuple[FactType, ...]:
     types: list[FactType] = []
-    for i, animal in enumerate(_ANIMALS):
+    for animal in ("cat", "dog", "parrot", "rabbit", "hamster", "tortoise", "horse", "goldfish"):
         types.append(FactType(
-            key=f"{animal.replace(' ', '_')}_name",
+            key=f"{animal}_name", group="pet", kind="name", subject=f"my {animal}'s name",
             statements=(f"My {animal} is called {{v}}.", f"I have a {animal} named {{v}}.",
-                        f"Our {animal}'s name is {{v}}."),
+                        f"Our {animal}'s name is {{v}}.", f"We just adopted a {animal} and called it {{v}}."),
             questions=(f"What is my {animal} called?", f"Do you remember my {animal}'s name?",
                        f"What's the name of my {animal}?"),
-            answers=(f"Your {animal} is called {{v}}.", f"Your {animal}'s name is {{v}}."),
-            acks=(f"{{v}} is a lovely name for a {animal}!", f"Aww, hello to {{v}} the {animal}!"),
+            answers=(f"Your {animal} is called {{v}}.", f"Your {animal}'s name is {{v}}.", "{v}."),
+            acks=(*_NAME_ACKS, f"{{v}} is a lovely name for a {animal}!", f"Hello to {{v}} the {animal}!"),
             details=_PET_DETAILS,
-            values=_PET_NAMES[i * 10 : (i + 1) * 10],
         ))
-    for i, rel in enumerate(_RELATIONS):
+    for relation in ("sister", "brother", "best friend", "boss", "neighbour", "cousin", "grandmother",
+                     "flatmate", "dentist", "piano teacher"):
         types.append(FactType(
-            key=f"{rel.replace(' ', '_')}_name",
-            statements=(f"My {rel} is called {{v}}.", f"My {rel}'s name is {{v}}.",
-                        f"I should tell you that my {rel} is named {{v}}."),
-            questions=(f"What is my {rel}'s name?", f"What is my {rel} called?",
-                       f"Do you remember the name of my {rel}?"),
-            answers=(f"Your {rel} is called {{v}}.", f"Your {rel}'s name is {{v}}."),
-            acks=(f"{{v}} is a nice name. Thanks for telling me about your {rel}.",),
+            key=f"{relation.replace(' ', '_')}_name", group="person", kind="full_name",
+            subject=f"my {relation}'s name",
+            statements=(f"My {relation} is called {{v}}.", f"My {relation}'s name is {{v}}.",
+                        f"I should tell you that my {relation} is named {{v}}."),
+            questions=(f"What is my {relation}'s name?", f"What is my {relation} called?",
+                       f"Do you remember the name of my {relation}?"),
+            answers=(f"Your {relation} is called {{v}}.", f"Your {relation}'s name is {{v}}.", "{v}."),
+            acks=(*_NAME_ACKS, f"Thanks for telling me about your {relation}, {{v}}."),
             details=_PERSON_DETAILS,
-            values=_PERSON_NAMES[i * 10 : (i + 1) * 10],
         ))
-    for i, (key, statements, questions, answers) in enumerate(_PLACES):
-        types.append(FactType(
-            key=key, statements=_split(statements), questions=_split(questions), answers=_split(answers),
-            acks=("{v} sounds like a wonderful place.", "Oh, {v}! Noted."), details=_PLACE_DETAILS,
-            values=_CITIES[i * 20 : (i + 1) * 20],
-        ))
-    for thing, values in _FAVOURITES.items():
-        types.append(FactType(
-            key=f"favourite_{thing.replace(' ', '_')}",
-            statements=(f"My favourite {thing} is {{v}}.", f"I really love {{v}}; it's my favourite {thing}.",
-                        f"If I had to pick a favourite {thing}, it would be {{v}}."),
-            questions=(f"What is my favourite {thing}?", f"Which {thing} do I like best?",
-                       f"Do you remember my favourite {thing}?"),
-            answers=(f"Your favourite {thing} is {{v}}.", f"You said your favourite {thing} is {{v}}."),
-            acks=("{v} is a great choice!", f"Nice, {{v}} as your favourite {thing}. I'll remember."),
-            details=_LIKE_DETAILS,
-            values=_words(values),
-        ))
-    for key, statements, questions, answers, values in _CUSTOM:
-        types.append(FactType(
-            key=key, statements=_split(statements), questions=_split(questions), answers=_split(answers),
-            acks=(), details=_GENERIC_DETAILS, values=_words(values),
-        ))
-    types.append(FactType(
-        key="wifi_password",
-        statements=("The password for our wifi is {v}.", "Our wifi password is {v}.",
-                    "Please remember the wifi password: {v}."),
-        questions=("What is our wifi password?", "Can you remind me of the wifi password?"),
-        answers=("The wifi password is {v}.", "Your wifi password is {v}."),
-        acks=("Saved: the wifi password is {v}.",), details=_GENERIC_DETAILS,
-        values=tuple(f"{a}-{n}" for a in _ADJECTIVES for n in _NOUNS),
-    ))
-    types.append(FactType(
-        key="flight_number",
-        statements=("My flight number is {v}.", "I'm flying tomorrow on flight {v}."),
-        questions=("What is my flight number?", "Which flight am I on?"),
-        answers=("Your flight number is {v}.", "You are on flight {v}."),
-        acks=("Flight {v}, got it. Have a good trip!",), details=_GENERIC_DETAILS,
-        values=tuple(f"{a}{n}" for a in _AIRLINES for n in _FLIGHT_NUMBERS),
-    ))
+    places = (
+        ("home_town", "the town I live in", "I live in {v}.|I moved to {v} a few years ago.|My home is in {v}.",
+         "Where do I live?|Which town do I live in?|Do you remember where my home is?",
+         "You live in {v}.|Your home is in {v}."),
+        ("birth_town", "the town I was born in", "I was born in {v}.|I grew up in {v}; that's where I was born.",
+         "Where was I born?|Which town was I born in?", "You were born in {v}.|Your birthplace is {v}."),
+        ("dream_trip", "the place I dream of visiting", "I've always wanted to visit {v}.|My dream trip is to {v}.",
+         "Which place do I dream of visiting?|Where is my dream trip?",
+         "You've always wanted to visit {v}.|Your dream trip is to {v}."),
+        ("last_holiday", "where I went on my last holiday",
+         "Last summer I went on holiday to {v}.|I spent my last holiday in {v}.",
+         "Where did I go on my last holiday?|Which place did I visit last summer?",
+         "You went on holiday to {v}.|Your last holiday was in {v}."),
+        ("office_town", "the town my office is in", "My office is in {v}.|I commute to {v} for work.",
+         "Where is my office?|Which town do I work in?", "Your office is in {v}.|You work in {v}."),
+    )
+    for key, subject, statements, questions, answers in places:
+        types.append(FactType(key=key, group="place", kind="place", subject=subject, statements=_s(statements),
+                              questions=_s(questions), answers=(*_s(answers), "{v}."),
+                              acks=(*_NAME_ACKS, "{v} sounds like a wonderful place."), details=_PLACE_DETAILS))
+    things = (
+        ("band_name", "the name of my band", "My band is called {v}.|I play in a band named {v}.",
+         "What is my band called?|What's the name of my band?", "Your band is called {v}."),
+        ("boat_name", "the name of my boat", "My boat is called {v}.|I named my boat {v}.",
+         "What is my boat called?|What did I name my boat?", "Your boat is called {v}."),
+        ("project_name", "the codename of my project", "My project at work is codenamed {v}.|"
+         "The codename of my project is {v}.", "What is my project's codename?|What is my project called?",
+         "Your project is codenamed {v}."),
+        ("company_name", "the company I work for", "I work for a company called {v}.|My employer is {v}.",
+         "Which company do I work for?|Who is my employer?", "You work for {v}.|Your employer is {v}."),
+        ("book_title", "the book I am reading", "I'm reading a book called {v}.|The book on my nightstand is {v}.",
+         "Which book am I reading?|What is the book I'm reading called?", "You're reading {v}."),
+        ("cafe_name", "my favourite cafe", "My favourite cafe is called {v}.|I always get coffee at {v}.",
+         "What is my favourite cafe?|Where do I always get coffee?", "Your favourite cafe is {v}."),
+    )
+    for key, subject, statements, questions, answers in things:
+        types.append(FactType(key=key, group="title", kind="full_name", subject=subject,
+                              statements=_s(statements), questions=_s(questions), answers=(*_s(answers), "{v}."),
+                              acks=_NAME_ACKS, details=_THING_DETAILS))
+    codes = (
+        ("flight_number", "my flight number", "My flight number is {v}.|I'm flying tomorrow on flight {v}.",
+         "What is my flight number?|Which flight am I on?", "Your flight number is {v}.|You are on flight {v}."),
+        ("booking_reference", "my booking reference", "My booking reference is {v}.|The hotel gave me the "
+         "booking reference {v}.", "What is my booking reference?|Can you remind me of my booking reference?",
+         "Your booking reference is {v}."),
+        ("licence_plate", "my licence plate", "My licence plate is {v}.|My car's number plate reads {v}.",
+         "What is my licence plate?|What does my number plate say?", "Your licence plate is {v}."),
+        ("parcel_code", "my parcel tracking code", "The tracking code of my parcel is {v}.|My parcel's code is {v}.",
+         "What is my parcel's tracking code?|Which tracking code did I give you?", "Your parcel's code is {v}."),
+    )
+    numbers = (
+        ("door_code", "the door code", "The door code is {v}.|To get in, the code for the door is {v}.",
+         "What is the door code?|Can you remind me of the door code?", "The door code is {v}."),
+        ("room_number", "my room number", "I'm staying in room {v}.|My hotel room number is {v}.",
+         "What is my room number?|Which room am I staying in?", "You are in room {v}.|Your room number is {v}."),
+        ("phone_extension", "my phone extension", "My phone extension at work is {v}.|You can reach me on "
+         "extension {v}.", "What is my phone extension?|Which extension can people reach me on?",
+         "Your extension is {v}."),
+        ("locker_number", "my locker number", "My gym locker is number {v}.|I use locker {v} at the gym.",
+         "What is my locker number?|Which locker do I use at the gym?", "Your locker is number {v}."),
+    )
+    phrases = (
+        ("wifi_password", "the wifi password", "The password for our wifi is {v}.|Our wifi password is {v}.",
+         "What is our wifi password?|Can you remind me of the wifi password?", "The wifi password is {v}."),
+        ("username", "my username", "My username on the forum is {v}.|I log in with the username {v}.",
+         "What is my username?|Which username do I log in with?", "Your username is {v}."),
+        ("club_password", "the club's secret word", "The secret word for the club is {v}.|To enter the club you "
+         "say {v}.", "What is the club's secret word?|What do I say to enter the club?",
+         "The secret word is {v}."),
+        ("recovery_phrase", "my recovery phrase", "My account recovery phrase is {v}.|I set {v} as my recovery "
+         "phrase.", "What is my recovery phrase?|Which recovery phrase did I set?", "Your recovery phrase is {v}."),
+    )
+    for group, kind, rows in (("code", "code", codes), ("number", "number", numbers),
+                              ("passphrase", "passphrase", phrases)):
+        for key, subject, statements, questions, answers in rows:
+            types.append(FactType(key=key, group=group, kind=kind, subject=subject, statements=_s(statements),
+                                  questions=_s(questions), answers=(*_s(answers), "{v}."), acks=_CODE_ACKS,
+                                  details=_CODE_DETAILS))
     return tuple(types)
 
 
 FACT_TYPES: tuple[FactType, ...] = _build_fact_types()
-"""Every fact type (40+), in a fixed order."""
+"""Every fact type, in a fixed order."""
 
 GENERIC_ACKS: tuple[str, ...] = _GENERIC_ACKS
-"""Acknowledgements that fit any statement."""
+"""Acknowledgements that fit any statement (they do not repeat the value)."""
 
 FILLER_QA: tuple[tuple[str, str], ...] = (
     ("How many days are there in a week?", "There are seven days in a week."),
@@ -298,5 +239,16 @@ FILLER_QA: tuple[tuple[str, str], ...] = (
     ("How many weeks are there in a year?", "There are fifty-two weeks in a year."),
 )
 """Unrelated question/answer turns (long-range filler); none mentions a fact value."""
+
+
+def _template_words() -> set[str]:
+    texts = [q + " " + a for q, a in FILLER_QA] + list(GENERIC_ACKS)
+    for fact in FACT_TYPES:
+        texts += [fact.subject, *fact.statements, *fact.questions, *fact.answers, *fact.acks]
+        texts += [x for pair in fact.details for x in pair]
+    return {w for text in texts for w in re.findall(r"[\w-]+", text.replace("{v}", " ").lower())}
+
+
+RESERVED_WORDS.update(_template_words())
 
 __all__ = ["FACT_TYPES", "FILLER_QA", "GENERIC_ACKS", "FactType"]

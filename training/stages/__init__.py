@@ -19,6 +19,10 @@ STAGES: dict[str, str] = {
     "sft": "training.stages.sft",
     "mem-attn": "training.stages.memory_attention_pretraining",
     "smat": "training.stages.smat",
+    # the recipe's SMAT distance curriculum (examples/train_nano.py): the same stage on episodes up to k = 2, 4, 8
+    "smat-k2": "training.stages.smat",
+    "smat-k4": "training.stages.smat",
+    "smat-k8": "training.stages.smat",
     "mrl": "training.stages.mrl",
     "baseline": "training.stages.baseline_lm",
 }

@@ -20,7 +20,8 @@ hub         records of the requested kind from ``datasets.load_dataset(name, sub
             data_files=data_files, streaming=streaming)`` (``load_from_disk`` for a ``save_to_disk`` directory)
 chitchat    the packaged chitchat corpus: one text ``"query answer"`` per turn / its turns / episodes
 chatterbot  the packaged chatterbot corpus: texts / (query, answer) pairs; no episodes
-synthetic   `SyntheticDialogueConfig(**synthetic)` memory dialogues: one text per turn / turns / episodes
+synthetic   `SyntheticDialogueConfig(**synthetic)` memory dialogues: `synthetic_records` (a question merged with
+            its statements into one sequence) as texts / interactions; episodes
 ==========  =======================================================================================
 
 Rows of ``jsonl``, ``parquet`` and ``hub`` sources may be in the ``messages`` format (role/content lists), the
@@ -86,8 +87,9 @@ class DataSource:
         unknown = sorted(set(raw) - fields)
         if unknown:
             raise ConfigError(f"config key 'synthetic.{unknown[0]}' is unknown; valid keys: {sorted(fields)}")
-        if isinstance(raw.get("distance"), list):
-            raw["distance"] = tuple(raw["distance"])
+        for name in ("distance", "num_facts", "groups"):  # YAML lists
+            if isinstance(raw.get(name), list):
+                raw[name] = tuple(raw[name])
         try:
             return SyntheticDialogueConfig(**raw)
         except (TypeError, ValueError) as exc:
@@ -145,9 +147,9 @@ def _load_one(source: DataSource, record_kind: str, where: str) -> list[Record]:
     elif source.kind == "chatterbot":
         records = _convert(adapters.chatterbot_interactions(limit=limit), record_kind, where)
     else:
-        from training.data.synthetic import generate_episodes
+        from training.data.synthetic import synthetic_records
 
-        records = _convert(generate_episodes(source.synthetic_config()), record_kind, where)
+        records = _convert(synthetic_records(source.synthetic_config(), record_kind), record_kind, where)
     return list(records[:limit] if limit is not None else records)
 
 

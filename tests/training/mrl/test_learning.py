@@ -20,9 +20,11 @@ from training.stages import get_stage
 
 
 def _recall_episodes(n: int) -> list[EpisodeRecord]:
-    """A fact, one unrelated turn, then the question; the reference answer is the fact value itself."""
+    """A fact, one unrelated turn, then the question; the reference answer is the fact value itself. The values
+    are numbers (digit tokens), so a reward for the right unigrams is within reach of this tiny model."""
     out = []
-    for e in generate_episodes(SyntheticDialogueConfig(num_episodes=n, num_turns=1, seed=0)):
+    config = SyntheticDialogueConfig(num_episodes=n, num_turns=1, seed=0, num_facts=1, groups=("number",))
+    for e in generate_episodes(config):
         question = InteractionRecord(e.interactions[-1].query, e.metadata["fact_value"])
         out.append(EpisodeRecord(e.query, e.answer, (*e.interactions[:-1], question), e.metadata))
     return out

@@ -24,6 +24,7 @@
 # `python scripts/carry_weights.py unpack --root runs/nano nano_b.tgz.part-*` puts back runs/nano/4_smat/final
 # and runs/nano/5_mrl/final (bf16 weights; `scripts/half_precision_copy.py` makes the packaged model from them).
 #
+# BASELINE_GPU=1 trains the baseline on a second GPU (the 2-GPU kind) instead of beside the RxT on the first.
 # Budgets (minutes, env overrides): M_JOINT M_SFT M_MEMATTN M_K2 (phase a), M_K4 M_K8 M_K16 M_MRL (phase b); the
 # baseline gets their sum without MRL. At the H200 step times of benchmarks/results/train_throughput.json (joint
 # 87 ms at 512 x 256; SMAT 0.52 s for 128 episodes of 18 turns, about proportional to the turns) the defaults
@@ -52,7 +53,8 @@ case $phase in
 a)
   log=$out/phase_a.log
   echo "phase a: RxT joint=$M_JOINT sft=$M_SFT mem-attn=$M_MEMATTN smat-k2=$M_K2 min; baseline $M_BASE min" | tee "$log"
-  timeout "$limit" python3 examples/train_nano.py "${common[@]}" --baseline-only --minutes "baseline=$M_BASE" \
+  CUDA_VISIBLE_DEVICES=${BASELINE_GPU:-${CUDA_VISIBLE_DEVICES:-0}} \
+    timeout "$limit" python3 examples/train_nano.py "${common[@]}" --baseline-only --minutes "baseline=$M_BASE" \
     > "$runs/baseline.log" 2>&1 &
   baseline_pid=$!
   timeout "$limit" python3 examples/train_nano.py "${common[@]}" --diagnostics --stop-after smat-k2 \

@@ -24,6 +24,8 @@
 # `python scripts/carry_weights.py unpack --root runs/nano nano_b.tgz.part-*` puts back runs/nano/4_smat/final
 # and runs/nano/5_mrl/final (bf16 weights; `scripts/half_precision_copy.py` makes the packaged model from them).
 #
+# START_AT=smat-k2 starts phase b one SMAT step earlier (the carried model then stands in for 3_mem_attn/final);
+# DIAGNOSTICS=0 skips the per-step diagnostics.
 # BASELINE_GPU=1 trains the baseline on a second GPU (the 2-GPU kind) instead of beside the RxT on the first.
 # Budgets (minutes, env overrides): M_JOINT M_SFT M_MEMATTN M_K2 (phase a), M_K4 M_K8 M_K16 M_MRL (phase b); the
 # baseline gets their sum without MRL. At the H200 step times of benchmarks/results/train_throughput.json (joint
@@ -69,11 +71,26 @@ a)
   ;;
 b)
   log=$out/phase_b.log
-  echo "phase b: RxT smat-k4=$M_K4 smat-k8=$M_K8 smat=$M_K16 mrl=$M_MRL min" | tee "$log"
+  start_at=${START_AT:-smat-k4}
+  echo "phase b from $start_at: RxT smat-k2=$M_K2 smat-k4=$M_K4 smat-k8=$M_K8 smat=$M_K16 mrl=$M_MRL min" | tee "$log"
   python3 scripts/carry_weights.py unpack --root "$runs" "$carried"/nano_a.tgz.part-* 2>&1 | tee -a "$log"
-  timeout "$limit" python3 examples/train_nano.py "${common[@]}" --diagnostics --with-mrl --start-at smat-k4 \
-    --minutes "smat-k4=$M_K4" --minutes "smat-k8=$M_K8" --minutes "smat=$M_K16" --minutes "mrl=$M_MRL" \
-    2>&1 | tee -a "$log" || status=1
+  baseline_pid=
+  if [ -n "${BASELINE_GPU:-}" ] && [ ! -f "$carried/memory_retention_baseline.json" ]; then
+    # no baseline result carried from phase a: train and benchmark it here, on the second GPU
+    ( export CUDA_VISIBLE_DEVICES=$BASELINE_GPU
+      timeout "$limit" python3 examples/train_nano.py "${common[@]}" --baseline-only --minutes "baseline=$M_BASE" &&
+      timeout 150 python3 benchmarks/memory_retention.py --baseline "baseline=$runs/baseline/final" "${bench[@]}" \
+        --out "$carried/memory_retention_baseline.json" ) > "$runs/baseline.log" 2>&1 &
+    baseline_pid=$!
+  fi
+  diagnostics=(--diagnostics); [ "${DIAGNOSTICS:-1}" = 0 ] && diagnostics=()
+  timeout "$limit" python3 examples/train_nano.py "${common[@]}" "${diagnostics[@]}" --with-mrl --start-at "$start_at" \
+    --minutes "smat-k2=$M_K2" --minutes "smat-k4=$M_K4" --minutes "smat-k8=$M_K8" --minutes "smat=$M_K16" \
+    --minutes "mrl=$M_MRL" 2>&1 | tee -a "$log" || status=1
+  if [ -n "$baseline_pid" ]; then
+    wait "$baseline_pid" || status=1
+    cat "$runs/baseline.log" >> "$log"
+  fi
   timeout 240 python3 benchmarks/memory_retention.py --rxt "stage4=$runs/4_smat/final" --rxt "mrl=$runs/5_mrl/final" \
     --merge "$carried/memory_retention_baseline.json" "${bench[@]}" --out "$out/memory_retention.json" \
     2>&1 | tee -a "$log" || status=1

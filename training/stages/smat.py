@@ -194,6 +194,11 @@ class SMATTrainer(EpisodeTrainer):
         """Make exactly the scheduled groups trainable before optimizer step ``step``; returns them."""
         return self.unfreeze.apply(step)
 
+    # Not compiled unless asked (train.compile: true): episodes are bucketed by turn count and length, so every
+    # batch brings new shapes and torch.compile recompiles; on an H200 the nano recipe's smat-k2 step ran 2 steps
+    # in 174 s that way. benchmarks/train_throughput.py measures the compiled step at one fixed shape.
+    auto_compile = False
+
     def _compiled_parts(self) -> list[nn.Module]:
         return [self.rxt.encoder, self.rxt.decoder, self.rxt.memory_attention]
 

@@ -181,18 +181,23 @@ def nano_training() -> list[str]:
         return []
     lines = [f"**Trained `nano`: the budgeted GPU run** ({d['device']}, torch {d['versions']['torch']}; "
              + "; ".join(f"`{c}`" for c in d["commands"]) + "; curves: `benchmarks/results/nano_training/`)", "",
-             "| stage | seconds | steps | held-out metric |", "|---|---|---|---|"]
+             "| stage | seconds | steps | train tokens/s | held-out metric |", "|---|---|---|---|---|"]
+    smat = ("val_accuracy", "answer accuracy (memory)")
     keys = {"joint": ("val_ar_acc_peek", "AR accuracy (peeking decoder)"), "sft": ("val_answer_acc", "answer accuracy"),
-            "mem-attn": ("val_cosine", "cosine to target"), "smat": ("val_accuracy", "answer accuracy (memory)"),
-            "baseline": ("val_answer_acc", "answer accuracy (history)")}
+            "mem-attn": ("val_cosine", "cosine to target"), "smat-k2": smat, "smat-k4": smat, "smat-k8": smat,
+            "smat": smat, "baseline": ("val_answer_acc", "answer accuracy (history)")}
     for stage, (key, label) in keys.items():
-        entry = d["stages"][stage]
+        entry = d["stages"].get(stage)
+        if entry is None:  # files from before the SMAT distance curriculum have one `smat` stage
+            continue
         value = (entry.get("last_eval") or {}).get(key)
         shown = f"{label} {value:.3f}" if value is not None else "-"
-        lines.append(f"| {stage} | {entry['seconds']:.0f} | {entry['steps']} | {shown} |")
+        speed = (entry.get("last_train") or {}).get("tokens_per_s")
+        lines.append(f"| {stage} | {entry['seconds']:.0f} | {entry['steps']} | "
+                     f"{f'{speed:,.0f}' if speed else '-'} | {shown} |")
     mrl = d["stages"]["mrl"]
     first, last = mrl["eval"][0]["reward_mean"], mrl["eval"][-1]["reward_mean"]
-    lines.append(f"| mrl | {mrl['seconds']:.0f} | {mrl['updates']} updates | eval reward {first:.2f} -> {last:.2f} |")
+    lines.append(f"| mrl | {mrl['seconds']:.0f} | {mrl['updates']} updates | - | eval reward {first:.2f} -> {last:.2f} |")
     return lines
 
 
@@ -201,16 +206,41 @@ def memory_retention() -> list[str]:
     if not d:
         return []
     ks = [str(k) for k in d["settings"]["distances"]]
+    unseen = any("unseen_phrasing" in r for r in d["systems"].values())
     lines = [f"**Memory retention** ({d['device']}; {d['settings']['episodes_per_k']} held-out episodes per k, "
              f"{d['settings']['chitchat']} held-out chitchat conversations; `{d['command']}`; "
              "plot: `benchmarks/results/memory_retention.png`)", "",
-             "| system | " + " | ".join(f"recall k={k}" for k in ks) + " | reward (0-10) | chitchat ppl | chitchat acc |",
-             "|---|" + "---|" * (len(ks) + 3)]
+             "| system | " + " | ".join(f"recall k={k}" for k in ks) + (" | unseen phrasing" if unseen else "")
+             + " | reward (0-10) | chitchat ppl | chitchat acc |",
+             "|---|" + "---|" * (len(ks) + 3 + unseen)]
     for name, r in d["systems"].items():
         chat = r.get("chitchat") or {}
-        lines.append(f"| {name} | " + " | ".join(f"{r['recall'][k]:.2f}" for k in ks)
+        phrasing = ""
+        if unseen:
+            mean = (r.get("unseen_phrasing") or {}).get("recall_mean")
+            phrasing = f" | {mean:.2f}" if mean is not None else " | -"
+        lines.append(f"| {name} | " + " | ".join(f"{r['recall'][k]:.2f}" for k in ks) + phrasing
                      + f" | {r['reward_mean']:.2f} | {chat.get('answer_ppl', float('nan')):.0f}"
                      f" | {chat.get('answer_acc', float('nan')):.3f} |")
+    return lines
+
+
+def memory_diagnostics() -> list[str]:
+    """Gates, read-attention entropy and write cosine: before SMAT (from the run's record) and after."""
+    after = _load("memory_diagnostics")
+    if not after:
+        return []
+    before = ((_load("nano_training") or {}).get("memory_diagnostics") or {}).get("before", {})
+    rows = [(f"{name} (before SMAT)", m) for name, m in before.items()] + list(after["models"].items())
+    lines = [f"**Memory diagnostics** (held-out episodes; before SMAT: `benchmarks/results/nano_training.json`; "
+             f"after: `{after['command']}`)", "",
+             "| model | gate mean (min-max over layers) | read entropy (mean over layers) / max | write cosine |",
+             "|---|---|---|---|"]
+    for name, m in rows:
+        gates = [g["mean"] for g in m["gates"]]
+        entropy = sum(m["read_entropy"]) / len(m["read_entropy"])
+        lines.append(f"| {name} | {sum(gates) / len(gates):.4f} ({min(gates):.4f}-{max(gates):.4f}) | "
+                     f"{entropy:.4f} / {m['read_entropy_max']:.4f} | {m['write_cosine']:.4f} |")
     return lines
 
 
@@ -248,8 +278,8 @@ def smat_step() -> list[str]:
 
 
 def main() -> None:
-    for section in (nano_training, memory_retention, where_a_step_goes, ddp, smat_step, attention, decode, latency,
-                    serving, train_throughput, tensorbleu, experimental_attention):
+    for section in (nano_training, memory_retention, memory_diagnostics, where_a_step_goes, ddp, smat_step, attention,
+                    decode, latency, serving, train_throughput, tensorbleu, experimental_attention):
         lines = section()
         if lines:
             print("\n".join(lines) + "\n")

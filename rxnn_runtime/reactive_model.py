@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import reactivex
@@ -252,6 +253,24 @@ class ReactiveModel:
             self._request_step()
 
         self._schedule(done)
+
+    def lane_health(self, timeout: float = 2.0) -> dict[str, Any]:
+        """Probe the lane: a no-op scheduled on it must run within ``timeout`` seconds (a lane stuck in one action,
+        or dead, never runs it). Blocks the caller; the counts are read on the lane, where the scheduler lives."""
+        if self._disposed:
+            return {"alive": False, "error": "the model is disposed"}
+        answered = threading.Event()
+        report: dict[str, Any] = {}
+        start = time.perf_counter()
+
+        def probe() -> None:
+            report.update(self.scheduler.depth())
+            answered.set()
+
+        self._schedule(probe)
+        if not answered.wait(timeout):
+            return {"alive": False, "error": f"the lane ran no action within {timeout}s"}
+        return {"alive": True, "latency_ms": round((time.perf_counter() - start) * 1000, 3), **report}
 
     # -- testing and shutdown helpers ------------------------------------------------------------------------
     def wait_idle(self, timeout: float = 30.0) -> bool:

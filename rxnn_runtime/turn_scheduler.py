@@ -273,6 +273,11 @@ class TurnScheduler:
         return not (self._running or self._answered or self._release or self._busy or self._saving
                     or any(self._pending.values()))
 
+    def depth(self) -> dict[str, int]:
+        """Queue depth for health reports: turns waiting for a slot, turns decoding, sessions with a turn in flight."""
+        return {"queued_turns": sum(len(queue) for queue in self._pending.values()),
+                "running_turns": len(self._running), "busy_sessions": len(self._busy)}
+
     def forget(self, session_id: str) -> None:
         """Drop the per-session counters of an idle session (bounded maps: the cache evicted it)."""
         if not self.knows(session_id):

@@ -1,7 +1,7 @@
 """The aiohttp application: `/ws`, `/v1/chat/completions`, `/v1/models`, `/healthz` and the chat page at `/`.
 
 Binds 127.0.0.1 by default. Access control (API key, Origin check, session ownership) is in `security.py`;
-`/healthz` reports the session store's health too (503 when it is unreachable). On shutdown websockets are closed with 1001 (going away) and the server waits
+`/healthz` reports the session store's health and the model lane's (503 when either fails). On shutdown websockets are closed with 1001 (going away) and the server waits
 (bounded) for the model to go idle, so running turns finish and their sessions are saved (the runtime saves on
 every commit).
 """
@@ -105,20 +105,22 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """``status`` "ok", or "degraded" (HTTP 503) when the session store does not answer its health check."""
+    """``status`` "ok", or "degraded" (HTTP 503) when the session store does not answer its health check or the
+    model's lane does not run a probe within ``health_timeout``."""
     config = request.app[CONFIG]
-    store = request.app[REACTIVE].store
+    reactive = request.app[REACTIVE]
     loop = asyncio.get_running_loop()
     try:  # off the loop: a Redis ping may block up to its socket timeout
-        store_health = await asyncio.wait_for(loop.run_in_executor(None, store.health), config.health_timeout)
+        store_health = await asyncio.wait_for(loop.run_in_executor(None, reactive.store.health), config.health_timeout)
     except TimeoutError:
         store_health = {"status": "degraded", "error": f"no answer within health_timeout={config.health_timeout}s"}
     except Exception as exc:
         store_health = {"status": "degraded", "error": f"{type(exc).__name__}: {exc}"}
-    ok = store_health.get("status") == "ok"
+    lane = await loop.run_in_executor(None, reactive.lane_health, config.health_timeout)
+    ok = store_health.get("status") == "ok" and lane["alive"]
     return web.json_response(
         {"status": "ok" if ok else "degraded", "model": config.model_name,
-         "websockets": len(request.app[CONNECTIONS]), "store": store_health},
+         "websockets": len(request.app[CONNECTIONS]), "store": store_health, "lane": lane},
         status=200 if ok else 503,
     )
 

@@ -61,6 +61,9 @@ class FloodModel:
                                                 query_id=query.query_id, text=text),))
             time.sleep(self.interval)
 
+    def lane_health(self, timeout: float = 2.0) -> dict:
+        return {"alive": True, "latency_ms": 0.0, "queued_turns": 0, "running_turns": 0, "busy_sessions": 0}
+
     def wait_idle(self, timeout: float = 30.0) -> bool:
         for thread in self.threads:
             thread.join(timeout)

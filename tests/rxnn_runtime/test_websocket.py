@@ -113,7 +113,7 @@ async def test_ids_are_echoed_as_sent_in_every_frame(make_client, as_json):
         frames = await recv_until(ws, memory_updated("7"))
         for qid in (7, "7"):
             mine = [f for f in frames if f["id"] == qid and type(f["id"]) is type(qid)]
-            assert [f["type"] for f in mine][0] == "query_accepted" and mine[-1]["type"] == "memory_updated", frames
+            assert mine[0]["type"] == "query_accepted" and mine[-1]["type"] == "memory_updated", frames
         assert all(f["id"] in (7, "7") for f in frames)
         assert len({f["turn"] for f in frames if f["id"] == 7 and type(f["id"]) is int}) == 1
         for qid in (big, small, 0):

@@ -1,5 +1,6 @@
 """`rxnn` as a user runs it: subprocesses, exit codes, stdout/stderr."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -112,14 +113,25 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _serving(*args: str, env: dict = ENV):
+    """`rxnn serve ARGS` as a child process; on leaving, SIGTERM must stop it with exit 0 (else it is killed)."""
+    proc = subprocess.Popen([sys.executable, "-m", "rxnn_runtime.cli", "serve", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def test_serve_answers_healthz_and_stops_on_sigterm(tiny_model_dir):
     pytest.importorskip("rxnn_runtime.server.app", reason="rxnn_runtime.server.app is not in place yet")
     port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rxnn_runtime.cli", "serve", "--model", str(tiny_model_dir), "--port", str(port)],
-        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    with _serving("--model", str(tiny_model_dir), "--port", str(port)) as proc:
         deadline = time.monotonic() + 60
         status = None
         while time.monotonic() < deadline and proc.poll() is None:
@@ -130,12 +142,6 @@ def test_serve_answers_healthz_and_stops_on_sigterm(tiny_model_dir):
             except OSError:
                 time.sleep(0.2)
         assert status == 200, proc.stderr.read() if proc.poll() is not None else "no answer on /healthz"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def test_serve_flags_key_and_retention(tiny_model_dir, tmp_path):
@@ -203,12 +209,7 @@ def test_version_falls_back_to_the_package_version(monkeypatch):
 
 def test_serve_port_0_prints_the_real_address_flushed(tiny_model_dir):
     env = {k: v for k, v in ENV.items() if k != "PYTHONUNBUFFERED"}  # a pipe is block-buffered: the print flushes
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rxnn_runtime.cli", "serve", "--model", str(tiny_model_dir), "--port", "0",
-         "--device", "cpu"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    with _serving("--model", str(tiny_model_dir), "--port", "0", "--device", "cpu", env=env) as proc:
         line = proc.stdout.readline()  # blocks until the server is bound (or the child dies)
         prefix = "rxnn serve: listening on http://127.0.0.1:"
         assert line.startswith(prefix), proc.stderr.read() if proc.poll() is not None else line
@@ -216,12 +217,6 @@ def test_serve_port_0_prints_the_real_address_flushed(tiny_model_dir):
         assert port > 0
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
             assert response.status == 200
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @pytest.mark.parametrize("command", ["serve", "chat"])

@@ -36,7 +36,7 @@ class ActiveTurn:
         return self.query.session_id
 
     @property
-    def query_id(self) -> str:
+    def query_id(self) -> str | int:
         return self.query.query_id
 
     def interaction(self, eos_id: int, max_len: int) -> list[int]:

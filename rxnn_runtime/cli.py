@@ -3,8 +3,9 @@
 Exit codes: 0 ok, 2 usage error (argparse), 1 runtime failure (one line on stderr: ``rxnn CMD: error: ...``).
 
     rxnn demo                                  scripted conversation, per-turn costs
-    rxnn serve [--host H] [--port P] [--model PATH] [--store URL]
-    rxnn chat [--model PATH] [--store URL] [--session ID] [--max-new-tokens N]
+    rxnn serve [--host H] [--port P] [--model PATH] [--store URL] [--device D]
+    rxnn chat [--model PATH] [--store URL] [--session ID] [--max-new-tokens N] [--device D]
+    rxnn --version
 
 More commands come from installed plugins (entry-point group ``rxnn.commands``), e.g. ``rxnn train`` from
 ``training``: this package never imports ``training`` itself.
@@ -13,6 +14,7 @@ More commands come from installed plugins (entry-point group ``rxnn.commands``),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import uuid
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any
 from rxt.atomic_io import atomic_write_bytes
 
 MAX_NEW_TOKENS = 1024  # rxnn_runtime.messages.MAX_NEW_TOKENS_LIMIT
+DISTRIBUTION = "rxnn-runtime"
 
 
 class CliError(RuntimeError):
@@ -34,8 +37,43 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def package_version() -> str:
+    """The installed distribution's version, else (a source tree on the path) the package's ``__version__``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        from rxnn_runtime import __version__
+
+        return __version__
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(value: str) -> str:
+    """``--device``: ``cpu``, ``cuda`` or ``cuda:N``, and present on this machine (else a usage error, exit 2)."""
+    import torch
+
+    kind, _, index = value.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise ValueError(f"--device={value!r} must be cpu, cuda or cuda:N")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device={value}: CUDA is not available on this machine (use --device cpu)")
+        count = torch.cuda.device_count()
+        if index and int(index) >= count:
+            raise ValueError(f"--device={value}: this machine has {count} CUDA device(s), 0..{count - 1}")
+    return value
+
+
 def _load_reactive(args: argparse.Namespace):
-    """Model (``--model`` or the packaged/untrained default), its tokenizer and store, as a connected ReactiveModel."""
+    """Model (``--model`` or the packaged/untrained default) on ``--device``, its tokenizer and store, as a
+    connected ReactiveModel."""
     from rxnn_runtime.reactive_model import ReactiveModel
     from rxt.tokenizer import RxTokenizer
 
@@ -56,6 +94,7 @@ def _load_reactive(args: argparse.Namespace):
 
         tokenizer = RxTokenizer.default()
         model, trained = default_model(tokenizer)
+    model = model.to(args.device)
     store = _open_store(args.store, _retention(args))
     reactive = ReactiveModel(model, tokenizer, store=store)
     reactive.connect()
@@ -105,9 +144,12 @@ def _serve(args: argparse.Namespace) -> int:
     if not trained:
         print("NOTE: serving an UNTRAINED model (seeded random init): answers are noise.", file=sys.stderr)
 
+    def listening(url: str) -> None:  # the real address (the port chosen when --port 0), for people and scripts
+        print(f"rxnn serve: listening on {url}", flush=True)
+
     async def serve() -> None:
         task = asyncio.ensure_future(run_server(reactive, host=args.host, port=args.port, api_key=args.api_key,
-                                                allowed_origins=args.allowed_origin))
+                                                allowed_origins=args.allowed_origin, on_listening=listening))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
@@ -180,6 +222,9 @@ def _chat(args: argparse.Namespace) -> int:
     reactive, trained = _load_reactive(args)
     out = sys.stdout
     interactive = sys.stdin.isatty()
+    if interactive:
+        with contextlib.suppress(ImportError):  # input() then edits lines and keeps a history (not on Windows)
+            import readline  # noqa: F401
     try:
         if not trained:
             print("NOTE: UNTRAINED model (seeded random init): answers are noise.", file=sys.stderr)
@@ -187,11 +232,10 @@ def _chat(args: argparse.Namespace) -> int:
         turns = state.turns if state else 0
         print(f"session {session_id} ({turns} turns in memory). Commands: /reset, /save DIR, /quit", file=out)
         while True:
-            if interactive:
-                out.write("you> ")
-                out.flush()
-            line = sys.stdin.readline()
-            if not line:
+            out.flush()
+            try:  # input(): readline's line editing on a terminal; plain lines from a pipe
+                line = input("you> " if interactive else "")
+            except EOFError:  # end of input (Ctrl-D or the pipe closed): a clean exit
                 break
             text = line.strip()
             if not text:
@@ -226,6 +270,7 @@ def _chat(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rxnn", description="Reactive Transformers: models, runtime, training.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser("demo", help="scripted conversation: RxT beside a stateless decoder, per-turn costs")
     demo.add_argument("--max-new-tokens", type=int, default=24, help="answer budget per turn (default 24)")
@@ -234,11 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     model_help = ("model directory (save_pretrained) or Hub repo id owner/name, loaded with its own tokenizer; "
                   "default: the packaged model, else an untrained nano")
     store_help = "session store: memory:// (default), a directory, or redis://HOST:PORT/DB"
+    device_help = "torch device for the model: cpu, cuda or cuda:N (default: cuda when available, else cpu)"
     serve = sub.add_parser("serve", help="websocket + web chat server (binds 127.0.0.1 by default)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 = any free port)")
     serve.add_argument("--model", metavar="PATH", help=model_help)
     serve.add_argument("--store", metavar="URL", help=store_help)
+    serve.add_argument("--device", help=device_help)
     serve.add_argument("--api-key", "--token", metavar="KEY", dest="api_key",
                        help="require this key (HTTP: Authorization: Bearer KEY; websocket: header, ?api_key= or a "
                        "first auth frame); default $RXNN_API_KEY, else none")
@@ -257,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chat.add_argument("--model", metavar="PATH", help=model_help)
     chat.add_argument("--store", metavar="URL", help=store_help)
+    chat.add_argument("--device", help=device_help)
     chat.add_argument("--session", metavar="ID", help="session id (default: a new random one)")
     chat.add_argument("--max-new-tokens", type=int, default=64, help="answer budget per turn (default 64)")
     chat.set_defaults(func=_chat)
@@ -299,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--max-new-tokens={args.max_new_tokens} must be <= {MAX_NEW_TOKENS}")
     if args.command == "serve" and not 0 <= args.port <= 65535:
         parser.error(f"--port={args.port} must be in 0..65535")
+    if args.command in ("serve", "chat"):
+        try:
+            args.device = default_device() if args.device is None else check_device(args.device)
+        except ValueError as exc:
+            parser.error(str(exc))
     try:
         return args.func(args)
     except CliError as exc:

@@ -19,6 +19,10 @@ MIN_TOP_P = 1e-6
 MIN_TEMPERATURE = 1e-3  # 0 (greedy) is allowed; (0, MIN_TEMPERATURE) is not
 MAX_TEMPERATURE = 10.0
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+# An integer query id is echoed as an integer: signed 64-bit keeps it exact in msgpack and in every JSON client
+# that parses integers as int64 (larger ones could not be sent back as sent).
+QUERY_ID_RANGE = (-(2**63), 2**63 - 1)
+QueryId = str | int
 
 
 class InvalidMessage(ValueError):
@@ -40,6 +44,19 @@ def _check_session_id(value: Any, name: str = "session") -> str:
         raise InvalidMessage(name, "may contain only ASCII letters, digits and - _ . : @")
     if value.startswith(".") or ".." in value:
         raise InvalidMessage(name, "must not start with '.' or contain '..'")
+    return value
+
+
+def check_query_id(value: Any, name: str = "id") -> QueryId:
+    """A client's query id: a string of at most MAX_SESSION_ID_LENGTH characters or an integer in QUERY_ID_RANGE
+    (not a bool), kept as sent so it is echoed as sent ("" = none)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not QUERY_ID_RANGE[0] <= value <= QUERY_ID_RANGE[1]:
+            raise InvalidMessage(name, f"{value} is outside the integer range {QUERY_ID_RANGE[0]}..{QUERY_ID_RANGE[1]}")
+        return value
+    if not isinstance(value, str) or len(value) > MAX_SESSION_ID_LENGTH:
+        raise InvalidMessage(name, f"must be a string of at most {MAX_SESSION_ID_LENGTH} characters or an integer "
+                             f"in {QUERY_ID_RANGE[0]}..{QUERY_ID_RANGE[1]}")
     return value
 
 
@@ -129,12 +146,13 @@ class GenerationOptions:
 
 @dataclass(frozen=True)
 class Query:
-    """Ask ``text`` in session ``session_id``. ``query_id`` is echoed in every event of the turn."""
+    """Ask ``text`` in session ``session_id``. ``query_id`` (str or int) is echoed as sent in every event of the
+    turn."""
 
     session_id: str
     text: str
     options: GenerationOptions = field(default_factory=GenerationOptions)
-    query_id: str = ""
+    query_id: QueryId = ""
     memory_answer: str | None = None  # teacher forcing: write this answer to memory instead of the generated one
 
     def __post_init__(self) -> None:
@@ -144,8 +162,7 @@ class Query:
             check_text(self.memory_answer, "memory_answer")
         if len(self.text) > MAX_QUERY_CHARS:
             raise InvalidMessage("text", f"is {len(self.text)} characters, more than the limit {MAX_QUERY_CHARS}")
-        if not isinstance(self.query_id, str) or len(self.query_id) > MAX_SESSION_ID_LENGTH:
-            raise InvalidMessage("id", f"must be a string of at most {MAX_SESSION_ID_LENGTH} characters")
+        check_query_id(self.query_id)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Query:
@@ -153,14 +170,11 @@ class Query:
             raise InvalidMessage("session", "is required")
         if "text" not in data:
             raise InvalidMessage("text", "is required")
-        query_id = data.get("id", "")
-        if isinstance(query_id, int) and not isinstance(query_id, bool):
-            query_id = str(query_id)
         return cls(
             session_id=_check_session_id(data["session"]),
             text=data["text"],
             options=GenerationOptions.from_dict(data.get("options")),
-            query_id=query_id,
+            query_id=check_query_id(data.get("id", "")),
         )
 
 
@@ -169,10 +183,11 @@ class Cancel:
     """Cancel the session's running or waiting turn (``query_id`` "" = whichever is current)."""
 
     session_id: str
-    query_id: str = ""
+    query_id: QueryId = ""
 
     def __post_init__(self) -> None:
         _check_session_id(self.session_id)
+        check_query_id(self.query_id)
 
 
 @dataclass(frozen=True)
@@ -196,12 +211,11 @@ class Prime:
 
     session_id: str
     interactions: tuple[tuple[str, str], ...]
-    query_id: str = ""
+    query_id: QueryId = ""
 
     def __post_init__(self) -> None:
         _check_session_id(self.session_id)
-        if not isinstance(self.query_id, str) or len(self.query_id) > MAX_SESSION_ID_LENGTH:
-            raise InvalidMessage("id", f"must be a string of at most {MAX_SESSION_ID_LENGTH} characters")
+        check_query_id(self.query_id)
         for i, pair in enumerate(self.interactions):
             if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
                 raise InvalidMessage(f"interactions[{i}]", "must be a (query, answer) pair of strings")

@@ -97,7 +97,7 @@ class TurnScheduler:
         self._next_turn: dict[str, int] = {}
 
     # -- events ---------------------------------------------------------------------------------------------
-    def event(self, cls: type[Event], session_id: str, turn_id: int, query_id: str = "", **fields) -> Event:
+    def event(self, cls: type[Event], session_id: str, turn_id: int, query_id: str | int = "", **fields) -> Event:
         return cls(session_id=session_id, turn_id=turn_id, seq=next(self.seq), query_id=query_id, **fields)
 
     def _turn_event(self, cls: type[Event], turn: ActiveTurn, **fields) -> Event:
@@ -236,12 +236,14 @@ class TurnScheduler:
             del self._busy[turn.session_id]
 
     # -- control --------------------------------------------------------------------------------------------
-    def cancel(self, session_id: str, query_id: str = "") -> list[Event]:
-        """Drop the session's waiting turns (all, or those of ``query_id``) and stop its running one."""
+    def cancel(self, session_id: str, query_id: str | int = "") -> list[Event]:
+        """Drop the session's waiting turns (all, or those of ``query_id``) and stop its running one. Ids match
+        as given: "" means every turn, while 0 is an id like any other (and never equals "0")."""
+        every = isinstance(query_id, str) and query_id == ""
         events: list[Event] = []
         queue = self._pending.get(session_id)
         if queue:
-            for turn in [t for t in queue if not query_id or t.query_id == query_id]:
+            for turn in [t for t in queue if every or _same_id(t.query_id, query_id)]:
                 if turn.kind == "reset":
                     continue
                 queue.remove(turn)
@@ -249,7 +251,7 @@ class TurnScheduler:
                 if turn.kind == "answer":
                     events.append(self._turn_event(Cancelled, turn))
         turn = self._busy.get(session_id)
-        if turn is not None and turn.phase == "running" and (not query_id or turn.query_id == query_id):
+        if turn is not None and turn.phase == "running" and (every or _same_id(turn.query_id, query_id)):
             self._end(turn)
             events.append(self._turn_event(Cancelled, turn, partial_text=self.decode_text(turn.answer)))
         return events
@@ -283,3 +285,8 @@ class TurnScheduler:
         if not self.knows(session_id):
             self._next_turn.pop(session_id, None)
             self._pending.pop(session_id, None)
+
+
+def _same_id(a: str | int, b: str | int) -> bool:
+    """Query ids are equal when type and value are: the integer 1 is not the string "1" (nor True)."""
+    return type(a) is type(b) and a == b

@@ -1,7 +1,7 @@
 """Typed, immutable events of a turn: one set for the model-level chat (`rxt.chat.ReactiveChat`) and the runtime.
 
 Every event carries ``session_id``, ``turn_id`` (the session's turn number, from 1), ``query_id`` (the id the
-client gave its query, "" if none) and ``seq``: a number that increases strictly across all events of one
+client gave its query, a string or an integer kept as given, "" if none) and ``seq``: a number that increases strictly across all events of one
 `ReactiveModel` (or one `ReactiveChat`), so a consumer can order and deduplicate. The identity fields default
 to empty, so a single in-process conversation can leave them out. Per turn the order is:
 
@@ -24,7 +24,7 @@ class Event:
     session_id: str = ""
     turn_id: int = 0
     seq: int = 0
-    query_id: str = ""
+    query_id: str | int = ""
     type: ClassVar[str] = "event"
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,8 +139,10 @@ async def _on_shutdown(app: web.Application) -> None:
         log.warning("model did not go idle within %.1fs of shutdown; unfinished turns are not saved", timeout)
 
 
-async def run_server(reactive: ReactiveModel, host: str = "127.0.0.1", port: int = 8765, **kw: Any) -> None:
-    """Serve until cancelled or SIGTERM/SIGINT, then shut down gracefully (see `create_app`)."""
+async def run_server(reactive: ReactiveModel, host: str = "127.0.0.1", port: int = 8765, *,
+                     on_listening: Callable[[str], None] | None = None, **kw: Any) -> None:
+    """Serve until cancelled or SIGTERM/SIGINT, then shut down gracefully (see `create_app`). Once bound,
+    ``on_listening`` gets the server's URL with the real port (the one the OS chose when ``port`` is 0)."""
     app = create_app(reactive, **kw)
     warning = exposure_warning(host, app[CONFIG].access)
     if warning:
@@ -156,9 +159,17 @@ async def run_server(reactive: ReactiveModel, host: str = "127.0.0.1", port: int
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
-        log.info("rxnn server on http://%s:%d", host, port)
+        url = listening_url(host, runner.addresses[0][1] if runner.addresses else port)
+        log.info("rxnn server on %s", url)
+        if on_listening is not None:
+            on_listening(url)
         await stop.wait()
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
         await runner.cleanup()
+
+
+def listening_url(host: str, port: int) -> str:
+    """``http://HOST:PORT``, an IPv6 literal in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

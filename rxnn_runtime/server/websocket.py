@@ -33,7 +33,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from rxnn_runtime.event_bridge import EventBridge
 from rxnn_runtime.events import AnswerDone, Event, Token
-from rxnn_runtime.messages import MAX_SESSION_ID_LENGTH, Cancel, InvalidMessage, Query, Reset
+from rxnn_runtime.messages import Cancel, InvalidMessage, Query, Reset, check_query_id
 from rxnn_runtime.server.security import (
     AUTH_FRAME,
     AUTH_TIMEOUT,
@@ -77,8 +77,10 @@ def error_frame(code: str, message: str, *, field: str | None = None, session: A
         frame["field"] = field
     if isinstance(session, str):
         frame["session"] = session
-    if isinstance(query_id, (str, int)) and not isinstance(query_id, bool):
-        frame["id"] = str(query_id)
+    try:  # echoed as sent, when it is a valid id (an int beyond 64 bits could not even be packed)
+        frame["id"] = check_query_id(query_id)
+    except InvalidMessage:
+        pass
     return frame
 
 
@@ -319,8 +321,7 @@ class Connection:
             self._watch(query.session_id)
             self.reactive.submit(query)
         elif kind == "cancel":
-            self._check_id(query_id)
-            message = Cancel(_required(data, "session"), str(query_id) if query_id is not None else "")
+            message = Cancel(_required(data, "session"), "" if query_id is None else query_id)
             self._watch(message.session_id)
             self.reactive.submit(message)
         elif kind == "reset":
@@ -333,13 +334,6 @@ class Connection:
             raise InvalidMessage("type", "is required (one of query, cancel, reset)")
         else:
             raise InvalidMessage("type", f"{_short(kind)} is unknown (one of query, cancel, reset)")
-
-    @staticmethod
-    def _check_id(query_id: Any) -> None:
-        if query_id is None or (isinstance(query_id, int) and not isinstance(query_id, bool)):
-            return
-        if not isinstance(query_id, str) or len(query_id) > MAX_SESSION_ID_LENGTH:
-            raise InvalidMessage("id", f"must be a string of at most {MAX_SESSION_ID_LENGTH} characters")
 
     def _watch(self, session_id: str) -> None:
         """Own ``session_id`` (refused if another client owns it) and hear its events from now on."""

@@ -1,5 +1,6 @@
 """`rxnn` as a user runs it: subprocesses, exit codes, stdout/stderr."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -112,14 +113,25 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _serving(*args: str, env: dict = ENV):
+    """`rxnn serve ARGS` as a child process; on leaving, SIGTERM must stop it with exit 0 (else it is killed)."""
+    proc = subprocess.Popen([sys.executable, "-m", "rxnn_runtime.cli", "serve", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def test_serve_answers_healthz_and_stops_on_sigterm(tiny_model_dir):
     pytest.importorskip("rxnn_runtime.server.app", reason="rxnn_runtime.server.app is not in place yet")
     port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rxnn_runtime.cli", "serve", "--model", str(tiny_model_dir), "--port", str(port)],
-        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    with _serving("--model", str(tiny_model_dir), "--port", str(port)) as proc:
         deadline = time.monotonic() + 60
         status = None
         while time.monotonic() < deadline and proc.poll() is None:
@@ -130,12 +142,6 @@ def test_serve_answers_healthz_and_stops_on_sigterm(tiny_model_dir):
             except OSError:
                 time.sleep(0.2)
         assert status == 200, proc.stderr.read() if proc.poll() is not None else "no answer on /healthz"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def test_serve_flags_key_and_retention(tiny_model_dir, tmp_path):
@@ -172,3 +178,90 @@ def test_serve_flags_key_and_retention(tiny_model_dir, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_version_prints_the_package_version():
+    import tomllib
+    from pathlib import Path
+
+    import rxnn_runtime
+
+    result = rxnn("--version")
+    assert result.returncode == 0, result.stderr
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert result.stdout.strip() == f"rxnn {pyproject['project']['version']}"
+    assert rxnn_runtime.__version__ == pyproject["project"]["version"]  # the fallback cannot drift
+
+
+def test_version_falls_back_to_the_package_version(monkeypatch):
+    import importlib.metadata
+
+    import rxnn_runtime
+    from rxnn_runtime import cli
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    monkeypatch.setattr(rxnn_runtime, "__version__", "9.8.7")
+    assert cli.package_version() == "9.8.7"
+
+
+def test_serve_port_0_prints_the_real_address_flushed(tiny_model_dir):
+    env = {k: v for k, v in ENV.items() if k != "PYTHONUNBUFFERED"}  # a pipe is block-buffered: the print flushes
+    with _serving("--model", str(tiny_model_dir), "--port", "0", "--device", "cpu", env=env) as proc:
+        line = proc.stdout.readline()  # blocks until the server is bound (or the child dies)
+        prefix = "rxnn serve: listening on http://127.0.0.1:"
+        assert line.startswith(prefix), proc.stderr.read() if proc.poll() is not None else line
+        port = int(line.strip()[len(prefix):])
+        assert port > 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+            assert response.status == 200
+
+
+@pytest.mark.parametrize("command", ["serve", "chat"])
+def test_device_that_is_absent_or_unknown_exits_2(command):
+    absent = "cuda:999" if torch.cuda.is_available() else "cuda"
+    result = rxnn(command, "--device", absent)
+    assert result.returncode == 2
+    assert f"--device={absent}" in result.stderr and "CUDA" in result.stderr
+    result = rxnn(command, "--device", "tpu")
+    assert result.returncode == 2 and "must be cpu, cuda or cuda:N" in result.stderr
+
+
+def test_default_device_is_cuda_when_present(monkeypatch):
+    from rxnn_runtime import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.default_device() == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli.default_device() == "cuda"
+
+
+def test_chat_reads_lines_with_input_and_ends_cleanly_at_eof(tiny_model_dir, monkeypatch, capsys):
+    """Lines come from input() (readline editing on a terminal); EOFError ends the chat with exit 0."""
+    from rxnn_runtime import cli
+
+    lines = iter(["hello", "/reset"])
+    prompts = []
+
+    def fake_input(prompt=""):
+        prompts.append(prompt)
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    code = cli.main(["chat", "--model", str(tiny_model_dir), "--max-new-tokens", "2", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert len(prompts) == 3  # two lines, then the EOF
+    assert sum(line.startswith("rxt> ") for line in out.splitlines()) == 1
+    assert "session reset" in out
+
+
+def test_chat_input_without_final_newline_is_answered(tiny_model_dir):
+    result = rxnn("chat", "--model", str(tiny_model_dir), "--max-new-tokens", "2", "--device", "cpu", stdin="hi")
+    assert result.returncode == 0, result.stderr
+    assert sum(line.startswith("rxt> ") for line in result.stdout.splitlines()) == 1

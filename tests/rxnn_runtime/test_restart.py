@@ -78,3 +78,51 @@ def test_sigkill_between_turns_then_restart_continues_identically(tmp_path, stor
         torch.testing.assert_close(state.stm, reference.stm[:, 0], atol=1e-6, rtol=0)
     finally:
         restarted.dispose()
+
+
+def test_turn_numbers_stay_unique_across_a_cancelled_turn_and_a_restart(tmp_path):
+    """One rule: accepted queries take the next number (cancelled ones too), a commit stores its turn's number,
+    a restart resumes from the last committed number + 1. Two committed turns never share a number, even with a
+    cancelled turn before a commit, a cancelled turn just before the restart, and the restart itself."""
+    from runtime_helpers import EventLog
+
+    from rxnn_runtime.events import AnswerDone, Cancelled, MemoryUpdated
+    from rxnn_runtime.messages import Cancel, Query
+
+    model, tokenizer = tiny_model(seed=5)
+    model.save_pretrained(tmp_path / "model")
+    url = str(tmp_path / "sessions")
+    opts = GenerationOptions(max_new_tokens=4)
+
+    def run(messages):
+        """One server life: the messages queued before connect (a cancelled query is still waiting when its
+        Cancel is handled, so it is cancelled for sure), run to idle, then shut down."""
+        log = EventLog()
+        reactive = ReactiveModel(RxT.from_pretrained(tmp_path / "model"), tokenizer, store=open_store(url))
+        reactive.events.subscribe(log)
+        for message in messages:
+            reactive.submit(message)
+        reactive.connect()
+        try:
+            committed = sum(isinstance(m, Query) for m in messages) - sum(isinstance(m, Cancel) for m in messages)
+            assert log.wait_for(lambda ev: sum(isinstance(e, MemoryUpdated) for e in ev) == committed)
+            assert reactive.wait_idle()
+        finally:
+            reactive.dispose()
+        turns = {kind: [(e.query_id, e.turn_id) for e in log.events if isinstance(e, kind)]
+                 for kind in (AnswerDone, Cancelled, MemoryUpdated)}
+        assert turns[AnswerDone] == turns[MemoryUpdated]
+        return turns
+
+    first = run([Query("s", "one", opts, query_id="a"), Query("s", "two", opts, query_id="b"), Cancel("s", "b"),
+                 Query("s", "three", opts, query_id="c"), Query("s", "four", opts, query_id="d"), Cancel("s", "d")])
+    assert first[Cancelled] == [("b", 2), ("d", 4)]
+    assert first[MemoryUpdated] == [("a", 1), ("c", 3)]
+    assert open_store(url).load("s").turns == 3  # the number of the last committed turn, not the count (2)
+
+    second = run([Query("s", "five", opts, query_id="e"), Query("s", "six", opts, query_id="f"), Cancel("s", "f"),
+                  Query("s", "seven", opts, query_id="g")])
+    assert second[MemoryUpdated] == [("e", 4), ("g", 6)]
+    committed = [turn for _, turn in first[MemoryUpdated] + second[MemoryUpdated]]
+    assert committed == sorted(set(committed))  # unique and increasing across the restart
+    assert open_store(url).load("s").turns == 6

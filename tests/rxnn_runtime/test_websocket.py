@@ -99,6 +99,50 @@ async def test_query_streams_tokens_answer_memory(make_client, as_json):
         assert encoding == ("json" if as_json else "msgpack") and frame["code"] == "invalid_message"
 
 
+@pytest.mark.parametrize("as_json", [False, True])
+async def test_ids_are_echoed_as_sent_in_every_frame(make_client, as_json):
+    """An integer id stays an integer and a string id a string, in every frame of the turn (both encodings),
+    even when the two ids look alike and their turns are queued together in one session."""
+    client = await make_client()
+    session = f"ids-{as_json}"
+    big, small = 2**63 - 1, -(2**63)
+    async with client.ws_connect("/ws") as ws:
+        for qid in (7, "7"):
+            await send(ws, {"type": "query", "session": session, "id": qid, "text": "hello",
+                            "options": {"max_new_tokens": 4}}, as_json=as_json)
+        frames = await recv_until(ws, memory_updated("7"))
+        for qid in (7, "7"):
+            mine = [f for f in frames if f["id"] == qid and type(f["id"]) is type(qid)]
+            assert mine[0]["type"] == "query_accepted" and mine[-1]["type"] == "memory_updated", frames
+        assert all(f["id"] in (7, "7") for f in frames)
+        assert len({f["turn"] for f in frames if f["id"] == 7 and type(f["id"]) is int}) == 1
+        for qid in (big, small, 0):
+            frames = await ask(ws, session, qid, as_json=as_json, n=3)
+            assert all(type(f["id"]) is int and f["id"] == qid for f in frames), frames
+        # a bad frame with an integer id: the error frame echoes it as an integer too
+        await send(ws, {"type": "query", "session": session, "id": 12, "text": 5}, as_json=as_json)
+        _, frame = await recv(ws)
+        assert (frame["type"], frame["field"], frame["id"]) == ("error", "text", 12) and type(frame["id"]) is int
+
+
+async def test_cancel_by_integer_id_matches_that_id_only(make_client):
+    """Cancel {"id": 0} cancels the query whose id is the integer 0: not "every turn" (as "" would) and not "0"."""
+    client = await make_client()
+    async with client.ws_connect("/ws") as ws:
+        session = "cancel-int"
+        await send(ws, {"type": "query", "session": session, "id": "first", "text": "hello",
+                        "options": {"max_new_tokens": 40}})
+        await send(ws, {"type": "query", "session": session, "id": "0", "text": "hello",
+                        "options": {"max_new_tokens": 4}})
+        await send(ws, {"type": "query", "session": session, "id": 0, "text": "hello",
+                        "options": {"max_new_tokens": 4}})
+        await send(ws, {"type": "cancel", "session": session, "id": 0})
+        frames = await recv_until(ws, memory_updated("0"))
+        cancelled = [f for f in frames if f["type"] == "cancelled"]
+        assert [(f["id"], type(f["id"])) for f in cancelled] == [(0, int)], frames
+        assert any(f["type"] == "memory_updated" and f["id"] == "first" for f in frames), frames
+
+
 async def test_encoding_follows_last_frame(make_client):
     client = await make_client()
     async with client.ws_connect("/ws") as ws:
@@ -132,6 +176,14 @@ BAD_FRAMES = [
     (json.dumps({"type": "cancel"}), False, "invalid_message", "session"),
     (json.dumps({"type": "cancel", "session": "x", "id": {"a": 1}}), False, "invalid_message", "id"),
     (json.dumps({"type": "reset", "session": ""}), False, "invalid_message", "session"),
+    (json.dumps({"type": "query", "session": "x", "text": "hi", "id": True}), False, "invalid_message", "id"),
+    (json.dumps({"type": "query", "session": "x", "text": "hi", "id": 2**63}), False, "invalid_message", "id"),
+    (msgpack.packb({"type": "query", "session": "x", "text": "hi", "id": 2**64 - 1}), True, "invalid_message",
+     "id"),
+    (json.dumps({"type": "query", "session": "x", "text": "hi", "id": -(2**63) - 1}), False, "invalid_message",
+     "id"),
+    (json.dumps({"type": "query", "session": "x", "text": "hi", "id": 10**30}), False, "invalid_message", "id"),
+    (json.dumps({"type": "cancel", "session": "x", "id": 2**64}), False, "invalid_message", "id"),
 ]
 
 

@@ -36,7 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from rxt.atomic_io import fsync_directory
+from rxt.atomic_io import fsync_directory, fsync_tree
 from rxt.resolve import HubOptions, resolve_pretrained
 
 CONFIG_NAME = "config.json"
@@ -126,11 +126,6 @@ def _stored_dtype(tensors: dict[str, torch.Tensor]) -> str:
     return dtype_name(max(counts, key=counts.__getitem__)) if counts else "float32"
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
 def atomic_write_dir(target: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Write a model directory so that no reader ever sees a half-written file.
 
@@ -146,9 +141,7 @@ def atomic_write_dir(target: str | os.PathLike, write: Callable[[Path], None]) -
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name}.tmp-" if fresh else ".tmp-"))
     try:
         write(tmp)
-        for path in tmp.iterdir():
-            _fsync_file(path)
-        fsync_directory(tmp)
+        fsync_tree(tmp)
         if fresh:
             try:
                 os.rename(tmp, target)

@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from rxt.atomic_io import fsync_directory
+from rxt.atomic_io import fsync_directory, fsync_tree
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -136,18 +136,6 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def _fsync_tree(directory: Path) -> None:
-    """fsync every file under ``directory`` and then the directories, so a rename of it publishes whole files."""
-    for root, _dirs, files in os.walk(directory):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_directory(root)
-
-
 def save_checkpoint(
     path: str | os.PathLike,
     *,
@@ -177,7 +165,7 @@ def save_checkpoint(
         torch.save(rng_state if rng_state is not None else capture_rng_state(), tmp / RNG_FILE)
         _write_json(tmp / CONFIG_FILE, config or {})
         _write_json(tmp / STATE_FILE, trainer_state or {})  # written last: marks the directory complete
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         old = None
         if target.exists():
             old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"

@@ -70,9 +70,6 @@ class ModelExecutor:
     def capacity(self) -> int:
         return self.engine.capacity
 
-    def execute(self, plan: StepPlan, stm_of: Callable[[str], torch.Tensor]) -> StepResult:
-        return self.collect(self.launch(plan, stm_of))
-
     @torch.no_grad()
     def launch(self, plan: StepPlan, stm_of: Callable[[str], torch.Tensor]) -> LaunchedStep:
         step = LaunchedStep(plan, StepResult())

@@ -4,7 +4,8 @@ It owns the waiting queues (one per session), the decode slots, admission, cance
 knows nothing of tensors (the vLLM v1 split: scheduler here, `ModelExecutor` on the device):
 
     plan = scheduler.schedule()                       # release, memory updates, decode rows, admissions
-    result = executor.execute(plan, ...)              # one batched step on the device
+    launched = executor.launch(plan, ...)             # one batched step on the device (not waited for)
+    result = executor.collect(launched)               # its tokens, once the next step is launched
     events = scheduler.update_from_output(plan, result)
 
 Rules:

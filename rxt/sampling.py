@@ -88,7 +88,7 @@ def choose_rows_on_device(
     `choose_tokens` records them; rows that did not ask get a value too).
     """
     if logits.shape[0] != len(rows):
-        raise ValueError(f"choose_rows: {logits.shape[0]} logit rows for {len(rows)} sampling rows")
+        raise ValueError(f"choose_rows_on_device: {logits.shape[0]} logit rows for {len(rows)} sampling rows")
     picked = logits.argmax(dim=-1)
     for i, (cfg, generator) in enumerate(rows):
         if not cfg.greedy:
@@ -96,15 +96,3 @@ def choose_rows_on_device(
     if not any(cfg.return_log_probs for cfg, _ in rows):
         return picked, None
     return picked, logits.float().log_softmax(dim=-1).gather(-1, picked[:, None]).squeeze(-1)
-
-
-def choose_rows(
-    logits: torch.Tensor, rows: list[tuple[SamplingConfig, torch.Generator | None]]
-) -> tuple[list[int], list[float | None]]:
-    """`choose_rows_on_device`, brought to the host in one copy: (tokens, log-probs or None per row)."""
-    tokens, log_probs = choose_rows_on_device(logits, rows)
-    if log_probs is None:
-        return tokens.tolist(), [None] * len(rows)
-    host_tokens, values = torch.stack([tokens.float(), log_probs]).cpu().tolist()
-    return [int(t) for t in host_tokens], [v if cfg.return_log_probs else None
-                                           for v, (cfg, _) in zip(values, rows, strict=True)]

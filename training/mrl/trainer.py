@@ -105,7 +105,7 @@ class MRLTrainer:
         self.scalar_log.scalars(prefix, values, step)
 
     @property
-    def trainable(self) -> list[str] | None:
+    def trainable_groups(self) -> list[str] | None:  # as SMATTrainer.trainable_groups
         return self.unfreeze.current
 
     def apply_unfreeze_schedule(self, epoch: int) -> list[str]:

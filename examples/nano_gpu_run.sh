@@ -3,13 +3,13 @@
 # the stateless baseline, under wall-clock budgets, in two calls ("phases") of at most ~9.5 minutes to a lent
 # GPU machine, split at a step boundary, the weights carried between them as bf16 parts of at most 15 MB.
 #
-#   bash examples/nano_gpu_run.sh a   RxT steps joint, sft, mem-attn, smat-k2 (3.5 min of training) with the
-#                                     memory diagnostics after sft ("before"), mem-attn and smat-k2; beside it, on
-#                                     the same GPU, the parameter-matched stateless baseline on the same data for
-#                                     the RxT's total training minutes (6.0, its only run); then the baseline's
+#   bash examples/nano_gpu_run.sh a   RxT steps joint, sft, mem-attn, smat-k2 (4.7 min of training) with the
+#                                     memory diagnostics after sft ("before"), mem-attn and smat-k2; beside it (on
+#                                     the same GPU, or on BASELINE_GPU) the parameter-matched stateless baseline on
+#                                     the same data (M_BASE minutes, its only run); then the baseline's
 #                                     memory-retention benchmark.
-#   bash examples/nano_gpu_run.sh b   (phase a's files in $CARRIED) smat-k4, smat-k8, smat (2.5 min), MRL from
-#                                     stage 4 (1.5 min), then benchmarks/memory_retention.py over stage 4 and MRL
+#   bash examples/nano_gpu_run.sh b   (phase a's files in $CARRIED) smat-k4, smat-k8, smat (3.8 min), MRL from
+#                                     stage 4 (1.0 min), then benchmarks/memory_retention.py over stage 4 and MRL
 #                                     (each with its memory-reset ablation) merged with the baseline's result, and
 #                                     benchmarks/memory_diagnostics.py (gates, read-attention entropy).
 #
@@ -28,9 +28,9 @@
 # DIAGNOSTICS=0 skips the per-step diagnostics.
 # BASELINE_GPU=1 trains the baseline on a second GPU (the 2-GPU kind) instead of beside the RxT on the first.
 # Budgets (minutes, env overrides): M_JOINT M_SFT M_MEMATTN M_K2 (phase a), M_K4 M_K8 M_K16 M_MRL (phase b); the
-# baseline gets their sum without MRL. At the H200 step times of benchmarks/results/train_throughput.json (joint
-# 87 ms at 512 x 256; SMAT 0.52 s for 128 episodes of 18 turns, about proportional to the turns) the defaults
-# give about 690 joint, 400 sft, 600 smat-k2, 240 smat-k4, 150 smat-k8 and 100 smat optimizer steps. A CPU dry run of both phases at toy size (the test does this):
+# baseline gets their sum without MRL unless M_BASE says otherwise (one call holds at most ~6.5 of its minutes).
+# benchmarks/results/nano_training.json records the step counts the budgets bought. A CPU dry run of both phases at
+# toy size (the test does this):
 #   PRESET=tiny DEVICE=cpu STEPS=2 EPISODES=2 OUT=/tmp/a bash examples/nano_gpu_run.sh a
 set -uo pipefail
 phase=${1:?usage: nano_gpu_run.sh a|b}
@@ -42,8 +42,8 @@ carried=${CARRIED:-carried}
 episodes=${EPISODES:-64}   # held-out episodes per k of the benchmark
 chitchat=${CHITCHAT:-32}
 limit=${LIMIT_S:-510}      # a backstop: each training process ends by its budgets before this
-M_JOINT=${M_JOINT:-1.0} M_SFT=${M_SFT:-0.6} M_MEMATTN=${M_MEMATTN:-0.4} M_K2=${M_K2:-1.5}
-M_K4=${M_K4:-0.8} M_K8=${M_K8:-0.8} M_K16=${M_K16:-0.9} M_MRL=${M_MRL:-1.5}
+M_JOINT=${M_JOINT:-1.0} M_SFT=${M_SFT:-0.8} M_MEMATTN=${M_MEMATTN:-0.3} M_K2=${M_K2:-2.6}
+M_K4=${M_K4:-1.1} M_K8=${M_K8:-1.2} M_K16=${M_K16:-1.5} M_MRL=${M_MRL:-1.0}
 M_BASE=${M_BASE:-$(python3 -c "print(round($M_JOINT + $M_SFT + $M_MEMATTN + $M_K2 + $M_K4 + $M_K8 + $M_K16, 2))")}
 mkdir -p "$out" "$runs"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_MININTERVAL=20

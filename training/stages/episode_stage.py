@@ -3,6 +3,7 @@ around the RxT (so DDP sees a forward), and a trainer over `collate_episodes` ba
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from rxt.model import RxT
+from training.attention_backends import shape_varying_attention
 from training.callbacks import Callback
 from training.data.datasets import collate_episodes
 from training.trainer import Trainer
@@ -65,3 +67,11 @@ class EpisodeTrainer(Trainer):
 
     def collate(self, samples: list[Any]) -> Any:
         return collate_episodes(samples, self.pad_id)
+
+    def _autocast(self):
+        """The Trainer's precision context, plus SDPA without cuDNN: episode batches change shape from step to
+        step, and cuDNN would plan every new shape on the host (`training.attention_backends`)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(super()._autocast())
+        stack.enter_context(shape_varying_attention())
+        return stack

@@ -34,17 +34,32 @@ def is_stacked(batch: object) -> bool:
     return isinstance(batch, dict) and "target_index" in batch
 
 
-def stack_episode_turns(turns: Sequence[dict[str, torch.Tensor]], pad_id: int = 0) -> dict[str, torch.Tensor]:
+def stack_episode_turns(turns: Sequence[dict[str, torch.Tensor]], pad_id: int = 0, *,
+                        num_turns: int | None = None, width: int | None = None) -> dict[str, torch.Tensor]:
     """`collate_episodes` output (N dicts of (B, T_t)) -> one dict of stacked tensors, padded to one width T:
 
     ``input_ids`` (N, B, T), ``attention_mask`` (N, B, T) bool, ``active`` (N, B) bool (the episode is live at
     that turn and the row has tokens), ``target_index`` (K,) flat indices into the (N, B, T - 1) grid of
     next-token predictions whose label is not -100 in a live row, ``targets`` (K,) those labels, and
-    ``labels`` (N, B, T - 1) the shifted targets (-100 where none), ``num_tokens`` (int K). Runs on the host (the collate), so the step needs no device read-back.
+    ``labels`` (N, B, T - 1) the shifted targets (-100 where none), ``num_tokens`` (int K). Runs on the host (the
+    collate), so the step needs no device read-back. ``num_turns`` / ``width`` pad N and T to a fixed shape
+    (inactive all-padding turns, padding columns), so a compiled step sees few distinct shapes.
     """
     if not turns:
         raise ValueError("stack_episode_turns: no turns")
-    width = max(t["input_ids"].shape[1] for t in turns)
+    longest = max(t["input_ids"].shape[1] for t in turns)
+    if width is not None and width < longest:
+        raise ValueError(f"stack_episode_turns: width={width} is shorter than the batch's longest turn ({longest})")
+    if num_turns is not None and num_turns < len(turns):
+        raise ValueError(f"stack_episode_turns: num_turns={num_turns} is fewer than the batch's {len(turns)} turns")
+    width = width or longest
+    if num_turns is not None and num_turns > len(turns):  # inactive turns: all padding, never a target
+        rows = turns[0]["input_ids"].shape[0]
+        blank = {"input_ids": torch.full((rows, 1), pad_id, dtype=torch.long),
+                 "attention_mask": torch.zeros(rows, 1, dtype=torch.bool),
+                 "labels": torch.full((rows, 1), IGNORE_INDEX, dtype=torch.long),
+                 "active": torch.zeros(rows, dtype=torch.bool)}
+        turns = [*turns, *[blank] * (num_turns - len(turns))]
     if width < 2:
         raise ValueError(f"stack_episode_turns: turns of {width} token(s); a next-token target needs >= 2")
 

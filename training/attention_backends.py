@@ -1,0 +1,30 @@
+"""Attention kernels for steps whose shapes change from batch to batch.
+
+PyTorch's SDPA may pick the cuDNN attention backend on Hopper GPUs. cuDNN builds an execution plan for every new
+(batch, heads, length) shape, on the host. A packed joint/SFT step always has the same shape, so the plan is built once
+and reused. An episode step has many shapes: turns per batch, turn width, and rows that change with them. There the
+plan building dominates. On an H200, one nano SMAT step at 128 episodes x up to 19 turns spent 390 ms of host time in
+`_cudnn_attention_forward/backward`, out of 783 ms, while the GPU was busy for 120 ms.
+(torch.profiler over the nano recipe's smat step, 2026-11-30; `benchmarks/train_throughput.py` measures the step.)
+
+`shape_varying_attention()` allows every SDPA backend except cuDNN. Flash and memory-efficient attention choose
+their kernels per call at almost no host cost. Results are the same up to float rounding, so CPU tests see no
+difference: there the CPU kernels are used either way.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+#: every SDPA backend but cuDNN (its per-shape plan building is host time on shape-varying steps)
+SHAPE_VARYING_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def shape_varying_attention() -> AbstractContextManager:
+    """SDPA restricted to `SHAPE_VARYING_BACKENDS` inside the block (forward, and the backward it records)."""
+    return sdpa_kernel(SHAPE_VARYING_BACKENDS)
+
+
+__all__ = ["SHAPE_VARYING_BACKENDS", "shape_varying_attention"]

@@ -27,6 +27,10 @@ NO_DECAY_MODULES: tuple[type[nn.Module], ...] = (
 )
 
 
+#: devices whose AdamW `build_optimizer` makes fused (torch has fused kernels for both)
+FUSED_DEVICES = ("cuda", "cpu")
+
+
 def no_decay_parameter_ids(model: nn.Module) -> set[int]:
     """ids of the parameters that must not be weight-decayed (embeddings, norms, biases, 1-D params)."""
     ids: set[int] = set()
@@ -58,8 +62,8 @@ def build_optimizer(
     ``param_groups`` names disjoint parameter sets (default: one group ``"default"`` with every parameter); each
     is split into a ``<name>/decay`` and a ``<name>/no_decay`` optimizer group. ``lr_scales[name]`` multiplies
     ``cfg.lr`` for that named group (the schedule keeps the ratio). Parameters with ``requires_grad=False`` are
-    left out. Raises ``ValueError`` when a parameter is listed in two groups, or a trainable parameter of the
-    model is in none.
+    left out. The optimizer is fused where torch has the kernel (CUDA and CPU parameters). Raises ``ValueError``
+    when a parameter is listed in two groups, or a trainable parameter of the model is in none.
     """
     if param_groups is None:
         param_groups = {"default": list(model.parameters())}
@@ -93,7 +97,10 @@ def build_optimizer(
                          f"parameter group (groups: {sorted(param_groups)})")
     if not groups:
         raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    # fused: one kernel per step, and it takes a device-side `found_inf` flag, which is how the Trainer skips a
+    # non-finite step without reading anything back (training.nonfinite)
+    fused = all(p.device.type in FUSED_DEVICES for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
 
 
 def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:

@@ -24,7 +24,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,9 +50,10 @@ from training.checkpoint import (
 )
 from training.config import TrainConfig, to_dict
 from training.distributed import DistInfo, init_distributed
-from training.nonfinite import NonFiniteLossGuard
+from training.nonfinite import NonFiniteLossGuard, optimizer_step, skip_flag
 from training.optim import build_optimizer, set_schedule_horizon, warmup_cosine_schedule
 from training.plumbing import ScalarLog, plot_curves, resolve_device, write_metrics
+from training.step_metrics import PendingMetrics, StepMetrics
 from training.time_budget import TimeBudget
 
 
@@ -105,7 +106,8 @@ class Trainer:
     ) -> None:
         cfg.validate()
         self.cfg = cfg
-        self._nonfinite = NonFiniteLossGuard(cfg.nonfinite_loss_patience)
+        # fp16: an inf gradient norm is a GradScaler overflow (skipped and handled there), not a divergence
+        self._nonfinite = NonFiniteLossGuard(cfg.nonfinite_loss_patience, watch_grad_norm=cfg.precision != "fp16")
         self.config = config if config is not None else cfg
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
@@ -154,6 +156,9 @@ class Trainer:
         self.epoch = 0
         self.position = 0  # entries of this epoch's permutation already consumed
         self.tokens_seen = 0
+        self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or grad norm (as read back)
+        self._metrics = PendingMetrics(self.device, self.dist.world_size)
+        self._metrics.on_read = self._on_read
         self.history: dict[str, list[dict[str, float]]] = {"train": [], "eval": []}
         self.should_stop = False
         self.stop_reason: str | None = None
@@ -253,12 +258,15 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def _train_step(self, batches: Iterator[Any]) -> dict[str, float]:
+    def _train_step(self, batches: Iterator[Any]) -> StepMetrics:
+        """One optimizer step. Nothing is read back from the device: the step's loss, grad norm and metrics are
+        queued (`training.step_metrics`) until the next read-back; a step whose loss or grad norm is non-finite
+        is skipped on the device (`training.nonfinite`)."""
         self.model.train()
         accum = self.cfg.grad_accum_steps
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        extra: dict[str, Any] = {}  # device tensors stay on the device until the step's single read-back
-        tokens = 0
+        extra: dict[str, Any] = {}  # device tensors stay on the device until the read-back
+        tokens: int | torch.Tensor = 0  # a host int where the batches know their target counts
         for micro in range(accum):
             batch = move_to_device(next(batches), self.device)
             sync = micro == accum - 1 or not isinstance(self.model, DistributedDataParallel)
@@ -266,37 +274,50 @@ class Trainer:
             with ctx:
                 out = self._forward_backward(batch, accum)
             loss_sum += out.loss.detach().double()
-            tokens += int(out.num_tokens)
+            tokens = tokens + self._host_or_device(out.num_tokens)
             for k, v in out.metrics.items():
-                v = v.detach().double() if isinstance(v, torch.Tensor) else float(v)
-                extra[k] = extra.get(k, 0.0) + v / accum
+                extra[k] = extra.get(k, 0.0) + self._host_or_device(v) / accum
             self.position += self.micro_samples
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(
             params, self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
         )
+        loss = loss_sum / accum
+        skip = skip_flag(loss, grad_norm)
+        if self.dist.enabled:  # every rank must skip the same steps, or the replicas drift apart (no host sync)
+            dist.all_reduce(skip, op=dist.ReduceOp.MAX)
         lr = self.optimizer.param_groups[0]["lr"]
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        optimizer_step(self.optimizer, skip, self.scaler)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
 
-        # One read-back per step: loss, token count, grad norm and every metric travel in one tensor.
-        keys = sorted(extra)
-        values = [loss_sum / accum, float(tokens), grad_norm, *(extra[k] for k in keys)]
-        packed = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(())
-                              for v in values])
-        if self.dist.enabled:
-            dist.all_reduce(packed)
-            packed[0] /= self.dist.world_size
-            packed[2:] /= self.dist.world_size  # grad_norm is identical on every rank after DDP's all-reduce
-        host = packed.tolist()
-        metrics = {"loss": host[0], "lr": float(lr), "grad_norm": host[2], "tokens": int(host[1])}
-        metrics.update(zip(keys, host[3:]))
-        self.tokens_seen += metrics["tokens"]
-        return metrics
+        device_values: dict[str, torch.Tensor] = {"loss": loss, "grad_norm": grad_norm, "skipped": skip}
+        host_values: dict[str, Any] = {"lr": float(lr)}
+        for k, v in [("tokens", tokens), *sorted(extra.items())]:
+            (device_values if isinstance(v, torch.Tensor) else host_values)[k] = v
+        order = ["loss", "lr", "grad_norm", "tokens", *sorted(extra)]
+        return self._metrics.add(self.step, device_values, host_values, order)
+
+    def _host_or_device(self, value: Any) -> float | int | torch.Tensor:
+        """A metric as the step keeps it: a float64 tensor on the training device, or a host number (host
+        tensors too: reading them costs no device sync)."""
+        if isinstance(value, torch.Tensor):
+            if value.device.type == "cpu" and self.device.type != "cpu":
+                return value.item()
+            return value.detach().double()
+        return value
+
+    def _read_back(self) -> list[StepMetrics]:
+        """Every pending step's metrics on the host, in one transfer; the guard sees each step in order (and
+        raises before anything logs, evaluates or saves after a run of non-finite steps)."""
+        return self._metrics.read_back()
+
+    def _on_read(self, record: StepMetrics) -> None:
+        self.tokens_seen += int(record["tokens"])
+        self.skipped_steps += int(record.skipped)
+        self._nonfinite.check(record.step, record)
 
     def _forward_backward(self, batch: Any, accum: int) -> StepOutput:
         try:
@@ -320,7 +341,7 @@ class Trainer:
         self.should_stop, self.stop_reason = False, None
         bar = tqdm(total=self.cfg.max_steps, initial=self.step, disable=not self.is_main, desc=self.cfg.run_name,
                    dynamic_ncols=True)
-        window: list[dict[str, float]] = []
+        window: list[StepMetrics] = []
         t_last = time.perf_counter()
         budget = TimeBudget(self.cfg.max_minutes, self.step) if self.cfg.max_minutes > 0 else None
         try:
@@ -328,35 +349,40 @@ class Trainer:
                 batches = self._loader()
                 epoch_done = False
                 while self.step < end_step and not self.should_stop:
-                    metrics = self._train_step(batches)
-                    self._nonfinite.check(self.step, metrics)  # before any log, callback or save sees the step
+                    metrics = self._train_step(batches)  # no read-back: `metrics` fills at the next one
                     window.append(metrics)
                     bar.update(1)
                     if budget is not None:
                         end_step = self._apply_time_budget(budget, end_step, bar, num_steps is not None)
-                    if self.step % self.cfg.log_every == 0 or self.step == end_step:
+                    log_step = self.step % self.cfg.log_every == 0 or self.step == end_step
+                    if log_step:
+                        self._read_back()  # the guard sees every step before any log, callback or save
                         now = time.perf_counter()
                         tok_s = sum(m["tokens"] for m in window) / max(now - t_last, 1e-9)
                         self._log_train(window, tok_s)
                         bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{tok_s:,.0f}")
                         window, t_last = [], now
                     for cb in self.callbacks:
-                        cb.on_step(self, self.step, metrics)
+                        cb.on_step(self, self.step, metrics)  # reading a device value reads back early
                     if self.position + self.step_samples > self.steps_per_epoch * self.step_samples:
                         self.epoch += 1
                         self.position = 0
                         epoch_done = True
                         for cb in self.callbacks:
                             cb.on_epoch(self, self.epoch - 1)
-                    if self.eval_dataset is not None and self.cfg.eval_every and \
-                            self.step % self.cfg.eval_every == 0:
+                    eval_due = self.eval_dataset is not None and bool(self.cfg.eval_every) and \
+                        self.step % self.cfg.eval_every == 0
+                    save_due = bool(self.cfg.save_every) and self.step % self.cfg.save_every == 0
+                    if eval_due:
                         self.evaluate()
-                    self._sync_stop()
-                    if self.cfg.save_every and self.step % self.cfg.save_every == 0:
+                    if log_step or eval_due or save_due:  # DDP: ranks agree on stopping where they sync anyway
+                        self._sync_stop()
+                    if save_due:
                         self.save_checkpoint()
                     if epoch_done:
                         break
-            if window:  # steps since the last log (stopped early)
+            self._read_back()  # the steps since the last read-back (stopped early)
+            if window:  # steps since the last log
                 self._log_train(window, sum(m["tokens"] for m in window) / max(time.perf_counter() - t_last, 1e-9))
             if self.eval_dataset is not None and self._last_eval_step != self.step:
                 self.evaluate()
@@ -368,9 +394,15 @@ class Trainer:
         return self.history
 
     def _apply_time_budget(self, budget: TimeBudget, end_step: int, bar: tqdm, partial: bool) -> int:
-        """Move the run's end to what fits in ``max_minutes`` (see `training.time_budget`); returns the new end."""
+        """Move the run's end to what fits in ``max_minutes`` (see `training.time_budget`); returns the new end.
+
+        Under DDP the projection and the expiry are decided only at log steps (every rank agrees there, in the
+        collective it makes anyway), so no step between log steps waits for the other ranks."""
         due = budget.observe(self.step)
-        if due or (budget.projected and self.step % self.cfg.log_every == 0):
+        log_step = self.step % self.cfg.log_every == 0
+        if self.dist.enabled:
+            due = False  # the first projection waits for the next log step, where all ranks make it
+        if due or (budget.projected and log_step):
             if self.time_budget is None:
                 self.time_budget = {"max_minutes": self.cfg.max_minutes, "planned_max_steps": self.cfg.max_steps}
             horizon = budget.horizon(self.step, self.time_budget["planned_max_steps"])
@@ -386,11 +418,14 @@ class Trainer:
                 bar.total = horizon
                 bar.refresh()
                 end_step = min(end_step, horizon) if partial else horizon  # partial: train(num_steps)
-        if budget.expired():
+        if (log_step or not self.dist.enabled) and budget.expired():  # DDP: agreed by `_sync_stop` at log steps
             self.request_stop(f"time budget of {self.cfg.max_minutes} min reached")
         return end_step
 
     def _sync_stop(self) -> None:
+        """DDP: stop on every rank if any rank stopped. Called where the ranks sync anyway (log, evaluation and
+        checkpoint steps); a stop requested on every rank at the same step (callbacks see identical inputs) needs
+        no agreement."""
         if not self.dist.enabled:
             return
         flag = torch.tensor([1.0 if self.should_stop else 0.0], device=self.device)
@@ -405,6 +440,7 @@ class Trainer:
         """Loss and metrics over ``eval_dataset`` (sharded over ranks, token-weighted), as ``val_<name>``."""
         if self.eval_dataset is None:
             raise ValueError("evaluate() needs an eval_dataset")
+        self._read_back()  # pending steps first: the guard runs before any evaluation
         self.eval_model.eval()
         n = len(self.eval_dataset)
         indices = list(range(self.dist.rank, n, self.dist.world_size))
@@ -438,7 +474,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ logging
 
-    def _log_train(self, window: list[dict[str, float]], tok_s: float) -> None:
+    def _log_train(self, window: Sequence[Mapping[str, Any]], tok_s: float) -> None:
         avg = {k: sum(m[k] for m in window) / len(window) for k in window[-1] if k not in ("tokens", "lr")}
         entry = {"step": self.step, **avg, "lr": window[-1]["lr"], "tokens_per_s": tok_s,
                  "tokens_seen": self.tokens_seen, "epoch": self.epoch}
@@ -461,6 +497,7 @@ class Trainer:
             "epoch": self.epoch,
             "position": self.position,
             "tokens_seen": self.tokens_seen,
+            "skipped_steps": self.skipped_steps,
             "world_size": self.dist.world_size,
             "step_samples": self.step_samples,
             "history": self.history,
@@ -469,6 +506,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Write ``output_dir/checkpoints/step-XXXXXXXX`` (rank 0) and call ``on_save``; all ranks must call it."""
+        self._read_back()  # the guard sees every step before a checkpoint; tokens_seen and history are current
         path = self.checkpoint_dir / checkpoint_name(self.step)
         rng = self._gather_rng()
         if self.is_main:
@@ -501,9 +539,16 @@ class Trainer:
         latest = latest_checkpoint(path)
         if latest is not None:
             path = latest
+        fused = [g.get("fused") for g in self.optimizer.param_groups]
         state = load_checkpoint(path, model=self.unwrapped_model, optimizer=self.optimizer,
                                 scheduler=self.scheduler, scaler=self.scaler, map_location=self.device,
                                 restore_rng=False)
+        for group, flag in zip(self.optimizer.param_groups, fused):  # the kernel choice is ours, not the file's
+            group["fused"] = flag
+            for p in group["params"] if flag else ():  # a fused step counts on the parameter's device
+                st = self.optimizer.state.get(p, {})
+                if isinstance(st.get("step"), torch.Tensor):
+                    st["step"] = st["step"].to(p.device, torch.float32)
         rng = load_pt(path / RNG_FILE)
         ranks = rng.get("ranks", [rng])
         if len(ranks) == self.dist.world_size:
@@ -521,6 +566,7 @@ class Trainer:
         if self.position + self.step_samples > self.steps_per_epoch * self.step_samples:
             self.epoch, self.position = self.epoch + 1, 0
         self.tokens_seen = int(state.get("tokens_seen", 0))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         self.history = state.get("history", {"train": [], "eval": []})
         saved = state.get("callbacks", {})
         for i, cb in enumerate(self.callbacks):
@@ -534,7 +580,7 @@ class Trainer:
     def _write_metrics(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         data = {**self.history, "step": self.step, "tokens_seen": self.tokens_seen, "stop_reason": self.stop_reason,
-                "time_budget": self.time_budget}
+                "time_budget": self.time_budget, "skipped_steps": self.skipped_steps}
         write_metrics(self.output_dir / "metrics.json", data)
 
     def plot_loss_curves(self, path: str | os.PathLike | None = None) -> Path | None:

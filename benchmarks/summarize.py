@@ -110,31 +110,61 @@ def train_throughput() -> list[str]:
     return lines
 
 
+#: the issue's own figures (issue 12, "Why": one H200, torch 2.11, before this work), quoted as the "before" column
+STEP_BEFORE = {
+    "anchor": "5.0M tokens/s compiled (2.7M eager), ~31% MFU",
+    "joint": "~95k tokens/s, 3-7 steps/s (`rxnn train joint`, batch 512, padded)",
+    "sft": "not measured",
+    "smat": "1.49 s/step, 56k kernels, GPU busy ~1/3 (`benchmarks/smat_step.py`)",
+    "mrl": "not measured",
+    "baseline": "not measured",
+}
+#: the issue's targets (one H200)
+STEP_TARGETS = {
+    "joint": ">= 1.5M real tokens/s (vs anchor >= 0.3)",
+    "sft": ">= 1.5M real tokens/s (vs anchor >= 0.3)",
+    "smat": ">= 600k real tokens/s, <= 5.6k kernels (10x fewer)",
+    "mrl": "< 10 s per IMPO update",
+}
+
+
+def _ms(ms: float) -> str:
+    return f"{ms / 1e3:.2f} s" if ms >= 1e3 else f"{ms:.0f} ms"
+
+
 def where_a_step_goes() -> list[str]:
-    """Every nano stage's step, before (the old path) and after, beside the compiled plain-decoder anchor."""
+    """Every nano stage's step: the issue's figures (before) beside this file's (after), with the targets."""
     d = _load("train_throughput")
     if not d or "stages" not in d:
         return []
-    rows = {r["stage"]: r for r in d["stages"] if "error" not in r}
-    lines = [f"**Where a step goes** (nano, untrained, {d['device']}, {d['dtype']}, torch {d['versions']['torch']}; "
-             f"`{d['command']}`)", "",
-             "| stage | path | step | real tokens/s | vs anchor | kernels / step | GPU busy |",
-             "|---|---|---|---|---|---|---|"]
-    order = ["anchor", "joint-before", "joint", "sft-before", "sft", "smat-before", "smat", "mrl", "baseline-before",
-             "baseline"]
-    for name in order:
+    rows = {r["stage"]: r for r in d["stages"]}
+    lines = [f"**Where a step goes** (nano, untrained). Before: the figures quoted in issue 12 (one H200, torch "
+             f"2.11, before this work). After: `benchmarks/results/train_throughput.json` ({d['device']}, "
+             f"{d['dtype']}, torch {d['versions']['torch']}; `{d['command']}`)", "",
+             "| stage | before (issue 12) | after: path | step | real tokens/s | vs anchor | kernels / step | GPU busy "
+             "| target |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    names = list(STEP_BEFORE) + [n for n in ("joint-before", "sft-before", "smat-before", "baseline-before")
+                                 if n in rows]
+    for name in names:
         r = rows.get(name)
-        if r is None:
+        label = name if not name.endswith("-before") else f"{name} (old path)"
+        before = STEP_BEFORE.get(name, "")
+        target = STEP_TARGETS.get(name, "")
+        if r is None or "real_tokens_per_s" not in r:
+            why = "not run" if r is None else r.get("skipped") or f"error: {r.get('error', '')[:80]}"
+            lines.append(f"| {label} | {before} | {why} | - | - | - | - | - | {target} |")
             continue
         path = r.get("path") or ("packed, compiled" if r.get("packed") else "padded, eager" if "packed" in r else
                                  "compiled" if r.get("compiled") else r.get("what", ""))
-        kernels = f"{r['kernels_per_step']:.0f}" if r.get("kernels_per_step") else "-"
+        kernels = f"{r['kernels_per_step']:,.0f}" if r.get("kernels_per_step") else "-"
         busy = f"{r['gpu_busy_fraction'] * 100:.0f}%" if r.get("gpu_busy_fraction") else "-"
-        lines.append(f"| {name} ({r.get('batch', '')}) | {path} | {r['step_ms']:.0f} ms | "
-                     f"{r['real_tokens_per_s']:,.0f} | {r['vs_anchor']:.3f} | {kernels} | {busy} |")
+        vs = f"{r['vs_anchor']:.3f}" if r.get("vs_anchor") is not None else "-"
+        lines.append(f"| {label} ({r.get('batch', '')}) | {before} | {path} | {_ms(r['step_ms'])} | "
+                     f"{r['real_tokens_per_s']:,.0f} | {vs} | {kernels} | {busy} | {target} |")
     carried = [r for r in d["stages"] if "measured_in" in r]
     for r in carried:
-        lines.append(f"\n`{r['stage']}` comes from the check run: `{r['measured_in']}`.")
+        lines.append(f"\n`{r['stage']}` comes from another run: `{r['measured_in']}`.")
     return lines
 
 

@@ -1,7 +1,9 @@
 """Training throughput of every `nano` stage as the recipe runs it, side by side with a plain-decoder anchor.
 
 One run on one GPU measures, per stage, the optimizer step of the stage's own trainer (`Trainer._train_step`:
-forward, backward, clipping, fused AdamW, the step's metric read-back) on the stage's data path, after warm-up:
+forward, backward, clipping, fused AdamW; the stage's own loader, so a change to a stage's data path is measured
+as it is) after warm-up. Steps run back to back as in training, each bracketed by CUDA events, with no host sync
+between them; the metrics are read back once after the timed steps, as a log step does. ``step_ms`` is the median.
 
 - ``anchor``: a plain decoder of the nano's width and depth (`rxt.classic.DecoderLM`, d=256, 6 layers), batch
   512 x 256 random tokens already on the GPU, `torch.compile`, bf16 autocast, fused AdamW;
@@ -21,6 +23,10 @@ synthetic dialogues of `training.data.synthetic` (tokenised with the packaged to
 data. The earlier ``mini``/``dense-100m`` MFU records are carried over from the previous file under ``mfu``.
 
     python benchmarks/train_throughput.py --out benchmarks/results/train_throughput.json
+    python benchmarks/train_throughput.py --smoke --out /tmp/tt.json          # CPU smoke: tiny sizes, few steps
+
+``--deadline-s S``: no stage (nor profile) starts after S seconds; skipped stages are recorded as such. The file is
+rewritten as soon as each stage is timed, so an outer ``timeout`` loses nothing that was measured.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_utils import RESULTS_DIR, inside
+from benchmarks.bench_utils import RESULTS_DIR, inside, time_ms
 from rxt.atomic_io import atomic_write_json
 from rxt.classic import DecoderLM
 from rxt.config import RxTConfig, TransformerConfig
@@ -49,6 +55,12 @@ from training.config import TrainConfig
 
 STAGES = ("anchor", "joint", "sft", "smat", "mrl", "baseline", "joint-before", "sft-before", "smat-before",
           "baseline-before")
+
+
+#: what --smoke sets: the tiny preset, a few rows and steps, on the CPU
+SMOKE = {"preset": "tiny", "rows": 4, "row_len": 64, "smat": "2x3", "turn_tokens": 16, "mrl": "2x2", "documents": 80,
+         "warmup": 0, "iters": 2, "iters_before": 1, "mrl_iters": 1, "mrl_warmup": 0, "num_workers": 0,
+         "device": "cpu"}
 
 
 def _train_cfg(args, tmp: str, batch: int, compile_: bool) -> TrainConfig:
@@ -63,40 +75,39 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _profile(step, device, steps: int) -> tuple[float, float]:
+def _profile(step, flush, device, steps: int) -> tuple[float, float]:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             step()
+        flush()
         torch.cuda.synchronize(device)
     kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
     return len(kernels) / steps, sum(e.device_time for e in kernels) / 1e3 / steps
 
 
 def measure(name: str, step, real_tokens: float, device, warmup: int, iters: int, profile_steps: int,
-            extra: dict | None = None) -> dict:
-    """Median wall time of ``step`` (each step ends with a host read-back, so wall time is step time)."""
+            extra: dict | None = None, flush=lambda: None, report=lambda row: None) -> dict:
+    """Median time of ``step`` as training runs it: steps back to back, each bracketed by CUDA events, no host
+    sync between them (the trainer reads its metrics back only at log steps: ``flush``, once after the timed
+    steps, as a log step would). ``report(row)`` gets the row after the timing and again after the profile."""
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
+    flush()
     _sync(device)
     warm_s = time.perf_counter() - t0
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    times.sort()
-    step_s = times[len(times) // 2]
+    step_s = time_ms(step, device, 0, iters, sync_each=False) / 1e3
+    flush()
     row = {"stage": name, "step_ms": step_s * 1e3, "real_tokens_per_step": real_tokens,
-           "real_tokens_per_s": real_tokens / step_s, "warmup_s": warm_s, "iters": iters, **(extra or {})}
+           "real_tokens_per_s": real_tokens / step_s, "warmup_s": warm_s, "iters": iters, **(extra or {}),
+           "kernels_per_step": None, "gpu_busy_ms": None, "gpu_busy_fraction": None}
+    report(row)
     if profile_steps and device.type == "cuda":
-        kernels, busy_ms = _profile(step, device, profile_steps)
+        kernels, busy_ms = _profile(step, flush, device, profile_steps)
         row.update(kernels_per_step=kernels, gpu_busy_ms=busy_ms, gpu_busy_fraction=busy_ms / (step_s * 1e3))
-    else:
-        row.update(kernels_per_step=None, gpu_busy_ms=None, gpu_busy_fraction=None)
+        report(row)
     print(json.dumps(row), flush=True)
     return row
 
@@ -119,15 +130,17 @@ def anchor(args, device):
 
     compiled = torch.compile(loss_fn) if cuda else loss_fn
 
+    last = [torch.zeros(())]
+
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             loss = compiled()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(loss.detach())  # the read-back every trainer step has
+        last[0] = loss.detach()  # read back by `flush`, as the trainers read theirs at log steps
 
-    return step, ids.numel(), {"parameters": sum(p.numel() for p in model.parameters()),
+    return step, lambda: float(last[0]), ids.numel(), {"parameters": sum(p.numel() for p in model.parameters()),
                                "batch": f"{args.rows}x{args.row_len}", "compiled": cuda}
 
 
@@ -138,6 +151,8 @@ def _episodes(count: int, turns: int, seed: int):
 
 
 def _trainer_step(trainer):
+    """``(step, flush)``: the trainer's own optimizer step on its own data path (`Trainer._train_step`, whatever
+    loader the stage has), and its metrics read-back (`Trainer._read_back`, what a log step does)."""
     batches = [trainer._loader()]
 
     def step():
@@ -148,7 +163,7 @@ def _trainer_step(trainer):
             batches[0] = trainer._loader()
             return trainer._train_step(batches[0])
 
-    return step
+    return step, trainer._read_back
 
 
 def _real_tokens_of(trainer) -> float:
@@ -191,7 +206,7 @@ def joint_like(kind: str, packed: bool, args, device, tok, tmp):
              "packed": packed, "compiled": cfg.compile}
     if packed:
         extra["pack_fill"] = data.fill
-    return _trainer_step(trainer), _real_tokens_of(trainer), extra
+    return (*_trainer_step(trainer), _real_tokens_of(trainer), extra)
 
 
 def smat(before: bool, args, device, tok, tmp):
@@ -217,7 +232,7 @@ def smat(before: bool, args, device, tok, tmp):
     trainer.unwrapped_model.reference = before  # the loop unstacks the collated batch itself
     extra = {"batch": f"{batch}x{turns} turns of {length}", "bptt_depth": 4, "compiled": config.train.compile,
              "path": "per-turn loop (reference)" if before else "restructured"}
-    return _trainer_step(trainer), batch * turns * length, extra
+    return (*_trainer_step(trainer), batch * turns * length, extra)
 
 
 def mrl(args, device, tok, tmp):
@@ -242,8 +257,9 @@ def mrl(args, device, tok, tmp):
         trainer.update(logs)
         tokens[0] = sum(len(s.action_ids) for log in logs for s in log.steps)
 
-    return step, tokens, {"batch": f"{episodes_n} episodes x {steps} steps",
-                          "what": "collection (all episodes in one runtime batch) + rewards + IMPO update (minibatch 32, 2 PPO epochs, 48 new tokens, the recipe's reward)"}
+    what = ("collection (all episodes in one runtime batch) + rewards + IMPO update (minibatch 32, 2 PPO epochs, "
+            "48 new tokens, the recipe's reward)")
+    return step, lambda: None, tokens, {"batch": f"{episodes_n} episodes x {steps} steps", "what": what}
 
 
 def baseline(packed: bool, args, device, tok, tmp):
@@ -261,27 +277,34 @@ def baseline(packed: bool, args, device, tok, tmp):
     trainer = BaselineLMTrainer(BaselineLMModel(lm, tok), cfg, data, pad_id=tok.pad_id)
     extra = {"batch": f"{args.rows} rows x {args.row_len}" if packed else f"{args.rows} padded", "packed": packed,
              "compiled": cfg.compile}
-    return _trainer_step(trainer), _real_tokens_of(trainer), extra
+    return (*_trainer_step(trainer), _real_tokens_of(trainer), extra)
 
 
-def run_stage(name: str, args, device, tok, tmp) -> dict:
+def run_stage(name: str, args, device, tok, tmp, report, profile: bool) -> dict:
+    profile_steps = args.profile_steps if profile else 0
     if name == "anchor":
-        step, tokens, extra = anchor(args, device)
+        step, flush, tokens, extra = anchor(args, device)
     elif name in ("joint", "joint-before", "sft", "sft-before"):
-        step, tokens, extra = joint_like(name.split("-")[0], not name.endswith("before"), args, device, tok, tmp)
+        step, flush, tokens, extra = joint_like(name.split("-")[0], not name.endswith("before"), args, device, tok,
+                                                tmp)
     elif name in ("smat", "smat-before"):
-        step, tokens, extra = smat(name.endswith("before"), args, device, tok, tmp)
+        step, flush, tokens, extra = smat(name.endswith("before"), args, device, tok, tmp)
     elif name == "mrl":
-        step, holder, extra = mrl(args, device, tok, tmp)
-        # no separate warm-up (an update is seconds long): the earlier stages warmed the GPU libraries
-        row = measure(name, step, 0.0, device, 0, args.mrl_iters, 0, extra)
-        row["real_tokens_per_step"] = holder[0]
-        row["real_tokens_per_s"] = holder[0] / (row["step_ms"] / 1e3)
+        step, flush, holder, extra = mrl(args, device, tok, tmp)
+
+        def mrl_report(row):
+            row["real_tokens_per_step"] = holder[0]  # the action tokens the update trained on
+            row["real_tokens_per_s"] = holder[0] / (row["step_ms"] / 1e3)
+            report(row)
+
+        # an update is seconds long: warm-up and profile steps are whole updates (--mrl-warmup, --mrl-profile)
+        row = measure(name, step, 0.0, device, args.mrl_warmup, args.mrl_iters,
+                      args.mrl_profile if profile else 0, extra, flush, mrl_report)
         return row
     else:
-        step, tokens, extra = baseline(not name.endswith("before"), args, device, tok, tmp)
+        step, flush, tokens, extra = baseline(not name.endswith("before"), args, device, tok, tmp)
     iters = args.iters_before if name.endswith("before") else args.iters
-    return measure(name, step, tokens, device, args.warmup, iters, args.profile_steps, extra)
+    return measure(name, step, tokens, device, args.warmup, iters, profile_steps, extra, flush, report)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,7 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--iters-before", type=int, default=4)
-    parser.add_argument("--mrl-iters", type=int, default=1)
+    parser.add_argument("--mrl-iters", type=int, default=1, help="timed IMPO updates")
+    parser.add_argument("--mrl-warmup", type=int, default=0, help="untimed IMPO updates first")
+    parser.add_argument("--mrl-profile", type=int, default=1, help="IMPO updates under the profiler")
+    parser.add_argument("--deadline-s", type=float, default=0.0,
+                        help="seconds after which no new stage (nor profile) starts; 0 = none. Results are written "
+                             "after every stage, so an outer `timeout` a little above it loses nothing measured")
     parser.add_argument("--profile-steps", type=int, default=2)
     parser.add_argument("--documents", type=int, default=40_000, help="synthetic interactions for joint/SFT")
     parser.add_argument("--preset", default="nano")
@@ -305,24 +333,53 @@ def main(argv: list[str] | None = None) -> int:
                         help="a results file of an earlier run on the same kind of GPU whose rows are carried over")
     parser.add_argument("--include-stages", nargs="*", default=[], help="the stages taken from --include-from")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--smoke", action="store_true",
+                        help="CPU smoke mode: every stage at tiny sizes for a few steps (sets the sizes below)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        for key, value in SMOKE.items():
+            setattr(args, key, value)
     device = torch.device(args.device)
     if device.type != "cuda" and args.out is not None and inside(args.out, RESULTS_DIR):
         parser.error("CPU timings do not go into benchmarks/results/; pass --out elsewhere")
     torch.backends.cuda.matmul.allow_tf32 = True
     tok = RxTokenizer.default()
-    rows = []
+    rows: list[dict] = []
     command = " ".join(["python", "benchmarks/train_throughput.py", *(argv if argv is not None else sys.argv[1:])])
+    started = time.perf_counter()
+
+    def left() -> float:
+        return args.deadline_s - (time.perf_counter() - started) if args.deadline_s > 0 else float("inf")
+
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.stages:
+            if left() <= 0:
+                rows.append({"stage": name, "skipped": f"--deadline-s {args.deadline_s:g} reached"})
+                print(json.dumps(rows[-1]), flush=True)
+                write(args, device, rows, command)
+                continue
+
+            at = len(rows)
             try:
-                rows.append(run_stage(name, args, device, tok, tmp))
-            except Exception as exc:  # record the failure, keep measuring the others
-                rows.append({"stage": name, "error": repr(exc)[:500]})
+                # the profile (a few more steps and the trace's processing) only while time is left for it
+                run_stage(name, args, device, tok, tmp, _reporter(rows, at, lambda: write(args, device, rows, command)),
+                          profile=left() > 0)
+            except Exception as exc:  # record the failure (after a timing already taken: keep it), measure the rest
+                rows[at:] = [{**(rows[at] if len(rows) > at else {"stage": name}), "error": repr(exc)[:500]}]
                 print(json.dumps(rows[-1]), flush=True)
             torch.cuda.empty_cache()
             write(args, device, rows, command)  # after every stage: a run cut short keeps what it measured
     return 0
+
+
+def _reporter(rows: list[dict], at: int, save):
+    """``report(row)``: a stage's row goes to ``rows[at]`` and to the file as soon as it is timed, and again once
+    profiled, so a run cut short by its ``timeout`` keeps every timing it took."""
+    def report(row: dict) -> None:
+        rows[at:] = [row]
+        save()
+
+    return report
 
 
 def write(args, device, measured: list[dict], command: str) -> None:
@@ -332,9 +389,10 @@ def write(args, device, measured: list[dict], command: str) -> None:
         for r in earlier.get("stages", []):
             if r["stage"] in args.include_stages and all(m["stage"] != r["stage"] for m in rows):
                 rows.append({**r, "measured_in": f"{args.include_from.name}: {earlier.get('command', '')}"})
-    anchor_rate = next((r["real_tokens_per_s"] for r in rows if r["stage"] == "anchor" and "error" not in r), None)
+    anchor_rate = next((r["real_tokens_per_s"] for r in rows if r["stage"] == "anchor" and "real_tokens_per_s" in r),
+                       None)
     for r in rows:
-        if "error" not in r:
+        if "real_tokens_per_s" in r:
             r["vs_anchor"] = r["real_tokens_per_s"] / anchor_rate if anchor_rate else None
     previous = RESULTS_DIR / "train_throughput.json"
     mfu = []

@@ -5,8 +5,15 @@ step metrics (``loss``, ``lr``, ``tokens``, ...), ``on_epoch(trainer, epoch)`` w
 ``on_eval(trainer, metrics)`` after an evaluation (``val_loss``, ...), ``on_save(trainer, path)`` after a
 checkpoint is written (rank 0 only), ``on_end(trainer)`` when training ends. Callbacks stop training with
 ``trainer.request_stop(reason)``. ``on_step``/``on_epoch``/``on_eval`` run on every rank with identical inputs,
-so stop decisions agree across ranks. Stateful callbacks implement ``state_dict``/``load_state_dict``; the
-trainer stores them in checkpoints.
+so stop decisions agree across ranks.
+
+``metrics`` is a `training.step_metrics.StepMetrics`: the values known on the host (``lr``; ``tokens`` in a
+single process) are there at once, the device ones (``loss``, ``grad_norm``, the stage's metrics) arrive with the
+trainer's next read-back, at its log step. Reading one earlier reads back every pending step then: a host sync,
+and under DDP a collective, so a callback must read on every rank alike (read first, then print on rank 0).
+Callbacks that read device values only at log steps (`PrintMetrics` by default) cost no sync.
+
+Stateful callbacks implement ``state_dict``/``load_state_dict``; the trainer stores them in checkpoints.
 """
 
 from __future__ import annotations
@@ -58,8 +65,10 @@ class PrintMetrics(Callback):
 
     def on_step(self, trainer, step, metrics):
         every = self.every or trainer.cfg.log_every
-        if trainer.is_main and step % every == 0:
-            self.print_fn(f"step {step}: {self._fmt(metrics)}")
+        if step % every == 0:
+            text = self._fmt(metrics)  # on every rank: off a log step this reads back, a collective under DDP
+            if trainer.is_main:
+                self.print_fn(f"step {step}: {text}")
 
     def on_eval(self, trainer, metrics):
         if trainer.is_main:
@@ -67,7 +76,8 @@ class PrintMetrics(Callback):
 
 
 class TokenCounter(Callback):
-    """Counts training tokens (all ranks); with ``limit`` stops training once ``limit`` tokens have been seen."""
+    """Counts training tokens (all ranks); with ``limit`` stops training once ``limit`` tokens have been seen.
+    The count is known on the host in a single process; under DDP the global count is read back every step."""
 
     def __init__(self, limit: int | None = None) -> None:
         if limit is not None and limit < 1:

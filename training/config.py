@@ -68,7 +68,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = 0
     push_to_hub: str | None = None  # Hub repo id pushed at every save
-    nonfinite_loss_patience: int = 0  # consecutive NaN/inf losses tolerated before training stops with an error
+    nonfinite_loss_patience: int = 0  # consecutive NaN/inf steps (skipped on the device) tolerated before an error
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):

@@ -32,10 +32,17 @@ class PackedRowsLoader:
             self._device_rows = self.train_dataset.to(self.device)
         for index in self.rank_batches(self.epoch, self.position):
             index_t = torch.tensor(index)
-            batch: dict[str, Any] = self._device_rows.rows(index_t)
+            batch: dict[str, Any] = self._device_rows.rows(self._to_device(index_t))
             batch["attention_mask"] = batch["doc"] >= 0
             batch["num_targets"] = int(self.train_dataset.targets[index_t].sum())
             yield self.add_views(batch)
+
+    def _to_device(self, index: torch.Tensor) -> torch.Tensor:
+        """The row index on the device without a host sync: a blocking (or pageable) host-to-device copy waits
+        for the steps already queued, so the index goes through pinned memory, asynchronously."""
+        if self.device.type != "cuda":
+            return index
+        return index.pin_memory().to(self.device, non_blocking=True)
 
     def add_views(self, batch: dict[str, Any]) -> dict[str, Any]:
         return batch

@@ -27,6 +27,20 @@ def test_every_stage_steps_and_records(tmp_path, load_script):
     assert rows["joint"]["pack_fill"] > 0.8  # packed rows are mostly real tokens
     assert rows["smat"]["path"] == "restructured" and rows["smat-before"]["path"].startswith("per-turn loop")
     assert doc["device"] == "cpu" and "mfu" in doc
+    for r in rows.values():  # the fields of the record (kernels and busy fraction: GPU only)
+        assert {"stage", "real_tokens_per_s", "step_ms", "kernels_per_step", "gpu_busy_fraction", "vs_anchor"} <= set(r)
+
+
+def test_smoke_mode_and_deadline(tmp_path, load_script):
+    bench = load_script("benchmarks/train_throughput.py")
+    out = tmp_path / "tt.json"
+    assert bench.main(["--smoke", "--stages", "anchor", "sft", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["stages"]
+    assert [r["stage"] for r in rows] == ["anchor", "sft"] and all("error" not in r for r in rows)
+    assert rows[0]["iters"] == bench.SMOKE["iters"] and rows[1]["batch"] == "4 rows x 64"
+    assert bench.main(["--smoke", "--stages", "anchor", "mrl", "--deadline-s", "1e-9", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["stages"]
+    assert [(r["stage"], "skipped" in r) for r in rows] == [("anchor", True), ("mrl", True)]
 
 
 def test_cpu_timings_stay_out_of_results(load_script, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_trainer import make, repetitive_data
+from test_trainer import repetitive_data
 
 from rxt.classic import DecoderLM
 from rxt.config import TransformerConfig

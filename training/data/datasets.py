@@ -245,6 +245,14 @@ def collate_lm(
     return out
 
 
+def collate_lm_counted(batch: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[str, Any]:
+    """`collate_lm` plus ``num_targets``: the next-token targets (``labels[:, 1:] != -100``) counted here, on the
+    host, so the training step needs no read-back from the device to count its tokens."""
+    out: dict[str, Any] = collate_lm(batch, pad_id)
+    out["num_targets"] = int((out["labels"][:, 1:] != IGNORE_INDEX).sum())
+    return out
+
+
 def collate_episodes(batch: Sequence[Sequence[dict[str, torch.Tensor]]], pad_id: int) -> list[dict[str, torch.Tensor]]:
     """Batch episodes turn by turn: a list of N = max turns in the batch dicts, each with
 
@@ -284,5 +292,6 @@ __all__ = [
     "MaskedTextDataset",
     "collate_episodes",
     "collate_lm",
+    "collate_lm_counted",
     "shift_labels",
 ]

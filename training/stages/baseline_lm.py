@@ -47,7 +47,7 @@ from rxt.hub import CONFIG_NAME, WEIGHTS_NAME
 from rxt.template import InteractionTemplate
 from rxt.tokenizer import RxTokenizer
 from training.config import ConfigError, TrainConfig
-from training.data.datasets import IGNORE_INDEX, collate_lm
+from training.data.datasets import IGNORE_INDEX, collate_lm_counted
 from training.data.packing import document_masks
 from training.data.records import EpisodeRecord, InteractionRecord
 from training.metrics import accuracy_tensor, causal_lm_loss
@@ -270,7 +270,7 @@ class BaselineLMTrainer(PackedRowsLoader, Trainer):
         super().__init__(*args, **kwargs)
 
     def collate(self, samples):
-        return collate_lm(samples, self.pad_id)
+        return collate_lm_counted(samples, self.pad_id)
 
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
         packed = {k: batch[k] for k in ("doc", "positions") if k in batch}
@@ -279,7 +279,8 @@ class BaselineLMTrainer(PackedRowsLoader, Trainer):
         # device tensors: the Trainer reads a step's metrics back once
         metrics = {"answer_acc": accuracy_tensor(logits, batch["labels"], shifted=True),
                    "answer_ppl": loss.detach().float().exp()}
-        counted = batch["num_targets"] if "num_targets" in batch else int((batch["labels"][:, 1:] != -100).sum())
+        # counted on the host (packed rows, `collate_lm_counted`); else a device count (no read-back either)
+        counted = batch["num_targets"] if "num_targets" in batch else (batch["labels"][:, 1:] != -100).sum()
         return StepOutput(loss=loss, metrics=metrics, num_tokens=counted)
 
 

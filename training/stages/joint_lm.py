@@ -34,7 +34,7 @@ from rxt.model import RxT
 from rxt.tokenizer import RxTokenizer
 from training.callbacks import Callback
 from training.config import ConfigError, TrainConfig
-from training.data.datasets import collate_lm
+from training.data.datasets import collate_lm_counted
 from training.data.packing import document_masks, mask_tokens, mlm_positions
 from training.heads import MLMHead
 from training.metrics import accuracy_tensor, causal_lm_loss, masked_lm_loss
@@ -162,8 +162,9 @@ def freeze_unused_memory_system(rxt: RxT) -> None:
 
 
 class JointLMTrainer(PackedRowsLoader, Trainer):
-    """`Trainer` for stage 1 (and, via `SFTTrainer`, stage 2): batches from `collate_lm` with ``input_ids``,
-    ``attention_mask``, ``labels`` (AR, aligned) and ``mlm_input_ids``, ``mlm_labels``."""
+    """`Trainer` for stage 1 (and, via `SFTTrainer`, stage 2): batches from `collate_lm_counted` with
+    ``input_ids``, ``attention_mask``, ``labels`` (AR, aligned), ``mlm_input_ids``, ``mlm_labels`` and
+    ``num_targets``, or packed rows (`PackedRowsLoader`)."""
 
     peek_prefix = "ar"
 
@@ -177,7 +178,7 @@ class JointLMTrainer(PackedRowsLoader, Trainer):
         super().__init__(model, cfg, train_dataset, eval_dataset, callbacks=callbacks, config=config)
 
     def collate(self, samples):
-        return collate_lm(samples, self.pad_id)
+        return collate_lm_counted(samples, self.pad_id)
 
     def add_views(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Packed rows: the encoder's MLM copy, drawn on the device."""
@@ -214,7 +215,8 @@ class JointLMTrainer(PackedRowsLoader, Trainer):
             "mlm_loss": mlm.detach(),
             "mlm_acc": accuracy_tensor(mlm_logits, batch["mlm_labels"], shifted=False),
         }
-        num_tokens = batch["num_targets"] if "num_targets" in batch else int((batch["labels"][:, 1:] != -100).sum())
+        # counted on the host (packed rows, `collate_lm_counted`); else a device count (no read-back either)
+        num_tokens = batch["num_targets"] if "num_targets" in batch else (batch["labels"][:, 1:] != -100).sum()
         return StepOutput(loss=loss, metrics=metrics, num_tokens=num_tokens)
 
 

@@ -135,14 +135,15 @@ class MemoryAttentionObjective(RxTObjective):
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         stm = model.initial_memory(batch).to(device)
         self.trace = []
+        # every sum and count stays on the device (masked sums, no `int(...)`): the step reads nothing back
         loss_sum = torch.zeros((), device=device)
         cos_sum = torch.zeros((), device=device)
-        count = 0
-        weight_sum, weight_n, tokens = 0.0, 0, 0
+        weight_sum = torch.zeros((), device=device)
+        count = weight_n = tokens = torch.zeros((), device=device, dtype=torch.long)
         for t, turn in enumerate(turns):
             ids, key_valid = turn["input_ids"], turn["attention_mask"].bool()
             active = turn.get("active", key_valid.any(dim=1)).bool() & key_valid.any(dim=1)
-            w = self.turn_weights(t, batch, generator).to(device)
+            w = self.turn_weights(t, batch, generator).to(device, non_blocking=True)  # no wait for the GPU
             with torch.no_grad():
                 encoded = model.encode(ids, key_valid)
             target = memory_target(stm, encoded, key_valid, w)  # before the network runs: no own output
@@ -152,22 +153,21 @@ class MemoryAttentionObjective(RxTObjective):
             new = model.memory_attention(stm, noisy, key_valid)
             cos = F.cosine_similarity(new.float(), target.float(), dim=-1)  # (L, B, S)
             rows = active[None, :, None].expand_as(cos)
-            n = int(rows.sum())
-            if n:
-                loss_sum = loss_sum - cos[rows].sum()
-                cos_sum = cos_sum + cos.detach()[rows].sum()
-                count += n
-                weight_sum += float(w[active].sum())
-                weight_n += int(active.sum())
-            tokens += int(key_valid[active].sum())
+            live = torch.where(rows, cos, torch.zeros_like(cos))
+            loss_sum = loss_sum - live.sum()
+            cos_sum = cos_sum + live.detach().sum()
+            count = count + rows.sum()
+            weight_sum = weight_sum + torch.where(active, w, torch.zeros_like(w)).sum()
+            weight_n = weight_n + active.sum()
+            tokens = tokens + (key_valid & active[:, None]).sum()
             if self.record:
                 self.trace.append({"stm_prev": stm.detach(), "encoded": encoded, "key_valid": key_valid,
                                    "weight": w, "target": target, "new": new, "active": active})
             new = torch.where(active[None, :, None, None], new, stm)  # ended episodes keep their memory
             stm = new.detach() if self.settings.detach_stm else new
-        denom = max(count, 1)
-        return {"loss": loss_sum / denom, "cosine": cos_sum / denom,
-                "weight": torch.tensor(weight_sum / max(weight_n, 1)), "tokens": torch.tensor(tokens)}
+        denom = count.clamp(min=1)
+        return {"loss": loss_sum / denom, "cosine": cos_sum / denom, "weight": weight_sum / weight_n.clamp(min=1),
+                "tokens": tokens}
 
 class MemoryAttentionTrainer(EpisodeTrainer):
     """Stage-3 trainer: freezes everything but ``model.memory_attention`` and trains it on episode batches
@@ -201,12 +201,12 @@ class MemoryAttentionTrainer(EpisodeTrainer):
 
     def compute_loss(self, model: nn.Module, batch: Any) -> StepOutput:
         out = model(batch, self._jitter_seed())
-        metrics = {"cosine": float(out["cosine"]), "new_data_weight": float(out["weight"])}
-        return StepOutput(out["loss"], metrics, int(out["tokens"]))
+        metrics = {"cosine": out["cosine"].detach(), "new_data_weight": out["weight"]}  # read back at log steps
+        return StepOutput(out["loss"], metrics, out["tokens"])
 
     def evaluate_batch(self, model: nn.Module, batch: Any) -> StepOutput:
         out = model(batch, None)
-        return StepOutput(out["loss"], {"cosine": float(out["cosine"])}, int(out["tokens"]))
+        return StepOutput(out["loss"], {"cosine": float(out["cosine"])}, int(out["tokens"]))  # evaluation
 
 
 # ----------------------------------------------------------------------------------------------- entry point

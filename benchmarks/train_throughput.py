@@ -8,10 +8,10 @@ between them; the metrics are read back once after the timed steps, as a log ste
 - ``anchor``: a plain decoder of the nano's width and depth (`rxt.classic.DecoderLM`, d=256, 6 layers), batch
   512 x 256 random tokens already on the GPU, `torch.compile`, bf16 autocast, fused AdamW;
 - ``joint`` / ``sft``: `JointLMTrainer` / `SFTTrainer` on packed rows (512 x 256, resident on the GPU, MLM drawn on
-  the GPU), compiled; ``joint-before`` / ``sft-before``: the same trainer on the unpacked, padded dataset through
+  the GPU), compiled as the trainer decides (``train.compile`` unset, as in the recipe); ``joint-before`` / ``sft-before``: the same trainer on the unpacked, padded dataset through
   the DataLoader, eager (the path the recipe ran before);
-- ``smat``: `SMATTrainer` (restructured step, compiled encoder/decoder/memory attention), 128 episodes x 18 turns
-  of 48 tokens (half query, half answer); ``smat-before``: the per-turn loop (``reference=True``), eager;
+- ``smat``: `SMATTrainer` (restructured step; compiled only where the trainer compiles by itself, as in the recipe,
+  or with ``--smat-compile on``), 128 episodes x 18 turns of 48 tokens (half query, half answer); ``smat-before``: the per-turn loop (``reference=True``), eager;
 - ``mrl``: one IMPO update as `MRLTrainer` runs it: 128 episodes x 8 steps collected through the runtime (one turn
   of every episode per runtime step), rewards, then the PPO epochs; ``step_ms`` is collection + update;
 - ``baseline`` / ``baseline-before``: the stateless `BaselineLMTrainer` on packed / padded histories.
@@ -63,10 +63,12 @@ SMOKE = {"preset": "tiny", "rows": 4, "row_len": 64, "smat": "2x3", "turn_tokens
          "device": "cpu"}
 
 
-def _train_cfg(args, tmp: str, batch: int, compile_: bool) -> TrainConfig:
+def _train_cfg(args, tmp: str, batch: int, compile_: bool | None) -> TrainConfig:
+    """``compile_``: None = the trainer's own choice on CUDA (what the recipe gets: ``train.compile`` unset),
+    False = eager (the old paths), True = compiled."""
     cuda = args.device == "cuda"
     return TrainConfig(batch_size=batch, max_steps=10_000, warmup_steps=10, precision="bf16" if cuda else "fp32",
-                       device=args.device, compile=compile_ and cuda, log_every=10_000, output_dir=tmp, keep_last=0,
+                       device=args.device, compile=compile_ if cuda else False, log_every=10_000, output_dir=tmp, keep_last=0,
                        lr=3e-4, num_workers=args.num_workers)  # the nano configs' DataLoader workers
 
 
@@ -101,7 +103,8 @@ def measure(name: str, step, real_tokens: float, device, warmup: int, iters: int
     step_s = time_ms(step, device, 0, iters, sync_each=False) / 1e3
     flush()
     row = {"stage": name, "step_ms": step_s * 1e3, "real_tokens_per_step": real_tokens,
-           "real_tokens_per_s": real_tokens / step_s, "warmup_s": warm_s, "iters": iters, **(extra or {}),
+           "real_tokens_per_s": real_tokens / step_s, "warmup_s": warm_s, "iters": iters,
+           **{k: v() if callable(v) else v for k, v in (extra or {}).items()},  # e.g. compiled: after a fallback
            "kernels_per_step": None, "gpu_busy_ms": None, "gpu_busy_fraction": None}
     report(row)
     if profile_steps and device.type == "cuda":
@@ -198,12 +201,12 @@ def joint_like(kind: str, packed: bool, args, device, tok, tmp):
         docs = dataset.interactions
     data = pack_dataset(docs, args.row_len, source="synthetic", max_len=rxt.config.max_seq_len,
                         special_ids=tok.special_ids, pad_id=tok.pad_id) if packed else dataset
-    cfg = _train_cfg(args, tmp, args.rows, packed)
+    cfg = _train_cfg(args, tmp, args.rows, None if packed else False)
     common = dict(pad_id=tok.pad_id, mask_prob=0.15)
     trainer = JointLMTrainer(model, cfg, data, **common) if kind == "joint" else \
         SFTTrainer(model, cfg, data, answer_id=tok.answer_id, **common)
     extra = {"batch": f"{args.rows} rows x {args.row_len}" if packed else f"{args.rows} padded",
-             "packed": packed, "compiled": cfg.compile}
+             "packed": packed, "compiled": lambda: trainer._compiled}
     if packed:
         extra["pack_fill"] = data.fill
     return (*_trainer_step(trainer), _real_tokens_of(trainer), extra)
@@ -226,11 +229,14 @@ def smat(before: bool, args, device, tok, tmp):
             labels[: length // 2] = -100
             ep.append({"input_ids": ids, "labels": labels, "query_ids": ids[: length // 2]})
         episodes.append(ep)
-    config = SMATStageConfig(train=_train_cfg(args, tmp, batch, not before), bptt_depth=4,
+    # the trainer's own compile choice (as the recipe, which leaves train.compile unset), unless --smat-compile
+    compile_ = False if before else (True if args.smat_compile == "on" else False if args.smat_compile == "off"
+                                     else None)
+    config = SMATStageConfig(train=_train_cfg(args, tmp, batch, compile_), bptt_depth=4,
                              unfreeze_schedule=[(0, ["memory", "rest"])])
     trainer = SMATTrainer(rxt, config, episodes, tokenizer=tok)
     trainer.unwrapped_model.reference = before  # the loop unstacks the collated batch itself
-    extra = {"batch": f"{batch}x{turns} turns of {length}", "bptt_depth": 4, "compiled": config.train.compile,
+    extra = {"batch": f"{batch}x{turns} turns of {length}", "bptt_depth": 4, "compiled": lambda: trainer._compiled,
              "path": "per-turn loop (reference)" if before else "restructured"}
     return (*_trainer_step(trainer), batch * turns * length, extra)
 
@@ -273,10 +279,10 @@ def baseline(packed: bool, args, device, tok, tmp):
     dataset = HistoryDataset(_episodes(args.documents // 4, 4, 2), tok, args.row_len)
     data = pack_dataset(dataset, args.row_len, source="synthetic", max_len=lm.config.max_seq_len,
                         pad_id=tok.pad_id) if packed else dataset
-    cfg = _train_cfg(args, tmp, args.rows, packed)
+    cfg = _train_cfg(args, tmp, args.rows, None if packed else False)
     trainer = BaselineLMTrainer(BaselineLMModel(lm, tok), cfg, data, pad_id=tok.pad_id)
     extra = {"batch": f"{args.rows} rows x {args.row_len}" if packed else f"{args.rows} padded", "packed": packed,
-             "compiled": cfg.compile}
+             "compiled": lambda: trainer._compiled}
     return (*_trainer_step(trainer), _real_tokens_of(trainer), extra)
 
 
@@ -326,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--row-len", type=int, default=256)
     parser.add_argument("--smat", default="128x18", help="EPISODESxTURNS of the SMAT step")
     parser.add_argument("--turn-tokens", type=int, default=48)
+    parser.add_argument("--smat-compile", choices=("auto", "on", "off"), default="auto",
+                        help="SMAT: the trainer's own choice (auto, as the recipe runs it), or forced")
     parser.add_argument("--mrl", default="128x8", help="EPISODESxSTEPS of the IMPO update")
     parser.add_argument("--num-workers", type=int, default=4, help="DataLoader workers (the nano configs' 4)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

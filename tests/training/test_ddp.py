@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -100,3 +101,65 @@ def test_two_rank_ddp_matches_single_process(tmp_path):
     assert (ddp_dir / "final" / "model.safetensors").exists()
     assert (ddp_dir / "metrics.json").exists() and (ddp_dir / "loss_curves.png").exists()
     assert [p.name for p in (ddp_dir / "checkpoints").iterdir()] == ["step-00000006"]
+
+
+DEFERRED_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    import torch.nn.functional as F
+    from rxt.classic import DecoderLM
+    from rxt.config import TransformerConfig
+    from training.callbacks import TokenCounter
+    from training.config import TrainConfig
+    from training.distributed import cleanup_distributed, dist_env
+    from training.trainer import StepOutput, Trainer
+
+    RANK = dist_env().rank
+
+    class DeviceMetricsTrainer(Trainer):
+        def compute_loss(self, model, batch):
+            ids = batch["input_ids"]
+            logits = model(ids[:, :-1]).logits
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1))
+            if self.step == 2 and RANK == 1:  # a NaN loss value on ONE rank (its gradients stay finite)
+                loss = loss + torch.tensor(float("nan"))
+            return StepOutput(loss, {"acc": (logits.argmax(-1) == ids[:, 1:]).float().mean()}, ids[:, 1:].numel())
+
+    out_dir = sys.argv[1]
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": torch.randint(0, 128, (13,), generator=g)} for _ in range(40)]
+    torch.manual_seed(7)
+    cfg = TrainConfig(lr=1e-2, warmup_steps=1, max_steps=6, batch_size=2, device="cpu", output_dir=out_dir,
+                      log_every=4, keep_last=0, nonfinite_loss_patience=1)
+    counter = TokenCounter()  # reads the global token count every step: a read-back (collective) on every rank
+    trainer = DeviceMetricsTrainer(DecoderLM(TransformerConfig.preset("tiny")), cfg, data, callbacks=[counter])
+    trainer.train()
+    torch.save(trainer.unwrapped_model.state_dict(), os.path.join(out_dir, f"weights-rank{RANK}.pt"))
+    with open(os.path.join(out_dir, f"state-rank{RANK}.json"), "w") as f:
+        json.dump({"skipped": trainer.skipped_steps, "tokens": trainer.tokens_seen, "counter": counter.tokens,
+                   "steps": [e["step"] for e in trainer.history["train"]]}, f)
+    trainer.close()
+    cleanup_distributed()
+    """
+)
+
+
+def test_two_rank_ddp_skips_a_one_rank_nan_step_on_both_ranks(tmp_path):
+    """Metrics read back only at log steps (4 and the last, 6), the skip decided on the device and agreed by
+    both ranks: a NaN loss on one rank leaves the replicas identical."""
+    script = tmp_path / "ddp_deferred.py"
+    script.write_text(DEFERRED_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), str(tmp_path)]
+    done = subprocess.run(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stdout.decode()[-3000:]
+    w0, w1 = (torch.load(tmp_path / f"weights-rank{r}.pt") for r in (0, 1))
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), f"ranks differ on {k}"
+        assert torch.isfinite(w0[k]).all(), k
+    states = [json.loads((tmp_path / f"state-rank{r}.json").read_text()) for r in (0, 1)]
+    assert states[0] == states[1]
+    assert states[0]["skipped"] == 1 and states[0]["steps"] == [4, 6]
+    assert states[0]["tokens"] == states[0]["counter"] == 6 * 2 * 2 * 12  # global tokens, summed over ranks

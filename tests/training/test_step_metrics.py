@@ -60,11 +60,12 @@ def host_reads(monkeypatch):
     return reads
 
 
-def test_no_host_read_outside_log_steps(tmp_path, host_reads):
+@pytest.mark.parametrize("accum", [1, 2])
+def test_no_host_read_outside_log_steps(tmp_path, host_reads, accum):
     lines = []
     trainer = make_device(tmp_path, [TokenCounter(), PrintMetrics(print_fn=lines.append)], max_steps=10,
-                          log_every=4)
-    batches = list(trainer._loader())  # 16 steps per epoch: one pass covers the run
+                          log_every=4, grad_accum_steps=accum)
+    batches = list(trainer._loader())  # one epoch's micro-batches, served again for the next epoch
     # the batches are made before counting: on a GPU they are host tensors (the index lists and the collate read
     # host memory, which syncs nothing); on this CPU-only machine every tensor would count
     trainer._loader = lambda: iter(batches)
@@ -76,7 +77,7 @@ def test_no_host_read_outside_log_steps(tmp_path, host_reads):
     for step in (4, 8):  # ONE transfer brings back every pending step's metrics
         assert [name for s, name in host_reads if s == step] == ["tolist"], step
     assert [e["step"] for e in trainer.history["train"]] == [4, 8, 10]
-    assert trainer.tokens_seen == 10 * 4 * 16  # counted on the host
+    assert trainer.tokens_seen == 10 * accum * 4 * 16  # counted on the host
     assert len(lines) == 2 and "loss=" in lines[0]  # PrintMetrics printed at the log steps, with values
 
 
@@ -138,6 +139,19 @@ def test_non_finite_step_leaves_weights_and_optimizer_unchanged(tmp_path, poison
     assert all(torch.isfinite(p).all() for p in trainer.unwrapped_model.parameters())
     assert trainer.skipped_steps == 2 and trainer.step == 8
     assert snaps.opt_steps[8] == [6.0] * len(snaps.opt_steps[8])  # 8 steps, 2 skipped
+
+
+def test_fp16_nan_loss_is_skipped_through_the_grad_scaler(tmp_path):
+    snaps = Snapshots()
+    trainer = make_device(tmp_path, [snaps], precision="fp16", max_steps=6, nonfinite_loss_patience=2, log_every=6)
+    scale = trainer.scaler.get_scale()
+    trainer.compute_loss = NaNSteps(trainer, {3, 4}, poison=False)  # NaN loss, finite (scaled) gradients
+    trainer.train()
+    for bad in (4, 5):
+        assert all(torch.equal(a, b) for a, b in zip(snaps.weights[bad], snaps.weights[3])), bad
+        assert snaps.opt_steps[bad] == snaps.opt_steps[3]
+    assert trainer.scaler.get_scale() == scale / 4  # the scaler backed off at each skipped step, as for overflow
+    assert trainer.skipped_steps == 2
 
 
 def test_guard_raises_after_patience_at_the_read_back(tmp_path):

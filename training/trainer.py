@@ -14,6 +14,13 @@ Data order. Epoch ``e`` visits ``torch.randperm(len(train_dataset))`` drawn from
 rank ``r`` takes the ``r``-th slice of ``batch_size`` of them. The position (entries consumed this epoch) and
 the epoch are checkpointed, so a resumed run continues with exactly the next batch; with the same global batch
 the order is the same for any world size, which is what makes a DDP run equal a single-process one.
+
+Host syncs. A step reads nothing back from the device: its loss, grad norm and metrics are queued on the device
+(`training.step_metrics`) and read back in one transfer (one all-reduce under DDP) at log steps, before an
+evaluation or a checkpoint, and at the end; token counts come from the host (packed rows and the collates count
+their targets). A step whose loss or grad norm is non-finite is skipped on the device (`training.nonfinite`), and
+the guard counts such steps when they are read back. Under DDP the ranks agree on stopping (and the time budget
+on its projection and expiry) at log, evaluation and checkpoint steps only, where they synchronise anyway.
 """
 
 from __future__ import annotations

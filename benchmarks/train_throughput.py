@@ -90,10 +90,11 @@ def _profile(step, flush, device, steps: int) -> tuple[float, float]:
 
 
 def measure(name: str, step, real_tokens: float, device, warmup: int, iters: int, profile_steps: int,
-            extra: dict | None = None, flush=lambda: None, report=lambda row: None) -> dict:
+            extra: dict | None = None, flush=lambda: None, report=lambda row: None, may_profile=lambda: True) -> dict:
     """Median time of ``step`` as training runs it: steps back to back, each bracketed by CUDA events, no host
     sync between them (the trainer reads its metrics back only at log steps: ``flush``, once after the timed
-    steps, as a log step would). ``report(row)`` gets the row after the timing and again after the profile."""
+    steps, as a log step would). ``report(row)`` gets the row after the timing and again after the profile, which
+    runs only if ``may_profile()`` says so once the timing is done (a deadline)."""
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
@@ -108,8 +109,11 @@ def measure(name: str, step, real_tokens: float, device, warmup: int, iters: int
            "kernels_per_step": None, "gpu_busy_ms": None, "gpu_busy_fraction": None}
     report(row)
     if profile_steps and device.type == "cuda":
-        kernels, busy_ms = _profile(step, flush, device, profile_steps)
-        row.update(kernels_per_step=kernels, gpu_busy_ms=busy_ms, gpu_busy_fraction=busy_ms / (step_s * 1e3))
+        if may_profile():
+            kernels, busy_ms = _profile(step, flush, device, profile_steps)
+            row.update(kernels_per_step=kernels, gpu_busy_ms=busy_ms, gpu_busy_fraction=busy_ms / (step_s * 1e3))
+        else:
+            row["profile"] = "skipped: --deadline-s reached"
         report(row)
     print(json.dumps(row), flush=True)
     return row
@@ -286,8 +290,7 @@ def baseline(packed: bool, args, device, tok, tmp):
     return (*_trainer_step(trainer), _real_tokens_of(trainer), extra)
 
 
-def run_stage(name: str, args, device, tok, tmp, report, profile: bool) -> dict:
-    profile_steps = args.profile_steps if profile else 0
+def run_stage(name: str, args, device, tok, tmp, report, may_profile=lambda: True) -> dict:
     if name == "anchor":
         step, flush, tokens, extra = anchor(args, device)
     elif name in ("joint", "joint-before", "sft", "sft-before"):
@@ -305,12 +308,13 @@ def run_stage(name: str, args, device, tok, tmp, report, profile: bool) -> dict:
 
         # an update is seconds long: warm-up and profile steps are whole updates (--mrl-warmup, --mrl-profile)
         row = measure(name, step, 0.0, device, args.mrl_warmup, args.mrl_iters,
-                      args.mrl_profile if profile else 0, extra, flush, mrl_report)
+                      args.mrl_profile, extra, flush, mrl_report, may_profile)
         return row
     else:
         step, flush, tokens, extra = baseline(not name.endswith("before"), args, device, tok, tmp)
     iters = args.iters_before if name.endswith("before") else args.iters
-    return measure(name, step, tokens, device, args.warmup, iters, profile_steps, extra, flush, report)
+    return measure(name, step, tokens, device, args.warmup, iters, args.profile_steps, extra, flush, report,
+                   may_profile)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 # the profile (a few more steps and the trace's processing) only while time is left for it
                 run_stage(name, args, device, tok, tmp, _reporter(rows, at, lambda: write(args, device, rows, command)),
-                          profile=left() > 0)
+                          lambda: left() > 0)
             except Exception as exc:  # record the failure (after a timing already taken: keep it), measure the rest
                 rows[at:] = [{**(rows[at] if len(rows) > at else {"stage": name}), "error": repr(exc)[:500]}]
                 print(json.dumps(rows[-1]), flush=True)

@@ -68,8 +68,8 @@ def _train_cfg(args, tmp: str, batch: int, compile_: bool | None) -> TrainConfig
     False = eager (the old paths), True = compiled."""
     cuda = args.device == "cuda"
     return TrainConfig(batch_size=batch, max_steps=10_000, warmup_steps=10, precision="bf16" if cuda else "fp32",
-                       device=args.device, compile=compile_ if cuda else False, log_every=10_000, output_dir=tmp, keep_last=0,
-                       lr=3e-4, num_workers=args.num_workers)  # the nano configs' DataLoader workers
+                       device=args.device, compile=compile_ if cuda else False, log_every=10_000, output_dir=tmp,
+                       keep_last=0, lr=3e-4, num_workers=args.num_workers)  # the nano configs' DataLoader workers
 
 
 def _sync(device) -> None:

@@ -339,12 +339,17 @@ class DecodeEngine:
                     raise ValueError(f"slot {slot} is full (capacity={self.capacity}); release it")
                 self.slot_length[slot] += 1
         self.tokens[:b].copy_(tokens[:b])
+        key = self._step_key(b)
         if self.use_cuda_graphs and not self._graph_failed:
-            graph = self._graphs.get(b) or self._capture(b)
+            graph = self._graphs.get(key) or self._capture(key)
             if graph is not None:
                 graph[0].replay()
                 return graph[1]
-        return self._step(b)
+        return self._step(key)
+
+    def _step_key(self, b: int):
+        """What fixes a step's shapes (one captured graph each): here the batch bucket; a subclass may add more."""
+        return b
 
     def _step(self, b: int) -> torch.Tensor:
         return self._decode(self.tokens[:b, None], self._memory_rows(0, b), self.cache.row_view(0, b))
@@ -352,7 +357,7 @@ class DecodeEngine:
     def _decode_impl(self, tokens: torch.Tensor, memory, cache) -> torch.Tensor:
         return self.decoder(tokens, memory=memory, cache=cache, validate=False).logits[:, -1]
 
-    def _capture(self, b: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor] | None:
+    def _capture(self, b) -> tuple[torch.cuda.CUDAGraph, torch.Tensor] | None:
         saved_lengths = self.cache.lengths.clone()
         try:
             stream = torch.cuda.Stream()
@@ -366,7 +371,7 @@ class DecodeEngine:
             with torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
                 logits = self._step(b)
         except Exception as exc:
-            log.warning("CUDA graph capture failed for bucket %d (%s); decoding eagerly", b, exc)
+            log.warning("CUDA graph capture failed for step %s (%s); decoding eagerly", b, exc)
             self._graph_failed = True
             self.cache.lengths.copy_(saved_lengths)
             return None

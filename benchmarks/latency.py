@@ -110,7 +110,7 @@ def run_rxt(cfg, turns, q_len, a_len, device, dtype):
     from rxt.model import RxT
 
     torch.manual_seed(0)
-    model = RxT(cfg).to(device=device, dtype=dtype).eval()
+    model = _build(lambda: RxT(cfg), device).to(device=device, dtype=dtype).eval()
     engine = DecodeEngine(model.decoder, max_slots=1, capacity=q_len + a_len + 1)
     stm = model.initial_memory(1)
     step = _engine_stepper(engine, device)
@@ -140,7 +140,7 @@ def run_stateless(cfg, turns, q_len, a_len, device, dtype):
     history_len = turns * (q_len + a_len) + 1
     base = matched_baseline_config(cfg, max_seq_len=history_len + 1)
     torch.manual_seed(0)
-    lm = DecoderLM(base).to(device=device, dtype=dtype).eval()
+    lm = _build(lambda: DecoderLM(base), device).to(device=device, dtype=dtype).eval()
     engine = DecodeEngine(lm.decoder, max_slots=1, capacity=history_len)
     step = _engine_stepper(engine, device)
     history = torch.empty(0, dtype=torch.long, device=device)
@@ -171,7 +171,7 @@ def run_prefix_cached(cfg, turns, q_len, a_len, device, dtype):
     history_len = turns * (q_len + a_len) + 1
     base = matched_baseline_config(cfg, max_seq_len=history_len + 1)
     torch.manual_seed(0)
-    lm = DecoderLM(base).to(device=device, dtype=dtype).eval()
+    lm = _build(lambda: DecoderLM(base), device).to(device=device, dtype=dtype).eval()
     engine = PrefixCachedEngine(lm.decoder, max_slots=1, capacity=history_len)
     t0 = time.perf_counter()
     graphs = engine.capture(0, [q_len, q_len + 1])  # the first turn's query, then last answer token + query
@@ -195,6 +195,13 @@ def run_prefix_cached(cfg, turns, q_len, a_len, device, dtype):
     info = {"parameters": params, "graphs": graphs, "graph_capture_s": capture_s, "key_buckets": engine.key_buckets}
     _release_memory(device)
     return info, rows
+
+
+def _build(make, device: torch.device):
+    """Construct a model with its parameters initialised on ``device`` (a ~1B model initialised on the host
+    first would take tens of seconds of the GPU run)."""
+    with torch.device(device):
+        return make()
 
 
 def _release_memory(device: torch.device) -> None:
@@ -221,7 +228,7 @@ def run_hf(cfg, turns, q_len, a_len, device, dtype, measure_every: int = 10):
         max_position_embeddings=base.max_seq_len, tie_word_embeddings=True,
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(hf_cfg).to(device=device, dtype=dtype).eval()
+    model = _build(lambda: LlamaForCausalLM(hf_cfg), device).to(device=device, dtype=dtype).eval()
     with torch.no_grad():  # warm-up outside the conversation
         warm = torch.randint(10, cfg.vocab_size, (1, q_len), device=device)
         for _ in range(2):
@@ -322,7 +329,7 @@ def run_config(name: str, arms: list[str], args: argparse.Namespace, device: tor
         entry["stateless_no_cache"] = {"parameters": params, "turns": rows, **_summary(rows)}
     if "hf_kv_cache" in arms:
         try:
-            version, params, rows = run_hf(*shape)
+            version, params, rows = run_hf(*shape, measure_every=args.hf_every)
             entry["hf_kv_cache"] = {"transformers": version, "parameters": params, "turns": rows, **_summary(rows)}
         except Exception as exc:
             entry["hf_kv_cache"] = {"error": repr(exc)[:500]}
@@ -351,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="results JSON (rewritten after every config, so a run cut short keeps the finished "
                              "ones) and its PNG beside it")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the other configs already in --out (a config of the same name is replaced)")
+    parser.add_argument("--hf-every", type=int, default=10,
+                        help="time every n-th turn of the (slow, eager) transformers arm, and the first and last 3")
     parser.add_argument("--plot-only", type=Path, default=None, help="re-draw the PNG from a results JSON")
     args = parser.parse_args(argv)
     if args.plot_only:
@@ -361,8 +372,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda: no CUDA GPU here (use --device cpu --configs tiny for a smoke run)")
     if device.type != "cuda" and args.out and inside(args.out, RESULTS_DIR):
         parser.error(f"--out {args.out}: CPU timings are smoke only; write them outside benchmarks/results")
-    if args.turns < 3 or args.answer_tokens < 2 or args.query_tokens < 1:
-        parser.error("--turns must be >= 3 (summaries take 3 turns), --answer-tokens >= 2, --query-tokens >= 1")
+    if args.turns < 3 or args.answer_tokens < 2 or args.query_tokens < 1 or args.hf_every < 1:
+        parser.error("--turns must be >= 3 (summaries take 3 turns), --answer-tokens >= 2, --query-tokens >= 1, "
+                     "--hf-every >= 1")
+    kept = []
+    if args.append and args.out and args.out.exists():
+        kept = [c for c in json.loads(args.out.read_text())["configs"] if c["config"] not in args.configs]
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     doc = {
         "benchmark": "latency",
@@ -374,10 +389,11 @@ def main(argv: list[str] | None = None) -> int:
         "note": "turn1/last values are medians of the first and last three turns; per_token_ms is the answer's "
                 "decode time after the first token over answer_tokens - 1; rxt_advantage_vs_prefix_cached is the "
                 "prefix-cached stateless time over the RxT's at the last turns",
-        "configs": [],
+        "configs": kept,
     }
     for name in args.configs:
         entry = run_config(name, args.arms, args, device, dtype)
+        entry["command"] = doc["command"]
         print(json.dumps({k: v for k, v in entry.items() if k != "config" and not isinstance(v, dict)}
                          | {k: v for k, v in entry.items() if k.startswith("rxt_advantage")}
                          | {s: {k: v for k, v in entry[s].items() if k != "turns"} for s in ARMS if s in entry},

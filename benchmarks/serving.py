@@ -245,7 +245,9 @@ def main() -> None:
         cfg = RxTConfig.preset(spec["preset"], vocab_size=tokenizer.vocab_size, **spec["overrides"])
     else:
         cfg = RxTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size)
-    model = RxT(cfg).to(device=device, dtype=dtype).eval()
+    with torch.device(device):  # initialised where it runs: a ~1B model built on the host first takes long
+        model = RxT(cfg)
+    model = model.to(device=device, dtype=dtype).eval()
     levels = asyncio.run(serve_levels(model, tokenizer, args))
     anchor = engine_anchor(model, tokenizer, sorted(set(args.clients)), device)
     update_check = memory_update_check(model, tokenizer, device)

@@ -35,6 +35,16 @@ def test_latency_smoke(tmp_path, load_script, single_torch_thread):
     assert out.with_suffix(".png").stat().st_size > 0
 
 
+def test_latency_append_keeps_other_configs(tmp_path, load_script, single_torch_thread):
+    bench = load_script("benchmarks/latency.py")
+    out = tmp_path / "latency.json"
+    out.write_text(json.dumps({"configs": [{"config": "nano", "rxt": {}}, {"config": "tiny", "stale": True}]}))
+    assert bench.main([*ARGS, "--arms", "rxt", "--append", "--out", str(out)]) == 0
+    configs = json.loads(out.read_text())["configs"]
+    assert [c["config"] for c in configs] == ["nano", "tiny"] and "stale" not in configs[1]
+    assert "--append" in configs[1]["command"]
+
+
 def test_latency_refuses_cpu_timings_in_results(capsys, load_script):
     bench = load_script("benchmarks/latency.py")
     with pytest.raises(SystemExit) as exc:

@@ -270,6 +270,7 @@ def main() -> None:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
+        "gil_switch_interval_s": sys.getswitchinterval(),  # as the runtime left it (ReactiveModel.connect)
         "dtype": str(dtype).removeprefix("torch."),
         "command": " ".join(["python", *sys.argv]),
         "preset": args.preset,

@@ -52,6 +52,12 @@ def report(serving: Path | None, runs: int, latency: Path | None) -> list[str]:
                     f"{level['memory_update_ms_median']:.1f} ms")
             for name, t in serving_targets(run).items():
                 lines.append(f"  {'MET ' if t['met'] else 'MISS'} {name}: {t['value']:.3g} (target {t['target']:g})")
+            one = next((level for level in run["levels"] if level["clients"] == 1), None)
+            if one and "engine_tokens_per_s" in one:
+                # The aggregate counts the wait for each memory update between turns; this is the rate while
+                # answering (TTFT included), the same single stream the engine figure times.
+                lines.append(f"  info one session while answering / engine: "
+                             f"{one['client_tokens_per_s_median'] / one['engine_tokens_per_s']:.3g}")
     if latency and latency.exists():
         for entry in json.loads(latency.read_text())["configs"]:
             ratios = entry.get("rxt_advantage_vs_prefix_cached")

@@ -9,6 +9,7 @@ import pytest
 
 def _level(clients, aggregate, engine, p99, update):
     return {"clients": clients, "aggregate_tokens_per_s": aggregate, "engine_tokens_per_s": engine,
+            "client_tokens_per_s_median": aggregate * 1.1,
             "ttft_ms_p50": p99 / 2, "ttft_ms_p99": p99, "memory_update_ms_median": update}
 
 
@@ -40,3 +41,4 @@ def test_report_reads_the_last_runs(tmp_path, load_script):
     path.write_text(json.dumps({"runs": [dict(RUN, preset="old"), RUN]}))
     lines = load_script("benchmarks/issue14_targets.py").report(path, 1, None)
     assert lines[0].startswith("serving nano (H200, commit abc)") and "MISS ttft_p99_ms_64: 30" in "\n".join(lines)
+    assert "  info one session while answering / engine: 0.917" in lines

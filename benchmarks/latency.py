@@ -133,14 +133,21 @@ def run_rxt(cfg, turns, q_len, a_len, device, dtype):
     return params, rows
 
 
-def run_stateless(cfg, turns, q_len, a_len, device, dtype):
+def _stateless_lm(cfg, turns, q_len, a_len, device, dtype):
+    """The stateless baseline model for a conversation of ``turns`` turns: (its config, the model, the tokens
+    the whole conversation holds)."""
     from rxt.classic import DecoderLM
-    from rxt.decode_engine import DecodeEngine
 
     history_len = turns * (q_len + a_len) + 1
     base = matched_baseline_config(cfg, max_seq_len=history_len + 1)
     torch.manual_seed(0)
-    lm = _build(lambda: DecoderLM(base), device).to(device=device, dtype=dtype).eval()
+    return base, _build(lambda: DecoderLM(base), device).to(device=device, dtype=dtype).eval(), history_len
+
+
+def run_stateless(cfg, turns, q_len, a_len, device, dtype):
+    from rxt.decode_engine import DecodeEngine
+
+    base, lm, history_len = _stateless_lm(cfg, turns, q_len, a_len, device, dtype)
     engine = DecodeEngine(lm.decoder, max_slots=1, capacity=history_len)
     step = _engine_stepper(engine, device)
     history = torch.empty(0, dtype=torch.long, device=device)
@@ -165,13 +172,9 @@ def run_stateless(cfg, turns, q_len, a_len, device, dtype):
 
 def run_prefix_cached(cfg, turns, q_len, a_len, device, dtype):
     """The stateless decoder with its KV cache kept across turns, through the RxT's engine machinery."""
-    from rxt.classic import DecoderLM
     from rxt.prefix_cached_engine import PrefixCachedEngine
 
-    history_len = turns * (q_len + a_len) + 1
-    base = matched_baseline_config(cfg, max_seq_len=history_len + 1)
-    torch.manual_seed(0)
-    lm = _build(lambda: DecoderLM(base), device).to(device=device, dtype=dtype).eval()
+    base, lm, history_len = _stateless_lm(cfg, turns, q_len, a_len, device, dtype)
     engine = PrefixCachedEngine(lm.decoder, max_slots=1, capacity=history_len)
     t0 = time.perf_counter()
     graphs = engine.capture(0, [q_len, q_len + 1])  # the first turn's query, then last answer token + query

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from rxt.decode_engine import CAPTURE_MODE, PREFILL_BUCKETS, DecodeEngine, log, to_device_async
+from rxt.decode_engine import PREFILL_BUCKETS, DecodeEngine, log, to_device_async
 from rxt.decoder import Decoder
 
 
@@ -103,25 +103,12 @@ class PrefixCachedEngine(DecodeEngine):
         return self.decoder.lm_head(last)[0]
 
     def _capture_extend(self, key: tuple[int, int, int]):
-        saved_lengths = self.cache.lengths.clone()
-        try:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # warm-up outside the capture; it writes past the history, which is free
-                    self.cache.lengths.copy_(saved_lengths)
-                    self._extend(key)
-            torch.cuda.current_stream().wait_stream(stream)
-            self.cache.lengths.copy_(saved_lengths)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
-                logits = self._extend(key)
+        try:  # the warm-ups write past the slot's history, which is free
+            self._extend_graphs[key] = self.capture_graph(lambda: self._extend(key))
         except Exception as exc:
             log.warning("CUDA graph capture of extend %s failed (%s); extending eagerly", key, exc)
             self._graph_failed = True
-            self.cache.lengths.copy_(saved_lengths)
             return None
-        self._extend_graphs[key] = (graph, logits)
         return self._extend_graphs[key]
 
     # -- decode steps over the key window --------------------------------------------------------------------

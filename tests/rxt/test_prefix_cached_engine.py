@@ -116,3 +116,41 @@ def test_extend_refuses_more_than_the_room_left(lm):
     with pytest.raises(ValueError, match="slot=1 is outside"):
         engine.extend(1, torch.arange(4, 6))
     assert engine.capture(0, [8]) == 0  # no CUDA graphs on the CPU
+
+
+class _EagerGraph:
+    """Stands in for a CUDA graph on the CPU: "capture" runs once with the cache lengths put back (as the real
+    warm-ups leave them) and keeps the output tensor; each replay runs again and writes into that tensor."""
+
+    def __init__(self, engine, run):
+        self.run = run
+        saved = engine.cache.lengths.clone()
+        self.out = run().clone()
+        engine.cache.lengths.copy_(saved)
+
+    def replay(self):
+        self.out.copy_(self.run())
+
+
+def test_graph_path_replays_the_staged_inputs(lm, monkeypatch):
+    """The graph path (graphs taken up front by `capture`, then replayed with the new tokens staged in fixed
+    buffers) chooses the tokens of re-reading the history, with no graph captured during the conversation."""
+
+    def fake_capture_graph(self, run):
+        graph = _EagerGraph(self, run)
+        return graph, graph.out
+
+    monkeypatch.setattr(PrefixCachedEngine, "capture_graph", fake_capture_graph)
+    engine = PrefixCachedEngine(lm.decoder, max_slots=1, capacity=120, min_key_bucket=16, query_buckets=(8, 16))
+    engine.use_cuda_graphs = True
+    count = engine.capture(0, [5, 6])  # the first turn's query, then the last answer token + a query
+    # Key windows 16, 32, 64, 120: extend graphs of query bucket 8 in all four, one step graph each.
+    assert set(engine._extend_graphs) == {(0, 8, w) for w in (16, 32, 64, 120)}
+    assert set(engine._graphs) == {(1, w) for w in (16, 32, 64, 120)} and count == 8
+    queries = _queries(5, [5] * 9)
+    chat = _Conversation(engine, 0, queries)
+    _run_together(engine, [chat], turns=9)
+    assert chat.answers == _rereading(lm, queries)
+    assert len(engine._extend_graphs) + len(engine._graphs) == count  # nothing captured mid-conversation
+    with pytest.raises(ValueError, match=r"slots \[0\] are live"):
+        engine.capture(0, [5])

@@ -46,6 +46,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.bench_utils import RESULTS_DIR, git_commit, inside
 from rxt.atomic_io import atomic_write_json
 
+QUERY_BUCKETS = tuple(range(8, 2049, 8))
 ARMS = ("rxt", "stateless_prefix_cached", "stateless_no_cache", "hf_kv_cache")
 CONFIGS = {
     "tiny": dict(preset="tiny", overrides={}),  # CPU smoke runs only
@@ -175,7 +176,8 @@ def run_prefix_cached(cfg, turns, q_len, a_len, device, dtype):
     from rxt.prefix_cached_engine import PrefixCachedEngine
 
     base, lm, history_len = _stateless_lm(cfg, turns, q_len, a_len, device, dtype)
-    engine = PrefixCachedEngine(lm.decoder, max_slots=1, capacity=history_len)
+    # Query buckets every 8 tokens (vLLM's graph sizes), so the 33 new tokens of a turn pad to 40, not to 64.
+    engine = PrefixCachedEngine(lm.decoder, max_slots=1, capacity=history_len, query_buckets=QUERY_BUCKETS)
     t0 = time.perf_counter()
     graphs = engine.capture(0, [q_len, q_len + 1])  # the first turn's query, then last answer token + query
     capture_s = time.perf_counter() - t0

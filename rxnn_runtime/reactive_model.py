@@ -255,7 +255,8 @@ class ReactiveModel:
             if turn.phase == "committing":
                 # The committed turn count is the number the client was sent (cancelled turns consume numbers
                 # too), so numbering carries on from there after a restart.
-                self.commits.submit(turn, self.sessions.advance(turn.session_id, stm, turns=turn.turn_id))
+                self.commits.submit(turn, self.sessions.advance(turn.session_id, stm, turns=turn.turn_id),
+                                    ready=result.memory_ready)
         self._emit(events)
 
     def _on_committed(self, turn: ActiveTurn, state: SessionState, error: str | None) -> None:

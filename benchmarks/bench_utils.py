@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,3 +51,14 @@ def inside(path: Path, folder: Path) -> bool:
         return True
     except ValueError:
         return False
+
+
+def git_commit() -> str:
+    """The commit measured: ``RXNN_COMMIT`` (a copied tree without .git, as on the GPU machine) or git's HEAD."""
+    if os.environ.get("RXNN_COMMIT"):
+        return os.environ["RXNN_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"

@@ -23,17 +23,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 from aiohttp import web
-from bench_utils import time_ms
+from bench_utils import git_commit, time_ms
 
 from rxnn_runtime.reactive_model import ReactiveModel
 from rxnn_runtime.server.app import create_app
@@ -51,16 +49,6 @@ QUESTION = "Hello, how are you today?"
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-def _git_commit() -> str:
-    if os.environ.get("RXNN_COMMIT"):  # a copied tree without .git (the GPU machine) names its commit here
-        return os.environ["RXNN_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
-    except Exception:
-        return "unknown"
 
 
 async def _run_level(url: str, clients: int, turns: int, max_new_tokens: int, per_process: int) -> dict:
@@ -257,7 +245,9 @@ def main() -> None:
         cfg = RxTConfig.preset(spec["preset"], vocab_size=tokenizer.vocab_size, **spec["overrides"])
     else:
         cfg = RxTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size)
-    model = RxT(cfg).to(device=device, dtype=dtype).eval()
+    with torch.device(device):  # initialised where it runs: a ~1B model built on the host first takes long
+        model = RxT(cfg)
+    model = model.to(device=device, dtype=dtype).eval()
     levels = asyncio.run(serve_levels(model, tokenizer, args))
     anchor = engine_anchor(model, tokenizer, sorted(set(args.clients)), device)
     update_check = memory_update_check(model, tokenizer, device)
@@ -273,13 +263,14 @@ def main() -> None:
         print(f"aggregate throughput 32 sessions / 1 session: {ratio:.1f}x")
     run = {
         "benchmark": "serving",
-        "runtime_version": f"commit {_git_commit()}: TurnScheduler/ModelExecutor split, batched prefill and memory "
+        "runtime_version": f"commit {git_commit()}: TurnScheduler/ModelExecutor split, batched prefill and memory "
                            "updates, STM on the device, commits off the lane, per-step event batches, step N+1 "
                            "launched before step N's tokens reach the host",
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
+        "gil_switch_interval_s": sys.getswitchinterval(),  # as the runtime left it (ReactiveModel.connect)
         "dtype": str(dtype).removeprefix("torch."),
         "command": " ".join(["python", *sys.argv]),
         "preset": args.preset,

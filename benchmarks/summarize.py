@@ -63,18 +63,27 @@ def latency() -> list[str]:
         f"**Latency against turn** ({d['device']}, {d['dtype']}, {d['turns']} turns of {d['query_tokens']}+"
         f"{d['answer_tokens']} tokens; `{d['command']}`; plot: `benchmarks/results/latency.png`)",
         "",
-        "| config | system | params | TTFT turn 1 | TTFT turn 100 | turn 100 / turn 1 | memory at turn 100 |",
-        "|---|---|---|---|---|---|---|",
+        "| config | system | params | TTFT turn 1 | TTFT turn 100 | turn 100 / turn 1 | per token, turn 100 "
+        "| memory at turn 100 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c in d["configs"]:
-        for system in ("rxt", "stateless_no_cache", "hf_kv_cache"):
+        for system in ("rxt", "stateless_prefix_cached", "stateless_no_cache", "hf_kv_cache"):
             s = c.get(system, {})
             if "turns" not in s:
                 continue
+            per_token = f"{s['last_per_token_ms']:.2f} ms" if "last_per_token_ms" in s else "-"
             lines.append(
                 f"| {c['config']} | {system} | {s['parameters'] / 1e6:.1f}M | {s['turn1_ttft_ms']:.1f} ms | "
-                f"{s['last_ttft_ms']:.1f} ms | {s['last_over_first']:.2f} | {s['turns'][-1]['memory_bytes'] / 2**20:.1f} MiB |"
+                f"{s['last_ttft_ms']:.1f} ms | {s['last_over_first']:.2f} | {per_token} | "
+                f"{s['turns'][-1]['memory_bytes'] / 2**20:.1f} MiB |"
             )
+    for c in d["configs"]:
+        if "rxt_advantage_vs_prefix_cached" in c:
+            a = c["rxt_advantage_vs_prefix_cached"]
+            lines.append(f"\nRxT advantage over the prefix-cached stateless decoder ({c['config']}, last turns): "
+                         f"TTFT {a['ttft_ratio']:.1f}x, per token {a['per_token_ratio']:.1f}x, "
+                         f"whole turn {a['turn_ratio']:.1f}x.")
     return lines
 
 

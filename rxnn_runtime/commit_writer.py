@@ -45,12 +45,17 @@ class CommitWriter:
     def shard_of(self, session_id: str) -> int:
         return zlib.crc32(session_id.encode("utf-8", "surrogatepass")) % len(self._queues)
 
-    def submit(self, turn: Any, state: SessionState) -> None:
-        """Save ``state`` (its STM may be on the device; it is never modified afterwards: updates are out of place)."""
+    def submit(self, turn: Any, state: SessionState, ready: torch.cuda.Event | None = None) -> None:
+        """Save ``state`` (its STM may be on the device; it is never modified afterwards: updates are out of place).
+
+        ``ready``: a CUDA event recorded right after the work that wrote the STM; without it one is recorded now,
+        on the lane's stream, so the copy also waits for whatever the lane queued since."""
         event = None
         if state.stm.is_cuda:
-            event = torch.cuda.Event()
-            event.record()  # on the lane's stream: the copy starts once the update that wrote the STM is done
+            event = ready
+            if event is None:
+                event = torch.cuda.Event()
+                event.record()  # on the lane's stream: the copy starts once the update that wrote the STM is done
         with self._lock:
             self._pending += 1
         self._queues[self.shard_of(state.session_id)].put((turn, state, event))

@@ -157,6 +157,9 @@ class ModelExecutor:
             max_len = self.model.config.max_seq_len
             stm = torch.stack([stm_of(t.session_id) for t in turns], dim=1)
             new_stm = self.updater(stm, [t.interaction(self.eos_id, max_len) for t in turns])
+            if new_stm.is_cuda:  # the commit's copy waits for this pass only, not for the steps queued after it
+                result.memory_ready = torch.cuda.Event()
+                result.memory_ready.record()
         except Exception as exc:
             log.exception("memory update failed")
             for turn in turns:

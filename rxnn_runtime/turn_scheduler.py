@@ -64,6 +64,7 @@ class StepResult:
 
     tokens: dict[ActiveTurn, tuple[int, float | None]] = field(default_factory=dict)
     new_memory: dict[ActiveTurn, Any] = field(default_factory=dict)  # turn -> its new STM (device), to commit
+    memory_ready: Any = None  # on CUDA: an event recorded right after the update pass that wrote ``new_memory``
     failures: list[tuple[ActiveTurn, str, str]] = field(default_factory=list)  # (turn, code, message)
 
 

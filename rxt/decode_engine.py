@@ -339,12 +339,17 @@ class DecodeEngine:
                     raise ValueError(f"slot {slot} is full (capacity={self.capacity}); release it")
                 self.slot_length[slot] += 1
         self.tokens[:b].copy_(tokens[:b])
+        key = self._step_key(b)
         if self.use_cuda_graphs and not self._graph_failed:
-            graph = self._graphs.get(b) or self._capture(b)
+            graph = self._graphs.get(key) or self._capture(key)
             if graph is not None:
                 graph[0].replay()
                 return graph[1]
-        return self._step(b)
+        return self._step(key)
+
+    def _step_key(self, b: int):
+        """What fixes a step's shapes (one captured graph each): here the batch bucket; a subclass may add more."""
+        return b
 
     def _step(self, b: int) -> torch.Tensor:
         return self._decode(self.tokens[:b, None], self._memory_rows(0, b), self.cache.row_view(0, b))
@@ -352,24 +357,36 @@ class DecodeEngine:
     def _decode_impl(self, tokens: torch.Tensor, memory, cache) -> torch.Tensor:
         return self.decoder(tokens, memory=memory, cache=cache, validate=False).logits[:, -1]
 
-    def _capture(self, b: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor] | None:
+    def _capture(self, b) -> tuple[torch.cuda.CUDAGraph, torch.Tensor] | None:
+        try:
+            graph, logits = self.capture_graph(lambda: self._step(b))
+        except Exception as exc:
+            log.warning("CUDA graph capture failed for step %s (%s); decoding eagerly", b, exc)
+            self._graph_failed = True
+            return None
+        # Capture recorded the step without running it; the first replay (by the caller) runs it.
+        self._graphs[b] = (graph, logits)
+        return self._graphs[b]
+
+    def capture_graph(self, run):
+        """``run()`` captured as a CUDA graph: ``(graph, its output)``, after two warm-up runs on a side stream
+        (lazy initialisation happens outside the capture). What the warm-ups write into the cache lies at or past
+        each row's length, where the next real write goes; their advance of the lengths is undone. Raises what
+        the capture raised, with the lengths restored."""
         saved_lengths = self.cache.lengths.clone()
         try:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                for _ in range(2):  # warm-up: lets lazy initialisation happen outside the capture
-                    self._step(b)
+                for _ in range(2):
+                    self.cache.lengths.copy_(saved_lengths)
+                    run()
             torch.cuda.current_stream().wait_stream(stream)
-            self.cache.lengths.copy_(saved_lengths)  # warm-up steps wrote at the next positions: undo the count
+            self.cache.lengths.copy_(saved_lengths)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
-                logits = self._step(b)
-        except Exception as exc:
-            log.warning("CUDA graph capture failed for bucket %d (%s); decoding eagerly", b, exc)
-            self._graph_failed = True
+                out = run()
+        except Exception:
             self.cache.lengths.copy_(saved_lengths)
-            return None
-        # Capture recorded the step without running it; the first replay (by the caller) runs it.
-        self._graphs[b] = (graph, logits)
-        return self._graphs[b]
+            raise
+        return graph, out

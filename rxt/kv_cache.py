@@ -48,16 +48,23 @@ class KVCache:
         view.capacity, view.static, view.written = k.shape[3], static, 0
         return view
 
-    def row_view(self, start: int, stop: int, *, static: bool | None = None) -> KVCache:
+    def row_view(self, start: int, stop: int, *, static: bool | None = None, keys: int | None = None) -> KVCache:
         """A cache over rows ``start .. stop - 1`` sharing this cache's storage (writes land in this cache).
 
         Its ``written`` counter starts at 0: use it to prefill rows that were reset. ``static=False`` makes the
         view attend only over the positions written through it (a prefill then costs T x T, not T x capacity).
+        ``keys`` limits the view to positions ``0 .. keys - 1`` (its capacity): a static view then attends over
+        those only, the fixed shape of a graph captured for histories up to that length.
         """
         if not 0 <= start < stop <= self.batch_size:
             raise ValueError(f"row_view({start}, {stop}) is outside 0..{self.batch_size}")
+        keys = self.capacity if keys is None else keys
+        if not 1 <= keys <= self.capacity:
+            raise ValueError(f"row_view keys={keys} must be within 1..{self.capacity} (capacity)")
         static = self.static if static is None else static
-        return KVCache._view(self.k[:, start:stop], self.v[:, start:stop], self.lengths[start:stop], static)
+        return KVCache._view(
+            self.k[:, start:stop, :, :keys], self.v[:, start:stop, :, :keys], self.lengths[start:stop], static
+        )
 
     def key_count(self, num_new: int) -> int:
         """How many key positions a step over ``num_new`` new tokens attends to."""

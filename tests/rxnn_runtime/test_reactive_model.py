@@ -206,3 +206,34 @@ def test_events_round_trip_through_dicts_and_messages_validate():
         Query.from_dict({"session": "a", "text": 5})
     with pytest.raises(InvalidMessage, match="session: may contain only"):
         Query("../etc", "x")
+
+
+@pytest.fixture
+def switch_interval():
+    import sys
+
+    saved = sys.getswitchinterval()
+    yield sys
+    sys.setswitchinterval(saved)
+
+
+def test_connect_shortens_the_gil_switch_interval_never_lengthens_it(switch_interval):
+    model, tokenizer = tiny_model()
+    switch_interval.setswitchinterval(0.005)
+    with pytest.raises(ValueError, match="switch_interval_s=0"):
+        ReactiveModel(model, tokenizer, switch_interval_s=0)
+    untouched = ReactiveModel(model, tokenizer, switch_interval_s=None)
+    untouched.connect()
+    assert switch_interval.getswitchinterval() == pytest.approx(0.005)
+    untouched.dispose()
+    reactive = ReactiveModel(model, tokenizer)
+    assert switch_interval.getswitchinterval() == pytest.approx(0.005)  # nothing before connect()
+    reactive.connect()
+    assert reactive.switch_interval_s < 0.005
+    assert switch_interval.getswitchinterval() == pytest.approx(reactive.switch_interval_s)
+    reactive.dispose()
+    switch_interval.setswitchinterval(0.0001)
+    lower = ReactiveModel(model, tokenizer)
+    lower.connect()
+    assert switch_interval.getswitchinterval() == pytest.approx(0.0001)
+    lower.dispose()

@@ -63,15 +63,17 @@ step "serving $SERVE_ANCHOR" "${T_SERVE_NANO:-110}" \
     "$PY" benchmarks/serving.py "${SERVE_NANO[@]}" --out "$OUT/serving.json" --plot "$OUT/serving.png"
 step "latency ${LAT_NANO[1]}" "${T_LAT_NANO:-100}" \
     "$PY" benchmarks/latency.py "${LAT[@]}" "${LAT_NANO[@]}" --out "$OUT/latency.json"
-step "latency ${LAT_1B[1]}" "${T_LAT_1B:-170}" \
+runs=2
+[ "${SKIP_1B:-0}" = 1 ] && runs=1  # SKIP_1B=1: the nano steps only (when little device time is left)
+[ "$runs" = 2 ] && step "latency ${LAT_1B[1]}" "${T_LAT_1B:-170}" \
     "$PY" benchmarks/latency.py "${LAT[@]}" "${LAT_1B[@]}" --append --out "$OUT/latency.json"
 if [ -f "$OUT/latency.json" ]; then  # re-drawn from whatever finished, even if a run above was cut short
     step "latency plot" 30 "$PY" benchmarks/latency.py --plot-only "$OUT/latency.json"
 fi
-step "serving 1b" "${T_SERVE_1B:-150}" \
+[ "$runs" = 2 ] && step "serving 1b" "${T_SERVE_1B:-150}" \
     "$PY" benchmarks/serving.py "${SERVE_1B[@]}" --out "$OUT/serving.json" --plot "$OUT/serving_1b.png"
 
-step "targets" 20 "$PY" benchmarks/issue14_targets.py --serving "$OUT/serving.json" --runs 2 \
+step "targets" 20 "$PY" benchmarks/issue14_targets.py --serving "$OUT/serving.json" --runs "$runs" \
     --latency "$OUT/latency.json"
 ls -l "$OUT" | tee -a "$LOG"
 if [ ${#failed[@]} -gt 0 ]; then

@@ -65,12 +65,14 @@ class STMConfig:
 
 def _seeded_slots(cfg: STMConfig, start: int, stop: int) -> torch.Tensor:
     """Seeded initial values of slots ``start .. stop - 1``: (L, stop - start, D), CPU float32."""
-    out = torch.zeros(cfg.num_layers, max(stop - start, 0), cfg.dim)
+    # explicitly on the CPU: the values must not depend on a surrounding `with torch.device(...)` (a model built
+    # straight on the GPU), and the seeded generator is a CPU one
+    out = torch.zeros(cfg.num_layers, max(stop - start, 0), cfg.dim, device="cpu")
     if cfg.init == "zeros" or stop <= start:
         return out
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed)
     for s in range(stop):
-        slot = torch.randn((cfg.num_layers, cfg.dim), generator=g)
+        slot = torch.randn((cfg.num_layers, cfg.dim), generator=g, device="cpu")
         if s >= start:
             out[:, s - start] = slot * cfg.init_std
     return out

@@ -182,3 +182,12 @@ def test_bad_config() -> None:
         STMConfig(1, 0, 1)
     with pytest.raises(ValueError, match="STMConfig.init_std"):
         STMConfig(1, 1, 1, init_std=-1.0)
+
+
+@pytest.mark.parametrize("init", ["learned", "normal"])
+def test_building_under_a_device_context_gives_the_same_seeded_values(init: str) -> None:
+    # benchmarks build models straight on the GPU (`with torch.device("cuda")`); the seeded CPU generator must not
+    # meet a tensor made on the context's device ("meta" stands in for the GPU here)
+    with torch.device("meta"):
+        built = _stm(init, seed=3)
+    torch.testing.assert_close(built.initial.cpu(), _stm(init, seed=3).initial, rtol=0, atol=0)

@@ -203,6 +203,8 @@ def serving() -> list[str]:
         version = run["runtime_version"]
         label = ("fixed batches" if "fixed" in version else
                  "scheduler/executor" if "TurnScheduler" in version else "continuous batching")
+        if version.startswith("commit "):  # runs of one runtime design told apart by their commit
+            label += f" ({version.split(':', 1)[0]})"
         for lv in run["levels"]:
             engine = lv.get("engine_tokens_per_s")
             engine_text = f"{engine:.0f}" if engine else "-"

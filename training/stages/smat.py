@@ -65,6 +65,11 @@ class SMATStageConfig(DataStageConfig):
     max_turns: int | None = None
     bptt_depth: int = 2
     bucket_window: int = 32  # sort episodes by (turns, turn length) within this many global batches; 0 = off
+    # Fixed step shapes: every batch is padded to ``max_turns`` turns and to the smallest of these widths that holds
+    # its longest turn (``max_len`` is always the last). Then the step sees a few shapes only, so on CUDA it is
+    # compiled (``train.compile`` null), each part once per width. Empty: a batch pads to its own longest turn
+    # and the step stays eager unless ``train.compile`` is true.
+    shape_buckets: list[int] = field(default_factory=list)
     unfreeze_schedule: list[tuple[int, list[str]]] = field(
         default_factory=lambda: [(0, ["memory"]), (200, ["memory", "rest"])]
     )
@@ -83,6 +88,14 @@ class SMATStageConfig(DataStageConfig):
             fail("val_fraction", "in [0, 1)")
         if self.max_turns is not None and self.max_turns < 1:
             fail("max_turns", ">= 1 or null")
+        self.shape_buckets = [int(w) for w in self.shape_buckets]
+        if self.shape_buckets:
+            if self.max_turns is None:
+                fail("max_turns", "set when shape_buckets is (every batch is padded to max_turns turns)")
+            if any(w < 2 for w in self.shape_buckets) or any(b <= a for a, b in pairwise(self.shape_buckets)):
+                fail("shape_buckets", "strictly increasing widths of at least 2 tokens")
+            if self.shape_buckets[-1] > self.max_len:
+                fail("shape_buckets", f"widths up to max_len={self.max_len}")
         self.unfreeze_schedule = [(int(s), list(g)) for s, g in self.unfreeze_schedule]
         steps = [s for s, _ in self.unfreeze_schedule]
         if not steps or steps[0] != 0:
@@ -184,6 +197,9 @@ class SMATTrainer(EpisodeTrainer):
         self.settings = config  # read by the schedule before the base constructor sets it
         super().__init__(SMATObjective(model, config.bptt_depth, tokenizer), config, train_dataset, eval_dataset,
                          callbacks, self.resolve_pad_id(pad_id, tokenizer))
+        # the parts are compiled in place (`compile_model`), so evaluation runs them through the plain objective
+        # rather than a compiled copy of its Python loop over turns
+        self.eval_model = self.unwrapped_model
         self.apply_unfreeze_schedule(self.step)
 
     @property
@@ -194,19 +210,28 @@ class SMATTrainer(EpisodeTrainer):
         """Make exactly the scheduled groups trainable before optimizer step ``step``; returns them."""
         return self.unfreeze.apply(step)
 
-    # Not compiled unless asked (train.compile: true): episodes are bucketed by turn count and length, so every
-    # batch brings new shapes and torch.compile recompiles; on an H200 the nano recipe's smat-k2 step ran 2 steps
-    # in 174 s that way. benchmarks/train_throughput.py measures the compiled step at one fixed shape.
-    auto_compile = False
+    #: the torch.compile backend of the parts (tests use "aot_eager": the same graphs without code generation)
+    compile_backend = "inductor"
+
+    @property
+    def auto_compile(self) -> bool:
+        """Compiled on CUDA (``train.compile`` null) only with ``shape_buckets``. Without them every batch brings
+        new shapes and torch.compile recompiles: on an H200 the nano recipe's smat-k2 ran 2 steps in 174 s so."""
+        return bool(self.settings.shape_buckets)
 
     def _compiled_parts(self) -> list[nn.Module]:
         return [self.rxt.encoder, self.rxt.decoder, self.rxt.memory_attention]
 
     def compile_model(self, model: nn.Module) -> nn.Module:
         """Compile the encoder, the decoder and the memory attention in place, not the step: the step loops over
-        turns in Python, and one compiled memory-attention update serves every turn of the chain."""
+        turns in Python, and one compiled memory-attention update serves every turn of the chain. Static shapes
+        (``dynamic=False``): one graph per bucket width, never a dynamic one that loses the fusions."""
+        widths = len(self.settings.shape_buckets) + 1
+        # per part: each width in training and in evaluation (no grad), and a smaller last eval batch
+        needed = 4 * widths + 2
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, needed)
         for part in self._compiled_parts():
-            part.compile()
+            part.compile(dynamic=False, backend=self.compile_backend)
         return model
 
     def uncompile_model(self) -> None:
@@ -228,8 +253,15 @@ class SMATTrainer(EpisodeTrainer):
                                     generator)
 
     def collate(self, samples: list[Any]) -> Any:
-        """Episodes stacked for the restructured step; the answer positions are listed here, on the host."""
-        return stack_episode_turns(super().collate(samples), self.pad_id)
+        """Episodes stacked for the restructured step; the answer positions are listed here, on the host. With
+        ``shape_buckets`` the batch is padded to ``max_turns`` turns and its bucket's width."""
+        turns = super().collate(samples)
+        buckets = self.settings.shape_buckets
+        if not buckets:
+            return stack_episode_turns(turns, self.pad_id)
+        longest = max(t["input_ids"].shape[1] for t in turns)
+        width = next((w for w in buckets if w >= longest), self.settings.max_len)
+        return stack_episode_turns(turns, self.pad_id, num_turns=self.settings.max_turns, width=width)
 
     def _output(self, out: dict[str, torch.Tensor]) -> StepOutput:
         # Device tensors: the Trainer reads a step's metrics back once, together (no per-metric host sync).

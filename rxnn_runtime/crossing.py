@@ -9,6 +9,12 @@ wait in an inbox, a tick crosses only when no drain is already on its way, and t
 waits, in order, to one call. Used for the model lane's input (`ReactiveModel`) and for the lane's event batches
 into asyncio (`EventBridge`).
 
+``rearm`` (the asyncio side: ``loop.call_later`` with a short delay) keeps the drain polling from the scheduler's
+own thread while items keep coming, and the source sends no tick meanwhile; after ``idle_polls`` polls in a row
+found nothing, polling stops and the source ticks again. A tick from the model lane into asyncio is a write to
+the loop's self-pipe: a system call, during which the busy loop thread takes the GIL, and the lane then waits to
+get it back, every decode step. A poll runs on the loop's own thread and costs the lane nothing.
+
 A fresh `Crossing` per subscription, so a tick lost with a disposed subscription never leaves a later one waiting.
 """
 
@@ -28,11 +34,16 @@ from reactivex.subject import Subject
 
 class Crossing:
     def __init__(self, source: reactivex.Observable, scheduler: abc.SchedulerBase,
-                 drain: Callable[[list[Any]], None], on_error: Callable[[Exception], None] | None = None) -> None:
+                 drain: Callable[[list[Any]], None], on_error: Callable[[Exception], None] | None = None, *,
+                 rearm: Callable[[Callable[[], None]], Any] | None = None, idle_polls: int = 3) -> None:
         self._inbox: deque = deque()
         self._lock = threading.Lock()
         self._tick_pending = False
         self._drain_to = drain
+        self._rearm = rearm
+        self._idle_polls = idle_polls
+        self._empty = 0  # polls in a row that found nothing
+        self._disposed = False
         self._ticks: Subject = Subject()
         crossing = self._ticks.pipe(ops.observe_on(scheduler)).subscribe(on_next=self._drain)
         feed = source.subscribe(on_next=self._push, on_error=on_error)
@@ -46,14 +57,22 @@ class Crossing:
             self._tick_pending = True
         self._ticks.on_next(None)
 
-    def _drain(self, _tick: object) -> None:  # the scheduler's thread: every item waiting, in order
+    def _drain(self, _tick: object = None) -> None:  # the scheduler's thread: every item waiting, in order
         with self._lock:
             items = list(self._inbox)
             self._inbox.clear()
-            self._tick_pending = False
-        self._drain_to(items)
+            self._empty = 0 if items else self._empty + 1
+            polling = self._rearm is not None and not self._disposed and self._empty <= self._idle_polls
+            self._tick_pending = polling  # while polling, the source sends no tick: the next poll takes its items
+        try:
+            if items:
+                self._drain_to(items)
+        finally:
+            if polling:
+                self._rearm(self._drain)
 
     def dispose(self) -> None:
+        self._disposed = True
         self.subscription.dispose()
 
 

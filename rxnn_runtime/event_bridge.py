@@ -26,7 +26,7 @@ from typing import Any
 import reactivex
 from reactivex import abc
 from reactivex import operators as ops
-from reactivex.disposable import Disposable
+from reactivex.disposable import CompositeDisposable, Disposable, SingleAssignmentDisposable
 from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
 
 from rxnn_runtime.crossing import Crossing
@@ -34,16 +34,41 @@ from rxnn_runtime.events import TERMINAL_EVENTS, Event
 
 
 class _LoopScheduler(AsyncIOThreadSafeScheduler):
-    """RxPY's asyncio scheduler, made safe to call after the loop has closed (a late batch is dropped)."""
+    """RxPY's asyncio scheduler, with a disposal that never waits, and safe to call after the loop has closed (a
+    late batch is dropped).
+
+    RxPY's own disposal, called from another thread, hands ``handle.cancel`` to the loop and *blocks until the loop
+    has run it*. ``observe_on`` disposes its previous scheduled action each time it schedules the next one, so
+    every tick the model lane sent cost the lane a round trip through the busy event loop (behind every frame
+    waiting to be sent): measured, most of a decode step's time at 64 sessions. Here disposal only sets a flag
+    the action checks when the loop runs it: the same "best effort" cancel, and the lane never waits.
+    """
 
     def schedule(self, action, state=None):
         if self._loop.is_closed():
             return Disposable()
+        sad = SingleAssignmentDisposable()
+        cancelled = False
+
+        def interval() -> None:
+            if not cancelled:
+                sad.disposable = self.invoke_action(action, state=state)
+
+        def cancel() -> None:
+            nonlocal cancelled
+            cancelled = True
+
         try:
-            return super().schedule(action, state)
+            self._loop.call_soon_threadsafe(interval)
         except RuntimeError:  # closed between the check and the call
             return Disposable()
+        return CompositeDisposable(sad, Disposable(cancel))
 
+
+POLL_S = 0.001
+"""While steps keep coming, the loop looks for the lane's batches every POLL_S seconds instead of being woken by
+the lane at every step (see `Crossing`): a token reaches the loop at most this much later, and the lane never
+hands the GIL to the loop thread to wake it."""
 
 _BRIDGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {id(reactive): EventBridge}
 
@@ -67,6 +92,10 @@ class EventBridge:
         return bridge
 
     # -- loop side ------------------------------------------------------------------------------------------
+    def _poll_later(self, callback) -> None:
+        if not self.loop.is_closed():
+            self.loop.call_later(POLL_S, callback)
+
     def _dispatch(self, batches: list[tuple[Event, ...]]) -> None:
         listeners = self._listeners
         for batch in batches:
@@ -78,7 +107,8 @@ class EventBridge:
         self._listeners.setdefault(session_id, []).append(observer)
         self._count += 1
         if self._subscription is None:
-            self._subscription = Crossing(self.reactive.batches, _LoopScheduler(self.loop), self._dispatch).subscription
+            self._subscription = Crossing(self.reactive.batches, _LoopScheduler(self.loop), self._dispatch,
+                                          rearm=self._poll_later)
 
         def remove() -> None:
             observers = self._listeners.get(session_id)

@@ -26,7 +26,7 @@ from typing import Any
 import reactivex
 from reactivex import abc
 from reactivex import operators as ops
-from reactivex.disposable import CompositeDisposable, Disposable, SingleAssignmentDisposable
+from reactivex.disposable import Disposable
 from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
 
 from rxnn_runtime.crossing import Crossing
@@ -34,35 +34,15 @@ from rxnn_runtime.events import TERMINAL_EVENTS, Event
 
 
 class _LoopScheduler(AsyncIOThreadSafeScheduler):
-    """RxPY's asyncio scheduler, with a disposal that never waits, and safe to call after the loop has closed (a
-    late batch is dropped).
-
-    RxPY's own disposal, called from another thread, hands ``handle.cancel`` to the loop and *blocks until the loop
-    has run it*. ``observe_on`` disposes its previous scheduled action each time it schedules the next one, so
-    every tick the model lane sent cost the lane a round trip through the busy event loop (behind every frame
-    waiting to be sent): measured, most of a decode step's time at 64 sessions. Here disposal only sets a flag
-    the action checks when the loop runs it: the same "best effort" cancel, and the lane never waits.
-    """
+    """RxPY's asyncio scheduler, made safe to call after the loop has closed (a late batch is dropped)."""
 
     def schedule(self, action, state=None):
         if self._loop.is_closed():
             return Disposable()
-        sad = SingleAssignmentDisposable()
-        cancelled = False
-
-        def interval() -> None:
-            if not cancelled:
-                sad.disposable = self.invoke_action(action, state=state)
-
-        def cancel() -> None:
-            nonlocal cancelled
-            cancelled = True
-
         try:
-            self._loop.call_soon_threadsafe(interval)
+            return super().schedule(action, state)
         except RuntimeError:  # closed between the check and the call
             return Disposable()
-        return CompositeDisposable(sad, Disposable(cancel))
 
 
 POLL_S = 0.001

@@ -244,8 +244,7 @@ class ReactiveModel:
             if not plan.empty:
                 events.extend(self.scheduler.started_events(plan))
                 self._inflight = self.executor.launch(plan, lambda sid: self.sessions.get(sid).stm)
-                for turn in plan.resets:
-                    self.commits.submit(turn, self.sessions.reset(turn.session_id))
+                self.commits.submit_many([(turn, self.sessions.reset(turn.session_id)) for turn in plan.resets])
             if previous is not None:
                 events.extend(self._finish(previous))
         finally:
@@ -256,19 +255,21 @@ class ReactiveModel:
     def _finish(self, launched) -> list[Event]:
         result = self.executor.collect(launched)
         events = self.scheduler.update_from_output(launched.plan, result)
-        for turn, stm in result.new_memory.items():
-            if turn.phase == "committing":
-                # The committed turn count is the number the client was sent (cancelled turns consume numbers
-                # too), so numbering carries on from there after a restart.
-                self.commits.submit(turn, self.sessions.advance(turn.session_id, stm, turns=turn.turn_id),
-                                    ready=result.memory_ready)
+        # The committed turn count is the number the client was sent (cancelled turns consume numbers too), so
+        # numbering carries on from there after a restart. The pass's sessions are handed over together.
+        self.commits.submit_many([(turn, self.sessions.advance(turn.session_id, stm, turns=turn.turn_id))
+                                  for turn, stm in result.new_memory.items() if turn.phase == "committing"],
+                                 ready=result.memory_ready)
         return events
 
-    def _on_committed(self, turn: ActiveTurn, state: SessionState, error: str | None) -> None:
-        """From the commit writer's thread: hop onto the lane to free the session and announce the commit."""
+    def _on_committed(self, commits: list[tuple[ActiveTurn, SessionState, str | None]]) -> None:
+        """From the commit writer's thread: one hop onto the lane per job to free its sessions and announce them."""
 
         def done() -> None:
-            self._emit(self.scheduler.committed(turn, state.memory_version, error))
+            events: list[Event] = []
+            for turn, state, error in commits:
+                events.extend(self.scheduler.committed(turn, state.memory_version, error))
+            self._emit(events)
             self._request_step()
 
         self._schedule(done)

@@ -36,7 +36,12 @@ from pathlib import Path
 
 import torch
 from aiohttp import web
-from bench_utils import git_commit, time_ms
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # serving.py and bench_utils.py sit beside this script (imported as a module too)
+    sys.path.insert(0, str(HERE))
+
+from bench_utils import RESULTS_DIR, git_commit, inside, time_ms
 from serving import QUESTION, _run_level
 
 from rxnn_runtime.event_bridge import EventBridge
@@ -186,9 +191,10 @@ async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Name
     return levels
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 32, 64])
     parser.add_argument("--clients-per-process", type=int, default=64)
@@ -196,14 +202,17 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of the server process")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (a run appended to its 'runs')")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if device.type != "cuda" and args.out and inside(args.out, RESULTS_DIR):
+        parser.error(f"--out {args.out}: CPU timings are a proxy; write them outside benchmarks/results")
     tokenizer = RxTokenizer.default()
     torch.manual_seed(0)
     cfg = RxTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size)
     with torch.device(device):
         model = RxT(cfg)
-    model = model.to(device).eval()
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    model = model.to(device=device, dtype=dtype).eval()
     levels = asyncio.run(runtime_levels(model, tokenizer, args))
     for level in levels:
         n = level["sessions"]
@@ -221,8 +230,11 @@ def main() -> None:
         for label, us in level.get("breakdown_us_per_step", {}).items():
             print(f"      {label:<52} {us:8.0f} us/step  ({level['breakdown_calls'][label]} calls)")
     run = {"benchmark": "runtime_overhead", "commit": git_commit(), "device": args.device,
+           "device_name": torch.cuda.get_device_name() if device.type == "cuda" else None,
+           "dtype": str(dtype).removeprefix("torch."), "gil_switch_interval_s": sys.getswitchinterval(),
            "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
-           "python": platform.python_version(), "preset": args.preset, "command": " ".join(["python", *sys.argv]),
+           "python": platform.python_version(), "preset": args.preset,
+           "command": " ".join(["python", "benchmarks/runtime_overhead.py", *(sys.argv[1:] if argv is None else argv)]),
            "note": "CPU figures are a proxy for the GPU's: host Python costs alike, the engine's share differs",
            "levels": levels}
     if args.out:
@@ -230,7 +242,8 @@ def main() -> None:
         doc["runs"].append(run)
         atomic_write_json(args.out, doc)
         print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -83,22 +83,27 @@ class CommitWriter:
     @staticmethod
     def _host_copies(stms: list[torch.Tensor], event: torch.cuda.Event | None,
                      local: threading.local) -> list[torch.Tensor]:
-        if event is None:
+        if event is None or not any(stm.is_cuda for stm in stms):
             return [stm.detach().clone() for stm in stms]
         device = next(stm.device for stm in stms if stm.is_cuda)
         stream = getattr(local, "stream", None)
         if stream is None:
             stream = local.stream = torch.cuda.Stream(device=device)
+        # One device-to-host copy for the whole job when the STMs stack (one model on one device: they do).
+        stacks = len({(s.device, s.shape, s.dtype) for s in stms}) == 1
         with torch.cuda.stream(stream):
             stream.wait_event(event)
-            # One device-to-host copy for the whole job when the STMs stack (one model: they do).
-            stacked = torch.stack(stms) if len({(s.shape, s.dtype) for s in stms}) == 1 else None
-            parts = [stacked] if stacked is not None else stms
-            hosts = [torch.empty(p.shape, dtype=p.dtype, pin_memory=True) for p in parts]
-            for host, part in zip(hosts, parts, strict=True):
-                host.copy_(part, non_blocking=True)
+            parts = [torch.stack(stms)] if stacks else stms
+            hosts = []
+            for part in parts:
+                if part.is_cuda:
+                    host = torch.empty(part.shape, dtype=part.dtype, pin_memory=True)
+                    host.copy_(part, non_blocking=True)
+                else:
+                    host = part.detach().clone()
+                hosts.append(host)
         stream.synchronize()
-        return list(hosts[0].unbind(0)) if stacked is not None else hosts
+        return list(hosts[0].unbind(0)) if stacks else hosts
 
     def _run(self, jobs: queue.Queue) -> None:
         local = threading.local()

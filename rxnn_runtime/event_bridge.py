@@ -6,15 +6,14 @@
 
 One `EventBridge` per (model, event loop), shared by everything on that loop: the session facade
 (`ReactiveSession.stream/ask`), the websocket bridge, the OpenAI handler and the CLI. The lane never waits on the
-loop: it appends the step's batch to an inbox (`Crossing`) and, unless a drain is already on its way, sends one tick through
-RxPY's ``observe_on``; the loop callback then dispatches every batch that waits, and while batches keep coming
-the loop polls the inbox every ``POLL_S`` instead of being woken by the lane at every step (see `Crossing`). A
-loop that falls behind so gets
-several steps in one callback, before its senders run, and the websocket bridge coalesces their tokens into one
-frame per turn instead of paying a frame per token per step (which would make the loop, not the device, the
-bottleneck). Fan-out is a dict lookup by session id, so the cost of a step
-grows with its events, not with events x listeners. The bridge subscribes to the model while it has listeners
-and lets go when the last one leaves, so a finished ``asyncio.run`` leaves nothing behind on the lane.
+loop: it appends the step's batch to an inbox (`Crossing`) and, unless a drain is already on its way, sends one
+tick through RxPY's ``observe_on``; the loop callback then dispatches every batch that waits, and while batches
+keep coming the loop polls the inbox every ``POLL_S`` instead of being woken by the lane at every step (see
+`Crossing`). A loop that falls behind so gets several steps in one callback, before its senders run, and the
+websocket bridge coalesces their tokens into one frame per turn instead of paying a frame per token per step
+(which would make the loop, not the device, the bottleneck). Fan-out is a dict lookup by session id, so the cost
+of a step grows with its events, not with events x listeners. The bridge subscribes to the model while it has
+listeners and lets go when the last one leaves, so a finished ``asyncio.run`` leaves nothing behind on the lane.
 
 Observables returned here deliver on the loop's thread and must be subscribed from it (asyncio code).
 """

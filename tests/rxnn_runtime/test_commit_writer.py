@@ -3,7 +3,7 @@
 import threading
 
 import torch
-from runtime_helpers import EventLog, tiny_model
+from runtime_helpers import EventLog, record_plans, tiny_model
 
 from rxnn_runtime.commit_writer import CommitWriter
 from rxnn_runtime.events import MemoryUpdated
@@ -71,15 +71,7 @@ def test_one_failing_save_fails_only_its_commit():
 def test_memory_updated_of_sessions_finishing_together_leave_in_few_batches():
     model, tokenizer = tiny_model()
     reactive = ReactiveModel(model, tokenizer, max_batch_size=8)
-    passes: list[int] = []
-    launch = reactive.executor.launch
-
-    def recording_launch(plan, stm_of):
-        if plan.updates:
-            passes.append(len(plan.updates))
-        return launch(plan, stm_of)
-
-    reactive.executor.launch = recording_launch
+    plans = record_plans(reactive)
     batches = EventLog()
     reactive.batches.subscribe(batches)
     for i in range(8):  # the same greedy query on the same initial memory: the same answer, finished together
@@ -87,7 +79,7 @@ def test_memory_updated_of_sessions_finishing_together_leave_in_few_batches():
     reactive.connect()
     try:
         assert batches.wait_for(lambda bs: sum(isinstance(e, MemoryUpdated) for b in bs for e in b) == 8)
-        assert passes == [8]
+        assert [len(p.updates) for p in plans if p.updates] == [8]
         with_commits = [b for b in batches.events if any(isinstance(e, MemoryUpdated) for e in b)]
         # One lane hop (and batch) per commit worker, where one hop per session gave 8.
         assert len(with_commits) <= len(reactive.commits._queues) < 8

@@ -3,7 +3,7 @@ import threading
 import pytest
 import torch
 from reactivex.scheduler import EventLoopScheduler
-from runtime_helpers import EventLog, tiny_model
+from runtime_helpers import EventLog, record_plans, tiny_model
 
 from rxnn_runtime.events import (
     AnswerDone,
@@ -244,15 +244,7 @@ def test_queries_that_arrive_together_are_accepted_at_once_and_prefilled_in_one_
     waited up to 64 steps to be accepted); the messages waiting now cross in one lane action."""
     model, tokenizer = tiny_model()
     reactive = ReactiveModel(model, tokenizer, max_batch_size=8)
-    admitted: list[int] = []
-    launch = reactive.executor.launch
-
-    def recording_launch(plan, stm_of):
-        if plan.admit:
-            admitted.append(len(plan.admit))
-        return launch(plan, stm_of)
-
-    reactive.executor.launch = recording_launch
+    plans = record_plans(reactive)
     log = EventLog()
     reactive.events.subscribe(log)
     reactive.connect()
@@ -264,6 +256,6 @@ def test_queries_that_arrive_together_are_accepted_at_once_and_prefilled_in_one_
             reactive.submit(Query(f"s{i}", "hello there", GenerationOptions(max_new_tokens=3)))
         release.set()
         assert log.wait_for(lambda es: sum(isinstance(e, MemoryUpdated) for e in es) == 6)
-        assert admitted == [6]
+        assert [len(p.admit) for p in plans if p.admit] == [6]
     finally:
         reactive.dispose()

@@ -50,6 +50,9 @@ POLL_S = 0.001
 """While steps keep coming, the loop looks for the lane's batches every POLL_S seconds instead of being woken by
 the lane at every step (see `Crossing`): a token reaches the loop at most this much later, and the lane never
 hands the GIL to the loop thread to wake it."""
+IDLE_POLLS = 10
+"""Polls in a row that found nothing before the loop stops polling (and the lane ticks again): polling outlasts
+the gaps of a busy server (a long step, a memory-update pass), and an idle one stops after 10 ms."""
 
 _BRIDGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {id(reactive): EventBridge}
 
@@ -89,7 +92,7 @@ class EventBridge:
         self._count += 1
         if self._subscription is None:
             self._subscription = Crossing(self.reactive.batches, _LoopScheduler(self.loop), self._dispatch,
-                                          rearm=self._poll_later)
+                                          rearm=self._poll_later, idle_polls=IDLE_POLLS)
 
         def remove() -> None:
             observers = self._listeners.get(session_id)

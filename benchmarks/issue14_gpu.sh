@@ -6,6 +6,8 @@
 #   2. benchmarks/latency.py, nano                      -> $OUT/latency.json
 #   3. benchmarks/latency.py, ~1B (--append)            -> $OUT/latency.json, then $OUT/latency.png
 #   4. benchmarks/serving.py --config 1b --clients 1 32 64 -> $OUT/serving.json (a run appended), $OUT/serving_1b.png
+#      (with SKIP_1B=1, steps 3 and 4 are skipped and benchmarks/runtime_overhead.py runs instead, nano
+#      -> $OUT/runtime_overhead.json: host time per step of the server process, by part)
 # then prints the issue's targets (benchmarks/issue14_targets.py). $OUT/serving.json starts as a copy of
 # benchmarks/results/serving.json, so it can replace that file as it is. Every step's output also goes to
 # $OUT/issue14_gpu.log.
@@ -34,6 +36,7 @@ if [ "$DEVICE" = cpu ]; then  # the smallest sizes: checks the steps, the files 
     LAT_NANO=(--configs tiny)
     LAT_1B=(--configs tiny --arms rxt stateless_prefix_cached)
     SERVE_ANCHOR="tiny"
+    OVERHEAD=(--device cpu --preset tiny --sessions 1 2 --clients-per-process 2 --turns 1 --max-new-tokens 4)
 else
     SERVE_NANO=(--clients 1 32 64)
     SERVE_1B=(--config 1b --clients 1 32 64)
@@ -41,6 +44,7 @@ else
     LAT_NANO=(--configs nano)
     LAT_1B=(--configs 1b)
     SERVE_ANCHOR="nano"
+    OVERHEAD=(--device cuda --preset nano --sessions 1 32 64 --clients-per-process 8 --breakdown)
 fi
 
 failed=()
@@ -70,6 +74,10 @@ runs=2
 if [ -f "$OUT/latency.json" ]; then  # re-drawn from whatever finished, even if a run above was cut short
     step "latency plot" 30 "$PY" benchmarks/latency.py --plot-only "$OUT/latency.json"
 fi
+# With SKIP_1B=1 (time left over): where the server process spends its host time per step, by part
+# (benchmarks/runtime_overhead.py --breakdown) -> $OUT/runtime_overhead.json
+[ "$runs" = 1 ] && step "runtime overhead" "${T_OVERHEAD:-90}" \
+    "$PY" benchmarks/runtime_overhead.py "${OVERHEAD[@]}" --out "$OUT/runtime_overhead.json"
 [ "$runs" = 2 ] && step "serving 1b" "${T_SERVE_1B:-150}" \
     "$PY" benchmarks/serving.py "${SERVE_1B[@]}" --out "$OUT/serving.json" --plot "$OUT/serving_1b.png"
 

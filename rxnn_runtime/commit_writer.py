@@ -3,9 +3,10 @@
 The lane hands over (turn, state) with the STM still on the device and goes back to decoding. The writer copies
 the STM to the host (on CUDA: on its own stream, after an event recorded on the lane's stream, so the copy
 neither waits for later decode steps nor races the update that produced it), saves it, and reports back
-through ``on_done(turn, state, error)``, which the runtime schedules onto the lane to emit MemoryUpdated. A few
-worker threads share the work, each session always on the same one (by a stable hash of its id), so a session's
-saves never overtake each other while one slow save holds up only the sessions of its worker.
+through ``on_done([(turn, state, error), ...])``, which the runtime schedules onto the lane to emit MemoryUpdated.
+A few worker threads share the work, each session always on the same one (by a stable hash of its id), so a
+session's saves never overtake each other while one slow save holds up only the sessions of its worker. The
+sessions one update pass wrote are handed over together: per worker, one copy of their STMs and one report.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ _STOP = object()
 
 
 class CommitWriter:
-    def __init__(self, store: SessionStore, on_done: Callable[[Any, SessionState, str | None], None], *,
+    def __init__(self, store: SessionStore,
+                 on_done: Callable[[list[tuple[Any, SessionState, str | None]]], None], *,
                  workers: int = 4) -> None:
         if workers < 1:
             raise ValueError(f"commit workers={workers} must be >= 1")
@@ -46,19 +48,32 @@ class CommitWriter:
         return zlib.crc32(session_id.encode("utf-8", "surrogatepass")) % len(self._queues)
 
     def submit(self, turn: Any, state: SessionState, ready: torch.cuda.Event | None = None) -> None:
-        """Save ``state`` (its STM may be on the device; it is never modified afterwards: updates are out of place).
+        """Save ``state`` (see `submit_many`)."""
+        self.submit_many([(turn, state)], ready)
 
-        ``ready``: a CUDA event recorded right after the work that wrote the STM; without it one is recorded now,
+    def submit_many(self, commits: list[tuple[Any, SessionState]], ready: torch.cuda.Event | None = None) -> None:
+        """Save the states of ``commits`` (their STMs may be on the device; never modified afterwards: updates are
+        out of place), typically every session one update pass wrote. Per worker one job: one copy of its sessions'
+        STMs to the host and one ``on_done`` call with all of them, so 64 sessions finishing together cost a few
+        copies and lane hops, not 64.
+
+        ``ready``: a CUDA event recorded right after the work that wrote the STMs; without it one is recorded now,
         on the lane's stream, so the copy also waits for whatever the lane queued since."""
+        if not commits:
+            return
         event = None
-        if state.stm.is_cuda:
+        if any(state.stm.is_cuda for _, state in commits):
             event = ready
             if event is None:
                 event = torch.cuda.Event()
                 event.record()  # on the lane's stream: the copy starts once the update that wrote the STM is done
+        jobs: dict[int, list[tuple[Any, SessionState]]] = {}
+        for turn, state in commits:  # a session always on the same worker: its saves never overtake each other
+            jobs.setdefault(self.shard_of(state.session_id), []).append((turn, state))
         with self._lock:
-            self._pending += 1
-        self._queues[self.shard_of(state.session_id)].put((turn, state, event))
+            self._pending += len(commits)
+        for shard, job in jobs.items():
+            self._queues[shard].put((job, event))
 
     @property
     def pending(self) -> int:
@@ -66,18 +81,29 @@ class CommitWriter:
             return self._pending
 
     @staticmethod
-    def _host_copy(stm: torch.Tensor, event: torch.cuda.Event | None, local: threading.local) -> torch.Tensor:
-        if event is None:
-            return stm.detach().clone()
+    def _host_copies(stms: list[torch.Tensor], event: torch.cuda.Event | None,
+                     local: threading.local) -> list[torch.Tensor]:
+        if event is None or not any(stm.is_cuda for stm in stms):
+            return [stm.detach().clone() for stm in stms]
+        device = next(stm.device for stm in stms if stm.is_cuda)
         stream = getattr(local, "stream", None)
         if stream is None:
-            stream = local.stream = torch.cuda.Stream(device=stm.device)
+            stream = local.stream = torch.cuda.Stream(device=device)
+        # One device-to-host copy for the whole job when the STMs stack (one model on one device: they do).
+        stacks = len({(s.device, s.shape, s.dtype) for s in stms}) == 1
         with torch.cuda.stream(stream):
             stream.wait_event(event)
-            host = torch.empty(stm.shape, dtype=stm.dtype, pin_memory=True)
-            host.copy_(stm, non_blocking=True)
+            parts = [torch.stack(stms)] if stacks else stms
+            hosts = []
+            for part in parts:
+                if part.is_cuda:
+                    host = torch.empty(part.shape, dtype=part.dtype, pin_memory=True)
+                    host.copy_(part, non_blocking=True)
+                else:
+                    host = part.detach().clone()
+                hosts.append(host)
         stream.synchronize()
-        return host
+        return list(hosts[0].unbind(0)) if stacks else hosts
 
     def _run(self, jobs: queue.Queue) -> None:
         local = threading.local()
@@ -85,18 +111,28 @@ class CommitWriter:
             item = jobs.get()
             if item is _STOP:
                 return
-            turn, state, event = item
-            error = None
+            job, event = item
+            done = []
             try:
-                saved = replace(state, stm=self._host_copy(state.stm, event, local))
-                self.store.save(saved)
-            except Exception as exc:  # reported as the turn's Error; the writer goes on
-                log.exception("saving session %s failed", state.session_id)
-                error = repr(exc)
+                hosts = self._host_copies([state.stm for _, state in job], event, local)
+            except Exception as exc:  # the copy failed: every commit of the job fails
+                log.exception("copying %d STMs to the host failed", len(job))
+                hosts, copy_error = [None] * len(job), repr(exc)
+            else:
+                copy_error = None
+            for (turn, state), host in zip(job, hosts, strict=True):
+                error = copy_error
+                if error is None:
+                    try:
+                        self.store.save(replace(state, stm=host))
+                    except Exception as exc:  # reported as the turn's Error; the writer goes on
+                        log.exception("saving session %s failed", state.session_id)
+                        error = repr(exc)
+                done.append((turn, state, error))
             with self._lock:
-                self._pending -= 1
+                self._pending -= len(job)
             try:
-                self.on_done(turn, state, error)
+                self.on_done(done)
             except Exception:
                 log.exception("commit callback failed")
 

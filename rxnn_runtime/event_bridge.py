@@ -1,18 +1,19 @@
 """The one bridge from the model lane into asyncio: event batches cross once per step, fan out per session.
 
     reactive.batches (lane thread, one tuple per step) ──► inbox ──tick──►
-        observe_on(AsyncIOThreadSafeScheduler(loop)) ──► EventBridge._drain (loop thread): every batch waiting
+        observe_on(AsyncIOThreadSafeScheduler(loop)) ──► EventBridge._dispatch (loop thread): every batch waiting
         ──per session──► session_events(sid) ──take_while(not terminal, inclusive=True)──► turn_events(sid, qid)
 
 One `EventBridge` per (model, event loop), shared by everything on that loop: the session facade
 (`ReactiveSession.stream/ask`), the websocket bridge, the OpenAI handler and the CLI. The lane never waits on the
-loop: it appends the step's batch to an inbox and, unless a drain is already on its way, sends one tick through
-RxPY's ``observe_on``; the loop callback then dispatches every batch that waits. A loop that falls behind so gets
-several steps in one callback, before its senders run, and the websocket bridge coalesces their tokens into one
-frame per turn instead of paying a frame per token per step (which would make the loop, not the device, the
-bottleneck). Fan-out is a dict lookup by session id, so the cost of a step
-grows with its events, not with events x listeners. The bridge subscribes to the model while it has listeners
-and lets go when the last one leaves, so a finished ``asyncio.run`` leaves nothing behind on the lane.
+loop: it appends the step's batch to an inbox (`Crossing`) and, unless a drain is already on its way, sends one
+tick through RxPY's ``observe_on``; the loop callback then dispatches every batch that waits, and while batches
+keep coming the loop polls the inbox every ``POLL_S`` instead of being woken by the lane at every step (see
+`Crossing`). A loop that falls behind so gets several steps in one callback, before its senders run, and the
+websocket bridge coalesces their tokens into one frame per turn instead of paying a frame per token per step
+(which would make the loop, not the device, the bottleneck). Fan-out is a dict lookup by session id, so the cost
+of a step grows with its events, not with events x listeners. The bridge subscribes to the model while it has
+listeners and lets go when the last one leaves, so a finished ``asyncio.run`` leaves nothing behind on the lane.
 
 Observables returned here deliver on the loop's thread and must be subscribed from it (asyncio code).
 """
@@ -20,18 +21,16 @@ Observables returned here deliver on the loop's thread and must be subscribed fr
 from __future__ import annotations
 
 import asyncio
-import threading
 import weakref
-from collections import deque
 from typing import Any
 
 import reactivex
 from reactivex import abc
 from reactivex import operators as ops
-from reactivex.disposable import CompositeDisposable, Disposable
+from reactivex.disposable import Disposable
 from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
-from reactivex.subject import Subject
 
+from rxnn_runtime.crossing import Crossing
 from rxnn_runtime.events import TERMINAL_EVENTS, Event
 
 
@@ -47,39 +46,15 @@ class _LoopScheduler(AsyncIOThreadSafeScheduler):
             return Disposable()
 
 
+POLL_S = 0.001
+"""While steps keep coming, the loop looks for the lane's batches every POLL_S seconds instead of being woken by
+the lane at every step (see `Crossing`): a token reaches the loop at most this much later, and the lane never
+hands the GIL to the loop thread to wake it."""
+IDLE_POLLS = 10
+"""Polls in a row that found nothing before the loop stops polling (and the lane ticks again): polling outlasts
+the gaps of a busy server (a long step, a memory-update pass), and an idle one stops after 10 ms."""
+
 _BRIDGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {id(reactive): EventBridge}
-
-
-class _Crossing:
-    """One subscription's hand-over from the lane to the loop: an inbox and at most one tick on its way.
-
-    A fresh one per subscription, so a tick lost with a disposed subscription can never leave a later one waiting.
-    """
-
-    def __init__(self, batches: reactivex.Observable, loop: asyncio.AbstractEventLoop, dispatch) -> None:
-        self._inbox: deque = deque()
-        self._lock = threading.Lock()
-        self._tick_pending = False
-        self._dispatch = dispatch
-        self._ticks: Subject = Subject()
-        crossing = self._ticks.pipe(ops.observe_on(_LoopScheduler(loop))).subscribe(on_next=self._drain)
-        feed = batches.subscribe(on_next=self._from_lane)
-        self.subscription = CompositeDisposable(feed, crossing)
-
-    def _from_lane(self, batch: tuple[Event, ...]) -> None:  # lane thread: append, tick at most once
-        with self._lock:
-            self._inbox.append(batch)
-            if self._tick_pending:
-                return  # the drain on its way takes this batch too
-            self._tick_pending = True
-        self._ticks.on_next(None)
-
-    def _drain(self, _tick: object) -> None:  # loop thread: every batch waiting, in order
-        with self._lock:
-            batches = list(self._inbox)
-            self._inbox.clear()
-            self._tick_pending = False
-        self._dispatch(batches)
 
 
 class EventBridge:
@@ -101,6 +76,10 @@ class EventBridge:
         return bridge
 
     # -- loop side ------------------------------------------------------------------------------------------
+    def _poll_later(self, callback) -> None:
+        if not self.loop.is_closed():
+            self.loop.call_later(POLL_S, callback)
+
     def _dispatch(self, batches: list[tuple[Event, ...]]) -> None:
         listeners = self._listeners
         for batch in batches:
@@ -112,7 +91,8 @@ class EventBridge:
         self._listeners.setdefault(session_id, []).append(observer)
         self._count += 1
         if self._subscription is None:
-            self._subscription = _Crossing(self.reactive.batches, self.loop, self._dispatch).subscription
+            self._subscription = Crossing(self.reactive.batches, _LoopScheduler(self.loop), self._dispatch,
+                                          rearm=self._poll_later, idle_polls=IDLE_POLLS)
 
         def remove() -> None:
             observers = self._listeners.get(session_id)

@@ -7,8 +7,9 @@
 
 Everything that touches weights or STM runs on the lane (one EventLoopScheduler), one action at a time, so no
 locks guard model state and events leave in one total order (``seq``). Messages pushed into `input` from any
-thread are moved onto the lane by RxPY's ``observe_on``. Nothing flows before `connect()`: queries sent earlier
-wait.
+thread are moved onto the lane by RxPY's ``observe_on``, all that wait in one lane action (`Crossing`), so a burst
+of queries is accepted at once and prefilled together in the next step. Nothing flows before `connect()`: queries
+sent earlier wait.
 
 Each step is one lane action: the scheduler plans it (memory-update pass for turns that finished answering,
 one decode step for every running turn, one prefill for the turns admitted together), the executor runs it
@@ -42,6 +43,7 @@ from reactivex.subject import Subject
 
 from rxnn_runtime.active_turn import ActiveTurn
 from rxnn_runtime.commit_writer import CommitWriter
+from rxnn_runtime.crossing import Crossing
 from rxnn_runtime.events import Error, Event, MemoryUpdated
 from rxnn_runtime.isolating_subject import IsolatingSubject
 from rxnn_runtime.messages import Cancel, InvalidMessage, Prime, Query, Reset
@@ -108,8 +110,9 @@ class ReactiveModel:
         self.batches = self._out.pipe(ops.multicast(subject=IsolatingSubject(self._on_subscriber_error)))
         self.events: reactivex.Observable = _flatten(self.batches, self._on_subscriber_error)
         self.input: Subject = Subject()
-        self._input_subscription = self.input.pipe(ops.observe_on(self._lane)).subscribe(
-            on_next=self._on_message, on_error=lambda exc: log.error("input stream failed: %r", exc))
+        # Every message waiting is handled in one lane action (then one step), not one message per step.
+        self._input_subscription = Crossing(self.input, self._lane, self._on_messages,
+                                            on_error=lambda exc: log.error("input stream failed: %r", exc))
         self._connected = False
         self._disposed = False
         self._early: list[Any] = []  # messages that arrived before connect()
@@ -191,39 +194,39 @@ class ReactiveModel:
         self._schedule(lambda: self._emit([self.scheduler.event(Error, s, t, code="subscriber", message=repr(exc))
                                            for s, t in sorted(turns)]))
 
-    def _set_connected(self) -> None:
-        self._connected = True
-        early, self._early = self._early, []
-        for message in early:
-            self._on_message(message)
+    def _on_messages(self, messages: list[Any]) -> None:
+        """Every input message that waited, in order, in one lane action: their events leave as one batch."""
+        events: list[Event] = []
+        for message in messages:
+            if message is _CONNECT:
+                self._connected = True
+                early, self._early = self._early, []
+                for waiting in early:
+                    events.extend(self._handle(waiting))
+            elif not self._connected:
+                self._early.append(message)
+            else:
+                events.extend(self._handle(message))
+        self._emit(events)
         self._request_step()
 
-    def _on_message(self, message: Any) -> None:
-        if message is _CONNECT:
-            self._set_connected()
-            return
-        if not self._connected:
-            self._early.append(message)
-            return
+    def _handle(self, message: Any) -> list[Event]:
         try:
             if isinstance(message, Query):
-                self._emit(self.intake.query(message))
-            elif isinstance(message, Cancel):
-                self._emit(self.scheduler.cancel(message.session_id, message.query_id))
-            elif isinstance(message, Reset):
-                reset = ActiveTurn(Query(message.session_id, ""), 0, [], kind="reset")
-                self._emit(self.scheduler.reset(reset))
-            elif isinstance(message, Prime):
-                self._emit(self.intake.prime(message))
-            else:
-                self._emit([self.scheduler.event(Error, "", 0, code="invalid",
-                                                 message=f"unsupported input {type(message).__name__}")])
+                return self.intake.query(message)
+            if isinstance(message, Cancel):
+                return self.scheduler.cancel(message.session_id, message.query_id)
+            if isinstance(message, Reset):
+                return self.scheduler.reset(ActiveTurn(Query(message.session_id, ""), 0, [], kind="reset"))
+            if isinstance(message, Prime):
+                return self.intake.prime(message)
+            return [self.scheduler.event(Error, "", 0, code="invalid",
+                                         message=f"unsupported input {type(message).__name__}")]
         except Exception as exc:  # whatever one message does wrong is that message's Error
             log.exception("handling %s failed", type(message).__name__)
             sid = getattr(message, "session_id", "")
-            self._emit([self.scheduler.event(Error, sid, 0, getattr(message, "query_id", ""), code="internal",
-                                             message=repr(exc))])
-        self._request_step()
+            return [self.scheduler.event(Error, sid, 0, getattr(message, "query_id", ""), code="internal",
+                                         message=repr(exc))]
 
     # -- the step loop ---------------------------------------------------------------------------------------
     def _request_step(self) -> None:
@@ -235,35 +238,38 @@ class ReactiveModel:
         """Launch step N+1 on the device, then turn step N's output into events while the device works."""
         self._step_scheduled = False
         previous, self._inflight = self._inflight, None
+        events: list[Event] = []  # the step's events leave as one batch: one crossing per step
         try:
             plan = self.scheduler.schedule()
             if not plan.empty:
-                self._emit(self.scheduler.started_events(plan))
+                events.extend(self.scheduler.started_events(plan))
                 self._inflight = self.executor.launch(plan, lambda sid: self.sessions.get(sid).stm)
-                for turn in plan.resets:
-                    self.commits.submit(turn, self.sessions.reset(turn.session_id))
+                self.commits.submit_many([(turn, self.sessions.reset(turn.session_id)) for turn in plan.resets])
             if previous is not None:
-                self._finish(previous)
+                events.extend(self._finish(previous))
         finally:
+            self._emit(events)
             if self._inflight is not None or self.scheduler.has_work():
                 self._request_step()
 
-    def _finish(self, launched) -> None:
+    def _finish(self, launched) -> list[Event]:
         result = self.executor.collect(launched)
         events = self.scheduler.update_from_output(launched.plan, result)
-        for turn, stm in result.new_memory.items():
-            if turn.phase == "committing":
-                # The committed turn count is the number the client was sent (cancelled turns consume numbers
-                # too), so numbering carries on from there after a restart.
-                self.commits.submit(turn, self.sessions.advance(turn.session_id, stm, turns=turn.turn_id),
-                                    ready=result.memory_ready)
-        self._emit(events)
+        # The committed turn count is the number the client was sent (cancelled turns consume numbers too), so
+        # numbering carries on from there after a restart. The pass's sessions are handed over together.
+        self.commits.submit_many([(turn, self.sessions.advance(turn.session_id, stm, turns=turn.turn_id))
+                                  for turn, stm in result.new_memory.items() if turn.phase == "committing"],
+                                 ready=result.memory_ready)
+        return events
 
-    def _on_committed(self, turn: ActiveTurn, state: SessionState, error: str | None) -> None:
-        """From the commit writer's thread: hop onto the lane to free the session and announce the commit."""
+    def _on_committed(self, commits: list[tuple[ActiveTurn, SessionState, str | None]]) -> None:
+        """From the commit writer's thread: one hop onto the lane per job to free its sessions and announce them."""
 
         def done() -> None:
-            self._emit(self.scheduler.committed(turn, state.memory_version, error))
+            events: list[Event] = []
+            for turn, state, error in commits:
+                events.extend(self.scheduler.committed(turn, state.memory_version, error))
+            self._emit(events)
             self._request_step()
 
         self._schedule(done)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import json
 import logging
 from collections import deque
@@ -56,17 +58,23 @@ MSGPACK = "msgpack"
 JSON = "json"
 
 
+_IDENTITY = ("session_id", "turn_id", "seq", "query_id")
+
+
+@functools.cache
+def _own_fields(cls: type[Event]) -> tuple[str, ...]:
+    """The fields an event class adds to the identity ones, in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in _IDENTITY)
+
+
 def event_to_frame(event: Event) -> dict[str, Any]:
-    """The wire form of a runtime event: ``session``, ``id``, ``turn`` and ``seq`` plus the event's fields."""
-    data = event.to_dict()
-    frame: dict[str, Any] = {
-        "type": data.pop("type"),
-        "session": data.pop("session_id"),
-        "id": data.pop("query_id"),
-        "turn": data.pop("turn_id"),
-        "seq": data.pop("seq"),
-    }
-    frame.update(data)
+    """The wire form of a runtime event: ``session``, ``id``, ``turn`` and ``seq`` plus the event's fields
+    (tuples as lists). Built field by field: the loop pays this for every frame it sends."""
+    frame: dict[str, Any] = {"type": event.type, "session": event.session_id, "id": event.query_id,
+                             "turn": event.turn_id, "seq": event.seq}
+    for name in _own_fields(type(event)):
+        value = getattr(event, name)
+        frame[name] = list(value) if isinstance(value, tuple) else value
     return frame
 
 

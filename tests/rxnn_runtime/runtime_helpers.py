@@ -42,3 +42,16 @@ class EventLog:
                     return False
                 self._cond.wait(left)
             return True
+
+
+def record_plans(reactive) -> list:
+    """Every `StepPlan` the runtime's executor launches from now on, in order (wraps ``executor.launch``)."""
+    plans: list = []
+    launch = reactive.executor.launch
+
+    def recording_launch(plan, stm_of):
+        plans.append(plan)
+        return launch(plan, stm_of)
+
+    reactive.executor.launch = recording_launch
+    return plans

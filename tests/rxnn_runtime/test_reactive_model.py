@@ -3,7 +3,7 @@ import threading
 import pytest
 import torch
 from reactivex.scheduler import EventLoopScheduler
-from runtime_helpers import EventLog, tiny_model
+from runtime_helpers import EventLog, record_plans, tiny_model
 
 from rxnn_runtime.events import (
     AnswerDone,
@@ -237,3 +237,25 @@ def test_connect_shortens_the_gil_switch_interval_never_lengthens_it(switch_inte
     lower.connect()
     assert switch_interval.getswitchinterval() == pytest.approx(0.0001)
     lower.dispose()
+
+
+def test_queries_that_arrive_together_are_accepted_at_once_and_prefilled_in_one_step():
+    """RxPY's observe_on alone moved one input message onto the lane per decode step (64 queries sent together
+    waited up to 64 steps to be accepted); the messages waiting now cross in one lane action."""
+    model, tokenizer = tiny_model()
+    reactive = ReactiveModel(model, tokenizer, max_batch_size=8)
+    plans = record_plans(reactive)
+    log = EventLog()
+    reactive.events.subscribe(log)
+    reactive.connect()
+    try:
+        blocked, release = threading.Event(), threading.Event()
+        reactive._lane.schedule(lambda *_: (blocked.set(), release.wait(10)))
+        assert blocked.wait(10)
+        for i in range(6):
+            reactive.submit(Query(f"s{i}", "hello there", GenerationOptions(max_new_tokens=3)))
+        release.set()
+        assert log.wait_for(lambda es: sum(isinstance(e, MemoryUpdated) for e in es) == 6)
+        assert [len(p.admit) for p in plans if p.admit] == [6]
+    finally:
+        reactive.dispose()

@@ -132,12 +132,15 @@ async def test_cancel_by_integer_id_matches_that_id_only(make_client):
         session = "cancel-int"
         await send(ws, {"type": "query", "session": session, "id": "first", "text": "hello",
                         "options": {"max_new_tokens": 40}})
+        # Running before the next two arrive: queries that reach the lane together wait together, and three
+        # waiting would be over the fixture's max_pending_per_session=2.
+        frames = await recv_until(ws, lambda f: f["type"] in ("token", "answer") and f["id"] == "first")
         await send(ws, {"type": "query", "session": session, "id": "0", "text": "hello",
                         "options": {"max_new_tokens": 4}})
         await send(ws, {"type": "query", "session": session, "id": 0, "text": "hello",
                         "options": {"max_new_tokens": 4}})
         await send(ws, {"type": "cancel", "session": session, "id": 0})
-        frames = await recv_until(ws, memory_updated("0"))
+        frames += await recv_until(ws, memory_updated("0"))
         cancelled = [f for f in frames if f["type"] == "cancelled"]
         assert [(f["id"], type(f["id"])) for f in cancelled] == [(0, int)], frames
         assert any(f["type"] == "memory_updated" and f["id"] == "first" for f in frames), frames

@@ -1,0 +1,249 @@
+"""Host overhead of the runtime per step and per token, against the bare engine on the same model, in one run.
+
+A CPU proxy for the serving benchmark's question "where does the runtime's time go": with a tiny model on the CPU
+the engine's step is cheap, so the host's own cost (scheduler, executor launch/collect, events, the crossing into
+asyncio, websocket frames) dominates, as it does on a GPU whose step is a captured graph. Per session count:
+
+- ``engine``: `DecodeEngine` alone with the host in the loop (step, argmax, tokens to the host), microseconds per
+  step and per token;
+- ``runtime``: the real websocket server in this process (`ReactiveModel` + `create_app`) and its clients in a
+  separate process (`serving_clients.py`), each client ``--turns`` turns of ``--max-new-tokens`` greedy tokens;
+  wall time per decode step (steps counted at the executor) and per answer token, and the host microseconds per
+  step above the engine's (``overhead_us_per_step``).
+
+``--breakdown`` also times the parts of the server process (lane: schedule / launch / collect / turning tokens
+into events / handing the batch over; loop: fan-out to the sessions, frame building and sending) by wrapping
+them, which adds a little cost of its own; the shares, not the totals, are what it is for.
+
+CPU figures are a proxy for the GPU's: the engine's share differs, the host's Python costs are alike.
+
+    python benchmarks/runtime_overhead.py --sessions 1 32 64                   # tiny, CPU
+    python benchmarks/runtime_overhead.py --sessions 64 --breakdown --out /tmp/overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import functools
+import json
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+from aiohttp import web
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # serving.py and bench_utils.py sit beside this script (imported as a module too)
+    sys.path.insert(0, str(HERE))
+
+from bench_utils import RESULTS_DIR, git_commit, inside, time_ms
+from serving import QUESTION, _run_level
+
+from rxnn_runtime.event_bridge import EventBridge
+from rxnn_runtime.reactive_model import ReactiveModel
+from rxnn_runtime.server import websocket
+from rxnn_runtime.server.app import create_app
+from rxt.atomic_io import atomic_write_json
+from rxt.config import RxTConfig
+from rxt.decode_engine import DecodeEngine
+from rxt.model import RxT
+from rxt.template import InteractionTemplate
+from rxt.tokenizer import RxTokenizer
+
+
+class Timers:
+    """Seconds spent in wrapped callables, by name (nested wraps count in both)."""
+
+    def __init__(self) -> None:
+        self.seconds: collections.Counter = collections.Counter()
+        self.calls: collections.Counter = collections.Counter()
+        self._undo: list = []
+
+    def wrap(self, owner, name: str, label: str) -> None:
+        original = owner.__dict__[name]
+        # Instance attributes are plain functions; class attributes may be functions or (async) methods.
+        if asyncio.iscoroutinefunction(original):
+            @functools.wraps(original)
+            async def timed(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return await original(*args, **kwargs)
+                finally:
+                    self.seconds[label] += time.perf_counter() - start
+                    self.calls[label] += 1
+        else:
+            @functools.wraps(original)
+            def timed(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    self.seconds[label] += time.perf_counter() - start
+                    self.calls[label] += 1
+        setattr(owner, name, timed)
+        self._undo.append((owner, name, original))
+
+    def undo(self) -> None:
+        for owner, name, original in reversed(self._undo):
+            setattr(owner, name, original)
+        self._undo.clear()
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.calls.clear()
+
+
+def _instrument(reactive: ReactiveModel, timers: Timers) -> None:
+    lane = [(ReactiveModel, "_step", "lane: step (all)"),
+            (reactive.scheduler, "schedule", "lane: scheduler.schedule"),
+            (reactive.executor, "launch", "lane: executor.launch"),
+            (reactive.executor, "collect", "lane: executor.collect (waits for the device)"),
+            (reactive.scheduler, "update_from_output", "lane: tokens -> events"),
+            (ReactiveModel, "_emit", "lane: emit (hand the batch over)"),
+            (ReactiveModel, "_on_messages", "lane: input messages"),
+            (EventBridge, "_dispatch", "loop: fan-out to sessions (bridge + connections)"),
+            (websocket.Connection, "_encode", "loop: frame encode"),
+            (websocket.Connection, "send_frame", "loop: frame encode + send")]
+    for owner, name, label in lane:
+        if isinstance(owner, type):
+            timers.wrap(owner, name, label)
+        else:  # bound method on an instance: wrap it in the instance's dict
+            owner.__dict__[name] = getattr(owner, name)
+            timers.wrap(owner, name, label)
+
+
+def engine_host_loop(model: RxT, tokenizer: RxTokenizer, n: int, device: torch.device) -> float:
+    """Microseconds per step of `DecodeEngine` with ``n`` live slots: step, argmax, tokens to the host."""
+    prompt = torch.tensor(InteractionTemplate(tokenizer).query_ids(QUESTION), device=device)
+    stm = model.initial_memory(1)[:, 0]
+    engine = DecodeEngine(model.decoder, max_slots=n, capacity=model.config.max_seq_len)
+    with torch.no_grad():
+        first = torch.stack([engine.start(slot, prompt, stm=stm).argmax() for slot in range(n)])
+        tokens = torch.zeros(engine.bucket(), dtype=torch.long, device=device)
+        tokens[:n] = first
+
+        def host_loop():
+            logits = engine.step(tokens)
+            tokens.copy_(logits.argmax(dim=-1))
+            return tokens.tolist()
+
+        return time_ms(host_loop, device, 3, 30) * 1e3
+
+
+async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namespace) -> list[dict]:
+    reactive = ReactiveModel(model, tokenizer, max_batch_size=max(args.sessions), max_pending_per_session=4)
+    steps = collections.Counter()
+    launch = reactive.executor.launch
+
+    def counting_launch(plan, stm_of):  # decode steps (rows fed) and every lane step with device work
+        steps["launches"] += 1
+        steps["decode_rows"] += len(plan.decode) + len(plan.admit)
+        return launch(plan, stm_of)
+
+    reactive.executor.launch = counting_launch
+    timers = Timers()
+    if args.breakdown:
+        _instrument(reactive, timers)
+    reactive.connect()
+    runner = web.AppRunner(create_app(reactive, outbox_limit=4096))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/ws"
+    levels = []
+    try:
+        for n in sorted(set(args.sessions)):  # warm-up, unmeasured
+            await _run_level(url, n, 1, args.max_new_tokens, args.clients_per_process)
+        for n in args.sessions:
+            steps.clear()
+            timers.reset()
+            threads_before = threading.active_count()
+            cpu_before = time.process_time()
+            level = await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
+            cpu = time.process_time() - cpu_before
+            wall_us = level["wall_s"] * 1e6
+            entry = {
+                "sessions": n, "tokens": level["tokens"], "wall_s": level["wall_s"],
+                "lane_steps": steps["launches"],
+                "us_per_step": wall_us / max(steps["launches"], 1),
+                "us_per_token": wall_us / max(level["tokens"], 1),
+                "server_cpu_us_per_token": cpu * 1e6 / max(level["tokens"], 1),
+                "aggregate_tokens_per_s": level["aggregate_tokens_per_s"],
+                "ttft_ms_p50": level["ttft_ms_p50"], "ttft_ms_p99": level["ttft_ms_p99"],
+                "memory_update_ms_median": level["memory_update_ms_median"],
+                "threads": threads_before,
+            }
+            if args.breakdown:
+                entry["breakdown_us_per_step"] = {
+                    label: seconds * 1e6 / max(steps["launches"], 1) for label, seconds in sorted(timers.seconds.items())
+                }
+                entry["breakdown_calls"] = dict(timers.calls)
+            levels.append(entry)
+    finally:
+        await runner.cleanup()
+        reactive.dispose()
+        timers.undo()
+    return levels
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 32, 64])
+    parser.add_argument("--clients-per-process", type=int, default=64)
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--breakdown", action="store_true", help="also time the parts of the server process")
+    parser.add_argument("--out", type=Path, default=None, help="JSON output (a run appended to its 'runs')")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type != "cuda" and args.out and inside(args.out, RESULTS_DIR):
+        parser.error(f"--out {args.out}: CPU timings are a proxy; write them outside benchmarks/results")
+    tokenizer = RxTokenizer.default()
+    torch.manual_seed(0)
+    cfg = RxTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size)
+    with torch.device(device):
+        model = RxT(cfg)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    model = model.to(device=device, dtype=dtype).eval()
+    levels = asyncio.run(runtime_levels(model, tokenizer, args))
+    for level in levels:
+        n = level["sessions"]
+        engine_us = engine_host_loop(model, tokenizer, n, device)
+        level["engine_us_per_step"] = engine_us
+        level["engine_us_per_token"] = engine_us / n
+        # Decode steps are not the only lane work (prefills and memory updates run in steps too), so this is an
+        # upper bound of the host's own cost per step.
+        level["overhead_us_per_step"] = level["us_per_step"] - engine_us
+        print(f"{n:>3} sessions: runtime {level['us_per_step']:8.0f} us/step {level['us_per_token']:7.1f} us/token "
+              f"(server CPU {level['server_cpu_us_per_token']:6.1f} us/token, {level['aggregate_tokens_per_s']:7.0f}"
+              f" tok/s, TTFT p99 {level['ttft_ms_p99']:6.1f} ms, mem update {level['memory_update_ms_median']:5.1f}"
+              f" ms) | engine {engine_us:7.0f} us/step {engine_us / n:6.1f} us/token | overhead "
+              f"{level['overhead_us_per_step']:8.0f} us/step", flush=True)
+        for label, us in level.get("breakdown_us_per_step", {}).items():
+            print(f"      {label:<52} {us:8.0f} us/step  ({level['breakdown_calls'][label]} calls)")
+    run = {"benchmark": "runtime_overhead", "commit": git_commit(), "device": args.device,
+           "device_name": torch.cuda.get_device_name() if device.type == "cuda" else None,
+           "dtype": str(dtype).removeprefix("torch."), "gil_switch_interval_s": sys.getswitchinterval(),
+           "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+           "python": platform.python_version(), "preset": args.preset,
+           "command": " ".join(["python", "benchmarks/runtime_overhead.py", *(sys.argv[1:] if argv is None else argv)]),
+           "note": "CPU figures are a proxy for the GPU's: host Python costs alike, the engine's share differs",
+           "levels": levels}
+    if args.out:
+        doc = json.loads(args.out.read_text()) if args.out.exists() else {"benchmark": "runtime_overhead", "runs": []}
+        doc["runs"].append(run)
+        atomic_write_json(args.out, doc)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Smoke test of `benchmarks/runtime_overhead.py` on CPU with the tiny preset: the runtime over websockets (clients in
+another process) and the bare engine at each session count, the per-part breakdown, and CPU timings refused inside
+benchmarks/results/."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+ARGS = ["--device", "cpu", "--preset", "tiny", "--sessions", "1", "2", "--clients-per-process", "2", "--turns", "1",
+        "--max-new-tokens", "3", "--breakdown"]
+
+
+def test_runtime_overhead_smoke(tmp_path, load_script, single_torch_thread):
+    bench = load_script("benchmarks/runtime_overhead.py")
+    out = tmp_path / "overhead.json"
+    assert bench.main([*ARGS, "--out", str(out)]) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["preset"] == "tiny" and "runtime_overhead.py" in run["command"]
+    assert [lv["sessions"] for lv in run["levels"]] == [1, 2]
+    for level in run["levels"]:
+        assert level["tokens"] > 0 and level["lane_steps"] > 0
+        assert level["us_per_token"] == pytest.approx(level["wall_s"] * 1e6 / level["tokens"])
+        assert level["engine_us_per_step"] > 0
+        assert level["overhead_us_per_step"] == pytest.approx(level["us_per_step"] - level["engine_us_per_step"])
+        parts = level["breakdown_us_per_step"]
+        assert parts["lane: step (all)"] > 0 and parts["loop: frame encode + send"] > 0
+        assert parts["lane: step (all)"] >= parts["lane: executor.launch"]
+
+
+def test_runtime_overhead_refuses_cpu_timings_in_results(load_script):
+    bench = load_script("benchmarks/runtime_overhead.py")
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cpu", "--out", str(bench.RESULTS_DIR / "runtime_overhead.json")])

@@ -1,0 +1,89 @@
+"""Store commits of one update pass are handed over together: per worker one host copy and one report."""
+
+import threading
+
+import torch
+from runtime_helpers import EventLog, record_plans, tiny_model
+
+from rxnn_runtime.commit_writer import CommitWriter
+from rxnn_runtime.events import MemoryUpdated
+from rxnn_runtime.messages import GenerationOptions, Query
+from rxnn_runtime.reactive_model import ReactiveModel
+from rxnn_runtime.stores import InMemoryStore, SessionState
+
+
+def _writer(store, workers=2):
+    reports: list[list] = []
+    done = threading.Event()
+    expected = {"n": 0}
+
+    def on_done(commits):
+        reports.append(commits)
+        if sum(map(len, reports)) == expected["n"]:
+            done.set()
+
+    return CommitWriter(store, on_done, workers=workers), reports, done, expected
+
+
+def test_sessions_of_one_pass_are_one_job_and_one_report_per_worker():
+    store = InMemoryStore()
+    writer, reports, done, expected = _writer(store)
+    states = [SessionState(session_id=f"s{i}", stm=torch.randn(2, 4, 8), turns=1, memory_version=1)
+              for i in range(8)]
+    expected["n"] = len(states)
+    try:
+        writer.submit_many([(f"turn{i}", state) for i, state in enumerate(states)])
+        assert done.wait(10)
+        shards = {writer.shard_of(s.session_id) for s in states}
+        assert len(reports) == len(shards)  # one report per worker job, not one per session
+        reported = {turn: (state, error) for report in reports for turn, state, error in report}
+        assert set(reported) == {f"turn{i}" for i in range(8)} and all(e is None for _, e in reported.values())
+        for state in states:
+            saved = store.load(state.session_id)
+            assert torch.equal(saved.stm, state.stm) and saved.turns == 1
+        assert writer.pending == 0
+    finally:
+        writer.close()
+
+
+def test_one_failing_save_fails_only_its_commit():
+    class Picky(InMemoryStore):
+        def save(self, state):
+            if state.session_id == "bad":
+                raise OSError("disk full")
+            super().save(state)
+
+    store = Picky()
+    writer, reports, done, expected = _writer(store, workers=1)
+    expected["n"] = 3
+    try:
+        writer.submit_many([(sid, SessionState(session_id=sid, stm=torch.zeros(1, 2, 4)))
+                            for sid in ("a", "bad", "b")])
+        assert done.wait(10)
+        assert len(reports) == 1
+        errors = {turn: error for turn, _, error in reports[0]}
+        assert errors["a"] is None and errors["b"] is None and "disk full" in errors["bad"]
+        assert store.load("a") is not None and store.load("b") is not None and store.load("bad") is None
+    finally:
+        writer.close()
+
+
+def test_memory_updated_of_sessions_finishing_together_leave_in_few_batches():
+    model, tokenizer = tiny_model()
+    reactive = ReactiveModel(model, tokenizer, max_batch_size=8)
+    plans = record_plans(reactive)
+    batches = EventLog()
+    reactive.batches.subscribe(batches)
+    for i in range(8):  # the same greedy query on the same initial memory: the same answer, finished together
+        reactive.submit(Query(f"s{i}", "hello", GenerationOptions(max_new_tokens=3)))
+    reactive.connect()
+    try:
+        assert batches.wait_for(lambda bs: sum(isinstance(e, MemoryUpdated) for b in bs for e in b) == 8)
+        assert [len(p.updates) for p in plans if p.updates] == [8]
+        with_commits = [b for b in batches.events if any(isinstance(e, MemoryUpdated) for e in b)]
+        # One lane hop (and batch) per commit worker, where one hop per session gave 8.
+        assert len(with_commits) <= len(reactive.commits._queues) < 8
+        assert sorted(e.session_id for b in with_commits for e in b) == sorted(f"s{i}" for i in range(8))
+        assert all(e.version == 1 for b in with_commits for e in b)
+    finally:
+        reactive.dispose()

@@ -157,8 +157,10 @@ async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Name
     url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/ws"
     levels = []
     try:
-        for n in sorted(set(args.sessions)):  # warm-up, unmeasured
-            await _run_level(url, n, 1, args.max_new_tokens, args.clients_per_process)
+        # warm-up, unmeasured: each level in full (all its turns), so every CUDA graph its shapes need (prefill
+        # lengths of later turns, memory-update buckets) is captured before anything is timed, as serving.py does
+        for n in sorted(set(args.sessions)):
+            await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
         for n in args.sessions:
             steps.clear()
             timers.reset()
@@ -235,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
            "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
            "python": platform.python_version(), "preset": args.preset,
            "command": " ".join(["python", "benchmarks/runtime_overhead.py", *(sys.argv[1:] if argv is None else argv)]),
-           "note": "CPU figures are a proxy for the GPU's: host Python costs alike, the engine's share differs",
+           "note": ("CPU figures are a proxy for the GPU's: host Python costs alike, the engine's share differs"
+                    if device.type == "cpu" else "measured on the GPU"),
            "levels": levels}
     if args.out:
         doc = json.loads(args.out.read_text()) if args.out.exists() else {"benchmark": "runtime_overhead", "runs": []}

@@ -13,14 +13,20 @@
 #                                     (each with its memory-reset ablation) merged with the baseline's result, and
 #                                     benchmarks/memory_diagnostics.py (gates, read-attention entropy).
 #
+#   bash examples/nano_gpu_run.sh m   (optional, between a and b, as often as the budget allows: phase a's or an
+#                                     earlier m's files in $CARRIED) SMAT only, from START_AT (default smat-k4)
+#                                     to STOP_AFTER (default smat-k8) -> nano_m.tgz.part-*, phase_m.log; then
+#                                     phase b starts at the next step (START_AT=smat) from nano_m's files alone.
+#
 # What each phase leaves in $OUT (default /tmp/nano_out; at most 8 files, none over 15 MB):
 #   a: nano_a.tgz.part-*  (2 parts: the RxT after smat-k2 in bf16, every step's metrics/curves/diagnostics,
 #      recipe_summary.json), nano_a.tgz.manifest.json, memory_retention_baseline.json, phase_a.log
 #   b: nano_b.tgz.part-*  (4 parts: stage 4 and MRL in bf16, logs), nano_b.tgz.manifest.json,
 #      memory_retention.json, memory_retention.png, phase_b.log
 #      (memory_diagnostics.json and every step's diagnostics.json are inside the parts and printed in the log)
-# Between the calls: copy nano_a.tgz.part-* and nano_a.tgz.manifest.json and memory_retention_baseline.json
-# into $CARRIED (default carried/, relative to the repository root), which phase b unpacks into runs/nano.
+# Between the calls: copy the last phase's <name>.tgz.part-* and <name>.tgz.manifest.json (and phase a's
+# memory_retention_baseline.json) into $CARRIED (default carried/, relative to the repository root), which the next
+# phase unpacks into runs/nano. Only the last phase's parts: they hold every earlier step's metrics too.
 # `python scripts/carry_weights.py unpack --root runs/nano nano_b.tgz.part-*` puts back runs/nano/4_smat/final
 # and runs/nano/5_mrl/final (bf16 weights; `scripts/half_precision_copy.py` makes the packaged model from them).
 #
@@ -33,7 +39,7 @@
 # toy size (the test does this):
 #   PRESET=tiny DEVICE=cpu STEPS=2 EPISODES=2 OUT=/tmp/a bash examples/nano_gpu_run.sh a
 set -uo pipefail
-phase=${1:?usage: nano_gpu_run.sh a|b}
+phase=${1:?usage: nano_gpu_run.sh a|m|b}
 preset=${PRESET:-nano}
 device=${DEVICE:-cuda}
 out=${OUT:-/tmp/nano_out}
@@ -53,6 +59,14 @@ common=(--preset "$preset" --reuse-tokenizer --device "$device" --output-dir "$r
 bench=(--episodes-per-k "$episodes" --chitchat "$chitchat" --max-new-tokens 24 --device "$device")
 status=0
 
+unpack_carried() {  # every part set in $carried (carry only the latest phase's: it holds the earlier metrics too)
+  local manifest name
+  for manifest in "$carried"/*.tgz.manifest.json; do
+    name=$(basename "$manifest" .tgz.manifest.json)
+    python3 scripts/carry_weights.py unpack --root "$runs" "$carried/$name".tgz.part-* 2>&1 | tee -a "$log"
+  done
+}
+
 case $phase in
 a)
   log=$out/phase_a.log
@@ -71,11 +85,24 @@ a)
   python3 scripts/carry_weights.py pack --root "$runs" --out "$out" --name nano_a "$runs/4_smat_k2/final" \
     2>&1 | tee -a "$log" || status=1
   ;;
+m)
+  log=$out/phase_m.log
+  start_at=${START_AT:-smat-k4}
+  stop_after=${STOP_AFTER:-smat-k8}
+  echo "phase m from $start_at to $stop_after: RxT smat-k2=$M_K2 smat-k4=$M_K4 smat-k8=$M_K8 smat=$M_K16 min" | tee "$log"
+  unpack_carried
+  diagnostics=(--diagnostics); [ "${DIAGNOSTICS:-1}" = 0 ] && diagnostics=()
+  timeout "$limit" python3 examples/train_nano.py "${common[@]}" "${diagnostics[@]}" --start-at "$start_at" \
+    --stop-after "$stop_after" --minutes "smat-k2=$M_K2" --minutes "smat-k4=$M_K4" --minutes "smat-k8=$M_K8" \
+    --minutes "smat=$M_K16" 2>&1 | tee -a "$log" || status=1
+  python3 scripts/carry_weights.py pack --root "$runs" --out "$out" --name nano_m "$runs/4_${stop_after//-/_}/final" \
+    2>&1 | tee -a "$log" || status=1
+  ;;
 b)
   log=$out/phase_b.log
   start_at=${START_AT:-smat-k4}
   echo "phase b from $start_at: RxT smat-k2=$M_K2 smat-k4=$M_K4 smat-k8=$M_K8 smat=$M_K16 mrl=$M_MRL min" | tee "$log"
-  python3 scripts/carry_weights.py unpack --root "$runs" "$carried"/nano_a.tgz.part-* 2>&1 | tee -a "$log"
+  unpack_carried
   baseline_pid=
   if [ -n "${BASELINE_GPU:-}" ] && [ ! -f "$carried/memory_retention_baseline.json" ]; then
     # no baseline result carried from phase a: train and benchmark it here, on the second GPU
@@ -96,14 +123,18 @@ b)
   timeout 240 python3 benchmarks/memory_retention.py --rxt "stage4=$runs/4_smat/final" --rxt "mrl=$runs/5_mrl/final" \
     --merge "$carried/memory_retention_baseline.json" "${bench[@]}" --out "$out/memory_retention.json" \
     2>&1 | tee -a "$log" || status=1
-  timeout 60 python3 benchmarks/memory_diagnostics.py --rxt "smat_k2=$runs/4_smat_k2/final" \
+  diagnosed=()  # the carried SMAT step's model (smat-k2 after phase a, a later one after phase m), stage 4, MRL
+  for step in smat_k2 smat_k4 smat_k8; do
+    [ -d "$runs/4_$step/final" ] && diagnosed+=(--rxt "$step=$runs/4_$step/final")
+  done
+  timeout 60 python3 benchmarks/memory_diagnostics.py "${diagnosed[@]}" \
     --rxt "stage4=$runs/4_smat/final" --rxt "mrl=$runs/5_mrl/final" --device "$device" \
-    --out "$runs/memory_diagnostics.json" 2>&1 | tee -a "$log"
+    --out "$runs/memory_diagnostics.json" 2>&1 | tee -a "$log" || status=1
   python3 scripts/carry_weights.py pack --root "$runs" --out "$out" --name nano_b "$runs/4_smat/final" \
     "$runs/5_mrl/final" 2>&1 | tee -a "$log" || status=1
   ;;
 *)
-  echo "unknown phase $phase (a | b)" >&2
+  echo "unknown phase $phase (a | m | b)" >&2
   exit 2
   ;;
 esac

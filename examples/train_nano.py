@@ -37,7 +37,7 @@ CPU, in minutes (the ``tiny`` preset: a ~70k-parameter model on a few hundred sy
 
     python examples/train_nano.py --preset tiny --steps 20 --reuse-tokenizer --output-dir runs/tiny_recipe
 
-GPU: ``examples/nano_gpu_run.sh`` is the budgeted run (two calls of about 9 minutes, split at a step boundary,
+GPU: ``examples/nano_gpu_run.sh`` is the budgeted run (calls of about 9 minutes, split at step boundaries,
 the weights carried between them in bf16 parts by ``scripts/carry_weights.py``). The step counts of the ``nano``
 preset are upper bounds; ``--minutes STEP=M`` gives a step a wall-clock budget (its step horizon and cosine are
 shortened to what fits: ``train.max_minutes``). ``examples/configs/nano/*.yaml`` are the same configs as files

@@ -134,10 +134,22 @@ def test_split_gpu_run_dry_runs_on_cpu(tmp_path):
     for item in out_a.iterdir():
         if item.name != "phase_a.log":
             (carried / item.name).write_bytes(item.read_bytes())
-    proc = subprocess.run(["bash", script, "b"], cwd=ROOT, env={**env, "OUT": str(out_b), "RUNS": str(runs_b)},
+    # a middle call (phase m): smat-k4 and smat-k8 on a third machine, from phase a's parts alone
+    runs_m, out_m = tmp_path / "machine_m", tmp_path / "out_m"
+    proc = subprocess.run(["bash", script, "m"], cwd=ROOT, env={**env, "OUT": str(out_m), "RUNS": str(runs_m)},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for out in (out_a, out_b):
+    assert (runs_m / "4_smat_k8" / "final").is_dir() and not (runs_m / "4_smat" / "final").exists()
+    for item in carried.glob("nano_a.tgz.*"):  # the next call carries only the last phase's parts
+        item.unlink()
+    for item in out_m.iterdir():
+        if item.name != "phase_m.log":
+            (carried / item.name).write_bytes(item.read_bytes())
+    proc = subprocess.run(["bash", script, "b"], cwd=ROOT,
+                          env={**env, "OUT": str(out_b), "RUNS": str(runs_b), "START_AT": "smat"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for out in (out_a, out_m, out_b):
         files = list(out.iterdir())
         assert len(files) <= 8 and all(f.stat().st_size <= 15 * 1024 * 1024 for f in files), files
     results = json.loads((out_b / "memory_retention.json").read_text())
@@ -145,8 +157,13 @@ def test_split_gpu_run_dry_runs_on_cpu(tmp_path):
                                        "baseline/no_history"}
     summary = json.loads((runs_b / "recipe_summary.json").read_text())
     assert list(summary["stages"]) == ["joint", "sft", "mem-attn", "smat-k2", "smat-k4", "smat-k8", "smat", "mrl"]
-    assert not (runs_b / "1_joint" / "final").exists()  # phase b had only the carried smat-k2 model
+    assert not (runs_b / "1_joint" / "final").exists()  # phase b had only the carried smat-k8 model
+    assert not (runs_b / "4_smat_k2" / "final").exists()
     for step in ("2_sft", "3_mem_attn", "4_smat_k2", "4_smat_k4", "4_smat_k8", "4_smat"):
         assert "gates" in json.loads((runs_b / step / "diagnostics.json").read_text())["memory"], step
-    restarted = load_config(runs_b / "4_smat_k4" / "recipe_config.yaml", get_stage("smat").CONFIG_CLASS)
-    assert restarted.model == str(runs_b / "4_smat_k2" / "final") and restarted.train.warmup_steps <= 100
+    restarted = load_config(runs_m / "4_smat_k4" / "recipe_config.yaml", get_stage("smat").CONFIG_CLASS)
+    assert restarted.model == str(runs_m / "4_smat_k2" / "final") and restarted.train.warmup_steps <= 100
+    last = load_config(runs_b / "4_smat" / "recipe_config.yaml", get_stage("smat").CONFIG_CLASS)
+    assert last.model == str(runs_b / "4_smat_k8" / "final")
+    diagnosed = json.loads((runs_b / "memory_diagnostics.json").read_text())
+    assert set(diagnosed["models"]) == {"smat_k8", "stage4", "mrl"}  # the carried step's model, stage 4, MRL

@@ -12,8 +12,10 @@ between them; the metrics are read back once after the timed steps, as a log ste
   the DataLoader, eager (the path the recipe ran before);
 - ``smat``: `SMATTrainer` (restructured step; compiled only where the trainer compiles by itself, as in the recipe,
   or with ``--smat-compile on``), 128 episodes x 18 turns of 48 tokens (half query, half answer); ``smat-before``: the per-turn loop (``reference=True``), eager;
-- ``mrl``: one IMPO update as `MRLTrainer` runs it: 128 episodes x 8 steps collected through the runtime (one turn
-  of every episode per runtime step), rewards, then the PPO epochs; ``step_ms`` is collection + update;
+- ``mrl``: one IMPO update as `MRLTrainer` runs it: 128 episodes x 8 steps collected through the runtime (a fresh
+  runtime per collection, every episode's queries queued before it connects, so the episodes are primed, prefilled,
+  decoded and memory-updated together), rewards, then the PPO epochs; ``step_ms`` is collection + update, split in
+  ``collect_ms`` / ``update_ms`` (the last timed step);
 - ``baseline`` / ``baseline-before``: the stateless `BaselineLMTrainer` on packed / padded histories.
 
 ``real_tokens_per_s`` counts non-pad tokens the step trains on (input tokens, not only targets; for MRL the
@@ -260,12 +262,14 @@ def mrl(args, device, tok, tmp):
                        reward={"bleu_weight": 1.0, "cosine_weight": 1.0, "length_weight": 0.1})  # the nano recipe's
     trainer = MRLTrainer(config, rxt, tok)
     episodes = trainer.stage_episodes(stage, 0, count=episodes_n)
-    tokens = [0.0]
+    tokens = [0.0, 0.0, 0.0]  # action tokens, collection seconds, update seconds (of the last step)
 
     def step():
-        logs = trainer.collect(episodes, stage, reset_prob=1.0)
-        trainer.update(logs)
-        tokens[0] = sum(len(s.action_ids) for log in logs for s in log.steps)
+        t0 = time.perf_counter()
+        logs = trainer.collect(episodes, stage, reset_prob=1.0)  # ends with every turn committed (host-side)
+        t1 = time.perf_counter()
+        trainer.update(logs)  # ends reading its statistics back: the device is done
+        tokens[:] = [sum(len(s.action_ids) for log in logs for s in log.steps), t1 - t0, time.perf_counter() - t1]
 
     what = ("collection (all episodes in one runtime batch) + rewards + IMPO update (minibatch 32, 2 PPO epochs, "
             "48 new tokens, the recipe's reward)")
@@ -304,6 +308,7 @@ def run_stage(name: str, args, device, tok, tmp, report, may_profile=lambda: Tru
         def mrl_report(row):
             row["real_tokens_per_step"] = holder[0]  # the action tokens the update trained on
             row["real_tokens_per_s"] = holder[0] / (row["step_ms"] / 1e3)
+            row["collect_ms"], row["update_ms"] = holder[1] * 1e3, holder[2] * 1e3  # the split of the last step
             report(row)
 
         # an update is seconds long: warm-up and profile steps are whole updates (--mrl-warmup, --mrl-profile)

@@ -259,7 +259,8 @@ def mrl(args, device, tok, tmp):
                                          output_dir=tmp),
                        curriculum=[stage], batch_episodes=episodes_n, minibatch_size=32, ppo_epochs=2,
                        max_new_tokens=min(48, rxt.config.max_seq_len // 4), eval_episodes=0,  # tiny: 16
-                       reward={"bleu_weight": 1.0, "cosine_weight": 1.0, "length_weight": 0.1})  # the nano recipe's
+                       reward={"bleu_weight": 1.0, "cosine_weight": 1.0, "length_weight": 0.1},  # the nano recipe's
+                       cuda_graphs=args.mrl_cuda_graphs)
     trainer = MRLTrainer(config, rxt, tok)
     episodes = trainer.stage_episodes(stage, 0, count=episodes_n)
     tokens = [0.0, 0.0, 0.0]  # action tokens, collection seconds, update seconds (of the last step)
@@ -273,7 +274,8 @@ def mrl(args, device, tok, tmp):
 
     what = ("collection (all episodes in one runtime batch) + rewards + IMPO update (minibatch 32, 2 PPO epochs, "
             "48 new tokens, the recipe's reward)")
-    return step, lambda: None, tokens, {"batch": f"{episodes_n} episodes x {steps} steps", "what": what}
+    return step, lambda: None, tokens, {"batch": f"{episodes_n} episodes x {steps} steps", "what": what,
+                                        "cuda_graphs": config.cuda_graphs}
 
 
 def baseline(packed: bool, args, device, tok, tmp):
@@ -331,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mrl-iters", type=int, default=1, help="timed IMPO updates")
     parser.add_argument("--mrl-warmup", type=int, default=0, help="untimed IMPO updates first")
     parser.add_argument("--mrl-profile", type=int, default=1, help="IMPO updates under the profiler")
+    parser.add_argument("--mrl-cuda-graphs", action="store_true",
+                        help="MRL: the collection runtime with CUDA graphs (MRLConfig.cuda_graphs)")
     parser.add_argument("--deadline-s", type=float, default=0.0,
                         help="seconds after which no new stage (nor profile) starts; 0 = none. Results are written "
                              "after every stage, so an outer `timeout` a little above it loses nothing measured")

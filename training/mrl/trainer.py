@@ -101,7 +101,7 @@ class MRLTrainer:
         two, which admits one session per step (a 128-episode turn then ran 128 single-row prefills and memory
         updates, staggered)."""
         return ReactiveModel(self.policy, self.tokenizer, max_batch_size=self.config.batch_episodes,
-                             use_cuda_graphs=False)
+                             use_cuda_graphs=self.config.cuda_graphs and self.device.type == "cuda")
 
     def log_scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         self.scalar_log.scalars(prefix, values, step)

@@ -63,3 +63,12 @@ def test_ddp_merge(tmp_path, load_script, monkeypatch):
     bench.main()
     doc = json.loads((tmp_path / "ddp.json").read_text())
     assert doc["scaling"] == pytest.approx(1.9) and doc["loss_max_abs_diff"] == pytest.approx(0.01)
+
+
+def test_mrl_ops_counts_collection_and_update(tmp_path, load_script):
+    bench = load_script("benchmarks/mrl_ops.py")
+    out = tmp_path / "ops.json"
+    assert bench.main(["--preset", "tiny", "--mrl", "2x2", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert row["collect_ops"] > 100 and row["update_ops"] > 100 and row["action_tokens"] > 0
+    assert row["collect_s"] > 0 and row["update_s"] > 0 and row["dim"] == 32

@@ -12,8 +12,10 @@ between them; the metrics are read back once after the timed steps, as a log ste
   the DataLoader, eager (the path the recipe ran before);
 - ``smat``: `SMATTrainer` (restructured step; compiled only where the trainer compiles by itself, as in the recipe,
   or with ``--smat-compile on``), 128 episodes x 18 turns of 48 tokens (half query, half answer); ``smat-before``: the per-turn loop (``reference=True``), eager;
-- ``mrl``: one IMPO update as `MRLTrainer` runs it: 128 episodes x 8 steps collected through the runtime (one turn
-  of every episode per runtime step), rewards, then the PPO epochs; ``step_ms`` is collection + update;
+- ``mrl``: one IMPO update as `MRLTrainer` runs it: 128 episodes x 8 steps collected through the runtime (a fresh
+  runtime per collection, every episode's queries queued before it connects, so the episodes are primed, prefilled,
+  decoded and memory-updated together), rewards, then the PPO epochs; ``step_ms`` is collection + update, split in
+  ``collect_ms`` / ``update_ms`` (the last timed step);
 - ``baseline`` / ``baseline-before``: the stateless `BaselineLMTrainer` on packed / padded histories.
 
 ``real_tokens_per_s`` counts non-pad tokens the step trains on (input tokens, not only targets; for MRL the
@@ -257,19 +259,23 @@ def mrl(args, device, tok, tmp):
                                          output_dir=tmp),
                        curriculum=[stage], batch_episodes=episodes_n, minibatch_size=32, ppo_epochs=2,
                        max_new_tokens=min(48, rxt.config.max_seq_len // 4), eval_episodes=0,  # tiny: 16
-                       reward={"bleu_weight": 1.0, "cosine_weight": 1.0, "length_weight": 0.1})  # the nano recipe's
+                       reward={"bleu_weight": 1.0, "cosine_weight": 1.0, "length_weight": 0.1},  # the nano recipe's
+                       cuda_graphs=args.mrl_cuda_graphs)
     trainer = MRLTrainer(config, rxt, tok)
     episodes = trainer.stage_episodes(stage, 0, count=episodes_n)
-    tokens = [0.0]
+    tokens = [0.0, 0.0, 0.0]  # action tokens, collection seconds, update seconds (of the last step)
 
     def step():
-        logs = trainer.collect(episodes, stage, reset_prob=1.0)
-        trainer.update(logs)
-        tokens[0] = sum(len(s.action_ids) for log in logs for s in log.steps)
+        t0 = time.perf_counter()
+        logs = trainer.collect(episodes, stage, reset_prob=1.0)  # ends with every turn committed (host-side)
+        t1 = time.perf_counter()
+        trainer.update(logs)  # ends reading its statistics back: the device is done
+        tokens[:] = [sum(len(s.action_ids) for log in logs for s in log.steps), t1 - t0, time.perf_counter() - t1]
 
     what = ("collection (all episodes in one runtime batch) + rewards + IMPO update (minibatch 32, 2 PPO epochs, "
             "48 new tokens, the recipe's reward)")
-    return step, lambda: None, tokens, {"batch": f"{episodes_n} episodes x {steps} steps", "what": what}
+    return step, lambda: None, tokens, {"batch": f"{episodes_n} episodes x {steps} steps", "what": what,
+                                        "cuda_graphs": config.cuda_graphs}
 
 
 def baseline(packed: bool, args, device, tok, tmp):
@@ -304,6 +310,7 @@ def run_stage(name: str, args, device, tok, tmp, report, may_profile=lambda: Tru
         def mrl_report(row):
             row["real_tokens_per_step"] = holder[0]  # the action tokens the update trained on
             row["real_tokens_per_s"] = holder[0] / (row["step_ms"] / 1e3)
+            row["collect_ms"], row["update_ms"] = holder[1] * 1e3, holder[2] * 1e3  # the split of the last step
             report(row)
 
         # an update is seconds long: warm-up and profile steps are whole updates (--mrl-warmup, --mrl-profile)
@@ -326,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mrl-iters", type=int, default=1, help="timed IMPO updates")
     parser.add_argument("--mrl-warmup", type=int, default=0, help="untimed IMPO updates first")
     parser.add_argument("--mrl-profile", type=int, default=1, help="IMPO updates under the profiler")
+    parser.add_argument("--mrl-cuda-graphs", action="store_true",
+                        help="MRL: the collection runtime with CUDA graphs (MRLConfig.cuda_graphs)")
     parser.add_argument("--deadline-s", type=float, default=0.0,
                         help="seconds after which no new stage (nor profile) starts; 0 = none. Results are written "
                              "after every stage, so an outer `timeout` a little above it loses nothing measured")

@@ -26,6 +26,7 @@ def test_every_stage_steps_and_records(tmp_path, load_script):
     assert rows["joint"]["packed"] and not rows["joint-before"]["packed"]
     assert rows["joint"]["pack_fill"] > 0.8  # packed rows are mostly real tokens
     assert rows["smat"]["path"] == "restructured" and rows["smat-before"]["path"].startswith("per-turn loop")
+    assert rows["mrl"]["collect_ms"] > 0 and rows["mrl"]["update_ms"] > 0  # where an IMPO update's time goes
     assert doc["device"] == "cpu" and "mfu" in doc
     for r in rows.values():  # the fields of the record (kernels and busy fraction: GPU only)
         assert {"stage", "real_tokens_per_s", "step_ms", "kernels_per_step", "gpu_busy_fraction", "vs_anchor"} <= set(r)
@@ -62,3 +63,12 @@ def test_ddp_merge(tmp_path, load_script, monkeypatch):
     bench.main()
     doc = json.loads((tmp_path / "ddp.json").read_text())
     assert doc["scaling"] == pytest.approx(1.9) and doc["loss_max_abs_diff"] == pytest.approx(0.01)
+
+
+def test_mrl_ops_counts_collection_and_update(tmp_path, load_script):
+    bench = load_script("benchmarks/mrl_ops.py")
+    out = tmp_path / "ops.json"
+    assert bench.main(["--preset", "tiny", "--mrl", "2x2", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert row["collect_ops"] > 100 and row["update_ops"] > 100 and row["action_tokens"] > 0
+    assert row["collect_s"] > 0 and row["update_s"] > 0 and row["dim"] == 32

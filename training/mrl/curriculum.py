@@ -83,6 +83,10 @@ class MRLConfig(ModelStageConfig):
     eval_episodes: int = 16
     eval_temperature: float = 0.0
     save_episode_logs: bool = False  # write each collection to output_dir/episodes/*.msgpack
+    # the collection runtime's decode steps, prefills and memory updates as CUDA graphs (GPU only). Each
+    # collection builds a fresh runtime, so the graphs are captured again from the current weights every time
+    # (never stale after an update); off by default until measured against the capture cost on the GPU
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         def fail(name: str, limit: str) -> None:

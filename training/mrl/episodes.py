@@ -6,11 +6,14 @@ An episode is one session of a `ReactiveModel`::
 
 The first interaction is written with `ReactiveModel.prime`; every follow-up query is a `Query` (with
 ``memory_answer`` = the dataset answer under teacher forcing, so the memory writes the reference interaction).
-The sessions of a batch are submitted together, one step at a time, so the runtime batches their decode steps
-and memory updates. A subscriber on ``reactive.events`` collects each turn's `AnswerDone` (token ids, text and
-the runtime's plain-softmax log-probs); the committed STM is read with ``session_state`` after each step's
-`MemoryUpdated`, so every step records the STM its decoder read (``stm_before``) and the STM after its own write
-(``stm_after``).
+The sessions of a batch run together, so the runtime batches their prefills, decode steps and memory updates.
+A dataset episode's queries do not depend on its answers, so every session's queries are queued at once (the
+runtime keeps them waiting until the session's previous turn is committed, and the collector tops the queue up
+as answers finish): no session waits for the slowest one of its turn (``pipelined=False`` is the earlier
+turn-by-turn path with a barrier after each turn, kept as the reference). A subscriber on ``reactive.events``
+collects each turn's `AnswerDone` (token ids, text and the runtime's plain-softmax log-probs) and reads the
+committed STM with ``session_state`` as each turn's `MemoryUpdated` passes, so every step records the STM its
+decoder read (``stm_before``) and the STM after its own write (``stm_after``).
 
 Random resets: an episode starts from the initial memory with probability ``reset_prob``; otherwise it starts
 from the final STM of the previous episode collected in the same batch slot (``EpisodeLog.reset`` says which;
@@ -27,7 +30,9 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,16 +97,35 @@ class EpisodeLog:
 
 
 class _Collector:
-    """Subscribes to the events; lets the trainer wait for a set of (session, query id) turns."""
+    """Subscribes to the events; lets the trainer wait for a set of (session, query id) turns.
 
-    def __init__(self) -> None:
+    With ``reactive`` given (the pipelined collection) it also reads each turn's committed STM as its
+    `MemoryUpdated` passes (on the lane, in the action that frees the session, so the store still holds exactly
+    that turn's state) and submits a session's next query from ``queued`` whenever one of its queued messages
+    has left the runtime's waiting queue (an answer is done, the first interaction is committed), so the queue
+    stays as full as `ReactiveModel.max_pending_per_session` allows."""
+
+    def __init__(self, reactive: Any = None) -> None:
         self.cond = threading.Condition()
         self.answers: dict[tuple[str, str], AnswerDone] = {}
         self.committed: set[tuple[str, str]] = set()
         self.errors: dict[tuple[str, str], str] = {}
+        self.reactive = reactive
+        self.stms: dict[tuple[str, str], torch.Tensor] = {}
+        self.queued: dict[str, deque[Query]] = {}
+        self._submit_lock = threading.Lock()
+
+    def submit_next(self, sid: str) -> None:
+        """Submit ``sid``'s next queued query, if any (from any thread; the lock keeps each session's order)."""
+        with self._submit_lock:
+            queue = self.queued.get(sid)
+            if queue:
+                self.reactive.submit(queue.popleft())
 
     def on_next(self, event: Any) -> None:
         key = (event.session_id, event.query_id)
+        if isinstance(event, MemoryUpdated) and self.reactive is not None:
+            self.stms[key] = _committed_stm(self.reactive, event.session_id)
         with self.cond:
             if isinstance(event, AnswerDone):
                 self.answers[key] = event
@@ -112,18 +136,31 @@ class _Collector:
             else:
                 return
             self.cond.notify_all()
+        if self.reactive is not None and (isinstance(event, AnswerDone) or key[1] == "first"):
+            self.submit_next(event.session_id)  # a query or the primed interaction left the session's queue
 
     def wait(self, keys: Sequence[tuple[str, str]], timeout: float) -> None:
-        def done() -> bool:
-            return all(k in self.committed or k in self.errors for k in keys)
+        """Until every turn of ``keys`` is committed or one of them failed; `TimeoutError` once ``timeout``
+        seconds pass without any of them being committed."""
+        def settled() -> int:
+            return sum(k in self.committed or k in self.errors for k in keys)
+
+        def failed() -> bool:
+            return any(k in self.errors for k in keys)
 
         with self.cond:
-            if not self.cond.wait_for(done, timeout):
-                missing = [k for k in keys if k not in self.committed and k not in self.errors]
-                raise TimeoutError(f"MRL collection: no MemoryUpdated after {timeout}s for turns {missing[:4]}")
-            failed = [(k, self.errors[k]) for k in keys if k in self.errors]
-        if failed:
-            (sid, qid), message = failed[0]
+            count, deadline = settled(), time.monotonic() + timeout
+            while count < len(keys) and not failed():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = [k for k in keys if k not in self.committed and k not in self.errors]
+                    raise TimeoutError(f"MRL collection: no MemoryUpdated after {timeout}s for turns {missing[:4]}")
+                self.cond.wait(left)
+                if settled() > count:
+                    count, deadline = settled(), time.monotonic() + timeout
+            errors = [(k, self.errors[k]) for k in keys if k in self.errors]
+        if errors:
+            (sid, qid), message = errors[0]
             raise RuntimeError(f"MRL collection: turn {qid!r} of session {sid!r} failed: {message}")
 
 
@@ -145,6 +182,7 @@ def collect_episodes(
     max_steps: int | None = None,
     strategy: str = "long_range",
     timeout: float = 300.0,
+    pipelined: bool = True,
 ) -> list[EpisodeLog]:
     """Run ``episodes`` as sessions of ``reactive`` (batches of ``reactive.max_batch_size``) and log every step.
 
@@ -156,6 +194,14 @@ def collect_episodes(
         generator: the RNG of the reset draws and of the per-turn sampling seeds (default ``random.Random(0)``),
             so a seeded collection is reproducible.
         max_steps: keep at most this many follow-up turns per episode (the curriculum's step count).
+        timeout: seconds without any turn of the batch committed before `TimeoutError`.
+        pipelined: queue every session's queries at once (up to ``max_pending_per_session`` waiting, topped up
+            as answers finish) instead of one turn of all sessions, then a barrier (``False``, the earlier path,
+            kept as the reference). The queries of a dataset episode do not depend on the answers, so a session
+            moves to its next turn as soon as its memory is committed: sessions are admitted, decoded and
+            memory-updated in groups instead of one per runtime step behind the slowest session of the turn.
+            Both draw the same reset and seed values from ``generator`` in the same order, so the rollouts are
+            the same (up to the floating-point effect of a different batch composition).
     """
     if not 0.0 <= reset_prob <= 1.0:
         raise ValueError(f"reset_prob={reset_prob} must be in [0, 1]")
@@ -164,9 +210,10 @@ def collect_episodes(
     rng = generator or random.Random(0)
     template, tokenizer = reactive.template, reactive.tokenizer
     max_len = reactive.model.config.max_seq_len
-    collector = _Collector()
+    collector = _Collector(reactive if pipelined else None)
     subscription = reactive.events.subscribe(on_next=collector.on_next)
-    reactive.connect()
+    if not pipelined:
+        reactive.connect()
     run = uuid.uuid4().hex[:12]
     logs: list[EpisodeLog] = []
     carry: list[torch.Tensor | None] = [None] * reactive.max_batch_size
@@ -176,7 +223,6 @@ def collect_episodes(
             batch = list(episodes[start : start + batch_size])
             sids = [f"mrl-{run}-{start + i}" for i in range(len(batch))]
             batch_logs: list[EpisodeLog] = []
-            keys = []
             for slot, (sid, record) in enumerate(zip(sids, batch)):
                 reset = carry[slot] is None or rng.random() < reset_prob
                 if not reset:
@@ -189,46 +235,78 @@ def collect_episodes(
                     strategy=strategy, metadata=dict(record.metadata),
                 ))
                 reactive.prime(sid, [(record.query, record.answer)], query_id="first")
-                keys.append((sid, "first"))
-            collector.wait(keys, timeout)
-            stms = [_committed_stm(reactive, sid) for sid in sids]
             turns = [list(r.interactions)[:max_steps] if max_steps is not None else list(r.interactions)
                      for r in batch]
+            # one Query per (episode, turn); the seeds drawn turn by turn, episode by episode (both paths)
+            queries: list[list[Query]] = [[] for _ in batch]
             for k in range(max((len(t) for t in turns), default=0)):
-                live = [i for i in range(len(batch)) if k < len(turns[i])]
-                keys = [(sids[i], f"step{k}") for i in live]
-                for i in live:
+                for i in [i for i in range(len(batch)) if k < len(turns[i])]:
                     turn = turns[i][k]
                     if options.temperature > 0:  # each turn its own seed, drawn from `generator`: reproducible
                         opts = GenerationOptions(**{**options.__dict__, "seed": rng.getrandbits(31)})
                     else:
                         opts = options
-                    reactive.submit(Query(sids[i], turn.query, options=opts, query_id=f"step{k}",
-                                          memory_answer=turn.answer if teacher_forcing else None))
-                collector.wait(keys, timeout)
-                for i in live:
-                    turn = turns[i][k]
-                    done = collector.answers.pop((sids[i], f"step{k}"))
+                    queries[i].append(Query(sids[i], turn.query, options=opts, query_id=f"step{k}",
+                                            memory_answer=turn.answer if teacher_forcing else None))
+            if pipelined:
+                stms = _run_pipelined(reactive, collector, sids, queries, timeout)
+            else:
+                stms = _run_turn_by_turn(reactive, collector, sids, queries, timeout)
+            for i, (sid, log) in enumerate(zip(sids, batch_logs)):
+                for k, turn in enumerate(turns[i]):
+                    done = collector.answers.pop((sid, f"step{k}"))
                     answer = list(done.token_ids)
                     action = answer + ([tokenizer.eos_id] if done.stopped_by_eos else [])
                     memory_ids = [*template.query_ids(turn.query),
                                   *(tokenizer.encode(turn.answer) if teacher_forcing else answer),
                                   tokenizer.eos_id][:max_len]
-                    after = _committed_stm(reactive, sids[i])
-                    batch_logs[i].steps.append(StepLog(
+                    log.steps.append(StepLog(
                         query=turn.query, reference=turn.answer, prompt_ids=template.query_ids(turn.query),
                         action_ids=action, answer_ids=answer, answer_text=done.text, memory_ids=memory_ids,
                         reference_ids=tokenizer.encode(turn.answer), runtime_log_probs=list(done.log_probs),
-                        stm_before=stms[i], stm_after=after,
+                        stm_before=stms[i][k], stm_after=stms[i][k + 1],
                     ))
-                    stms[i] = after
             for slot, sid in enumerate(sids):
-                carry[slot] = stms[slot]
+                carry[slot] = stms[slot][-1]
                 reactive.store.delete(sid)
             logs.extend(batch_logs)
     finally:
         subscription.dispose()
     return logs
+
+
+def _run_pipelined(reactive: Any, collector: _Collector, sids: list[str], queries: list[list[Query]],
+                   timeout: float) -> list[list[torch.Tensor]]:
+    """Every session's queries queued at once (the collector tops each queue up); per session the committed
+    STM after the first interaction and after every turn."""
+    for sid, qs in zip(sids, queries):
+        collector.queued[sid] = deque(qs)
+    for sid, qs in zip(sids, queries):
+        for _ in range(min(len(qs), reactive.max_pending_per_session - 1)):  # the prime waits in the queue too
+            collector.submit_next(sid)
+    # Connected only now (a no-op if it already was): the runtime takes every message sent before `connect` in
+    # one lane action, so a fresh runtime primes all sessions in one memory-update pass and admits their first
+    # queries in one prefill; connected earlier, each message is one lane action and a step runs between two.
+    reactive.connect()
+    collector.wait([(sid, qid) for sid, qs in zip(sids, queries) for qid in ("first", *(q.query_id for q in qs))],
+                   timeout)
+    return [[collector.stms.pop((sid, q)) for q in ("first", *(q.query_id for q in qs))]
+            for sid, qs in zip(sids, queries)]
+
+
+def _run_turn_by_turn(reactive: Any, collector: _Collector, sids: list[str], queries: list[list[Query]],
+                      timeout: float) -> list[list[torch.Tensor]]:
+    """The reference path: turn k of every session, wait for all their commits, then turn k + 1."""
+    collector.wait([(sid, "first") for sid in sids], timeout)
+    stms = [[_committed_stm(reactive, sid)] for sid in sids]
+    for k in range(max((len(qs) for qs in queries), default=0)):
+        live = [i for i in range(len(sids)) if k < len(queries[i])]
+        for i in live:
+            reactive.submit(queries[i][k])
+        collector.wait([(sids[i], f"step{k}") for i in live], timeout)
+        for i in live:
+            stms[i].append(_committed_stm(reactive, sids[i]))
+    return stms
 
 
 # ------------------------------------------------------------------------------------------------ log files

@@ -262,7 +262,9 @@ class IMPOLearner:
         self.policy.eval()  # no dropout: old and new log-probs come from the same function
         self.critic.eval()
         items, batches, old, adv, returns = self.prepare(logs)
-        totals: dict[str, float] = {}
+        # summed on the device (float64, as the Python floats they replace) and read back once after the last
+        # minibatch: no host sync per minibatch for the statistics
+        totals: dict[str, torch.Tensor] = {}
         count = 0
         for epoch in range(self.cfg.ppo_epochs):
             order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(
@@ -281,15 +283,15 @@ class IMPOLearner:
                     torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
                 self.optimizer.step()
                 seen.extend((items[i].episode, items[i].step) for i in mb.index.tolist())
-                for key, value in stats.items():
-                    if key not in ("log_probs", "ratio"):
-                        totals[key] = totals.get(key, 0.0) + float(value)
-                totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
-                totals["ratio_mean"] = totals.get("ratio_mean", 0.0) + float(stats["ratio"].mean())
+                values = {k: v for k, v in stats.items() if k not in ("log_probs", "ratio")}
+                values.update(loss=loss, ratio_mean=stats["ratio"].mean())
+                for key, value in values.items():
+                    value = value.detach().to(torch.float32 if value.device.type == "mps" else torch.float64)
+                    totals[key] = totals[key] + value if key in totals else value
                 count += 1
             self.seen.append(seen)
         self.updates += 1
-        out = {k: v / count for k, v in totals.items()}
+        out = dict(zip(totals, (torch.stack(list(totals.values())) / count).tolist(), strict=True))
         rewards = [t.reward for t in items]
         out.update(reward_mean=sum(rewards) / len(rewards), reward_min=min(rewards), reward_max=max(rewards),
                    transitions=float(len(items)))

@@ -3,10 +3,10 @@
     for stage in curriculum:                 (steps, strategy)
       for epoch in stage:                    (global epoch e: reset probability and unfreeze schedules)
         for each batch of `batch_episodes` episodes:
-          logs    = collect_episodes(reactive, batch)     the ReactiveModel over the policy (its own lane thread)
+          logs    = collect_episodes(reactive, batch)     a fresh ReactiveModel over the policy (its own lane
+                                                          thread), disposed once the collection is committed
           rewards = MemoryRetentionReward(logs)           on token ids
-          reactive.wait_idle();  IMPO update on logs (+ replay buffer)      weights change in place, between
-                                                                            collections only
+          IMPO update on logs (+ replay buffer)           weights change in place, between collections only
         evaluate: held-out synthetic episodes (split "eval"), greedy: exact-match recall of the fact in the
                   last answer (`recall_hit`) and the mean reward; early stopping on the eval reward
 
@@ -90,16 +90,18 @@ class MRLTrainer:
         self.should_stop = False
         self.early_stopping = EarlyStopping(self.cfg.early_stopping_patience, metric="reward_mean", mode="max") \
             if self.cfg.early_stopping_patience else None
-        self._reactive: ReactiveModel | None = None
         self.scalar_log = ScalarLog(self.output_dir / "tensorboard" / self.cfg.run_name)
 
     # -- plumbing --------------------------------------------------------------------------------------------
-    @property
-    def reactive(self) -> ReactiveModel:
-        if self._reactive is None:
-            self._reactive = ReactiveModel(self.policy, self.tokenizer, max_batch_size=self.config.batch_episodes,
-                                           use_cuda_graphs=False)
-        return self._reactive
+    def runtime(self) -> ReactiveModel:
+        """A fresh, unconnected runtime for one collection. `collect_episodes` queues every session's messages
+        before connecting it, and a runtime takes the messages sent before `connect` in one lane action: the
+        sessions are primed in one memory-update pass and admitted in one prefill, and stay in step. A runtime
+        connected by an earlier collection takes each message in a lane action of its own with a step between
+        two, which admits one session per step (a 128-episode turn then ran 128 single-row prefills and memory
+        updates, staggered)."""
+        return ReactiveModel(self.policy, self.tokenizer, max_batch_size=self.config.batch_episodes,
+                             use_cuda_graphs=self.config.cuda_graphs and self.device.type == "cuda")
 
     def log_scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         self.scalar_log.scalars(prefix, values, step)
@@ -140,18 +142,20 @@ class MRLTrainer:
     def collect(self, episodes: Sequence[EpisodeRecord], stage: CurriculumStage, reset_prob: float,
                 temperature: float | None = None, teacher_forcing: bool | None = None) -> list[EpisodeLog]:
         tf = self.config.teacher_forcing if teacher_forcing is None else teacher_forcing
-        logs = collect_episodes(self.reactive, episodes, options=self.options(temperature), teacher_forcing=tf,
-                                reset_prob=reset_prob, generator=self.rng, max_steps=stage.steps,
-                                strategy=stage.strategy)
-        self.reactive.wait_idle()
+        reactive = self.runtime()
+        try:
+            logs = collect_episodes(reactive, episodes, options=self.options(temperature), teacher_forcing=tf,
+                                    reset_prob=reset_prob, generator=self.rng, max_steps=stage.steps,
+                                    strategy=stage.strategy)
+            reactive.wait_idle()
+        finally:
+            reactive.dispose()  # no collection in flight once it returns: the update may change the weights
         compute_rewards(logs, self.reward, pad_id=self.tokenizer.pad_id, last_step_reward=self.last_step_reward,
                         embed=self.embed)
         return logs
 
     def update(self, logs: Sequence[EpisodeLog]) -> dict[str, float]:
-        """IMPO on ``logs`` plus the replay buffer; the runtime must be idle (no collection in flight)."""
-        if self._reactive is not None:
-            self._reactive.wait_idle()
+        """IMPO on ``logs`` plus the replay buffer (`collect` has disposed of its runtime: nothing in flight)."""
         batch = [*logs, *self.replay]
         stats = self.learner.update(batch)
         self._nonfinite.check(self.updates + 1, {"loss": stats.get("policy_loss", 0.0) + stats.get("value_loss", 0.0)})
@@ -239,8 +243,6 @@ class MRLTrainer:
             xlabel="update", ylabel="mean reward", title=self.cfg.run_name)
 
     def finish(self) -> Path:
-        if self._reactive is not None:
-            self._reactive.wait_idle()
         final = self.output_dir / "final"
         self.policy.save_pretrained(final)
         self.tokenizer.save_pretrained(final)
@@ -252,9 +254,6 @@ class MRLTrainer:
         return final
 
     def close(self) -> None:
-        if self._reactive is not None:
-            self._reactive.dispose()
-            self._reactive = None
         self.scalar_log.close()
 
 

@@ -258,3 +258,36 @@ def test_advantages_plain_and_gae_by_hand():
     d0 = 1.0 + g * 0.4 - 0.2
     torch.testing.assert_close(adv, torch.tensor([d0 + g * lam * d1, d1, 0.5 - 0.1]))
     torch.testing.assert_close(ret, adv + values)
+
+
+def test_update_statistics_read_back_once_match_per_minibatch_floats(tok, logs):
+    """The statistics summed on the device equal the per-minibatch Python floats they replace (same order, both
+    in double precision), and the weights move exactly as the loop by hand moves them."""
+    model = tiny_model(tok)
+    learner = learner_for(copy.deepcopy(model), tok, minibatch_size=3, ppo_epochs=2)
+    by_hand = learner_for(copy.deepcopy(model), tok, minibatch_size=3, ppo_epochs=2)
+    stats = learner.update(logs)
+    _, batches, old, adv, returns = by_hand.prepare(logs)
+    totals: dict[str, float] = {}
+    count = 0
+    for epoch in range(2):
+        order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(epoch)).tolist()
+        for b in order:
+            mb = batches[b]
+            loss, st = impo_loss(by_hand.policy, by_hand.reference, by_hand.critic, mb, old[b], adv[mb.index],
+                                 returns[mb.index], by_hand.cfg)
+            by_hand.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(by_hand.parameters(), by_hand.cfg.max_grad_norm)
+            by_hand.optimizer.step()
+            for key, value in st.items():
+                if key not in ("log_probs", "ratio"):
+                    totals[key] = totals.get(key, 0.0) + float(value)
+            totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
+            totals["ratio_mean"] = totals.get("ratio_mean", 0.0) + float(st["ratio"].mean())
+            count += 1
+    assert len(batches) > 1 and count == 2 * len(batches)
+    for key, total in totals.items():
+        assert stats[key] == total / count, key
+    for a, b in zip(learner.policy.parameters(), by_hand.policy.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -1,0 +1,67 @@
+"""The pipelined collection (every session's queries queued at once, the runtime connected after them) gives the
+rollouts of the turn-by-turn reference path, and a fresh runtime takes all the sessions of a batch together."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from rxnn_runtime.messages import GenerationOptions
+from rxnn_runtime.reactive_model import ReactiveModel
+from rxt.config import RxTConfig
+from rxt.model import RxT
+from training.data.synthetic import SyntheticDialogueConfig, generate_episodes
+from training.mrl.episodes import collect_episodes
+
+
+def _collect(model, tok, episodes, *, pipelined, temperature, teacher_forcing, counts, batch, max_pending=8):
+    reactive = ReactiveModel(model, tok, max_batch_size=batch, use_cuda_graphs=False,
+                             max_pending_per_session=max_pending)
+    launch = reactive.executor.launch
+
+    def counted_launch(plan, stm_of):
+        counts.setdefault("first_update", len(plan.updates))  # the first step's memory-update pass: the primes
+        return launch(plan, stm_of)
+
+    reactive.executor.launch = counted_launch
+    try:
+        logs = collect_episodes(reactive, episodes, options=GenerationOptions(max_new_tokens=5, temperature=temperature),
+                                teacher_forcing=teacher_forcing, generator=random.Random(11), max_steps=3,
+                                reset_prob=0.5)
+        reactive.wait_idle()
+    finally:
+        reactive.dispose()
+    return logs
+
+
+@pytest.mark.parametrize(("temperature", "teacher_forcing", "batch", "max_pending"),
+                         [(1.0, True, 12, 8), (0.0, False, 5, 8), (1.0, True, 6, 1)])
+def test_pipelined_collection_matches_turn_by_turn(tok, temperature, teacher_forcing, batch, max_pending):
+    torch.manual_seed(0)
+    model = RxT(RxTConfig.preset("tiny", vocab_size=tok.vocab_size))
+    # 12 episodes of 1-4 follow-ups (cut to 3): sessions of different lengths in one batch
+    episodes = generate_episodes(SyntheticDialogueConfig(num_episodes=12, distance=(0, 1, 2, 3), seed=4))
+    counts = {True: {}, False: {}}
+    new = _collect(model, tok, episodes, pipelined=True, temperature=temperature, teacher_forcing=teacher_forcing,
+                   counts=counts[True], batch=batch, max_pending=max_pending)
+    ref = _collect(model, tok, episodes, pipelined=False, temperature=temperature, teacher_forcing=teacher_forcing,
+                   counts=counts[False], batch=batch, max_pending=max_pending)
+    assert len(new) == len(ref) == 12
+    for a, b in zip(new, ref, strict=True):
+        assert (a.reset, a.first_ids, len(a.steps)) == (b.reset, b.first_ids, len(b.steps))
+        torch.testing.assert_close(a.stm_initial, b.stm_initial, atol=1e-5, rtol=1e-5)
+        for s, t in zip(a.steps, b.steps, strict=True):
+            assert (s.prompt_ids, s.action_ids, s.memory_ids, s.answer_text) == \
+                (t.prompt_ids, t.action_ids, t.memory_ids, t.answer_text)
+            torch.testing.assert_close(torch.tensor(s.runtime_log_probs), torch.tensor(t.runtime_log_probs),
+                                       atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(s.stm_before, t.stm_before, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(s.stm_after, t.stm_after, atol=1e-5, rtol=1e-5)
+        for k in range(1, len(a.steps)):
+            assert torch.equal(a.steps[k].stm_before, a.steps[k - 1].stm_after)
+    # every message sent before `connect` is taken in one lane action: all the batch's sessions are primed in the
+    # first step's one memory-update pass (connected first, the reference path primes them one lane action at a
+    # time, so how many share a pass depends on thread timing)
+    assert counts[True]["first_update"] == min(batch, 12)

@@ -35,19 +35,17 @@ import time
 from pathlib import Path
 
 import torch
-from aiohttp import web
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # serving.py and bench_utils.py sit beside this script (imported as a module too)
     sys.path.insert(0, str(HERE))
 
 from bench_utils import RESULTS_DIR, git_commit, inside, time_ms
-from serving import QUESTION, _run_level
+from serving import QUESTION, _run_level, start_server, warm_up
 
 from rxnn_runtime.event_bridge import EventBridge
 from rxnn_runtime.reactive_model import ReactiveModel
 from rxnn_runtime.server import websocket
-from rxnn_runtime.server.app import create_app
 from rxt.atomic_io import atomic_write_json
 from rxt.config import RxTConfig
 from rxt.decode_engine import DecodeEngine
@@ -149,18 +147,10 @@ async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Name
     timers = Timers()
     if args.breakdown:
         _instrument(reactive, timers)
-    reactive.connect()
-    runner = web.AppRunner(create_app(reactive, outbox_limit=4096))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/ws"
+    runner, url = await start_server(reactive)
     levels = []
     try:
-        # warm-up, unmeasured: each level in full (all its turns), so every CUDA graph its shapes need (prefill
-        # lengths of later turns, memory-update buckets) is captured before anything is timed, as serving.py does
-        for n in sorted(set(args.sessions)):
-            await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
+        await warm_up(url, args, args.sessions)  # every turn of every level, as serving.py: no capture is timed
         for n in args.sessions:
             steps.clear()
             timers.reset()

@@ -97,21 +97,29 @@ async def _run_level(url: str, clients: int, turns: int, max_new_tokens: int, pe
     }
 
 
-async def serve_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namespace) -> list[dict]:
-    reactive = ReactiveModel(model, tokenizer, max_batch_size=max(args.clients), max_pending_per_session=4)
+async def start_server(reactive: ReactiveModel) -> tuple[web.AppRunner, str]:
+    """Connect ``reactive`` and serve it over websockets on 127.0.0.1 (a free port): ``(runner, ws_url)``."""
     reactive.connect()
     runner = web.AppRunner(create_app(reactive, outbox_limit=4096))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    url = f"http://127.0.0.1:{port}/ws"
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/ws"
+
+
+async def warm_up(url: str, args: argparse.Namespace, sessions: list[int]) -> None:
+    """Each level once in full, unmeasured, so the CUDA graphs its shapes need (decode buckets, prefill lengths of
+    every turn, memory-update batch and length buckets) are captured before anything is timed."""
+    for n in sorted(set(sessions)):
+        await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
+
+
+async def serve_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namespace) -> list[dict]:
+    reactive = ReactiveModel(model, tokenizer, max_batch_size=max(args.clients), max_pending_per_session=4)
+    runner, url = await start_server(reactive)
     levels = []
     try:
-        # Warm-up: each level once in full, unmeasured, so the CUDA graphs its shapes need (decode buckets,
-        # prefill lengths, memory-update batch and length buckets) are captured before anything is timed.
-        for n in sorted(set(args.clients)):
-            await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
+        await warm_up(url, args, args.clients)
         for n in args.clients:
             level = await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
             print(f"runtime {n:>3} clients: TTFT p50 {level['ttft_ms_p50']:7.1f} ms p99 {level['ttft_ms_p99']:7.1f} ms"

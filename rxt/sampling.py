@@ -59,22 +59,25 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def pick_tokens(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of ``logits`` (B, V) by ``cfg`` (greedy, or filtered and sampled): tokens (B,)."""
+    logits = logits.float()
+    if cfg.greedy:
+        return logits.argmax(dim=-1)
+    filtered = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
+    return torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
 def choose_tokens(
     logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pick one token per row from ``logits`` (B, V); returns (tokens (B,), log_probs (B,) or None)."""
     logits = logits.float()
-    if cfg.greedy:
-        tokens = logits.argmax(dim=-1)
-    else:
-        filtered = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
-        tokens = torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+    tokens = pick_tokens(logits, cfg, generator)
     log_probs = None
     if cfg.return_log_probs:
         log_probs = logits.log_softmax(dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
     return tokens, log_probs
-
-
 
 
 def choose_rows_on_device(
@@ -91,8 +94,8 @@ def choose_rows_on_device(
         raise ValueError(f"choose_rows_on_device: {logits.shape[0]} logit rows for {len(rows)} sampling rows")
     picked = logits.argmax(dim=-1)
     for i, (cfg, generator) in enumerate(rows):
-        if not cfg.greedy:
-            picked[i] = choose_tokens(logits[i : i + 1], cfg, generator)[0][0]
+        if not cfg.greedy:  # tokens only: the log-probs of every row come from one batched pass below
+            picked[i] = pick_tokens(logits[i : i + 1], cfg, generator)[0]
     if not any(cfg.return_log_probs for cfg, _ in rows):
         return picked, None
     return picked, logits.float().log_softmax(dim=-1).gather(-1, picked[:, None]).squeeze(-1)

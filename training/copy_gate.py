@@ -142,6 +142,23 @@ def run_gate(cfg: CopyGateConfig, log=print) -> dict[str, Any]:
     return result
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["lr=1e-3", "num_facts=[2, 4]", "groups=null"]`` -> CopyGateConfig keyword arguments (JSON values; lists
+    become tuples, as the config's tuple fields expect). A bad item raises ValueError naming it."""
+    fields = CopyGateConfig.__dataclass_fields__
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"--set {item!r}: expected FIELD=JSON with FIELD one of {sorted(fields)}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--set {item!r}: the value is not JSON ({exc.msg})") from None
+        out[name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m training.copy_gate [--out FILE.json]``: run the gate, print (and write) the report."""
     import argparse
@@ -149,8 +166,15 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=None, help="also write the report as JSON (atomically)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", dest="overrides",
+                        help="override a CopyGateConfig field with a JSON value, e.g. --set lr=1e-3 "
+                             "--set 'num_facts=[2, 4]' --set groups=null (an ablation; repeatable)")
     args = parser.parse_args(argv)
-    result = run_gate(CopyGateConfig())
+    try:
+        config = CopyGateConfig(**parse_overrides(args.overrides))
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+    result = run_gate(config)
     result.pop("model"), result.pop("tokenizer")
     result["passed"] = result["recall"] >= 0.8 and result["recall_memory_reset"] <= 0.05
     result.update(benchmark="copy_gate", command=" ".join(["python -m training.copy_gate", *(argv or sys.argv[1:])]),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.copy_gate import CopyGateConfig, run_gate
+from training.copy_gate import CopyGateConfig, main, parse_overrides, run_gate
 
 
 @pytest.mark.gate
@@ -19,3 +19,14 @@ def test_toy_rxt_recalls_held_out_values_through_memory():
     assert result["recall"] >= 0.80, summary
     assert result["recall_memory_reset"] <= 0.05, summary
     assert result["recall_in_context"] >= 0.50, summary  # it learnt the copy itself, not a value list
+
+
+def test_overrides_parse_json_values_and_name_bad_items():
+    assert parse_overrides(["lr=1e-3", "num_facts=[2, 4]", "groups=null", "stm_slots=256"]) == {
+        "lr": 1e-3, "num_facts": (2, 4), "groups": None, "stm_slots": 256}
+    with pytest.raises(ValueError, match="'lrate=1'.*FIELD one of"):
+        parse_overrides(["lrate=1"])
+    with pytest.raises(ValueError, match="'lr=fast'.*not JSON"):
+        parse_overrides(["lr=fast"])
+    with pytest.raises(SystemExit):  # argparse's usage error (exit 2), before any training
+        main(["--set", "nope=1"])

@@ -318,8 +318,22 @@ def smat_step() -> list[str]:
     return lines
 
 
+def copy_gate_ablation() -> list[str]:
+    d = _load("copy_gate_ablation")
+    if not d:
+        return []
+    lines = [f"**The CPU gate, one change at a time** ({d['device']}; `{d['command']}` plus each row's `--set` "
+             f"overrides, listed in `benchmarks/results/copy_gate_ablation.json`; {d['steps']} steps each)", "",
+             "| change | held-out recall, k = 1 | memory reset | in context | seconds |", "|---|---|---|---|---|"]
+    for run in d["runs"]:
+        lines.append(f"| {run['change']} | {run['recall']:.2f} | {run['recall_memory_reset']:.2f} | "
+                     f"{run['recall_in_context']:.2f} | {run['seconds']:.0f} |")
+    return lines
+
+
 def main() -> None:
-    for section in (nano_training, memory_retention, memory_diagnostics, where_a_step_goes, ddp, smat_step, attention,
+    for section in (nano_training, memory_retention, memory_diagnostics, copy_gate_ablation, where_a_step_goes, ddp,
+                    smat_step, attention,
                     decode, latency, serving, train_throughput, tensorbleu, experimental_attention):
         lines = section()
         if lines:

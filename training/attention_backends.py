@@ -5,7 +5,7 @@ PyTorch's SDPA may pick the cuDNN attention backend on Hopper GPUs. cuDNN builds
 and reused. An episode step has many shapes: turns per batch, turn width, and rows that change with them. There the
 plan building dominates. On an H200, one nano SMAT step at 128 episodes x up to 19 turns spent 390 ms of host time in
 `_cudnn_attention_forward/backward`, out of 783 ms, while the GPU was busy for 120 ms.
-(torch.profiler over the nano recipe's smat step, 2026-11-30; `benchmarks/train_throughput.py` measures the step.)
+(`benchmarks/smat_cudnn_probe.py`, result in `benchmarks/results/smat_cudnn_probe.json`.)
 
 `shape_varying_attention()` allows every SDPA backend except cuDNN. Flash and memory-efficient attention choose
 their kernels per call at almost no host cost. Results are the same up to float rounding, so CPU tests see no

@@ -33,6 +33,7 @@
 # START_AT=smat-k2 starts phase b one SMAT step earlier (the carried model then stands in for 3_mem_attn/final);
 # DIAGNOSTICS=0 skips the per-step diagnostics.
 # BASELINE_GPU=1 trains the baseline on a second GPU (the 2-GPU kind) instead of beside the RxT on the first.
+# SKIP_BASELINE=1 leaves the baseline out of phase a (phase b then trains it on BASELINE_GPU).
 # Budgets (minutes, env overrides): M_JOINT M_SFT M_MEMATTN M_K2 (phase a), M_K4 M_K8 M_K16 M_MRL (phase b); the
 # baseline gets M_BASE minutes (one call holds at most ~4.5 of them beside its data preparation).
 # benchmarks/results/nano_training.json records the step counts the budgets bought. A CPU dry run of both phases at
@@ -71,17 +72,22 @@ case $phase in
 a)
   log=$out/phase_a.log
   echo "phase a: RxT joint=$M_JOINT sft=$M_SFT mem-attn=$M_MEMATTN smat-k2=$M_K2 min; baseline $M_BASE min" | tee "$log"
-  CUDA_VISIBLE_DEVICES=${BASELINE_GPU:-${CUDA_VISIBLE_DEVICES:-0}} \
-    timeout "$limit" python3 examples/train_nano.py "${common[@]}" --baseline-only --minutes "baseline=$M_BASE" \
-    > "$runs/baseline.log" 2>&1 &
-  baseline_pid=$!
+  baseline_pid=
+  if [ "${SKIP_BASELINE:-0}" != 1 ]; then
+    CUDA_VISIBLE_DEVICES=${BASELINE_GPU:-${CUDA_VISIBLE_DEVICES:-0}} \
+      timeout "$limit" python3 examples/train_nano.py "${common[@]}" --baseline-only --minutes "baseline=$M_BASE" \
+      > "$runs/baseline.log" 2>&1 &
+    baseline_pid=$!
+  fi
   timeout "$limit" python3 examples/train_nano.py "${common[@]}" --diagnostics --stop-after smat-k2 \
     --minutes "joint=$M_JOINT" --minutes "sft=$M_SFT" --minutes "mem-attn=$M_MEMATTN" --minutes "smat-k2=$M_K2" \
     2>&1 | tee -a "$log" || status=1
-  wait "$baseline_pid" || status=1
-  cat "$runs/baseline.log" >> "$log"
-  timeout 120 python3 benchmarks/memory_retention.py --baseline "baseline=$runs/baseline/final" "${bench[@]}" \
-    --out "$out/memory_retention_baseline.json" --plot "$runs/memory_retention_baseline.png" 2>&1 | tee -a "$log"
+  if [ -n "$baseline_pid" ]; then
+    wait "$baseline_pid" || status=1
+    cat "$runs/baseline.log" >> "$log"
+    timeout 120 python3 benchmarks/memory_retention.py --baseline "baseline=$runs/baseline/final" "${bench[@]}" \
+      --out "$out/memory_retention_baseline.json" --plot "$runs/memory_retention_baseline.png" 2>&1 | tee -a "$log"
+  fi
   python3 scripts/carry_weights.py pack --root "$runs" --out "$out" --name nano_a "$runs/4_smat_k2/final" \
     2>&1 | tee -a "$log" || status=1
   ;;

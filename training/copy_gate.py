@@ -67,12 +67,19 @@ class CopyGateConfig:
     bptt_depth: int = 3
     max_new_tokens: int = 16
     max_seconds: float = 600.0
+    device: str = "cpu"  # "cuda": the same gate at larger sizes (bf16 autocast), e.g. a data/lr sweep on a GPU
     data: dict[str, Any] = field(default_factory=dict)  # extra SyntheticDialogueConfig fields
+    # a data curriculum inside the memory phase: its first `warm_memory_steps` read dialogues whose
+    # SyntheticDialogueConfig fields `warm_data` overrides (e.g. {"groups": ["pet"], "num_facts": 1}: one fact
+    # type family without distractors first, then the full mix)
+    warm_memory_steps: int = 0
+    warm_data: dict[str, Any] = field(default_factory=dict)
 
     def synthetic(self, **kw: Any) -> SyntheticDialogueConfig:
-        max_lead = 0 if self.num_facts[1] == 1 else 1
-        return SyntheticDialogueConfig(groups=self.groups, num_facts=self.num_facts, max_lead=max_lead,
-                                       **{**self.data, **kw})
+        fields = {"groups": self.groups, "num_facts": self.num_facts, **self.data, **kw}
+        facts = fields["num_facts"]
+        fields.setdefault("max_lead", 0 if (facts if isinstance(facts, int) else facts[1]) == 1 else 1)
+        return SyntheticDialogueConfig(**fields)
 
 
 def _lr(cfg: CopyGateConfig, step: int, total: int) -> float:
@@ -91,6 +98,8 @@ def run_gate(cfg: CopyGateConfig, log=print) -> dict[str, Any]:
     copies = [EpisodeRecord(r.query, r.answer) for r in synthetic_records(
         cfg.synthetic(num_episodes=cfg.train_episodes // 5, distance=cfg.train_distances, seed=cfg.seed + 1),
         "interaction")]
+    warm_dialogues = generate_episodes(cfg.synthetic(num_episodes=cfg.train_episodes, distance=cfg.train_distances,
+                                                     seed=cfg.seed + 3, **cfg.warm_data)) if cfg.warm_memory_steps else []
     held_out = generate_episodes(cfg.synthetic(num_episodes=cfg.eval_episodes, distance=cfg.eval_distance,
                                                split="eval", seed=cfg.seed + 2))
     held_out_copies = generate_episodes(cfg.synthetic(num_episodes=cfg.eval_episodes, distance=cfg.eval_distance,
@@ -99,10 +108,13 @@ def run_gate(cfg: CopyGateConfig, log=print) -> dict[str, Any]:
     tokenizer = train_tokenizer(texts, TokenizerTrainingConfig(kind="byte_bpe", vocab_size=cfg.vocab_size))
     model = RxT(RxTConfig.preset("tiny", vocab_size=tokenizer.vocab_size, dim=cfg.dim, num_layers=cfg.num_layers,
                                  stm_slots=cfg.stm_slots, ffn_hidden_dim=2 * cfg.dim, max_seq_len=cfg.max_len))
+    device = torch.device(cfg.device)
+    model.to(device)
     objective = SMATObjective(model, bptt_depth=cfg.bptt_depth)
     datasets = {"copy": EpisodeDataset(copies, tokenizer, cfg.max_len),
-                "memory": EpisodeDataset(dialogues, tokenizer, cfg.max_len)}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+                "memory": EpisodeDataset(dialogues, tokenizer, cfg.max_len),
+                "memory_warm": EpisodeDataset(warm_dialogues, tokenizer, cfg.max_len)}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, fused=device.type == "cuda")
     rng = random.Random(cfg.seed)
     total = cfg.copy_steps + cfg.memory_steps
     losses: dict[str, float] = {}
@@ -111,11 +123,15 @@ def run_gate(cfg: CopyGateConfig, log=print) -> dict[str, Any]:
         if time.perf_counter() - start > cfg.max_seconds:
             break
         phase = "copy" if step < cfg.copy_steps or rng.random() < cfg.copy_mix else "memory"
+        if phase == "memory" and step < cfg.copy_steps + cfg.warm_memory_steps:
+            phase = "memory_warm"
         data = datasets[phase]
         batch = collate_episodes([data[rng.randrange(len(data))] for _ in range(cfg.batch_size)], tokenizer.pad_id)
+        batch = [{name: tensor.to(device, non_blocking=True) for name, tensor in turn.items()} for turn in batch]
         for group in optimizer.param_groups:
             group["lr"] = _lr(cfg, step, total)
-        loss = objective(batch)["loss"]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = objective(batch)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -178,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     result.pop("model"), result.pop("tokenizer")
     result["passed"] = result["recall"] >= 0.8 and result["recall_memory_reset"] <= 0.05
     result.update(benchmark="copy_gate", command=" ".join(["python -m training.copy_gate", *(argv or sys.argv[1:])]),
-                  device=f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+                  device=(torch.cuda.get_device_name() if config.device.startswith("cuda") else
+                          f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"),
                   versions={"python": platform.python_version(), "torch": torch.__version__})
     print(json.dumps(result, indent=2))
     if args.out:

@@ -30,3 +30,11 @@ def test_overrides_parse_json_values_and_name_bad_items():
         parse_overrides(["lr=fast"])
     with pytest.raises(SystemExit):  # argparse's usage error (exit 2), before any training
         main(["--set", "nope=1"])
+
+
+def test_warm_data_overrides_the_memory_phase_dialogues_only():
+    config = CopyGateConfig(**parse_overrides(['groups=null', 'num_facts=[2, 4]', 'warm_memory_steps=10',
+                                               'warm_data={"groups": ["code"], "num_facts": 1}']))
+    full, warm = config.synthetic(), config.synthetic(**config.warm_data)
+    assert (full.groups, full.num_facts, full.max_lead) == (None, (2, 4), 1)
+    assert (warm.groups, warm.num_facts, warm.max_lead) == (("code",), (1, 1), 0)  # one fact: nothing to lead

@@ -137,8 +137,11 @@ class SyntheticDialogueConfig:
 
 
 def _fill(template: str, value: str) -> str:
+    # A sentence starts with a capital, except where it starts with the value itself: "kaipel-laiga." is copied
+    # as stated, never turned into "Kaipel-laiga." (a case change is a second task beside the copy, and a
+    # lower-case value's capitalised form tokenises differently).
     text = template.format(v=value)
-    return text[:1].upper() + text[1:]
+    return text if template.startswith("{v}") else text[:1].upper() + text[1:]
 
 
 def _statement(rng: random.Random, fact: FactType, value: str) -> InteractionRecord:

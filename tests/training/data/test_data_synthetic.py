@@ -217,3 +217,11 @@ def test_in_context_form_is_one_interaction_with_its_statements():
     assert synthetic_records(config, "interaction") == [e.turns[0] for e in generate_episodes(config)]
     with pytest.raises(ValueError, match="form"):
         SyntheticDialogueConfig(form="chat")
+
+
+def test_a_sentence_that_starts_with_the_value_keeps_its_case():
+    # "kaipel-laiga." is copied as stated: capitalising it would add a case change to the copy
+    from training.data.synthetic import _fill
+
+    assert _fill("{v}, noted.", "kaipel-laiga") == "kaipel-laiga, noted."
+    assert _fill("my code is {v}.", "kaipel-laiga") == "My code is kaipel-laiga."

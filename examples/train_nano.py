@@ -260,6 +260,9 @@ NANO: dict[str, Any] = {
     },
     # Whole histories of up to 19 turns: a longer context than the RxT's 256-token interactions.
     "baseline": {"max_len": 1024},
+    # per synthetic source of the baseline (its data preparation turns each episode into whole-history rows:
+    # ~3.5 minutes on the GPU host for the uncapped sources of attempt 2, inside one call's budget)
+    "baseline_max_episodes": 8000,
 }
 PRESETS: dict[str, dict[str, Any]] = {"tiny": TINY, "nano": NANO}
 
@@ -340,6 +343,11 @@ def baseline_config_dict(preset: str, *, match: str | None, output_dir: Path, st
             elif same[0].get("limit") is not None:
                 limit = source.get("limit")
                 same[0]["limit"] = None if limit is None else max(limit, same[0]["limit"])
+    cap = PRESETS[preset].get("baseline_max_episodes")
+    for source in data:  # same generators, fewer episodes: whole-history rows cost minutes to prepare
+        synthetic = source.get("synthetic")
+        if cap and synthetic and synthetic.get("num_episodes", 0) > cap:
+            synthetic["num_episodes"] = cap
     train = copy.deepcopy(resolved["smat"]["train"])
     train["max_steps"] = sum(resolved[stage]["train"]["max_steps"] for stage in budget)
     train["warmup_steps"] = min(train["max_steps"], max(resolved[s]["train"].get("warmup_steps", 0)

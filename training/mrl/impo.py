@@ -24,8 +24,8 @@ on exactly the same minibatch tensors, so at the first update epoch the ratio is
 with the entropy H and the KL to the frozen reference policy (the same two-stage pass) over full distributions,
 averaged over the action tokens. The reference is frozen, so its distributions at the action tokens are computed
 once per update (`IMPOLearner.reference_log_dists`, A x V floats per minibatch of A action tokens) and reused by
-every epoch. Token ids are range-checked once per update, in `prepare`; the epochs' passes skip the host-side
-checks. Advantages: A = R - V(s) with R the step's reward, or GAE(gamma, lambda) over
+every epoch. Token ids are range-checked once per update, on the host before they go to the device
+(`make_minibatches(check=...)`, from `prepare`); no pass of the update reads anything back from the device. Advantages: A = R - V(s) with R the step's reward, or GAE(gamma, lambda) over
 each episode's steps (then R = A + V); normalised over all transitions. Every collected episode and every step,
 the last ones included, enters every update epoch.
 """
@@ -41,6 +41,7 @@ from torch import nn
 
 from rxt.model import RxT
 from rxt.template import pad_batch
+from rxt.validation import check_token_ids
 from training.mrl.critic import Critic
 from training.mrl.episodes import EpisodeLog
 
@@ -117,20 +118,27 @@ class Minibatch:
     critic_mask: torch.Tensor
 
 
-def _ids_mask(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _ids_mask(rows: Sequence[Sequence[int]], pad_id: int, device, check: tuple[int, int] | None = None,
+              name: str = "ids") -> tuple[torch.Tensor, torch.Tensor]:
     ids, lengths = pad_batch(rows, pad_id)
+    if check is not None:  # on the host tensor: no device read-back
+        check_token_ids(ids, *check, name=name)
     mask = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
     return ids.to(device), mask.to(device)
 
 
 def make_minibatches(items: Sequence[Transition], size: int, pad_id: int, critic: Critic,
-                     device: torch.device | str = "cpu") -> list[Minibatch]:
-    """A fixed partition of ``items`` into minibatches (in order), reused by every epoch."""
+                     device: torch.device | str = "cpu", *, check: tuple[int, int] | None = None
+                     ) -> list[Minibatch]:
+    """A fixed partition of ``items`` into minibatches (in order), reused by every epoch. ``check`` =
+    ``(vocab_size, max_seq_len)`` range-checks every id tensor on the host, before it goes to ``device`` (then
+    the passes over the minibatches can skip their own checks, which read back from the device)."""
     out = []
     for start in range(0, len(items), size):
         chunk = items[start : start + size]
         seqs = [[*t.prompt_ids, *t.action_ids] for t in chunk]
-        seq_ids, seq_mask = _ids_mask(seqs, pad_id, device)
+        where = f"IMPO minibatch {start // size} (transitions {start}..{start + len(chunk) - 1})"
+        seq_ids, seq_mask = _ids_mask(seqs, pad_id, device, check, f"{where}: prompt + action ids")
         width = seq_ids.shape[1]
         action_mask = torch.zeros(len(chunk), max(width - 1, 0), dtype=torch.bool)
         rows, cols, targets = [], [], []
@@ -141,9 +149,13 @@ def make_minibatches(items: Sequence[Transition], size: int, pad_id: int, critic
             rows += [i] * len(t.action_ids)
             cols += range(first, first + len(t.action_ids))
             targets += t.action_ids
-        mem_ids, mem_mask = _ids_mask([t.written_ids for t in chunk], pad_id, device)
+        mem_ids, mem_mask = _ids_mask([t.written_ids for t in chunk], pad_id, device, check,
+                                      f"{where}: saved interaction ids")
         critic_ids, critic_mask = critic.state_inputs([t.written_ids for t in chunk], [t.prompt_ids for t in chunk],
-                                                      pad_id, device)
+                                                      pad_id)
+        if check is not None:
+            check_token_ids(critic_ids, *check, name=f"{where}: critic ids")
+        critic_ids, critic_mask = critic_ids.to(device), critic_mask.to(device)
         out.append(Minibatch(
             index=torch.arange(start, start + len(chunk)),
             prev_stm=torch.stack([t.prev_stm.float() for t in chunk], dim=1).to(device),
@@ -280,12 +292,14 @@ class IMPOLearner:
         items = transitions(logs)
         if not items:
             raise ValueError("no transitions: the episode logs have no steps")
-        batches = make_minibatches(items, self.cfg.minibatch_size, self.pad_id, self.critic, self.device)
+        config = self.policy.config
+        batches = make_minibatches(items, self.cfg.minibatch_size, self.pad_id, self.critic, self.device,
+                                   check=(config.vocab_size, config.max_seq_len))
         old, values = [], []
-        for mb in batches:
-            _, log_dist = policy_pass(self.policy, mb)
+        for mb in batches:  # ids checked on the host above: no check reads back from the device from here on
+            _, log_dist = policy_pass(self.policy, mb, validate=False)
             old.append(token_log_probs(log_dist, mb))
-            values.append(self.critic(mb.critic_ids, mb.critic_mask).float())
+            values.append(self.critic(mb.critic_ids, mb.critic_mask, validate=False).float())
         adv, returns = advantages_and_returns(items, torch.cat(values), self.cfg)
         return items, batches, old, adv, returns
 

@@ -356,3 +356,14 @@ def test_loss_with_reference_computed_once_equals_the_previous_path_float64(tok,
             assert (g is None) == (w is None)
             if g is not None:
                 torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_bad_token_ids_are_refused_on_the_host_naming_the_minibatch(tok, logs):
+    """Ids are checked once per update, before they reach the device (the passes skip their own checks)."""
+    bad = copy.deepcopy(logs)
+    bad[4].steps[1].action_ids = [*bad[4].steps[1].action_ids[:-1], tok.vocab_size + 5]
+    learner = learner_for(tiny_model(tok), tok, minibatch_size=4)
+    # transitions in order: 5 episodes x 2 steps, so episode 4's step 1 is transition 9, in minibatch 2 (8..9)
+    with pytest.raises(ValueError, match=r"IMPO minibatch 2 \(transitions 8..9\): prompt \+ action ids contains "
+                                         rf"token id {tok.vocab_size + 5}"):
+        learner.update(bad)

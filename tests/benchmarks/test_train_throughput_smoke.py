@@ -65,6 +65,31 @@ def test_ddp_merge(tmp_path, load_script, monkeypatch):
     assert doc["scaling"] == pytest.approx(1.9) and doc["loss_max_abs_diff"] == pytest.approx(0.01)
 
 
+def test_ddp_run_reads_losses_back_only_on_log_steps(tmp_path, load_script, monkeypatch):
+    """One process on the CPU: the loss curve has every step, read back in one transfer per log step (every
+    --log-every steps and after the last), not once per step."""
+    from training.step_metrics import PendingMetrics
+
+    bench = load_script("benchmarks/ddp_joint.py")
+    reads: list[int] = []
+    original = PendingMetrics.read_back
+
+    def counted(self):
+        reads.append(len(self))
+        return original(self)
+
+    monkeypatch.setattr(PendingMetrics, "read_back", counted)
+    out = tmp_path / "ddp_1.json"
+    monkeypatch.setattr("sys.argv", ["ddp_joint.py", "--device", "cpu", "--preset", "tiny", "--rows", "4",
+                                     "--row-len", "64", "--steps", "5", "--warmup", "1", "--documents", "80",
+                                     "--log-every", "2", "--out", str(out)])
+    bench.main()
+    row = json.loads(out.read_text())
+    assert [n for n in reads if n] == [2, 2, 1]  # steps 1-2, 3-4, then the last
+    assert len(row["loss_curve"]) == len(row["step_ms_all"]) == 5 and row["world_size"] == 1
+    assert all(isinstance(v, float) and v > 0 for v in row["loss_curve"]) and row["step_ms"] > 0
+
+
 def test_mrl_ops_counts_collection_and_update(tmp_path, load_script):
     bench = load_script("benchmarks/mrl_ops.py")
     out = tmp_path / "ops.json"

@@ -97,3 +97,14 @@ def test_mrl_ops_counts_collection_and_update(tmp_path, load_script):
     row = json.loads(out.read_text())
     assert row["collect_ops"] > 100 and row["update_ops"] > 100 and row["action_tokens"] > 0
     assert row["collect_s"] > 0 and row["update_s"] > 0 and row["dim"] == 32
+
+
+def test_mrl_ops_append_keeps_earlier_records(tmp_path, load_script):
+    bench = load_script("benchmarks/mrl_ops.py")
+    path = tmp_path / "mrl_ops.json"
+    path.write_text(json.dumps({"collect_ops": 5, "commit": "abc"}))  # the earlier one-record format
+    first = bench.with_record(path, {"collect_ops": 3})
+    assert first == {"benchmark": "mrl_ops", "records": [{"collect_ops": 5, "commit": "abc"}, {"collect_ops": 3}]}
+    path.write_text(json.dumps(first))
+    assert [r["collect_ops"] for r in bench.with_record(path, {"collect_ops": 1})["records"]] == [5, 3, 1]
+    assert bench.with_record(tmp_path / "new.json", {"x": 1})["records"] == [{"x": 1}]

@@ -271,7 +271,8 @@ def advantages_and_returns(items: Sequence[Transition], values: torch.Tensor, cf
 class IMPOLearner:
     """Runs IMPO updates of ``policy`` (and ``critic``) on collected episode logs.
 
-    ``seen`` lists the ``(episode, step)`` of every transition the loss saw, per update epoch (for checks);
+    ``seen`` lists the ``(episode, step)`` of every transition the loss saw, per epoch of the latest update (for
+    checks; kept for one update only, so a long run does not accumulate them);
     ``first_ratio_exact`` whether, before the first optimizer step, the new log-probs equalled the old ones.
     """
 
@@ -316,6 +317,7 @@ class IMPOLearner:
         self.policy.eval()  # no dropout: old and new log-probs come from the same function
         self.critic.eval()
         items, batches, old, adv, returns = self.prepare(logs)  # checks the ids once
+        self.seen = []
         references = self.reference_log_dists(batches)
         # summed on the device (float64, as the Python floats they replace) and read back once after the last
         # minibatch: no host sync per minibatch for the statistics

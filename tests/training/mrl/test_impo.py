@@ -367,3 +367,11 @@ def test_bad_token_ids_are_refused_on_the_host_naming_the_minibatch(tok, logs):
     with pytest.raises(ValueError, match=r"IMPO minibatch 2 \(transitions 8..9\): prompt \+ action ids contains "
                                          rf"token id {tok.vocab_size + 5}"):
         learner.update(bad)
+
+
+def test_seen_holds_the_latest_update_only(tok, logs):
+    learner = learner_for(tiny_model(tok), tok, ppo_epochs=2, minibatch_size=4)
+    learner.update(logs)
+    learner.update(logs[:2])
+    assert len(learner.seen) == 2  # the second update's two epochs, not four
+    assert all(sorted(seen) == [(e, k) for e in range(2) for k in range(2)] for seen in learner.seen)

@@ -411,7 +411,8 @@ def write(args, device, measured: list[dict], command: str) -> None:
         earlier = json.loads(args.include_from.read_text())
         for r in earlier.get("stages", []):
             if r["stage"] in args.include_stages and all(m["stage"] != r["stage"] for m in rows):
-                rows.append({**r, "measured_in": f"{args.include_from.name}: {earlier.get('command', '')}"})
+                # a row that the earlier file itself carried over keeps where it was really measured
+                rows.append({"measured_in": f"{args.include_from.name}: {earlier.get('command', '')}", **r})
     anchor_rate = next((r["real_tokens_per_s"] for r in rows if r["stage"] == "anchor" and "real_tokens_per_s" in r),
                        None)
     for r in rows:

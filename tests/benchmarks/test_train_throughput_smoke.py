@@ -108,3 +108,21 @@ def test_mrl_ops_append_keeps_earlier_records(tmp_path, load_script):
     path.write_text(json.dumps(first))
     assert [r["collect_ops"] for r in bench.with_record(path, {"collect_ops": 1})["records"]] == [5, 3, 1]
     assert bench.with_record(tmp_path / "new.json", {"x": 1})["records"] == [{"x": 1}]
+
+
+def test_included_rows_keep_where_they_were_measured(tmp_path, load_script):
+    import argparse
+
+    import torch
+
+    bench = load_script("benchmarks/train_throughput.py")
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"command": "python earlier", "stages": [
+        {"stage": "joint", "real_tokens_per_s": 50.0},
+        {"stage": "smat-before", "real_tokens_per_s": 5.0, "measured_in": "check.json: python check"}]}))
+    out = tmp_path / "tt.json"
+    args = argparse.Namespace(include_from=earlier, include_stages=["joint", "smat-before"], out=out, preset="tiny")
+    bench.write(args, torch.device("cpu"), [{"stage": "anchor", "real_tokens_per_s": 100.0}], "python now")
+    rows = {r["stage"]: r for r in json.loads(out.read_text())["stages"]}
+    assert rows["joint"]["measured_in"] == "earlier.json: python earlier" and rows["joint"]["vs_anchor"] == 0.5
+    assert rows["smat-before"]["measured_in"] == "check.json: python check"

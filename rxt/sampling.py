@@ -84,7 +84,8 @@ def filter_rows(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) 
     probs = sorted_logits.masked_fill(dropped_k, float("-inf")).softmax(dim=-1)
     # Drop a token when the tokens ranked above it already hold top_p of the mass (rows with top_p = 1 skip this:
     # their rounded cumulative sum can reach 1 before the last tokens).
-    dropped_p = (probs.cumsum(dim=-1) - probs >= top_p[:, None]) & (top_p < 1.0)[:, None]
+    # (top_p in the logits' dtype: the comparison filter_logits makes with a Python float)
+    dropped_p = (probs.cumsum(dim=-1) - probs >= top_p[:, None].to(probs.dtype)) & (top_p < 1.0)[:, None]
     drop_sorted = dropped_k | dropped_p
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
@@ -95,17 +96,17 @@ def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Te
     """One token per row of ``logits`` (N, V), each row by its own temperature, top-k, top-p and uniform number
     ``uniform`` (N,) in [0, 1): inverse-CDF sampling from ``softmax(filter(logits / T))``, all rows at once.
 
-    The cumulative distribution is summed in float64 in vocabulary order; the token is the first whose
-    cumulative mass exceeds ``u * total``, so a token of zero probability (filtered out) is never chosen and
-    each kept token is chosen for a share of [0, 1) equal to its probability. ``filtered=False`` skips the
-    sort when no row filters."""
+    The cumulative distribution is summed in ``uniform``'s dtype (float64; float32 where the device has no
+    float64) in vocabulary order; the token is the first whose cumulative mass exceeds ``u * total``, so a token
+    of zero probability (filtered out) is never chosen and each kept token is chosen for a share of [0, 1) equal
+    to its probability. ``filtered=False`` skips the sort when no row filters."""
     scaled = logits.float() / temperature[:, None].to(torch.float32)
     if filtered:
         scaled = filter_rows(scaled, top_k, top_p)
-    cdf = scaled.double().softmax(dim=-1).cumsum(dim=-1)
+    cdf = scaled.to(uniform.dtype).softmax(dim=-1).cumsum(dim=-1)
     total = cdf[:, -1:]
-    # u < 1, but u * total may round up to total; the largest double below it still picks a kept token
-    target = torch.minimum(uniform[:, None].double() * total, torch.nextafter(total, torch.zeros_like(total)))
+    # u < 1, but u * total may round up to total; the largest value below it still picks a kept token
+    target = torch.minimum(uniform[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_max(logits.shape[-1] - 1)
 
 
@@ -136,7 +137,9 @@ def choose_rows_on_device(logits: torch.Tensor, rows: Sequence[Row]) -> tuple[to
                 raise ValueError(f"choose_rows_on_device: row {i} samples (temperature {cfg.temperature}) but has "
                                  "no SampleStream")
             table.append((cfg.temperature, float(min(cfg.top_k, vocab)), cfg.top_p, stream.next_uniform(), 1.0))
-        params = torch.tensor(table, dtype=torch.float64).T  # (5, N): T, top_k, top_p, u, sampled
+        # (5, N): T, top_k, top_p, u, sampled; float32 on MPS, which has no float64
+        wide = torch.float32 if logits.device.type == "mps" else torch.float64
+        params = torch.tensor(table, dtype=torch.float64).T.to(wide)
         if logits.device.type == "cuda":
             params = params.pin_memory()
         params = params.to(logits.device, non_blocking=True)

@@ -6,12 +6,20 @@ support (top-k / top-p), the distribution (chi-square over many draws on a fixed
 exact probabilities and against the reference's own draws), independence from batch companions, and the noise
 stream itself (SplitMix64's published outputs)."""
 
+import itertools
 import math
 
 import pytest
 import torch
 
-from rxt.sampling import SamplingConfig, choose_rows_on_device, choose_tokens, filter_logits, filter_rows, sample_rows
+from rxt.sampling import (
+    SamplingConfig,
+    choose_rows_on_device,
+    choose_tokens,
+    filter_logits,
+    filter_rows,
+    sample_rows,
+)
 from rxt.sampling_noise import SampleStream, mix64
 
 
@@ -87,6 +95,9 @@ def test_inverse_cdf_edges_pick_only_kept_tokens():
     # kept: tokens 1 and 3 (top-2); u = 0 picks the first kept token in vocabulary order, u -> 1 the last
     assert got[0] == 1 and got[1] == 1 and got[3] == 3
     assert set(got) <= {1, 3}
+    # float32 throughout (the MPS path, which has no float64): the same support and the same edges
+    narrow = sample_rows(logits, ones.float(), top_k, ones.float(), u.float()).tolist()
+    assert narrow[0] == 1 and narrow[3] == 3 and set(narrow) <= {1, 3}
 
 
 def test_sampled_tokens_follow_the_filtered_distribution():
@@ -121,7 +132,7 @@ def test_successive_tokens_of_a_stream_are_independent():
     stream = SampleStream.seeded(123)
     seq = [int(choose_rows_on_device(logits, [(cfg, stream)])[0]) for _ in range(9_001)]
     pairs = torch.zeros(3, 3)
-    for a, b in zip(seq[:-1], seq[1:], strict=True):
+    for a, b in itertools.pairwise(seq):
         pairs[a, b] += 1
     assert _chi_square(pairs.flatten().double(), torch.full((9,), 1 / 9, dtype=torch.float64)) < 26.12  # dof 8
 

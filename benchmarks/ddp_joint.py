@@ -9,8 +9,11 @@ Run once per world size under torchrun, then merge::
 Each run trains the `nano` RxT with `JointLMTrainer` on the same packed synthetic rows with the same global batch
 (``--rows`` rows of 256 tokens, split over the ranks), encoder noise off, so the two runs see the same rows and
 the same MLM masks step by step (`training.data.packing.mask_tokens` draws for the global micro-batch): their
-loss curves must match up to bf16 reduction order. Steps are timed on rank 0 after ``--warmup`` steps (each step
-ends with the all-reduced metric read-back, so wall time is step time).
+loss curves must match up to bf16 reduction order. Steps run back to back as in training: nothing is read back
+from the device except at log steps (every ``--log-every`` steps and the last), where the losses of every step
+since the last one come back in one all-reduced transfer (`training.step_metrics`), so the loss curve still has
+every step. Each step's time on rank 0 is the gap between CUDA events recorded at the ends of consecutive steps
+(no host sync per step; a log step's time includes its read-back), the median after ``--warmup`` steps.
 """
 
 from __future__ import annotations
@@ -67,17 +70,20 @@ def run(args) -> None:
                           keep_last=0)
         trainer = JointLMTrainer(model, cfg, rows, pad_id=tok.pad_id, mask_prob=0.15)
         batches = trainer._loader()
-        losses, times = [], []
-        for _ in range(args.steps):
+        losses, pending, ends = [], [], []
+        start = _mark(cuda)
+        for i in range(args.steps):
             if trainer.position + trainer.step_samples > trainer.steps_per_epoch * trainer.step_samples:
                 trainer.epoch, trainer.position = trainer.epoch + 1, 0
                 batches = trainer._loader()
-            t0 = time.perf_counter()
-            metrics = trainer._train_step(batches)
-            if cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-            losses.append(metrics["loss"])
+            pending.append(trainer._train_step(batches))  # the step's metrics stay on the device
+            if (i + 1) % args.log_every == 0 or i == args.steps - 1:  # a log step: every pending loss, one read
+                losses += [m["loss"] for m in pending]
+                pending = []
+            ends.append(_mark(cuda))
+        if cuda:
+            torch.cuda.synchronize()
+        times = [_seconds(a, b) for a, b in zip([start, *ends[:-1]], ends, strict=True)]
         real_per_step = rows.real_tokens / len(rows) * args.rows
         step_s = statistics.median(times[args.warmup:])
         if trainer.is_main:
@@ -92,6 +98,19 @@ def run(args) -> None:
             })
         trainer.close()
     cleanup_distributed()
+
+
+def _mark(cuda: bool):
+    """A point on the device's timeline (a recorded CUDA event; on the CPU, the host clock)."""
+    if not cuda:
+        return time.perf_counter()
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
+
+
+def _seconds(a, b) -> float:
+    return a.elapsed_time(b) / 1e3 if isinstance(a, torch.cuda.Event) else b - a
 
 
 def merge(args) -> None:
@@ -113,6 +132,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=512, help="packed rows of 256 tokens per step (global)")
     parser.add_argument("--steps", type=int, default=14)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--log-every", type=int, default=10,
+                        help="read the pending losses back every N steps (and after the last), as a log step does")
     parser.add_argument("--documents", type=int, default=16_000)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--preset", default="nano")

@@ -9,6 +9,11 @@ CPU-only optimizer (single-tensor AdamW on the CPU, fused on CUDA), and the host
 a step of this size on the GPU::
 
     python benchmarks/mrl_ops.py --preset nano --dim 64 --mrl 128x8 --out /tmp/mrl_ops.json
+    OMP_NUM_THREADS=1 python benchmarks/mrl_ops.py --preset nano --dim 64 --mrl 128x8 \
+        --append benchmarks/results/mrl_ops.json --note "after ..."
+
+``--append FILE`` adds the row (with the commit it was measured on) to FILE's ``records``, keeping the earlier
+ones (a file of one bare record, the earlier format, becomes the first record).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -103,14 +109,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mrl", default="32x8", help="EPISODESxSTEPS")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--append", type=Path, default=None, help="add the row to this file's records")
+    parser.add_argument("--note", default=None, help="a note stored with the row")
     args = parser.parse_args(argv)
     torch.set_num_threads(1) if args.device == "cpu" else None
     row = measure(args.preset, args.mrl, args.device, args.dim)
     row["command"] = " ".join(["python", "benchmarks/mrl_ops.py", *(argv if argv is not None else sys.argv[1:])])
+    row.update(commit=_commit(), threads=torch.get_num_threads(), torch=torch.__version__)
+    if args.note:
+        row["note"] = args.note
     print(json.dumps(row), flush=True)
     if args.out:
         atomic_write_json(args.out, row)
+    if args.append:
+        atomic_write_json(args.append, with_record(args.append, row))
     return 0
+
+
+def _commit() -> str | None:
+    """The checkout's short commit hash (None outside a git checkout); a dirty tree is marked."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{head}+dirty" if dirty else head
+
+
+def with_record(path: Path, row: dict) -> dict:
+    """``{"benchmark": "mrl_ops", "records": [...]}`` of ``path`` (if any) with ``row`` appended."""
+    doc = {"benchmark": "mrl_ops", "records": []}
+    if path.is_file():
+        old = json.loads(path.read_text())
+        doc["records"] = list(old["records"]) if "records" in old else [old]
+    doc["records"].append(row)
+    return doc
 
 
 if __name__ == "__main__":

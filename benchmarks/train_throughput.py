@@ -15,7 +15,9 @@ between them; the metrics are read back once after the timed steps, as a log ste
 - ``mrl``: one IMPO update as `MRLTrainer` runs it: 128 episodes x 8 steps collected through the runtime (a fresh
   runtime per collection, every episode's queries queued before it connects, so the episodes are primed, prefilled,
   decoded and memory-updated together), rewards, then the PPO epochs; ``step_ms`` is collection + update, split in
-  ``collect_ms`` / ``update_ms`` (the last timed step);
+  ``collect_ms`` / ``update_ms`` (the last timed step); ``mrl-graphs``: the same with the collection runtime's
+  decode steps, prefills and memory updates as CUDA graphs (``MRLConfig.cuda_graphs``, captured afresh in every
+  collection's new runtime), to weigh the capture cost against the launches it saves;
 - ``baseline`` / ``baseline-before``: the stateless `BaselineLMTrainer` on packed / padded histories.
 
 ``real_tokens_per_s`` counts non-pad tokens the step trains on (input tokens, not only targets; for MRL the
@@ -56,7 +58,7 @@ from rxt.tokenizer import RxTokenizer
 from training.config import TrainConfig
 
 STAGES = ("anchor", "joint", "sft", "smat", "mrl", "baseline", "joint-before", "sft-before", "smat-before",
-          "baseline-before")
+          "baseline-before", "mrl-graphs")
 
 
 #: what --smoke sets: the tiny preset, a few rows and steps, on the CPU
@@ -247,7 +249,7 @@ def smat(before: bool, args, device, tok, tmp):
     return (*_trainer_step(trainer), batch * turns * length, extra)
 
 
-def mrl(args, device, tok, tmp):
+def mrl(args, device, tok, tmp, graphs: bool | None = None):
     from training.mrl.curriculum import CurriculumStage, MRLConfig
     from training.mrl.trainer import MRLTrainer
 
@@ -260,7 +262,7 @@ def mrl(args, device, tok, tmp):
                        curriculum=[stage], batch_episodes=episodes_n, minibatch_size=32, ppo_epochs=2,
                        max_new_tokens=min(48, rxt.config.max_seq_len // 4), eval_episodes=0,  # tiny: 16
                        reward={"bleu_weight": 1.0, "cosine_weight": 1.0, "length_weight": 0.1},  # the nano recipe's
-                       cuda_graphs=args.mrl_cuda_graphs)
+                       cuda_graphs=args.mrl_cuda_graphs if graphs is None else graphs)
     trainer = MRLTrainer(config, rxt, tok)
     episodes = trainer.stage_episodes(stage, 0, count=episodes_n)
     tokens = [0.0, 0.0, 0.0]  # action tokens, collection seconds, update seconds (of the last step)
@@ -275,7 +277,7 @@ def mrl(args, device, tok, tmp):
     what = ("collection (all episodes in one runtime batch) + rewards + IMPO update (minibatch 32, 2 PPO epochs, "
             "48 new tokens, the recipe's reward)")
     return step, lambda: None, tokens, {"batch": f"{episodes_n} episodes x {steps} steps", "what": what,
-                                        "cuda_graphs": config.cuda_graphs}
+                                        "cuda_graphs": config.cuda_graphs and device.type == "cuda"}
 
 
 def baseline(packed: bool, args, device, tok, tmp):
@@ -304,8 +306,8 @@ def run_stage(name: str, args, device, tok, tmp, report, may_profile=lambda: Tru
                                                 tmp)
     elif name in ("smat", "smat-before"):
         step, flush, tokens, extra = smat(name.endswith("before"), args, device, tok, tmp)
-    elif name == "mrl":
-        step, flush, holder, extra = mrl(args, device, tok, tmp)
+    elif name in ("mrl", "mrl-graphs"):  # mrl-graphs: the collection runtime with CUDA graphs, whatever the flag
+        step, flush, holder, extra = mrl(args, device, tok, tmp, args.mrl_cuda_graphs or name == "mrl-graphs")
 
         def mrl_report(row):
             row["real_tokens_per_step"] = holder[0]  # the action tokens the update trained on
@@ -409,7 +411,8 @@ def write(args, device, measured: list[dict], command: str) -> None:
         earlier = json.loads(args.include_from.read_text())
         for r in earlier.get("stages", []):
             if r["stage"] in args.include_stages and all(m["stage"] != r["stage"] for m in rows):
-                rows.append({**r, "measured_in": f"{args.include_from.name}: {earlier.get('command', '')}"})
+                # a row that the earlier file itself carried over keeps where it was really measured
+                rows.append({"measured_in": f"{args.include_from.name}: {earlier.get('command', '')}", **r})
     anchor_rate = next((r["real_tokens_per_s"] for r in rows if r["stage"] == "anchor" and "real_tokens_per_s" in r),
                        None)
     for r in rows:

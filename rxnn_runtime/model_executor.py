@@ -9,8 +9,9 @@ In order, one lane action:
 3. one decode step for every running turn (`DecodeEngine.step`, a CUDA graph per bucket on the GPU);
 4. one prefill for every admitted turn together (`DecodeEngine.start_batch`, memory K/V projected in the same
    pass from the sessions' device-resident STMs);
-5. one token per row (`choose_rows_on_device`: one argmax for the greedy rows, each sampled row with its own
-   seeded generator), written straight into the engine's next-token buffer, and one asynchronous copy to the host.
+5. one token per row (`choose_rows_on_device`: one batched pass; greedy rows take the argmax, each sampled row
+   draws from its own counter-based noise stream, `rxt.sampling_noise`), written straight into the engine's
+   next-token buffer, and one asynchronous copy to the host.
 
 `launch` queues all of that without waiting for the device; `collect` waits for the token copy and returns the
 `StepResult`. The runtime launches step N+1 before it collects step N, so the host turns step N's tokens into
@@ -34,6 +35,7 @@ from rxt.decode_engine import DecodeEngine, to_device_async
 from rxt.memory_update import MemoryUpdater
 from rxt.model import RxT
 from rxt.sampling import SamplingConfig, choose_rows_on_device
+from rxt.sampling_noise import SampleStream
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ class ModelExecutor:
                                    use_cuda_graphs=use_cuda_graphs)
         # One encoder + memory-attention pass per step for every turn that finished (a graph per shape on CUDA).
         self.updater = MemoryUpdater(model, pad_id=pad_id, use_cuda_graphs=use_cuda_graphs)
-        self._sampling: dict[int, tuple[SamplingConfig, torch.Generator | None]] = {}  # slot -> row's sampling
+        self._sampling: dict[int, tuple[SamplingConfig, SampleStream | None]] = {}  # slot -> row's sampling
         # Each slot's last chosen token, on the device: the next decode step reads it without a host round trip.
         self._next = torch.full((max_slots,), pad_id, dtype=torch.long, device=self.device)
 
@@ -103,7 +105,9 @@ class ModelExecutor:
                                                  stm=stm)
                 for turn in plan.admit:
                     cfg = turn.query.options.sampling(return_log_probs=turn.query.options.return_log_probs)
-                    self._sampling[turn.slot] = (cfg, cfg.generator(self.device))
+                    # row 0 of a batch of one: the stream a chat alone with this seed draws from
+                    streams = cfg.streams(1)
+                    self._sampling[turn.slot] = (cfg, streams[0] if streams else None)
                 parts.append(logits)
                 step.rows.extend(plan.admit)
             except Exception as exc:

@@ -85,14 +85,14 @@ def decode_steps(
         raise ValueError(f"engine has {engine.max_slots} slots ({engine.num_live} live); {batch} free ones are needed")
     slots = list(range(batch))
     logits = engine.start_batch(slots, rows, stm=stm, memory=memory)
-    generator = sampling.generator(device)
+    streams = sampling.streams(batch)  # row i's noise: a pure function of (seed, i, token index)
     rule = StopRule(eos_id, sampling.max_new_tokens)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     done = [False] * batch
     try:
         for step in range(sampling.max_new_tokens):
-            # All rows are sampled together (one generator draw per step), as a batch always was.
-            tokens, log_probs = choose_tokens(logits[:batch], sampling, generator)
+            # All rows are sampled together, each from its own stream (one uniform per row and step).
+            tokens, log_probs = choose_tokens(logits[:batch], sampling, streams)
             tokens = tokens.to(device)
             active = ~finished
             tokens = torch.where(active, tokens, torch.full_like(tokens, pad_id))

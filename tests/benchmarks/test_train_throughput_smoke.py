@@ -65,6 +65,31 @@ def test_ddp_merge(tmp_path, load_script, monkeypatch):
     assert doc["scaling"] == pytest.approx(1.9) and doc["loss_max_abs_diff"] == pytest.approx(0.01)
 
 
+def test_ddp_run_reads_losses_back_only_on_log_steps(tmp_path, load_script, monkeypatch):
+    """One process on the CPU: the loss curve has every step, read back in one transfer per log step (every
+    --log-every steps and after the last), not once per step."""
+    from training.step_metrics import PendingMetrics
+
+    bench = load_script("benchmarks/ddp_joint.py")
+    reads: list[int] = []
+    original = PendingMetrics.read_back
+
+    def counted(self):
+        reads.append(len(self))
+        return original(self)
+
+    monkeypatch.setattr(PendingMetrics, "read_back", counted)
+    out = tmp_path / "ddp_1.json"
+    monkeypatch.setattr("sys.argv", ["ddp_joint.py", "--device", "cpu", "--preset", "tiny", "--rows", "4",
+                                     "--row-len", "64", "--steps", "5", "--warmup", "1", "--documents", "80",
+                                     "--log-every", "2", "--out", str(out)])
+    bench.main()
+    row = json.loads(out.read_text())
+    assert [n for n in reads if n] == [2, 2, 1]  # steps 1-2, 3-4, then the last
+    assert len(row["loss_curve"]) == len(row["step_ms_all"]) == 5 and row["world_size"] == 1
+    assert all(isinstance(v, float) and v > 0 for v in row["loss_curve"]) and row["step_ms"] > 0
+
+
 def test_mrl_ops_counts_collection_and_update(tmp_path, load_script):
     bench = load_script("benchmarks/mrl_ops.py")
     out = tmp_path / "ops.json"
@@ -72,3 +97,32 @@ def test_mrl_ops_counts_collection_and_update(tmp_path, load_script):
     row = json.loads(out.read_text())
     assert row["collect_ops"] > 100 and row["update_ops"] > 100 and row["action_tokens"] > 0
     assert row["collect_s"] > 0 and row["update_s"] > 0 and row["dim"] == 32
+
+
+def test_mrl_ops_append_keeps_earlier_records(tmp_path, load_script):
+    bench = load_script("benchmarks/mrl_ops.py")
+    path = tmp_path / "mrl_ops.json"
+    path.write_text(json.dumps({"collect_ops": 5, "commit": "abc"}))  # the earlier one-record format
+    first = bench.with_record(path, {"collect_ops": 3})
+    assert first == {"benchmark": "mrl_ops", "records": [{"collect_ops": 5, "commit": "abc"}, {"collect_ops": 3}]}
+    path.write_text(json.dumps(first))
+    assert [r["collect_ops"] for r in bench.with_record(path, {"collect_ops": 1})["records"]] == [5, 3, 1]
+    assert bench.with_record(tmp_path / "new.json", {"x": 1})["records"] == [{"x": 1}]
+
+
+def test_included_rows_keep_where_they_were_measured(tmp_path, load_script):
+    import argparse
+
+    import torch
+
+    bench = load_script("benchmarks/train_throughput.py")
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"command": "python earlier", "stages": [
+        {"stage": "joint", "real_tokens_per_s": 50.0},
+        {"stage": "smat-before", "real_tokens_per_s": 5.0, "measured_in": "check.json: python check"}]}))
+    out = tmp_path / "tt.json"
+    args = argparse.Namespace(include_from=earlier, include_stages=["joint", "smat-before"], out=out, preset="tiny")
+    bench.write(args, torch.device("cpu"), [{"stage": "anchor", "real_tokens_per_s": 100.0}], "python now")
+    rows = {r["stage"]: r for r in json.loads(out.read_text())["stages"]}
+    assert rows["joint"]["measured_in"] == "earlier.json: python earlier" and rows["joint"]["vs_anchor"] == 0.5
+    assert rows["smat-before"]["measured_in"] == "check.json: python check"

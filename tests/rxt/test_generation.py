@@ -36,7 +36,7 @@ def _full_recompute_greedy(model, prompt, stm, n, eos):
 
 
 def _previous_loop(model, input_ids, lengths, sampling, memory, eos, pad):
-    """The decode loop generation used before the engine (dynamic cache, one generator for the batch)."""
+    """The decode loop generation used before the engine (dynamic cache; the batch's noise streams)."""
     decoder = model.decoder
     batch, prompt_len = input_ids.shape
     cache = decoder.new_cache(batch, prompt_len + sampling.max_new_tokens)
@@ -44,11 +44,11 @@ def _previous_loop(model, input_ids, lengths, sampling, memory, eos, pad):
     with torch.no_grad():
         out = decoder(input_ids, attention_mask=valid, memory=memory, cache=cache, compute_logits=False)
         logits = decoder.lm_head(out.hidden[torch.arange(batch), lengths - 1])
-        generator = sampling.generator(input_ids.device)
+        streams = sampling.streams(batch)
         finished = torch.zeros(batch, dtype=torch.bool)
         tokens_out, lp_out = [], []
         for step in range(sampling.max_new_tokens):
-            tokens, log_probs = choose_tokens(logits, sampling, generator)
+            tokens, log_probs = choose_tokens(logits, sampling, streams)
             active = ~finished
             tokens = torch.where(active, tokens, torch.full_like(tokens, pad))
             log_probs = torch.where(active, log_probs, torch.zeros_like(log_probs))

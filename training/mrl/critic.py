@@ -34,9 +34,10 @@ class Critic(nn.Module):
         """A critic whose encoder is an independent copy of ``model.encoder``."""
         return cls(copy.deepcopy(model.encoder), model.config.dim, model.config.max_seq_len)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``(B, T)`` ids and mask -> ``(B,)`` values (mean-pooled over the real tokens)."""
-        hidden = self.encoder(input_ids, attention_mask).last_hidden
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, validate: bool = True) -> torch.Tensor:
+        """``(B, T)`` ids and mask -> ``(B,)`` values (mean-pooled over the real tokens); ``validate=False`` skips
+        the host-side id check (ids checked once already)."""
+        hidden = self.encoder(input_ids, attention_mask, validate=validate).last_hidden
         mask = attention_mask.to(hidden.dtype)[..., None]
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         return self.head(self.norm(pooled)).squeeze(-1)

@@ -10,6 +10,9 @@ trained through the policy loss, then runs the decoder teacher-forced over ``pro
     log π(a) = log_softmax(Decoder(prompt ++ action, memory = STM_k))  at the action positions
                                                                            (plain softmax, temperature 1)
 
+The LM head runs only at the action positions (gathered by index: the prompt and the padding never reach the
+vocabulary projection, and no boolean indexing waits for the device).
+
 Old log-probs are recomputed by `IMPOLearner.prepare` with the pre-update policy through exactly this function,
 on exactly the same minibatch tensors, so at the first update epoch the ratio is exactly 1. The loss::
 
@@ -19,7 +22,10 @@ on exactly the same minibatch tensors, so at the first update epoch the ratio is
     L_mem    = c_mem * mean_rows[ sqrt(k + 1) * MSE(STM_k, STM_{k-1}) ]
 
 with the entropy H and the KL to the frozen reference policy (the same two-stage pass) over full distributions,
-averaged over the action tokens. Advantages: A = R - V(s) with R the step's reward, or GAE(gamma, lambda) over
+averaged over the action tokens. The reference is frozen, so its distributions at the action tokens are computed
+once per update (`IMPOLearner.reference_log_dists`, A x V floats per minibatch of A action tokens) and reused by
+every epoch. Token ids are range-checked once per update, on the host before they go to the device
+(`make_minibatches(check=...)`, from `prepare`); no pass of the update reads anything back from the device. Advantages: A = R - V(s) with R the step's reward, or GAE(gamma, lambda) over
 each episode's steps (then R = A + V); normalised over all transitions. Every collected episode and every step,
 the last ones included, enters every update epoch.
 """
@@ -35,6 +41,7 @@ from torch import nn
 
 from rxt.model import RxT
 from rxt.template import pad_batch
+from rxt.validation import check_token_ids
 from training.mrl.critic import Critic
 from training.mrl.episodes import EpisodeLog
 
@@ -103,55 +110,87 @@ class Minibatch:
     seq_mask: torch.Tensor
     targets: torch.Tensor  # (B, T-1) next tokens
     action_mask: torch.Tensor  # (B, T-1): True where the target is an action token
+    action_rows: torch.Tensor  # (A,) the row of each action target, in row-major order (as action_mask's Trues)
+    action_cols: torch.Tensor  # (A,) its target position
+    action_targets: torch.Tensor  # (A,) the action token it predicts
     steps: torch.Tensor  # (B,) k
     critic_ids: torch.Tensor
     critic_mask: torch.Tensor
 
 
-def _ids_mask(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _ids_mask(rows: Sequence[Sequence[int]], pad_id: int, device, check: tuple[int, int] | None = None,
+              name: str = "ids") -> tuple[torch.Tensor, torch.Tensor]:
     ids, lengths = pad_batch(rows, pad_id)
+    if check is not None:  # on the host tensor: no device read-back
+        check_token_ids(ids, *check, name=name)
     mask = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
     return ids.to(device), mask.to(device)
 
 
 def make_minibatches(items: Sequence[Transition], size: int, pad_id: int, critic: Critic,
-                     device: torch.device | str = "cpu") -> list[Minibatch]:
-    """A fixed partition of ``items`` into minibatches (in order), reused by every epoch."""
+                     device: torch.device | str = "cpu", *, check: tuple[int, int] | None = None
+                     ) -> list[Minibatch]:
+    """A fixed partition of ``items`` into minibatches (in order), reused by every epoch. ``check`` =
+    ``(vocab_size, max_seq_len)`` range-checks every id tensor on the host, before it goes to ``device`` (then
+    the passes over the minibatches can skip their own checks, which read back from the device)."""
     out = []
     for start in range(0, len(items), size):
         chunk = items[start : start + size]
         seqs = [[*t.prompt_ids, *t.action_ids] for t in chunk]
-        seq_ids, seq_mask = _ids_mask(seqs, pad_id, device)
+        where = f"IMPO minibatch {start // size} (transitions {start}..{start + len(chunk) - 1})"
+        seq_ids, seq_mask = _ids_mask(seqs, pad_id, device, check, f"{where}: prompt + action ids")
         width = seq_ids.shape[1]
         action_mask = torch.zeros(len(chunk), max(width - 1, 0), dtype=torch.bool)
+        rows, cols, targets = [], [], []
         for i, t in enumerate(chunk):
             # target position j predicts token j + 1: the action occupies tokens len(prompt) .. len(seq) - 1
-            action_mask[i, len(t.prompt_ids) - 1 : len(t.prompt_ids) - 1 + len(t.action_ids)] = True
-        mem_ids, mem_mask = _ids_mask([t.written_ids for t in chunk], pad_id, device)
+            first = len(t.prompt_ids) - 1
+            action_mask[i, first : first + len(t.action_ids)] = True
+            rows += [i] * len(t.action_ids)
+            cols += range(first, first + len(t.action_ids))
+            targets += t.action_ids
+        mem_ids, mem_mask = _ids_mask([t.written_ids for t in chunk], pad_id, device, check,
+                                      f"{where}: saved interaction ids")
         critic_ids, critic_mask = critic.state_inputs([t.written_ids for t in chunk], [t.prompt_ids for t in chunk],
-                                                      pad_id, device)
+                                                      pad_id)
+        if check is not None:
+            check_token_ids(critic_ids, *check, name=f"{where}: critic ids")
+        critic_ids, critic_mask = critic_ids.to(device), critic_mask.to(device)
         out.append(Minibatch(
             index=torch.arange(start, start + len(chunk)),
             prev_stm=torch.stack([t.prev_stm.float() for t in chunk], dim=1).to(device),
             mem_ids=mem_ids, mem_mask=mem_mask, seq_ids=seq_ids, seq_mask=seq_mask, targets=seq_ids[:, 1:],
-            action_mask=action_mask.to(device), steps=torch.tensor([t.step for t in chunk], device=device),
+            action_mask=action_mask.to(device), action_rows=torch.tensor(rows, dtype=torch.long, device=device),
+            action_cols=torch.tensor(cols, dtype=torch.long, device=device),
+            action_targets=torch.tensor(targets, dtype=torch.long, device=device),
+            steps=torch.tensor([t.step for t in chunk], device=device),
             critic_ids=critic_ids, critic_mask=critic_mask,
         ))
     return out
 
 
-def policy_pass(model: RxT, mb: Minibatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(STM_k (L, B, S, D), log-distributions (B, T-1, V))``: the memory write re-run from the stored
-    STM_{k-1}, then the teacher-forced decoder over prompt ++ action (plain log-softmax, temperature 1)."""
-    stm = model.update_memory(mb.prev_stm, mb.mem_ids, mb.mem_mask)
-    logits = model(mb.seq_ids, stm, mb.seq_mask).logits[:, :-1]
+def policy_pass(model: RxT, mb: Minibatch, validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(STM_k (L, B, S, D), log-distributions (A, V) at the A action targets)``: the memory write re-run from
+    the stored STM_{k-1}, then the teacher-forced decoder over prompt ++ action, the LM head at the action
+    positions only (plain log-softmax, temperature 1). ``validate=False`` skips the host-side id checks (ids
+    checked once already)."""
+    stm = model.update_memory(mb.prev_stm, mb.mem_ids, mb.mem_mask, validate=validate)
+    decoder = model.decoder
+    hidden = decoder(mb.seq_ids, attention_mask=mb.seq_mask, memory=decoder.project_memory(stm),
+                     compute_logits=False, validate=validate).hidden
+    logits = decoder.lm_head(hidden[mb.action_rows, mb.action_cols])
     return stm, F.log_softmax(logits.float(), dim=-1)
+
+
+def at_actions(values: torch.Tensor, mb: Minibatch) -> torch.Tensor:
+    """Per-action-target values (A,) laid out as (B, T-1), 0 outside the action."""
+    out = values.new_zeros(mb.action_mask.shape)
+    return out.index_put((mb.action_rows, mb.action_cols), values)
 
 
 def token_log_probs(log_dist: torch.Tensor, mb: Minibatch) -> torch.Tensor:
     """(B, T-1) log-prob of each target token; 0 outside the action."""
-    chosen = log_dist.gather(-1, mb.targets[..., None]).squeeze(-1)
-    return chosen.masked_fill(~mb.action_mask, 0.0)
+    return at_actions(log_dist.gather(-1, mb.action_targets[:, None]).squeeze(-1), mb)
 
 
 def memory_regularisation(stm: torch.Tensor, prev_stm: torch.Tensor, steps: torch.Tensor, coef: float) -> torch.Tensor:
@@ -166,10 +205,14 @@ def _masked_row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def impo_loss(policy: RxT, reference: RxT | None, critic: Critic, mb: Minibatch, old_log_probs: torch.Tensor,
-              advantages: torch.Tensor, returns: torch.Tensor, cfg: IMPOConfig) -> tuple[torch.Tensor, dict]:
+              advantages: torch.Tensor, returns: torch.Tensor, cfg: IMPOConfig, *,
+              reference_log_dist: torch.Tensor | None = None, validate: bool = True) -> tuple[torch.Tensor, dict]:
     """The IMPO loss of one minibatch (module docstring). Returns ``(loss, stats)``; ``stats["log_probs"]`` is
-    the (B, T-1) new token log-probs (detached), ``stats["ratio"]`` the ratios at the action tokens."""
-    stm, log_dist = policy_pass(policy, mb)
+    the (B, T-1) new token log-probs (detached), ``stats["ratio"]`` the (B, T-1) ratios (1 outside the action,
+    where both log-probs are 0) and ``stats["ratio_mean"]`` their mean over the action tokens.
+    ``reference_log_dist``: the reference's (A, V) log-distributions of this minibatch, computed once
+    (`IMPOLearner.reference_log_dists`); None computes them here. ``validate=False`` skips the id checks."""
+    stm, log_dist = policy_pass(policy, mb, validate)
     new = token_log_probs(log_dist, mb)
     mask = mb.action_mask
     ratio = torch.exp(new - old_log_probs)
@@ -177,15 +220,16 @@ def impo_loss(policy: RxT, reference: RxT | None, critic: Critic, mb: Minibatch,
     surrogate = torch.min(ratio * adv, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv)
     policy_loss = -_masked_row_mean(surrogate, mask).mean()
     probs = log_dist.exp()
-    entropy = _masked_row_mean(-(probs * log_dist).sum(-1), mask).mean()
+    entropy = _masked_row_mean(at_actions(-(probs * log_dist).sum(-1), mb), mask).mean()
     if reference is not None and cfg.kl_coef > 0:
-        with torch.no_grad():
-            _, ref_dist = policy_pass(reference, mb)
-        kl = _masked_row_mean((probs * (log_dist - ref_dist)).sum(-1), mask).mean()
+        if reference_log_dist is None:
+            with torch.no_grad():
+                _, reference_log_dist = policy_pass(reference, mb, validate)
+        kl = _masked_row_mean(at_actions((probs * (log_dist - reference_log_dist)).sum(-1), mb), mask).mean()
     else:
         kl = torch.zeros((), device=new.device)
     mem_reg = memory_regularisation(stm, mb.prev_stm, mb.steps, cfg.memory_reg_coef)
-    values = critic(mb.critic_ids, mb.critic_mask)
+    values = critic(mb.critic_ids, mb.critic_mask, validate=validate)
     value_loss = F.mse_loss(values.float(), returns)
     loss = policy_loss - cfg.entropy_coef * entropy + cfg.kl_coef * kl + mem_reg + cfg.value_coef * value_loss
     clipped = ((ratio - 1).abs() > cfg.clip_eps) & mask
@@ -194,7 +238,7 @@ def impo_loss(policy: RxT, reference: RxT | None, critic: Critic, mb: Minibatch,
         "memory_reg": mem_reg.detach(), "value_loss": value_loss.detach(),
         "stm_change": (stm - mb.prev_stm).pow(2).mean().sqrt().detach(),
         "clip_fraction": clipped.sum() / mask.sum().clamp_min(1), "log_probs": new.detach(),
-        "ratio": ratio.detach()[mask],
+        "ratio": ratio.detach(), "ratio_mean": (ratio.detach() * mask).sum() / mask.sum().clamp_min(1),
     }
     return loss, stats
 
@@ -227,7 +271,8 @@ def advantages_and_returns(items: Sequence[Transition], values: torch.Tensor, cf
 class IMPOLearner:
     """Runs IMPO updates of ``policy`` (and ``critic``) on collected episode logs.
 
-    ``seen`` lists the ``(episode, step)`` of every transition the loss saw, per update epoch (for checks);
+    ``seen`` lists the ``(episode, step)`` of every transition the loss saw, per epoch of the latest update (for
+    checks; kept for one update only, so a long run does not accumulate them);
     ``first_ratio_exact`` whether, before the first optimizer step, the new log-probs equalled the old ones.
     """
 
@@ -248,20 +293,32 @@ class IMPOLearner:
         items = transitions(logs)
         if not items:
             raise ValueError("no transitions: the episode logs have no steps")
-        batches = make_minibatches(items, self.cfg.minibatch_size, self.pad_id, self.critic, self.device)
+        config = self.policy.config
+        batches = make_minibatches(items, self.cfg.minibatch_size, self.pad_id, self.critic, self.device,
+                                   check=(config.vocab_size, config.max_seq_len))
         old, values = [], []
-        for mb in batches:
-            _, log_dist = policy_pass(self.policy, mb)
+        for mb in batches:  # ids checked on the host above: no check reads back from the device from here on
+            _, log_dist = policy_pass(self.policy, mb, validate=False)
             old.append(token_log_probs(log_dist, mb))
-            values.append(self.critic(mb.critic_ids, mb.critic_mask).float())
+            values.append(self.critic(mb.critic_ids, mb.critic_mask, validate=False).float())
         adv, returns = advantages_and_returns(items, torch.cat(values), self.cfg)
         return items, batches, old, adv, returns
+
+    @torch.no_grad()
+    def reference_log_dists(self, batches: Sequence[Minibatch]) -> list[torch.Tensor | None]:
+        """The frozen reference's (A, V) log-distributions at each minibatch's action tokens, once per update
+        (what every epoch's KL term reads; None per minibatch when there is no KL term)."""
+        if self.reference is None or self.cfg.kl_coef <= 0:
+            return [None] * len(batches)
+        return [policy_pass(self.reference, mb, validate=False)[1] for mb in batches]
 
     def update(self, logs: Sequence[EpisodeLog]) -> dict[str, float]:
         """``ppo_epochs`` passes over every transition of ``logs`` (minibatch order shuffled per epoch, seeded)."""
         self.policy.eval()  # no dropout: old and new log-probs come from the same function
         self.critic.eval()
-        items, batches, old, adv, returns = self.prepare(logs)
+        items, batches, old, adv, returns = self.prepare(logs)  # checks the ids once
+        self.seen = []
+        references = self.reference_log_dists(batches)
         # summed on the device (float64, as the Python floats they replace) and read back once after the last
         # minibatch: no host sync per minibatch for the statistics
         totals: dict[str, torch.Tensor] = {}
@@ -273,7 +330,8 @@ class IMPOLearner:
             for b in order:
                 mb = batches[b]
                 loss, stats = impo_loss(self.policy, self.reference, self.critic, mb, old[b], adv[mb.index],
-                                        returns[mb.index], self.cfg)
+                                        returns[mb.index], self.cfg, reference_log_dist=references[b],
+                                        validate=False)
                 if self.first_ratio_exact is None:
                     self.first_ratio_exact = bool(torch.equal(stats["log_probs"], old[b]))
                 self.optimizer.zero_grad(set_to_none=True)
@@ -284,7 +342,7 @@ class IMPOLearner:
                 self.optimizer.step()
                 seen.extend((items[i].episode, items[i].step) for i in mb.index.tolist())
                 values = {k: v for k, v in stats.items() if k not in ("log_probs", "ratio")}
-                values.update(loss=loss, ratio_mean=stats["ratio"].mean())
+                values.update(loss=loss)
                 for key, value in values.items():
                     value = value.detach().to(torch.float32 if value.device.type == "mps" else torch.float64)
                     totals[key] = totals[key] + value if key in totals else value
@@ -304,6 +362,7 @@ __all__ = [
     "Minibatch",
     "Transition",
     "advantages_and_returns",
+    "at_actions",
     "impo_loss",
     "make_minibatches",
     "memory_regularisation",

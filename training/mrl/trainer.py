@@ -39,6 +39,7 @@ from training.mrl.episodes import EpisodeLog, collect_episodes, save_episode_log
 from training.mrl.impo import IMPOLearner
 from training.mrl.rewards import compute_rewards
 from training.nonfinite import NonFiniteLossGuard
+from training.optim import FUSED_DEVICES
 from training.plumbing import ScalarLog, UnfreezeSchedule, plot_curves, resolve_device, write_metrics
 from training.rewards import model_embedding
 from training.time_budget import TimeBudget
@@ -70,7 +71,8 @@ class MRLTrainer:
         set_trainable(self.policy.parameters(), True)
         self.optimizer = torch.optim.AdamW(
             [*self.policy.parameters(), *self.critic.parameters()], lr=self.cfg.lr, betas=self.cfg.betas,
-            eps=self.cfg.eps, weight_decay=self.cfg.weight_decay, fused=self.device.type == "cuda",
+            eps=self.cfg.eps, weight_decay=self.cfg.weight_decay,
+            fused=self.device.type in FUSED_DEVICES,  # one kernel per step where torch has it, as build_optimizer
         )
         self.learner = IMPOLearner(self.policy, self.critic, self.optimizer, config.impo_config(),
                                    reference=self.reference, pad_id=tokenizer.pad_id, device=self.device)

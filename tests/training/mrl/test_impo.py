@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 
@@ -26,8 +27,11 @@ from training.mrl.impo import (
     Transition,
     advantages_and_returns,
     impo_loss,
+    make_minibatches,
     memory_regularisation,
     policy_pass,
+    token_log_probs,
+    transitions,
 )
 from training.mrl.rewards import compute_rewards
 from training.mrl.trainer import MRLTrainer
@@ -284,10 +288,90 @@ def test_update_statistics_read_back_once_match_per_minibatch_floats(tok, logs):
                 if key not in ("log_probs", "ratio"):
                     totals[key] = totals.get(key, 0.0) + float(value)
             totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
-            totals["ratio_mean"] = totals.get("ratio_mean", 0.0) + float(st["ratio"].mean())
             count += 1
     assert len(batches) > 1 and count == 2 * len(batches)
     for key, total in totals.items():
         assert stats[key] == total / count, key
     for a, b in zip(learner.policy.parameters(), by_hand.policy.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def _previous_loss(policy, reference, critic, mb, old, adv, returns, cfg):
+    """The IMPO loss as it was computed before the LM head ran at the action positions only and before the
+    reference's distributions were computed once per update: full (B, T-1, V) distributions, reference inside."""
+    stm = policy.update_memory(mb.prev_stm, mb.mem_ids, mb.mem_mask)
+    log_dist = F.log_softmax(policy(mb.seq_ids, stm, mb.seq_mask).logits[:, :-1].float(), dim=-1)
+    mask = mb.action_mask
+    new = log_dist.gather(-1, mb.targets[..., None]).squeeze(-1).masked_fill(~mask, 0.0)
+    ratio = torch.exp(new - old)
+    a = adv[:, None]
+    surrogate = torch.min(ratio * a, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * a)
+
+    def row_mean(v):
+        return ((v * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)).mean()
+
+    probs = log_dist.exp()
+    with torch.no_grad():
+        ref_stm = reference.update_memory(mb.prev_stm, mb.mem_ids, mb.mem_mask)
+        ref = F.log_softmax(reference(mb.seq_ids, ref_stm, mb.seq_mask).logits[:, :-1].float(), dim=-1)
+    kl = row_mean((probs * (log_dist - ref)).sum(-1))
+    entropy = row_mean(-(probs * log_dist).sum(-1))
+    mem = memory_regularisation(stm, mb.prev_stm, mb.steps, cfg.memory_reg_coef)
+    value_loss = F.mse_loss(critic(mb.critic_ids, mb.critic_mask).float(), returns)
+    return -row_mean(surrogate) - cfg.entropy_coef * entropy + cfg.kl_coef * kl + mem + cfg.value_coef * value_loss
+
+
+def test_loss_with_reference_computed_once_equals_the_previous_path_float64(tok, logs):
+    """float64 toy: the loss (action-position LM head, reference distributions cached once per update, no id
+    checks in the epochs) equals the previous full-distribution loss with the reference pass inside, and so do
+    its gradients, also after the policy has moved away from the reference."""
+    model = tiny_model(tok).double()
+    learner = learner_for(model, tok, minibatch_size=4, kl_coef=0.3, entropy_coef=0.05)
+    learner.critic.double()
+    torch.manual_seed(9)
+    with torch.no_grad():  # the policy differs from its reference: a KL term that is not zero
+        for p in learner.policy.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    items = transitions(logs)
+    batches = [dataclasses.replace(mb, prev_stm=mb.prev_stm.double())
+               for mb in make_minibatches(items, 4, tok.pad_id, learner.critic)]
+    adv, returns = torch.randn(len(items), dtype=torch.float64), torch.randn(len(items), dtype=torch.float64)
+    refs = learner.reference_log_dists(batches)
+    params = learner.parameters()
+    assert len(batches) > 1
+    for b, mb in enumerate(batches):
+        with torch.no_grad():
+            old_b = token_log_probs(policy_pass(learner.policy, mb)[1], mb)
+        old_b = old_b + 0.01 * torch.randn_like(old_b) * mb.action_mask  # ratios that are not 1 (some clipped)
+        adv_b, ret_b = adv[mb.index], returns[mb.index]
+        loss, stats = impo_loss(learner.policy, learner.reference, learner.critic, mb, old_b, adv_b, ret_b,
+                                learner.cfg, reference_log_dist=refs[b], validate=False)
+        expected = _previous_loss(learner.policy, learner.reference, learner.critic, mb, old_b, adv_b, ret_b,
+                                  learner.cfg)
+        assert loss.dtype == torch.float64 and float(stats["kl"]) > 1e-6
+        torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+        got = torch.autograd.grad(loss, params, allow_unused=True)
+        want = torch.autograd.grad(expected, params, allow_unused=True)
+        for g, w in zip(got, want, strict=True):
+            assert (g is None) == (w is None)
+            if g is not None:
+                torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_bad_token_ids_are_refused_on_the_host_naming_the_minibatch(tok, logs):
+    """Ids are checked once per update, before they reach the device (the passes skip their own checks)."""
+    bad = copy.deepcopy(logs)
+    bad[4].steps[1].action_ids = [*bad[4].steps[1].action_ids[:-1], tok.vocab_size + 5]
+    learner = learner_for(tiny_model(tok), tok, minibatch_size=4)
+    # transitions in order: 5 episodes x 2 steps, so episode 4's step 1 is transition 9, in minibatch 2 (8..9)
+    with pytest.raises(ValueError, match=r"IMPO minibatch 2 \(transitions 8..9\): prompt \+ action ids contains "
+                                         rf"token id {tok.vocab_size + 5}"):
+        learner.update(bad)
+
+
+def test_seen_holds_the_latest_update_only(tok, logs):
+    learner = learner_for(tiny_model(tok), tok, ppo_epochs=2, minibatch_size=4)
+    learner.update(logs)
+    learner.update(logs[:2])
+    assert len(learner.seen) == 2  # the second update's two epochs, not four
+    assert all(sorted(seen) == [(e, k) for e in range(2) for k in range(2)] for seen in learner.seen)

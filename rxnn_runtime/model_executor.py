@@ -4,13 +4,19 @@ In order, one lane action:
 
 1. free the slots of turns that ended;
 2. one memory-update pass (encoder + memory attention, `MemoryUpdater`: a CUDA graph per batch and length
-   bucket) for every turn that finished answering in the previous step and every primed interaction of this
-   step: their STMs (resident on the device) stacked, the interactions right-padded, one forward;
+   bucket) for the plan's turns (the runtime launches the turns that just finished answering as a plan of their
+   own, right when it learns they ended, and primed interactions with the step): their STMs (resident on the device) stacked, the interactions right-padded, one forward;
 3. one decode step for every running turn (`DecodeEngine.step`, a CUDA graph per bucket on the GPU);
 4. one prefill for every admitted turn together (`DecodeEngine.start_batch`, memory K/V projected in the same
    pass from the sessions' device-resident STMs);
 5. one token per row (`choose_rows_on_device`: one argmax for the greedy rows, each sampled row with its own
    seeded generator), written straight into the engine's next-token buffer, and one asynchronous copy to the host.
+
+Each step makes a fixed number of torch calls, however many rows it has (index tensors of slot sets are built once
+and kept on the device, the chosen tokens go straight into the engine's token buffer, prompts and interactions
+are padded in Python and become one tensor): in a server every torch call lets the event loop's thread take the
+GIL, and the lane may then wait up to a switch interval to get it back, so calls per row would make a step's host
+time grow with its rows.
 
 `launch` queues all of that without waiting for the device; `collect` waits for the token copy and returns the
 `StepResult`. The runtime launches step N+1 before it collects step N, so the host turns step N's tokens into
@@ -45,7 +51,8 @@ class LaunchedStep:
     plan: StepPlan
     result: StepResult
     rows: list[ActiveTurn] = field(default_factory=list)  # turns whose next token is in ``host``
-    host: torch.Tensor | None = None  # (2, rows): tokens, log-probs (pinned on CUDA)
+    host: torch.Tensor | None = None  # (rows,) tokens (pinned on CUDA)
+    host_log_probs: torch.Tensor | None = None  # (rows,) their log-probs, when any row asked for them
     want_log_probs: list[bool] = field(default_factory=list)
     ready: torch.cuda.Event | None = None
 
@@ -63,8 +70,11 @@ class ModelExecutor:
         # One encoder + memory-attention pass per step for every turn that finished (a graph per shape on CUDA).
         self.updater = MemoryUpdater(model, pad_id=pad_id, use_cuda_graphs=use_cuda_graphs)
         self._sampling: dict[int, tuple[SamplingConfig, torch.Generator | None]] = {}  # slot -> row's sampling
-        # Each slot's last chosen token, on the device: the next decode step reads it without a host round trip.
-        self._next = torch.full((max_slots,), pad_id, dtype=torch.long, device=self.device)
+        # Each slot's last chosen token, on the device: the engine's own token buffer, so the next decode step reads
+        # it without a host round trip or a copy.
+        self._next = self.engine.tokens
+        self._next.fill_(pad_id)
+        self._indices: dict[tuple[int, ...], torch.Tensor] = {}  # slot tuple -> its index tensor on the device
 
     @property
     def capacity(self) -> int:
@@ -89,9 +99,9 @@ class ModelExecutor:
         if decode:
             try:
                 bucket = self.engine.bucket()
-                logits = self.engine.step(self._next[:bucket])
-                index = [t.slot for t in decode]
-                parts.append(logits if index == list(range(bucket)) else logits[to_device_async(index, self.device)])
+                logits = self.engine.step()  # feeds ``self._next``, the engine's token buffer
+                index = tuple(t.slot for t in decode)
+                parts.append(logits if index == tuple(range(bucket)) else logits[self._index(index)])
                 step.rows.extend(decode)
             except Exception as exc:
                 log.exception("decode step failed")
@@ -118,21 +128,29 @@ class ModelExecutor:
                 step.rows = []
         return step
 
+    def _index(self, slots: tuple[int, ...]) -> torch.Tensor:
+        """``slots`` as an index on the device, built once per distinct tuple (the rows of a step change only when
+        turns start or end, so most steps reuse the previous step's)."""
+        index = self._indices.get(slots)
+        if index is None:
+            if len(self._indices) >= 256:  # bounded: slot sets are many only under churn
+                self._indices.clear()
+            index = self._indices[slots] = to_device_async(list(slots), self.device)
+        return index
+
     def _choose(self, step: LaunchedStep, logits: torch.Tensor) -> None:
         rows = [self._sampling[t.slot] for t in step.rows]
         tokens, log_probs = choose_rows_on_device(logits, rows)
-        slots = to_device_async([t.slot for t in step.rows], self.device)
-        self._next.index_copy_(0, slots, tokens)  # fed by the next decode step, on the device
-        values = torch.stack([tokens.float(), log_probs if log_probs is not None else torch.zeros_like(tokens,
-                                                                                                       dtype=torch.float)])
-        if values.is_cuda:
-            step.host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-            step.host.copy_(values, non_blocking=True)
+        self._next.index_copy_(0, self._index(tuple(t.slot for t in step.rows)), tokens)  # the next step's input
+        step.want_log_probs = [cfg.return_log_probs for cfg, _ in rows]
+        if tokens.is_cuda:
+            step.host = _to_host_async(tokens)
+            if log_probs is not None:
+                step.host_log_probs = _to_host_async(log_probs)
             step.ready = torch.cuda.Event()
             step.ready.record()
         else:
-            step.host = values
-        step.want_log_probs = [cfg.return_log_probs for cfg, _ in rows]
+            step.host, step.host_log_probs = tokens, log_probs
 
     def collect(self, step: LaunchedStep) -> StepResult:
         """Wait for the step's tokens and hand back its result (a device error fails the step's rows)."""
@@ -142,13 +160,14 @@ class ModelExecutor:
         try:
             if step.ready is not None:
                 step.ready.synchronize()
-            tokens, log_probs = step.host.tolist()
+            tokens = step.host.tolist()
+            log_probs = step.host_log_probs.tolist() if step.host_log_probs is not None else [None] * len(tokens)
         except Exception as exc:
             log.exception("decode step failed on the device")
             self._fail(step.rows, "internal", exc, result)
             return result
         for turn, token, log_prob, wanted in zip(step.rows, tokens, log_probs, step.want_log_probs, strict=True):
-            result.tokens[turn] = (int(token), log_prob if wanted else None)
+            result.tokens[turn] = (token, log_prob if wanted else None)
         return result
 
     def _update_memory(self, turns: list[ActiveTurn], stm_of: Callable[[str], torch.Tensor],
@@ -174,3 +193,10 @@ class ModelExecutor:
                 self.engine.release(turn.slot)
             self._sampling.pop(turn.slot, None)
             result.failures.append((turn, code, repr(exc)))
+
+
+def _to_host_async(values: torch.Tensor) -> torch.Tensor:
+    """A pinned host copy of ``values``, queued on the current stream (read it after the step's event)."""
+    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+    host.copy_(values, non_blocking=True)
+    return host

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from rxt.decode_engine import CAPTURE_MODE
+from rxt.decode_engine import CAPTURE_MODE, pad_rows
 from rxt.model import RxT
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,10 @@ class MemoryUpdater:
         return self.model.update_memory(stm, ids.to(self.device), valid.to(self.device), validate=False)
 
     def _padded(self, rows: list[list[int]], batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
-        valid = torch.zeros((batch, length), dtype=torch.bool)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            valid[i, : len(row)] = True
+        # A fixed number of torch calls whatever the batch: each one hands the GIL to a server's other threads.
+        ids = pad_rows(rows, batch, length, self.pad_id)
+        lengths = torch.tensor([len(row) for row in rows] + [0] * (batch - len(rows)), dtype=torch.long)
+        valid = torch.arange(length)[None, :] < lengths[:, None]
         if self.device.type == "cuda":
             ids, valid = ids.pin_memory(), valid.pin_memory()
         return ids, valid

@@ -52,7 +52,7 @@ if str(HERE) not in sys.path:  # serving.py and bench_utils.py sit beside this s
     sys.path.insert(0, str(HERE))
 
 from bench_utils import RESULTS_DIR, git_commit, inside, time_ms
-from serving import QUESTION, _run_level, start_server, warm_up
+from serving import QUESTION, _run_level, graph_count, start_server, warm_up
 
 from rxnn_runtime.event_bridge import EventBridge
 from rxnn_runtime.reactive_model import ReactiveModel
@@ -223,6 +223,7 @@ async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Name
             timers.reset()
             threads_before = threading.active_count()
             cpu_before = time.process_time()
+            captured = graph_count(reactive)
             level = await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
             cpu = time.process_time() - cpu_before
             wall_us = level["wall_s"] * 1e6
@@ -236,6 +237,7 @@ async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Name
                 "ttft_ms_p50": level["ttft_ms_p50"], "ttft_ms_p99": level["ttft_ms_p99"],
                 "memory_update_ms_median": level["memory_update_ms_median"],
                 "threads": threads_before,
+                "graph_captures": graph_count(reactive) - captured,  # > 0: captures inside the timing
             }
             if args.breakdown:
                 entry["breakdown_us_per_step"] = {

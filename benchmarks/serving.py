@@ -107,6 +107,13 @@ async def start_server(reactive: ReactiveModel) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/ws"
 
 
+def graph_count(reactive: ReactiveModel) -> int:
+    """CUDA graphs the runtime has captured so far (decode buckets, prefill and memory-update shapes): a level
+    that captures any paid for it inside its timing (tens of ms each, the lane stalled for every session)."""
+    engine, updater = reactive.executor.engine, reactive.executor.updater
+    return len(engine._graphs) + len(engine._prefill_graphs) + len(updater._graphs)
+
+
 async def warm_up(url: str, args: argparse.Namespace, sessions: list[int]) -> None:
     """Each level once in full, unmeasured, so the CUDA graphs its shapes need (decode buckets, prefill lengths of
     every turn, memory-update batch and length buckets) are captured before anything is timed."""
@@ -121,10 +128,12 @@ async def serve_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namesp
     try:
         await warm_up(url, args, args.clients)
         for n in args.clients:
+            captured = graph_count(reactive)
             level = await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
+            level["graph_captures"] = graph_count(reactive) - captured
             print(f"runtime {n:>3} clients: TTFT p50 {level['ttft_ms_p50']:7.1f} ms p99 {level['ttft_ms_p99']:7.1f} ms"
                   f"  aggregate {level['aggregate_tokens_per_s']:9.1f} tok/s  mem update "
-                  f"{level['memory_update_ms_median']:6.1f} ms", flush=True)
+                  f"{level['memory_update_ms_median']:6.1f} ms  graphs captured {level['graph_captures']}", flush=True)
             levels.append(level)
     finally:
         await runner.cleanup()

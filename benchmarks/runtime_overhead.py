@@ -22,8 +22,8 @@ step outside the model's forward. Each one lets the server's event-loop thread t
 wait up to a switch interval to get it back, so this count, not only the Python time, sets the host's cost when
 the loop is busy; it is the same on any device.
 
-Steps (``lane_steps``) are the launches with decode or prefill rows; memory-update passes launched on their own
-(the turns a step ended, right when the lane learns it) are counted apart (``update_passes``).
+Steps (``lane_steps``) are the launches with decode or prefill rows; memory-update passes (``update_passes``, most
+launched on their own, right when the lane learns that a step ended their turns) are counted apart.
 
 CPU figures are a proxy for the GPU's: the engine's share differs, the host's Python costs are alike.
 
@@ -203,9 +203,10 @@ async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Name
     steps = collections.Counter()
     launch = reactive.executor.launch
 
-    def counting_launch(plan, stm_of):  # steps with rows; memory-update passes launched on their own apart
+    def counting_launch(plan, stm_of):  # steps with rows; memory-update passes apart
         rows = len(plan.decode) + len(plan.admit)
-        steps["launches" if rows else "update_passes"] += 1
+        steps["launches"] += bool(rows)
+        steps["update_passes"] += bool(plan.updates)
         steps["decode_rows"] += rows
         return launch(plan, stm_of)
 

@@ -218,7 +218,7 @@ async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Name
     runner, url = await start_server(reactive)
     levels = []
     try:
-        await warm_up(url, args, args.sessions)  # every turn of every level, as serving.py: no capture is timed
+        await warm_up(url, args, args.sessions, reactive)  # every turn of every level, as serving.py: no capture is timed
         for n in args.sessions:
             steps.clear()
             timers.reset()

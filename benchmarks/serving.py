@@ -110,13 +110,20 @@ async def start_server(reactive: ReactiveModel) -> tuple[web.AppRunner, str]:
 def graph_count(reactive: ReactiveModel) -> int:
     """CUDA graphs the runtime has captured so far (decode buckets, prefill and memory-update shapes): a level
     that captures any paid for it inside its timing (tens of ms each, the lane stalled for every session)."""
-    engine, updater = reactive.executor.engine, reactive.executor.updater
-    return len(engine._graphs) + len(engine._prefill_graphs) + len(updater._graphs)
+    return reactive.executor.graph_count()
 
 
-async def warm_up(url: str, args: argparse.Namespace, sessions: list[int]) -> None:
-    """Each level once in full, unmeasured, so the CUDA graphs its shapes need (decode buckets, prefill lengths of
-    every turn, memory-update batch and length buckets) are captured before anything is timed."""
+async def warm_up(url: str, args: argparse.Namespace, sessions: list[int], reactive: ReactiveModel) -> None:
+    """Every prefill and memory-update graph the clients' turns can need, at every batch size, captured first
+    (`ModelExecutor.precapture`: which batches form depends on when queries arrive, so a warm-up level alone may
+    miss some), then each level once in full, unmeasured (decode buckets), before anything is timed."""
+    from serving_clients import QUESTIONS
+
+    template = InteractionTemplate(reactive.tokenizer)
+    prompt = max(len(template.query_ids(q)) for q in QUESTIONS)
+    captured = reactive.executor.precapture(max_prompt_tokens=prompt,
+                                            max_interaction_tokens=prompt + args.max_new_tokens + 1)
+    print(f"warm-up: {captured} prefill and memory-update graphs captured ahead", flush=True)
     for n in sorted(set(sessions)):
         await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
 
@@ -126,7 +133,7 @@ async def serve_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namesp
     runner, url = await start_server(reactive)
     levels = []
     try:
-        await warm_up(url, args, args.clients)
+        await warm_up(url, args, args.clients, reactive)
         for n in args.clients:
             captured = graph_count(reactive)
             level = await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)

@@ -36,8 +36,8 @@ import torch
 
 from rxnn_runtime.active_turn import ActiveTurn
 from rxnn_runtime.turn_scheduler import StepPlan, StepResult
-from rxt.decode_engine import DecodeEngine, to_device_async
-from rxt.memory_update import MemoryUpdater
+from rxt.decode_engine import PREFILL_BUCKETS, DecodeEngine, to_device_async
+from rxt.memory_update import LENGTH_BUCKETS, MemoryUpdater
 from rxt.model import RxT
 from rxt.sampling import SamplingConfig, choose_rows_on_device
 
@@ -79,6 +79,30 @@ class ModelExecutor:
     @property
     def capacity(self) -> int:
         return self.engine.capacity
+
+    def graph_count(self) -> int:
+        """CUDA graphs captured so far: decode buckets, prefill and memory-update shapes."""
+        return len(self.engine._graphs) + len(self.engine._prefill_graphs) + len(self.updater._graphs)
+
+    def precapture(self, *, max_prompt_tokens: int, max_interaction_tokens: int) -> int:
+        """On CUDA, capture now every prefill and memory-update graph that up to ``max_slots`` rows of at most these
+        lengths can need (each batch bucket with each length bucket up to the one that covers the length), rather
+        than when a step first meets the shape: a capture takes tens of ms, during which the lane, and so every
+        session, waits. Returns how many graphs were captured (0 on the CPU). Decode graphs, one per batch bucket,
+        are captured by the first step in each bucket."""
+        before = self.graph_count()
+        max_interaction_tokens = min(max_interaction_tokens, self.model.config.max_seq_len)  # longer: truncated
+        stm = self.model.initial_memory(1).detach()  # (L, 1, S, D): every session's STM shape and dtype
+        for n in self.engine.buckets:
+            for bucket in PREFILL_BUCKETS:
+                self.engine.capture_prefill(n, min(bucket, max_prompt_tokens), stm)
+                if bucket >= max_prompt_tokens:
+                    break
+            for bucket in LENGTH_BUCKETS:
+                self.updater.capture(n, min(bucket, max_interaction_tokens), stm)
+                if bucket >= max_interaction_tokens:
+                    break
+        return self.graph_count() - before
 
     @torch.no_grad()
     def launch(self, plan: StepPlan, stm_of: Callable[[str], torch.Tensor]) -> LaunchedStep:

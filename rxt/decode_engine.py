@@ -256,8 +256,7 @@ class DecodeEngine:
             return None  # let the eager path raise its precise error
         if any(not 1 <= length < self.capacity for length in lengths):
             return None
-        batch = next((b for b in self.buckets if b >= n), None)
-        bucket = next((b for b in PREFILL_BUCKETS if b >= max(lengths) and b < self.capacity), None)
+        batch, bucket = self._prefill_key(n, max(lengths))
         if batch is None or bucket is None:
             return None
         stage, cache = self._stage_buffers(batch, stm)
@@ -292,6 +291,26 @@ class DecodeEngine:
             self.slot_length[slot] = length
             self.live[slot] = True
         return graph[1][:n]
+
+    def _prefill_key(self, n: int, tokens: int) -> tuple[int | None, int | None]:
+        """The (batch bucket, length bucket) of a prefill of ``n`` prompts of at most ``tokens`` tokens (None past
+        the buckets: eager)."""
+        return (next((b for b in self.buckets if b >= n), None),
+                next((b for b in PREFILL_BUCKETS if b >= tokens and b < self.capacity), None))
+
+    @torch.no_grad()
+    def capture_prefill(self, n: int, tokens: int, stm: torch.Tensor) -> bool:
+        """Capture now the prefill graph that ``n`` prompts of at most ``tokens`` tokens use, not when a prefill
+        first needs it (a capture takes tens of ms; a server's lane, and every session, waits through it).
+        ``stm`` (L, n, S, D) gives the memory's shape and dtype. True when the graph is ready; False on the CPU,
+        past the buckets, or when capture failed (prefills then run eagerly, as they would have)."""
+        if not self.use_cuda_graphs or self._graph_failed:
+            return False
+        batch, bucket = self._prefill_key(n, tokens)
+        if batch is None or bucket is None:
+            return False
+        self._stage_buffers(batch, stm)
+        return (self._prefill_graphs.get((batch, bucket)) or self._capture_prefill(batch, bucket)) is not None
 
     def _stage_buffers(self, batch: int, stm: torch.Tensor):
         if batch not in self._stages:

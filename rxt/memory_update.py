@@ -49,7 +49,7 @@ class MemoryUpdater:
         rows = [list(ids)[:max_len] for ids in interactions]
         longest = max((len(r) for r in rows), default=1)
         if self.use_cuda_graphs and not self._failed:
-            key = (_bucket(n, BATCH_BUCKETS, n), min(_bucket(longest, LENGTH_BUCKETS, longest), max_len))
+            key = self._key(n, longest)
             graph = self._graphs.get(key) or self._capture(key, stm)
             if graph is not None:
                 buffers = graph[1]
@@ -61,6 +61,20 @@ class MemoryUpdater:
                 return buffers["out"][:, :n].clone()  # out of place: the buffer is reused by the next replay
         ids, valid = self._padded(rows, n, longest)
         return self.model.update_memory(stm, ids.to(self.device), valid.to(self.device), validate=False)
+
+    def _key(self, n: int, tokens: int) -> tuple[int, int]:
+        """The (batch bucket, length bucket) of ``n`` interactions of at most ``tokens`` tokens."""
+        return _bucket(n, BATCH_BUCKETS, n), min(_bucket(tokens, LENGTH_BUCKETS, tokens), self.model.config.max_seq_len)
+
+    @torch.no_grad()
+    def capture(self, n: int, tokens: int, stm: torch.Tensor) -> bool:
+        """Capture now the graph that ``n`` interactions of at most ``tokens`` tokens use, not on first use (a
+        capture takes tens of ms). ``stm`` (L, n, S, D) gives the memory's shape and dtype. True when the graph is
+        ready; False on the CPU or when capture failed (updates then run eagerly, as they would have)."""
+        if not self.use_cuda_graphs or self._failed:
+            return False
+        key = self._key(n, min(tokens, self.model.config.max_seq_len))
+        return (self._graphs.get(key) or self._capture(key, stm)) is not None
 
     def _padded(self, rows: list[list[int]], batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         # A fixed number of torch calls whatever the batch: each one hands the GIL to a server's other threads.

@@ -72,3 +72,34 @@ def test_decode_rows_of_a_partial_bucket_get_their_own_logits():
     together = run([0, 2, 3], 3)
     for slot in (0, 2, 3):
         assert together[f"s{slot}"] == run([slot], 3)[f"s{slot}"], slot
+
+
+def test_precapture_covers_every_batch_and_length_a_step_can_meet(monkeypatch):
+    """With stand-in captures (the CPU has no CUDA graphs; they record their key): after `precapture`, a prefill
+    of any 1..max_slots prompts of up to the given length, and an update pass of any 1..max_slots interactions of
+    up to the given length, finds its graph, so no capture is left to stall the lane while sessions wait."""
+    from rxt.decode_engine import DecodeEngine
+    from rxt.memory_update import MemoryUpdater
+
+    def fake_prefill(self, batch, bucket):
+        self._prefill_graphs[(batch, bucket)] = ("graph", None, None)
+        return self._prefill_graphs[(batch, bucket)]
+
+    def fake_update(self, key, stm):
+        self._graphs[key] = ("graph", {})
+        return self._graphs[key]
+
+    monkeypatch.setattr(DecodeEngine, "_capture_prefill", fake_prefill)
+    monkeypatch.setattr(MemoryUpdater, "_capture", fake_update)
+    model, tokenizer = tiny_model()
+    executor = ModelExecutor(model, max_slots=12, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+    assert executor.precapture(max_prompt_tokens=20, max_interaction_tokens=60) == 0  # the CPU: nothing
+    executor.engine.use_cuda_graphs = executor.updater.use_cuda_graphs = True
+    captured = executor.precapture(max_prompt_tokens=20, max_interaction_tokens=60)
+    assert captured == executor.graph_count() > 0
+    for n in range(1, 13):
+        for tokens in range(1, 21):
+            assert executor.engine._prefill_key(n, tokens) in executor.engine._prefill_graphs, (n, tokens)
+        for tokens in range(1, 61):
+            assert executor.updater._key(n, tokens) in executor.updater._graphs, (n, tokens)
+    assert executor.precapture(max_prompt_tokens=20, max_interaction_tokens=60) == 0  # all there already

@@ -55,7 +55,7 @@ from bench_utils import RESULTS_DIR, git_commit, inside, time_ms
 from serving import QUESTION, _run_level, graph_count, start_server, warm_up
 
 from rxnn_runtime.event_bridge import EventBridge
-from rxnn_runtime.reactive_model import ReactiveModel
+from rxnn_runtime.reactive_model import SWITCH_INTERVAL_S, ReactiveModel
 from rxnn_runtime.server import websocket
 from rxt.atomic_io import atomic_write_json
 from rxt.config import RxTConfig
@@ -199,7 +199,8 @@ def engine_host_loop(model: RxT, tokenizer: RxTokenizer, n: int, device: torch.d
 
 
 async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namespace) -> list[dict]:
-    reactive = ReactiveModel(model, tokenizer, max_batch_size=max(args.sessions), max_pending_per_session=4)
+    reactive = ReactiveModel(model, tokenizer, max_batch_size=max(args.sessions), max_pending_per_session=4,
+                             switch_interval_s=args.switch_interval_s)
     steps = collections.Counter()
     launch = reactive.executor.launch
 
@@ -270,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of the server process")
+    parser.add_argument("--switch-interval-s", type=float, default=SWITCH_INTERVAL_S,
+                        help="the GIL switch interval the runtime sets when connected (ReactiveModel's "
+                             "switch_interval_s): how long the lane may wait for the GIL after each torch call")
     parser.add_argument("--count-torch-calls", action="store_true",
                         help="count the lane's torch calls per step outside the model (slows every call: a run "
                              "of its own)")

@@ -12,8 +12,18 @@ asyncio, websocket frames) dominates, as it does on a GPU whose step is a captur
   step above the engine's (``overhead_us_per_step``).
 
 ``--breakdown`` also times the parts of the server process (lane: schedule / launch / collect / turning tokens
-into events / handing the batch over; loop: fan-out to the sessions, frame building and sending) by wrapping
-them, which adds a little cost of its own; the shares, not the totals, are what it is for.
+into events / handing the batch over / the model's own forward; loop: fan-out to the sessions, frame building and
+sending) by wrapping them, which adds a little cost of its own; the shares, not the totals, are what it is for.
+``lane_host_us_per_step`` is the lane's step time less the model's forward: on the CPU the forward is eager
+compute, on CUDA a graph replay, so this is the host's own cost either way.
+
+``--count-torch-calls`` (a run of its own: counting slows every call) counts the torch calls the lane makes per
+step outside the model's forward. Each one lets the server's event-loop thread take the GIL, and the lane may then
+wait up to a switch interval to get it back, so this count, not only the Python time, sets the host's cost when
+the loop is busy; it is the same on any device.
+
+Steps (``lane_steps``) are the launches with decode or prefill rows; memory-update passes (``update_passes``, most
+launched on their own, right when the lane learns that a step ended their turns) are counted apart.
 
 CPU figures are a proxy for the GPU's: the engine's share differs, the host's Python costs are alike.
 
@@ -35,20 +45,22 @@ import time
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # serving.py and bench_utils.py sit beside this script (imported as a module too)
     sys.path.insert(0, str(HERE))
 
 from bench_utils import RESULTS_DIR, git_commit, inside, time_ms
-from serving import QUESTION, _run_level, start_server, warm_up
+from serving import QUESTION, _run_level, graph_count, start_server, warm_up
 
 from rxnn_runtime.event_bridge import EventBridge
-from rxnn_runtime.reactive_model import ReactiveModel
+from rxnn_runtime.reactive_model import SWITCH_INTERVAL_S, ReactiveModel
 from rxnn_runtime.server import websocket
 from rxt.atomic_io import atomic_write_json
 from rxt.config import RxTConfig
 from rxt.decode_engine import DecodeEngine
+from rxt.decoder import Decoder
 from rxt.model import RxT
 from rxt.template import InteractionTemplate
 from rxt.tokenizer import RxTokenizer
@@ -96,6 +108,10 @@ class Timers:
         self.calls.clear()
 
 
+MODEL_FORWARD = [(Decoder, "forward"), (Decoder, "project_memory"), (RxT, "update_memory")]
+"""The model's own compute on the lane: eager on the CPU, only captured (then replayed) on CUDA."""
+
+
 def _instrument(reactive: ReactiveModel, timers: Timers) -> None:
     lane = [(ReactiveModel, "_step", "lane: step (all)"),
             (reactive.scheduler, "schedule", "lane: scheduler.schedule"),
@@ -106,13 +122,62 @@ def _instrument(reactive: ReactiveModel, timers: Timers) -> None:
             (ReactiveModel, "_on_messages", "lane: input messages"),
             (EventBridge, "_dispatch", "loop: fan-out to sessions (bridge + connections)"),
             (websocket.Connection, "_encode", "loop: frame encode"),
-            (websocket.Connection, "send_frame", "loop: frame encode + send")]
+            (websocket.Connection, "send_frame", "loop: frame encode + send"),
+            *[(owner, name, "lane: model forward (eager on the CPU)") for owner, name in MODEL_FORWARD]]
     for owner, name, label in lane:
         if isinstance(owner, type):
             timers.wrap(owner, name, label)
         else:  # bound method on an instance: wrap it in the instance's dict
             owner.__dict__[name] = getattr(owner, name)
             timers.wrap(owner, name, label)
+
+
+REPLAYED = [*MODEL_FORWARD, (DecodeEngine, "_step")]
+"""What a CUDA graph replays (one call) and the CPU runs eagerly: not counted as the lane's torch calls."""
+NOT_OPS = ("__get__", "_set_grad_enabled")  # attribute reads (.shape, .is_cuda) and no_grad: no op dispatched
+
+
+class _TorchCalls(TorchFunctionMode):
+    """Counts torch ops called outside the model's forward (``outside`` tells, per thread)."""
+
+    def __init__(self, outside: threading.local) -> None:
+        super().__init__()
+        self.outside = outside
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if not getattr(self.outside, "model", 0) and getattr(func, "__name__", "") not in NOT_OPS:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _count_torch_calls(reactive: ReactiveModel, counter: collections.Counter) -> list:
+    """Count the lane's torch calls per step (``counter["torch_calls"]``); returns what undoes the wrapping."""
+    state = threading.local()
+    undo = []
+    for owner, name in REPLAYED:
+        original = owner.__dict__[name]
+
+        def inside_model(*args, _original=original, **kwargs):
+            state.model = getattr(state, "model", 0) + 1
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                state.model -= 1
+
+        setattr(owner, name, functools.wraps(original)(inside_model))
+        undo.append((owner, name, original))
+    step = reactive._step
+
+    def counted_step():
+        with _TorchCalls(state) as mode:
+            try:
+                return step()
+            finally:
+                counter["torch_calls"] += mode.calls
+
+    reactive._step = counted_step
+    return undo
 
 
 def engine_host_loop(model: RxT, tokenizer: RxTokenizer, n: int, device: torch.device) -> float:
@@ -134,34 +199,39 @@ def engine_host_loop(model: RxT, tokenizer: RxTokenizer, n: int, device: torch.d
 
 
 async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namespace) -> list[dict]:
-    reactive = ReactiveModel(model, tokenizer, max_batch_size=max(args.sessions), max_pending_per_session=4)
+    reactive = ReactiveModel(model, tokenizer, max_batch_size=max(args.sessions), max_pending_per_session=4,
+                             switch_interval_s=args.switch_interval_s)
     steps = collections.Counter()
     launch = reactive.executor.launch
 
-    def counting_launch(plan, stm_of):  # decode steps (rows fed) and every lane step with device work
-        steps["launches"] += 1
-        steps["decode_rows"] += len(plan.decode) + len(plan.admit)
+    def counting_launch(plan, stm_of):  # steps with rows; memory-update passes apart
+        rows = len(plan.decode) + len(plan.admit)
+        steps["launches"] += bool(rows)
+        steps["update_passes"] += bool(plan.updates)
+        steps["decode_rows"] += rows
         return launch(plan, stm_of)
 
     reactive.executor.launch = counting_launch
     timers = Timers()
     if args.breakdown:
         _instrument(reactive, timers)
+    undo = _count_torch_calls(reactive, steps) if args.count_torch_calls else []
     runner, url = await start_server(reactive)
     levels = []
     try:
-        await warm_up(url, args, args.sessions)  # every turn of every level, as serving.py: no capture is timed
+        await warm_up(url, args, args.sessions, reactive)  # every turn of every level, as serving.py: no capture is timed
         for n in args.sessions:
             steps.clear()
             timers.reset()
             threads_before = threading.active_count()
             cpu_before = time.process_time()
+            captured = graph_count(reactive)
             level = await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
             cpu = time.process_time() - cpu_before
             wall_us = level["wall_s"] * 1e6
             entry = {
                 "sessions": n, "tokens": level["tokens"], "wall_s": level["wall_s"],
-                "lane_steps": steps["launches"],
+                "lane_steps": steps["launches"], "update_passes": steps["update_passes"],
                 "us_per_step": wall_us / max(steps["launches"], 1),
                 "us_per_token": wall_us / max(level["tokens"], 1),
                 "server_cpu_us_per_token": cpu * 1e6 / max(level["tokens"], 1),
@@ -169,17 +239,25 @@ async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Name
                 "ttft_ms_p50": level["ttft_ms_p50"], "ttft_ms_p99": level["ttft_ms_p99"],
                 "memory_update_ms_median": level["memory_update_ms_median"],
                 "threads": threads_before,
+                "graph_captures": graph_count(reactive) - captured,  # > 0: captures inside the timing
             }
             if args.breakdown:
                 entry["breakdown_us_per_step"] = {
                     label: seconds * 1e6 / max(steps["launches"], 1) for label, seconds in sorted(timers.seconds.items())
                 }
                 entry["breakdown_calls"] = dict(timers.calls)
+                model_s = timers.seconds["lane: model forward (eager on the CPU)"]
+                entry["lane_host_us_per_step"] = ((timers.seconds["lane: step (all)"] - model_s) * 1e6
+                                                  / max(steps["launches"], 1))
+            if args.count_torch_calls:
+                entry["lane_torch_calls_per_step"] = steps["torch_calls"] / max(steps["launches"], 1)
             levels.append(entry)
     finally:
         await runner.cleanup()
         reactive.dispose()
         timers.undo()
+        for owner, name, original in undo:
+            setattr(owner, name, original)
     return levels
 
 
@@ -193,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of the server process")
+    parser.add_argument("--switch-interval-s", type=float, default=SWITCH_INTERVAL_S,
+                        help="the GIL switch interval the runtime sets when connected (ReactiveModel's "
+                             "switch_interval_s): how long the lane may wait for the GIL after each torch call")
+    parser.add_argument("--count-torch-calls", action="store_true",
+                        help="count the lane's torch calls per step outside the model (slows every call: a run "
+                             "of its own)")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (a run appended to its 'runs')")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -221,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{level['overhead_us_per_step']:8.0f} us/step", flush=True)
         for label, us in level.get("breakdown_us_per_step", {}).items():
             print(f"      {label:<52} {us:8.0f} us/step  ({level['breakdown_calls'][label]} calls)")
+        if "lane_host_us_per_step" in level:
+            print(f"      lane host time per step, model forward excluded: {level['lane_host_us_per_step']:8.0f} us")
+        if "lane_torch_calls_per_step" in level:
+            print(f"      lane torch calls per step, model forward excluded: {level['lane_torch_calls_per_step']:6.1f}")
     run = {"benchmark": "runtime_overhead", "commit": git_commit(), "device": args.device,
            "device_name": torch.cuda.get_device_name() if device.type == "cuda" else None,
            "dtype": str(dtype).removeprefix("torch."), "gil_switch_interval_s": sys.getswitchinterval(),

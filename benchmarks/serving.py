@@ -107,9 +107,23 @@ async def start_server(reactive: ReactiveModel) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/ws"
 
 
-async def warm_up(url: str, args: argparse.Namespace, sessions: list[int]) -> None:
-    """Each level once in full, unmeasured, so the CUDA graphs its shapes need (decode buckets, prefill lengths of
-    every turn, memory-update batch and length buckets) are captured before anything is timed."""
+def graph_count(reactive: ReactiveModel) -> int:
+    """CUDA graphs the runtime has captured so far (decode buckets, prefill and memory-update shapes): a level
+    that captures any paid for it inside its timing (tens of ms each, the lane stalled for every session)."""
+    return reactive.executor.graph_count()
+
+
+async def warm_up(url: str, args: argparse.Namespace, sessions: list[int], reactive: ReactiveModel) -> None:
+    """Every prefill and memory-update graph the clients' turns can need, at every batch size, captured first
+    (`ModelExecutor.precapture`: which batches form depends on when queries arrive, so a warm-up level alone may
+    miss some), then each level once in full, unmeasured (decode buckets), before anything is timed."""
+    from serving_clients import QUESTIONS
+
+    template = InteractionTemplate(reactive.tokenizer)
+    prompt = max(len(template.query_ids(q)) for q in QUESTIONS)
+    captured = reactive.executor.precapture(max_prompt_tokens=prompt,
+                                            max_interaction_tokens=prompt + args.max_new_tokens + 1)
+    print(f"warm-up: {captured} prefill and memory-update graphs captured ahead", flush=True)
     for n in sorted(set(sessions)):
         await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
 
@@ -119,12 +133,14 @@ async def serve_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namesp
     runner, url = await start_server(reactive)
     levels = []
     try:
-        await warm_up(url, args, args.clients)
+        await warm_up(url, args, args.clients, reactive)
         for n in args.clients:
+            captured = graph_count(reactive)
             level = await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
+            level["graph_captures"] = graph_count(reactive) - captured
             print(f"runtime {n:>3} clients: TTFT p50 {level['ttft_ms_p50']:7.1f} ms p99 {level['ttft_ms_p99']:7.1f} ms"
                   f"  aggregate {level['aggregate_tokens_per_s']:9.1f} tok/s  mem update "
-                  f"{level['memory_update_ms_median']:6.1f} ms", flush=True)
+                  f"{level['memory_update_ms_median']:6.1f} ms  graphs captured {level['graph_captures']}", flush=True)
             levels.append(level)
     finally:
         await runner.cleanup()

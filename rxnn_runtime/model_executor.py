@@ -4,14 +4,20 @@ In order, one lane action:
 
 1. free the slots of turns that ended;
 2. one memory-update pass (encoder + memory attention, `MemoryUpdater`: a CUDA graph per batch and length
-   bucket) for every turn that finished answering in the previous step and every primed interaction of this
-   step: their STMs (resident on the device) stacked, the interactions right-padded, one forward;
+   bucket) for the plan's turns (the runtime launches the turns that just finished answering as a plan of their
+   own, right when it learns they ended, and primed interactions with the step): their STMs (resident on the device) stacked, the interactions right-padded, one forward;
 3. one decode step for every running turn (`DecodeEngine.step`, a CUDA graph per bucket on the GPU);
 4. one prefill for every admitted turn together (`DecodeEngine.start_batch`, memory K/V projected in the same
    pass from the sessions' device-resident STMs);
 5. one token per row (`choose_rows_on_device`: one batched pass; greedy rows take the argmax, each sampled row
    draws from its own counter-based noise stream, `rxt.sampling_noise`), written straight into the engine's
    next-token buffer, and one asynchronous copy to the host.
+
+Each step makes a fixed number of torch calls, however many rows it has (index tensors of slot sets are built once
+and kept on the device, the chosen tokens go straight into the engine's token buffer, prompts and interactions
+are padded in Python and become one tensor): in a server every torch call lets the event loop's thread take the
+GIL, and the lane may then wait up to a switch interval to get it back, so calls per row would make a step's host
+time grow with its rows.
 
 `launch` queues all of that without waiting for the device; `collect` waits for the token copy and returns the
 `StepResult`. The runtime launches step N+1 before it collects step N, so the host turns step N's tokens into
@@ -31,8 +37,8 @@ import torch
 
 from rxnn_runtime.active_turn import ActiveTurn
 from rxnn_runtime.turn_scheduler import StepPlan, StepResult
-from rxt.decode_engine import DecodeEngine, to_device_async
-from rxt.memory_update import MemoryUpdater
+from rxt.decode_engine import PREFILL_BUCKETS, DecodeEngine, to_device_async
+from rxt.memory_update import LENGTH_BUCKETS, MemoryUpdater
 from rxt.model import RxT
 from rxt.sampling import SamplingConfig, choose_rows_on_device
 from rxt.sampling_noise import SampleStream
@@ -47,7 +53,8 @@ class LaunchedStep:
     plan: StepPlan
     result: StepResult
     rows: list[ActiveTurn] = field(default_factory=list)  # turns whose next token is in ``host``
-    host: torch.Tensor | None = None  # (2, rows): tokens, log-probs (pinned on CUDA)
+    host: torch.Tensor | None = None  # (rows,) tokens (pinned on CUDA)
+    host_log_probs: torch.Tensor | None = None  # (rows,) their log-probs, when any row asked for them
     want_log_probs: list[bool] = field(default_factory=list)
     ready: torch.cuda.Event | None = None
 
@@ -65,12 +72,39 @@ class ModelExecutor:
         # One encoder + memory-attention pass per step for every turn that finished (a graph per shape on CUDA).
         self.updater = MemoryUpdater(model, pad_id=pad_id, use_cuda_graphs=use_cuda_graphs)
         self._sampling: dict[int, tuple[SamplingConfig, SampleStream | None]] = {}  # slot -> row's sampling
-        # Each slot's last chosen token, on the device: the next decode step reads it without a host round trip.
-        self._next = torch.full((max_slots,), pad_id, dtype=torch.long, device=self.device)
+        # Each slot's last chosen token, on the device: the engine's own token buffer, so the next decode step reads
+        # it without a host round trip or a copy.
+        self._next = self.engine.tokens
+        self._next.fill_(pad_id)
+        self._indices: dict[tuple[int, ...], torch.Tensor] = {}  # slot tuple -> its index tensor on the device
 
     @property
     def capacity(self) -> int:
         return self.engine.capacity
+
+    def graph_count(self) -> int:
+        """CUDA graphs captured so far: decode buckets, prefill and memory-update shapes."""
+        return len(self.engine._graphs) + len(self.engine._prefill_graphs) + len(self.updater._graphs)
+
+    def precapture(self, *, max_prompt_tokens: int, max_interaction_tokens: int) -> int:
+        """On CUDA, capture now every prefill and memory-update graph that up to ``max_slots`` rows of at most these
+        lengths can need (each batch bucket with each length bucket up to the one that covers the length), rather
+        than when a step first meets the shape: a capture takes tens of ms, during which the lane, and so every
+        session, waits. Returns how many graphs were captured (0 on the CPU). Decode graphs, one per batch bucket,
+        are captured by the first step in each bucket."""
+        before = self.graph_count()
+        max_interaction_tokens = min(max_interaction_tokens, self.model.config.max_seq_len)  # longer: truncated
+        stm = self.model.initial_memory(1).detach()  # (L, 1, S, D): every session's STM shape and dtype
+        for n in self.engine.buckets:
+            for bucket in PREFILL_BUCKETS:
+                self.engine.capture_prefill(n, min(bucket, max_prompt_tokens), stm)
+                if bucket >= max_prompt_tokens:
+                    break
+            for bucket in LENGTH_BUCKETS:
+                self.updater.capture(n, min(bucket, max_interaction_tokens), stm)
+                if bucket >= max_interaction_tokens:
+                    break
+        return self.graph_count() - before
 
     @torch.no_grad()
     def launch(self, plan: StepPlan, stm_of: Callable[[str], torch.Tensor]) -> LaunchedStep:
@@ -91,9 +125,9 @@ class ModelExecutor:
         if decode:
             try:
                 bucket = self.engine.bucket()
-                logits = self.engine.step(self._next[:bucket])
-                index = [t.slot for t in decode]
-                parts.append(logits if index == list(range(bucket)) else logits[to_device_async(index, self.device)])
+                logits = self.engine.step()  # feeds ``self._next``, the engine's token buffer
+                index = tuple(t.slot for t in decode)
+                parts.append(logits if index == tuple(range(bucket)) else logits[self._index(index)])
                 step.rows.extend(decode)
             except Exception as exc:
                 log.exception("decode step failed")
@@ -122,21 +156,29 @@ class ModelExecutor:
                 step.rows = []
         return step
 
+    def _index(self, slots: tuple[int, ...]) -> torch.Tensor:
+        """``slots`` as an index on the device, built once per distinct tuple (the rows of a step change only when
+        turns start or end, so most steps reuse the previous step's)."""
+        index = self._indices.get(slots)
+        if index is None:
+            if len(self._indices) >= 256:  # bounded: slot sets are many only under churn
+                self._indices.clear()
+            index = self._indices[slots] = to_device_async(list(slots), self.device)
+        return index
+
     def _choose(self, step: LaunchedStep, logits: torch.Tensor) -> None:
         rows = [self._sampling[t.slot] for t in step.rows]
         tokens, log_probs = choose_rows_on_device(logits, rows)
-        slots = to_device_async([t.slot for t in step.rows], self.device)
-        self._next.index_copy_(0, slots, tokens)  # fed by the next decode step, on the device
-        values = torch.stack([tokens.float(), log_probs if log_probs is not None else torch.zeros_like(tokens,
-                                                                                                       dtype=torch.float)])
-        if values.is_cuda:
-            step.host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-            step.host.copy_(values, non_blocking=True)
+        self._next.index_copy_(0, self._index(tuple(t.slot for t in step.rows)), tokens)  # the next step's input
+        step.want_log_probs = [cfg.return_log_probs for cfg, _ in rows]
+        if tokens.is_cuda:
+            step.host = _to_host_async(tokens)
+            if log_probs is not None:
+                step.host_log_probs = _to_host_async(log_probs)
             step.ready = torch.cuda.Event()
             step.ready.record()
         else:
-            step.host = values
-        step.want_log_probs = [cfg.return_log_probs for cfg, _ in rows]
+            step.host, step.host_log_probs = tokens, log_probs
 
     def collect(self, step: LaunchedStep) -> StepResult:
         """Wait for the step's tokens and hand back its result (a device error fails the step's rows)."""
@@ -146,13 +188,14 @@ class ModelExecutor:
         try:
             if step.ready is not None:
                 step.ready.synchronize()
-            tokens, log_probs = step.host.tolist()
+            tokens = step.host.tolist()
+            log_probs = step.host_log_probs.tolist() if step.host_log_probs is not None else [None] * len(tokens)
         except Exception as exc:
             log.exception("decode step failed on the device")
             self._fail(step.rows, "internal", exc, result)
             return result
         for turn, token, log_prob, wanted in zip(step.rows, tokens, log_probs, step.want_log_probs, strict=True):
-            result.tokens[turn] = (int(token), log_prob if wanted else None)
+            result.tokens[turn] = (token, log_prob if wanted else None)
         return result
 
     def _update_memory(self, turns: list[ActiveTurn], stm_of: Callable[[str], torch.Tensor],
@@ -178,3 +221,10 @@ class ModelExecutor:
                 self.engine.release(turn.slot)
             self._sampling.pop(turn.slot, None)
             result.failures.append((turn, code, repr(exc)))
+
+
+def _to_host_async(values: torch.Tensor) -> torch.Tensor:
+    """A pinned host copy of ``values``, queued on the current stream (read it after the step's event)."""
+    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+    host.copy_(values, non_blocking=True)
+    return host

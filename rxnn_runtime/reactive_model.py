@@ -11,9 +11,10 @@ thread are moved onto the lane by RxPY's ``observe_on``, all that wait in one la
 of queries is accepted at once and prefilled together in the next step. Nothing flows before `connect()`: queries
 sent earlier wait.
 
-Each step is one lane action: the scheduler plans it (memory-update pass for turns that finished answering,
-one decode step for every running turn, one prefill for the turns admitted together), the executor runs it
-on the device, the scheduler turns the output into events, and the events of the step leave as **one batch**
+Each step is one lane action: the scheduler plans it (one decode step for every running turn, one prefill for
+the turns admitted together, primed interactions' memory update), the executor runs it on the device, the
+scheduler turns the previous step's output into events, the turns that output ended get their memory-update pass
+at once (queued behind the step; its STMs go to the commit writer at launch), and the events of the step leave as **one batch**
 (`batches`, a tuple per action) so they cross threads once per step; `events` is the same stream one event at
 a time. Steps and input messages interleave on the lane, so a new query or a cancel waits at most one step.
 
@@ -242,25 +243,39 @@ class ReactiveModel:
         try:
             plan = self.scheduler.schedule()
             if not plan.empty:
-                events.extend(self.scheduler.started_events(plan))
-                self._inflight = self.executor.launch(plan, lambda sid: self.sessions.get(sid).stm)
+                self._inflight = self._launch(plan, events)
                 self.commits.submit_many([(turn, self.sessions.reset(turn.session_id)) for turn in plan.resets])
             if previous is not None:
                 events.extend(self._finish(previous))
+            # The turns ``previous`` ended update their memory now, queued behind the step just launched, rather
+            # than in the next step's plan: one step less from the answer to its commit. No rows: nothing to wait.
+            updates = self.scheduler.schedule_updates()
+            if not updates.empty:
+                launched = self._launch(updates, events)
+                events.extend(self.scheduler.update_from_output(updates, self.executor.collect(launched)))
         finally:
             self._emit(events)
             if self._inflight is not None or self.scheduler.has_work():
                 self._request_step()
 
-    def _finish(self, launched) -> list[Event]:
-        result = self.executor.collect(launched)
-        events = self.scheduler.update_from_output(launched.plan, result)
+    def _launch(self, plan, events: list[Event]):
+        """Launch ``plan`` on the device and hand the memory its update pass wrote to the commit writer at once
+        (the copy off the device waits for the pass only, on its own stream), not after the step is collected."""
+        events.extend(self.scheduler.started_events(plan))
+        launched = self.executor.launch(plan, self._stm_of)
+        result = launched.result
         # The committed turn count is the number the client was sent (cancelled turns consume numbers too), so
         # numbering carries on from there after a restart. The pass's sessions are handed over together.
-        self.commits.submit_many([(turn, self.sessions.advance(turn.session_id, stm, turns=turn.turn_id))
-                                  for turn, stm in result.new_memory.items() if turn.phase == "committing"],
-                                 ready=result.memory_ready)
-        return events
+        self.commits.submit_many([(turn, self.sessions.advance(turn.session_id, result.new_memory[turn],
+                                                               turns=turn.turn_id))
+                                  for turn in self.scheduler.memory_written(result)], ready=result.memory_ready)
+        return launched
+
+    def _stm_of(self, session_id: str):
+        return self.sessions.get(session_id).stm
+
+    def _finish(self, launched) -> list[Event]:
+        return self.scheduler.update_from_output(launched.plan, self.executor.collect(launched))
 
     def _on_committed(self, commits: list[tuple[ActiveTurn, SessionState, str | None]]) -> None:
         """From the commit writer's thread: one hop onto the lane per job to free its sessions and announce them."""

@@ -5,8 +5,10 @@ knows nothing of tensors (the vLLM v1 split: scheduler here, `ModelExecutor` on 
 
     plan = scheduler.schedule()                       # release, memory updates, decode rows, admissions
     launched = executor.launch(plan, ...)             # one batched step on the device (not waited for)
+    scheduler.memory_written(launched.result)         # the pass's turns go to the store at once
     result = executor.collect(launched)               # its tokens, once the next step is launched
     events = scheduler.update_from_output(plan, result)
+    updates = scheduler.schedule_updates()            # the turns that just finished answering: updated now
 
 Rules:
 - A session runs one turn at a time: from admission until its memory update is committed (saved) it is busy,
@@ -136,11 +138,21 @@ class TurnScheduler:
         return []
 
     # -- the step -------------------------------------------------------------------------------------------
-    def schedule(self) -> StepPlan:
-        plan = StepPlan(release=self._release, updates=self._answered)
-        self._release, self._answered = [], []
+    def schedule_updates(self) -> StepPlan:
+        """A plan of the memory-update pass alone, for the turns that finished answering since the last plan.
+
+        The runtime runs it in the lane action that learned the answers ended (behind the step it launched), not
+        in the next step's plan: one step less between an answer and its commit. Slots are released by the next
+        `schedule`."""
+        plan = StepPlan(updates=self._answered)
+        self._answered = []
         for turn in plan.updates:
             turn.phase = "updating"
+        return plan
+
+    def schedule(self) -> StepPlan:
+        plan = self.schedule_updates()
+        plan.release, self._release = self._release, []
         self._free = sorted(self._free + plan.release)
         plan.decode = list(self._running.values())
         for sid in list(self._pending):
@@ -175,18 +187,30 @@ class TurnScheduler:
         """MemoryUpdateStarted for the answered turns of ``plan``'s update pass (sent before the pass runs)."""
         return [self._turn_event(MemoryUpdateStarted, t) for t in plan.updates if t.kind == "answer"]
 
+    def memory_written(self, result: StepResult) -> list[ActiveTurn]:
+        """The turns whose new memory ``result`` holds (written on the device, not failed) now go to the store:
+        returns them. Called as soon as the pass is launched, before their commit is handed over, so a commit
+        acknowledged early (`committed`) always finds its turn committing; `update_from_output` calls it again
+        for callers that do not, and a turn is moved on once only."""
+        failed = {turn for turn, _, _ in result.failures}
+        written = []
+        for turn in result.new_memory:
+            if turn in failed or turn.phase != "updating":
+                continue
+            written.append(turn)
+            turn.phase = "committing"  # an answer keeps its session busy until `committed`
+            if turn.kind == "prime":  # the next prime may go on; answers and resets wait for the save
+                self._busy.pop(turn.session_id, None)
+                self._saving[turn.session_id] = self._saving.get(turn.session_id, 0) + 1
+        return written
+
     def update_from_output(self, plan: StepPlan, result: StepResult) -> list[Event]:
         events: list[Event] = []
         failed = {turn for turn, _, _ in result.failures}
         for turn, code, message in result.failures:
             self._end(turn)
             events.append(self._turn_event(Error, turn, code=code, message=message))
-        for turn in result.new_memory:
-            if turn not in failed:
-                turn.phase = "committing"  # an answer keeps its session busy until `committed`
-                if turn.kind == "prime":  # the next prime may go on; answers and resets wait for the save
-                    self._busy.pop(turn.session_id, None)
-                    self._saving[turn.session_id] = self._saving.get(turn.session_id, 0) + 1
+        self.memory_written(result)
         for turn in (*plan.decode, *plan.admit):
             if turn in failed or turn.phase != "running":
                 continue  # failed, or cancelled while the step ran
@@ -211,7 +235,7 @@ class TurnScheduler:
             turn.phase = "answered"
             self._running.pop(turn.slot, None)
             self._release.append(turn.slot)
-            self._answered.append(turn)  # its memory update opens the next step
+            self._answered.append(turn)  # its memory update: `schedule_updates`, right after this output
             events.append(self._turn_event(
                 AnswerDone, turn, text=self.decode_text(turn.answer), token_ids=tuple(turn.answer),
                 stopped_by_eos=turn.stopped_by_eos, log_probs=tuple(turn.log_probs), tail=turn.text_decoder.flush(),

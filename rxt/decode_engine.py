@@ -39,6 +39,23 @@ CAPTURE_MODE = "thread_local"
 PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
+def pad_rows(rows: Sequence[Sequence[int] | torch.Tensor], batch: int, length: int, pad_id: int = 0) -> torch.Tensor:
+    """``rows`` right-padded with ``pad_id`` into a host (batch, length) long tensor; rows past ``len(rows)`` are all
+    padding. Rows given as lists are padded in Python and become a tensor in one call (a torch call per row hands
+    the GIL to the other threads of a server each time, and may wait up to a switch interval to get it back)."""
+    if all(not isinstance(row, torch.Tensor) for row in rows):
+        flat: list[int] = []
+        for row in rows:
+            flat.extend(row)
+            flat.extend([pad_id] * (length - len(row)))
+        flat.extend([pad_id] * (length * (batch - len(rows))))
+        return torch.tensor(flat, dtype=torch.long).view(batch, length)
+    ids = torch.full((batch, length), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return ids
+
+
 def to_device_async(values: list[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
     """Small host ids on ``device`` without waiting for the work already queued there (a plain
     ``torch.tensor(..., device=cuda)`` copies synchronously, which would stall the host behind the GPU)."""
@@ -181,10 +198,12 @@ class DecodeEngine:
             raise ValueError("DecodeEngine.start_batch: pass memory or stm, not both")
         if n == 0:
             return torch.empty(0, self.decoder.lm_head.out_features, device=self.device)
-        rows = [torch.as_tensor(p, dtype=torch.long) for p in prompts]
+        # Lists stay lists: padded in Python, one tensor for the whole batch (`pad_rows`).
+        rows = [p if isinstance(p, torch.Tensor) else list(p) for p in prompts]
         if n == 1:
             one_memory = None if memory is None else [None if kv is None else (kv[0][:1], kv[1][:1]) for kv in memory]
-            return self.start(slots[0], rows[0], one_memory, stm=None if stm is None else stm[:, 0])[None]
+            return self.start(slots[0], torch.as_tensor(rows[0], dtype=torch.long), one_memory,
+                              stm=None if stm is None else stm[:, 0])[None]
         if len(set(slots)) != n:
             raise ValueError(f"start_batch: slots {list(slots)} repeat a slot")
         for slot, row in zip(slots, rows, strict=True):
@@ -192,8 +211,8 @@ class DecodeEngine:
                 raise ValueError(f"slot={slot} is outside 0..{self.max_slots - 1}")
             if self.live[slot]:
                 raise ValueError(f"slot {slot} is live; release it first")
-            if not 1 <= row.shape[0] < self.capacity:
-                raise ValueError(f"prompt of {row.shape[0]} tokens must be within 1..{self.capacity - 1} (capacity)")
+            if not 1 <= len(row) < self.capacity:
+                raise ValueError(f"prompt of {len(row)} tokens must be within 1..{self.capacity - 1} (capacity)")
         if stm is not None and self.use_cuda_graphs and not self._graph_failed:
             logits = self._start_graphed(slots, rows, stm.to(self.device))
             if logits is not None:
@@ -207,12 +226,9 @@ class DecodeEngine:
                 if buffers is not None:
                     buffers[0].index_copy_(0, index, kv[0])
                     buffers[1].index_copy_(0, index, kv[1])
-        lengths = [int(r.shape[0]) for r in rows]
+        lengths = [len(r) for r in rows]
         longest = max(lengths)
-        ids = torch.zeros((n, longest), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : lengths[i]] = row
-        ids = ids.to(self.device, non_blocking=True)
+        ids = pad_rows(rows, n, longest).to(self.device, non_blocking=True)
         length_t = to_device_async(lengths, self.device)
         valid = torch.arange(longest, device=self.device)[None, :] < length_t[:, None]
         stage = self.decoder.new_cache(n, longest)  # attends over the prompts only: n x T x T, not x capacity
@@ -235,21 +251,26 @@ class DecodeEngine:
         into its slot. ``stm`` is (L, n, S, D).
         """
         n = len(slots)
-        lengths = [int(r.shape[0]) for r in rows]
+        lengths = [len(r) for r in rows]
         if any(not 0 <= s < self.max_slots or self.live[s] for s in slots) or len(set(slots)) != n:
             return None  # let the eager path raise its precise error
         if any(not 1 <= length < self.capacity for length in lengths):
             return None
-        batch = next((b for b in self.buckets if b >= n), None)
-        bucket = next((b for b in PREFILL_BUCKETS if b >= max(lengths) and b < self.capacity), None)
+        batch, bucket = self._prefill_key(n, max(lengths))
         if batch is None or bucket is None:
             return None
         stage, cache = self._stage_buffers(batch, stm)
-        on_device = all(row.device == self.device for row in rows)  # else host ids: built there, copied once
-        prompt = torch.zeros((batch, bucket), dtype=torch.long, device=self.device if on_device else "cpu")
-        for i, row in enumerate(rows):
-            prompt[i, : lengths[i]] = row
-        stage["prompt"][:, :bucket].copy_(prompt if on_device else to_device_async(prompt, self.device))
+        # Host ids (lists or host tensors) are padded on the host and copied once; ids already on the device
+        # are staged there.
+        on_device = all(isinstance(row, torch.Tensor) and row.device == self.device for row in rows)
+        if on_device:
+            prompt = torch.zeros((batch, bucket), dtype=torch.long, device=self.device)
+            for i, row in enumerate(rows):
+                prompt[i, : lengths[i]] = row
+        else:
+            prompt = to_device_async(pad_rows([r.tolist() if isinstance(r, torch.Tensor) else r for r in rows],
+                                              batch, bucket), self.device)
+        stage["prompt"][:, :bucket].copy_(prompt)
         stage["length"].copy_(to_device_async(lengths + [1] * (batch - n), self.device))
         stage["stm"][:, :n].copy_(stm)
         graph = self._prefill_graphs.get((batch, bucket)) or self._capture_prefill(batch, bucket)
@@ -270,6 +291,26 @@ class DecodeEngine:
             self.slot_length[slot] = length
             self.live[slot] = True
         return graph[1][:n]
+
+    def _prefill_key(self, n: int, tokens: int) -> tuple[int | None, int | None]:
+        """The (batch bucket, length bucket) of a prefill of ``n`` prompts of at most ``tokens`` tokens (None past
+        the buckets: eager)."""
+        return (next((b for b in self.buckets if b >= n), None),
+                next((b for b in PREFILL_BUCKETS if b >= tokens and b < self.capacity), None))
+
+    @torch.no_grad()
+    def capture_prefill(self, n: int, tokens: int, stm: torch.Tensor) -> bool:
+        """Capture now the prefill graph that ``n`` prompts of at most ``tokens`` tokens use, not when a prefill
+        first needs it (a capture takes tens of ms; a server's lane, and every session, waits through it).
+        ``stm`` (L, n, S, D) gives the memory's shape and dtype. True when the graph is ready; False on the CPU,
+        past the buckets, or when capture failed (prefills then run eagerly, as they would have)."""
+        if not self.use_cuda_graphs or self._graph_failed:
+            return False
+        batch, bucket = self._prefill_key(n, tokens)
+        if batch is None or bucket is None:
+            return False
+        self._stage_buffers(batch, stm)
+        return (self._prefill_graphs.get((batch, bucket)) or self._capture_prefill(batch, bucket)) is not None
 
     def _stage_buffers(self, batch: int, stm: torch.Tensor):
         if batch not in self._stages:
@@ -330,15 +371,19 @@ class DecodeEngine:
         return next(b for b in self.buckets if b >= top)
 
     @torch.no_grad()
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed ``tokens`` (bucket,) — one per slot of the current bucket — and return (bucket, V) logits."""
+    def step(self, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed ``tokens`` (bucket,) — one per slot of the current bucket — and return (bucket, V) logits.
+
+        ``tokens=None`` feeds what the caller already wrote into the engine's own token buffer (``self.tokens``,
+        one entry per slot), which saves a copy per step."""
         b = self.bucket()
         for slot in range(b):
             if self.live[slot]:
                 if self.slot_length[slot] >= self.capacity - 1:
                     raise ValueError(f"slot {slot} is full (capacity={self.capacity}); release it")
                 self.slot_length[slot] += 1
-        self.tokens[:b].copy_(tokens[:b])
+        if tokens is not None:
+            self.tokens[:b].copy_(tokens[:b])
         key = self._step_key(b)
         if self.use_cuda_graphs and not self._graph_failed:
             graph = self._graphs.get(key) or self._capture(key)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from rxt.decode_engine import CAPTURE_MODE
+from rxt.decode_engine import CAPTURE_MODE, pad_rows
 from rxt.model import RxT
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class MemoryUpdater:
         rows = [list(ids)[:max_len] for ids in interactions]
         longest = max((len(r) for r in rows), default=1)
         if self.use_cuda_graphs and not self._failed:
-            key = (_bucket(n, BATCH_BUCKETS, n), min(_bucket(longest, LENGTH_BUCKETS, longest), max_len))
+            key = self._key(n, longest)
             graph = self._graphs.get(key) or self._capture(key, stm)
             if graph is not None:
                 buffers = graph[1]
@@ -62,12 +62,25 @@ class MemoryUpdater:
         ids, valid = self._padded(rows, n, longest)
         return self.model.update_memory(stm, ids.to(self.device), valid.to(self.device), validate=False)
 
+    def _key(self, n: int, tokens: int) -> tuple[int, int]:
+        """The (batch bucket, length bucket) of ``n`` interactions of at most ``tokens`` tokens."""
+        return _bucket(n, BATCH_BUCKETS, n), min(_bucket(tokens, LENGTH_BUCKETS, tokens), self.model.config.max_seq_len)
+
+    @torch.no_grad()
+    def capture(self, n: int, tokens: int, stm: torch.Tensor) -> bool:
+        """Capture now the graph that ``n`` interactions of at most ``tokens`` tokens use, not on first use (a
+        capture takes tens of ms). ``stm`` (L, n, S, D) gives the memory's shape and dtype. True when the graph is
+        ready; False on the CPU or when capture failed (updates then run eagerly, as they would have)."""
+        if not self.use_cuda_graphs or self._failed:
+            return False
+        key = self._key(n, min(tokens, self.model.config.max_seq_len))
+        return (self._graphs.get(key) or self._capture(key, stm)) is not None
+
     def _padded(self, rows: list[list[int]], batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
-        valid = torch.zeros((batch, length), dtype=torch.bool)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            valid[i, : len(row)] = True
+        # A fixed number of torch calls whatever the batch: each one hands the GIL to a server's other threads.
+        ids = pad_rows(rows, batch, length, self.pad_id)
+        lengths = torch.tensor([len(row) for row in rows] + [0] * (batch - len(rows)), dtype=torch.long)
+        valid = torch.arange(length)[None, :] < lengths[:, None]
         if self.device.type == "cuda":
             ids, valid = ids.pin_memory(), valid.pin_memory()
         return ids, valid

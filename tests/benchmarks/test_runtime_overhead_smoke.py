@@ -5,6 +5,7 @@ benchmarks/results/."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -33,3 +34,21 @@ def test_runtime_overhead_refuses_cpu_timings_in_results(load_script):
     bench = load_script("benchmarks/runtime_overhead.py")
     with pytest.raises(SystemExit):
         bench.main(["--device", "cpu", "--out", str(bench.RESULTS_DIR / "runtime_overhead.json")])
+
+
+def test_runtime_overhead_counts_torch_calls_and_update_passes(tmp_path, load_script, single_torch_thread):
+    bench = load_script("benchmarks/runtime_overhead.py")
+    out = tmp_path / "calls.json"
+    args = ["--device", "cpu", "--preset", "tiny", "--sessions", "2", "--clients-per-process", "2", "--turns", "2",
+            "--max-new-tokens", "3", "--count-torch-calls", "--breakdown", "--switch-interval-s", "0.0001"]
+    interval = sys.getswitchinterval()
+    try:
+        assert bench.main([*args, "--out", str(out)]) == 0
+    finally:
+        sys.setswitchinterval(interval)  # process-wide: leave the other tests Python's
+    (run,) = json.loads(out.read_text())["runs"]
+    (level,) = run["levels"]
+    assert run["gil_switch_interval_s"] <= 0.0001
+    assert 0 < level["lane_torch_calls_per_step"] < 50  # a fixed handful a step, none per row
+    assert level["update_passes"] >= 1 and level["graph_captures"] == 0  # the CPU captures nothing
+    assert 0 < level["lane_host_us_per_step"] < level["breakdown_us_per_step"]["lane: step (all)"]

@@ -259,3 +259,35 @@ def test_queries_that_arrive_together_are_accepted_at_once_and_prefilled_in_one_
         assert [len(p.admit) for p in plans if p.admit] == [6]
     finally:
         reactive.dispose()
+
+
+def test_update_pass_and_commit_go_in_the_lane_action_that_ends_the_answer():
+    """The memory update of an answer runs in the lane action that learns the answer ended (MemoryUpdateStarted
+    in the AnswerDone's batch) and its commit is handed over at launch, before that launch is collected: before,
+    the pass waited for the next step's plan and the commit for the step after."""
+    model, tokenizer = tiny_model()
+    reactive = ReactiveModel(model, tokenizer, max_batch_size=4)
+    calls: list = []
+    launch, collect, submit = reactive.executor.launch, reactive.executor.collect, reactive.commits.submit_many
+    reactive.executor.launch = lambda plan, stm_of: calls.append(("launch", id(plan), len(plan.updates))) or \
+        launch(plan, stm_of)
+    reactive.executor.collect = lambda step: calls.append(("collect", id(step.plan))) or collect(step)
+    reactive.commits.submit_many = lambda commits, ready=None: calls.append(("submit", len(commits))) or \
+        submit(commits, ready)
+    batches = EventLog()
+    reactive.batches.subscribe(batches)
+    reactive.submit(Query("short", "hello", GenerationOptions(max_new_tokens=2)))
+    reactive.submit(Query("long", "hello", GenerationOptions(max_new_tokens=12)))
+    reactive.connect()
+    try:
+        assert batches.wait_for(lambda bs: sum(isinstance(e, MemoryUpdated) for b in bs for e in b) == 2)
+        for sid in ("short", "long"):
+            done = next(b for b in batches.events if any(isinstance(e, AnswerDone) and e.session_id == sid for e in b))
+            assert any(isinstance(e, MemoryUpdateStarted) and e.session_id == sid for e in done), sid
+        passes = [i for i, c in enumerate(calls) if c[0] == "launch" and c[2]]
+        assert len(passes) == 2
+        for i in passes:
+            assert calls[i + 1] == ("submit", 1)  # handed over at launch ...
+            assert ("collect", calls[i][1]) in calls[i + 2:]  # ... before its step is collected
+    finally:
+        reactive.dispose()

@@ -544,3 +544,11 @@ def test_open_store_rediss_scheme_goes_to_redis(monkeypatch):
     open_store("rediss://example.invalid:6380/1")
     open_store("redis://example.invalid/0")
     assert opened == ["rediss://example.invalid:6380/1", "redis://example.invalid/0"]
+
+
+def test_saved_metadata_is_a_copy_with_the_record_types(store):
+    state = make_state("meta")
+    state.metadata = {"tags": ("a", "b"), "n": 1}
+    store.save(state)
+    state.metadata["n"] = 2
+    assert store.load("meta").metadata == {"tags": ["a", "b"], "n": 1}  # msgpack's types, in every store

@@ -170,3 +170,40 @@ def test_failed_turn_frees_its_session_and_slot():
     assert [(type(e), e.code) for e in events] == [(Error, "internal")]
     assert not s.is_busy("a") and s.schedule().release == [0]
 
+
+
+def test_update_pass_right_after_the_answer_and_a_commit_acknowledged_before_collect():
+    """`schedule_updates` gives the turns that just finished answering (no waiting for the next plan), and
+    `memory_written` moves them on at launch: a commit acknowledged before the step is collected (the writer is
+    fast) leaves the session free and nothing half-done, for answers and primes alike."""
+    s = _scheduler(slots=2)
+    answer, prime = _turn(s, "a", "1", max_new=1), _turn(s, "p", "h", kind="prime")
+    s.add(answer)
+    s.add(prime)
+    plan, events = _step(s)  # "1" admitted and answered by its first token; the prime went in this plan's pass
+    assert [t.query_id for t in plan.updates] == ["h"] and any(isinstance(e, AnswerDone) for e in events)
+    updates = s.schedule_updates()
+    assert updates.updates == [answer] and answer.phase == "updating" and not updates.decode
+    assert s.schedule_updates().empty  # taken once
+    result = StepResult(new_memory={answer: object()})
+    assert s.memory_written(result) == [answer] and answer.phase == "committing"
+    assert s.memory_written(result) == []  # once only
+    assert [type(e) for e in s.committed(answer, 1)] == [MemoryUpdated]
+    assert s.update_from_output(updates, result) == []  # the late collect changes nothing
+    assert answer.phase == "done" and not s.is_busy("a")
+    s.committed(prime, 1)
+    assert s.schedule().release == [0] and s.idle()  # the answer's slot goes back with the next plan
+
+
+def test_failed_update_is_not_written():
+    s = _scheduler(slots=1)
+    turn = _turn(s, "a", max_new=1)
+    s.add(turn)
+    _step(s)
+    updates = s.schedule_updates()
+    result = StepResult(new_memory={}, failures=[(turn, "memory_update", "boom")])
+    assert s.memory_written(result) == []
+    events = s.update_from_output(updates, result)
+    assert [(type(e), e.code) for e in events] == [(Error, "memory_update")]
+    assert not s.is_busy("a") and s.idle() is False  # its slot is released by the next plan
+    assert s.schedule().release == [0] and s.idle()

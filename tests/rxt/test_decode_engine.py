@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rxt.config import RxTConfig
-from rxt.decode_engine import DecodeEngine
+from rxt.decode_engine import DecodeEngine, pad_rows
 from rxt.generation import generate
 from rxt.model import RxT
 from rxt.sampling import SamplingConfig
@@ -91,7 +91,8 @@ def test_start_from_stm_equals_start_from_projected_memory(model):
         b.start(0, prompt, model.project_memory(stm), stm=stm[:, 0])
 
 
-def test_graphed_prefill_staging_matches_eager(model, monkeypatch):
+@pytest.mark.parametrize("as_lists", [False, True])
+def test_graphed_prefill_staging_matches_eager(model, monkeypatch, as_lists):
     """The graph path's staging (bucketed rows, padding rows, copies into non-contiguous slots), with each
     "graph" replayed eagerly so it runs on the CPU: the same logits and the same next step as the eager path."""
 
@@ -116,15 +117,39 @@ def test_graphed_prefill_staging_matches_eager(model, monkeypatch):
     monkeypatch.setattr(DecodeEngine, "_capture_prefill", fake_capture)
     torch.manual_seed(2)
     prompts = [torch.randint(4, 128, (n,)) for n in (5, 9, 3)]
+    if as_lists:  # as the runtime passes them: padded in Python, one tensor for the batch
+        prompts = [p.tolist() for p in prompts]
     stm = torch.randn(model.initial_memory(3).shape)
     slots = [3, 0, 2]
     graphed = DecodeEngine(model.decoder, max_slots=4, capacity=32)
     graphed.use_cuda_graphs = True  # the staging code path, with the eager stand-in graphs above
     eager = DecodeEngine(model.decoder, max_slots=4, capacity=32)
     torch.testing.assert_close(graphed.start_batch(slots, prompts, stm=stm), eager.start_batch(slots, prompts, stm=stm))
-    one = graphed.start(1, prompts[0], stm=stm[:, 0])  # a single row takes the same path (batch bucket 1)
-    torch.testing.assert_close(one, eager.start(1, prompts[0], stm=stm[:, 0]))
+    first = torch.as_tensor(prompts[0])
+    one = graphed.start(1, first, stm=stm[:, 0])  # a single row takes the same path (batch bucket 1)
+    torch.testing.assert_close(one, eager.start(1, first, stm=stm[:, 0]))
     # 3 rows in the batch bucket of 4 with 9 tokens in the length bucket of 16; then 1 row.
     assert set(graphed._prefill_graphs) == {(4, 16), (1, 16)}
     step = torch.tensor([11, 7, 12, 13])
     torch.testing.assert_close(graphed.step(step), eager.step(step))
+
+
+def test_pad_rows_from_lists_equals_from_tensors():
+    rows = [[5, 6, 7], [8], [9, 10, 11, 12]]
+    from_lists = pad_rows(rows, 5, 6, pad_id=3)
+    assert from_lists.dtype == torch.long and from_lists.shape == (5, 6)
+    assert from_lists.tolist() == [[5, 6, 7, 3, 3, 3], [8, 3, 3, 3, 3, 3], [9, 10, 11, 12, 3, 3], [3] * 6, [3] * 6]
+    assert torch.equal(pad_rows([torch.tensor(r) for r in rows], 5, 6, pad_id=3), from_lists)
+
+
+def test_step_without_tokens_feeds_the_engine_token_buffer(model):
+    """``step()`` feeds what the caller wrote into ``engine.tokens``: the same logits as passing the tokens."""
+    torch.manual_seed(4)
+    prompts = [torch.randint(4, 128, (n,)) for n in (5, 7)]
+    stm = torch.randn(model.initial_memory(2).shape)
+    given, buffered = (DecodeEngine(model.decoder, max_slots=2, capacity=32) for _ in range(2))
+    for engine in (given, buffered):
+        engine.start_batch([0, 1], prompts, stm=stm)
+    for tokens in (torch.tensor([11, 12]), torch.tensor([13, 14])):
+        buffered.tokens.copy_(tokens)
+        torch.testing.assert_close(buffered.step(), given.step(tokens))

@@ -1,0 +1,105 @@
+"""The model executor's host cost per step does not grow with the step's rows: the same number of torch calls
+for 2 rows as for 16 (prefill, memory update, decode). In a server each torch call lets another thread take the
+GIL, and the lane may wait up to a switch interval to get it back, so calls per row cost milliseconds."""
+
+from runtime_helpers import tiny_model
+from torch.overrides import TorchFunctionMode
+
+from rxnn_runtime.active_turn import ActiveTurn
+from rxnn_runtime.messages import GenerationOptions, Query
+from rxnn_runtime.model_executor import ModelExecutor
+from rxnn_runtime.turn_scheduler import StepPlan
+
+
+class _CountCalls(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _turns(n: int, tokenizer) -> list[ActiveTurn]:
+    turns = []
+    for i in range(n):
+        prompt = tokenizer.encode("hello there" + " again" * (i % 5))  # rows of different lengths
+        turn = ActiveTurn(Query(f"s{i}", "q", GenerationOptions(max_new_tokens=4)), 1, prompt, slot=i)
+        turn.answer = [5 + i % 3] * (1 + i % 4)
+        turns.append(turn)
+    return turns
+
+
+def _calls_per_phase(n: int) -> dict[str, int]:
+    model, tokenizer = tiny_model()
+    executor = ModelExecutor(model, max_slots=16, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+    stm = model.initial_memory(1)[:, 0]
+    turns = _turns(n, tokenizer)
+    counts = {}
+    for phase, plan in (("prefill", StepPlan(admit=turns)), ("decode", StepPlan(decode=turns)),
+                        ("update", StepPlan(updates=turns))):
+        with _CountCalls() as counter:
+            step = executor.launch(plan, lambda sid: stm)
+            result = executor.collect(step)
+        assert not result.failures
+        assert len(result.tokens) == (0 if phase == "update" else n)
+        assert len(result.new_memory) == (n if phase == "update" else 0)
+        counts[phase] = counter.calls
+    return counts
+
+
+def test_torch_calls_per_step_do_not_grow_with_rows():
+    assert _calls_per_phase(2) == _calls_per_phase(16)
+
+
+def test_decode_rows_of_a_partial_bucket_get_their_own_logits():
+    """Live slots 0, 2 and 3 of bucket 4 (slot 1 ended): the executor's cached index picks their rows, and each
+    row's token equals that of the same turn decoded alone."""
+    model, tokenizer = tiny_model()
+    stm = model.initial_memory(1)[:, 0]
+
+    def run(slots: list[int], steps: int) -> dict[str, list[int]]:
+        executor = ModelExecutor(model, max_slots=4, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+        turns = [t for t in _turns(4, tokenizer) if t.slot in slots]
+        tokens = {t.session_id: [] for t in turns}
+        for plan in [StepPlan(admit=turns)] + [StepPlan(decode=turns)] * steps:
+            result = executor.collect(executor.launch(plan, lambda sid: stm))
+            for turn, (token, _) in result.tokens.items():
+                tokens[turn.session_id].append(token)
+        return tokens
+
+    together = run([0, 2, 3], 3)
+    for slot in (0, 2, 3):
+        assert together[f"s{slot}"] == run([slot], 3)[f"s{slot}"], slot
+
+
+def test_precapture_covers_every_batch_and_length_a_step_can_meet(monkeypatch):
+    """With stand-in captures (the CPU has no CUDA graphs; they record their key): after `precapture`, a prefill
+    of any 1..max_slots prompts of up to the given length, and an update pass of any 1..max_slots interactions of
+    up to the given length, finds its graph, so no capture is left to stall the lane while sessions wait."""
+    from rxt.decode_engine import DecodeEngine
+    from rxt.memory_update import MemoryUpdater
+
+    def fake_prefill(self, batch, bucket):
+        self._prefill_graphs[(batch, bucket)] = ("graph", None, None)
+        return self._prefill_graphs[(batch, bucket)]
+
+    def fake_update(self, key, stm):
+        self._graphs[key] = ("graph", {})
+        return self._graphs[key]
+
+    monkeypatch.setattr(DecodeEngine, "_capture_prefill", fake_prefill)
+    monkeypatch.setattr(MemoryUpdater, "_capture", fake_update)
+    model, tokenizer = tiny_model()
+    executor = ModelExecutor(model, max_slots=12, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+    assert executor.precapture(max_prompt_tokens=20, max_interaction_tokens=60) == 0  # the CPU: nothing
+    executor.engine.use_cuda_graphs = executor.updater.use_cuda_graphs = True
+    captured = executor.precapture(max_prompt_tokens=20, max_interaction_tokens=60)
+    assert captured == executor.graph_count() > 0
+    for n in range(1, 13):
+        for tokens in range(1, 21):
+            assert executor.engine._prefill_key(n, tokens) in executor.engine._prefill_graphs, (n, tokens)
+        for tokens in range(1, 61):
+            assert executor.updater._key(n, tokens) in executor.updater._graphs, (n, tokens)
+    assert executor.precapture(max_prompt_tokens=20, max_interaction_tokens=60) == 0  # all there already

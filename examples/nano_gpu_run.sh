@@ -33,7 +33,8 @@
 # START_AT=smat-k2 starts phase b one SMAT step earlier (the carried model then stands in for 3_mem_attn/final);
 # DIAGNOSTICS=0 skips the per-step diagnostics.
 # BASELINE_GPU=1 trains the baseline on a second GPU (the 2-GPU kind) instead of beside the RxT on the first.
-# SKIP_BASELINE=1 leaves the baseline out of phase a (phase b then trains it on BASELINE_GPU).
+# SKIP_BASELINE=1 leaves the baseline out of phase a (phase b then trains it on BASELINE_GPU); SKIP_MRL=1 ends
+# phase b at stage 4 (no MRL step, benchmark or part).
 # Budgets (minutes, env overrides): M_JOINT M_SFT M_MEMATTN M_K2 (phase a), M_K4 M_K8 M_K16 M_MRL (phase b); the
 # baseline gets M_BASE minutes (one call holds at most ~4.5 of them beside its data preparation).
 # benchmarks/results/nano_training.json records the step counts the budgets bought. A CPU dry run of both phases at
@@ -56,6 +57,7 @@ M_K4=${M_K4:-1.5} M_K8=${M_K8:-1.5} M_K16=${M_K16:-1.5} M_MRL=${M_MRL:-1.0}
 M_BASE=${M_BASE:-4.5}
 mkdir -p "$out" "$runs"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_MININTERVAL=20
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}  # long SMAT steps fragment
 common=(--preset "$preset" --reuse-tokenizer --device "$device" --output-dir "$runs" ${STEPS:+--steps "$STEPS"})
 bench=(--episodes-per-k "$episodes" --chitchat "$chitchat" --max-new-tokens 24 --device "$device")
 status=0
@@ -119,14 +121,16 @@ b)
     baseline_pid=$!
   fi
   diagnostics=(--diagnostics); [ "${DIAGNOSTICS:-1}" = 0 ] && diagnostics=()
-  timeout "$limit" python3 examples/train_nano.py "${common[@]}" "${diagnostics[@]}" --with-mrl --start-at "$start_at" \
+  mrl=(--with-mrl); rxt_mrl=(--rxt "mrl=$runs/5_mrl/final"); mrl_final=("$runs/5_mrl/final")
+  [ "${SKIP_MRL:-0}" = 1 ] && { mrl=(); rxt_mrl=(); mrl_final=(); }
+  timeout "$limit" python3 examples/train_nano.py "${common[@]}" "${diagnostics[@]}" "${mrl[@]}" --start-at "$start_at" \
     --minutes "smat-k2=$M_K2" --minutes "smat-k4=$M_K4" --minutes "smat-k8=$M_K8" --minutes "smat=$M_K16" \
     --minutes "mrl=$M_MRL" 2>&1 | tee -a "$log" || status=1
   if [ -n "$baseline_pid" ]; then
     wait "$baseline_pid" || status=1
     cat "$runs/baseline.log" >> "$log"
   fi
-  timeout 240 python3 benchmarks/memory_retention.py --rxt "stage4=$runs/4_smat/final" --rxt "mrl=$runs/5_mrl/final" \
+  timeout 240 python3 benchmarks/memory_retention.py --rxt "stage4=$runs/4_smat/final" "${rxt_mrl[@]}" \
     --merge "$carried/memory_retention_baseline.json" "${bench[@]}" --out "$out/memory_retention.json" \
     2>&1 | tee -a "$log" || status=1
   diagnosed=()  # the carried SMAT step's model (smat-k2 after phase a, a later one after phase m), stage 4, MRL
@@ -134,10 +138,10 @@ b)
     [ -d "$runs/4_$step/final" ] && diagnosed+=(--rxt "$step=$runs/4_$step/final")
   done
   timeout 60 python3 benchmarks/memory_diagnostics.py "${diagnosed[@]}" \
-    --rxt "stage4=$runs/4_smat/final" --rxt "mrl=$runs/5_mrl/final" --device "$device" \
+    --rxt "stage4=$runs/4_smat/final" "${rxt_mrl[@]}" --device "$device" \
     --out "$runs/memory_diagnostics.json" 2>&1 | tee -a "$log" || status=1
   python3 scripts/carry_weights.py pack --root "$runs" --out "$out" --name nano_b "$runs/4_smat/final" \
-    "$runs/5_mrl/final" 2>&1 | tee -a "$log" || status=1
+    "${mrl_final[@]}" 2>&1 | tee -a "$log" || status=1
   ;;
 *)
   echo "unknown phase $phase (a | m | b)" >&2

@@ -204,6 +204,11 @@ _NANO_TEXT = [
 # SMAT: 256 episodes a step. With the episode stages off cuDNN attention (training/attention_backends.py) a 128-episode
 # step at up to 19 turns kept the H200 busy ~120 ms of a host-bound step, so twice the episodes cost little time.
 _NANO_SMAT = dict(_NANO_TRAIN, batch_size=256, num_workers=6, eval_every=250, warmup_steps=100, max_steps=20000)
+# Activations grow with episodes x turns: 256 x 7 turns (smat-k4) ran out of the H200's 140 GB at its first step
+# (attempt 3), 256 x 5 (smat-k2) fit. Later phases keep episodes x max_turns under ~1,000.
+_NANO_SMAT_K4 = dict(_NANO_SMAT, batch_size=128)
+_NANO_SMAT_K8 = dict(_NANO_SMAT, batch_size=80)
+_NANO_SMAT_K16 = dict(_NANO_SMAT, batch_size=48)
 _NANO_PHASE = dict(max_len=256, eval_episodes=256, chitchat=4000)
 NANO: dict[str, Any] = {
     "model": "nano",
@@ -233,13 +238,13 @@ NANO: dict[str, Any] = {
                                unfreeze_schedule=[[0, ["memory"]], [100, ["memory", "rest"]]],
                                train=_train(**_NANO_SMAT), **_NANO_PHASE),
         "smat-k4": _smat_phase([1, 2, 3, 4], episodes=30000, copy_episodes=3000, seed=4, eval_seed=103,
-                               unfreeze_schedule=[[0, ["memory", "rest"]]], train=_train(**_NANO_SMAT),
+                               unfreeze_schedule=[[0, ["memory", "rest"]]], train=_train(**_NANO_SMAT_K4),
                                **_NANO_PHASE),
         "smat-k8": _smat_phase([1, 2, 4, 6, 8, 8], episodes=24000, seed=5, eval_seed=104,
-                               unfreeze_schedule=[[0, ["memory", "rest"]]], train=_train(**_NANO_SMAT),
+                               unfreeze_schedule=[[0, ["memory", "rest"]]], train=_train(**_NANO_SMAT_K8),
                                **_NANO_PHASE),
         "smat": _smat_phase([1, 2, 4, 8, 12, 16, 16], episodes=20000, seed=6, eval_seed=105,
-                            unfreeze_schedule=[[0, ["memory", "rest"]]], train=_train(**_NANO_SMAT),
+                            unfreeze_schedule=[[0, ["memory", "rest"]]], train=_train(**_NANO_SMAT_K16),
                             **_NANO_PHASE),
         "mrl": {
             "curriculum": [

@@ -226,7 +226,8 @@ def nano_training() -> list[str]:
     smat = ("val_accuracy", "answer accuracy (memory)")
     keys = {"joint": ("val_ar_acc_peek", "AR accuracy (peeking decoder)"), "sft": ("val_answer_acc", "answer accuracy"),
             "mem-attn": ("val_cosine", "cosine to target"), "smat-k2": smat, "smat-k4": smat, "smat-k8": smat,
-            "smat": smat, "baseline": ("val_answer_acc", "answer accuracy (history)")}
+            "smat": smat, "smat (pass 1)": smat, "smat (pass 2)": smat,
+            "baseline": ("val_answer_acc", "answer accuracy (history)")}
     for stage, (key, label) in keys.items():
         entry = d["stages"].get(stage)
         if entry is None:  # files from before the SMAT distance curriculum have one `smat` stage
@@ -236,9 +237,11 @@ def nano_training() -> list[str]:
         speed = (entry.get("last_train") or {}).get("tokens_per_s")
         lines.append(f"| {stage} | {entry['seconds']:.0f} | {entry['steps']} | "
                      f"{f'{speed:,.0f}' if speed else '-'} | {shown} |")
-    mrl = d["stages"]["mrl"]
-    first, last = mrl["eval"][0]["reward_mean"], mrl["eval"][-1]["reward_mean"]
-    lines.append(f"| mrl | {mrl['seconds']:.0f} | {mrl['updates']} updates | - | eval reward {first:.2f} -> {last:.2f} |")
+    mrl = d["stages"].get("mrl")  # a run may end at stage 4 (nano_gpu_run.sh SKIP_MRL=1)
+    if mrl:
+        first, last = mrl["eval"][0]["reward_mean"], mrl["eval"][-1]["reward_mean"]
+        lines.append(f"| mrl | {mrl['seconds']:.0f} | {mrl['updates']} updates | - | "
+                     f"eval reward {first:.2f} -> {last:.2f} |")
     return lines
 
 
@@ -331,8 +334,28 @@ def copy_gate_ablation() -> list[str]:
     return lines
 
 
+def copy_gate_sweep() -> list[str]:
+    d = _load("copy_gate_sweep")
+    if not d:
+        return []
+    lines = [f"**The copy gate at nano size** ({d['device']}, {d['concurrent_processes']} variants at once on one GPU; "
+             f"`{d['command']}`; dim 256, 6 layers, 64 STM slots, 128 episodes a step, 2,000 in-context steps "
+             "first, then memory steps; held-out recall at k = 1)", "",
+             "| variant | changes | steps | recall | memory reset | in context |", "|---|---|---|---|---|---|"]
+    base = set(d["runs"][0]["overrides"][:7]) if d["runs"] else set()
+    for r in d["runs"]:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | failed: {r['error']} | - | - | - | - |")
+            continue
+        changes = ", ".join(o for o in r["overrides"] if o not in base)
+        lines.append(f"| {r['variant']} | {changes} | {r['steps']} | {r['recall']:.2f} | "
+                     f"{r['recall_memory_reset']:.2f} | {r['recall_in_context']:.2f} |")
+    return lines
+
+
 def main() -> None:
-    for section in (nano_training, memory_retention, memory_diagnostics, copy_gate_ablation, where_a_step_goes, ddp,
+    for section in (nano_training, memory_retention, memory_diagnostics, copy_gate_ablation, copy_gate_sweep,
+                    where_a_step_goes, ddp,
                     smat_step, attention,
                     decode, latency, serving, train_throughput, tensorbleu, experimental_attention):
         lines = section()

@@ -3,12 +3,12 @@
 # the stateless baseline, under wall-clock budgets, in two calls ("phases") of at most ~9.5 minutes to a lent
 # GPU machine, split at a step boundary, the weights carried between them as bf16 parts of at most 15 MB.
 #
-#   bash examples/nano_gpu_run.sh a   RxT steps joint, sft, mem-attn, smat-k2 (5.1 min of training) with the
+#   bash examples/nano_gpu_run.sh a   RxT steps joint, sft, mem-attn, smat-k2 (5.5 min of training) with the
 #                                     memory diagnostics after sft ("before"), mem-attn and smat-k2; beside it (on
 #                                     the same GPU, or on BASELINE_GPU) the parameter-matched stateless baseline on
 #                                     the same data (M_BASE minutes, its only run); then the baseline's
 #                                     memory-retention benchmark.
-#   bash examples/nano_gpu_run.sh b   (phase a's files in $CARRIED) smat-k4, smat-k8, smat (4.5 min), MRL from
+#   bash examples/nano_gpu_run.sh b   (phase a's files in $CARRIED) smat-k4, smat-k8, smat (6.4 min), MRL from
 #                                     stage 4 (1.0 min), then benchmarks/memory_retention.py over stage 4 and MRL
 #                                     (each with its memory-reset ablation) merged with the baseline's result, and
 #                                     benchmarks/memory_diagnostics.py (gates, read-attention entropy).
@@ -51,8 +51,9 @@ episodes=${EPISODES:-64}   # held-out episodes per k of the benchmark
 chitchat=${CHITCHAT:-32}
 limit=${LIMIT_S:-510}      # a backstop: each training process ends by its budgets before this
 # joint's budget pays for compiling the joint stack first (54 s on an H200: nano_training.json, attempt2)
-M_JOINT=${M_JOINT:-2.5} M_SFT=${M_SFT:-0.8} M_MEMATTN=${M_MEMATTN:-0.3} M_K2=${M_K2:-1.5}
-M_K4=${M_K4:-1.5} M_K8=${M_K8:-1.5} M_K16=${M_K16:-1.5} M_MRL=${M_MRL:-1.0}
+# the third run's minutes (nano_training.json): its smat step ran 1.6 + 3.0 minutes in two calls
+M_JOINT=${M_JOINT:-2.5} M_SFT=${M_SFT:-1.0} M_MEMATTN=${M_MEMATTN:-0.3} M_K2=${M_K2:-1.7}
+M_K4=${M_K4:-1.8} M_K8=${M_K8:-1.6} M_K16=${M_K16:-3.0} M_MRL=${M_MRL:-1.0}
 # the baseline prepares its data (~3.5 min) and compiles (~35 s) inside the same backstop: 4.5 min fit in one call
 M_BASE=${M_BASE:-4.5}
 mkdir -p "$out" "$runs"

@@ -83,6 +83,41 @@ def test_decoder_memory_is_detached_and_noise_only_in_training():
     assert not torch.equal(a, c)
 
 
+def test_peek_dropout_zeroes_whole_rows_or_documents_in_training_only():
+    torch.manual_seed(0)
+    rxt = RxT(RxTConfig.preset("tiny"))
+    model = JointLMModel(rxt, MLMHead(32, 128, tie_to=rxt.embedding), peek_dropout=0.5)
+    memory = torch.randn(2, 64, 12, 32) + 3.0  # (L, B, T, D), no exact zeros
+    dropped = model.drop_peek(memory)
+    zero_rows = (dropped == 0).all(dim=(0, 2, 3))
+    assert 10 < int(zero_rows.sum()) < 54  # about half of 64 rows
+    assert torch.equal(dropped[:, ~zero_rows], memory[:, ~zero_rows])  # the others untouched
+    doc = torch.tensor([[0] * 5 + [1] * 4 + [2] * 2 + [-1]]).repeat(64, 1)  # packed: 3 documents and a pad
+    dropped = model.drop_peek(memory, doc)
+    zero = (dropped == 0).all(dim=(0, 3))  # (B, T)
+    for d in (0, 1, 2):  # a document keeps or loses all its positions
+        cols = zero[:, doc[0] == d]
+        assert torch.equal(cols.all(dim=1), cols.any(dim=1))
+    assert zero[:, :11].any() and not zero[:, :11].all()
+    model.eval()
+    assert torch.equal(model.drop_peek(memory, doc), memory)
+
+
+def test_a_dropped_peek_carries_nothing_of_the_encoder_input():
+    # with every document dropped, the decoder's logits do not depend on what the encoder read
+    torch.manual_seed(0)
+    rxt = RxT(RxTConfig.preset("tiny"))
+    model = JointLMModel(rxt, MLMHead(32, 128, tie_to=rxt.embedding), peek_dropout=0.999999).train()
+    ids = torch.randint(10, 128, (3, 12))
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    a, _ = model(ids, mask, ids)
+    b, _ = model(ids, mask, torch.randint(10, 128, (3, 12)))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    model.peek_dropout = 0.0
+    c, _ = model(ids, mask, torch.randint(10, 128, (3, 12)))
+    assert not torch.allclose(a, c, atol=1e-3)  # without dropout the peek does reach the decoder
+
+
 def test_registry():
     assert list(STAGES)[:2] == ["joint", "sft"]
     assert get_stage("joint").CONFIG_CLASS is JointLMConfig
@@ -100,6 +135,7 @@ def test_registry():
         ({"data": [{"kind": "jsonl"}]}, "path"),
         ({"data": [{"kind": "synthetic", "synthetic": {"num_episode": 3}}]}, "synthetic.num_episode"),
         ({"encoder_noise_std": -1.0}, "encoder_noise_std"),
+        ({"peek_dropout": 1.0}, "peek_dropout"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, change, key):

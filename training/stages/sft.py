@@ -113,7 +113,8 @@ def run_stage(config: SFTConfig, *, resume: bool = False, callbacks=()) -> Path:
     if eval_records:
         eval_ds = MaskedInteractionDataset(eval_records, tokenizer, config.max_len, config.mask_prob,
                                            config.train.seed + 1)
-    model = JointLMModel(rxt, head, tokenizer, encoder_noise_std=config.encoder_noise_std)
+    model = JointLMModel(rxt, head, tokenizer, encoder_noise_std=config.encoder_noise_std,
+                         peek_dropout=config.peek_dropout)
     trainer = SFTTrainer(
         model, config.train, packed_or(train_ds.interactions, config, rxt, tokenizer), eval_ds,
         pad_id=tokenizer.pad_id, ar_weight=config.ar_weight, mlm_weight=config.mlm_weight,

@@ -24,6 +24,7 @@ Observables returned here deliver on the loop's thread and must be subscribed fr
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +58,8 @@ hands the GIL to the loop thread to wake it."""
 IDLE_POLLS = 10
 """Polls in a row that found nothing before the loop stops polling (and the lane ticks again): polling outlasts
 the gaps of a busy server (a long step, a memory-update pass), and an idle one stops after 10 ms."""
+
+log = logging.getLogger(__name__)
 
 _BRIDGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {id(reactive): EventBridge}
 
@@ -100,7 +103,10 @@ class EventBridge:
                         else:
                             got.append(event)
         for sink, events in out.items():
-            sink(events)
+            try:
+                sink(events)
+            except Exception:  # one listener's failure never starves the others of this drain
+                log.exception("event listener %r failed", sink)
 
     def listen(self, session_id: str, sink: Callable[[list[Event]], None]) -> abc.DisposableBase:
         """Call ``sink`` (on the loop thread) with the events of ``session_id``, a list per drain; dispose the

@@ -98,8 +98,15 @@ async def test_a_sink_gets_one_list_per_drain_for_all_its_sessions_in_seq_order(
     assert len(calls) == 1 and [(e.session_id, e.seq) for e in calls[0]] == [("a", 1), ("b", 2), ("a", 4), ("b", 5)]
     assert [e.seq for e in single] == [1, 4]  # session_events: the same fan-out, one event at a time
     stop_a.dispose()
+
+    def broken(events):
+        raise RuntimeError("a listener bug")
+
+    stop_broken = bridge.listen("a", broken)  # called before the two-session sink: that one still gets its list
     bridge._dispatch(steps)
     assert [(e.session_id, e.seq) for e in calls[1]] == [("b", 2), ("b", 5)]
+    assert [e.seq for e in single] == [1, 4, 1, 4]
+    stop_broken.dispose()
     stop_b.dispose()
     stop_c.dispose()
     assert bridge._subscription is None

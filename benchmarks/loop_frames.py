@@ -33,7 +33,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from aiohttp import web
-from bench_utils import git_commit
+from bench_utils import append_run, git_commit
 from reactivex.subject import Subject
 
 from rxnn_runtime.events import AnswerDone, MemoryUpdated, MemoryUpdateStarted, QueryAccepted, Token
@@ -158,12 +158,7 @@ def main(argv: list[str] | None = None) -> int:
            "command": " ".join(["python", "benchmarks/loop_frames.py", *(sys.argv[1:] if argv is None else argv)]),
            "tokens_per_session": args.tokens, "step_ms": args.step_ms, "levels": levels}
     if args.out:
-        from rxt.atomic_io import atomic_write_json
-
-        doc = json.loads(args.out.read_text()) if args.out.exists() else {"benchmark": "loop_frames", "runs": []}
-        doc["runs"].append(run)
-        atomic_write_json(args.out, doc)
-        print(f"wrote {args.out}")
+        append_run(args.out, "loop_frames", run)
     return 0
 
 

@@ -38,7 +38,6 @@ import argparse
 import asyncio
 import collections
 import functools
-import json
 import platform
 import sys
 import threading
@@ -52,13 +51,12 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # serving.py and bench_utils.py sit beside this script (imported as a module too)
     sys.path.insert(0, str(HERE))
 
-from bench_utils import RESULTS_DIR, git_commit, inside, time_ms
+from bench_utils import RESULTS_DIR, append_run, git_commit, inside, time_ms
 from serving import QUESTION, _run_level, graph_count, start_server, warm_up
 
 from rxnn_runtime.event_bridge import EventBridge
 from rxnn_runtime.reactive_model import SWITCH_INTERVAL_S, ReactiveModel
 from rxnn_runtime.server import websocket
-from rxt.atomic_io import atomic_write_json
 from rxt.config import RxTConfig
 from rxt.decode_engine import DecodeEngine
 from rxt.decoder import Decoder
@@ -322,10 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                     if device.type == "cpu" else "measured on the GPU"),
            "levels": levels}
     if args.out:
-        doc = json.loads(args.out.read_text()) if args.out.exists() else {"benchmark": "runtime_overhead", "runs": []}
-        doc["runs"].append(run)
-        atomic_write_json(args.out, doc)
-        print(f"wrote {args.out}")
+        append_run(args.out, "runtime_overhead", run)
     return 0
 
 

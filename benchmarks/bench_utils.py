@@ -62,3 +62,15 @@ def git_commit() -> str:
                               cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
     except Exception:
         return "unknown"
+
+
+def append_run(path: Path, benchmark: str, run: dict) -> None:
+    """Append ``run`` to the ``runs`` of the JSON document at ``path`` (made if absent), atomically."""
+    import json
+
+    from rxt.atomic_io import atomic_write_json
+
+    doc = json.loads(path.read_text()) if path.exists() else {"benchmark": benchmark, "runs": []}
+    doc["runs"].append(run)
+    atomic_write_json(path, doc)
+    print(f"wrote {path}")

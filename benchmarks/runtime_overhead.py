@@ -12,8 +12,9 @@ asyncio, websocket frames) dominates, as it does on a GPU whose step is a captur
   step above the engine's (``overhead_us_per_step``).
 
 ``--breakdown`` also times the parts of the server process (lane: schedule / launch / collect / turning tokens
-into events / handing the batch over / the model's own forward; loop: fan-out to the sessions, frame building and
-sending) by wrapping them, which adds a little cost of its own; the shares, not the totals, are what it is for.
+into events / handing the batch over / the model's own forward; loop: the drain's fan-out (which includes the
+connections' frames written at once), per connection queueing and its direct write, per frame encoding, and
+frames sent by the send loop (only while a transport is behind)) by wrapping them, which adds a little cost of its own; the shares, not the totals, are what it is for.
 ``lane_host_us_per_step`` is the lane's step time less the model's forward: on the CPU the forward is eager
 compute, on CUDA a graph replay, so this is the host's own cost either way.
 
@@ -37,7 +38,6 @@ import argparse
 import asyncio
 import collections
 import functools
-import json
 import platform
 import sys
 import threading
@@ -51,13 +51,12 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # serving.py and bench_utils.py sit beside this script (imported as a module too)
     sys.path.insert(0, str(HERE))
 
-from bench_utils import RESULTS_DIR, git_commit, inside, time_ms
+from bench_utils import RESULTS_DIR, append_run, git_commit, inside, time_ms
 from serving import QUESTION, _run_level, graph_count, start_server, warm_up
 
 from rxnn_runtime.event_bridge import EventBridge
 from rxnn_runtime.reactive_model import SWITCH_INTERVAL_S, ReactiveModel
 from rxnn_runtime.server import websocket
-from rxt.atomic_io import atomic_write_json
 from rxt.config import RxTConfig
 from rxt.decode_engine import DecodeEngine
 from rxt.decoder import Decoder
@@ -121,8 +120,10 @@ def _instrument(reactive: ReactiveModel, timers: Timers) -> None:
             (ReactiveModel, "_emit", "lane: emit (hand the batch over)"),
             (ReactiveModel, "_on_messages", "lane: input messages"),
             (EventBridge, "_dispatch", "loop: fan-out to sessions (bridge + connections)"),
+            (websocket.Connection, "_on_events", "loop: connection: queue, coalesce, write (in fan-out)"),
+            (websocket.Connection, "_write_now", "loop: frames encode + one direct write (in fan-out)"),
             (websocket.Connection, "_encode", "loop: frame encode"),
-            (websocket.Connection, "send_frame", "loop: frame encode + send"),
+            (websocket.Connection, "send_frame", "loop: frame encode + send (send loop)"),
             *[(owner, name, "lane: model forward (eager on the CPU)") for owner, name in MODEL_FORWARD]]
     for owner, name, label in lane:
         if isinstance(owner, type):
@@ -319,10 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                     if device.type == "cpu" else "measured on the GPU"),
            "levels": levels}
     if args.out:
-        doc = json.loads(args.out.read_text()) if args.out.exists() else {"benchmark": "runtime_overhead", "runs": []}
-        doc["runs"].append(run)
-        atomic_write_json(args.out, doc)
-        print(f"wrote {args.out}")
+        append_run(args.out, "runtime_overhead", run)
     return 0
 
 

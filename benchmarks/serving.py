@@ -114,16 +114,18 @@ def graph_count(reactive: ReactiveModel) -> int:
 
 
 async def warm_up(url: str, args: argparse.Namespace, sessions: list[int], reactive: ReactiveModel) -> None:
-    """Every prefill and memory-update graph the clients' turns can need, at every batch size, captured first
-    (`ModelExecutor.precapture`: which batches form depends on when queries arrive, so a warm-up level alone may
-    miss some), then each level once in full, unmeasured (decode buckets), before anything is timed."""
+    """Every graph the clients' turns can need, at every batch size, captured first (`ModelExecutor.precapture`:
+    the decode step of each batch bucket, the prefill and memory-update shapes; which batches form depends on when
+    queries arrive, so a warm-up level alone may miss some: at 64 clients it once left the 64-row decode bucket to
+    the timed level), then each level once in full, unmeasured (allocator, sockets, the clients' start-up), before
+    anything is timed. Each level records ``graph_captures``: 0 when the precapture covered it."""
     from serving_clients import QUESTIONS
 
     template = InteractionTemplate(reactive.tokenizer)
     prompt = max(len(template.query_ids(q)) for q in QUESTIONS)
     captured = reactive.executor.precapture(max_prompt_tokens=prompt,
                                             max_interaction_tokens=prompt + args.max_new_tokens + 1)
-    print(f"warm-up: {captured} prefill and memory-update graphs captured ahead", flush=True)
+    print(f"warm-up: {captured} decode, prefill and memory-update graphs captured ahead", flush=True)
     for n in sorted(set(sessions)):
         await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
 

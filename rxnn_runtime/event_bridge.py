@@ -12,8 +12,11 @@ keep coming the loop polls the inbox every ``POLL_S`` instead of being woken by 
 `Crossing`). A loop that falls behind so gets several steps in one callback, before its senders run, and the
 websocket bridge coalesces their tokens into one frame per turn instead of paying a frame per token per step
 (which would make the loop, not the device, the bottleneck). Fan-out is a dict lookup by session id, so the cost
-of a step grows with its events, not with events x listeners. The bridge subscribes to the model while it has
-listeners and lets go when the last one leaves, so a finished ``asyncio.run`` leaves nothing behind on the lane.
+of a step grows with its events, not with events x listeners, and it is batched: each listener (`listen`) gets
+one call per drain with all its events of every batch waiting, in ``seq`` order across the sessions it listens
+to (a websocket connection listens to each session it owns with one sink, so it writes its frames once per
+drain). The bridge subscribes to the model while it has listeners and lets go when the last one leaves, so a
+finished ``asyncio.run`` leaves nothing behind on the lane.
 
 Observables returned here deliver on the loop's thread and must be subscribed from it (asyncio code).
 """
@@ -21,7 +24,9 @@ Observables returned here deliver on the loop's thread and must be subscribed fr
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import reactivex
@@ -54,6 +59,8 @@ IDLE_POLLS = 10
 """Polls in a row that found nothing before the loop stops polling (and the lane ticks again): polling outlasts
 the gaps of a busy server (a long step, a memory-update pass), and an idle one stops after 10 ms."""
 
+log = logging.getLogger(__name__)
+
 _BRIDGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {id(reactive): EventBridge}
 
 
@@ -61,7 +68,7 @@ class EventBridge:
     def __init__(self, reactive: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.reactive = reactive
         self.loop = loop
-        self._listeners: dict[str, list[abc.ObserverBase]] = {}
+        self._listeners: dict[str, list[Callable[[list[Event]], None]]] = {}  # session -> its sinks
         self._count = 0
         self._subscription: abc.DisposableBase | None = None
 
@@ -81,25 +88,42 @@ class EventBridge:
             self.loop.call_later(POLL_S, callback)
 
     def _dispatch(self, batches: list[tuple[Event, ...]]) -> None:
+        """Every batch waiting, fanned out: one call per sink with its events in order (a sink that listens to
+        several sessions gets them interleaved as they were emitted)."""
         listeners = self._listeners
+        out: dict[Callable[[list[Event]], None], list[Event]] = {}
         for batch in batches:
             for event in batch:
-                for observer in tuple(listeners.get(event.session_id, ())):
-                    observer.on_next(event)
+                sinks = listeners.get(event.session_id)
+                if sinks:
+                    for sink in sinks:
+                        got = out.get(sink)
+                        if got is None:
+                            out[sink] = [event]
+                        else:
+                            got.append(event)
+        for sink, events in out.items():
+            try:
+                sink(events)
+            except Exception:  # one listener's failure never starves the others of this drain
+                log.exception("event listener %r failed", sink)
 
-    def _add(self, session_id: str, observer: abc.ObserverBase) -> abc.DisposableBase:
-        self._listeners.setdefault(session_id, []).append(observer)
+    def listen(self, session_id: str, sink: Callable[[list[Event]], None]) -> abc.DisposableBase:
+        """Call ``sink`` (on the loop thread) with the events of ``session_id``, a list per drain; dispose the
+        result to stop. Sinks that compare equal (one bound method listening to several sessions) get one list
+        per drain for all their sessions, in ``seq`` order."""
+        self._listeners.setdefault(session_id, []).append(sink)
         self._count += 1
         if self._subscription is None:
             self._subscription = Crossing(self.reactive.batches, _LoopScheduler(self.loop), self._dispatch,
                                           rearm=self._poll_later, idle_polls=IDLE_POLLS)
 
         def remove() -> None:
-            observers = self._listeners.get(session_id)
-            if observers is None or observer not in observers:
+            sinks = self._listeners.get(session_id)
+            if sinks is None or sink not in sinks:
                 return
-            observers.remove(observer)
-            if not observers:
+            sinks.remove(sink)
+            if not sinks:
                 del self._listeners[session_id]
             self._count -= 1
             if self._count == 0 and self._subscription is not None:
@@ -113,7 +137,11 @@ class EventBridge:
         """Every event of ``session_id``, on the loop thread, from the moment of subscription."""
 
         def subscribe(observer: abc.ObserverBase, scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
-            return self._add(session_id, observer)
+            def sink(events: list[Event]) -> None:
+                for event in events:
+                    observer.on_next(event)  # once disposed (take_while ended it), the observer drops the rest
+
+            return self.listen(session_id, sink)
 
         return reactivex.create(subscribe)
 

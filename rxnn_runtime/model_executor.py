@@ -87,14 +87,15 @@ class ModelExecutor:
         return len(self.engine._graphs) + len(self.engine._prefill_graphs) + len(self.updater._graphs)
 
     def precapture(self, *, max_prompt_tokens: int, max_interaction_tokens: int) -> int:
-        """On CUDA, capture now every prefill and memory-update graph that up to ``max_slots`` rows of at most these
-        lengths can need (each batch bucket with each length bucket up to the one that covers the length), rather
-        than when a step first meets the shape: a capture takes tens of ms, during which the lane, and so every
-        session, waits. Returns how many graphs were captured (0 on the CPU). Decode graphs, one per batch bucket,
-        are captured by the first step in each bucket."""
+        """On CUDA, capture now every graph a step of up to ``max_slots`` rows can need: the decode step of each
+        batch bucket, and the prefill and memory-update graphs of rows of at most these lengths (each batch bucket
+        with each length bucket up to the one that covers the length), rather than when a step first meets the
+        shape: a capture takes tens of ms, during which the lane, and so every session, waits. Returns how many
+        graphs were captured (0 on the CPU)."""
         before = self.graph_count()
         max_interaction_tokens = min(max_interaction_tokens, self.model.config.max_seq_len)  # longer: truncated
         stm = self.model.initial_memory(1).detach()  # (L, 1, S, D): every session's STM shape and dtype
+        self.engine.capture_steps(stm)
         for n in self.engine.buckets:
             for bucket in PREFILL_BUCKETS:
                 self.engine.capture_prefill(n, min(bucket, max_prompt_tokens), stm)

@@ -42,7 +42,7 @@ from rxt.events import (
     MemoryUpdated,
     MemoryUpdateStarted,
     QueryAccepted,
-    Token,
+    token_event,
 )
 from rxt.stopping import StopRule
 
@@ -205,31 +205,39 @@ class TurnScheduler:
         return written
 
     def update_from_output(self, plan: StepPlan, result: StepResult) -> list[Event]:
+        """The step's events, in one list: a Token per running turn (an AnswerDone after it where it stopped),
+        Errors for failed turns. Runs for every step with a token per running row, so the per-token path makes
+        one event and appends it, nothing more (`_take_token`)."""
         events: list[Event] = []
         failed = {turn for turn, _, _ in result.failures}
         for turn, code, message in result.failures:
             self._end(turn)
             events.append(self._turn_event(Error, turn, code=code, message=message))
         self.memory_written(result)
+        tokens = result.tokens
+        take = self._take_token
         for turn in (*plan.decode, *plan.admit):
-            if turn in failed or turn.phase != "running":
-                continue  # failed, or cancelled while the step ran
-            token, log_prob = result.tokens[turn]
-            events.extend(self._take_token(turn, token, log_prob))
+            if turn.phase != "running" or turn in failed:
+                continue  # cancelled while the step ran, or failed
+            token, log_prob = tokens[turn]
+            take(turn, token, log_prob, events)
         return events
 
-    def _take_token(self, turn: ActiveTurn, token: int, log_prob: float | None) -> list[Event]:
+    def _take_token(self, turn: ActiveTurn, token: int, log_prob: float | None, events: list[Event]) -> None:
+        """``turn``'s next token: its Token event (and AnswerDone when the stop rule ends the turn) onto ``events``."""
         if log_prob is not None:
             turn.log_probs.append(log_prob)
-        events: list[Event] = []
-        if turn.stop_rule is None:
-            turn.stop_rule = StopRule(self.eos_id, turn.query.options.max_new_tokens)
+        rule = turn.stop_rule
+        if rule is None:
+            rule = turn.stop_rule = StopRule(self.eos_id, turn.query.options.max_new_tokens)
+        answer = turn.answer
         if token != self.eos_id:
-            turn.answer.append(token)
-            events.append(self._turn_event(Token, turn, index=len(turn.answer) - 1, token_id=token,
-                                           text=turn.text_decoder.decode_token(token)))
-        room = self.capacity - len(turn.prompt) - len(turn.answer)  # cache positions left to feed this token
-        stop = turn.stop_rule.check(token, len(turn.answer), room)
+            answer.append(token)
+            query = turn.query
+            events.append(token_event(query.session_id, turn.turn_id, next(self.seq), query.query_id,
+                                      len(answer) - 1, token, turn.text_decoder.decode_token(token)))
+        room = self.capacity - len(turn.prompt) - len(answer)  # cache positions left to feed this token
+        stop = rule.check(token, len(answer), room)
         if stop is not None:
             turn.stopped_by_eos = stop == "eos"
             turn.phase = "answered"
@@ -240,7 +248,6 @@ class TurnScheduler:
                 AnswerDone, turn, text=self.decode_text(turn.answer), token_ids=tuple(turn.answer),
                 stopped_by_eos=turn.stopped_by_eos, log_probs=tuple(turn.log_probs), tail=turn.text_decoder.flush(),
             ))
-        return events
 
     def committed(self, turn: ActiveTurn, version: int, error: str | None = None) -> list[Event]:
         """The turn's memory is saved (or saving failed): the session is free for its next turn."""

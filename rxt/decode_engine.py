@@ -392,6 +392,25 @@ class DecodeEngine:
                 return graph[1]
         return self._step(key)
 
+    @torch.no_grad()
+    def capture_steps(self, stm: torch.Tensor | None = None) -> int:
+        """Capture now the decode-step graph of every batch bucket, not when a step first reaches the bucket (a
+        capture takes tens of ms; a server's lane, and every session, waits through it). The step reads the
+        engine's memory K/V buffers, so they must exist before its capture: ``stm`` (L, 1, S, D) gives their shape
+        and dtype when no prefill has allocated them yet. Safe while slots are live (the warm-ups write at or past
+        each row's length, which the next real write overwrites). Returns how many graphs were captured (0 on the
+        CPU or once a capture failed: steps then run eagerly, as they would have)."""
+        if not self.use_cuda_graphs or self._graph_failed:
+            return 0
+        if self.memory is None and stm is not None:
+            self._ensure_memory(self.decoder.project_memory(stm.to(self.device, self.cache.k.dtype)))
+        before = len(self._graphs)
+        for b in self.buckets:
+            key = self._step_key(b)
+            if key not in self._graphs and self._capture(key) is None:
+                break
+        return len(self._graphs) - before
+
     def _step_key(self, b: int):
         """What fixes a step's shapes (one captured graph each): here the batch bucket; a subclass may add more."""
         return b

@@ -55,6 +55,20 @@ class Token(Event):
     type: ClassVar[str] = "token"
 
 
+def token_event(session_id: str, turn_id: int, seq: int, query_id: str | int, index: int, token_id: int,
+                text: str) -> Token:
+    """``Token(session_id=..., ...)``, made without the frozen dataclass's ``object.__setattr__`` per field (the
+    instance's fields live in its ``__dict__`` either way): a third of the cost, and a server makes one per token
+    per session. Equal to the constructor's event in every respect (fields, equality, hash, repr)."""
+    event = _new(Token)
+    event.__dict__.update(session_id=session_id, turn_id=turn_id, seq=seq, query_id=query_id, index=index,
+                          token_id=token_id, text=text)
+    return event
+
+
+_new = object.__new__
+
+
 @dataclass(frozen=True)
 class AnswerDone(Event):
     text: str = ""

@@ -2,13 +2,16 @@
 
     client frame ──► validate ──► reactive.submit(Query | Cancel | Reset)
     reactive.batches (lane thread) ──EventBridge (once per step into the loop, fanned out per session)──►
-        session_events(each session this connection owns) ──► bounded outbox ──► send loop ──► client
+        one list per drain for all sessions this connection owns ──► bounded outbox ──► client: written at once,
+        one transport write per drain (`frame_writer`), or by the send loop while the transport is behind
 
 Frames are msgpack (binary) or JSON (text); replies use the encoding the client used last.
 
 Slow-client policy: the model lane never blocks or waits on a client. Events only cross into the event loop;
-token events of one turn are coalesced into one pending frame per (session, turn) until the send loop gets to
-it, so a slow client gets fewer, larger token frames. A coalesced frame never crosses a turn and carries the
+token events of one turn are coalesced into one pending frame per (session, turn) until it is sent, so a drain
+gives a turn one token frame however many steps it covers, and a slow client gets fewer, larger token frames.
+While the transport takes frames at once (its buffer below the high-water mark), a drain's frames are written
+straight away; otherwise they wait in the outbox for the send loop, which awaits aiohttp's flow control. A coalesced frame never crosses a turn and carries the
 ``seq`` of its first token, the place it holds in the outbox, so ``seq`` strictly increases along the
 connection. Any other frame takes one outbox slot; when the outbox holds ``outbox_limit`` frames the client is too far behind: the connection is closed with code 1013 ("try
 again later") and an error is logged. A client that stops reading cannot take the close frame either: if the
@@ -25,7 +28,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 from collections import deque
 from typing import Any
@@ -36,6 +38,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from rxnn_runtime.event_bridge import EventBridge
 from rxnn_runtime.events import AnswerDone, Event, Token
 from rxnn_runtime.messages import Cancel, InvalidMessage, Query, Reset, check_query_id
+from rxnn_runtime.server import frame_writer
 from rxnn_runtime.server.security import (
     AUTH_FRAME,
     AUTH_TIMEOUT,
@@ -148,6 +151,7 @@ class Connection:
         self._wake = asyncio.Event()
         self._bridge = EventBridge.of(reactive, loop)
         self._watching: dict[str, Any] = {}  # session -> its subscription on the bridge (loop thread)
+        self._sending = False  # the send loop holds a frame it has not finished sending
         self._sender = loop.create_task(self._send_loop())
         self._closer: asyncio.Task | None = None
 
@@ -157,7 +161,19 @@ class Connection:
         for subscription in watching.values():
             subscription.dispose()
 
+    def _on_events(self, events: list[Event]) -> None:
+        """One drain's events of the sessions this connection owns, in ``seq`` order: queued (tokens coalesced per
+        turn), then written at once when the transport can take them."""
+        if self.closing:
+            return
+        for event in events:
+            self._queue_event(event)
+        self._kick()
+
     def _enqueue_event(self, event: Event) -> None:
+        self._on_events([event])
+
+    def _queue_event(self, event: Event) -> None:
         if self.closing:
             return
         if isinstance(event, Token):
@@ -168,19 +184,26 @@ class Connection:
                 return
             buffer = _TokenBuffer(event)
             buffer.add(event)
-            if self._push(key):
+            if self._append(key):
                 self.tokens[key] = buffer
             return
         frame = event_to_frame(event)
         if isinstance(event, AnswerDone):
             frame.pop("stopped_by_eos", None)
             frame["finish_reason"] = "stop" if event.stopped_by_eos else "length"
-        self._push(frame)
+        self._append(frame)
 
     def send_error(self, code: str, message: str, **kw: Any) -> None:
         self._push(error_frame(code, message, **kw))
 
     def _push(self, item: Any) -> bool:
+        """Queue one frame and send it (at once, or through the send loop)."""
+        if not self._append(item):
+            return False
+        self._kick()
+        return True
+
+    def _append(self, item: Any) -> bool:
         if self.closing:
             return False
         if len(self.outbox) >= self.outbox_limit:
@@ -189,13 +212,42 @@ class Connection:
             self.close(CLOSE_TRY_AGAIN_LATER, "client too slow: outbox_limit exceeded")
             return False
         self.outbox.append(item)
-        self._wake.set()
         return True
+
+    def _kick(self) -> None:
+        """Write what waits now if the transport takes it at once and the send loop holds nothing (frames stay in
+        order); else wake the send loop."""
+        if not self.outbox or self.closing:
+            return
+        if not self._sending and self.can_write_now():
+            self._write_now()
+        else:
+            self._wake.set()
+
+    def can_write_now(self) -> bool:
+        return frame_writer.can_write_now(self.ws, self.transport)
+
+    def _write_now(self) -> None:
+        """Every frame in the outbox, encoded, in one transport write."""
+        items = list(self.outbox)
+        self.outbox.clear()
+        tokens = self.tokens
+        payloads = []
+        for item in items:
+            frame = tokens.pop(item).frame() if isinstance(item, tuple) else item
+            try:
+                binary, payload = self._encode(frame)
+                payloads.append(payload if binary else payload.encode("utf-8"))
+            except Exception:  # e.g. a lone surrogate: that frame cannot go out; the others do
+                log.exception("websocket frame to %s cannot be encoded; dropped", self.peer)
+        if payloads:
+            frame_writer.write_frames(self.transport, payloads,
+                                      frame_writer.OPCODE_BINARY if self.encoding == MSGPACK else frame_writer.OPCODE_TEXT)
 
     def _encode(self, frame: dict[str, Any]) -> tuple[bool, Any]:
         if self.encoding == JSON:
-            return False, json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
-        return True, msgpack.packb(frame, use_bin_type=True)
+            return False, frame_writer.encode_json(frame)
+        return True, frame_writer.encode_msgpack(frame)
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
         binary, payload = self._encode(frame)
@@ -212,8 +264,11 @@ class Connection:
                     await self._wake.wait()
                     continue
                 item = self.outbox.popleft()
-                frame = self.tokens.pop(item).frame() if isinstance(item, tuple) else item
-                await self.send_frame(frame)
+                self._sending = True
+                try:
+                    await self.send_frame(self.tokens.pop(item).frame() if isinstance(item, tuple) else item)
+                finally:
+                    self._sending = False
         except (ConnectionError, RuntimeError) as exc:  # the client went away
             log.debug("websocket send to %s stopped: %r", self.peer, exc)
         except asyncio.CancelledError:
@@ -354,8 +409,8 @@ class Connection:
             raise Forbidden("session", forbidden_message(session_id))
         self.sessions = self.sessions | {session_id}
         if not self.closing:
-            self._watching[session_id] = self._bridge.session_events(session_id).subscribe(
-                on_next=self._enqueue_event)
+            # One sink for every session of the connection: a drain's events come in one list, in seq order.
+            self._watching[session_id] = self._bridge.listen(session_id, self._on_events)
 
 
 def _required(data: dict[str, Any], name: str) -> Any:

@@ -70,3 +70,43 @@ async def test_bridge_resubscribes_cleanly_while_events_keep_flowing():
         assert EventBridge.of(reactive)._subscription is None
     finally:
         reactive.dispose()
+
+
+async def test_a_sink_gets_one_list_per_drain_for_all_its_sessions_in_seq_order():
+    """The batched fan-out: a sink listening to two sessions (a websocket connection owning both) gets one call
+    per drain with its events of every waiting batch, interleaved in seq order; other sessions' events never."""
+    from reactivex.subject import Subject
+
+    class _Model:
+        batches = Subject()
+
+    bridge = EventBridge(_Model(), asyncio.get_running_loop())
+    calls: list[list] = []
+
+    class _Sink:  # one bound method for both sessions, as `Connection._on_events`
+        def on_events(self, events):
+            calls.append(events)
+
+    sink = _Sink()
+    stop_a, stop_b = bridge.listen("a", sink.on_events), bridge.listen("b", sink.on_events)
+    single = []
+    stop_c = bridge.session_events("a").subscribe(on_next=single.append)
+    steps = [tuple(Token(sid, 1, seq, "", index=seq, token_id=seq) for seq, sid in zip(range(k, k + 3), "abc",
+                                                                                        strict=True))
+             for k in (1, 4)]
+    bridge._dispatch(steps)
+    assert len(calls) == 1 and [(e.session_id, e.seq) for e in calls[0]] == [("a", 1), ("b", 2), ("a", 4), ("b", 5)]
+    assert [e.seq for e in single] == [1, 4]  # session_events: the same fan-out, one event at a time
+    stop_a.dispose()
+
+    def broken(events):
+        raise RuntimeError("a listener bug")
+
+    stop_broken = bridge.listen("a", broken)  # called before the two-session sink: that one still gets its list
+    bridge._dispatch(steps)
+    assert [(e.session_id, e.seq) for e in calls[1]] == [("b", 2), ("b", 5)]
+    assert [e.seq for e in single] == [1, 4, 1, 4]
+    stop_broken.dispose()
+    stop_b.dispose()
+    stop_c.dispose()
+    assert bridge._subscription is None

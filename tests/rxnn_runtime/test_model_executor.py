@@ -90,6 +90,7 @@ def test_precapture_covers_every_batch_and_length_a_step_can_meet(monkeypatch):
         return self._graphs[key]
 
     monkeypatch.setattr(DecodeEngine, "_capture_prefill", fake_prefill)
+    monkeypatch.setattr(DecodeEngine, "_capture", lambda self, key: self._graphs.setdefault(key, ("graph", None)))
     monkeypatch.setattr(MemoryUpdater, "_capture", fake_update)
     model, tokenizer = tiny_model()
     executor = ModelExecutor(model, max_slots=12, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
@@ -102,4 +103,42 @@ def test_precapture_covers_every_batch_and_length_a_step_can_meet(monkeypatch):
             assert executor.engine._prefill_key(n, tokens) in executor.engine._prefill_graphs, (n, tokens)
         for tokens in range(1, 61):
             assert executor.updater._key(n, tokens) in executor.updater._graphs, (n, tokens)
+    assert executor.precapture(max_prompt_tokens=20, max_interaction_tokens=60) == 0  # all there already
+
+
+def test_precapture_covers_the_decode_step_of_every_session_count(monkeypatch):
+    """With stand-in captures: after `precapture`, a decode step with any 1..max_slots live slots finds its
+    bucket's graph (no capture inside serving: at 64 sessions one once stalled the timed level), and every step
+    graph was captured with the memory K/V buffers in place (a step captured without them would never read the
+    sessions' memory)."""
+    from rxt.decode_engine import DecodeEngine
+    from rxt.memory_update import MemoryUpdater
+
+    captured_with_memory = []
+
+    def fake_step(self, key):
+        captured_with_memory.append(self.memory is not None)
+        self._graphs[key] = ("graph", None)
+        return self._graphs[key]
+
+    monkeypatch.setattr(DecodeEngine, "_capture", fake_step)
+    monkeypatch.setattr(DecodeEngine, "_capture_prefill",
+                        lambda self, batch, bucket: self._prefill_graphs.setdefault((batch, bucket), ("graph",)))
+    monkeypatch.setattr(MemoryUpdater, "_capture", lambda self, key, stm: self._graphs.setdefault(key, ("graph",)))
+    model, tokenizer = tiny_model()
+    max_slots = 12
+    executor = ModelExecutor(model, max_slots=max_slots, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+    engine = executor.engine
+    engine.use_cuda_graphs = executor.updater.use_cuda_graphs = True
+    assert executor.precapture(max_prompt_tokens=20, max_interaction_tokens=60) > 0
+    assert len(engine._graphs) == len(engine.buckets) and all(captured_with_memory)
+
+    def no_capture(self, key):
+        raise AssertionError(f"decode graph {key} captured after precapture")
+
+    monkeypatch.setattr(DecodeEngine, "_capture", no_capture)
+    for n in range(1, max_slots + 1):
+        engine.live = [slot < n for slot in range(max_slots)]
+        key = engine._step_key(engine.bucket())
+        assert key in engine._graphs, n
     assert executor.precapture(max_prompt_tokens=20, max_interaction_tokens=60) == 0  # all there already

@@ -272,6 +272,7 @@ async def test_slow_client_closed_1013_without_stalling_others(make_client, capl
             await stuck.wait()
 
         conn.send_frame = never_completes
+        conn.can_write_now = lambda: False  # nor does the transport take frames at once
         async with client.ws_connect("/ws") as fast:
             # A burst of one turn's frames can exceed a 2-frame outbox even for a fast reader; give the healthy
             # client a normal outbox so only the stuck one is dropped.

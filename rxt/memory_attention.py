@@ -35,6 +35,7 @@ from rxt.attention import Attention
 from rxt.attention_config import AttentionConfig
 from rxt.gates import GateConfig, ResidualGate
 from rxt.masks import key_padding_mask
+from rxt.memory_attention_stacked import stackable, stacked_attention, stacked_gate, stacked_rms_norm
 from rxt.rope import RotaryEmbedding
 
 #: Registry name -> class. Filled by :func:`register_memory_attention`.
@@ -160,22 +161,48 @@ class MemoryAttentionNetwork(nn.Module):
         """The new STM (L, B, S, D), out-of-place.
 
         ``stm`` (L, B, S, D) (or (L, 1, S, D), broadcast to the batch), ``encoded`` (L, B, T, D) and
-        ``key_valid`` (B, T) (None: every token is real). Rows with no valid token keep their memory.
+        ``key_valid`` (B, T) (None: every token is real). Rows with no valid token keep their memory. The L layers
+        run as one batched computation (`rxt.memory_attention_stacked`) when every attention takes the SDPA path,
+        else layer by layer (`layerwise_forward`, the same maths).
         """
+        return self._new_memory(stm, encoded, key_valid, stacked=self.stackable())
+
+    def layerwise_forward(
+        self, stm: torch.Tensor, encoded: torch.Tensor, key_valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`forward` computed layer after layer (the reference the stacked path is tested against)."""
+        return self._new_memory(stm, encoded, key_valid, stacked=False)
+
+    def stackable(self) -> bool:
+        return stackable([*self.attention, *getattr(self, "pre_attention", [])])
+
+    def _new_memory(
+        self, stm: torch.Tensor, encoded: torch.Tensor, key_valid: torch.Tensor | None, stacked: bool
+    ) -> torch.Tensor:
         stm, key_valid = self._validate(stm, encoded, key_valid)
         mask = key_padding_mask(key_valid.to(encoded.device)) if key_valid is not None else None
-        x = self.pre_step(stm)
-        layers = []
-        for l in range(self.cfg.num_layers):
-            q = self.query_norm[l](x[l])
-            kv = self.input_norm[l](encoded[l])
-            update = self.attention[l](q, kv, mask=mask)
-            layers.append(self.gate[l](x[l], update))
-        new = torch.stack(layers)
+        if stacked:
+            x = self.stacked_pre_step(stm)
+            update = stacked_attention(self.attention, stacked_rms_norm(self.query_norm, x),
+                                       stacked_rms_norm(self.input_norm, encoded), mask)
+            new = stacked_gate(self.gate, x, update)
+        else:
+            x = self.pre_step(stm)
+            layers = []
+            for l in range(self.cfg.num_layers):
+                q = self.query_norm[l](x[l])
+                kv = self.input_norm[l](encoded[l])
+                update = self.attention[l](q, kv, mask=mask)
+                layers.append(self.gate[l](x[l], update))
+            new = torch.stack(layers)
         if key_valid is not None:
             has_tokens = key_valid.to(encoded.device).bool().any(dim=1)  # (B,)
             new = torch.where(has_tokens[None, :, None, None], new, stm)
         return new
+
+    def stacked_pre_step(self, stm: torch.Tensor) -> torch.Tensor:
+        """`pre_step` with the layers batched. Identity here ("simple")."""
+        return stm
 
 
 @register_memory_attention("simple")
@@ -220,6 +247,19 @@ class _PreAttentionMemoryAttention(MemoryAttentionNetwork):
             layers.append(self.pre_gate[l](stm[l], update))
         return torch.stack(layers)
 
+    def key_sources(self, stm: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """`key_source` of every layer at once, (L, B, S, D)."""
+        raise NotImplementedError
+
+    def stacked_pre_step(self, stm: torch.Tensor) -> torch.Tensor:
+        q = stacked_rms_norm(self.pre_query_norm, stm)
+        if self.self_attention:
+            update = stacked_attention(self.pre_attention, q)
+        else:
+            kv = stacked_rms_norm(self.pre_key_norm, self.key_sources(stm, self.layer_context(stm)))
+            update = stacked_attention(self.pre_attention, q, kv)
+        return stacked_gate(self.pre_gate, stm, update)
+
 
 @register_memory_attention("self")
 class SelfMemoryAttention(_PreAttentionMemoryAttention):
@@ -237,6 +277,9 @@ class InterlayerMemoryAttention(_PreAttentionMemoryAttention):
 
     def key_source(self, stm: torch.Tensor, layer: int, context: torch.Tensor | None) -> torch.Tensor:
         return context
+
+    def key_sources(self, stm: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        return context.expand_as(stm)
 
 
 @register_memory_attention("self-interlayer")
@@ -274,6 +317,9 @@ class SelfInterlayerMemoryAttention(_PreAttentionMemoryAttention):
     def key_source(self, stm: torch.Tensor, layer: int, context: torch.Tensor | None) -> torch.Tensor:
         mean = context[layer // self.group_size]
         return self.mix_gate[layer](mean, stm[layer])
+
+    def key_sources(self, stm: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        return stacked_gate(self.mix_gate, context.repeat_interleave(self.group_size, dim=0), stm)
 
 
 @register_memory_attention("grouped-self-interlayer")

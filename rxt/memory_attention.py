@@ -40,6 +40,7 @@ from rxt.memory_attention_stacked import (
     stacked_attention,
     stacked_gate,
     stacked_key_bias,
+    stacked_key_value,
     stacked_rms_norm,
     stacked_weights,
 )
@@ -165,6 +166,7 @@ class MemoryAttentionNetwork(nn.Module):
     def forward(
         self, stm: torch.Tensor, encoded: torch.Tensor, key_valid: torch.Tensor | None = None, *,
         weights: dict[str, torch.Tensor] | None = None, key_bias: torch.Tensor | None = None,
+        key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The new STM (L, B, S, D), out-of-place.
 
@@ -176,8 +178,12 @@ class MemoryAttentionNetwork(nn.Module):
 
         ``key_bias`` (L * B, 1, 1, T), instead of ``key_valid``: the stacked path's attention bias, precomputed
         once for a chain of calls (`stacked_key_bias`). Rows without a valid token are then NOT kept here: the
-        caller keeps their memory (the SMAT chain keeps every row of an ended or empty turn).
+        caller keeps their memory (the SMAT chain keeps every row of an ended or empty turn). ``key_value``: the
+        main step's keys and values of ``encoded``, precomputed for a chain (`stacked_key_value`, one turn's),
+        needs ``weights``.
         """
+        if key_value is not None and (weights is None or not self.stackable()):
+            raise ValueError("memory attention: key_value needs the stacked path and its weights")
         if key_bias is not None:
             if key_valid is not None or not self.stackable():
                 raise ValueError("memory attention: key_bias replaces key_valid and needs the stacked path "
@@ -189,7 +195,7 @@ class MemoryAttentionNetwork(nn.Module):
         if not self.stackable():
             return self._new_memory(stm, encoded, key_valid, None)
         return self._new_memory(stm, encoded, key_valid, self.stacked_weights() if weights is None else weights,
-                                key_bias)
+                                key_bias, key_value)
 
     def layerwise_forward(
         self, stm: torch.Tensor, encoded: torch.Tensor, key_valid: torch.Tensor | None = None
@@ -198,7 +204,11 @@ class MemoryAttentionNetwork(nn.Module):
         return self._new_memory(stm, encoded, key_valid, None)
 
     def stackable(self) -> bool:
-        return stackable([*self.attention, *getattr(self, "pre_attention", [])])
+        """Whether `forward` runs the layers batched: every attention on SDPA and no hook on a per-layer module
+        (the batched path never calls them, so a hook, e.g. `training.memory_diagnostics` reading the gates,
+        gets the layer-by-layer path)."""
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in self.modules() if m is not self)
+        return not hooked and stackable([*self.attention, *getattr(self, "pre_attention", [])])
 
     def stacked_weights(self) -> dict[str, torch.Tensor]:
         """The per-layer parameters stacked over the layers (`rxt.memory_attention_stacked.stacked_weights`)."""
@@ -210,9 +220,18 @@ class MemoryAttentionNetwork(nn.Module):
         queries' ``dtype``. Over all turns of a chain at once: a few ops instead of a few per turn."""
         return stacked_key_bias(key_valid, self.cfg.num_layers, dtype)
 
+    def stacked_key_value(self, encoded: torch.Tensor, weights: dict[str, torch.Tensor]
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The main step's keys and values of M turns' ``encoded`` (L, M, B, T, D) at once, (M, L * B, H_kv, T, d)
+        each: they read only the encoded data, never the STM, so a chain computes them before its first turn and
+        passes turn t's as `forward`'s ``key_value``."""
+        kv = stacked_rms_norm(weights["input_norm.weight"], self.cfg.norm_eps, encoded)
+        return stacked_key_value(self.attention[0], weights, "attention", kv)
+
     def _new_memory(
         self, stm: torch.Tensor, encoded: torch.Tensor, key_valid: torch.Tensor | None,
         weights: dict[str, torch.Tensor] | None, key_bias: torch.Tensor | None = None,
+        key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The new memory: layers batched with the stacked ``weights``, layer by layer when None."""
         stm, key_valid = self._validate(stm, encoded, key_valid)
@@ -221,8 +240,9 @@ class MemoryAttentionNetwork(nn.Module):
             x = self.stacked_pre_step(stm, weights)
             eps = self.cfg.norm_eps
             q = stacked_rms_norm(weights["query_norm.weight"], eps, x)
-            kv = stacked_rms_norm(weights["input_norm.weight"], eps, encoded)
-            update = stacked_attention(self.attention[0], weights, "attention", q, kv, mask)
+            if key_value is None:
+                key_value = tuple(t[0] for t in self.stacked_key_value(encoded.unsqueeze(1), weights))
+            update = stacked_attention(self.attention[0], weights, "attention", q, mask=mask, key_value=key_value)
             new = stacked_gate(self.cfg.gate, weights, "gate", x, update)
         else:
             x = self.pre_step(stm)

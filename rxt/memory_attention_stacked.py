@@ -77,32 +77,43 @@ def stacked_rms_norm(weight: torch.Tensor, eps: float | None, x: torch.Tensor) -
     return F.rms_norm(x, (x.shape[-1],), eps=eps) * weight.view(shape)
 
 
+def stacked_key_value(module: Attention, weights: dict[str, torch.Tensor], name: str, context: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values of the layers' attention ``name`` over ``context`` (L, M, B, T, D): M batches (the
+    turns of a chain) at once -> (M, L * B, H_kv, T, d) each, layer-major rows, keys rotated as the module's RoPE
+    mode says (positions 0..T-1). They read only the context, so a chain computes every turn's in one call."""
+    layers, turns, batch, keys, _ = context.shape
+    heads, d = module.num_kv_heads, module.head_dim
+    kv = _project(context.reshape(layers, turns * batch * keys, -1), weights, f"{name}.kv_proj")
+    kv = kv.view(layers, turns, batch, keys, 2, heads, d).permute(4, 1, 0, 2, 5, 3, 6)  # (2, M, L, B, H, T, d)
+    k, v = kv.reshape(2, turns, layers * batch, heads, keys, d).unbind(0)  # a view when M = 1
+    if module.rope is not None and module.rope_mode.rotates_keys:
+        k = module.rope.rotate(k, torch.arange(keys, device=context.device))
+    return k, v
+
+
 def stacked_attention(module: Attention, weights: dict[str, torch.Tensor], name: str, x: torch.Tensor,
-                      context: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+                      context: torch.Tensor | None = None, mask: torch.Tensor | None = None, *,
+                      key_value: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The layers' attention ``name`` (``module``: one of them, for its heads, RoPE and dropout) from x[l] to
-    context[l] for every l: x (L, B, S, D), context (L, B, T, D) (None: self-attention), mask (B, 1, 1, T) bool,
-    or already per stacked row (L * B, 1, 1, T) (`stacked_key_bias`), or None. RoPE as the module's mode says (positions 0..n-1, the module's default)."""
+    context[l] for every l: x (L, B, S, D), context (L, B, T, D) (None: self-attention) or its ``key_value``
+    (`stacked_key_value`, one turn's: (L * B, H_kv, T, d) each), mask (B, 1, 1, T) bool, or already per stacked
+    row (L * B, 1, 1, T) (`stacked_key_bias`), or None. RoPE as the module's mode says (positions 0..n-1, the
+    module's default)."""
     layers, batch, queries, _ = x.shape
-    context = x if context is None else context
-    keys = context.shape[2]
-    heads_q, heads_kv, d = module.num_query_heads, module.num_kv_heads, module.head_dim
-
-    def split(t: torch.Tensor, rows: int, heads: int) -> torch.Tensor:  # (L, B*rows, H*d) -> (L*B, H, rows, d)
-        return t.view(layers * batch, rows, heads, d).transpose(1, 2)
-
-    q = split(_project(x.flatten(1, 2), weights, f"{name}.q_proj"), queries, heads_q)
-    flat = context.flatten(1, 2)
-    k, v = (split(t, keys, heads_kv) for t in _project(flat, weights, f"{name}.kv_proj").chunk(2, dim=-1))
-    if module.rope is not None:
-        if module.rope_mode.rotates_queries:
-            q = module.rope.rotate(q, torch.arange(queries, device=x.device))
-        if module.rope_mode.rotates_keys:
-            k = module.rope.rotate(k, torch.arange(keys, device=x.device))
+    heads_q, d = module.num_query_heads, module.head_dim
+    if key_value is None:
+        key_value = tuple(t[0] for t in stacked_key_value(module, weights, name, (x if context is None else context
+                                                                                   ).unsqueeze(1)))
+    k, v = key_value
+    q = _project(x.flatten(1, 2), weights, f"{name}.q_proj").view(layers * batch, queries, heads_q, d).transpose(1, 2)
+    if module.rope is not None and module.rope_mode.rotates_queries:
+        q = module.rope.rotate(q, torch.arange(queries, device=x.device))
     if mask is not None and mask.shape[0] != layers * batch:  # (B, 1, 1, T) -> (L * B, 1, 1, T): layer-major
         mask = mask.expand(layers, *mask.shape).flatten(0, 1)
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=module.cfg.dropout if module.training else 0.0,
-        enable_gqa=heads_q != heads_kv,
+        enable_gqa=heads_q != module.num_kv_heads,
     )
     out = out.transpose(1, 2).reshape(layers, batch * queries, heads_q * d)
     return _project(out, weights, f"{name}.o_proj").view(x.shape)
@@ -146,4 +157,5 @@ def stacked_gate(cfg: GateConfig, weights: dict[str, torch.Tensor], name: str, s
     return (1 - g) * stm + (1 + g) * update
 
 
-__all__ = ["stackable", "stacked_attention", "stacked_gate", "stacked_key_bias", "stacked_rms_norm", "stacked_weights"]
+__all__ = ["stackable", "stacked_attention", "stacked_gate", "stacked_key_bias", "stacked_key_value", "stacked_rms_norm",
+           "stacked_weights"]

@@ -87,3 +87,60 @@ def test_stacked_path_is_the_default_and_flash_falls_back() -> None:
     assert not net.stackable()
     net(stm, enc, valid)
     assert calls  # flash-attn layers run one by one
+
+
+def test_key_bias_equals_key_valid_on_rows_with_tokens() -> None:
+    net = _net("interlayer", GateConfig())
+    stm, enc, valid = _data()
+    bias = net.stacked_key_bias(valid, torch.float64)
+    assert bias.shape == (L * B, 1, 1, T)
+    out = net(stm, enc, key_bias=bias)
+    ref = net.layerwise_forward(stm, enc, valid)
+    torch.testing.assert_close(out[:, :2], ref[:, :2], rtol=0, atol=1e-12)
+    # the row without tokens is not kept here (the caller keeps it): it attended to every key
+    torch.testing.assert_close(out[:, 2], net.layerwise_forward(stm, enc)[:, 2], rtol=0, atol=1e-12)
+    # over leading (turn) dims at once, as per turn
+    turns = torch.stack([valid, valid.roll(1, dims=0)])
+    torch.testing.assert_close(net.stacked_key_bias(turns, torch.float64)[1],
+                               net.stacked_key_bias(turns[1], torch.float64), rtol=0, atol=0)
+
+
+def test_chain_with_weights_stacked_once_equals_per_call() -> None:
+    net = _net("self-interlayer", GateConfig(kind="linear"))
+    stm0, enc, valid = _data()
+    grads = []
+    for once in (True, False):
+        net.zero_grad(set_to_none=True)
+        weights = net.stacked_weights() if once else None
+        stm = stm0
+        for turn in range(3):
+            stm = net(stm, enc.roll(turn, dims=2), valid, weights=weights)
+        stm.pow(2).sum().backward()
+        grads.append((stm.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}))
+    (a, ga), (b, gb) = grads
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    for name in ga:
+        torch.testing.assert_close(ga[name], gb[name], rtol=0, atol=1e-10, msg=name)
+
+
+def test_key_bias_errors_name_the_problem() -> None:
+    net = _net("simple", GateConfig())
+    stm, enc, valid = _data()
+    bias = net.stacked_key_bias(valid, torch.float64)
+    with pytest.raises(ValueError, match="key_bias replaces key_valid"):
+        net(stm, enc, valid, key_bias=bias)
+    with pytest.raises(ValueError, match=r"key_bias must be \(L \* B, 1, 1, T\)"):
+        net(stm, enc, key_bias=bias[:B])
+
+
+def test_a_hook_on_a_layer_module_gets_the_layer_loop() -> None:
+    net = _net("interlayer", GateConfig())
+    stm, enc, valid = _data()
+    seen = []
+    handle = net.gate[1].register_forward_hook(lambda module, inputs, output: seen.append(output))
+    assert not net.stackable()
+    out = net(stm, enc, valid)
+    assert len(seen) == 1
+    handle.remove()
+    assert net.stackable()
+    torch.testing.assert_close(net(stm, enc, valid), out, rtol=0, atol=1e-12)

@@ -132,6 +132,9 @@ def smat_forward(model: RxT, batch: dict[str, torch.Tensor], bptt_depth: int, *,
             device = ids.device.type
             dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else encoded.dtype
             biases = network.stacked_key_bias(mask[:-1], dtype)  # (N-1, L*B, 1, 1, T)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and bptt_depth > 0):
+                # the main step's keys and values read only ED: every turn's in one call, before the chain
+                keys, values = network.stacked_key_value(encoded, weights)
         chained = 0  # memory updates in the current gradient path of `stm` (the loop's fixed segments)
         for t in range(n - 1):
             if bptt_depth == 0:
@@ -142,7 +145,8 @@ def smat_forward(model: RxT, batch: dict[str, torch.Tensor], bptt_depth: int, *,
                 if weights is None:
                     new = network(stm, encoded[:, t], mask[t])
                 else:
-                    new = network(stm, encoded[:, t], weights=weights, key_bias=biases[t])
+                    new = network(stm, encoded[:, t], weights=weights, key_bias=biases[t],
+                                  key_value=(keys[t], values[t]))
                 stm = torch.where(active[t][None, :, None, None], new, stm)  # ended episodes keep their memory
             chained += 1
             stms.append(stm)

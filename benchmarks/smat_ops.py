@@ -13,7 +13,6 @@ the GPU). Also the median CPU wall time of a whole step (forward + backward)::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,9 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.mrl_ops import OpCounter, _commit, with_record
+from benchmarks.mrl_ops import OpCounter, report
 from benchmarks.smat_step import make_turns
-from rxt.atomic_io import atomic_write_json
 from rxt.config import RxTConfig
 from rxt.model import RxT
 from training.stages.smat import SMATObjective
@@ -98,17 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     batch, turns = (int(x) for x in args.shape.split("x"))
     row = measure(args.preset, args.dim, batch, turns, args.turn_tokens, args.bptt_depth, args.reference, args.iters)
-    row["command"] = " ".join(["python", "benchmarks/smat_ops.py", *(argv if argv is not None else sys.argv[1:])])
-    row.update(commit=_commit(), threads=torch.get_num_threads(), torch=torch.__version__, device="cpu")
-    if args.note:
-        row["note"] = args.note
-    print(json.dumps(row), flush=True)
-    if args.out:
-        atomic_write_json(args.out, row)
-    if args.append:
-        doc = with_record(args.append, row)
-        doc["benchmark"] = "smat_ops"
-        atomic_write_json(args.append, doc)
+    row["device"] = "cpu"
+    report(row, args, "benchmarks/smat_ops.py", argv, "smat_ops")
     return 0
 
 

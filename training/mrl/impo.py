@@ -62,17 +62,18 @@ class IMPOConfig:
     minibatch_size: int = 16
     max_grad_norm: float = 1.0
     seed: int = 0
-    #: transitions per pass of the frozen reference (consecutive minibatches merged, at least one): fewer, larger
-    #: passes launch fewer kernels; the memory of one pass grows with it
-    reference_batch: int = 256
+    #: transitions per merged no-grad pass (consecutive minibatches, at least one): the frozen reference's
+    #: distributions and the critic's pre-update values (not the old log-probs, which must equal the first
+    #: epoch's bit for bit). Fewer, larger passes launch fewer kernels; the memory of one pass grows with it
+    merged_batch: int = 256
 
     def __post_init__(self) -> None:
         if not 0 < self.clip_eps < 1:
             raise ValueError(f"IMPOConfig.clip_eps={self.clip_eps} must be in (0, 1)")
         if self.ppo_epochs < 1 or self.minibatch_size < 1:
             raise ValueError("IMPOConfig.ppo_epochs and minibatch_size must be >= 1")
-        if self.reference_batch < 1:
-            raise ValueError(f"IMPOConfig.reference_batch={self.reference_batch} must be >= 1")
+        if self.merged_batch < 1:
+            raise ValueError(f"IMPOConfig.merged_batch={self.merged_batch} must be >= 1")
         for name in ("entropy_coef", "kl_coef", "memory_reg_coef", "value_coef", "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"IMPOConfig.{name}={getattr(self, name)} must be >= 0")
@@ -202,6 +203,17 @@ def merge_minibatches(batches: Sequence[Minibatch], pad_id: int) -> Minibatch:
     )
 
 
+def merged_groups(batches: Sequence[Minibatch], limit: int) -> list[list[Minibatch]]:
+    """Consecutive minibatches grouped, in order, up to ``limit`` transitions a group (at least one minibatch)."""
+    groups: list[list[Minibatch]] = []
+    for mb in batches:
+        if groups and sum(len(m.index) for m in groups[-1]) + len(mb.index) <= limit:
+            groups[-1].append(mb)
+        else:
+            groups.append([mb])
+    return groups
+
+
 def policy_pass(model: RxT, mb: Minibatch, validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """``(STM_k (L, B, S, D), log-distributions (A, V) at the A action targets)``: the memory write re-run from
     the stored STM_{k-1}, then the teacher-forced decoder over prompt ++ action, the LM head at the action
@@ -329,11 +341,14 @@ class IMPOLearner:
         config = self.policy.config
         batches = make_minibatches(items, self.cfg.minibatch_size, self.pad_id, self.critic, self.device,
                                    check=(config.vocab_size, config.max_seq_len))
-        old, values = [], []
+        old = []
         for mb in batches:  # ids checked on the host above: no check reads back from the device from here on
             _, log_dist = policy_pass(self.policy, mb, validate=False)
             old.append(token_log_probs(log_dist, mb))
-            values.append(self.critic(mb.critic_ids, mb.critic_mask, validate=False).float())
+        values = []
+        for group in merged_groups(batches, self.cfg.merged_batch):  # (mean pooling over real tokens: padding-free)
+            merged = merge_minibatches(group, self.pad_id)
+            values.append(self.critic(merged.critic_ids, merged.critic_mask, validate=False).float())
         adv, returns = advantages_and_returns(items, torch.cat(values), self.cfg)
         return items, batches, old, adv, returns
 
@@ -341,18 +356,12 @@ class IMPOLearner:
     def reference_log_dists(self, batches: Sequence[Minibatch]) -> list[torch.Tensor | None]:
         """The frozen reference's (A, V) log-distributions at each minibatch's action tokens, once per update
         (what every epoch's KL term reads; None per minibatch when there is no KL term). Consecutive minibatches
-        of up to ``cfg.reference_batch`` transitions share one pass (`merge_minibatches`); its rows split back
+        of up to ``cfg.merged_batch`` transitions share one pass (`merge_minibatches`); its rows split back
         per minibatch as views."""
         if self.reference is None or self.cfg.kl_coef <= 0:
             return [None] * len(batches)
-        groups: list[list[Minibatch]] = []
-        for mb in batches:
-            if groups and sum(len(m.index) for m in groups[-1]) + len(mb.index) <= self.cfg.reference_batch:
-                groups[-1].append(mb)
-            else:
-                groups.append([mb])
         out: list[torch.Tensor | None] = []
-        for group in groups:
+        for group in merged_groups(batches, self.cfg.merged_batch):
             dists = policy_pass(self.reference, merge_minibatches(group, self.pad_id), validate=False)[1]
             out.extend(dists.split([len(mb.action_targets) for mb in group]))
         return out
@@ -412,6 +421,7 @@ __all__ = [
     "make_minibatches",
     "memory_regularisation",
     "merge_minibatches",
+    "merged_groups",
     "policy_pass",
     "token_log_probs",
     "transitions",

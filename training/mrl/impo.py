@@ -23,8 +23,9 @@ on exactly the same minibatch tensors, so at the first update epoch the ratio is
 
 with the entropy H and the KL to the frozen reference policy (the same two-stage pass) over full distributions,
 averaged over the action tokens. The reference is frozen, so its distributions at the action tokens are computed
-once per update (`IMPOLearner.reference_log_dists`, A x V floats per minibatch of A action tokens) and reused by
-every epoch. Token ids are range-checked once per update, on the host before they go to the device
+once per update (`IMPOLearner.reference_log_dists`, A x V floats per minibatch of A action tokens, from passes over
+consecutive minibatches merged up to ``IMPOConfig.merged_batch`` transitions, as the critic's pre-update values)
+and reused by every epoch. Token ids are range-checked once per update, on the host before they go to the device
 (`make_minibatches(check=...)`, from `prepare`); no pass of the update reads anything back from the device. Advantages: A = R - V(s) with R the step's reward, or GAE(gamma, lambda) over
 each episode's steps (then R = A + V); normalised over all transitions. Every collected episode and every step,
 the last ones included, enters every update epoch.

@@ -144,3 +144,21 @@ def test_a_hook_on_a_layer_module_gets_the_layer_loop() -> None:
     handle.remove()
     assert net.stackable()
     torch.testing.assert_close(net(stm, enc, valid), out, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["static", "elementwise", "linear"])
+def test_stacked_under_bf16_autocast_matches_the_layer_loop(kind: str) -> None:
+    """The GPU recipe's setting on the CPU: same output dtype as the layer loop, values within bf16 rounding, and
+    a precomputed key bias / key-value pair in the autocast dtype works."""
+    net = _net("interlayer", GateConfig(kind=kind)).float()
+    stm, enc, valid = (t.float() if t.is_floating_point() else t for t in _data())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(stm, enc, valid)
+        ref = net.layerwise_forward(stm, enc, valid)
+        weights = net.stacked_weights()
+        keys, values = net.stacked_key_value(enc.unsqueeze(1), weights)
+        chained = net(stm, enc, weights=weights, key_bias=net.stacked_key_bias(valid, torch.bfloat16),
+                      key_value=(keys[0], values[0]))
+    assert out.dtype == ref.dtype == chained.dtype
+    torch.testing.assert_close(out, ref, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(chained[:, :2], out[:, :2], rtol=0, atol=1e-6)

@@ -114,7 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1) if args.device == "cpu" else None
     row = measure(args.preset, args.mrl, args.device, args.dim)
-    row["command"] = " ".join(["python", "benchmarks/mrl_ops.py", *(argv if argv is not None else sys.argv[1:])])
+    report(row, args, "benchmarks/mrl_ops.py", argv)
+    return 0
+
+
+def report(row: dict, args: argparse.Namespace, script: str, argv: list[str] | None, benchmark: str = "mrl_ops"
+           ) -> None:
+    """Adds the command, commit, threads, torch version and ``args.note`` to ``row``, prints it and writes it to
+    ``args.out`` and/or appends it to ``args.append``'s records (a ``benchmark`` document)."""
+    row["command"] = " ".join(["python", script, *(argv if argv is not None else sys.argv[1:])])
     row.update(commit=_commit(), threads=torch.get_num_threads(), torch=torch.__version__)
     if args.note:
         row["note"] = args.note
@@ -122,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         atomic_write_json(args.out, row)
     if args.append:
-        atomic_write_json(args.append, with_record(args.append, row))
-    return 0
+        atomic_write_json(args.append, with_record(args.append, row, benchmark))
 
 
 def _commit() -> str | None:
@@ -138,9 +145,9 @@ def _commit() -> str | None:
     return f"{head}+dirty" if dirty else head
 
 
-def with_record(path: Path, row: dict) -> dict:
-    """``{"benchmark": "mrl_ops", "records": [...]}`` of ``path`` (if any) with ``row`` appended."""
-    doc = {"benchmark": "mrl_ops", "records": []}
+def with_record(path: Path, row: dict, benchmark: str = "mrl_ops") -> dict:
+    """``{"benchmark": benchmark, "records": [...]}`` of ``path`` (if any) with ``row`` appended."""
+    doc = {"benchmark": benchmark, "records": []}
     if path.is_file():
         old = json.loads(path.read_text())
         doc["records"] = list(old["records"]) if "records" in old else [old]

@@ -35,6 +35,15 @@ from rxt.attention import Attention
 from rxt.attention_config import AttentionConfig
 from rxt.gates import GateConfig, ResidualGate
 from rxt.masks import key_padding_mask
+from rxt.memory_attention_stacked import (
+    stackable,
+    stacked_attention,
+    stacked_gate,
+    stacked_key_bias,
+    stacked_key_value,
+    stacked_rms_norm,
+    stacked_weights,
+)
 from rxt.rope import RotaryEmbedding
 
 #: Registry name -> class. Filled by :func:`register_memory_attention`.
@@ -155,27 +164,103 @@ class MemoryAttentionNetwork(nn.Module):
         return stm, key_valid
 
     def forward(
-        self, stm: torch.Tensor, encoded: torch.Tensor, key_valid: torch.Tensor | None = None
+        self, stm: torch.Tensor, encoded: torch.Tensor, key_valid: torch.Tensor | None = None, *,
+        weights: dict[str, torch.Tensor] | None = None, key_bias: torch.Tensor | None = None,
+        key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The new STM (L, B, S, D), out-of-place.
 
         ``stm`` (L, B, S, D) (or (L, 1, S, D), broadcast to the batch), ``encoded`` (L, B, T, D) and
-        ``key_valid`` (B, T) (None: every token is real). Rows with no valid token keep their memory.
+        ``key_valid`` (B, T) (None: every token is real). Rows with no valid token keep their memory. The L layers
+        run as one batched computation (`rxt.memory_attention_stacked`) when every attention takes the SDPA path,
+        else layer by layer (`layerwise_forward`, the same maths). ``weights``: `stacked_weights()` taken once for
+        a chain of calls (None stacks them here; the layer-by-layer path reads the modules).
+
+        ``key_bias`` (L * B, 1, 1, T), instead of ``key_valid``: the stacked path's attention bias, precomputed
+        once for a chain of calls (`stacked_key_bias`). Rows without a valid token are then NOT kept here: the
+        caller keeps their memory (the SMAT chain keeps every row of an ended or empty turn). ``key_value``: the
+        main step's keys and values of ``encoded``, precomputed for a chain (`stacked_key_value`, one turn's),
+        needs ``weights``.
         """
+        if key_value is not None and (weights is None or not self.stackable()):
+            raise ValueError("memory attention: key_value needs the stacked path and its weights")
+        if key_bias is not None:
+            if key_valid is not None or not self.stackable():
+                raise ValueError("memory attention: key_bias replaces key_valid and needs the stacked path "
+                                 "(every attention on SDPA)")
+            rows, keys = self.cfg.num_layers * encoded.shape[1], encoded.shape[2]
+            if tuple(key_bias.shape) != (rows, 1, 1, keys):
+                raise ValueError(f"memory attention: key_bias must be (L * B, 1, 1, T) = ({rows}, 1, 1, {keys}); "
+                                 f"got {tuple(key_bias.shape)}")
+        if not self.stackable():
+            return self._new_memory(stm, encoded, key_valid, None)
+        return self._new_memory(stm, encoded, key_valid, self.stacked_weights() if weights is None else weights,
+                                key_bias, key_value)
+
+    def layerwise_forward(
+        self, stm: torch.Tensor, encoded: torch.Tensor, key_valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`forward` computed layer after layer (the reference the stacked path is tested against)."""
+        return self._new_memory(stm, encoded, key_valid, None)
+
+    def stackable(self) -> bool:
+        """Whether `forward` runs the layers batched: every attention on SDPA and no hook on a per-layer module
+        (the batched path never calls them, so a hook, e.g. `training.memory_diagnostics` reading the gates,
+        gets the layer-by-layer path)."""
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in self.modules() if m is not self)
+        return not hooked and stackable([*self.attention, *getattr(self, "pre_attention", [])])
+
+    def stacked_weights(self) -> dict[str, torch.Tensor]:
+        """The per-layer parameters stacked over the layers (`rxt.memory_attention_stacked.stacked_weights`)."""
+        return stacked_weights(self, self.cfg.num_layers)
+
+    def stacked_key_bias(self, key_valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``key_valid`` (..., B, T) -> the ``key_bias`` (..., L * B, 1, 1, T) of `forward` (0 where a key is
+        valid, -inf where not; a row with no valid key attends to all, as `rxt.masks.key_padding_mask`), in the
+        queries' ``dtype``. Over all turns of a chain at once: a few ops instead of a few per turn."""
+        return stacked_key_bias(key_valid, self.cfg.num_layers, dtype)
+
+    def stacked_key_value(self, encoded: torch.Tensor, weights: dict[str, torch.Tensor]
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The main step's keys and values of M turns' ``encoded`` (L, M, B, T, D) at once, (M, L * B, H_kv, T, d)
+        each: they read only the encoded data, never the STM, so a chain computes them before its first turn and
+        passes turn t's as `forward`'s ``key_value``."""
+        kv = stacked_rms_norm(weights["input_norm.weight"], self.cfg.norm_eps, encoded)
+        return stacked_key_value(self.attention[0], weights, "attention", kv)
+
+    def _new_memory(
+        self, stm: torch.Tensor, encoded: torch.Tensor, key_valid: torch.Tensor | None,
+        weights: dict[str, torch.Tensor] | None, key_bias: torch.Tensor | None = None,
+        key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The new memory: layers batched with the stacked ``weights``, layer by layer when None."""
         stm, key_valid = self._validate(stm, encoded, key_valid)
-        mask = key_padding_mask(key_valid.to(encoded.device)) if key_valid is not None else None
-        x = self.pre_step(stm)
-        layers = []
-        for l in range(self.cfg.num_layers):
-            q = self.query_norm[l](x[l])
-            kv = self.input_norm[l](encoded[l])
-            update = self.attention[l](q, kv, mask=mask)
-            layers.append(self.gate[l](x[l], update))
-        new = torch.stack(layers)
+        mask = key_padding_mask(key_valid.to(encoded.device)) if key_valid is not None else key_bias
+        if weights is not None:
+            x = self.stacked_pre_step(stm, weights)
+            eps = self.cfg.norm_eps
+            q = stacked_rms_norm(weights["query_norm.weight"], eps, x)
+            if key_value is None:
+                key_value = tuple(t[0] for t in self.stacked_key_value(encoded.unsqueeze(1), weights))
+            update = stacked_attention(self.attention[0], weights, "attention", q, mask=mask, key_value=key_value)
+            new = stacked_gate(self.cfg.gate, weights, "gate", x, update)
+        else:
+            x = self.pre_step(stm)
+            layers = []
+            for l in range(self.cfg.num_layers):
+                q = self.query_norm[l](x[l])
+                kv = self.input_norm[l](encoded[l])
+                update = self.attention[l](q, kv, mask=mask)
+                layers.append(self.gate[l](x[l], update))
+            new = torch.stack(layers)
         if key_valid is not None:
             has_tokens = key_valid.to(encoded.device).bool().any(dim=1)  # (B,)
             new = torch.where(has_tokens[None, :, None, None], new, stm)
         return new
+
+    def stacked_pre_step(self, stm: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`pre_step` with the layers batched (``weights``: `stacked_weights`). Identity here ("simple")."""
+        return stm
 
 
 @register_memory_attention("simple")
@@ -220,6 +305,22 @@ class _PreAttentionMemoryAttention(MemoryAttentionNetwork):
             layers.append(self.pre_gate[l](stm[l], update))
         return torch.stack(layers)
 
+    def key_sources(self, stm: torch.Tensor, context: torch.Tensor | None,
+                    weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`key_source` of every layer at once, (L, B, S, D)."""
+        raise NotImplementedError
+
+    def stacked_pre_step(self, stm: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        eps = self.cfg.norm_eps
+        q = stacked_rms_norm(weights["pre_query_norm.weight"], eps, stm)
+        if self.self_attention:
+            update = stacked_attention(self.pre_attention[0], weights, "pre_attention", q)
+        else:
+            keys = self.key_sources(stm, self.layer_context(stm), weights)
+            kv = stacked_rms_norm(weights["pre_key_norm.weight"], eps, keys)
+            update = stacked_attention(self.pre_attention[0], weights, "pre_attention", q, kv)
+        return stacked_gate(self.cfg.gate, weights, "pre_gate", stm, update)
+
 
 @register_memory_attention("self")
 class SelfMemoryAttention(_PreAttentionMemoryAttention):
@@ -237,6 +338,10 @@ class InterlayerMemoryAttention(_PreAttentionMemoryAttention):
 
     def key_source(self, stm: torch.Tensor, layer: int, context: torch.Tensor | None) -> torch.Tensor:
         return context
+
+    def key_sources(self, stm: torch.Tensor, context: torch.Tensor | None,
+                    weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        return context.expand_as(stm)
 
 
 @register_memory_attention("self-interlayer")
@@ -274,6 +379,11 @@ class SelfInterlayerMemoryAttention(_PreAttentionMemoryAttention):
     def key_source(self, stm: torch.Tensor, layer: int, context: torch.Tensor | None) -> torch.Tensor:
         mean = context[layer // self.group_size]
         return self.mix_gate[layer](mean, stm[layer])
+
+    def key_sources(self, stm: torch.Tensor, context: torch.Tensor | None,
+                    weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        means = context.repeat_interleave(self.group_size, dim=0)  # (L, B, S, D): layer l's group mean
+        return stacked_gate(self.mix_gate[0].cfg, weights, "mix_gate", means, stm)
 
 
 @register_memory_attention("grouped-self-interlayer")

@@ -23,8 +23,9 @@ on exactly the same minibatch tensors, so at the first update epoch the ratio is
 
 with the entropy H and the KL to the frozen reference policy (the same two-stage pass) over full distributions,
 averaged over the action tokens. The reference is frozen, so its distributions at the action tokens are computed
-once per update (`IMPOLearner.reference_log_dists`, A x V floats per minibatch of A action tokens) and reused by
-every epoch. Token ids are range-checked once per update, on the host before they go to the device
+once per update (`IMPOLearner.reference_log_dists`, A x V floats per minibatch of A action tokens, from passes over
+consecutive minibatches merged up to ``IMPOConfig.merged_batch`` transitions, as the critic's pre-update values)
+and reused by every epoch. Token ids are range-checked once per update, on the host before they go to the device
 (`make_minibatches(check=...)`, from `prepare`); no pass of the update reads anything back from the device. Advantages: A = R - V(s) with R the step's reward, or GAE(gamma, lambda) over
 each episode's steps (then R = A + V); normalised over all transitions. Every collected episode and every step,
 the last ones included, enters every update epoch.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -61,12 +63,18 @@ class IMPOConfig:
     minibatch_size: int = 16
     max_grad_norm: float = 1.0
     seed: int = 0
+    #: transitions per merged no-grad pass (consecutive minibatches, at least one): the frozen reference's
+    #: distributions and the critic's pre-update values (not the old log-probs, which must equal the first
+    #: epoch's bit for bit). Fewer, larger passes launch fewer kernels; the memory of one pass grows with it
+    merged_batch: int = 256
 
     def __post_init__(self) -> None:
         if not 0 < self.clip_eps < 1:
             raise ValueError(f"IMPOConfig.clip_eps={self.clip_eps} must be in (0, 1)")
         if self.ppo_epochs < 1 or self.minibatch_size < 1:
             raise ValueError("IMPOConfig.ppo_epochs and minibatch_size must be >= 1")
+        if self.merged_batch < 1:
+            raise ValueError(f"IMPOConfig.merged_batch={self.merged_batch} must be >= 1")
         for name in ("entropy_coef", "kl_coef", "memory_reg_coef", "value_coef", "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"IMPOConfig.{name}={getattr(self, name)} must be >= 0")
@@ -167,6 +175,44 @@ def make_minibatches(items: Sequence[Transition], size: int, pad_id: int, critic
             critic_ids=critic_ids, critic_mask=critic_mask,
         ))
     return out
+
+
+def merge_minibatches(batches: Sequence[Minibatch], pad_id: int) -> Minibatch:
+    """Consecutive minibatches as one: rows concatenated in order, id tensors right-padded with ``pad_id`` (masks
+    False) to the widest, action positions re-indexed. Right padding changes no row's result (causal decoder,
+    masked keys), so a pass over the merge equals the passes over the parts up to float rounding."""
+    if len(batches) == 1:
+        return batches[0]
+
+    def cat(name: str, value) -> torch.Tensor:
+        parts = [getattr(mb, name) for mb in batches]
+        width = max(p.shape[1] for p in parts)
+        return torch.cat([F.pad(p, (0, width - p.shape[1]), value=value) for p in parts])
+
+    offsets = list(accumulate((mb.seq_ids.shape[0] for mb in batches[:-1]), initial=0))  # host ints: shapes
+    seq_ids = cat("seq_ids", pad_id)
+    return Minibatch(
+        index=torch.cat([mb.index for mb in batches]),
+        prev_stm=torch.cat([mb.prev_stm for mb in batches], dim=1),
+        mem_ids=cat("mem_ids", pad_id), mem_mask=cat("mem_mask", False), seq_ids=seq_ids,
+        seq_mask=cat("seq_mask", False), targets=seq_ids[:, 1:], action_mask=cat("action_mask", False),
+        action_rows=torch.cat([mb.action_rows + offset for mb, offset in zip(batches, offsets, strict=True)]),
+        action_cols=torch.cat([mb.action_cols for mb in batches]),
+        action_targets=torch.cat([mb.action_targets for mb in batches]),
+        steps=torch.cat([mb.steps for mb in batches]), critic_ids=cat("critic_ids", pad_id),
+        critic_mask=cat("critic_mask", False),
+    )
+
+
+def merged_groups(batches: Sequence[Minibatch], limit: int) -> list[list[Minibatch]]:
+    """Consecutive minibatches grouped, in order, up to ``limit`` transitions a group (at least one minibatch)."""
+    groups: list[list[Minibatch]] = []
+    for mb in batches:
+        if groups and sum(len(m.index) for m in groups[-1]) + len(mb.index) <= limit:
+            groups[-1].append(mb)
+        else:
+            groups.append([mb])
+    return groups
 
 
 def policy_pass(model: RxT, mb: Minibatch, validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,21 +342,30 @@ class IMPOLearner:
         config = self.policy.config
         batches = make_minibatches(items, self.cfg.minibatch_size, self.pad_id, self.critic, self.device,
                                    check=(config.vocab_size, config.max_seq_len))
-        old, values = [], []
+        old = []
         for mb in batches:  # ids checked on the host above: no check reads back from the device from here on
             _, log_dist = policy_pass(self.policy, mb, validate=False)
             old.append(token_log_probs(log_dist, mb))
-            values.append(self.critic(mb.critic_ids, mb.critic_mask, validate=False).float())
+        values = []
+        for group in merged_groups(batches, self.cfg.merged_batch):  # (mean pooling over real tokens: padding-free)
+            merged = merge_minibatches(group, self.pad_id)
+            values.append(self.critic(merged.critic_ids, merged.critic_mask, validate=False).float())
         adv, returns = advantages_and_returns(items, torch.cat(values), self.cfg)
         return items, batches, old, adv, returns
 
     @torch.no_grad()
     def reference_log_dists(self, batches: Sequence[Minibatch]) -> list[torch.Tensor | None]:
         """The frozen reference's (A, V) log-distributions at each minibatch's action tokens, once per update
-        (what every epoch's KL term reads; None per minibatch when there is no KL term)."""
+        (what every epoch's KL term reads; None per minibatch when there is no KL term). Consecutive minibatches
+        of up to ``cfg.merged_batch`` transitions share one pass (`merge_minibatches`); its rows split back
+        per minibatch as views."""
         if self.reference is None or self.cfg.kl_coef <= 0:
             return [None] * len(batches)
-        return [policy_pass(self.reference, mb, validate=False)[1] for mb in batches]
+        out: list[torch.Tensor | None] = []
+        for group in merged_groups(batches, self.cfg.merged_batch):
+            dists = policy_pass(self.reference, merge_minibatches(group, self.pad_id), validate=False)[1]
+            out.extend(dists.split([len(mb.action_targets) for mb in group]))
+        return out
 
     def update(self, logs: Sequence[EpisodeLog]) -> dict[str, float]:
         """``ppo_epochs`` passes over every transition of ``logs`` (minibatch order shuffled per epoch, seeded)."""
@@ -366,6 +421,8 @@ __all__ = [
     "impo_loss",
     "make_minibatches",
     "memory_regularisation",
+    "merge_minibatches",
+    "merged_groups",
     "policy_pass",
     "token_log_probs",
     "transitions",

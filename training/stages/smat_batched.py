@@ -124,6 +124,17 @@ def smat_forward(model: RxT, batch: dict[str, torch.Tensor], bptt_depth: int, *,
         with torch.set_grad_enabled(torch.is_grad_enabled() and bptt_depth > 0):
             encoded = model.encoder(enc_ids, enc_mask, validate=False).hidden_states
             encoded = encoded.unflatten(1, (n - 1, b))  # (L, N-1, B, T, D)
+            # the L layers' weights stacked once for the whole chain (None: layer by layer): one gradient sum
+            # over the turns per weight kind instead of one per turn and layer
+            network = model.memory_attention
+            weights = network.stacked_weights() if network.stackable() else None
+        if weights is not None:  # every turn's attention bias at once; rows of ended/empty turns kept below
+            device = ids.device.type
+            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else encoded.dtype
+            biases = network.stacked_key_bias(mask[:-1], dtype)  # (N-1, L*B, 1, 1, T)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and bptt_depth > 0):
+                # the main step's keys and values read only ED: every turn's in one call, before the chain
+                keys, values = network.stacked_key_value(encoded, weights)
         chained = 0  # memory updates in the current gradient path of `stm` (the loop's fixed segments)
         for t in range(n - 1):
             if bptt_depth == 0:
@@ -131,7 +142,11 @@ def smat_forward(model: RxT, batch: dict[str, torch.Tensor], bptt_depth: int, *,
             elif chained >= bptt_depth:
                 stm, chained = stm.detach(), 0
             with torch.set_grad_enabled(torch.is_grad_enabled() and bptt_depth > 0):
-                new = model.memory_attention(stm, encoded[:, t], mask[t])
+                if weights is None:
+                    new = network(stm, encoded[:, t], mask[t])
+                else:
+                    new = network(stm, encoded[:, t], weights=weights, key_bias=biases[t],
+                                  key_value=(keys[t], values[t]))
                 stm = torch.where(active[t][None, :, None, None], new, stm)  # ended episodes keep their memory
             chained += 1
             stms.append(stm)

@@ -268,8 +268,10 @@ def test_update_statistics_read_back_once_match_per_minibatch_floats(tok, logs):
     """The statistics summed on the device equal the per-minibatch Python floats they replace (same order, both
     in double precision), and the weights move exactly as the loop by hand moves them."""
     model = tiny_model(tok)
-    learner = learner_for(copy.deepcopy(model), tok, minibatch_size=3, ppo_epochs=2)
-    by_hand = learner_for(copy.deepcopy(model), tok, minibatch_size=3, ppo_epochs=2)
+    # the loop by hand runs the reference per minibatch (inside impo_loss): so does the learner here, bit for bit
+    # (merged no-grad passes are checked against per-minibatch ones in float64 below)
+    learner = learner_for(copy.deepcopy(model), tok, minibatch_size=3, ppo_epochs=2, merged_batch=1)
+    by_hand = learner_for(copy.deepcopy(model), tok, minibatch_size=3, ppo_epochs=2, merged_batch=1)
     stats = learner.update(logs)
     _, batches, old, adv, returns = by_hand.prepare(logs)
     totals: dict[str, float] = {}
@@ -375,3 +377,39 @@ def test_seen_holds_the_latest_update_only(tok, logs):
     learner.update(logs[:2])
     assert len(learner.seen) == 2  # the second update's two epochs, not four
     assert all(sorted(seen) == [(e, k) for e in range(2) for k in range(2)] for seen in learner.seen)
+
+
+def test_merged_no_grad_passes_equal_one_per_minibatch_float64(tok, logs):
+    """float64 toy: the reference's distributions and the critic's pre-update values from merged minibatches (one
+    pass over several, right-padded) equal one pass per minibatch, and so does a whole update (its statistics)."""
+    results = []
+    for merged_batch in (1, 1_000):
+        model = tiny_model(tok).double()
+        learner = learner_for(model, tok, minibatch_size=3, kl_coef=0.3, merged_batch=merged_batch)
+        learner.critic.double()
+        torch.manual_seed(9)
+        with torch.no_grad():  # the policy differs from its reference: a KL term that is not zero
+            for p in learner.policy.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        items = transitions(logs)
+        batches = [dataclasses.replace(mb, prev_stm=mb.prev_stm.double())
+                   for mb in make_minibatches(items, 3, tok.pad_id, learner.critic)]
+        assert len(batches) > 2 and len({mb.seq_ids.shape[1] for mb in batches}) > 1  # merging pads
+        refs = learner.reference_log_dists(batches)
+        refs.append(learner.prepare(logs)[3])  # the advantages, from the critic's pre-update values
+        assert [r.shape for r in refs[:-1]] == [(len(mb.action_targets), model.config.vocab_size) for mb in batches]
+        logs64 = [dataclasses.replace(log, stm_initial=log.stm_initial.double(),
+                                      steps=[dataclasses.replace(s, stm_before=s.stm_before.double())
+                                             for s in log.steps]) for log in logs]
+        results.append((refs, learner.update(logs64)))
+    (refs_one, stats_one), (refs_merged, stats_merged) = results
+    for a, b in zip(refs_one, refs_merged, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
+    assert stats_one.keys() == stats_merged.keys() and stats_one["kl"] > 1e-6
+    for key in stats_one:
+        assert stats_merged[key] == pytest.approx(stats_one[key], rel=1e-9, abs=1e-12), key
+
+
+def test_merged_batch_must_be_positive():
+    with pytest.raises(ValueError, match="merged_batch=0"):
+        IMPOConfig(merged_batch=0)

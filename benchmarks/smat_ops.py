@@ -1,0 +1,105 @@
+"""Torch ops dispatched by one SMAT step (forward, backward), on any device: the launch count the step is bound by.
+
+Builds the step as `benchmarks/smat_step.py` does (random episodes of full turns, the restructured path unless
+``--reference``, stacked on the host) for a preset at a small width (``--dim``, ffn 2x): the op count depends on
+the depth, slots, turns and the code path, not on the width, so a CPU counts what a GPU would launch (to within
+the CPU's decomposed kernels, e.g. RMSNorm as 5 ops). Ops are counted with a `TorchDispatchMode`; ``*_ops``
+counts every op, ``*_compute_ops`` leaves out views (which launch nothing). The optimizer is not counted (fused on
+the GPU). Also the median CPU wall time of a whole step (forward + backward)::
+
+    OMP_NUM_THREADS=1 python benchmarks/smat_ops.py --preset nano --dim 64 --shape 128x18 --out /tmp/smat_ops.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.mrl_ops import OpCounter, report
+from benchmarks.smat_step import make_turns
+from rxt.config import RxTConfig
+from rxt.model import RxT
+from training.stages.smat import SMATObjective
+from training.stages.smat_batched import stack_episode_turns
+
+
+class ComputeOpCounter(OpCounter):
+    """`OpCounter` that also counts the ops that are not views (``compute``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.compute = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.compute += not func.is_view
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+def measure(preset: str, dim: int | None, batch: int, turns: int, length: int, bptt: int, reference: bool,
+            iters: int) -> dict:
+    torch.manual_seed(0)
+    width = {"dim": dim, "ffn_hidden_dim": 2 * dim} if dim else {}
+    model = RxT(RxTConfig.preset(preset, **width))
+    objective = SMATObjective(model, bptt, reference=reference).train()
+    data = make_turns(batch, turns, length, model.config.vocab_size, torch.device("cpu"))
+    data = data if reference else stack_episode_turns(data)
+
+    def step() -> None:
+        objective.zero_grad(set_to_none=True)
+        objective(data)["loss"].backward()
+
+    step()  # warm
+    row = {"preset": preset, "dim": model.config.dim, "path": "reference" if reference else "restructured",
+           "batch": batch, "turns": turns, "turn_tokens": length, "bptt_depth": bptt}
+    objective.zero_grad(set_to_none=True)
+    for phase in ("forward", "backward"):
+        counter = ComputeOpCounter()
+        with counter:
+            if phase == "forward":
+                loss = objective(data)["loss"]
+            else:
+                loss.backward()
+        row[f"{phase}_ops"], row[f"{phase}_compute_ops"] = counter.count, counter.compute
+    row["step_ops"] = row["forward_ops"] + row["backward_ops"]
+    row["step_compute_ops"] = row["forward_compute_ops"] + row["backward_compute_ops"]
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    row["cpu_step_s"] = statistics.median(times)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="nano")
+    parser.add_argument("--dim", type=int, default=64, help="override the preset's width (ffn 2x)")
+    parser.add_argument("--shape", default="128x18", help="EPISODESxTURNS")
+    parser.add_argument("--turn-tokens", type=int, default=48)
+    parser.add_argument("--bptt-depth", type=int, default=4)
+    parser.add_argument("--reference", action="store_true", help="the per-turn loop")
+    parser.add_argument("--iters", type=int, default=3, help="timed steps (median)")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--append", type=Path, default=None, help="add the row to this file's records")
+    parser.add_argument("--note", default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    batch, turns = (int(x) for x in args.shape.split("x"))
+    row = measure(args.preset, args.dim, batch, turns, args.turn_tokens, args.bptt_depth, args.reference, args.iters)
+    row["device"] = "cpu"
+    report(row, args, "benchmarks/smat_ops.py", argv, "smat_ops")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -323,20 +323,27 @@ def _previous_loss(policy, reference, critic, mb, old, adv, returns, cfg):
     return -row_mean(surrogate) - cfg.entropy_coef * entropy + cfg.kl_coef * kl + mem + cfg.value_coef * value_loss
 
 
-def test_loss_with_reference_computed_once_equals_the_previous_path_float64(tok, logs):
-    """float64 toy: the loss (action-position LM head, reference distributions cached once per update, no id
-    checks in the epochs) equals the previous full-distribution loss with the reference pass inside, and so do
-    its gradients, also after the policy has moved away from the reference."""
+def _float64_moved_policy(tok, logs, minibatch_size: int, **cfg):
+    """A float64 toy learner whose policy has moved off its reference (a KL term that is not zero), its
+    transitions and their float64 minibatches: ``(model, learner, items, batches)``."""
     model = tiny_model(tok).double()
-    learner = learner_for(model, tok, minibatch_size=4, kl_coef=0.3, entropy_coef=0.05)
+    learner = learner_for(model, tok, minibatch_size=minibatch_size, kl_coef=0.3, **cfg)
     learner.critic.double()
     torch.manual_seed(9)
-    with torch.no_grad():  # the policy differs from its reference: a KL term that is not zero
+    with torch.no_grad():
         for p in learner.policy.parameters():
             p.add_(0.01 * torch.randn_like(p))
     items = transitions(logs)
     batches = [dataclasses.replace(mb, prev_stm=mb.prev_stm.double())
-               for mb in make_minibatches(items, 4, tok.pad_id, learner.critic)]
+               for mb in make_minibatches(items, minibatch_size, tok.pad_id, learner.critic)]
+    return model, learner, items, batches
+
+
+def test_loss_with_reference_computed_once_equals_the_previous_path_float64(tok, logs):
+    """float64 toy: the loss (action-position LM head, reference distributions cached once per update, no id
+    checks in the epochs) equals the previous full-distribution loss with the reference pass inside, and so do
+    its gradients, also after the policy has moved away from the reference."""
+    _, learner, items, batches = _float64_moved_policy(tok, logs, 4, entropy_coef=0.05)
     adv, returns = torch.randn(len(items), dtype=torch.float64), torch.randn(len(items), dtype=torch.float64)
     refs = learner.reference_log_dists(batches)
     params = learner.parameters()
@@ -384,16 +391,7 @@ def test_merged_no_grad_passes_equal_one_per_minibatch_float64(tok, logs):
     pass over several, right-padded) equal one pass per minibatch, and so does a whole update (its statistics)."""
     results = []
     for merged_batch in (1, 1_000):
-        model = tiny_model(tok).double()
-        learner = learner_for(model, tok, minibatch_size=3, kl_coef=0.3, merged_batch=merged_batch)
-        learner.critic.double()
-        torch.manual_seed(9)
-        with torch.no_grad():  # the policy differs from its reference: a KL term that is not zero
-            for p in learner.policy.parameters():
-                p.add_(0.01 * torch.randn_like(p))
-        items = transitions(logs)
-        batches = [dataclasses.replace(mb, prev_stm=mb.prev_stm.double())
-                   for mb in make_minibatches(items, 3, tok.pad_id, learner.critic)]
+        model, learner, _, batches = _float64_moved_policy(tok, logs, 3, merged_batch=merged_batch)
         assert len(batches) > 2 and len({mb.seq_ids.shape[1] for mb in batches}) > 1  # merging pads
         refs = learner.reference_log_dists(batches)
         refs.append(learner.prepare(logs)[3])  # the advantages, from the critic's pre-update values

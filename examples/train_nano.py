@@ -115,19 +115,14 @@ def _synthetic(limit: int | None = None, **fields: Any) -> dict[str, Any]:
 
 
 def _smat_phase(distances: list[int], *, episodes: int, copy_episodes: int = 0, chitchat: int = 0,
-                eval_episodes: int, eval_seed: int, seed: int, num_facts: list[int] | None = None,
-                **stage: Any) -> dict[str, Any]:
+                eval_episodes: int, eval_seed: int, seed: int, **stage: Any) -> dict[str, Any]:
     """One SMAT run of the distance curriculum: long-range and cumulative dialogues at ``distances`` (episodes
     of at most ``max(distances) + 3`` turns, so ``max_turns`` never cuts a question off), optionally the
     in-context copy task (``copy_episodes``) and chitchat; held out: ``split: eval`` dialogues at the same
-    distances. Gradients flow through every memory update of an episode (``bptt_depth`` = its turns).
-    ``num_facts`` ([min, max] facts of an episode; default the generator's 2-4) narrows the dialogues of an early
-    phase: fewer distractors first (the CPU gate learnt 0.98 with one fact, 0.64 with 2-4 in the same steps)."""
+    distances. Gradients flow through every memory update of an episode (``bptt_depth`` = its turns)."""
     turns = max(distances) + 3
-    facts = {} if num_facts is None else {"num_facts": num_facts}
-    data = [_synthetic(num_episodes=episodes, distance=distances, style="long_range", max_lead=1, seed=seed, **facts),
-            _synthetic(num_episodes=episodes // 3, distance=distances, style="cumulative", max_lead=1, seed=seed,
-                       **facts)]
+    data = [_synthetic(num_episodes=episodes, distance=distances, style="long_range", max_lead=1, seed=seed),
+            _synthetic(num_episodes=episodes // 3, distance=distances, style="cumulative", max_lead=1, seed=seed)]
     if copy_episodes:
         data.append(_synthetic(num_episodes=copy_episodes, distance=distances, form="in_context", max_lead=1,
                                seed=seed))

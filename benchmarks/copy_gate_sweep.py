@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append({"variant": name, "overrides": VARIANTS[name], "error": f"exit {proc.returncode}"})
             continue
         doc = json.loads(report.read_text())
-        runs.append({"variant": name, "overrides": [*BASE, *VARIANTS[name]],
+        runs.append({"variant": name, "overrides": VARIANTS[name],
                      **{k: doc[k] for k in ("recall", "recall_memory_reset", "recall_in_context", "steps",
                                             "train_seconds", "parameters")}})
         print(json.dumps(runs[-1]), flush=True)
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rxt.atomic_io import atomic_write_json
 
-    result = {"benchmark": "copy_gate_sweep", "runs": runs, "concurrent_processes": len(procs),
+    result = {"benchmark": "copy_gate_sweep", "base": BASE, "runs": runs, "concurrent_processes": len(procs),
               "wall_s": round(time.time() - start, 1),
               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.machine(),
               "versions": {"python": platform.python_version(), "torch": torch.__version__},

@@ -339,15 +339,14 @@ def copy_gate_sweep() -> list[str]:
     if not d:
         return []
     lines = [f"**The copy gate at nano size** ({d['device']}, {d['concurrent_processes']} variants at once on one GPU; "
-             f"`{d['command']}`; dim 256, 6 layers, 64 STM slots, 128 episodes a step, 2,000 in-context steps "
-             "first, then memory steps; held-out recall at k = 1)", "",
+             f"`{d['command']}`; every variant: `{' '.join(d['base'])}` (in-context steps first, then memory "
+             "steps); held-out recall at k = 1)", "",
              "| variant | changes | steps | recall | memory reset | in context |", "|---|---|---|---|---|---|"]
-    base = set(d["runs"][0]["overrides"][:7]) if d["runs"] else set()
     for r in d["runs"]:
         if "error" in r:
             lines.append(f"| {r['variant']} | failed: {r['error']} | - | - | - | - |")
             continue
-        changes = ", ".join(o for o in r["overrides"] if o not in base)
+        changes = ", ".join(r["overrides"])  # beyond the shared `base` overrides
         lines.append(f"| {r['variant']} | {changes} | {r['steps']} | {r['recall']:.2f} | "
                      f"{r['recall_memory_reset']:.2f} | {r['recall_in_context']:.2f} |")
     return lines

@@ -9,7 +9,8 @@ One `EventBridge` per (model, event loop), shared by everything on that loop: th
 loop: it appends the step's batch to an inbox (`Crossing`) and, unless a drain is already on its way, sends one
 tick through RxPY's ``observe_on``; the loop callback then dispatches every batch that waits, and while batches
 keep coming the loop polls the inbox every ``POLL_S`` instead of being woken by the lane at every step (see
-`Crossing`). A loop that falls behind so gets several steps in one callback, before its senders run, and the
+`Crossing`); a batch with more than the middle of answers (a first token, an answer, a MemoryUpdated) wakes it
+at once. A loop that falls behind so gets several steps in one callback, before its senders run, and the
 websocket bridge coalesces their tokens into one frame per turn instead of paying a frame per token per step
 (which would make the loop, not the device, the bottleneck). Fan-out is a dict lookup by session id, so the cost
 of a step grows with its events, not with events x listeners, and it is batched: each listener (`listen`) gets
@@ -36,7 +37,7 @@ from reactivex.disposable import Disposable
 from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
 
 from rxnn_runtime.crossing import Crossing
-from rxnn_runtime.events import TERMINAL_EVENTS, Event
+from rxnn_runtime.events import TERMINAL_EVENTS, Event, Token
 
 
 class _LoopScheduler(AsyncIOThreadSafeScheduler):
@@ -62,6 +63,14 @@ the gaps of a busy server (a long step, a memory-update pass), and an idle one s
 log = logging.getLogger(__name__)
 
 _BRIDGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {id(reactive): EventBridge}
+
+
+def _urgent(batch: tuple[Event, ...]) -> bool:
+    """Whether a batch must wake the loop at once rather than wait for its next poll (up to ``POLL_S``): anything
+    but tokens after their turn's first. A turn's first token (time to first token), its answer and its
+    MemoryUpdated (the client's next query waits for it) so cross at once; the middle of answers, most batches of
+    a busy server, rides the polls."""
+    return any(type(event) is not Token or not event.index for event in batch)
 
 
 class EventBridge:
@@ -116,7 +125,7 @@ class EventBridge:
         self._count += 1
         if self._subscription is None:
             self._subscription = Crossing(self.reactive.batches, _LoopScheduler(self.loop), self._dispatch,
-                                          rearm=self._poll_later, idle_polls=IDLE_POLLS)
+                                          rearm=self._poll_later, idle_polls=IDLE_POLLS, urgent=_urgent)
 
         def remove() -> None:
             sinks = self._listeners.get(session_id)

@@ -110,3 +110,17 @@ async def test_a_sink_gets_one_list_per_drain_for_all_its_sessions_in_seq_order(
     stop_b.dispose()
     stop_c.dispose()
     assert bridge._subscription is None
+
+
+def test_batches_that_wake_the_loop_at_once():
+    """Only the middle of answers (tokens after a turn's first) waits for the loop's next poll."""
+    from rxnn_runtime.event_bridge import _urgent
+    from rxnn_runtime.events import AnswerDone, MemoryUpdated, Token
+
+    def token(index):
+        return Token(session_id="s", turn_id=1, seq=index + 1, index=index)
+
+    assert not _urgent((token(3), token(4)))
+    assert _urgent((token(3), token(0)))  # a first token: time to first token
+    assert _urgent((token(5), AnswerDone(session_id="s", turn_id=1, seq=9)))
+    assert _urgent((MemoryUpdated(session_id="s", turn_id=1, seq=10),))

@@ -142,3 +142,75 @@ def test_precapture_covers_the_decode_step_of_every_session_count(monkeypatch):
         key = engine._step_key(engine.bucket())
         assert key in engine._graphs, n
     assert executor.precapture(max_prompt_tokens=20, max_interaction_tokens=60) == 0  # all there already
+
+
+class _CountOutsideForward(TorchFunctionMode):
+    """Torch calls outside the engine's decode forward (a graph replay on CUDA); no op is dispatched for an
+    attribute read or a no_grad switch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.inside = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        if not self.inside and name not in ("__get__", "_set_grad_enabled"):  # attribute reads, no_grad
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_greedy_decode_step_builds_nothing_and_makes_two_torch_calls(monkeypatch):
+    """Greedy rows (the common case) take their argmax straight into the engine's token buffer, and the whole
+    buffer is read once (on CUDA: one copy into a reused pinned buffer and an event): no index, slice, stack or
+    host tensor is built per step, however many rows. A sampled row switches the step to the per-row choice."""
+    from rxt.decode_engine import DecodeEngine
+
+    counter = _CountOutsideForward()
+    step = DecodeEngine._step
+
+    def uncounted_step(self, b):
+        counter.inside += 1
+        try:
+            return step(self, b)
+        finally:
+            counter.inside -= 1
+
+    monkeypatch.setattr(DecodeEngine, "_step", uncounted_step)
+    model, tokenizer = tiny_model()
+    stm = model.initial_memory(1)[:, 0]
+    for n in (2, 16):
+        executor = ModelExecutor(model, max_slots=16, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+        turns = _turns(n, tokenizer)
+        executor.collect(executor.launch(StepPlan(admit=turns), lambda sid: stm))
+        per_step = []
+        for _ in range(4):
+            counter.calls = []
+            with counter:
+                result = executor.collect(executor.launch(StepPlan(decode=turns), lambda sid: stm))
+            assert len(result.tokens) == n and not result.failures
+            per_step.append(counter.calls)
+        assert per_step[1:] == [["argmax", "tolist"]] * 3, per_step  # the first step also made its bucket's view
+    sampled = _turns(2, tokenizer)
+    sampled[1].query = Query("s1", "q", GenerationOptions(max_new_tokens=4, temperature=0.7, seed=1))
+    executor = ModelExecutor(model, max_slots=16, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+    executor.collect(executor.launch(StepPlan(admit=sampled), lambda sid: stm))
+    assert executor._special == {1}
+    executor.collect(executor.launch(StepPlan(release=[1]), lambda sid: stm))
+    assert not executor._special  # a released slot no longer holds the step to the per-row choice
+
+
+def test_retired_slots_are_not_fed():
+    """A retired slot (its turn's token in flight is its last) is freed in the engine at once: the decode step
+    feeds only the other rows, and the bucket shrinks when it was the highest."""
+    model, tokenizer = tiny_model()
+    stm = model.initial_memory(1)[:, 0]
+    executor = ModelExecutor(model, max_slots=4, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+    turns = _turns(3, tokenizer)
+    executor.collect(executor.launch(StepPlan(admit=turns), lambda sid: stm))
+    lengths = list(executor.engine.slot_length)
+    result = executor.collect(executor.launch(StepPlan(decode=turns[:2], retire=[2]), lambda sid: stm))
+    assert set(result.tokens) == set(turns[:2])
+    assert executor.engine.live[:3] == [True, True, False]
+    assert executor.engine.slot_length[:2] == [lengths[0] + 1, lengths[1] + 1]
+    assert executor.engine.bucket() == 2

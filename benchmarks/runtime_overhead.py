@@ -211,7 +211,8 @@ def engine_host_loop(model: RxT, tokenizer: RxTokenizer, n: int, device: torch.d
 
 async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namespace) -> list[dict]:
     reactive = ReactiveModel(model, tokenizer, max_batch_size=max(args.sessions), max_pending_per_session=4,
-                             switch_interval_s=args.switch_interval_s)
+                             switch_interval_s=args.switch_interval_s,
+                             update_stream=False if args.no_update_stream else None)
     steps = collections.Counter()
     launch = reactive.executor.launch
 
@@ -281,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients-per-process", type=int, default=64)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--no-update-stream", action="store_true",
+                        help="memory-update passes on the lane's CUDA stream, not on one of their own (an A/B)")
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of the server process")
     parser.add_argument("--switch-interval-s", type=float, default=SWITCH_INTERVAL_S,
                         help="the GIL switch interval the runtime sets when connected (ReactiveModel's "
@@ -324,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
            "device_name": torch.cuda.get_device_name() if device.type == "cuda" else None,
            "dtype": str(dtype).removeprefix("torch."), "gil_switch_interval_s": sys.getswitchinterval(),
            "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
-           "python": platform.python_version(), "preset": args.preset,
+           "python": platform.python_version(), "preset": args.preset, "update_stream": not args.no_update_stream,
            "command": " ".join(["python", "benchmarks/runtime_overhead.py", *(sys.argv[1:] if argv is None else argv)]),
            "note": ("CPU figures are a proxy for the GPU's: host Python costs alike, the engine's share differs"
                     if device.type == "cpu" else "measured on the GPU"),

@@ -4,7 +4,8 @@ In order, one lane action:
 
 1. free the slots of turns that ended;
 2. one memory-update pass (encoder + memory attention, `MemoryUpdater`: a CUDA graph per batch and length
-   bucket) for the plan's turns (the runtime launches the turns that just finished answering as a plan of their
+   bucket; on CUDA on a stream of its own, so it runs beside the decode steps instead of between them) for the
+   plan's turns (the runtime launches the turns that just finished answering as a plan of their
    own, right when it learns they ended, and primed interactions with the step): their STMs (resident on the device) stacked, the interactions right-padded, one forward;
 3. one decode step for every running turn (`DecodeEngine.step`, a CUDA graph per bucket on the GPU);
 4. one prefill for every admitted turn together (`DecodeEngine.start_batch`, memory K/V projected in the same
@@ -69,7 +70,7 @@ class LaunchedStep:
 
 class ModelExecutor:
     def __init__(self, model: RxT, *, max_slots: int, pad_id: int, eos_id: int,
-                 use_cuda_graphs: bool | None = None) -> None:
+                 use_cuda_graphs: bool | None = None, update_stream: bool | None = None) -> None:
         self.model = model
         self.pad_id = pad_id
         self.eos_id = eos_id
@@ -87,7 +88,15 @@ class ModelExecutor:
         self._indices: dict[tuple[int, ...], torch.Tensor] = {}  # slot tuple -> its index tensor on the device
         self._next_views: dict[int, torch.Tensor] = {}  # bucket -> self._next[:bucket]
         self._special: set[int] = set()  # slots that sample or want log-probs (greedy rows take the fast path)
-        self._host_buffers: list[tuple[torch.Tensor, torch.cuda.Event]] = []  # pinned token copies free for reuse
+        self._host_buffers: list[torch.Tensor] = []  # pinned token buffers free for reuse
+        self._events: list[torch.cuda.Event] = []  # their events, free for reuse
+        self._last_ready: torch.cuda.Event | None = None  # the event of the step collected last (held, not reused)
+        # Memory-update passes on a stream of their own (CUDA, graphed updates; ``update_stream=False``: on the
+        # lane's stream): a pass neither waits for the decode step queued before it nor holds up the ones after.
+        if update_stream is None:
+            update_stream = self.updater.graphed
+        self._update_stream = (torch.cuda.Stream(device=self.device)
+                               if update_stream and self.device.type == "cuda" else None)
 
     @property
     def capacity(self) -> int:
@@ -219,11 +228,10 @@ class ModelExecutor:
         if not self._next.is_cuda:
             step.values = self._next.tolist()
             return
-        if self._host_buffers:
-            step.host, step.ready = self._host_buffers.pop()
-        else:  # one per step in flight (two in a pipelined runtime): made once, then reused
-            step.host, step.ready = torch.empty(self._next.shape, dtype=self._next.dtype, pin_memory=True), \
-                torch.cuda.Event()
+        # One buffer per step in flight (two in a pipelined runtime), one event more: made once, then reused.
+        step.host = (self._host_buffers.pop() if self._host_buffers
+                     else torch.empty(self._next.shape, dtype=self._next.dtype, pin_memory=True))
+        step.ready = self._events.pop() if self._events else torch.cuda.Event()
         step.host.copy_(self._next, non_blocking=True)
         step.ready.record()
 
@@ -236,7 +244,10 @@ class ModelExecutor:
             if step.ready is not None:
                 step.ready.synchronize()
                 step.values = step.host.tolist()
-                self._host_buffers.append((step.host, step.ready))  # read: free for a later step
+                self._host_buffers.append(step.host)  # read: free for a later step
+                if self._last_ready is not None:
+                    self._events.append(self._last_ready)
+                self._last_ready = step.ready  # held until the next collect (the update stream may wait on it)
                 step.host = step.ready = None
             log_probs = step.host_log_probs.tolist() if step.host_log_probs is not None else None
         except Exception as exc:
@@ -258,11 +269,16 @@ class ModelExecutor:
                        result: StepResult) -> None:
         try:
             max_len = self.model.config.max_seq_len
-            stm = torch.stack([stm_of(t.session_id) for t in turns], dim=1)
-            new_stm = self.updater(stm, [t.interaction(self.eos_id, max_len) for t in turns])
-            if new_stm.is_cuda:  # the commit's copy waits for this pass only, not for the steps queued after it
-                result.memory_ready = torch.cuda.Event()
-                result.memory_ready.record()
+            interactions = [t.interaction(self.eos_id, max_len) for t in turns]
+            side = self._update_stream if self.updater.graphed else None
+            if side is None:
+                stm = torch.stack([stm_of(t.session_id) for t in turns], dim=1)
+                new_stm = self.updater(stm, interactions)
+                if new_stm.is_cuda:  # the commit's copy waits for this pass only, not for the steps queued after it
+                    result.memory_ready = torch.cuda.Event()
+                    result.memory_ready.record()
+            else:
+                new_stm, result.memory_ready = self._update_on_side_stream(side, turns, stm_of, interactions)
         except Exception as exc:
             log.exception("memory update failed")
             for turn in turns:
@@ -270,6 +286,31 @@ class ModelExecutor:
             return
         for turn, stm_row in zip(turns, new_stm.unbind(1), strict=True):
             result.new_memory[turn] = stm_row
+
+    def _update_on_side_stream(self, side: torch.cuda.Stream, turns: list[ActiveTurn],
+                               stm_of: Callable[[str], torch.Tensor],
+                               interactions: list[list[int]]) -> tuple[torch.Tensor, torch.cuda.Event]:
+        """The update pass on its own stream, beside the decode steps: returns the new STMs and the event recorded
+        after the pass (whoever reads them waits on it: the commit writer does).
+
+        The pass waits for the lane's stream only as far as its inputs need. Answers' STMs were written before
+        their prefill, which came no later than the step collected last, so the pass waits on that step's event
+        (done by now: it starts at once, not behind the step queued since). A primed interaction's STM may have
+        been made on the lane's stream just now (a new session's initial memory): the pass waits for everything
+        queued there. The new STMs are marked as used by the lane's stream too (its prefills read them), so their
+        memory is not reused before the lane's reads are done."""
+        lane = torch.cuda.current_stream()
+        if self._last_ready is not None and all(t.kind == "answer" for t in turns):
+            side.wait_event(self._last_ready)
+        else:
+            side.wait_stream(lane)
+        with torch.cuda.stream(side):
+            stm = torch.stack([stm_of(t.session_id) for t in turns], dim=1)
+            new_stm = self.updater(stm, interactions)
+            new_stm.record_stream(lane)
+            ready = torch.cuda.Event()
+            ready.record()  # on the side stream: after the pass
+        return new_stm, ready
 
     def _fail(self, turns: list[ActiveTurn], code: str, exc: Exception, result: StepResult) -> None:
         for turn in turns:

@@ -81,6 +81,7 @@ class ReactiveModel:
         session_cache_size: int = 1024,
         use_cuda_graphs: bool | None = None,
         switch_interval_s: float | None = SWITCH_INTERVAL_S,
+        update_stream: bool | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size} must be >= 1")
@@ -93,8 +94,10 @@ class ReactiveModel:
         self.store = store or InMemoryStore()
         self.max_batch_size = max_batch_size
         self.max_pending_per_session = max_pending_per_session
+        # update_stream: memory-update passes on a CUDA stream of their own (default: with graphed updates)
         self.executor = ModelExecutor(self.model, max_slots=max_batch_size, pad_id=tokenizer.pad_id,
-                                      eos_id=tokenizer.eos_id, use_cuda_graphs=use_cuda_graphs)
+                                      eos_id=tokenizer.eos_id, use_cuda_graphs=use_cuda_graphs,
+                                      update_stream=update_stream)
         self.engine = self.executor.engine
         self.scheduler = TurnScheduler(max_slots=max_batch_size, capacity=self.executor.capacity,
                                        eos_id=tokenizer.eos_id, decode_text=tokenizer.decode,

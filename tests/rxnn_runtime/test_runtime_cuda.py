@@ -10,7 +10,7 @@ import torch
 from runtime_helpers import EventLog, tiny_model
 
 from rxnn_runtime.active_turn import ActiveTurn
-from rxnn_runtime.events import MemoryUpdated
+from rxnn_runtime.events import AnswerDone, MemoryUpdated
 from rxnn_runtime.messages import GenerationOptions, Query
 from rxnn_runtime.model_executor import ModelExecutor
 from rxnn_runtime.reactive_model import ReactiveModel
@@ -90,3 +90,35 @@ def test_committed_stms_stay_on_the_device_in_the_in_process_store():
             assert loaded.turns == 1 and loaded.memory_version == 1
     finally:
         reactive.dispose()
+
+
+def _served(model, tokenizer, update_stream: bool):
+    """Sessions of different answer lengths, all queued before connect (one prefill, then a schedule fixed by the
+    lengths): each update pass runs while the longer answers still decode. Returns each session's answer and
+    committed STM."""
+    reactive = ReactiveModel(model, tokenizer, max_batch_size=8, update_stream=update_stream)
+    assert (reactive.executor._update_stream is not None) == update_stream
+    log = EventLog()
+    reactive.events.subscribe(log)
+    for i in range(6):  # one turn each: a second turn's admission would hang on commit timing
+        reactive.submit(Query(f"s{i}", "hello there" + " again" * i, GenerationOptions(max_new_tokens=3 + 4 * i)))
+    reactive.connect()
+    try:
+        assert log.wait_for(lambda es: sum(isinstance(e, MemoryUpdated) for e in es) == 6)
+        assert reactive.wait_idle(10)
+        answers = {e.session_id: e.token_ids for e in log.events if isinstance(e, AnswerDone)}
+        memory = {i: reactive.session_state(f"s{i}").stm for i in range(6)}
+    finally:
+        reactive.dispose()
+    return answers, memory
+
+
+def test_update_passes_on_their_own_stream_write_the_same_memory():
+    """Memory-update passes on a side stream, beside decode steps, give the same answers and bit-identical
+    committed memories as passes on the lane's stream (the same graphs: a race would show as different bits)."""
+    model, tokenizer = _cuda_model()
+    side_answers, side_memory = _served(model, tokenizer, update_stream=True)
+    lane_answers, lane_memory = _served(model, tokenizer, update_stream=False)
+    assert side_answers == lane_answers
+    for i in range(6):
+        assert torch.equal(side_memory[i], lane_memory[i]), i

@@ -17,9 +17,9 @@ get it back, every decode step. A poll runs on the loop's own thread and costs t
 
 ``urgent`` (a predicate on items) marks what must not wait for the next poll: such an item sends one tick even
 while the drain polls (the next item marked urgent sends another only after that tick's drain), so the loop wakes
-at once. The event bridge marks every batch but the plain middle of answers (tokens after a turn's first): a
-turn's first token, its answer and its MemoryUpdated (after which a client sends its next query) cross at once,
-while the tokens of busy steps, most of what crosses, still ride the polls.
+at once. The event bridge marks the batches with a turn's terminal event (MemoryUpdated, after which a client
+sends its next query; Cancelled; Error): they cross at once, while tokens and answers, most of what crosses,
+still ride the polls (a tick per step would hand the GIL to the loop thread at every step).
 
 A fresh `Crossing` per subscription, so a tick lost with a disposed subscription never leaves a later one waiting.
 """

@@ -113,14 +113,16 @@ async def test_a_sink_gets_one_list_per_drain_for_all_its_sessions_in_seq_order(
 
 
 def test_batches_that_wake_the_loop_at_once():
-    """Only the middle of answers (tokens after a turn's first) waits for the loop's next poll."""
+    """Batches with a turn's terminal event (what a client waits for before its next query) cross at once; tokens
+    and answers wait for the loop's next poll."""
     from rxnn_runtime.event_bridge import _urgent
-    from rxnn_runtime.events import AnswerDone, MemoryUpdated, Token
+    from rxnn_runtime.events import AnswerDone, Cancelled, Error, MemoryUpdated, Token
 
     def token(index):
         return Token(session_id="s", turn_id=1, seq=index + 1, index=index)
 
-    assert not _urgent((token(3), token(4)))
-    assert _urgent((token(3), token(0)))  # a first token: time to first token
-    assert _urgent((token(5), AnswerDone(session_id="s", turn_id=1, seq=9)))
-    assert _urgent((MemoryUpdated(session_id="s", turn_id=1, seq=10),))
+    assert not _urgent((token(0), token(4)))
+    assert not _urgent((token(5), AnswerDone(session_id="s", turn_id=1, seq=9)))
+    assert _urgent((token(3), MemoryUpdated(session_id="s", turn_id=1, seq=10)))
+    assert _urgent((Cancelled(session_id="s", turn_id=1, seq=11),))
+    assert _urgent((token(2), Error(session_id="s", turn_id=1, seq=12, code="store", message="x")))

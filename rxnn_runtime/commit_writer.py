@@ -16,10 +16,7 @@ and share fewer decode steps).
 A store that keeps committed STMs where they are (`SessionStore.keeps_device_stm`: the in-process store) gets no
 copy at all: the worker waits for the update pass's event and saves the device tensor itself (a `CommittedState`,
 never written again). Copying 64 nano STMs to the host and then into the store's records (50 MB each way) was
-most of the time from a 64-session pass's answer to its MemoryUpdated. With nothing to copy there is nothing to
-share out either: such a pass is one job on the first worker and one report, so its sessions hear MemoryUpdated
-together and start their next turns together (four reports a few hundred microseconds apart split them into
-several admission groups, and so more decode steps of fewer rows).
+most of the time from a 64-session pass's answer to its MemoryUpdated.
 """
 
 from __future__ import annotations
@@ -85,13 +82,8 @@ class CommitWriter:
                 event = torch.cuda.Event()
                 event.record()  # on the lane's stream: the copy starts once the update that wrote the STM is done
         jobs: dict[int, list[tuple[Any, SessionState]]] = {}
-        if self.store.keeps_device_stm and all(isinstance(state, CommittedState) for _, state in commits):
-            # Nothing to copy, nothing to share out: the pass is one job, announced in one report (so its sessions
-            # start their next turns together), always on the first worker (so such jobs keep their order).
-            jobs[0] = list(commits)
-        else:
-            for turn, state in commits:  # a session always on the same worker: its saves never overtake each other
-                jobs.setdefault(self.shard_of(state.session_id), []).append((turn, state))
+        for turn, state in commits:  # a session always on the same worker: its saves never overtake each other
+            jobs.setdefault(self.shard_of(state.session_id), []).append((turn, state))
         with self._lock:
             self._pending += len(commits)
         for shard, job in jobs.items():

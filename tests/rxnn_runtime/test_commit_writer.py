@@ -84,9 +84,8 @@ def test_memory_updated_of_sessions_finishing_together_leave_in_few_batches():
         assert batches.wait_for(lambda bs: sum(isinstance(e, MemoryUpdated) for b in bs for e in b) == 8)
         assert [len(p.updates) for p in plans if p.updates] == [8]
         with_commits = [b for b in batches.events if any(isinstance(e, MemoryUpdated) for e in b)]
-        # One lane hop (and batch) for the pass: the in-process store copies nothing, so the pass is one job (one
-        # hop per session gave 8, one per commit worker up to 4).
-        assert len(with_commits) == 1
+        # One lane hop (and batch) per commit worker, where one hop per session gave 8.
+        assert len(with_commits) <= len(reactive.commits._queues) < 8
         assert sorted(e.session_id for b in with_commits for e in b) == sorted(f"s{i}" for i in range(8))
         assert all(e.version == 1 for b in with_commits for e in b)
     finally:

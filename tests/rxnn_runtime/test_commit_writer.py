@@ -8,6 +8,7 @@ import pytest
 import torch
 from runtime_helpers import EventLog, record_plans, tiny_model
 
+from rxnn_runtime.active_turn import ActiveTurn
 from rxnn_runtime.commit_writer import CommitWriter
 from rxnn_runtime.events import MemoryUpdated
 from rxnn_runtime.messages import GenerationOptions, Query, Reset
@@ -161,5 +162,29 @@ def test_runtime_commits_are_committed_states():
         reactive.submit(Reset("s"))
         assert log.wait_for(lambda es: sum(isinstance(e, MemoryUpdated) for e in es) == 2)
         assert [type(s) for s in saved] == [CommittedState, SessionState]
+    finally:
+        reactive.dispose()
+
+
+def test_commit_reports_that_wait_for_the_lane_leave_in_one_batch():
+    """Reports of several commit workers (one pass's sessions, sharded) that arrive while the lane is busy are
+    announced in one lane action, one batch, so the sessions start their next turns together."""
+    model, tokenizer = tiny_model()
+    reactive = ReactiveModel(model, tokenizer)
+    batches = EventLog()
+    reactive.batches.subscribe(batches)
+    reactive.connect()
+    try:
+        blocked, release = threading.Event(), threading.Event()
+        reactive._lane.schedule(lambda *_: (blocked.set(), release.wait(10)))
+        assert blocked.wait(10)
+        for worker in range(3):  # as three workers report, while the lane runs a step
+            turns = [ActiveTurn(Query(f"s{worker}{k}", "q"), 1, [1]) for k in range(2)]
+            reactive._on_committed([(t, SessionState(session_id=t.session_id, stm=torch.zeros(1), memory_version=1),
+                                     None) for t in turns])
+        release.set()
+        assert batches.wait_for(lambda bs: sum(isinstance(e, MemoryUpdated) for b in bs for e in b) == 6)
+        with_commits = [b for b in batches.events if any(isinstance(e, MemoryUpdated) for e in b)]
+        assert len(with_commits) == 1 and len(with_commits[0]) == 6
     finally:
         reactive.dispose()

@@ -11,8 +11,10 @@ asyncio, websocket frames) dominates, as it does on a GPU whose step is a captur
   wall time per decode step (steps counted at the executor) and per answer token, and the host microseconds per
   step above the engine's (``overhead_us_per_step``).
 
-``--breakdown`` also times the parts of the server process (lane: schedule / launch / collect / turning tokens
-into events / handing the batch over / the model's own forward; loop: the drain's fan-out (which includes the
+``--breakdown`` also times the parts of the server process (lane: schedule / launch (and in it the decode step,
+the prefill, the memory-update pass, the token buffer's copy to the host) / collect / turning tokens into events /
+handing the batch over / the model's own forward; commit threads: waiting for the update pass and copying STMs to
+the host, the store's saves (per step of the lane, summed over the threads); loop: the drain's fan-out (which includes the
 connections' frames written at once), per connection queueing and its direct write, per frame encoding, and
 frames sent by the send loop (only while a transport is behind)) by wrapping them, which adds a little cost of its own; the shares, not the totals, are what it is for.
 ``lane_host_us_per_step`` is the lane's step time less the model's forward: on the CPU the forward is eager
@@ -54,7 +56,9 @@ if str(HERE) not in sys.path:  # serving.py and bench_utils.py sit beside this s
 from bench_utils import RESULTS_DIR, append_run, git_commit, inside, time_ms
 from serving import QUESTION, _run_level, graph_count, start_server, warm_up
 
+from rxnn_runtime.commit_writer import CommitWriter
 from rxnn_runtime.event_bridge import EventBridge
+from rxnn_runtime.model_executor import ModelExecutor
 from rxnn_runtime.reactive_model import SWITCH_INTERVAL_S, ReactiveModel
 from rxnn_runtime.server import websocket
 from rxt.config import RxTConfig
@@ -124,6 +128,12 @@ def _instrument(reactive: ReactiveModel, timers: Timers) -> None:
             (websocket.Connection, "_write_now", "loop: frames encode + one direct write (in fan-out)"),
             (websocket.Connection, "_encode", "loop: frame encode"),
             (websocket.Connection, "send_frame", "loop: frame encode + send (send loop)"),
+            (DecodeEngine, "step", "lane: launch: decode step (a graph replay on CUDA)"),
+            (DecodeEngine, "start_batch", "lane: launch: prefill"),
+            (ModelExecutor, "_update_memory", "lane: launch: memory-update pass"),
+            (ModelExecutor, "_tokens_to_host", "lane: launch: token buffer to the host"),
+            (CommitWriter, "_stms_to_save", "commit threads: wait for the pass, copy STMs to the host"),
+            (type(reactive.store), "save", "commit threads: store saves"),
             *[(owner, name, "lane: model forward (eager on the CPU)") for owner, name in MODEL_FORWARD]]
     for owner, name, label in lane:
         if isinstance(owner, type):
@@ -201,7 +211,8 @@ def engine_host_loop(model: RxT, tokenizer: RxTokenizer, n: int, device: torch.d
 
 async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namespace) -> list[dict]:
     reactive = ReactiveModel(model, tokenizer, max_batch_size=max(args.sessions), max_pending_per_session=4,
-                             switch_interval_s=args.switch_interval_s)
+                             switch_interval_s=args.switch_interval_s,
+                             update_stream=False if args.no_update_stream else None)
     steps = collections.Counter()
     launch = reactive.executor.launch
 
@@ -271,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients-per-process", type=int, default=64)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--no-update-stream", action="store_true",
+                        help="memory-update passes on the lane's CUDA stream, not on one of their own (an A/B)")
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of the server process")
     parser.add_argument("--switch-interval-s", type=float, default=SWITCH_INTERVAL_S,
                         help="the GIL switch interval the runtime sets when connected (ReactiveModel's "
@@ -314,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
            "device_name": torch.cuda.get_device_name() if device.type == "cuda" else None,
            "dtype": str(dtype).removeprefix("torch."), "gil_switch_interval_s": sys.getswitchinterval(),
            "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
-           "python": platform.python_version(), "preset": args.preset,
+           "python": platform.python_version(), "preset": args.preset, "update_stream": not args.no_update_stream,
            "command": " ".join(["python", "benchmarks/runtime_overhead.py", *(sys.argv[1:] if argv is None else argv)]),
            "note": ("CPU figures are a proxy for the GPU's: host Python costs alike, the engine's share differs"
                     if device.type == "cpu" else "measured on the GPU"),

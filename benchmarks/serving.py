@@ -131,7 +131,8 @@ async def warm_up(url: str, args: argparse.Namespace, sessions: list[int], react
 
 
 async def serve_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namespace) -> list[dict]:
-    reactive = ReactiveModel(model, tokenizer, max_batch_size=max(args.clients), max_pending_per_session=4)
+    reactive = ReactiveModel(model, tokenizer, max_batch_size=max(args.clients), max_pending_per_session=4,
+                             update_stream=False if args.no_update_stream else None)
     runner, url = await start_server(reactive)
     levels = []
     try:
@@ -247,6 +248,8 @@ def main() -> None:
     parser.add_argument("--clients-per-process", type=int, default=8)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--no-update-stream", action="store_true",
+                        help="memory-update passes on the lane's CUDA stream, not on one of their own (an A/B)")
     parser.add_argument("--out", type=Path, default=None, help="JSON output: a run appended to its 'runs'")
     parser.add_argument("--plot", type=Path, default=None, help="PNG: aggregate tokens/s, runtime beside engine")
     parser.add_argument("--plot-from", type=Path, default=None,
@@ -291,7 +294,8 @@ def main() -> None:
         "benchmark": "serving",
         "runtime_version": f"commit {git_commit()}: TurnScheduler/ModelExecutor split, batched prefill and memory "
                            "updates, STM on the device, commits off the lane, per-step event batches, step N+1 "
-                           "launched before step N's tokens reach the host",
+                           "launched before step N's tokens reach the host, last tokens not fed again, update passes "
+                           "on a stream of their own, commits kept on the device by the in-process store",
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -303,6 +307,7 @@ def main() -> None:
         "parameters": model.num_parameters(),
         "levels": levels,
         "aggregate_ratio_32_vs_1": ratio,
+        "update_stream": not args.no_update_stream,
         "memory_update_bare": update_check,
     }
     if args.out:

@@ -30,6 +30,8 @@ class ActiveTurn:
     log_probs: list[float] = field(default_factory=list)
     stopped_by_eos: bool = False
     stop_rule: Any = None  # the turn's rxt.stopping.StopRule, made once
+    in_flight: int = 0  # tokens of launched steps not yet collected (the scheduler's count)
+    retired: bool = False  # not fed any more: its token in flight is certainly its last (`TurnScheduler`)
 
     @property
     def session_id(self) -> str:

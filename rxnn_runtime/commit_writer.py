@@ -9,9 +9,14 @@ session's saves never overtake each other while one slow save holds up only the 
 sessions one update pass wrote are handed over together: per worker, one copy of their STMs, and reports of the
 sessions saved so far every ``report_every_s`` (and at the end of the job), so with a slow store (a file synced
 to disk, Redis) a session's MemoryUpdated waits for its own save and a few more, not for its worker's whole job
-(16 slow saves), while 64 sessions still cost a few lane hops. 10 ms: far above a job of in-memory saves (64 nano
-sessions take about 1.5 ms a worker), whose sessions are announced together and start their next turns together
-(reported piecemeal they would drift apart and share fewer decode steps).
+(16 slow saves), while 64 sessions still cost a few lane hops. 10 ms: far above a job of in-memory saves, whose
+sessions are announced together and start their next turns together (reported piecemeal they would drift apart
+and share fewer decode steps).
+
+A store that keeps committed STMs where they are (`SessionStore.keeps_device_stm`: the in-process store) gets no
+copy at all: the worker waits for the update pass's event and saves the device tensor itself (a `CommittedState`,
+never written again). Copying 64 nano STMs to the host and then into the store's records (50 MB each way) was
+most of the time from a 64-session pass's answer to its MemoryUpdated.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 
 import torch
 
-from rxnn_runtime.stores import SessionState, SessionStore
+from rxnn_runtime.stores import CommittedState, SessionState, SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +97,8 @@ class CommitWriter:
     @staticmethod
     def _host_copies(stms: list[torch.Tensor], event: torch.cuda.Event | None,
                      local: threading.local) -> list[torch.Tensor]:
+        if not stms:
+            return []
         if event is None or not any(stm.is_cuda for stm in stms):
             # Host STMs as they are: never modified (updates are out of place), and every store copies or
             # serialises what it keeps, so a clone here only doubled the memory traffic of a commit.
@@ -116,6 +123,18 @@ class CommitWriter:
         stream.synchronize()
         return list(hosts[0].unbind(0)) if stacks else hosts
 
+    def _stms_to_save(self, job: list[tuple[Any, SessionState]], event: torch.cuda.Event | None,
+                      local: threading.local) -> list[torch.Tensor]:
+        """The STM each commit of ``job`` saves: a store that keeps committed STMs where they are (the in-process
+        store) gets the device tensor itself once the pass that wrote it is done, no copy; the others a host copy
+        (one for the job)."""
+        keep = [self.store.keeps_device_stm and isinstance(state, CommittedState) for _, state in job]
+        if event is not None and any(keep):
+            event.synchronize()  # the update pass is done: the commit is the pass, nothing else
+        copies = iter(self._host_copies([state.stm for (_, state), kept in zip(job, keep) if not kept], event,
+                                        local))
+        return [state.stm if kept else next(copies) for (_, state), kept in zip(job, keep)]
+
     def _run(self, jobs: queue.Queue) -> None:
         local = threading.local()
         while True:
@@ -125,7 +144,7 @@ class CommitWriter:
             job, event = item
             done = []
             try:
-                hosts = self._host_copies([state.stm for _, state in job], event, local)
+                hosts = self._stms_to_save(job, event, local)
             except Exception as exc:  # the copy failed: every commit of the job fails
                 log.exception("copying %d STMs to the host failed", len(job))
                 hosts, copy_error = [None] * len(job), repr(exc)

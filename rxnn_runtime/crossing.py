@@ -15,6 +15,12 @@ found nothing, polling stops and the source ticks again. A tick from the model l
 the loop's self-pipe: a system call, during which the busy loop thread takes the GIL, and the lane then waits to
 get it back, every decode step. A poll runs on the loop's own thread and costs the lane nothing.
 
+``urgent`` (a predicate on items) marks what must not wait for the next poll: such an item sends one tick even
+while the drain polls (the next item marked urgent sends another only after that tick's drain), so the loop wakes
+at once. The event bridge marks the batches with a turn's terminal event (MemoryUpdated, after which a client
+sends its next query; Cancelled; Error): they cross at once, while tokens and answers, most of what crosses,
+still ride the polls (a tick per step would hand the GIL to the loop thread at every step).
+
 A fresh `Crossing` per subscription, so a tick lost with a disposed subscription never leaves a later one waiting.
 """
 
@@ -35,10 +41,14 @@ from reactivex.subject import Subject
 class Crossing:
     def __init__(self, source: reactivex.Observable, scheduler: abc.SchedulerBase,
                  drain: Callable[[list[Any]], None], on_error: Callable[[Exception], None] | None = None, *,
-                 rearm: Callable[[Callable[[], None]], Any] | None = None, idle_polls: int = 3) -> None:
+                 rearm: Callable[[Callable[[], None]], Any] | None = None, idle_polls: int = 3,
+                 urgent: Callable[[Any], bool] | None = None) -> None:
         self._inbox: deque = deque()
         self._lock = threading.Lock()
         self._tick_pending = False
+        self._urgent = urgent
+        self._urgent_sent = False  # an urgent tick is on its way (sent while polling)
+        self._poll_armed = False  # a poll is scheduled (the scheduler's thread only)
         self._drain_to = drain
         self._rearm = rearm
         self._idle_polls = idle_polls
@@ -53,14 +63,21 @@ class Crossing:
         with self._lock:
             self._inbox.append(item)
             if self._tick_pending:
-                return  # the drain on its way takes this item too
+                if self._urgent_sent or self._urgent is None or not self._urgent(item):
+                    return  # the drain on its way takes this item too
+                self._urgent_sent = True  # polling, but this one must not wait for the poll: one tick now
             self._tick_pending = True
         self._ticks.on_next(None)
+
+    def _poll(self) -> None:  # the scheduler's thread: the poll armed by a drain
+        self._poll_armed = False
+        self._drain()
 
     def _drain(self, _tick: object = None) -> None:  # the scheduler's thread: every item waiting, in order
         with self._lock:
             items = list(self._inbox)
             self._inbox.clear()
+            self._urgent_sent = False
             self._empty = 0 if items else self._empty + 1
             polling = self._rearm is not None and not self._disposed and self._empty <= self._idle_polls
             self._tick_pending = polling  # while polling, the source sends no tick: the next poll takes its items
@@ -68,8 +85,9 @@ class Crossing:
             if items:
                 self._drain_to(items)
         finally:
-            if polling:
-                self._rearm(self._drain)
+            if polling and not self._poll_armed:  # one poll at a time (an urgent tick drains between polls)
+                self._poll_armed = True
+                self._rearm(self._poll)
 
     def dispose(self) -> None:
         self._disposed = True

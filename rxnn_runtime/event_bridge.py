@@ -9,7 +9,7 @@ One `EventBridge` per (model, event loop), shared by everything on that loop: th
 loop: it appends the step's batch to an inbox (`Crossing`) and, unless a drain is already on its way, sends one
 tick through RxPY's ``observe_on``; the loop callback then dispatches every batch that waits, and while batches
 keep coming the loop polls the inbox every ``POLL_S`` instead of being woken by the lane at every step (see
-`Crossing`). A loop that falls behind so gets several steps in one callback, before its senders run, and the
+`Crossing`); a batch with a turn's terminal event (MemoryUpdated, Cancelled, Error) wakes it at once. A loop that falls behind so gets several steps in one callback, before its senders run, and the
 websocket bridge coalesces their tokens into one frame per turn instead of paying a frame per token per step
 (which would make the loop, not the device, the bottleneck). Fan-out is a dict lookup by session id, so the cost
 of a step grows with its events, not with events x listeners, and it is batched: each listener (`listen`) gets
@@ -64,6 +64,17 @@ log = logging.getLogger(__name__)
 _BRIDGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {id(reactive): EventBridge}
 
 
+_WAITED_FOR = frozenset(TERMINAL_EVENTS)
+
+
+def _urgent(batch: tuple[Event, ...]) -> bool:
+    """Whether a batch must wake the loop at once rather than wait for its next poll (up to ``POLL_S``): one with a
+    turn's terminal event (MemoryUpdated, Cancelled, Error), which its client waits for before it sends the next
+    query, so a poll's wait there would be a wait between turns. Tokens and answers (most batches of a busy
+    server, whose every tick would hand the GIL to the loop thread mid-step) ride the polls."""
+    return any(type(event) in _WAITED_FOR for event in batch)
+
+
 class EventBridge:
     def __init__(self, reactive: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.reactive = reactive
@@ -116,7 +127,7 @@ class EventBridge:
         self._count += 1
         if self._subscription is None:
             self._subscription = Crossing(self.reactive.batches, _LoopScheduler(self.loop), self._dispatch,
-                                          rearm=self._poll_later, idle_polls=IDLE_POLLS)
+                                          rearm=self._poll_later, idle_polls=IDLE_POLLS, urgent=_urgent)
 
         def remove() -> None:
             sinks = self._listeners.get(session_id)

@@ -4,14 +4,21 @@ In order, one lane action:
 
 1. free the slots of turns that ended;
 2. one memory-update pass (encoder + memory attention, `MemoryUpdater`: a CUDA graph per batch and length
-   bucket) for the plan's turns (the runtime launches the turns that just finished answering as a plan of their
+   bucket; on CUDA on a stream of its own, so it runs beside the decode steps instead of between them) for the
+   plan's turns (the runtime launches the turns that just finished answering as a plan of their
    own, right when it learns they ended, and primed interactions with the step): their STMs (resident on the device) stacked, the interactions right-padded, one forward;
 3. one decode step for every running turn (`DecodeEngine.step`, a CUDA graph per bucket on the GPU);
 4. one prefill for every admitted turn together (`DecodeEngine.start_batch`, memory K/V projected in the same
    pass from the sessions' device-resident STMs);
-5. one token per row (`choose_rows_on_device`: one batched pass; greedy rows take the argmax, each sampled row
-   draws from its own counter-based noise stream, `rxt.sampling_noise`), written straight into the engine's
-   next-token buffer, and one asynchronous copy to the host.
+5. one token per row, written straight into the engine's next-token buffer: when every row is greedy and none
+   asks for log-probs, the argmax of every row of the bucket in place (one call, no index); otherwise
+   `choose_rows_on_device` (one batched pass; greedy rows take the argmax, each sampled row draws from its own
+   counter-based noise stream, `rxt.sampling_noise`) and one indexed copy into the rows' slots;
+6. one asynchronous copy of that whole token buffer to a pinned host buffer kept for reuse, and an event: each
+   row's token is read at its slot.
+
+Slots the plan retires (their turn's token in flight is certainly its last) are freed in the engine before the
+decode step, so they are not fed.
 
 Each step makes a fixed number of torch calls, however many rows it has (index tensors of slot sets are built once
 and kept on the device, the chosen tokens go straight into the engine's token buffer, prompts and interactions
@@ -21,8 +28,8 @@ time grow with its rows.
 
 `launch` queues all of that without waiting for the device; `collect` waits for the token copy and returns the
 `StepResult`. The runtime launches step N+1 before it collects step N, so the host turns step N's tokens into
-events while the device computes step N+1 (a turn that stopped at step N has been fed one token more, which is
-thrown away, unless its cache row is full: then it is not fed). `execute` is launch + collect, synchronously.
+events while the device computes step N+1 (a turn that stopped at step N on EOS has been fed one token more,
+which is thrown away; one stopped by its length or its cache row was retired instead).
 
 A failure in one phase fails only the turns of that phase (reported in `StepResult.failures`); the others go on.
 """
@@ -52,16 +59,18 @@ class LaunchedStep:
 
     plan: StepPlan
     result: StepResult
-    rows: list[ActiveTurn] = field(default_factory=list)  # turns whose next token is in ``host``
-    host: torch.Tensor | None = None  # (rows,) tokens (pinned on CUDA)
-    host_log_probs: torch.Tensor | None = None  # (rows,) their log-probs, when any row asked for them
-    want_log_probs: list[bool] = field(default_factory=list)
-    ready: torch.cuda.Event | None = None
+    rows: list[ActiveTurn] = field(default_factory=list)  # turns whose next token is at their slot in ``host``
+    host: torch.Tensor | None = None  # (max_slots,) the engine's token buffer, copied (pinned, reused; CUDA)
+    ready: torch.cuda.Event | None = None  # recorded after that copy (CUDA)
+    values: list[int] | None = None  # the token buffer as read (at launch on the CPU, at collect on CUDA)
+    log_prob_rows: list[ActiveTurn] = field(default_factory=list)  # the rows of ``host_log_probs``
+    host_log_probs: torch.Tensor | None = None  # their chosen tokens' log-probs, when any row asked for them
+    want_log_probs: dict[ActiveTurn, bool] = field(default_factory=dict)
 
 
 class ModelExecutor:
     def __init__(self, model: RxT, *, max_slots: int, pad_id: int, eos_id: int,
-                 use_cuda_graphs: bool | None = None) -> None:
+                 use_cuda_graphs: bool | None = None, update_stream: bool | None = None) -> None:
         self.model = model
         self.pad_id = pad_id
         self.eos_id = eos_id
@@ -77,6 +86,17 @@ class ModelExecutor:
         self._next = self.engine.tokens
         self._next.fill_(pad_id)
         self._indices: dict[tuple[int, ...], torch.Tensor] = {}  # slot tuple -> its index tensor on the device
+        self._next_views: dict[int, torch.Tensor] = {}  # bucket -> self._next[:bucket]
+        self._special: set[int] = set()  # slots that sample or want log-probs (greedy rows take the fast path)
+        self._host_buffers: list[torch.Tensor] = []  # pinned token buffers free for reuse
+        self._events: list[torch.cuda.Event] = []  # their events, free for reuse
+        self._last_ready: torch.cuda.Event | None = None  # the event of the step collected last (held, not reused)
+        # Memory-update passes on a stream of their own (CUDA, graphed updates; ``update_stream=False``: on the
+        # lane's stream): a pass neither waits for the decode step queued before it nor holds up the ones after.
+        if update_stream is None:
+            update_stream = self.updater.graphed
+        self._update_stream = (torch.cuda.Stream(device=self.device)
+                               if update_stream and self.device.type == "cuda" else None)
 
     @property
     def capacity(self) -> int:
@@ -110,25 +130,37 @@ class ModelExecutor:
     @torch.no_grad()
     def launch(self, plan: StepPlan, stm_of: Callable[[str], torch.Tensor]) -> LaunchedStep:
         step = LaunchedStep(plan, StepResult())
+        engine = self.engine
+        live = engine.live
         for slot in plan.release:
-            if self.engine.live[slot]:
-                self.engine.release(slot)
+            if live[slot]:
+                engine.release(slot)
             self._sampling.pop(slot, None)
+            self._special.discard(slot)
+        for slot in plan.retire:  # the token in flight is the turn's last: not fed (the slot is freed later)
+            if live[slot]:
+                engine.release(slot)
         if plan.updates:
             self._update_memory(plan.updates, stm_of, step.result)
         parts: list[torch.Tensor] = []
-        decode = [t for t in plan.decode if self.engine.live[t.slot]]
-        for turn in [t for t in decode if self.engine.room(t.slot) < 1]:
-            # Its row is full, so by the stop rule its last token ended it (the scheduler sees that once it
-            # collects the step before): nothing more to feed, the slot is done.
-            self.engine.release(turn.slot)
+        part_rows: list[ActiveTurn] = []
+        decode = [t for t in plan.decode if live[t.slot]]
+        last = engine.capacity - 1
+        for turn in [t for t in decode if engine.slot_length[t.slot] >= last]:
+            # Its row is full, so by the stop rule its last token ended it (the scheduler retires such turns
+            # before feeding them; a caller that collects each step first sees it then): nothing to feed.
+            engine.release(turn.slot)
             decode.remove(turn)
         if decode:
             try:
-                bucket = self.engine.bucket()
-                logits = self.engine.step()  # feeds ``self._next``, the engine's token buffer
-                index = tuple(t.slot for t in decode)
-                parts.append(logits if index == tuple(range(bucket)) else logits[self._index(index)])
+                bucket = engine.bucket()
+                logits = engine.step()  # feeds ``self._next``, the engine's token buffer
+                if self._special:  # a sampled row or one that wants log-probs: the general choice, per row
+                    index = tuple(t.slot for t in decode)
+                    parts.append(logits if index == tuple(range(bucket)) else logits[self._index(index)])
+                    part_rows.extend(decode)
+                else:  # greedy rows only: every row of the bucket takes its argmax in place, one call
+                    torch.argmax(logits, dim=-1, out=self._next_view(bucket))
                 step.rows.extend(decode)
             except Exception as exc:
                 log.exception("decode step failed")
@@ -136,26 +168,37 @@ class ModelExecutor:
         if plan.admit:
             try:
                 stm = torch.stack([stm_of(t.session_id) for t in plan.admit], dim=1)
-                logits = self.engine.start_batch([t.slot for t in plan.admit], [t.prompt for t in plan.admit],
-                                                 stm=stm)
+                logits = engine.start_batch([t.slot for t in plan.admit], [t.prompt for t in plan.admit], stm=stm)
                 for turn in plan.admit:
                     cfg = turn.query.options.sampling(return_log_probs=turn.query.options.return_log_probs)
                     # row 0 of a batch of one: the stream a chat alone with this seed draws from
                     streams = cfg.streams(1)
                     self._sampling[turn.slot] = (cfg, streams[0] if streams else None)
+                    if not cfg.greedy or cfg.return_log_probs:
+                        self._special.add(turn.slot)
                 parts.append(logits)
+                part_rows.extend(plan.admit)
                 step.rows.extend(plan.admit)
             except Exception as exc:
                 log.exception("prefill failed")
                 self._fail(plan.admit, "internal", exc, step.result)
         if step.rows:
             try:
-                self._choose(step, parts[0] if len(parts) == 1 else torch.cat(parts))
+                if parts:
+                    self._choose(step, part_rows, parts[0] if len(parts) == 1 else torch.cat(parts))
+                self._tokens_to_host(step)
             except Exception as exc:
                 log.exception("token choice failed")
                 self._fail(step.rows, "internal", exc, step.result)
                 step.rows = []
         return step
+
+    def _next_view(self, bucket: int) -> torch.Tensor:
+        """``self._next[:bucket]``, made once per bucket (a slice is a torch call too)."""
+        view = self._next_views.get(bucket)
+        if view is None:
+            view = self._next_views[bucket] = self._next[:bucket]
+        return view
 
     def _index(self, slots: tuple[int, ...]) -> torch.Tensor:
         """``slots`` as an index on the device, built once per distinct tuple (the rows of a step change only when
@@ -167,19 +210,30 @@ class ModelExecutor:
             index = self._indices[slots] = to_device_async(list(slots), self.device)
         return index
 
-    def _choose(self, step: LaunchedStep, logits: torch.Tensor) -> None:
-        rows = [self._sampling[t.slot] for t in step.rows]
-        tokens, log_probs = choose_rows_on_device(logits, rows)
-        self._next.index_copy_(0, self._index(tuple(t.slot for t in step.rows)), tokens)  # the next step's input
-        step.want_log_probs = [cfg.return_log_probs for cfg, _ in rows]
-        if tokens.is_cuda:
-            step.host = _to_host_async(tokens)
-            if log_probs is not None:
-                step.host_log_probs = _to_host_async(log_probs)
-            step.ready = torch.cuda.Event()
-            step.ready.record()
-        else:
-            step.host, step.host_log_probs = tokens, log_probs
+    def _choose(self, step: LaunchedStep, rows: list[ActiveTurn], logits: torch.Tensor) -> None:
+        """Tokens of ``rows`` (admitted turns, and decode rows when any row samples or wants log-probs) by each
+        row's own sampling, written into their slots of the engine's token buffer."""
+        sampling = [self._sampling[t.slot] for t in rows]
+        tokens, log_probs = choose_rows_on_device(logits, sampling)
+        self._next.index_copy_(0, self._index(tuple(t.slot for t in rows)), tokens)  # the next step's input
+        if log_probs is not None:
+            step.want_log_probs = {t: cfg.return_log_probs for t, (cfg, _) in zip(rows, sampling, strict=True)}
+            step.log_prob_rows = rows
+            step.host_log_probs = _to_host_async(log_probs) if log_probs.is_cuda else log_probs
+
+    def _tokens_to_host(self, step: LaunchedStep) -> None:
+        """The whole token buffer (every row's token sits at its slot) to the host: one copy however many rows,
+        into a pinned buffer kept for reuse, and an event the collect waits on. On the CPU the values are read
+        now: the next launch overwrites the buffer before this step is collected."""
+        if not self._next.is_cuda:
+            step.values = self._next.tolist()
+            return
+        # One buffer per step in flight (two in a pipelined runtime), one event more: made once, then reused.
+        step.host = (self._host_buffers.pop() if self._host_buffers
+                     else torch.empty(self._next.shape, dtype=self._next.dtype, pin_memory=True))
+        step.ready = self._events.pop() if self._events else torch.cuda.Event()
+        step.host.copy_(self._next, non_blocking=True)
+        step.ready.record()
 
     def collect(self, step: LaunchedStep) -> StepResult:
         """Wait for the step's tokens and hand back its result (a device error fails the step's rows)."""
@@ -189,25 +243,42 @@ class ModelExecutor:
         try:
             if step.ready is not None:
                 step.ready.synchronize()
-            tokens = step.host.tolist()
-            log_probs = step.host_log_probs.tolist() if step.host_log_probs is not None else [None] * len(tokens)
+                step.values = step.host.tolist()
+                self._host_buffers.append(step.host)  # read: free for a later step
+                if self._last_ready is not None:
+                    self._events.append(self._last_ready)
+                self._last_ready = step.ready  # held until the next collect (the update stream may wait on it)
+                step.host = step.ready = None
+            log_probs = step.host_log_probs.tolist() if step.host_log_probs is not None else None
         except Exception as exc:
             log.exception("decode step failed on the device")
             self._fail(step.rows, "internal", exc, result)
             return result
-        for turn, token, log_prob, wanted in zip(step.rows, tokens, log_probs, step.want_log_probs, strict=True):
-            result.tokens[turn] = (token, log_prob if wanted else None)
+        values = step.values
+        tokens = result.tokens
+        for turn in step.rows:
+            tokens[turn] = (values[turn.slot], None)
+        if log_probs is not None:
+            want = step.want_log_probs
+            for turn, log_prob in zip(step.log_prob_rows, log_probs, strict=True):
+                if want[turn]:
+                    tokens[turn] = (tokens[turn][0], log_prob)
         return result
 
     def _update_memory(self, turns: list[ActiveTurn], stm_of: Callable[[str], torch.Tensor],
                        result: StepResult) -> None:
         try:
             max_len = self.model.config.max_seq_len
-            stm = torch.stack([stm_of(t.session_id) for t in turns], dim=1)
-            new_stm = self.updater(stm, [t.interaction(self.eos_id, max_len) for t in turns])
-            if new_stm.is_cuda:  # the commit's copy waits for this pass only, not for the steps queued after it
-                result.memory_ready = torch.cuda.Event()
-                result.memory_ready.record()
+            interactions = [t.interaction(self.eos_id, max_len) for t in turns]
+            side = self._update_stream if self.updater.graphed else None
+            if side is None:
+                stm = torch.stack([stm_of(t.session_id) for t in turns], dim=1)
+                new_stm = self.updater(stm, interactions)
+                if new_stm.is_cuda:  # the commit's copy waits for this pass only, not for the steps queued after it
+                    result.memory_ready = torch.cuda.Event()
+                    result.memory_ready.record()
+            else:
+                new_stm, result.memory_ready = self._update_on_side_stream(side, turns, stm_of, interactions)
         except Exception as exc:
             log.exception("memory update failed")
             for turn in turns:
@@ -216,11 +287,37 @@ class ModelExecutor:
         for turn, stm_row in zip(turns, new_stm.unbind(1), strict=True):
             result.new_memory[turn] = stm_row
 
+    def _update_on_side_stream(self, side: torch.cuda.Stream, turns: list[ActiveTurn],
+                               stm_of: Callable[[str], torch.Tensor],
+                               interactions: list[list[int]]) -> tuple[torch.Tensor, torch.cuda.Event]:
+        """The update pass on its own stream, beside the decode steps: returns the new STMs and the event recorded
+        after the pass (whoever reads them waits on it: the commit writer does).
+
+        The pass waits for the lane's stream only as far as its inputs need. Answers' STMs were written before
+        their prefill, which came no later than the step collected last, so the pass waits on that step's event
+        (done by now: it starts at once, not behind the step queued since). A primed interaction's STM may have
+        been made on the lane's stream just now (a new session's initial memory): the pass waits for everything
+        queued there. The new STMs are marked as used by the lane's stream too (its prefills read them), so their
+        memory is not reused before the lane's reads are done."""
+        lane = torch.cuda.current_stream()
+        if self._last_ready is not None and all(t.kind == "answer" for t in turns):
+            side.wait_event(self._last_ready)
+        else:
+            side.wait_stream(lane)
+        with torch.cuda.stream(side):
+            stm = torch.stack([stm_of(t.session_id) for t in turns], dim=1)
+            new_stm = self.updater(stm, interactions)
+            new_stm.record_stream(lane)
+            ready = torch.cuda.Event()
+            ready.record()  # on the side stream: after the pass
+        return new_stm, ready
+
     def _fail(self, turns: list[ActiveTurn], code: str, exc: Exception, result: StepResult) -> None:
         for turn in turns:
             if self.engine.live[turn.slot]:
                 self.engine.release(turn.slot)
             self._sampling.pop(turn.slot, None)
+            self._special.discard(turn.slot)
             result.failures.append((turn, code, repr(exc)))
 
 

@@ -81,6 +81,7 @@ class ReactiveModel:
         session_cache_size: int = 1024,
         use_cuda_graphs: bool | None = None,
         switch_interval_s: float | None = SWITCH_INTERVAL_S,
+        update_stream: bool | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size} must be >= 1")
@@ -93,8 +94,10 @@ class ReactiveModel:
         self.store = store or InMemoryStore()
         self.max_batch_size = max_batch_size
         self.max_pending_per_session = max_pending_per_session
+        # update_stream: memory-update passes on a CUDA stream of their own (default: with graphed updates)
         self.executor = ModelExecutor(self.model, max_slots=max_batch_size, pad_id=tokenizer.pad_id,
-                                      eos_id=tokenizer.eos_id, use_cuda_graphs=use_cuda_graphs)
+                                      eos_id=tokenizer.eos_id, use_cuda_graphs=use_cuda_graphs,
+                                      update_stream=update_stream)
         self.engine = self.executor.engine
         self.scheduler = TurnScheduler(max_slots=max_batch_size, capacity=self.executor.capacity,
                                        eos_id=tokenizer.eos_id, decode_text=tokenizer.decode,
@@ -114,6 +117,11 @@ class ReactiveModel:
         # Every message waiting is handled in one lane action (then one step), not one message per step.
         self._input_subscription = Crossing(self.input, self._lane, self._on_messages,
                                             on_error=lambda exc: log.error("input stream failed: %r", exc))
+        # Commit reports cross onto the lane the same way: the reports of one pass's workers that arrive while the
+        # lane is busy are announced in one action, as one batch (its sessions then start their next turns together).
+        self._committed: Subject = Subject()
+        self._commit_subscription = Crossing(self._committed, self._lane, self._on_commit_reports,
+                                             on_error=lambda exc: log.error("commit reports failed: %r", exc))
         self._connected = False
         self._disposed = False
         self._early: list[Any] = []  # messages that arrived before connect()
@@ -141,6 +149,7 @@ class ReactiveModel:
         self._disposed = True
         self._input_subscription.dispose()
         self.commits.close()
+        self._commit_subscription.dispose()
         if self._connection is not None:
             self._connection.dispose()
         if self._owns_lane:
@@ -278,16 +287,22 @@ class ReactiveModel:
         return self.scheduler.update_from_output(launched.plan, self.executor.collect(launched))
 
     def _on_committed(self, commits: list[tuple[ActiveTurn, SessionState, str | None]]) -> None:
-        """From the commit writer's thread: one hop onto the lane per job to free its sessions and announce them."""
+        """From the commit writer's threads: the report crosses onto the lane (`_on_commit_reports`)."""
+        self._committed.on_next(commits)
 
-        def done() -> None:
+    def _on_commit_reports(self, reports: list[list[tuple[ActiveTurn, SessionState, str | None]]]) -> None:
+        """On the lane: every commit report that waited frees its sessions and announces them, in one batch."""
+        if self._disposed:
+            return
+        try:
             events: list[Event] = []
-            for turn, state, error in commits:
-                events.extend(self.scheduler.committed(turn, state.memory_version, error))
+            for commits in reports:
+                for turn, state, error in commits:
+                    events.extend(self.scheduler.committed(turn, state.memory_version, error))
             self._emit(events)
             self._request_step()
-
-        self._schedule(done)
+        except Exception:
+            log.exception("announcing commits failed")
 
     def lane_health(self, timeout: float = 2.0) -> dict[str, Any]:
         """Probe the lane: a no-op scheduled on it must run within ``timeout`` seconds (a lane stuck in one action,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from rxnn_runtime.stores import SessionState, SessionStore
+from rxnn_runtime.stores import CommittedState, SessionState, SessionStore
 from rxt.model import RxT
 
 
@@ -65,7 +65,8 @@ class SessionCache:
         """One committed memory write: the new STM (device), the turn count (default: one more) and the memory
         version; returns the new state."""
         old = self.get(session_id)
-        state = SessionState(session_id=session_id, stm=stm, turns=old.turns + 1 if turns is None else turns,
+        # Committed: nothing writes into this STM again, so the in-process store may keep it as it is (no copy).
+        state = CommittedState(session_id=session_id, stm=stm, turns=old.turns + 1 if turns is None else turns,
                              memory_version=old.memory_version + 1, metadata=old.metadata)
         self._states[session_id] = state
         return state

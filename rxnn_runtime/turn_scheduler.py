@@ -21,6 +21,9 @@ Rules:
   holds it), so the primes of sessions that prime together share every pass; an answer turn or a Reset does wait.
 - A Reset waits behind the session's in-flight turn (its answer is out and will be committed first), then
   returns the session to its initial memory.
+- Pipelined (the runtime schedules step N+1 before it collects step N), a turn whose token in flight is certain
+  to be its last (length limit or cache room) is not fed again: its slot is retired (`StepPlan.retire`) and
+  freed once that token is collected.
 - Cancel drops waiting turns and stops a running one at once (its partial answer is never written to memory);
   an answered turn is past cancelling.
 """
@@ -52,12 +55,13 @@ class StepPlan:
     release: list[int] = field(default_factory=list)  # slots to free first (their turns ended)
     updates: list[ActiveTurn] = field(default_factory=list)  # one batched memory-update pass
     decode: list[ActiveTurn] = field(default_factory=list)  # running turns: feed their last token
+    retire: list[int] = field(default_factory=list)  # slots whose token in flight is certainly their turn's last
     admit: list[ActiveTurn] = field(default_factory=list)  # waiting turns given a slot: prefilled together
     resets: list[ActiveTurn] = field(default_factory=list)  # sessions returning to their initial memory
 
     @property
     def empty(self) -> bool:
-        return not (self.release or self.updates or self.decode or self.admit or self.resets)
+        return not (self.release or self.retire or self.updates or self.decode or self.admit or self.resets)
 
 
 @dataclass
@@ -154,7 +158,7 @@ class TurnScheduler:
         plan = self.schedule_updates()
         plan.release, self._release = self._release, []
         self._free = sorted(self._free + plan.release)
-        plan.decode = list(self._running.values())
+        plan.decode = self._decode_rows(plan.retire)
         for sid in list(self._pending):
             queue = self._pending[sid]
             if not queue:
@@ -168,6 +172,7 @@ class TurnScheduler:
                     continue  # no slot: primes and resets of other sessions may still go
                 head.slot = self._free.pop(0)
                 head.phase = "running"
+                head.in_flight = 1
                 self._running[head.slot] = head
                 plan.admit.append(head)
             elif head.kind == "prime":
@@ -182,6 +187,30 @@ class TurnScheduler:
             if not queue:
                 del self._pending[sid]
         return plan
+
+    def _decode_rows(self, retire: list[int]) -> list[ActiveTurn]:
+        """The running turns to feed in the next step. A turn whose token still in flight (the step launched before
+        this one is collected after it) is certain to end it, by its length limit or its cache row's room, is not
+        fed: the runtime would throw the extra token away, and the device would spend a step on it before the
+        turn's memory-update pass. Its slot goes to ``retire`` (the executor stops feeding it at once); the
+        scheduler frees it once that last token is collected. Without a token in flight (a caller that collects
+        each plan before the next) every running turn is fed."""
+        rows = []
+        capacity = self.capacity
+        for turn in self._running.values():
+            if turn.in_flight:
+                rule = turn.stop_rule
+                if rule is None:
+                    rule = turn.stop_rule = StopRule(self.eos_id, turn.query.options.max_new_tokens)
+                length = len(turn.answer) + turn.in_flight  # answer tokens once the tokens in flight are in
+                if rule.ends_by_length(length, capacity - len(turn.prompt) - length):
+                    if not turn.retired:
+                        turn.retired = True
+                        retire.append(turn.slot)
+                    continue
+            turn.in_flight += 1
+            rows.append(turn)
+        return rows
 
     def started_events(self, plan: StepPlan) -> list[Event]:
         """MemoryUpdateStarted for the answered turns of ``plan``'s update pass (sent before the pass runs)."""
@@ -225,6 +254,7 @@ class TurnScheduler:
 
     def _take_token(self, turn: ActiveTurn, token: int, log_prob: float | None, events: list[Event]) -> None:
         """``turn``'s next token: its Token event (and AnswerDone when the stop rule ends the turn) onto ``events``."""
+        turn.in_flight -= 1
         if log_prob is not None:
             turn.log_probs.append(log_prob)
         rule = turn.stop_rule

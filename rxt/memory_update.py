@@ -41,6 +41,15 @@ class MemoryUpdater:
         self.use_cuda_graphs = use_cuda_graphs and self.device.type == "cuda"
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor]]] = {}
         self._failed = False
+        # Update graphs are captured on a stream of their own: cuBLAS keeps a workspace per (handle, stream), and
+        # graphs captured on PyTorch's shared default capture stream would all use the one workspace, so an update
+        # replayed beside a decode step (the runtime runs updates on a side stream) would race it.
+        self._capture_stream: torch.cuda.Stream | None = None
+
+    @property
+    def graphed(self) -> bool:
+        """Whether updates run as captured graphs (CUDA, and no capture has failed)."""
+        return self.use_cuda_graphs and not self._failed
 
     @torch.no_grad()
     def __call__(self, stm: torch.Tensor, interactions: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -102,7 +111,9 @@ class MemoryUpdater:
                     model.update_memory(buffers["stm"], buffers["ids"], buffers["valid"], validate=False)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
+            if self._capture_stream is None:
+                self._capture_stream = torch.cuda.Stream(device=self.device)
+            with torch.cuda.graph(graph, stream=self._capture_stream, capture_error_mode=CAPTURE_MODE):
                 buffers["out"] = model.update_memory(buffers["stm"], buffers["ids"], buffers["valid"], validate=False)
         except Exception as exc:
             log.warning("CUDA graph capture of the memory update %s failed (%s); updating eagerly", key, exc)

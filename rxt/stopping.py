@@ -30,6 +30,12 @@ class StopRule:
         """
         if token == self.eos_id:
             return "eos"
-        if answer_length >= self.max_new_tokens or room < 1:
+        if self.ends_by_length(answer_length, room):
             return "length"
         return None
+
+    def ends_by_length(self, answer_length: int, room: int) -> bool:
+        """Whether a sequence with ``answer_length`` answer tokens and ``room`` cache positions left stops whatever
+        its last token was: the length half of `check`, known before that token is seen (a scheduler stops feeding
+        a sequence whose token in flight is certain to be its last)."""
+        return answer_length >= self.max_new_tokens or room < 1

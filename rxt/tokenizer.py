@@ -120,6 +120,7 @@ class RxTokenizer:
         decoder = source.get("decoder") or {}
         self._byte_level = decoder.get("type") == "ByteLevel"
         self._id_bytes: list[bytes] | None = None
+        self._stream_tables: dict[bool, list[bytes | None]] = {}  # skip_special_tokens -> `stream_bytes`
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -358,6 +359,18 @@ class RxTokenizer:
             self._id_bytes = self._build_id_bytes()
         return self._id_bytes[token_id]
 
+    def stream_bytes(self, skip_special_tokens: bool) -> list[bytes | None]:
+        """Per id, the bytes `IncrementalDecoder.decode_token` feeds its UTF-8 decoder (None: a special token it
+        skips), for byte-level tokenizers: one list lookup per token on the serving path, made once."""
+        table = self._stream_tables.get(skip_special_tokens)
+        if table is None:
+            if self._id_bytes is None:
+                self._id_bytes = self._build_id_bytes()
+            skipped = self.special_ids if skip_special_tokens else frozenset()
+            table = self._stream_tables[skip_special_tokens] = [
+                None if i in skipped else piece for i, piece in enumerate(self._id_bytes)]
+        return table
+
     def _build_id_bytes(self) -> list[bytes]:
         # Mirrors the ByteLevel decoder: a token made only of byte-level stand-in characters is mapped back to its
         # bytes; any other token (e.g. an added token with characters outside the alphabet) is taken as UTF-8.
@@ -406,6 +419,7 @@ class IncrementalDecoder:
     def __init__(self, tokenizer: RxTokenizer, skip_special_tokens: bool = True) -> None:
         self._tok = tokenizer
         self.skip_special_tokens = skip_special_tokens
+        self._bytes = tokenizer.stream_bytes(skip_special_tokens) if tokenizer.is_byte_level else None
         self.reset()
 
     def reset(self) -> None:
@@ -428,6 +442,16 @@ class IncrementalDecoder:
 
     def decode_token(self, token_id: int) -> str:
         """Feed one id; return the newly completed text (``""`` while a character is still incomplete)."""
+        table = self._bytes
+        if table is not None and type(token_id) is int and 0 <= token_id < len(table):
+            # Byte-level, a valid id: one lookup (a server decodes every token of every session this way).
+            piece = table[token_id]
+            if piece is None:
+                return ""
+            text = self._utf8.decode(piece)
+            if text:
+                self._emitted.append(text)
+            return text
         self._tok._check_id(token_id)
         if self.skip_special_tokens and token_id in self._tok.special_ids:
             return ""

@@ -1,9 +1,9 @@
 """Session stores: where a session's STM, turn count and metadata live between turns (see `base.py`)."""
 
-from rxnn_runtime.stores.base import MEMORY_RETENTION, Retention, SessionState, SessionStore
+from rxnn_runtime.stores.base import MEMORY_RETENTION, CommittedState, Retention, SessionState, SessionStore
 from rxnn_runtime.stores.memory import InMemoryStore
 
-__all__ = ["MEMORY_RETENTION", "InMemoryStore", "Retention", "SessionState", "SessionStore", "open_store"]
+__all__ = ["MEMORY_RETENTION", "CommittedState", "InMemoryStore", "Retention", "SessionState", "SessionStore", "open_store"]
 
 
 def open_store(url: str | None, retention: Retention | None = None) -> SessionStore:

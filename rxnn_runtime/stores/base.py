@@ -22,7 +22,7 @@ from safetensors.torch import load, save
 @dataclass
 class SessionState:
     session_id: str
-    stm: torch.Tensor  # (L, S, D), on the CPU
+    stm: torch.Tensor  # (L, S, D), on the CPU (a `CommittedState` in the in-process store: where it was computed)
     turns: int = 0
     memory_version: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -77,6 +77,13 @@ class SessionState:
                    metadata=raw["metadata"], updated_at=float(updated))
 
 
+@dataclass
+class CommittedState(SessionState):
+    """A state the runtime commits after a memory update: nothing ever writes into its STM again (updates are out
+    of place, and the runtime keeps it only to read), so a store that holds tensors may keep this one as it is,
+    on the device it was computed on, instead of a private copy (`SessionStore.keeps_device_stm`)."""
+
+
 @dataclass(frozen=True)
 class Retention:
     """How long a store keeps sessions nobody uses: at most ``max_sessions`` (the least recently used go first)
@@ -102,6 +109,11 @@ MEMORY_RETENTION = Retention(max_sessions=1024, idle_seconds=3600.0)
 
 class SessionStore(abc.ABC):
     """Load and save sessions by id. Implementations must be safe to call from one thread at a time (the lane)."""
+
+    keeps_device_stm = False
+    """True for a store whose `save` keeps a `CommittedState`'s STM itself, wherever it lives (the in-process
+    store): the runtime's commit writer then hands it the STM on the device, with no copy to the host, and the
+    commit (so MemoryUpdated) waits only for the update pass. Stores that write bytes get a host copy."""
 
     @abc.abstractmethod
     def load(self, session_id: str) -> SessionState | None: ...

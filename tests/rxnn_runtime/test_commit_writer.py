@@ -8,11 +8,12 @@ import pytest
 import torch
 from runtime_helpers import EventLog, record_plans, tiny_model
 
+from rxnn_runtime.active_turn import ActiveTurn
 from rxnn_runtime.commit_writer import CommitWriter
 from rxnn_runtime.events import MemoryUpdated
-from rxnn_runtime.messages import GenerationOptions, Query
+from rxnn_runtime.messages import GenerationOptions, Query, Reset
 from rxnn_runtime.reactive_model import ReactiveModel
-from rxnn_runtime.stores import InMemoryStore, SessionState
+from rxnn_runtime.stores import CommittedState, InMemoryStore, SessionState
 
 
 def _writer(store, workers=2, report_every_s=None):
@@ -115,3 +116,75 @@ def test_slow_saves_are_reported_as_they_go_not_at_the_end_of_the_job():
 def test_report_every_s_must_be_positive():
     with pytest.raises(ValueError, match="report_every_s=0"):
         CommitWriter(InMemoryStore(), lambda done: None, report_every_s=0)
+
+
+def test_the_in_process_store_keeps_a_committed_stm_without_a_copy():
+    """A `CommittedState` (the runtime's commits: an STM nothing writes into again) is kept as it is by the
+    in-process store, so a commit copies nothing (on a GPU: no device-to-host copy, no memcpy); a plain
+    `SessionState` from any other caller is still copied, and `load` always hands out a private copy."""
+    store = InMemoryStore()
+    writer, _reports, done, expected = _writer(store)
+    committed = CommittedState(session_id="c", stm=torch.randn(2, 4, 8), turns=1, memory_version=1)
+    plain = SessionState(session_id="p", stm=torch.randn(2, 4, 8), turns=1, memory_version=1)
+    expected["n"] = 2
+    try:
+        writer.submit_many([("tc", committed), ("tp", plain)])
+        assert done.wait(10)
+        kept = store._records["c"][0].stm
+        assert kept.data_ptr() == committed.stm.data_ptr()  # the tensor itself
+        assert store._records["p"][0].stm.data_ptr() != plain.stm.data_ptr()  # a private copy
+        loaded = store.load("c")
+        assert torch.equal(loaded.stm, committed.stm) and loaded.stm.data_ptr() != committed.stm.data_ptr()
+        assert not isinstance(loaded, CommittedState) and loaded.turns == 1
+    finally:
+        writer.close()
+
+
+def test_runtime_commits_are_committed_states():
+    """The session cache hands the commit writer `CommittedState`s for memory updates (kept without a copy) and
+    plain states for resets (their initial STM may share storage with the model's parameters: copied)."""
+    model, tokenizer = tiny_model()
+    saved: list = []
+
+    class Recording(InMemoryStore):
+        def save(self, state):
+            saved.append(state)
+            super().save(state)
+
+    reactive = ReactiveModel(model, tokenizer, store=Recording())
+    log = EventLog()
+    reactive.events.subscribe(log)
+    reactive.connect()
+    try:
+        reactive.submit(Query("s", "hello", GenerationOptions(max_new_tokens=2)))
+        assert log.wait_for(lambda es: sum(isinstance(e, MemoryUpdated) for e in es) == 1)
+        assert reactive.wait_idle(10)
+        reactive.submit(Reset("s"))
+        assert log.wait_for(lambda es: sum(isinstance(e, MemoryUpdated) for e in es) == 2)
+        assert [type(s) for s in saved] == [CommittedState, SessionState]
+    finally:
+        reactive.dispose()
+
+
+def test_commit_reports_that_wait_for_the_lane_leave_in_one_batch():
+    """Reports of several commit workers (one pass's sessions, sharded) that arrive while the lane is busy are
+    announced in one lane action, one batch, so the sessions start their next turns together."""
+    model, tokenizer = tiny_model()
+    reactive = ReactiveModel(model, tokenizer)
+    batches = EventLog()
+    reactive.batches.subscribe(batches)
+    reactive.connect()
+    try:
+        blocked, release = threading.Event(), threading.Event()
+        reactive._lane.schedule(lambda *_: (blocked.set(), release.wait(10)))
+        assert blocked.wait(10)
+        for worker in range(3):  # as three workers report, while the lane runs a step
+            turns = [ActiveTurn(Query(f"s{worker}{k}", "q"), 1, [1]) for k in range(2)]
+            reactive._on_committed([(t, SessionState(session_id=t.session_id, stm=torch.zeros(1), memory_version=1),
+                                     None) for t in turns])
+        release.set()
+        assert batches.wait_for(lambda bs: sum(isinstance(e, MemoryUpdated) for b in bs for e in b) == 6)
+        with_commits = [b for b in batches.events if any(isinstance(e, MemoryUpdated) for e in b)]
+        assert len(with_commits) == 1 and len(with_commits[0]) == 6
+    finally:
+        reactive.dispose()

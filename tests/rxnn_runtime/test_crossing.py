@@ -77,3 +77,32 @@ async def test_asyncio_side_polls_while_items_keep_coming_then_goes_back_to_tick
     finally:
         crossing.dispose()
 
+
+
+def test_an_urgent_item_ticks_at_once_while_the_drain_polls_and_polls_stay_one_chain():
+    """While the drain polls, items wait for the next poll; an item marked urgent sends one tick at once (its drain
+    takes everything waiting), and that drain arms no second poll: one poll chain at a time."""
+    from reactivex.scheduler import ImmediateScheduler
+
+    source = Subject()
+    drains: list[list[int]] = []
+    polls: list = []
+    crossing = Crossing(source, ImmediateScheduler(), drains.append, rearm=polls.append, idle_polls=3,
+                        urgent=lambda item: item < 0)
+    try:
+        source.on_next(1)  # idle: ticks, drained at once (the immediate scheduler), and polling starts
+        assert drains == [[1]] and len(polls) == 1
+        source.on_next(2)  # polling: waits for the poll
+        assert drains == [[1]]
+        source.on_next(-3)  # urgent: a tick now, taking 2 with it
+        assert drains == [[1], [2, -3]] and len(polls) == 1
+        source.on_next(4)
+        polls.pop()()  # the poll runs: takes 4 and arms the next one
+        assert drains == [[1], [2, -3], [4]] and len(polls) == 1
+        for _ in range(4):  # idle polls run out: polling stops, and the next item ticks again
+            polls.pop()()
+        assert not polls
+        source.on_next(5)
+        assert drains[-1] == [5] and len(polls) == 1
+    finally:
+        crossing.dispose()

@@ -110,3 +110,19 @@ async def test_a_sink_gets_one_list_per_drain_for_all_its_sessions_in_seq_order(
     stop_b.dispose()
     stop_c.dispose()
     assert bridge._subscription is None
+
+
+def test_batches_that_wake_the_loop_at_once():
+    """Batches with a turn's terminal event (what a client waits for before its next query) cross at once; tokens
+    and answers wait for the loop's next poll."""
+    from rxnn_runtime.event_bridge import _urgent
+    from rxnn_runtime.events import AnswerDone, Cancelled, Error, MemoryUpdated, Token
+
+    def token(index):
+        return Token(session_id="s", turn_id=1, seq=index + 1, index=index)
+
+    assert not _urgent((token(0), token(4)))
+    assert not _urgent((token(5), AnswerDone(session_id="s", turn_id=1, seq=9)))
+    assert _urgent((token(3), MemoryUpdated(session_id="s", turn_id=1, seq=10)))
+    assert _urgent((Cancelled(session_id="s", turn_id=1, seq=11),))
+    assert _urgent((token(2), Error(session_id="s", turn_id=1, seq=12, code="store", message="x")))

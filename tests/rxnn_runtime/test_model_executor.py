@@ -2,6 +2,9 @@
 for 2 rows as for 16 (prefill, memory update, decode). In a server each torch call lets another thread take the
 GIL, and the lane may wait up to a switch interval to get it back, so calls per row cost milliseconds."""
 
+import contextlib
+
+import torch
 from runtime_helpers import tiny_model
 from torch.overrides import TorchFunctionMode
 
@@ -9,6 +12,8 @@ from rxnn_runtime.active_turn import ActiveTurn
 from rxnn_runtime.messages import GenerationOptions, Query
 from rxnn_runtime.model_executor import ModelExecutor
 from rxnn_runtime.turn_scheduler import StepPlan
+from rxt.decode_engine import DecodeEngine
+from rxt.memory_update import MemoryUpdater
 
 
 class _CountCalls(TorchFunctionMode):
@@ -142,3 +147,119 @@ def test_precapture_covers_the_decode_step_of_every_session_count(monkeypatch):
         key = engine._step_key(engine.bucket())
         assert key in engine._graphs, n
     assert executor.precapture(max_prompt_tokens=20, max_interaction_tokens=60) == 0  # all there already
+
+
+class _CountOutsideForward(TorchFunctionMode):
+    """Torch calls outside the engine's decode forward (a graph replay on CUDA); no op is dispatched for an
+    attribute read or a no_grad switch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.inside = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        if not self.inside and name not in ("__get__", "_set_grad_enabled"):  # attribute reads, no_grad
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_greedy_decode_step_builds_nothing_and_makes_two_torch_calls(monkeypatch):
+    """Greedy rows (the common case) take their argmax straight into the engine's token buffer, and the whole
+    buffer is read once (on CUDA: one copy into a reused pinned buffer and an event): no index, slice, stack or
+    host tensor is built per step, however many rows. A sampled row switches the step to the per-row choice."""
+    counter = _CountOutsideForward()
+    step = DecodeEngine._step
+
+    def uncounted_step(self, b):
+        counter.inside += 1
+        try:
+            return step(self, b)
+        finally:
+            counter.inside -= 1
+
+    monkeypatch.setattr(DecodeEngine, "_step", uncounted_step)
+    model, tokenizer = tiny_model()
+    stm = model.initial_memory(1)[:, 0]
+    for n in (2, 16):
+        executor = ModelExecutor(model, max_slots=16, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+        turns = _turns(n, tokenizer)
+        executor.collect(executor.launch(StepPlan(admit=turns), lambda sid: stm))
+        per_step = []
+        for _ in range(4):
+            counter.calls = []
+            with counter:
+                result = executor.collect(executor.launch(StepPlan(decode=turns), lambda sid: stm))
+            assert len(result.tokens) == n and not result.failures
+            per_step.append(counter.calls)
+        assert per_step[1:] == [["argmax", "tolist"]] * 3, per_step  # the first step also made its bucket's view
+    sampled = _turns(2, tokenizer)
+    sampled[1].query = Query("s1", "q", GenerationOptions(max_new_tokens=4, temperature=0.7, seed=1))
+    executor = ModelExecutor(model, max_slots=16, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+    executor.collect(executor.launch(StepPlan(admit=sampled), lambda sid: stm))
+    assert executor._special == {1}
+    executor.collect(executor.launch(StepPlan(release=[1]), lambda sid: stm))
+    assert not executor._special  # a released slot no longer holds the step to the per-row choice
+
+
+def test_retired_slots_are_not_fed():
+    """A retired slot (its turn's token in flight is its last) is freed in the engine at once: the decode step
+    feeds only the other rows, and the bucket shrinks when it was the highest."""
+    model, tokenizer = tiny_model()
+    stm = model.initial_memory(1)[:, 0]
+    executor = ModelExecutor(model, max_slots=4, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+    turns = _turns(3, tokenizer)
+    executor.collect(executor.launch(StepPlan(admit=turns), lambda sid: stm))
+    lengths = list(executor.engine.slot_length)
+    result = executor.collect(executor.launch(StepPlan(decode=turns[:2], retire=[2]), lambda sid: stm))
+    assert set(result.tokens) == set(turns[:2])
+    assert executor.engine.live[:3] == [True, True, False]
+    assert executor.engine.slot_length[:2] == [lengths[0] + 1, lengths[1] + 1]
+    assert executor.engine.bucket() == 2
+
+
+class _FakeStream:
+    def __init__(self, name):
+        self.name = name
+        self.calls = []
+
+    def wait_event(self, event):
+        self.calls.append(("wait_event", event))
+
+    def wait_stream(self, stream):
+        self.calls.append(("wait_stream", stream.name))
+
+
+def test_update_pass_on_its_stream_waits_only_as_far_as_its_inputs_need(monkeypatch):
+    """The side-stream pass (CUDA) with stand-in streams on the CPU: a pass of answers waits on the last collected
+    step's event (not for the step queued since), a pass with a primed interaction for everything on the lane's
+    stream; the new STMs are marked as used by the lane's stream, the commit waits on the event recorded inside,
+    and the memory is the lane-stream pass's."""
+    model, tokenizer = tiny_model()
+    stm = model.initial_memory(1)[:, 0]
+    lane, marked, recorded = _FakeStream("lane"), [], []
+
+    class _Event:
+        def record(self):
+            recorded.append(self)
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: lane)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Event", _Event)
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: marked.append(s.name), raising=False)
+    monkeypatch.setattr(MemoryUpdater, "graphed", property(lambda self: True))
+    reference = ModelExecutor(model, max_slots=8, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+    executor = ModelExecutor(model, max_slots=8, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+    executor._update_stream = side = _FakeStream("side")
+    executor._last_ready = last = object()  # the last collected step's event
+    turns = _turns(3, tokenizer)
+    result = executor.launch(StepPlan(updates=turns), lambda sid: stm).result
+    assert side.calls == [("wait_event", last)] and marked == ["lane"]
+    assert result.memory_ready is recorded[-1]
+    expected = reference.launch(StepPlan(updates=turns), lambda sid: stm).result
+    for turn in turns:
+        assert torch.equal(result.new_memory[turn], expected.new_memory[turn])
+    prime = ActiveTurn(Query("p", ""), 1, tokenizer.encode("an earlier turn"), kind="prime")
+    executor.launch(StepPlan(updates=[prime, *turns]), lambda sid: stm)
+    assert side.calls[-1] == ("wait_stream", "lane")

@@ -239,22 +239,34 @@ def test_connect_shortens_the_gil_switch_interval_never_lengthens_it(switch_inte
     lower.dispose()
 
 
-def test_queries_that_arrive_together_are_accepted_at_once_and_prefilled_in_one_step():
-    """RxPY's observe_on alone moved one input message onto the lane per decode step (64 queries sent together
-    waited up to 64 steps to be accepted); the messages waiting now cross in one lane action."""
+def _recorded_runtime():
+    """A connected runtime (8 slots) whose launched plans and events are recorded."""
     model, tokenizer = tiny_model()
     reactive = ReactiveModel(model, tokenizer, max_batch_size=8)
     plans = record_plans(reactive)
     log = EventLog()
     reactive.events.subscribe(log)
     reactive.connect()
+    return reactive, plans, log
+
+
+def _submit_together(reactive, queries):
+    """Submit ``queries`` while the lane is busy, so they wait together and cross in one lane action."""
+    blocked, release = threading.Event(), threading.Event()
+    reactive._lane.schedule(lambda *_: (blocked.set(), release.wait(10)))
+    assert blocked.wait(10)
+    for query in queries:
+        reactive.submit(query)
+    release.set()
+
+
+def test_queries_that_arrive_together_are_accepted_at_once_and_prefilled_in_one_step():
+    """RxPY's observe_on alone moved one input message onto the lane per decode step (64 queries sent together
+    waited up to 64 steps to be accepted); the messages waiting now cross in one lane action."""
+    reactive, plans, log = _recorded_runtime()
     try:
-        blocked, release = threading.Event(), threading.Event()
-        reactive._lane.schedule(lambda *_: (blocked.set(), release.wait(10)))
-        assert blocked.wait(10)
-        for i in range(6):
-            reactive.submit(Query(f"s{i}", "hello there", GenerationOptions(max_new_tokens=3)))
-        release.set()
+        _submit_together(reactive, [Query(f"s{i}", "hello there", GenerationOptions(max_new_tokens=3))
+                                    for i in range(6)])
         assert log.wait_for(lambda es: sum(isinstance(e, MemoryUpdated) for e in es) == 6)
         assert [len(p.admit) for p in plans if p.admit] == [6]
     finally:
@@ -289,5 +301,29 @@ def test_update_pass_and_commit_go_in_the_lane_action_that_ends_the_answer():
         for i in passes:
             assert calls[i + 1] == ("submit", 1)  # handed over at launch ...
             assert ("collect", calls[i][1]) in calls[i + 2:]  # ... before its step is collected
+    finally:
+        reactive.dispose()
+
+
+def test_sessions_finishing_together_update_in_one_pass_right_after_their_last_token():
+    """Sessions whose answers end at the same step update their memory in one pass, launched in the lane action
+    that collects their last tokens, with no decode step queued ahead of it: the step after the last one no longer
+    feeds them a token to throw away (it is certain to be their last: the length limit), so it is not launched
+    at all when nothing else runs. Every session is fed exactly once per answer token."""
+    reactive, plans, log = _recorded_runtime()
+    try:  # arrive together: one prefill, then every step the same rows
+        _submit_together(reactive, [Query(f"s{i}", "hello there", GenerationOptions(max_new_tokens=4))
+                                    for i in range(5)])
+        assert log.wait_for(lambda es: sum(isinstance(e, MemoryUpdated) for e in es) == 5)
+        answers = [e for e in log.events if isinstance(e, AnswerDone)]
+        assert len(answers) == 5 and all(len(e.token_ids) == 4 and not e.stopped_by_eos for e in answers)
+        passes = [k for k, p in enumerate(plans) if p.updates]
+        assert len(passes) == 1 and len(plans[passes[0]].updates) == 5
+        fed = sum(len(p.decode) + len(p.admit) for p in plans)
+        assert fed == 5 * 4  # one feed per token: none thrown away
+        last_feed = max(k for k, p in enumerate(plans) if p.decode or p.admit)
+        between = plans[last_feed + 1:passes[0]]
+        assert all(not (p.decode or p.admit) for p in between)  # nothing for the device ahead of the pass
+        assert sorted(slot for p in between for slot in p.retire) == list(range(5))
     finally:
         reactive.dispose()

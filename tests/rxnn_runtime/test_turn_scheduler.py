@@ -207,3 +207,57 @@ def test_failed_update_is_not_written():
     assert [(type(e), e.code) for e in events] == [(Error, "memory_update")]
     assert not s.is_busy("a") and s.idle() is False  # its slot is released by the next plan
     assert s.schedule().release == [0] and s.idle()
+
+
+def _pipelined(s, steps=40):
+    """Rounds as the runtime runs them: plan k+1 is scheduled before plan k's tokens are collected (every row
+    answers token 7). Returns the plans and the events."""
+    plans, events = [], []
+    inflight = None
+    for _ in range(steps):
+        plan = s.schedule()
+        plans.append(plan)
+        if inflight is not None:
+            result = StepResult()
+            for turn in (*inflight.decode, *inflight.admit):
+                result.tokens[turn] = (7, None)
+            events += s.update_from_output(inflight, result)
+            for turn in s.schedule_updates().updates:
+                s.committed(turn, 1)
+        inflight = plan
+        if s.idle():
+            break
+    return plans, events
+
+
+def test_a_turn_whose_token_in_flight_is_its_last_is_not_fed_again():
+    """Pipelined, the turn's last token is still in flight when the next plan is made: a turn that token ends (its
+    length limit, or its cache row's room) is retired instead of fed, so it is fed exactly once per token."""
+    s = _scheduler(slots=3, capacity=8)
+    s.add(_turn(s, "a", max_new=3))
+    s.add(_turn(s, "b", max_new=5))
+    s.add(_turn(s, "c", max_new=30))  # prompt of 3 in a row of 8: room for 5 tokens
+    plans, events = _pipelined(s)
+    answers = {e.session_id: e.token_ids for e in events if isinstance(e, AnswerDone)}
+    assert {sid: len(ids) for sid, ids in answers.items()} == {"a": 3, "b": 5, "c": 5}
+    for sid, tokens in (("a", 3), ("b", 5), ("c", 5)):
+        fed = [k for k, p in enumerate(plans) if any(t.session_id == sid for t in (*p.decode, *p.admit))]
+        assert len(fed) == tokens, sid  # was one more: the thrown-away token after the last
+        slot = next(t.slot for t in plans[0].admit if t.session_id == sid)
+        retired = [k for k, p in enumerate(plans) if slot in p.retire]
+        assert retired == [fed[-1] + 1], sid  # the plan after its last feed retires its slot, once
+        released = [k for k, p in enumerate(plans) if slot in p.release]
+        assert released == [fed[-1] + 2], sid  # ... and the slot is free once that last token is collected
+
+
+def test_collecting_each_plan_first_feeds_every_running_turn():
+    """Without a token in flight (each plan collected before the next) nothing is retired: a turn ending at its
+    length limit gets all its tokens."""
+    s = _scheduler(slots=1)
+    s.add(_turn(s, "a", max_new=3))
+    plans = []
+    for _ in range(6):
+        plan, _events = _step(s)
+        plans.append(plan)
+    assert sum(len(p.decode) + len(p.admit) for p in plans) == 3
+    assert not any(p.retire for p in plans)

@@ -246,3 +246,18 @@ def test_incremental_decoder_flush_owes_exactly_the_unfinished_character():
             owed += bool(tail)
             assert streamed + tail == tok.decode(ids[:cut]), (text, cut)
     assert owed > 0  # some cuts really do stop inside a character
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_incremental_decoder_table_path_equals_the_checked_path(default_tok, skip):
+    """The byte-level decoder's one-lookup path (`RxTokenizer.stream_bytes`) gives the deltas of the checked path
+    (id check, special ids, token_bytes) for every id of the vocabulary, specials and partial characters included."""
+    ids = list(range(default_tok.vocab_size)) + [7, 8191, 0, 300, 5000, 3]
+    fast = default_tok.incremental_decoder(skip_special_tokens=skip)
+    checked = default_tok.incremental_decoder(skip_special_tokens=skip)
+    checked._bytes = None  # the path every id took before the table
+    assert [fast.decode_token(i) for i in ids] == [checked.decode_token(i) for i in ids]
+    assert fast.flush() == checked.flush()
+    assert fast.text == checked.text
+    with pytest.raises(TypeError):
+        fast.decode_token(True)  # a bool is no id: the checked path's error, not table[1]

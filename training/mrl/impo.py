@@ -13,8 +13,10 @@ trained through the policy loss, then runs the decoder teacher-forced over ``pro
 The LM head runs only at the action positions (gathered by index: the prompt and the padding never reach the
 vocabulary projection, and no boolean indexing waits for the device).
 
-Old log-probs are recomputed by `IMPOLearner.prepare` with the pre-update policy through exactly this function,
-on exactly the same minibatch tensors, so at the first update epoch the ratio is exactly 1. The loss::
+Old log-probs are recomputed by `IMPOLearner.prepare` with the pre-update policy through exactly this function:
+for the minibatch the update's first optimizer step visits, on exactly its tensors, so that step's ratio is
+exactly 1; for the others in merged passes (`IMPOConfig.merged_batch`, as the reference below), equal up to
+float rounding (by the time a step visits them the policy has moved, so their ratio is not 1 anyway). The loss::
 
     ratio_t  = exp(log π(a_t) - log π_old(a_t))
     L_policy = -mean_rows[ mean_t min(ratio_t A, clip(ratio_t, 1-eps, 1+eps) A) ]
@@ -64,9 +66,14 @@ class IMPOConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     #: transitions per merged no-grad pass (consecutive minibatches, at least one): the frozen reference's
-    #: distributions and the critic's pre-update values (not the old log-probs, which must equal the first
-    #: epoch's bit for bit). Fewer, larger passes launch fewer kernels; the memory of one pass grows with it
+    #: distributions, the critic's pre-update values and the old log-probs (all but the first optimizer step's
+    #: minibatch, which must equal that step's bit for bit). Fewer, larger passes launch fewer kernels; the
+    #: memory of one pass grows with it
     merged_batch: int = 256
+    #: the old log-probs of all but the first step's minibatch from the merged passes (equal up to float rounding);
+    #: False: one pass per minibatch, on exactly the tensors its optimizer step reads (every first-epoch ratio of
+    #: an unchanged policy exactly 1, the earlier behaviour; about one policy forward per minibatch more)
+    merge_old_log_probs: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.clip_eps < 1:
@@ -342,16 +349,37 @@ class IMPOLearner:
         config = self.policy.config
         batches = make_minibatches(items, self.cfg.minibatch_size, self.pad_id, self.critic, self.device,
                                    check=(config.vocab_size, config.max_seq_len))
-        old = []
-        for mb in batches:  # ids checked on the host above: no check reads back from the device from here on
-            _, log_dist = policy_pass(self.policy, mb, validate=False)
-            old.append(token_log_probs(log_dist, mb))
+        # ids checked on the host above: no check reads back from the device from here on
+        old = self.old_log_probs(batches, exact=self.epoch_order(len(batches), 0)[0])
         values = []
         for group in merged_groups(batches, self.cfg.merged_batch):  # (mean pooling over real tokens: padding-free)
             merged = merge_minibatches(group, self.pad_id)
             values.append(self.critic(merged.critic_ids, merged.critic_mask, validate=False).float())
         adv, returns = advantages_and_returns(items, torch.cat(values), self.cfg)
         return items, batches, old, adv, returns
+
+    def epoch_order(self, count: int, epoch: int) -> list[int]:
+        """The order in which epoch ``epoch`` of the next update visits its ``count`` minibatches (seeded)."""
+        return torch.randperm(count, generator=torch.Generator().manual_seed(
+            self.cfg.seed * 100_003 + self.updates * 1_009 + epoch)).tolist()
+
+    @torch.no_grad()
+    def old_log_probs(self, batches: Sequence[Minibatch], exact: int) -> list[torch.Tensor]:
+        """The pre-update policy's (B, T-1) token log-probs of each minibatch: minibatch ``exact`` in a pass of
+        its own (bit for bit what the optimizer step that visits it first computes), the others in merged passes
+        of up to ``cfg.merged_batch`` transitions (`merge_minibatches`, split back per minibatch); without
+        ``cfg.merge_old_log_probs`` one pass per minibatch."""
+        if not self.cfg.merge_old_log_probs:
+            return [token_log_probs(policy_pass(self.policy, mb, validate=False)[1], mb) for mb in batches]
+        out: list[torch.Tensor | None] = [None] * len(batches)
+        out[exact] = token_log_probs(policy_pass(self.policy, batches[exact], validate=False)[1], batches[exact])
+        others = [b for b in range(len(batches)) if b != exact]
+        where = iter(others)
+        for group in merged_groups([batches[b] for b in others], self.cfg.merged_batch):
+            dists = policy_pass(self.policy, merge_minibatches(group, self.pad_id), validate=False)[1]
+            for mb, part in zip(group, dists.split([len(mb.action_targets) for mb in group]), strict=True):
+                out[next(where)] = token_log_probs(part, mb)
+        return out
 
     @torch.no_grad()
     def reference_log_dists(self, batches: Sequence[Minibatch]) -> list[torch.Tensor | None]:
@@ -385,8 +413,7 @@ class IMPOLearner:
         sizes = [len(mb.index) for mb in batches]
         adv_parts, return_parts = adv.split(sizes), returns.split(sizes)
         for epoch in range(self.cfg.ppo_epochs):
-            order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(
-                self.cfg.seed * 100_003 + self.updates * 1_009 + epoch)).tolist()
+            order = self.epoch_order(len(batches), epoch)
             seen: list[tuple[int, int]] = []
             for b in order:
                 mb = batches[b]

@@ -86,7 +86,8 @@ def test_collection_logs_steps_through_the_runtime(logs):
 
 
 def test_first_update_epoch_ratio_is_exactly_one(tok, logs):
-    learner = learner_for(tiny_model(tok), tok)
+    # one old-log-prob pass per minibatch (the default merges all but the first step's: see the merged test)
+    learner = learner_for(tiny_model(tok), tok, merge_old_log_probs=False)
     _, batches, old, adv, returns = learner.prepare(logs)
     for b, mb in enumerate(batches):  # the policy has not changed: same function, same tensors -> ratio 1
         loss, stats = impo_loss(learner.policy, learner.reference, learner.critic, mb, old[b], adv[mb.index],
@@ -406,6 +407,26 @@ def test_merged_no_grad_passes_equal_one_per_minibatch_float64(tok, logs):
     assert stats_one.keys() == stats_merged.keys() and stats_one["kl"] > 1e-6
     for key in stats_one:
         assert stats_merged[key] == pytest.approx(stats_one[key], rel=1e-9, abs=1e-12), key
+
+
+def test_old_log_probs_merged_equal_one_pass_per_minibatch_float64(tok, logs):
+    """float64 toy: the old log-probs from merged passes equal one pass per minibatch (1e-12), the minibatch the
+    first optimizer step visits comes from a pass of its own, bit for bit that step's, and the first step's
+    ratio is exactly 1 with merging on."""
+    _, learner, _, batches = _float64_moved_policy(tok, logs, 3, merged_batch=1_000)
+    assert len(batches) > 2 and len({mb.seq_ids.shape[1] for mb in batches}) > 1  # merging pads
+    with torch.no_grad():
+        alone = [token_log_probs(policy_pass(learner.policy, mb, validate=False)[1], mb) for mb in batches]
+    first = learner.epoch_order(len(batches), 0)[0]
+    merged = learner.old_log_probs(batches, exact=first)
+    assert torch.equal(merged[first], alone[first])
+    for b, (a, m) in enumerate(zip(alone, merged, strict=True)):
+        assert m.shape == a.shape, b
+        torch.testing.assert_close(m, a, rtol=0, atol=1e-12)
+        assert torch.equal(m != 0, batches[b].action_mask)  # zero outside the action, as one pass gives
+    learner = learner_for(tiny_model(tok), tok, minibatch_size=2, merged_batch=1_000)
+    learner.update(logs)
+    assert learner.first_ratio_exact is True
 
 
 def test_merged_batch_must_be_positive():

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rxt.encoder_stacked import encoders_stackable, right_pad_stack, stacked_encode
 from rxt.model import RxT
 from rxt.template import pad_batch
 from rxt.validation import check_token_ids
@@ -74,6 +75,9 @@ class IMPOConfig:
     #: False: one pass per minibatch, on exactly the tensors its optimizer step reads (every first-epoch ratio of
     #: an unchanged policy exactly 1, the earlier behaviour; about one policy forward per minibatch more)
     merge_old_log_probs: bool = True
+    #: the policy's memory encoder and the critic's encoder as one stacked pass in every optimizer step
+    #: (`rxt.encoder_stacked`, where the two stack; equal up to float rounding); False: one after the other
+    stack_encoders: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.clip_eps < 1:
@@ -228,11 +232,39 @@ def policy_pass(model: RxT, mb: Minibatch, validate: bool = True) -> tuple[torch
     positions only (plain log-softmax, temperature 1). ``validate=False`` skips the host-side id checks (ids
     checked once already)."""
     stm = model.update_memory(mb.prev_stm, mb.mem_ids, mb.mem_mask, validate=validate)
+    return stm, _action_log_dists(model, stm, mb, validate)
+
+
+def _action_log_dists(model: RxT, stm: torch.Tensor, mb: Minibatch, validate: bool) -> torch.Tensor:
+    """The teacher-forced decoder over prompt ++ action reading ``stm``; log-softmax at the action targets."""
     decoder = model.decoder
     hidden = decoder(mb.seq_ids, attention_mask=mb.seq_mask, memory=decoder.project_memory(stm),
                      compute_logits=False, validate=validate).hidden
     logits = decoder.lm_head(hidden[mb.action_rows, mb.action_cols])
-    return stm, F.log_softmax(logits.float(), dim=-1)
+    return F.log_softmax(logits.float(), dim=-1)
+
+
+def policy_value_pass(policy: RxT, critic: Critic, mb: Minibatch, validate: bool = True, stacked: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`policy_pass` and the critic's values V(s) (B,): ``(STM_k, log-distributions, values)``. With ``stacked``
+    and encoders that stack (`rxt.encoder_stacked.encoders_stackable`), the policy's encoder over the saved
+    interaction and the critic's over (saved interaction + next query) run as one stacked pass (both right-padded
+    to the wider; each then reads its own width back), and the memory attention and the decoder go on from it:
+    the same maths, equal up to float rounding."""
+    encoders = [policy.encoder, critic.encoder]
+    if not (stacked and encoders_stackable(encoders)):
+        stm, log_dist = policy_pass(policy, mb, validate)
+        return stm, log_dist, critic(mb.critic_ids, mb.critic_mask, validate=validate)
+    mem_mask, critic_mask = mb.mem_mask, mb.critic_mask
+    if validate:
+        mem_mask = policy.encoder._check(mb.mem_ids, mem_mask)
+        critic_mask = critic.encoder._check(mb.critic_ids, critic_mask)
+    ids, mask = right_pad_stack([(mb.mem_ids, mem_mask), (mb.critic_ids, critic_mask)], pad_id=0)
+    states = stacked_encode(encoders, ids, mask)  # (L, 2, B, T, D)
+    policy.stm.validate(mb.prev_stm, mb.mem_ids.shape[0])
+    stm = policy.memory_attention(mb.prev_stm, states[:, 0, :, : mb.mem_ids.shape[1]], mem_mask)
+    values = critic.value_of(critic.encoder.norm(states[-1, 1, :, : mb.critic_ids.shape[1]]), critic_mask)
+    return stm, _action_log_dists(policy, stm, mb, validate), values
 
 
 def at_actions(values: torch.Tensor, mb: Minibatch) -> torch.Tensor:
@@ -265,7 +297,7 @@ def impo_loss(policy: RxT, reference: RxT | None, critic: Critic, mb: Minibatch,
     where both log-probs are 0) and ``stats["ratio_mean"]`` their mean over the action tokens.
     ``reference_log_dist``: the reference's (A, V) log-distributions of this minibatch, computed once
     (`IMPOLearner.reference_log_dists`); None computes them here. ``validate=False`` skips the id checks."""
-    stm, log_dist = policy_pass(policy, mb, validate)
+    stm, log_dist, values = policy_value_pass(policy, critic, mb, validate, cfg.stack_encoders)
     new = token_log_probs(log_dist, mb)
     mask = mb.action_mask
     ratio = torch.exp(new - old_log_probs)
@@ -282,7 +314,6 @@ def impo_loss(policy: RxT, reference: RxT | None, critic: Critic, mb: Minibatch,
     else:
         kl = torch.zeros((), device=new.device)
     mem_reg = memory_regularisation(stm, mb.prev_stm, mb.steps, cfg.memory_reg_coef)
-    values = critic(mb.critic_ids, mb.critic_mask, validate=validate)
     value_loss = F.mse_loss(values.float(), returns)
     loss = policy_loss - cfg.entropy_coef * entropy + cfg.kl_coef * kl + mem_reg + cfg.value_coef * value_loss
     clipped = ((ratio - 1).abs() > cfg.clip_eps) & mask
@@ -369,10 +400,14 @@ class IMPOLearner:
         its own (bit for bit what the optimizer step that visits it first computes), the others in merged passes
         of up to ``cfg.merged_batch`` transitions (`merge_minibatches`, split back per minibatch); without
         ``cfg.merge_old_log_probs`` one pass per minibatch."""
+        def alone(mb: Minibatch) -> torch.Tensor:  # exactly the pass of the optimizer step (critic included)
+            return token_log_probs(policy_value_pass(self.policy, self.critic, mb, False, self.cfg.stack_encoders)[1],
+                                   mb)
+
         if not self.cfg.merge_old_log_probs:
-            return [token_log_probs(policy_pass(self.policy, mb, validate=False)[1], mb) for mb in batches]
+            return [alone(mb) for mb in batches]
         out: list[torch.Tensor | None] = [None] * len(batches)
-        out[exact] = token_log_probs(policy_pass(self.policy, batches[exact], validate=False)[1], batches[exact])
+        out[exact] = alone(batches[exact])
         others = [b for b in range(len(batches)) if b != exact]
         where = iter(others)
         for group in merged_groups([batches[b] for b in others], self.cfg.merged_batch):
@@ -458,6 +493,7 @@ __all__ = [
     "merge_minibatches",
     "merged_groups",
     "policy_pass",
+    "policy_value_pass",
     "token_log_probs",
     "transitions",
 ]

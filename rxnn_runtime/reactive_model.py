@@ -81,7 +81,10 @@ class ReactiveModel:
         session_cache_size: int = 1024,
         use_cuda_graphs: bool | None = None,
         switch_interval_s: float | None = SWITCH_INTERVAL_S,
+        executor: ModelExecutor | None = None,
     ) -> None:
+        """``executor``: an idle `ModelExecutor` over ``model`` with ``max_batch_size`` slots to reuse (reset here;
+        ``use_cuda_graphs`` is then its own), e.g. one per trainer across its collections; None builds one."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size} must be >= 1")
         if switch_interval_s is not None and switch_interval_s <= 0:
@@ -93,8 +96,15 @@ class ReactiveModel:
         self.store = store or InMemoryStore()
         self.max_batch_size = max_batch_size
         self.max_pending_per_session = max_pending_per_session
-        self.executor = ModelExecutor(self.model, max_slots=max_batch_size, pad_id=tokenizer.pad_id,
-                                      eos_id=tokenizer.eos_id, use_cuda_graphs=use_cuda_graphs)
+        if executor is None:
+            executor = ModelExecutor(self.model, max_slots=max_batch_size, pad_id=tokenizer.pad_id,
+                                     eos_id=tokenizer.eos_id, use_cuda_graphs=use_cuda_graphs)
+        elif executor.model is not model or executor.engine.max_slots != max_batch_size:
+            raise ValueError(f"ReactiveModel: the executor must run this model with max_batch_size={max_batch_size} "
+                             f"slots (it has {executor.engine.max_slots})")
+        else:
+            executor.reset()
+        self.executor = executor
         self.engine = self.executor.engine
         self.scheduler = TurnScheduler(max_slots=max_batch_size, capacity=self.executor.capacity,
                                        eos_id=tokenizer.eos_id, decode_text=tokenizer.decode,

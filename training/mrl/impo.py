@@ -13,6 +13,14 @@ trained through the policy loss, then runs the decoder teacher-forced over ``pro
 The LM head runs only at the action positions (gathered by index: the prompt and the padding never reach the
 vocabulary projection, and no boolean indexing waits for the device).
 
+Each transition restarts from its stored, detached STM_{k-1}, so the steps of an episode share no computation
+graph: a minibatch (consecutive transitions, several episodes' turns) is one batched pass, and there is no
+sequential chain over turns to restructure as SMAT's (`training.stages.smat_batched`). What an optimizer step
+costs is launches: the policy's memory encoder and the critic's encoder (same configuration, an independent
+copy) run as one stacked pass (`policy_value_pass`, `rxt.encoder_stacked`; ``IMPOConfig.stack_encoders``), the
+memory attention and the decoder's memory projections are layer-stacked (`rxt.memory_attention_stacked`,
+`rxt.memory_read_stacked`). PPO's optimizer steps themselves (``ppo_epochs`` x minibatches) stay sequential.
+
 Old log-probs are recomputed by `IMPOLearner.prepare` with the pre-update policy through exactly this function:
 for the minibatch the update's first optimizer step visits, on exactly its tensors, so that step's ratio is
 exactly 1; for the others in merged passes (`IMPOConfig.merged_batch`, as the reference below), equal up to

@@ -98,6 +98,17 @@ class ModelExecutor:
         self._update_stream = (torch.cuda.Stream(device=self.device)
                                if update_stream and self.device.type == "cuda" else None)
 
+    def reset(self) -> None:
+        """Every slot free and no row's sampling state kept, for a new runtime over the same model; the captured
+        graphs, the KV cache and the buffers stay (an MRL trainer's collections reuse them: each collection's
+        fresh runtime would otherwise capture its graphs again)."""
+        for slot, live in enumerate(self.engine.live):
+            if live:
+                self.engine.release(slot)
+        self._sampling.clear()
+        self._special.clear()
+        self._next.fill_(self.pad_id)
+
     @property
     def capacity(self) -> int:
         return self.engine.capacity

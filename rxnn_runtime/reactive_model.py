@@ -82,7 +82,10 @@ class ReactiveModel:
         use_cuda_graphs: bool | None = None,
         switch_interval_s: float | None = SWITCH_INTERVAL_S,
         update_stream: bool | None = None,
+        executor: ModelExecutor | None = None,
     ) -> None:
+        """``executor``: an idle `ModelExecutor` over ``model`` with ``max_batch_size`` slots to reuse (reset here;
+        ``use_cuda_graphs`` is then its own), e.g. one per trainer across its collections; None builds one."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size} must be >= 1")
         if switch_interval_s is not None and switch_interval_s <= 0:
@@ -94,10 +97,17 @@ class ReactiveModel:
         self.store = store or InMemoryStore()
         self.max_batch_size = max_batch_size
         self.max_pending_per_session = max_pending_per_session
-        # update_stream: memory-update passes on a CUDA stream of their own (default: with graphed updates)
-        self.executor = ModelExecutor(self.model, max_slots=max_batch_size, pad_id=tokenizer.pad_id,
-                                      eos_id=tokenizer.eos_id, use_cuda_graphs=use_cuda_graphs,
-                                      update_stream=update_stream)
+        if executor is None:
+            # update_stream: memory-update passes on a CUDA stream of their own (default: with graphed updates)
+            executor = ModelExecutor(self.model, max_slots=max_batch_size, pad_id=tokenizer.pad_id,
+                                     eos_id=tokenizer.eos_id, use_cuda_graphs=use_cuda_graphs,
+                                     update_stream=update_stream)
+        elif executor.model is not model or executor.engine.max_slots != max_batch_size:
+            raise ValueError(f"ReactiveModel: the executor must run this model with max_batch_size={max_batch_size} "
+                             f"slots (it has {executor.engine.max_slots})")
+        else:
+            executor.reset()
+        self.executor = executor
         self.engine = self.executor.engine
         self.scheduler = TurnScheduler(max_slots=max_batch_size, capacity=self.executor.capacity,
                                        eos_id=tokenizer.eos_id, decode_text=tokenizer.decode,

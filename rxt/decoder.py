@@ -16,6 +16,7 @@ from rxt.config import RxTConfig, TransformerConfig
 from rxt.kv_cache import KVCache
 from rxt.layers import DecoderLayer, MemoryKV
 from rxt.masks import cached_causal_mask, causal_mask
+from rxt.memory_read_stacked import memory_reads_stackable, stacked_memory_key_value
 from rxt.token_stack import TokenStack
 
 
@@ -80,6 +81,8 @@ class Decoder(TokenStack):
         """Project STM (L, B, S, D) (or any per-layer memory) to per-layer cross-attention keys/values."""
         if memory.shape[0] != len(self.layers):
             raise ValueError(f"memory has {memory.shape[0]} layers; the decoder has {len(self.layers)}")
+        if memory_reads_stackable(self.layers):  # every layer reads the memory: one stacked projection
+            return stacked_memory_key_value(self.layers, memory)
         return [layer.project_memory(memory[i]) for i, layer in enumerate(self.layers)]
 
     def forward(

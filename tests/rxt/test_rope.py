@@ -44,6 +44,32 @@ def test_rotate_matches_reference_formula() -> None:
     torch.testing.assert_close(rope.rotate(x, pos_2d), _reference_rotate(x, pos_2d), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_rotate_is_the_pairwise_formula_bit_for_bit(dtype: torch.dtype) -> None:
+    """The table form (x * [cos|cos] + rotate_half(x) * [-sin|sin]) equals the pairwise rotation
+    (x1 cos - x2 sin, x1 sin + x2 cos) with the same cos/sin exactly, in every dtype: one rounding per product and
+    per sum in both, a - b == a + (-b) and addition commutes."""
+    torch.manual_seed(0)
+    rope = RotaryEmbedding(HEAD_DIM, MAX_LEN)
+    half = HEAD_DIM // 2
+    x = torch.randn(2, 3, 9, HEAD_DIM).to(dtype)
+    for positions in (torch.arange(9), torch.randint(0, MAX_LEN, (2, 9))):
+        cos = rope.table[positions][..., 0, :half].to(dtype)
+        sin = rope.table[positions][..., 1, half:].to(dtype)
+        if positions.dim() == 2:
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        x1, x2 = x[..., :half], x[..., half:]
+        pairwise = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        assert torch.equal(rope.rotate(x, positions), pairwise)
+
+
+def test_table_stays_float64_when_the_model_is_cast() -> None:
+    rope = RotaryEmbedding(HEAD_DIM, MAX_LEN).to(torch.bfloat16)
+    assert rope.table.dtype == torch.float64
+    x = torch.randn(1, 2, 4, HEAD_DIM, dtype=torch.bfloat16)
+    assert rope.rotate(x, torch.arange(4)).dtype == torch.bfloat16
+
+
 def test_position_zero_is_identity() -> None:
     rope = RotaryEmbedding(HEAD_DIM, MAX_LEN)
     x = torch.randn(1, 2, 3, HEAD_DIM, dtype=torch.float64)

@@ -37,7 +37,11 @@ class Critic(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, validate: bool = True) -> torch.Tensor:
         """``(B, T)`` ids and mask -> ``(B,)`` values (mean-pooled over the real tokens); ``validate=False`` skips
         the host-side id check (ids checked once already)."""
-        hidden = self.encoder(input_ids, attention_mask, validate=validate).last_hidden
+        return self.value_of(self.encoder(input_ids, attention_mask, validate=validate).last_hidden, attention_mask)
+
+    def value_of(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The value head over the encoder's final states ``hidden`` (B, T, D) (from `forward`, or from a stacked
+        pass with the policy's encoder: `training.mrl.impo.policy_value_pass`) -> (B,)."""
         mask = attention_mask.to(hidden.dtype)[..., None]
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         return self.head(self.norm(pooled)).squeeze(-1)

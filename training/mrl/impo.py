@@ -13,8 +13,18 @@ trained through the policy loss, then runs the decoder teacher-forced over ``pro
 The LM head runs only at the action positions (gathered by index: the prompt and the padding never reach the
 vocabulary projection, and no boolean indexing waits for the device).
 
-Old log-probs are recomputed by `IMPOLearner.prepare` with the pre-update policy through exactly this function,
-on exactly the same minibatch tensors, so at the first update epoch the ratio is exactly 1. The loss::
+Each transition restarts from its stored, detached STM_{k-1}, so the steps of an episode share no computation
+graph: a minibatch (consecutive transitions, several episodes' turns) is one batched pass, and there is no
+sequential chain over turns to restructure as SMAT's (`training.stages.smat_batched`). What an optimizer step
+costs is launches: the policy's memory encoder and the critic's encoder (same configuration, an independent
+copy) run as one stacked pass (`policy_value_pass`, `rxt.encoder_stacked`; ``IMPOConfig.stack_encoders``), the
+memory attention and the decoder's memory projections are layer-stacked (`rxt.memory_attention_stacked`,
+`rxt.memory_read_stacked`). PPO's optimizer steps themselves (``ppo_epochs`` x minibatches) stay sequential.
+
+Old log-probs are recomputed by `IMPOLearner.prepare` with the pre-update policy through exactly this function:
+for the minibatch the update's first optimizer step visits, on exactly its tensors, so that step's ratio is
+exactly 1; for the others in merged passes (`IMPOConfig.merged_batch`, as the reference below), equal up to
+float rounding (by the time a step visits them the policy has moved, so their ratio is not 1 anyway). The loss::
 
     ratio_t  = exp(log π(a_t) - log π_old(a_t))
     L_policy = -mean_rows[ mean_t min(ratio_t A, clip(ratio_t, 1-eps, 1+eps) A) ]
@@ -41,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rxt.encoder_stacked import encoders_stackable, right_pad_stack, stacked_encode
 from rxt.model import RxT
 from rxt.template import pad_batch
 from rxt.validation import check_token_ids
@@ -64,9 +75,17 @@ class IMPOConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     #: transitions per merged no-grad pass (consecutive minibatches, at least one): the frozen reference's
-    #: distributions and the critic's pre-update values (not the old log-probs, which must equal the first
-    #: epoch's bit for bit). Fewer, larger passes launch fewer kernels; the memory of one pass grows with it
+    #: distributions, the critic's pre-update values and the old log-probs (all but the first optimizer step's
+    #: minibatch, which must equal that step's bit for bit). Fewer, larger passes launch fewer kernels; the
+    #: memory of one pass grows with it
     merged_batch: int = 256
+    #: the old log-probs of all but the first step's minibatch from the merged passes (equal up to float rounding);
+    #: False: one pass per minibatch, on exactly the tensors its optimizer step reads (every first-epoch ratio of
+    #: an unchanged policy exactly 1, the earlier behaviour; about one policy forward per minibatch more)
+    merge_old_log_probs: bool = True
+    #: the policy's memory encoder and the critic's encoder as one stacked pass in every optimizer step
+    #: (`rxt.encoder_stacked`, where the two stack; equal up to float rounding); False: one after the other
+    stack_encoders: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.clip_eps < 1:
@@ -221,11 +240,39 @@ def policy_pass(model: RxT, mb: Minibatch, validate: bool = True) -> tuple[torch
     positions only (plain log-softmax, temperature 1). ``validate=False`` skips the host-side id checks (ids
     checked once already)."""
     stm = model.update_memory(mb.prev_stm, mb.mem_ids, mb.mem_mask, validate=validate)
+    return stm, _action_log_dists(model, stm, mb, validate)
+
+
+def _action_log_dists(model: RxT, stm: torch.Tensor, mb: Minibatch, validate: bool) -> torch.Tensor:
+    """The teacher-forced decoder over prompt ++ action reading ``stm``; log-softmax at the action targets."""
     decoder = model.decoder
     hidden = decoder(mb.seq_ids, attention_mask=mb.seq_mask, memory=decoder.project_memory(stm),
                      compute_logits=False, validate=validate).hidden
     logits = decoder.lm_head(hidden[mb.action_rows, mb.action_cols])
-    return stm, F.log_softmax(logits.float(), dim=-1)
+    return F.log_softmax(logits.float(), dim=-1)
+
+
+def policy_value_pass(policy: RxT, critic: Critic, mb: Minibatch, validate: bool = True, stacked: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`policy_pass` and the critic's values V(s) (B,): ``(STM_k, log-distributions, values)``. With ``stacked``
+    and encoders that stack (`rxt.encoder_stacked.encoders_stackable`), the policy's encoder over the saved
+    interaction and the critic's over (saved interaction + next query) run as one stacked pass (both right-padded
+    to the wider; each then reads its own width back), and the memory attention and the decoder go on from it:
+    the same maths, equal up to float rounding."""
+    encoders = [policy.encoder, critic.encoder]
+    if not (stacked and encoders_stackable(encoders)):
+        stm, log_dist = policy_pass(policy, mb, validate)
+        return stm, log_dist, critic(mb.critic_ids, mb.critic_mask, validate=validate)
+    mem_mask, critic_mask = mb.mem_mask, mb.critic_mask
+    if validate:
+        mem_mask = policy.encoder._check(mb.mem_ids, mem_mask)
+        critic_mask = critic.encoder._check(mb.critic_ids, critic_mask)
+    ids, mask = right_pad_stack([(mb.mem_ids, mem_mask), (mb.critic_ids, critic_mask)], pad_id=0)
+    states = stacked_encode(encoders, ids, mask)  # (L, 2, B, T, D)
+    policy.stm.validate(mb.prev_stm, mb.mem_ids.shape[0])
+    stm = policy.memory_attention(mb.prev_stm, states[:, 0, :, : mb.mem_ids.shape[1]], mem_mask)
+    values = critic.value_of(critic.encoder.norm(states[-1, 1, :, : mb.critic_ids.shape[1]]), critic_mask)
+    return stm, _action_log_dists(policy, stm, mb, validate), values
 
 
 def at_actions(values: torch.Tensor, mb: Minibatch) -> torch.Tensor:
@@ -258,7 +305,7 @@ def impo_loss(policy: RxT, reference: RxT | None, critic: Critic, mb: Minibatch,
     where both log-probs are 0) and ``stats["ratio_mean"]`` their mean over the action tokens.
     ``reference_log_dist``: the reference's (A, V) log-distributions of this minibatch, computed once
     (`IMPOLearner.reference_log_dists`); None computes them here. ``validate=False`` skips the id checks."""
-    stm, log_dist = policy_pass(policy, mb, validate)
+    stm, log_dist, values = policy_value_pass(policy, critic, mb, validate, cfg.stack_encoders)
     new = token_log_probs(log_dist, mb)
     mask = mb.action_mask
     ratio = torch.exp(new - old_log_probs)
@@ -275,7 +322,6 @@ def impo_loss(policy: RxT, reference: RxT | None, critic: Critic, mb: Minibatch,
     else:
         kl = torch.zeros((), device=new.device)
     mem_reg = memory_regularisation(stm, mb.prev_stm, mb.steps, cfg.memory_reg_coef)
-    values = critic(mb.critic_ids, mb.critic_mask, validate=validate)
     value_loss = F.mse_loss(values.float(), returns)
     loss = policy_loss - cfg.entropy_coef * entropy + cfg.kl_coef * kl + mem_reg + cfg.value_coef * value_loss
     clipped = ((ratio - 1).abs() > cfg.clip_eps) & mask
@@ -342,16 +388,41 @@ class IMPOLearner:
         config = self.policy.config
         batches = make_minibatches(items, self.cfg.minibatch_size, self.pad_id, self.critic, self.device,
                                    check=(config.vocab_size, config.max_seq_len))
-        old = []
-        for mb in batches:  # ids checked on the host above: no check reads back from the device from here on
-            _, log_dist = policy_pass(self.policy, mb, validate=False)
-            old.append(token_log_probs(log_dist, mb))
+        # ids checked on the host above: no check reads back from the device from here on
+        old = self.old_log_probs(batches, exact=self.epoch_order(len(batches), 0)[0])
         values = []
         for group in merged_groups(batches, self.cfg.merged_batch):  # (mean pooling over real tokens: padding-free)
             merged = merge_minibatches(group, self.pad_id)
             values.append(self.critic(merged.critic_ids, merged.critic_mask, validate=False).float())
         adv, returns = advantages_and_returns(items, torch.cat(values), self.cfg)
         return items, batches, old, adv, returns
+
+    def epoch_order(self, count: int, epoch: int) -> list[int]:
+        """The order in which epoch ``epoch`` of the next update visits its ``count`` minibatches (seeded)."""
+        return torch.randperm(count, generator=torch.Generator().manual_seed(
+            self.cfg.seed * 100_003 + self.updates * 1_009 + epoch)).tolist()
+
+    @torch.no_grad()
+    def old_log_probs(self, batches: Sequence[Minibatch], exact: int) -> list[torch.Tensor]:
+        """The pre-update policy's (B, T-1) token log-probs of each minibatch: minibatch ``exact`` in a pass of
+        its own (bit for bit what the optimizer step that visits it first computes), the others in merged passes
+        of up to ``cfg.merged_batch`` transitions (`merge_minibatches`, split back per minibatch); without
+        ``cfg.merge_old_log_probs`` one pass per minibatch."""
+        def alone(mb: Minibatch) -> torch.Tensor:  # exactly the pass of the optimizer step (critic included)
+            return token_log_probs(policy_value_pass(self.policy, self.critic, mb, False, self.cfg.stack_encoders)[1],
+                                   mb)
+
+        if not self.cfg.merge_old_log_probs:
+            return [alone(mb) for mb in batches]
+        out: list[torch.Tensor | None] = [None] * len(batches)
+        out[exact] = alone(batches[exact])
+        others = [b for b in range(len(batches)) if b != exact]
+        where = iter(others)
+        for group in merged_groups([batches[b] for b in others], self.cfg.merged_batch):
+            dists = policy_pass(self.policy, merge_minibatches(group, self.pad_id), validate=False)[1]
+            for mb, part in zip(group, dists.split([len(mb.action_targets) for mb in group]), strict=True):
+                out[next(where)] = token_log_probs(part, mb)
+        return out
 
     @torch.no_grad()
     def reference_log_dists(self, batches: Sequence[Minibatch]) -> list[torch.Tensor | None]:
@@ -375,17 +446,22 @@ class IMPOLearner:
         self.seen = []
         references = self.reference_log_dists(batches)
         # summed on the device (float64, as the Python floats they replace) and read back once after the last
-        # minibatch: no host sync per minibatch for the statistics
-        totals: dict[str, torch.Tensor] = {}
+        # minibatch: no host sync per minibatch for the statistics, and one stacked sum per minibatch (3 ops, not
+        # 3 per statistic)
+        keys: list[str] | None = None
+        totals: torch.Tensor | None = None
         count = 0
+        # the minibatches partition the transitions in order: their advantages and returns are views of one split
+        # (no per-minibatch gather, no per-minibatch host-to-device copy of an index)
+        sizes = [len(mb.index) for mb in batches]
+        adv_parts, return_parts = adv.split(sizes), returns.split(sizes)
         for epoch in range(self.cfg.ppo_epochs):
-            order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(
-                self.cfg.seed * 100_003 + self.updates * 1_009 + epoch)).tolist()
+            order = self.epoch_order(len(batches), epoch)
             seen: list[tuple[int, int]] = []
             for b in order:
                 mb = batches[b]
-                loss, stats = impo_loss(self.policy, self.reference, self.critic, mb, old[b], adv[mb.index],
-                                        returns[mb.index], self.cfg, reference_log_dist=references[b],
+                loss, stats = impo_loss(self.policy, self.reference, self.critic, mb, old[b], adv_parts[b],
+                                        return_parts[b], self.cfg, reference_log_dist=references[b],
                                         validate=False)
                 if self.first_ratio_exact is None:
                     self.first_ratio_exact = bool(torch.equal(stats["log_probs"], old[b]))
@@ -398,13 +474,14 @@ class IMPOLearner:
                 seen.extend((items[i].episode, items[i].step) for i in mb.index.tolist())
                 values = {k: v for k, v in stats.items() if k not in ("log_probs", "ratio")}
                 values.update(loss=loss)
-                for key, value in values.items():
-                    value = value.detach().to(torch.float32 if value.device.type == "mps" else torch.float64)
-                    totals[key] = totals[key] + value if key in totals else value
+                keys = keys or list(values)
+                row = torch.stack([values[k].detach() for k in keys])
+                row = row.to(torch.float32 if row.device.type == "mps" else torch.float64)
+                totals = row if totals is None else totals + row
                 count += 1
             self.seen.append(seen)
         self.updates += 1
-        out = dict(zip(totals, (torch.stack(list(totals.values())) / count).tolist(), strict=True))
+        out = dict(zip(keys, (totals / count).tolist(), strict=True))
         rewards = [t.reward for t in items]
         out.update(reward_mean=sum(rewards) / len(rewards), reward_min=min(rewards), reward_max=max(rewards),
                    transitions=float(len(items)))
@@ -424,6 +501,7 @@ __all__ = [
     "merge_minibatches",
     "merged_groups",
     "policy_pass",
+    "policy_value_pass",
     "token_log_probs",
     "transitions",
 ]

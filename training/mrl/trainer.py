@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rxnn_runtime.messages import GenerationOptions
+from rxnn_runtime.model_executor import ModelExecutor
 from rxnn_runtime.reactive_model import ReactiveModel
 from rxt.freezing import set_trainable
 from rxt.model import RxT
@@ -93,6 +94,7 @@ class MRLTrainer:
         self.early_stopping = EarlyStopping(self.cfg.early_stopping_patience, metric="reward_mean", mode="max") \
             if self.cfg.early_stopping_patience else None
         self.scalar_log = ScalarLog(self.output_dir / "tensorboard" / self.cfg.run_name)
+        self.executor: ModelExecutor | None = None  # built by the first `runtime`, reused by every later one
 
     # -- plumbing --------------------------------------------------------------------------------------------
     def runtime(self) -> ReactiveModel:
@@ -102,8 +104,14 @@ class MRLTrainer:
         connected by an earlier collection takes each message in a lane action of its own with a step between
         two, which admits one session per step (a 128-episode turn then ran 128 single-row prefills and memory
         updates, staggered)."""
+        if self.executor is None:  # one executor for every collection: its CUDA graphs are captured once per
+            # shape, not again by each collection's fresh runtime (a 128 x 8 collection meets 16 shapes); the
+            # graphs read the weights in place, which the IMPO updates change in place
+            self.executor = ModelExecutor(self.policy, max_slots=self.config.batch_episodes,
+                                          pad_id=self.tokenizer.pad_id, eos_id=self.tokenizer.eos_id,
+                                          use_cuda_graphs=self.config.cuda_graphs and self.device.type == "cuda")
         return ReactiveModel(self.policy, self.tokenizer, max_batch_size=self.config.batch_episodes,
-                             use_cuda_graphs=self.config.cuda_graphs and self.device.type == "cuda")
+                             executor=self.executor)
 
     def log_scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         self.scalar_log.scalars(prefix, values, step)

@@ -65,3 +65,42 @@ def test_pipelined_collection_matches_turn_by_turn(tok, temperature, teacher_for
     # first step's one memory-update pass (connected first, the reference path primes them one lane action at a
     # time, so how many share a pass depends on thread timing)
     assert counts[True]["first_update"] == min(batch, 12)
+
+
+def _collect_with(model, tok, episodes, executor=None, batch=6):
+    reactive = ReactiveModel(model, tok, max_batch_size=batch, use_cuda_graphs=False, executor=executor)
+    try:
+        logs = collect_episodes(reactive, episodes, options=GenerationOptions(max_new_tokens=5, temperature=1.0),
+                                teacher_forcing=True, generator=random.Random(3), max_steps=3, reset_prob=0.5)
+        reactive.wait_idle()
+    finally:
+        reactive.dispose()
+    return logs, reactive.executor
+
+
+def test_a_reused_executor_collects_what_a_fresh_one_does(tok):
+    """An MRL trainer hands one executor to every collection's runtime (its CUDA graphs captured once): a
+    collection after another one on it gives the rollouts of a fresh executor, and a mismatched one is refused."""
+    torch.manual_seed(0)
+    model = RxT(RxTConfig.preset("tiny", vocab_size=tok.vocab_size))
+    first = generate_episodes(SyntheticDialogueConfig(num_episodes=9, distance=(0, 1, 2, 3), seed=5))
+    second = generate_episodes(SyntheticDialogueConfig(num_episodes=7, distance=(0, 1, 2, 3), seed=6))
+    _, executor = _collect_with(model, tok, first)
+    reused, same = _collect_with(model, tok, second, executor)
+    fresh, _ = _collect_with(model, tok, second)
+    assert same is executor and len(reused) == len(fresh) == 7
+    for a, b in zip(reused, fresh, strict=True):
+        assert (a.reset, a.first_ids, len(a.steps)) == (b.reset, b.first_ids, len(b.steps))
+        for s, t in zip(a.steps, b.steps, strict=True):
+            assert (s.prompt_ids, s.action_ids, s.memory_ids) == (t.prompt_ids, t.action_ids, t.memory_ids)
+            # the runtime batches memory updates as the sessions' turns end (padding to a batch's longest row):
+            # float rounding apart, as between the pipelined and the turn-by-turn paths above
+            torch.testing.assert_close(torch.tensor(s.runtime_log_probs), torch.tensor(t.runtime_log_probs),
+                                       atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(s.stm_before, t.stm_before, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(s.stm_after, t.stm_after, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="max_batch_size=5"):
+        ReactiveModel(model, tok, max_batch_size=5, executor=executor)
+    with pytest.raises(ValueError, match="the executor must run this model"):
+        ReactiveModel(RxT(RxTConfig.preset("tiny", vocab_size=tok.vocab_size)), tok, max_batch_size=6,
+                      executor=executor)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from rxnn_runtime.messages import GenerationOptions
 from rxnn_runtime.reactive_model import ReactiveModel
 from rxt.config import RxTConfig
+from rxt.encoder_stacked import encoders_stackable
 from rxt.model import RxT
 from training.config import TrainConfig
 from training.data.synthetic import SyntheticDialogueConfig, generate_episodes
@@ -30,6 +31,7 @@ from training.mrl.impo import (
     make_minibatches,
     memory_regularisation,
     policy_pass,
+    policy_value_pass,
     token_log_probs,
     transitions,
 )
@@ -86,7 +88,8 @@ def test_collection_logs_steps_through_the_runtime(logs):
 
 
 def test_first_update_epoch_ratio_is_exactly_one(tok, logs):
-    learner = learner_for(tiny_model(tok), tok)
+    # one old-log-prob pass per minibatch (the default merges all but the first step's: see the merged test)
+    learner = learner_for(tiny_model(tok), tok, merge_old_log_probs=False)
     _, batches, old, adv, returns = learner.prepare(logs)
     for b, mb in enumerate(batches):  # the policy has not changed: same function, same tensors -> ratio 1
         loss, stats = impo_loss(learner.policy, learner.reference, learner.critic, mb, old[b], adv[mb.index],
@@ -406,6 +409,71 @@ def test_merged_no_grad_passes_equal_one_per_minibatch_float64(tok, logs):
     assert stats_one.keys() == stats_merged.keys() and stats_one["kl"] > 1e-6
     for key in stats_one:
         assert stats_merged[key] == pytest.approx(stats_one[key], rel=1e-9, abs=1e-12), key
+
+
+def test_old_log_probs_merged_equal_one_pass_per_minibatch_float64(tok, logs):
+    """float64 toy: the old log-probs from merged passes equal one pass per minibatch (1e-12), the minibatch the
+    first optimizer step visits comes from a pass of its own, bit for bit that step's, and the first step's
+    ratio is exactly 1 with merging on."""
+    _, learner, _, batches = _float64_moved_policy(tok, logs, 3, merged_batch=1_000)
+    assert len(batches) > 2 and len({mb.seq_ids.shape[1] for mb in batches}) > 1  # merging pads
+    with torch.no_grad():
+        alone = [token_log_probs(policy_pass(learner.policy, mb, validate=False)[1], mb) for mb in batches]
+        step_pass = policy_value_pass(learner.policy, learner.critic, batches[first := learner.epoch_order(
+            len(batches), 0)[0]], validate=False)[1]  # what the optimizer step's pass computes
+    merged = learner.old_log_probs(batches, exact=first)
+    assert torch.equal(merged[first], token_log_probs(step_pass, batches[first]))
+    for b, (a, m) in enumerate(zip(alone, merged, strict=True)):
+        assert m.shape == a.shape, b
+        torch.testing.assert_close(m, a, rtol=0, atol=1e-12)
+        assert torch.equal(m != 0, batches[b].action_mask)  # zero outside the action, as one pass gives
+    learner = learner_for(tiny_model(tok), tok, minibatch_size=2, merged_batch=1_000)
+    learner.update(logs)
+    assert learner.first_ratio_exact is True
+
+
+def test_stacked_encoders_equal_one_after_the_other_float64(tok, logs):
+    """float64 toy: with the policy's and the critic's encoders as one stacked pass (`IMPOConfig.stack_encoders`,
+    the default) the loss of every minibatch equals the two passes one after the other (1e-12), and so does every
+    parameter's gradient (1e-10; a parameter no term reads, the policy encoder's final norm, gets none in both),
+    and a whole update moves the weights as the unstacked one does."""
+    _, learner, items, batches = _float64_moved_policy(tok, logs, 3, entropy_coef=0.05)
+    assert encoders_stackable([learner.policy.encoder, learner.critic.encoder])
+    assert len({(mb.mem_ids.shape[1], mb.critic_ids.shape[1]) for mb in batches}) > 1
+    assert any(mb.mem_ids.shape[1] != mb.critic_ids.shape[1] for mb in batches)  # the narrower is padded
+    adv, returns = torch.randn(len(items), dtype=torch.float64), torch.randn(len(items), dtype=torch.float64)
+    refs = learner.reference_log_dists(batches)
+    params = learner.parameters()
+    unstacked = dataclasses.replace(learner.cfg, stack_encoders=False)
+    for b, mb in enumerate(batches):
+        with torch.no_grad():
+            old_b = token_log_probs(policy_pass(learner.policy, mb)[1], mb)
+        old_b = old_b + 0.01 * torch.randn_like(old_b) * mb.action_mask
+        results = [impo_loss(learner.policy, learner.reference, learner.critic, mb, old_b, adv[mb.index],
+                             returns[mb.index], cfg, reference_log_dist=refs[b])
+                   for cfg in (learner.cfg, unstacked)]
+        (loss, stats), (expected, expected_stats) = results
+        torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+        assert float(expected_stats["value_loss"]) > 0 and float(stats["memory_reg"]) > 0
+        got = torch.autograd.grad(loss, params, allow_unused=True)
+        want = torch.autograd.grad(expected, params, allow_unused=True)
+        assert sum(g is None for g in want) >= 1  # the policy encoder's final norm
+        for g, w in zip(got, want, strict=True):
+            assert (g is None) == (w is None)
+            if g is not None:
+                torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    logs64 = [dataclasses.replace(log, stm_initial=log.stm_initial.double(),
+                                  steps=[dataclasses.replace(s, stm_before=s.stm_before.double()) for s in log.steps])
+              for log in logs]
+    moved = []
+    for stack in (True, False):
+        _, other, _, _ = _float64_moved_policy(tok, logs, 3, stack_encoders=stack)
+        moved.append((other.update(logs64), [p.detach().clone() for p in other.parameters()]))
+    (stats_a, params_a), (stats_b, params_b) = moved
+    for key in stats_a:
+        assert stats_a[key] == pytest.approx(stats_b[key], rel=1e-9, abs=1e-12), key
+    for a, b in zip(params_a, params_b, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_merged_batch_must_be_positive():

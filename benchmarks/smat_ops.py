@@ -80,6 +80,84 @@ def measure(preset: str, dim: int | None, batch: int, turns: int, length: int, b
     return row
 
 
+#: ops that make the host wait for the GPU on CUDA: a value read back (``.item()``, ``int()``/``float()``/``bool()``
+#: of a tensor), or an output whose size depends on the data (nonzero, boolean indexing, unique, ...). Device-to-host
+#: copies (``.cpu()``, ``.tolist()``) cannot show on a CPU run; the step's code is read for them.
+SYNC_OPS = ("aten::_local_scalar_dense", "aten::is_nonzero", "aten::equal", "aten::nonzero", "aten::masked_select",
+            "aten::_unique", "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive",
+            "aten::repeat_interleave.Tensor")
+
+
+class StepOpCounter(ComputeOpCounter):
+    """`ComputeOpCounter` that also tallies ops by name and lists the ops that would sync a CUDA step
+    (`SYNC_OPS`, and indexing with a boolean mask)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_name: dict[str, int] = {}
+        self.syncs: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = f"aten::{func._schema.name.split('::')[-1]}" + (f".{func._overloadname}"
+                                                               if func._overloadname != "default" else "")
+        self.by_name[name] = self.by_name.get(name, 0) + 1
+        bool_index = func._schema.name in ("aten::index", "aten::index_put_", "aten::index_put") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ()) or ())
+        if name in SYNC_OPS or name.split(".")[0] in SYNC_OPS or bool_index:
+            self.syncs[name] = self.syncs.get(name, 0) + 1
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+def measure_trainer(preset: str, dim: int | None, batch: int, turns: int, length: int, bptt: int, steps: int
+                    ) -> dict:
+    """Ops dispatched by whole `SMATTrainer` optimizer steps (`Trainer._train_step` on collated batches: the step's
+    data path without DataLoader workers, the objective's forward and backward, clipping, the optimizer, the
+    metrics), split into the objective (``Trainer._forward_backward``) and the rest, with the rest by op name and
+    the ops that would make a CUDA step wait (``sync_ops``). Steps after the first (warm) one are counted."""
+    import tempfile
+
+    from benchmarks.train_throughput import smat_episodes
+    from training.config import TrainConfig
+    from training.stages.smat import SMATStageConfig, SMATTrainer
+
+    torch.manual_seed(0)
+    width = {"dim": dim, "ffn_hidden_dim": 2 * dim} if dim else {}
+    model = RxT(RxTConfig.preset(preset, **width))
+    episodes = smat_episodes(batch, turns, length, model.config.vocab_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        train = TrainConfig(batch_size=batch, max_steps=1000, warmup_steps=1, device="cpu", compile=False,
+                            output_dir=tmp, log_every=1000, keep_last=0, num_workers=0)
+        config = SMATStageConfig(train=train, bptt_depth=bptt, unfreeze_schedule=[(0, ["memory", "rest"])])
+        trainer = SMATTrainer(model, config, episodes, pad_id=0)
+        collated = trainer.collate(episodes)
+        inner = StepOpCounter()
+        forward_backward = trainer._forward_backward
+
+        def counted(batch_, accum):
+            with inner:
+                return forward_backward(batch_, accum)
+
+        trainer._train_step(iter([collated]))  # warm (the optimizer state is made here)
+        trainer._forward_backward = counted
+        inner.__init__()
+        whole = StepOpCounter()
+        with whole:
+            for _ in range(steps):
+                trainer._train_step(iter([collated]))
+        trainer._read_back()
+        trainer.close()
+    rest = {k: (v - inner.by_name.get(k, 0)) / steps for k, v in whole.by_name.items()}
+    rest = {k: v for k, v in sorted(rest.items(), key=lambda kv: -kv[1]) if v}
+    return {"preset": preset, "dim": model.config.dim, "path": "trainer step (restructured)", "batch": batch,
+            "turns": turns, "turn_tokens": length, "bptt_depth": bptt,
+            "trainer_step_ops": whole.count / steps, "trainer_step_compute_ops": whole.compute / steps,
+            "objective_ops": inner.count / steps, "objective_compute_ops": inner.compute / steps,
+            "outside_objective_ops": (whole.count - inner.count) / steps,
+            "outside_objective_compute_ops": (whole.compute - inner.compute) / steps,
+            "outside_objective_by_op": rest,
+            "sync_ops": {k: v / steps for k, v in whole.syncs.items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="nano")
@@ -88,14 +166,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turn-tokens", type=int, default=48)
     parser.add_argument("--bptt-depth", type=int, default=4)
     parser.add_argument("--reference", action="store_true", help="the per-turn loop")
-    parser.add_argument("--iters", type=int, default=3, help="timed steps (median)")
+    parser.add_argument("--iters", type=int, default=3, help="timed steps (median); with --trainer: counted steps")
+    parser.add_argument("--trainer", action="store_true",
+                        help="count whole SMATTrainer optimizer steps (objective, clipping, optimizer, metrics) and "
+                             "the ops that would sync a CUDA step")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--append", type=Path, default=None, help="add the row to this file's records")
     parser.add_argument("--note", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     batch, turns = (int(x) for x in args.shape.split("x"))
-    row = measure(args.preset, args.dim, batch, turns, args.turn_tokens, args.bptt_depth, args.reference, args.iters)
+    if args.trainer:
+        row = measure_trainer(args.preset, args.dim, batch, turns, args.turn_tokens, args.bptt_depth, args.iters)
+    else:
+        row = measure(args.preset, args.dim, batch, turns, args.turn_tokens, args.bptt_depth, args.reference,
+                      args.iters)
     row["device"] = "cpu"
     report(row, args, "benchmarks/smat_ops.py", argv, "smat_ops")
     return 0

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
 from benchmarks.mrl_ops import OpCounter, report
 from benchmarks.smat_step import make_turns
 from rxt.config import RxTConfig
@@ -158,6 +160,161 @@ def measure_trainer(preset: str, dim: int | None, batch: int, turns: int, length
             "sync_ops": {k: v / steps for k, v in whole.syncs.items()}}
 
 
+#: the rough H200 rates the traffic mode's ``roofline_ms`` assumes: bf16 dense matmul FLOP/s reached by
+#: mid-sized GEMMs (the peak is 989e12) and HBM bytes/s reached by elementwise kernels (the peak is 4.8e12)
+H200_FLOPS, H200_BYTES = 600e12, 3.5e12
+
+
+def _site(frames: list[tuple[str, int, str]], depth: int = 2) -> str:
+    """``file:line < caller:line`` of the innermost frames under rxt/ or training/ (where the op is written)."""
+    found = [f"{Path(f).name}:{line}" for f, line, _ in reversed(frames) if {"rxt", "training"} & set(Path(f).parts[-3:-1])]
+    return " < ".join(found[:depth]) or "?"
+
+
+class TrafficCounter(TorchDispatchMode):
+    """Bytes moved (every input and output of each op that is not a view) and FLOPs (torch's flop formulas, SDPA
+    counted too) per op name and per site: the code line that wrote the op, for backward ops the line of the
+    forward op they differentiate (read from the autograd node's anomaly-mode traceback).
+
+    RMSNorm runs as one fused kernel on CUDA but as five ops on the CPU: `fused_rms_norm` makes it one op here (read
+    x, write y; backward: read grad and x, write the input's grad) so the CPU count models the GPU's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_op: dict[str, list[float]] = {}
+        self.by_site: dict[str, list[float]] = {}
+        self.quiet = 0  # inside a modelled fused op: its own bytes are added by hand
+
+    def add(self, name: str, site: str, nbytes: float, flops: float) -> None:
+        for table, key in ((self.by_op, name), (self.by_site, site)):
+            entry = table.setdefault(key, [0.0, 0.0])
+            entry[0] += nbytes
+            entry[1] += flops
+
+    def site(self) -> str:
+        import traceback
+
+        node = torch._C._current_autograd_node()
+        if node is not None:
+            frames = []
+            for line in "".join(node.metadata.get("traceback_", [])).splitlines():
+                parts = line.strip().split('"')
+                if line.strip().startswith("File") and len(parts) >= 3:
+                    number = parts[2].split(",")[1].split()[-1]
+                    frames.append((parts[1], int(number), ""))
+            return "backward of " + _site(frames)
+        return _site([(f.filename, f.lineno, f.name) for f in traceback.extract_stack()])
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch.utils._pytree import tree_flatten
+        from torch.utils.flop_counter import flop_registry, sdpa_flop_count
+
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.quiet or func.is_view:
+            return out
+        tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        name = func._schema.name
+        if "scaled_dot_product" in name:  # the CPU kernels have no formula: attention = 2 bmm forward, 5 backward
+            q, k, v = args[:3] if "backward" not in name else args[1:4]
+            flops = sdpa_flop_count(q.shape, k.shape, v.shape) * (2.5 if "backward" in name else 1)
+        else:
+            formula = flop_registry.get(func._overloadpacket)
+            flops = formula(*args, **kwargs, out_val=out) if formula is not None else 0
+        self.add(name, self.site(), nbytes, flops)
+        return out
+
+
+def fused_rms_norm(counter: TrafficCounter):
+    """`F.rms_norm` as one op for ``counter`` (see `TrafficCounter`), same values."""
+    import torch.nn.functional as F
+
+    original = F.rms_norm
+
+    class Fused(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, shape, weight, eps):
+            counter.quiet += 1
+            try:
+                y = original(x, shape, weight, eps)
+            finally:
+                counter.quiet -= 1
+            ctx.save_for_backward(x, weight)
+            ctx.shape, ctx.eps = shape, eps
+            counter.add("aten::_fused_rms_norm", counter.site(), 2 * x.numel() * x.element_size(), 0)
+            return y
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, weight = ctx.saved_tensors
+            counter.quiet += 1
+            try:
+                with torch.enable_grad():
+                    xd = x.detach().requires_grad_()
+                    wd = weight.detach().requires_grad_() if weight is not None else None
+                    y = original(xd, ctx.shape, wd, ctx.eps)
+                    grads = torch.autograd.grad(y, [t for t in (xd, wd) if t is not None], grad)
+            finally:
+                counter.quiet -= 1
+            counter.add("aten::_fused_rms_norm_backward", counter.site(), 3 * x.numel() * x.element_size(), 0)
+            return grads[0], None, grads[1] if weight is not None else None, None
+
+    def rms_norm(x, normalized_shape, weight=None, eps=None):
+        return Fused.apply(x, tuple(normalized_shape), weight, eps)
+
+    return rms_norm
+
+
+def traffic_at(preset: str, batch: int, turns: int, length: int, bptt: int) -> TrafficCounter:
+    """One restructured SMAT step (forward + backward) at the preset's full width under bf16 autocast, counted."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = RxT(RxTConfig.preset(preset))
+    objective = SMATObjective(model, bptt).train()
+    data = stack_episode_turns(make_turns(batch, turns, length, model.config.vocab_size, torch.device("cpu")))
+    counter = TrafficCounter()
+    original = F.rms_norm
+    F.rms_norm = fused_rms_norm(counter)
+    try:
+        with torch.autograd.set_detect_anomaly(True, check_nan=False), counter:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = objective(data)["loss"]
+            loss.backward()
+    finally:
+        F.rms_norm = original
+    return counter
+
+
+def measure_traffic(preset: str, batch: int, turns: int, length: int, bptt: int, top: int) -> dict:
+    """Memory traffic and FLOPs of one SMAT step at ``batch`` episodes, extrapolated linearly from 1 and 2 episodes
+    (everything scales with the batch but the weights' own traffic, which the two points separate), and the
+    step's roofline time at `H200_FLOPS` / `H200_BYTES` (each op bound by its bytes or its FLOPs, summed)."""
+    one, two = (traffic_at(preset, b, turns, length, bptt) for b in (1, 2))
+
+    def scaled(table_one, table_two, key):
+        a, b = table_one.get(key, [0.0, 0.0]), table_two.get(key, [0.0, 0.0])
+        return [a[i] + (b[i] - a[i]) * (batch - 1) for i in (0, 1)]
+
+    def table(name: str) -> list[dict]:
+        t1, t2 = getattr(one, name), getattr(two, name)
+        rows = []
+        for key in set(t1) | set(t2):
+            nbytes, flops = scaled(t1, t2, key)
+            rows.append({"name": key, "gb": nbytes / 1e9, "tflop": flops / 1e12,
+                         "roofline_ms": max(nbytes / H200_BYTES, flops / H200_FLOPS) * 1e3})
+        return sorted(rows, key=lambda r: -r["roofline_ms"])
+
+    ops, sites = table("by_op"), table("by_site")
+    return {"preset": preset, "dim": RxTConfig.preset(preset).dim, "path": "restructured", "batch": batch,
+            "turns": turns, "turn_tokens": length, "bptt_depth": bptt, "dtype": "bf16 autocast (CPU)",
+            "traffic_gb": sum(r["gb"] for r in ops), "tflop": sum(r["tflop"] for r in ops),
+            "roofline_ms": sum(r["roofline_ms"] for r in ops),
+            "roofline_rates": {"flops_per_s": H200_FLOPS, "bytes_per_s": H200_BYTES},
+            "by_op": ops[:top], "by_site": sites[:top]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="nano")
@@ -167,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bptt-depth", type=int, default=4)
     parser.add_argument("--reference", action="store_true", help="the per-turn loop")
     parser.add_argument("--iters", type=int, default=3, help="timed steps (median); with --trainer: counted steps")
+    parser.add_argument("--traffic", action="store_true",
+                        help="bytes moved and FLOPs of one step at the preset's full width (bf16 autocast), by op and "
+                             "by code line, and its roofline time on an H200 (ignores --dim)")
+    parser.add_argument("--top", type=int, default=15, help="--traffic: rows kept per table")
     parser.add_argument("--trainer", action="store_true",
                         help="count whole SMATTrainer optimizer steps (objective, clipping, optimizer, metrics) and "
                              "the ops that would sync a CUDA step")
@@ -176,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     batch, turns = (int(x) for x in args.shape.split("x"))
-    if args.trainer:
+    if args.traffic:
+        row = measure_traffic(args.preset, batch, turns, args.turn_tokens, args.bptt_depth, args.top)
+    elif args.trainer:
         row = measure_trainer(args.preset, args.dim, batch, turns, args.turn_tokens, args.bptt_depth, args.iters)
     else:
         row = measure(args.preset, args.dim, batch, turns, args.turn_tokens, args.bptt_depth, args.reference,

@@ -80,7 +80,9 @@ class Decoder(TokenStack):
         """Project STM (L, B, S, D) (or any per-layer memory) to per-layer cross-attention keys/values."""
         if memory.shape[0] != len(self.layers):
             raise ValueError(f"memory has {memory.shape[0]} layers; the decoder has {len(self.layers)}")
-        return [layer.project_memory(memory[i]) for i, layer in enumerate(self.layers)]
+        # unbind, not memory[i]: the backward of L selects writes L zero-filled copies of the whole memory and adds
+        # them up (an (L, N*B, S, D) stack of SMAT turns is GBs); unbind's is one stack of the L gradients
+        return [layer.project_memory(m) for m, layer in zip(memory.unbind(0), self.layers, strict=True)]
 
     def forward(
         self,

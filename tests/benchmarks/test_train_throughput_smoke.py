@@ -108,6 +108,8 @@ def test_mrl_ops_append_keeps_earlier_records(tmp_path, load_script):
     path.write_text(json.dumps(first))
     assert [r["collect_ops"] for r in bench.with_record(path, {"collect_ops": 1})["records"]] == [5, 3, 1]
     assert bench.with_record(tmp_path / "new.json", {"x": 1})["records"] == [{"x": 1}]
+    path.write_text(json.dumps({**first, "summary": {"before": 5}}))  # a file's other keys stay
+    assert bench.with_record(path, {"collect_ops": 1})["summary"] == {"before": 5}
 
 
 def test_included_rows_keep_where_they_were_measured(tmp_path, load_script):

@@ -8,6 +8,16 @@ counts every op, ``*_compute_ops`` leaves out views (which launch nothing). The 
 the GPU). Also the median CPU wall time of a whole step (forward + backward)::
 
     OMP_NUM_THREADS=1 python benchmarks/smat_ops.py --preset nano --dim 64 --shape 128x18 --out /tmp/smat_ops.json
+
+``--trainer`` counts whole `SMATTrainer` optimizer steps instead (the objective, then what the Trainer adds:
+clipping, the fused optimizer, the metrics, split by op) and lists the ops that would make a CUDA step wait for the
+device (`SYNC_OPS`). ``--traffic`` runs the preset at its full width under bf16 autocast and counts the bytes every
+op reads and writes and its FLOPs, by op and by the code line that wrote it (a backward op: its forward's line),
+extrapolated to the batch, with the roofline time on an H200 and the same for the train_throughput anchor: at
+`nano` size a SMAT step is bound by memory traffic, not arithmetic, and this shows where the bytes go::
+
+    OMP_NUM_THREADS=1 python benchmarks/smat_ops.py --preset nano --dim 64 --shape 8x18 --trainer --out /tmp/t.json
+    python benchmarks/smat_ops.py --traffic --shape 128x18 --top 20 --out /tmp/traffic.json
 """
 
 from __future__ import annotations
@@ -287,6 +297,46 @@ def traffic_at(preset: str, batch: int, turns: int, length: int, bptt: int) -> T
     return counter
 
 
+def anchor_traffic_at(preset: str, rows: int, row_len: int) -> TrafficCounter:
+    """One eager step of `benchmarks/train_throughput.py`'s anchor (a plain decoder of the preset's width and
+    depth; full-vocabulary loss at every position) over ``rows`` random rows, counted as `traffic_at` counts."""
+    import torch.nn.functional as F
+
+    from rxt.classic import DecoderLM
+    from rxt.config import TransformerConfig
+
+    nano = RxTConfig.preset(preset)
+    cfg = TransformerConfig(vocab_size=nano.vocab_size, dim=nano.dim, num_layers=nano.num_layers,
+                            num_heads=nano.num_heads, max_seq_len=row_len, ffn_hidden_dim=nano.ffn_hidden_dim)
+    torch.manual_seed(0)
+    model = DecoderLM(cfg)
+    ids = torch.randint(10, cfg.vocab_size, (rows, row_len))
+    counter = TrafficCounter()
+    original = F.rms_norm
+    F.rms_norm = fused_rms_norm(counter)
+    try:
+        with torch.autograd.set_detect_anomaly(True, check_nan=False), counter:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = model(ids).logits
+                loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+            loss.backward()
+    finally:
+        F.rms_norm = original
+    return counter
+
+
+def _extrapolated(one: TrafficCounter, two: TrafficCounter, batch: int) -> tuple[float, float, float]:
+    """(GB, TFLOP, roofline ms) at ``batch`` from counts at batch 1 and 2 (linear in the batch)."""
+    total = [0.0, 0.0, 0.0]
+    for key in set(one.by_op) | set(two.by_op):
+        a, b = one.by_op.get(key, [0.0, 0.0]), two.by_op.get(key, [0.0, 0.0])
+        nbytes, flops = (a[i] + (b[i] - a[i]) * (batch - 1) for i in (0, 1))
+        total[0] += nbytes / 1e9
+        total[1] += flops / 1e12
+        total[2] += max(nbytes / H200_BYTES, flops / H200_FLOPS) * 1e3
+    return total[0], total[1], total[2]
+
+
 def measure_traffic(preset: str, batch: int, turns: int, length: int, bptt: int, top: int) -> dict:
     """Memory traffic and FLOPs of one SMAT step at ``batch`` episodes, extrapolated linearly from 1 and 2 episodes
     (everything scales with the batch but the weights' own traffic, which the two points separate), and the
@@ -307,11 +357,19 @@ def measure_traffic(preset: str, batch: int, turns: int, length: int, bptt: int,
         return sorted(rows, key=lambda r: -r["roofline_ms"])
 
     ops, sites = table("by_op"), table("by_site")
+    rows, row_len = 512, 256  # the anchor's step in train_throughput.py
+    gb, tflop, ms = _extrapolated(*(anchor_traffic_at(preset, r, row_len) for r in (1, 2)), rows)
+    anchor = {"batch": f"{rows}x{row_len}", "tokens": rows * row_len, "traffic_gb": gb, "tflop": tflop,
+              "roofline_ms": ms, "note": "eager (the benchmark compiles it, which fuses its elementwise ops)"}
+    tokens = batch * turns * length
     return {"preset": preset, "dim": RxTConfig.preset(preset).dim, "path": "restructured", "batch": batch,
             "turns": turns, "turn_tokens": length, "bptt_depth": bptt, "dtype": "bf16 autocast (CPU)",
             "traffic_gb": sum(r["gb"] for r in ops), "tflop": sum(r["tflop"] for r in ops),
             "roofline_ms": sum(r["roofline_ms"] for r in ops),
             "roofline_rates": {"flops_per_s": H200_FLOPS, "bytes_per_s": H200_BYTES},
+            "anchor": anchor, "per_token_vs_anchor": {
+                "flops": sum(r["tflop"] for r in ops) / tokens / (tflop / anchor["tokens"]),
+                "bytes": sum(r["gb"] for r in ops) / tokens / (gb / anchor["tokens"])},
             "by_op": ops[:top], "by_site": sites[:top]}
 
 

@@ -57,3 +57,22 @@ def test_sync_counter_sees_host_reads():
         (x > 2).nonzero()
     assert counter.syncs.get("aten::_local_scalar_dense") == 1
     assert counter.syncs.get("aten::nonzero") == 1 and counter.syncs.get("aten::index.Tensor") == 1
+
+
+def test_smat_ops_traffic(tmp_path, load_script):
+    """--traffic: bytes and FLOPs of a step by op and by code line, extrapolated to the batch, beside the anchor's;
+    the roofline sums each op's bound, so it is at least the bytes' and the FLOPs' own time."""
+    bench = load_script("benchmarks/smat_ops.py")
+    path = tmp_path / "ops.json"
+    assert bench.main(["--preset", "tiny", "--shape", "4x3", "--turn-tokens", "8", "--traffic", "--top", "5",
+                       "--out", str(path)]) == 0
+    row = json.loads(path.read_text())
+    assert row["traffic_gb"] > 0 and row["tflop"] > 0 and len(row["by_op"]) == len(row["by_site"]) == 5
+    floor = max(row["traffic_gb"] * 1e9 / bench.H200_BYTES, row["tflop"] * 1e12 / bench.H200_FLOPS) * 1e3
+    assert row["roofline_ms"] >= floor * (1 - 1e-9)
+    full = bench.measure_traffic("tiny", 4, 3, 8, 4, 1000)
+    ops = {r["name"] for r in full["by_op"]}
+    # RMSNorm counted as the GPU's one fused kernel each way, not the CPU's decomposition
+    assert {"aten::_fused_rms_norm", "aten::_fused_rms_norm_backward"} <= ops and "aten::rsqrt" not in ops
+    assert any(r["name"].startswith("backward of ") for r in full["by_site"])  # backward ops find their line
+    assert row["anchor"]["tokens"] == 512 * 256 and row["per_token_vs_anchor"]["bytes"] > 0

@@ -9,7 +9,7 @@ the sums that add it to the others), and the forward writes STM + U only to aver
 runs these over every turn at fp32 and they were the largest memory traffic of the step. Here the forward averages
 STM and U separately (never writing their sum) and the backward writes, besides U - STM and its product with the
 gradient, only the two input gradients, each one fused multiply-add of the gradient with the gate and the status
-term (`torch.addcmul`); the gate's own small graph (status, w, b -> G) is differentiated by autograd. Same maths as
+term (`torch.addcmul`); the gate's own small graph (status, w, b -> G) is differentiated by hand. Same maths as
 `rxt.gates.ResidualGate` (tests/rxt/test_gate_blend.py, float64).
 """
 
@@ -36,26 +36,25 @@ class ElementwiseGateBlend(torch.autograd.Function):
         status = s.mean(dim=-1, keepdim=True) + u.mean(dim=-1, keepdim=True)  # = mean_D(STM + U), no sum written
         g = ElementwiseGateBlend._gate(status, weight, bias, sigmoid)
         out = torch.lerp(s, u, g) if sigmoid else torch.addcmul(s + u, g, u - s)
-        ctx.save_for_backward(stm, update, status, weight, bias, g)
-        ctx.sigmoid = sigmoid
+        ctx.save_for_backward(stm, update, status, weight, g)
+        ctx.sigmoid, ctx.bias_shape = sigmoid, bias.shape
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        stm, update, status, weight, bias, g = ctx.saved_tensors
+        stm, update, status, weight, g = ctx.saved_tensors
         grad_g = (grad * (update - stm)).sum(dim=-1, keepdim=True)  # dOut/dG = U - STM, both forms
-        with torch.enable_grad():  # the small (..., S, 1) graph status, w, b -> G
-            leaves = [t.detach().requires_grad_() for t in (status, weight, bias)]
-            gate = ElementwiseGateBlend._gate(*leaves, ctx.sigmoid)
-            d_status, d_weight, d_bias = torch.autograd.grad(gate, leaves, grad_g)
-        d_status = d_status / stm.shape[-1]  # d status / d STM = d status / d U = 1 / D
+        # the small (..., S, 1) graph z = w * status + b, G = act(z), by hand (traceable by torch.compile)
+        d_z = grad_g * (g * (1 - g) if ctx.sigmoid else 1 - g * g)
+        d_weight = (d_z * status).sum_to_size(weight.shape) if ctx.needs_input_grad[2] else None
+        d_bias = d_z.sum_to_size(ctx.bias_shape) if ctx.needs_input_grad[3] else None
+        d_status = d_z * weight / stm.shape[-1]  # d status / d STM = d status / d U = 1 / D
         grad_stm = grad_update = None
         if ctx.needs_input_grad[0]:
             grad_stm = torch.addcmul(d_status, grad, 1 - g).to(stm.dtype)
         if ctx.needs_input_grad[1]:
             grad_update = torch.addcmul(d_status, grad, g if ctx.sigmoid else 1 + g).to(update.dtype)
-        return (grad_stm, grad_update, d_weight if ctx.needs_input_grad[2] else None,
-                d_bias if ctx.needs_input_grad[3] else None, None)
+        return grad_stm, grad_update, d_weight, d_bias, None
 
 
 __all__ = ["ElementwiseGateBlend"]

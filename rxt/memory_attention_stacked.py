@@ -80,7 +80,15 @@ def _project(x: torch.Tensor, weights: dict[str, torch.Tensor], name: str) -> to
     """(L, N, D_in) -> (L, N, D_out): the layers' linear ``name`` applied to x[l] for every l, one batched matmul."""
     weight = weights[f"{name}.weight"].transpose(1, 2)  # (L, D_in, D_out)
     bias = weights.get(f"{name}.bias")
+    x = _as_weighted(x, weight)
     return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
+
+
+def _as_weighted(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x`` in the dtype ``x * weight`` would have: a normalised input whose RMSNorm weight was folded into
+    ``weight`` gets the dtype the weighted norm gave it (a float32 STM into a float64 model: float64). Under
+    autocast the stacked weights are already in its dtype and ``x`` is left as it is (the matmul casts it)."""
+    return x.to(torch.promote_types(x.dtype, weight.dtype))
 
 
 def stacked_rms_norm(weight: torch.Tensor | None, eps: float | None, x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +124,8 @@ def shared_key_value(module: Attention, weights: dict[str, torch.Tensor], name: 
     bias = weights.get(f"{name}.kv_proj.bias")
     layers, (batch, keys, _) = weight.shape[0], context.shape
     heads, d = module.num_kv_heads, module.head_dim
-    kv = F.linear(context, weight.flatten(0, 1), None if bias is None else bias.flatten())  # (B, T, L * 2 * D_kv)
+    kv = F.linear(_as_weighted(context, weight), weight.flatten(0, 1),  # (B, T, L * 2 * D_kv)
+                  None if bias is None else bias.flatten())
     kv = kv.view(batch, keys, layers, 2, heads, d).permute(3, 2, 0, 4, 1, 5)  # (2, L, B, H, T, d)
     k, v = kv.reshape(2, layers * batch, heads, keys, d).unbind(0)
     if module.rope is not None and module.rope_mode.rotates_keys:

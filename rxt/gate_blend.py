@@ -30,8 +30,9 @@ class ElementwiseGateBlend(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, stm, update, weight, bias, sigmoid: bool):
-        dtype = torch.promote_types(torch.promote_types(stm.dtype, update.dtype),
-                                    torch.promote_types(weight.dtype, bias.dtype))
+        dtype = stm.dtype
+        for t in (update, weight, bias):  # as `stm + update` and the gate's arithmetic would promote
+            dtype = dtype if t.dtype == dtype else torch.promote_types(dtype, t.dtype)
         s, u = stm.to(dtype), update.to(dtype)
         status = s.mean(dim=-1, keepdim=True) + u.mean(dim=-1, keepdim=True)  # = mean_D(STM + U), no sum written
         g = ElementwiseGateBlend._gate(status, weight, bias, sigmoid)

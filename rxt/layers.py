@@ -79,7 +79,8 @@ class DecoderLayer(nn.Module):
             return None
         norm = self.memory_norm
         normed = F.rms_norm(memory, norm.normalized_shape, eps=norm.eps)
-        normed = normed.to(torch.promote_types(normed.dtype, norm.weight.dtype))  # the weighted norm's dtype
+        if normed.dtype != norm.weight.dtype:  # the dtype the weighted norm gave it
+            normed = normed.to(torch.promote_types(normed.dtype, norm.weight.dtype))
         return self.memory_cross_attn.project_key_value(normed, input_scale=norm.weight)
 
     def forward(

@@ -88,7 +88,7 @@ def _as_weighted(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``x`` in the dtype ``x * weight`` would have: a normalised input whose RMSNorm weight was folded into
     ``weight`` gets the dtype the weighted norm gave it (a float32 STM into a float64 model: float64). Under
     autocast the stacked weights are already in its dtype and ``x`` is left as it is (the matmul casts it)."""
-    return x.to(torch.promote_types(x.dtype, weight.dtype))
+    return x if x.dtype == weight.dtype else x.to(torch.promote_types(x.dtype, weight.dtype))
 
 
 def stacked_rms_norm(weight: torch.Tensor | None, eps: float | None, x: torch.Tensor) -> torch.Tensor:

@@ -276,25 +276,31 @@ def fused_rms_norm(counter: TrafficCounter):
     return rms_norm
 
 
-def traffic_at(preset: str, batch: int, turns: int, length: int, bptt: int) -> TrafficCounter:
-    """One restructured SMAT step (forward + backward) at the preset's full width under bf16 autocast, counted."""
+def counted_traffic(loss_fn) -> TrafficCounter:
+    """The bytes and FLOPs of ``loss_fn()`` (under bf16 autocast) and its backward, RMSNorm as one fused op, backward
+    ops attributed to their forward line (anomaly mode keeps each node's forward traceback)."""
     import torch.nn.functional as F
 
-    torch.manual_seed(0)
-    model = RxT(RxTConfig.preset(preset))
-    objective = SMATObjective(model, bptt).train()
-    data = stack_episode_turns(make_turns(batch, turns, length, model.config.vocab_size, torch.device("cpu")))
     counter = TrafficCounter()
     original = F.rms_norm
     F.rms_norm = fused_rms_norm(counter)
     try:
         with torch.autograd.set_detect_anomaly(True, check_nan=False), counter:
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = objective(data)["loss"]
+                loss = loss_fn()
             loss.backward()
     finally:
         F.rms_norm = original
     return counter
+
+
+def traffic_at(preset: str, batch: int, turns: int, length: int, bptt: int) -> TrafficCounter:
+    """One restructured SMAT step (forward + backward) at the preset's full width under bf16 autocast, counted."""
+    torch.manual_seed(0)
+    model = RxT(RxTConfig.preset(preset))
+    objective = SMATObjective(model, bptt).train()
+    data = stack_episode_turns(make_turns(batch, turns, length, model.config.vocab_size, torch.device("cpu")))
+    return counted_traffic(lambda: objective(data)["loss"])
 
 
 def anchor_traffic_at(preset: str, rows: int, row_len: int) -> TrafficCounter:
@@ -311,18 +317,12 @@ def anchor_traffic_at(preset: str, rows: int, row_len: int) -> TrafficCounter:
     torch.manual_seed(0)
     model = DecoderLM(cfg)
     ids = torch.randint(10, cfg.vocab_size, (rows, row_len))
-    counter = TrafficCounter()
-    original = F.rms_norm
-    F.rms_norm = fused_rms_norm(counter)
-    try:
-        with torch.autograd.set_detect_anomaly(True, check_nan=False), counter:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = model(ids).logits
-                loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
-            loss.backward()
-    finally:
-        F.rms_norm = original
-    return counter
+
+    def loss() -> torch.Tensor:
+        logits = model(ids).logits
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+
+    return counted_traffic(loss)
 
 
 def _extrapolated(one: TrafficCounter, two: TrafficCounter, batch: int) -> tuple[float, float, float]:

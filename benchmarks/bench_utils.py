@@ -74,3 +74,29 @@ def append_run(path: Path, benchmark: str, run: dict) -> None:
     doc["runs"].append(run)
     atomic_write_json(path, doc)
     print(f"wrote {path}")
+
+
+def top_kernels(prof, n: int, steps: int) -> list[dict]:
+    """The ``n`` kernels of a `torch.profiler` trace with the most total time, per profiled step: ``name``,
+    ``calls`` and ``total_ms`` (each divided by ``steps``), most time first.
+
+    With CUDA activity these are the GPU kernels (and memcpy/memset) and their device time: where a step's GPU
+    time goes. A trace without device events (a CPU run) ranks the CPU ops by self time instead (an op's own time,
+    not its children's, so nested ops are not counted twice)."""
+    device = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    events, time_of = ((device, lambda e: e.device_time) if device else
+                       (prof.events(), lambda e: e.self_cpu_time_total))
+    totals: dict[str, list[float]] = {}
+    for e in events:
+        entry = totals.setdefault(e.name, [0, 0.0])
+        entry[0] += 1
+        entry[1] += time_of(e)
+    ranked = sorted(totals.items(), key=lambda item: -item[1][1])[:n]
+    return [{"name": name, "calls": calls / steps, "total_ms": us / 1e3 / steps} for name, (calls, us) in ranked]
+
+
+def print_top_kernels(rows: list[dict], title: str) -> None:
+    """`top_kernels`' rows as a small table on stdout."""
+    print(f"{title}: top {len(rows)} by total time per step")
+    for r in rows:
+        print(f"  {r['total_ms']:9.3f} ms  {r['calls']:8.1f} calls  {r['name'][:150]}")

@@ -146,11 +146,15 @@ def _commit() -> str | None:
 
 
 def with_record(path: Path, row: dict, benchmark: str = "mrl_ops") -> dict:
-    """``{"benchmark": benchmark, "records": [...]}`` of ``path`` (if any) with ``row`` appended."""
+    """``{"benchmark": benchmark, "records": [...]}`` of ``path`` (if any) with ``row`` appended; the file's other
+    keys (e.g. a ``summary``) are kept."""
     doc = {"benchmark": benchmark, "records": []}
     if path.is_file():
         old = json.loads(path.read_text())
-        doc["records"] = list(old["records"]) if "records" in old else [old]
+        if "records" in old:
+            doc = {**old, "benchmark": benchmark, "records": list(old["records"])}
+        else:
+            doc["records"] = [old]
     doc["records"].append(row)
     return doc
 

@@ -7,14 +7,18 @@ chain sequential; ``--compile`` compiles the three parts as `SMATTrainer` does).
 with AdamW, per optimizer step: the median wall time (CUDA events, after warm-up), the summed time of the GPU
 kernels and their number (torch.profiler over a few steps). ``gpu_busy_fraction`` well below 1 means the step
 is bound by launching kernels, not by computing them: a bigger batch is then nearly free, and fewer launches
-(CUDA graphs, compilation) are the lever.
+(CUDA graphs, compilation) are the lever. ``--top-kernels N`` records in each row (``top_kernels``) the N kernels
+with the most GPU time per step (name, calls, total ms): where a GPU-bound step's time goes (on the CPU: the ops
+with the most self time). ``--trainer-attention`` runs SDPA as the SMAT trainer does (no cuDNN).
 
     python benchmarks/smat_step.py --out benchmarks/results/smat_step.json
+    python benchmarks/smat_step.py --shapes 128x18 --top-kernels 25 --out /tmp/smat_step.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import sys
 from pathlib import Path
@@ -25,10 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_utils import RESULTS_DIR, inside, time_ms
+from benchmarks.bench_utils import RESULTS_DIR, inside, print_top_kernels, time_ms, top_kernels
 from rxt.atomic_io import atomic_write_json
 from rxt.config import RxTConfig
 from rxt.model import RxT
+from training.attention_backends import shape_varying_attention
 from training.stages.smat import SMATObjective
 from training.stages.smat_batched import stack_episode_turns
 from training.trainer import move_to_device
@@ -50,7 +55,8 @@ def make_turns(batch: int, turns: int, length: int, vocab: int, device: torch.de
 
 
 def measure(preset: str, batch: int, turns: int, length: int, bptt: int, device: torch.device,
-            warmup: int, iters: int, profile_steps: int, reference: bool = False, compile_parts: bool = False) -> dict:
+            warmup: int, iters: int, profile_steps: int, reference: bool = False, compile_parts: bool = False,
+            top: int = 0, trainer_attention: bool = False) -> dict:
     torch.manual_seed(0)
     model = RxT(RxTConfig.preset(preset)).to(device)
     objective = SMATObjective(model, bptt, reference=reference).train()
@@ -67,26 +73,35 @@ def measure(preset: str, batch: int, turns: int, length: int, bptt: int, device:
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with autocast:
+        # --trainer-attention: SDPA without cuDNN, as `EpisodeTrainer._autocast` runs the step
+        with autocast, shape_varying_attention() if trainer_attention else contextlib.nullcontext():
             loss = objective(data)["loss"]
         loss.backward()
         optimizer.step()
 
     step_ms = time_ms(step, device, warmup, iters)
     row = {"preset": preset, "path": "reference" if reference else "restructured", "compiled": compile_parts,
+           "attention": "trainer (no cuDNN)" if trainer_attention else "any SDPA backend",
            "batch": batch, "turns": turns, "turn_tokens": length, "bptt_depth": bptt,
            "step_ms": step_ms, "tokens_per_s": batch * turns * length / (step_ms / 1e3)}
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    if cuda or top:  # on the CPU only for --top-kernels (the CPU ops by self time)
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(profile_steps):
+        steps = max(profile_steps, 1)
+        with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
                 step()
-            torch.cuda.synchronize(device)
-        kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
-        busy_ms = sum(e.device_time for e in kernels) / 1e3 / profile_steps
-        row.update(kernels_per_step=len(kernels) / profile_steps, gpu_busy_ms=busy_ms,
-                   gpu_busy_fraction=busy_ms / step_ms)
+            if cuda:
+                torch.cuda.synchronize(device)
+        if cuda:
+            kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+            busy_ms = sum(e.device_time for e in kernels) / 1e3 / steps
+            row.update(kernels_per_step=len(kernels) / steps, gpu_busy_ms=busy_ms,
+                       gpu_busy_fraction=busy_ms / step_ms)
+        if top:
+            row["top_kernels"] = top_kernels(prof, top, steps)
+            print_top_kernels(row["top_kernels"], f"smat_step {batch}x{turns}")
     return row
 
 
@@ -102,12 +117,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--reference", action="store_true", help="the per-turn loop (the step before issue 12)")
     parser.add_argument("--compile", action="store_true", help="compile encoder, decoder and memory attention")
+    parser.add_argument("--top-kernels", type=int, default=0, metavar="N",
+                        help="record (and print) the N kernels with the most total time per step, from the profile "
+                             "(on the CPU: the N ops with the most self time); 0 = off")
+    parser.add_argument("--trainer-attention", action="store_true",
+                        help="SDPA without cuDNN, as the SMAT trainer runs the step (training.attention_backends)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "smat_step.json")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type != "cuda" and inside(args.out, RESULTS_DIR):
         parser.error("CPU timings do not go into benchmarks/results/; pass --out elsewhere")
+    if args.top_kernels < 0:
+        parser.error(f"--top-kernels {args.top_kernels}: expected N >= 0 (0 = off)")
     shapes = []
     for shape in args.shapes:
         b, sep, t = shape.partition("x")
@@ -117,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for batch, turns in shapes:
         row = measure(args.preset, batch, turns, args.turn_tokens, args.bptt_depth, device, args.warmup, args.iters,
-                      args.profile_steps, reference=args.reference, compile_parts=args.compile)
+                      args.profile_steps, reference=args.reference, compile_parts=args.compile,
+                      top=args.top_kernels, trainer_attention=args.trainer_attention)
         print(row, flush=True)
         rows.append(row)
     doc = {"benchmark": "smat_step", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

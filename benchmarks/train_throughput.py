@@ -11,7 +11,9 @@ between them; the metrics are read back once after the timed steps, as a log ste
   the GPU), compiled as the trainer decides (``train.compile`` unset, as in the recipe); ``joint-before`` / ``sft-before``: the same trainer on the unpacked, padded dataset through
   the DataLoader, eager (the path the recipe ran before);
 - ``smat``: `SMATTrainer` (restructured step; compiled only where the trainer compiles by itself, as in the recipe,
-  or with ``--smat-compile on``), 128 episodes x 18 turns of 48 tokens (half query, half answer); ``smat-before``: the per-turn loop (``reference=True``), eager;
+  or with ``--smat-compile on``), 128 episodes x 18 turns of 48 tokens (half query, half answer), enough of them
+  that no measured step starts a new epoch (a new DataLoader); ``smat-before``: the per-turn loop
+  (``reference=True``), eager;
 - ``mrl``: one IMPO update as `MRLTrainer` runs it: 128 episodes x 8 steps collected through the runtime (a fresh
   runtime per collection, every episode's queries queued before it connects, so the episodes are primed, prefilled,
   decoded and memory-updated together), rewards, then the PPO epochs; ``step_ms`` is collection + update, split in
@@ -49,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_utils import RESULTS_DIR, inside, time_ms
+from benchmarks.bench_utils import RESULTS_DIR, inside, print_top_kernels, time_ms, top_kernels
 from rxt.atomic_io import atomic_write_json
 from rxt.classic import DecoderLM
 from rxt.config import RxTConfig, TransformerConfig
@@ -81,24 +83,32 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _profile(step, flush, device, steps: int) -> tuple[float, float]:
+def _profile(step, flush, device, steps: int, top: int = 0) -> tuple[float, float, list[dict] | None]:
+    """Kernels and GPU-busy ms per step over ``steps`` profiled steps, and (``top`` > 0) the `top_kernels`; on the
+    CPU (only asked for ``top``) the CPU ops by self time, and no kernel figures."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
         flush()
-        torch.cuda.synchronize(device)
+        _sync(device)
+    ranked = top_kernels(prof, top, steps) if top else None
+    if not cuda:
+        return None, None, ranked
     kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
-    return len(kernels) / steps, sum(e.device_time for e in kernels) / 1e3 / steps
+    return len(kernels) / steps, sum(e.device_time for e in kernels) / 1e3 / steps, ranked
 
 
 def measure(name: str, step, real_tokens: float, device, warmup: int, iters: int, profile_steps: int,
-            extra: dict | None = None, flush=lambda: None, report=lambda row: None, may_profile=lambda: True) -> dict:
+            extra: dict | None = None, flush=lambda: None, report=lambda row: None, may_profile=lambda: True,
+            top: int = 0) -> dict:
     """Median time of ``step`` as training runs it: steps back to back, each bracketed by CUDA events, no host
     sync between them (the trainer reads its metrics back only at log steps: ``flush``, once after the timed
     steps, as a log step would). ``report(row)`` gets the row after the timing and again after the profile, which
-    runs only if ``may_profile()`` says so once the timing is done (a deadline)."""
+    runs only if ``may_profile()`` says so once the timing is done (a deadline). ``top`` > 0 adds the row's
+    ``top_kernels`` (`benchmarks.bench_utils.top_kernels`: on the CPU from a CPU profile of its own)."""
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
@@ -112,10 +122,14 @@ def measure(name: str, step, real_tokens: float, device, warmup: int, iters: int
            **{k: v() if callable(v) else v for k, v in (extra or {}).items()},  # e.g. compiled: after a fallback
            "kernels_per_step": None, "gpu_busy_ms": None, "gpu_busy_fraction": None}
     report(row)
-    if profile_steps and device.type == "cuda":
+    if profile_steps and (device.type == "cuda" or top):
         if may_profile():
-            kernels, busy_ms = _profile(step, flush, device, profile_steps)
-            row.update(kernels_per_step=kernels, gpu_busy_ms=busy_ms, gpu_busy_fraction=busy_ms / (step_s * 1e3))
+            kernels, busy_ms, ranked = _profile(step, flush, device, profile_steps, top)
+            if kernels is not None:
+                row.update(kernels_per_step=kernels, gpu_busy_ms=busy_ms, gpu_busy_fraction=busy_ms / (step_s * 1e3))
+            if ranked is not None:
+                row["top_kernels"] = ranked
+                print_top_kernels(ranked, name)
         else:
             row["profile"] = "skipped: --deadline-s reached"
         report(row)
@@ -220,23 +234,36 @@ def joint_like(kind: str, packed: bool, args, device, tok, tmp):
     return (*_trainer_step(trainer), _real_tokens_of(trainer), extra)
 
 
+def smat_episodes(count: int, turns: int, length: int, vocab: int, seed: int = 0) -> list[list[dict]]:
+    """``count`` random episodes of ``turns`` full turns of ``length`` tokens, as the SMAT trainer's dataset holds
+    them: the first half of a turn is the query (labels -100), the second the answer."""
+    g = torch.Generator().manual_seed(seed)
+    episodes = []
+    for _ in range(count):
+        ep = []
+        for _ in range(turns):
+            ids = torch.randint(10, vocab, (length,), generator=g)
+            labels = ids.clone()
+            labels[: length // 2] = -100
+            ep.append({"input_ids": ids, "labels": labels, "query_ids": ids[: length // 2]})
+        episodes.append(ep)
+    return episodes
+
+
 def smat(before: bool, args, device, tok, tmp):
     from training.stages.smat import SMATStageConfig, SMATTrainer
 
     torch.manual_seed(0)
     rxt = RxT(RxTConfig.preset(args.preset, vocab_size=tok.vocab_size))
-    g = torch.Generator().manual_seed(0)
     batch, turns = (int(x) for x in args.smat.split("x"))
     length = args.turn_tokens
-    episodes = []
-    for _ in range(batch):
-        ep = []
-        for _ in range(turns):
-            ids = torch.randint(10, tok.vocab_size, (length,), generator=g)
-            labels = ids.clone()
-            labels[: length // 2] = -100
-            ep.append({"input_ids": ids, "labels": labels, "query_ids": ids[: length // 2]})
-        episodes.append(ep)
+    episodes = smat_episodes(batch, turns, length, tok.vocab_size)
+    # As many global batches as the stage runs (warm-up, timed and profiled steps, one spare): the loader then runs
+    # as in training, one DataLoader per epoch whose workers collate ahead of the step. With one batch's episodes
+    # every step ended an epoch and started a new DataLoader (4 fresh worker processes, no batch prefetched), host
+    # time that the H200 run at 886e194 counted as SMAT's. The same episodes repeat: only the shapes matter here.
+    steps = args.warmup + (args.iters_before if before else args.iters) + args.profile_steps + 1
+    episodes = episodes * steps
     # the trainer's own compile choice (as the recipe, which leaves train.compile unset), unless --smat-compile
     compile_ = False if before else (True if args.smat_compile == "on" else False if args.smat_compile == "off"
                                      else None)
@@ -317,13 +344,13 @@ def run_stage(name: str, args, device, tok, tmp, report, may_profile=lambda: Tru
 
         # an update is seconds long: warm-up and profile steps are whole updates (--mrl-warmup, --mrl-profile)
         row = measure(name, step, 0.0, device, args.mrl_warmup, args.mrl_iters,
-                      args.mrl_profile, extra, flush, mrl_report, may_profile)
+                      args.mrl_profile, extra, flush, mrl_report, may_profile, args.top_kernels)
         return row
     else:
         step, flush, tokens, extra = baseline(not name.endswith("before"), args, device, tok, tmp)
     iters = args.iters_before if name.endswith("before") else args.iters
     return measure(name, step, tokens, device, args.warmup, iters, args.profile_steps, extra, flush, report,
-                   may_profile)
+                   may_profile, args.top_kernels)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds after which no new stage (nor profile) starts; 0 = none. Results are written "
                              "after every stage, so an outer `timeout` a little above it loses nothing measured")
     parser.add_argument("--profile-steps", type=int, default=2)
+    parser.add_argument("--top-kernels", type=int, default=0, metavar="N",
+                        help="record in each profiled row (top_kernels) and print the N kernels with the most total "
+                             "GPU time per step (on the CPU: the N ops with the most self time); 0 = off")
     parser.add_argument("--documents", type=int, default=40_000, help="synthetic interactions for joint/SFT")
     parser.add_argument("--preset", default="nano")
     parser.add_argument("--rows", type=int, default=512, help="packed rows (or padded sequences) per step")
@@ -362,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         for key, value in SMOKE.items():
             setattr(args, key, value)
+    if args.top_kernels < 0:
+        parser.error(f"--top-kernels {args.top_kernels}: expected N >= 0 (0 = off)")
     device = torch.device(args.device)
     if device.type != "cuda" and args.out is not None and inside(args.out, RESULTS_DIR):
         parser.error("CPU timings do not go into benchmarks/results/; pass --out elsewhere")

@@ -64,11 +64,21 @@ class Attention(nn.Module):
         return q
 
     def project_key_value(
-        self, context: torch.Tensor, positions: torch.Tensor | None = None
+        self, context: torch.Tensor, positions: torch.Tensor | None = None, *, input_scale: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S, D) -> keys and values (B, H_kv, S, d); keys rotated when the RoPE mode rotates keys."""
-        k = self._split(self.k_proj(context), self.num_kv_heads)
-        v = self._split(self.v_proj(context), self.num_kv_heads)
+        """(B, S, D) -> keys and values (B, H_kv, S, d); keys rotated when the RoPE mode rotates keys.
+
+        ``input_scale`` (D,): the keys and values of ``context * input_scale`` (e.g. an RMSNorm's weight), with the
+        scale folded into the two projections' weights and both run as one matmul. Same maths; the scaled context
+        (and, under autocast, a second cast of it) is never written, nor its gradient: what the STM's projection
+        for memory cross-attention costs on a stack of every SMAT turn's memory."""
+        if input_scale is None:
+            k = self._split(self.k_proj(context), self.num_kv_heads)
+            v = self._split(self.v_proj(context), self.num_kv_heads)
+        else:
+            weight = torch.cat([self.k_proj.weight, self.v_proj.weight]) * input_scale
+            bias = torch.cat([self.k_proj.bias, self.v_proj.bias]) if self.k_proj.bias is not None else None
+            k, v = (self._split(t, self.num_kv_heads) for t in F.linear(context, weight, bias).chunk(2, dim=-1))
         if self.rope is not None and self.rope_mode.rotates_keys:
             k = self.rope.rotate(k, _default_positions(positions, context))
         return k, v

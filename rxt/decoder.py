@@ -83,7 +83,9 @@ class Decoder(TokenStack):
             raise ValueError(f"memory has {memory.shape[0]} layers; the decoder has {len(self.layers)}")
         if memory_reads_stackable(self.layers):  # every layer reads the memory: one stacked projection
             return stacked_memory_key_value(self.layers, memory)
-        return [layer.project_memory(memory[i]) for i, layer in enumerate(self.layers)]
+        # unbind, not memory[i]: the backward of L selects writes L zero-filled copies of the whole memory and adds
+        # them up (an (L, N*B, S, D) stack of SMAT turns is GBs); unbind's is one stack of the L gradients
+        return [layer.project_memory(m) for m, layer in zip(memory.unbind(0), self.layers, strict=True)]
 
     def forward(
         self,

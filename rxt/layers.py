@@ -13,6 +13,7 @@ and handed to every decode step, so a generated token costs one query projection
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rxt.attention import Attention
@@ -70,10 +71,17 @@ class DecoderLayer(nn.Module):
         self.ffn = build_ffn(ffn)
 
     def project_memory(self, memory: torch.Tensor) -> MemoryKV | None:
-        """STM layer (B, S, D) -> keys/values (B, H_kv, S, d) for memory cross-attention, or None."""
+        """STM layer (B, S, D) -> keys/values (B, H_kv, S, d) for memory cross-attention, or None.
+
+        ``memory_norm``'s weight is folded into the key/value projections (`Attention.project_key_value`'s
+        ``input_scale``): the same values as projecting ``memory_norm(memory)``."""
         if not self.has_memory:
             return None
-        return self.memory_cross_attn.project_key_value(self.memory_norm(memory))
+        norm = self.memory_norm
+        normed = F.rms_norm(memory, norm.normalized_shape, eps=norm.eps)
+        if normed.dtype != norm.weight.dtype:  # the dtype the weighted norm gave it
+            normed = normed.to(torch.promote_types(normed.dtype, norm.weight.dtype))
+        return self.memory_cross_attn.project_key_value(normed, input_scale=norm.weight)
 
     def forward(
         self,

@@ -36,6 +36,7 @@ from rxt.attention_config import AttentionConfig
 from rxt.gates import GateConfig, ResidualGate
 from rxt.masks import key_padding_mask
 from rxt.memory_attention_stacked import (
+    shared_key_value,
     stackable,
     stacked_attention,
     stacked_gate,
@@ -211,8 +212,14 @@ class MemoryAttentionNetwork(nn.Module):
         return not hooked and stackable([*self.attention, *getattr(self, "pre_attention", [])])
 
     def stacked_weights(self) -> dict[str, torch.Tensor]:
-        """The per-layer parameters stacked over the layers (`rxt.memory_attention_stacked.stacked_weights`)."""
-        return stacked_weights(self, self.cfg.num_layers)
+        """The per-layer parameters stacked over the layers (`rxt.memory_attention_stacked.stacked_weights`), with
+        every RMSNorm weight folded into the projection its output feeds (`norm_folds`): the stacked path
+        normalises without weights."""
+        return stacked_weights(self, self.cfg.num_layers, self.norm_folds())
+
+    def norm_folds(self) -> dict[str, str]:
+        """Projection -> the RMSNorm whose output it reads (and nothing else reads), for `stacked_weights`."""
+        return {"attention.q_proj": "query_norm", "attention.kv_proj": "input_norm"}
 
     def stacked_key_bias(self, key_valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``key_valid`` (..., B, T) -> the ``key_bias`` (..., L * B, 1, 1, T) of `forward` (0 where a key is
@@ -225,7 +232,7 @@ class MemoryAttentionNetwork(nn.Module):
         """The main step's keys and values of M turns' ``encoded`` (L, M, B, T, D) at once, (M, L * B, H_kv, T, d)
         each: they read only the encoded data, never the STM, so a chain computes them before its first turn and
         passes turn t's as `forward`'s ``key_value``."""
-        kv = stacked_rms_norm(weights["input_norm.weight"], self.cfg.norm_eps, encoded)
+        kv = stacked_rms_norm(None, self.cfg.norm_eps, encoded)  # input_norm's weight: folded into kv_proj
         return stacked_key_value(self.attention[0], weights, "attention", kv)
 
     def _new_memory(
@@ -239,7 +246,7 @@ class MemoryAttentionNetwork(nn.Module):
         if weights is not None:
             x = self.stacked_pre_step(stm, weights)
             eps = self.cfg.norm_eps
-            q = stacked_rms_norm(weights["query_norm.weight"], eps, x)
+            q = stacked_rms_norm(None, eps, x)  # query_norm's weight: folded into q_proj (`norm_folds`)
             if key_value is None:
                 key_value = tuple(t[0] for t in self.stacked_key_value(encoded.unsqueeze(1), weights))
             update = stacked_attention(self.attention[0], weights, "attention", q, mask=mask, key_value=key_value)
@@ -310,15 +317,26 @@ class _PreAttentionMemoryAttention(MemoryAttentionNetwork):
         """`key_source` of every layer at once, (L, B, S, D)."""
         raise NotImplementedError
 
+    def norm_folds(self) -> dict[str, str]:
+        keys = "pre_query_norm" if self.self_attention else "pre_key_norm"  # self-attention: one norm serves both
+        return {**super().norm_folds(), "pre_attention.q_proj": "pre_query_norm", "pre_attention.kv_proj": keys}
+
+    def shared_key_source(self, stm: torch.Tensor) -> torch.Tensor | None:
+        """The first step's keys (B, S, D) when every layer reads the same (None: per layer, `key_sources`)."""
+        return None
+
     def stacked_pre_step(self, stm: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
         eps = self.cfg.norm_eps
-        q = stacked_rms_norm(weights["pre_query_norm.weight"], eps, stm)
+        q = stacked_rms_norm(None, eps, stm)  # the norms' weights: folded into the projections (`norm_folds`)
+        attention = self.pre_attention[0]
         if self.self_attention:
-            update = stacked_attention(self.pre_attention[0], weights, "pre_attention", q)
+            update = stacked_attention(attention, weights, "pre_attention", q)
+        elif (shared := self.shared_key_source(stm)) is not None:  # normalised and projected once, not L times
+            kv = shared_key_value(attention, weights, "pre_attention", stacked_rms_norm(None, eps, shared))
+            update = stacked_attention(attention, weights, "pre_attention", q, key_value=kv)
         else:
-            keys = self.key_sources(stm, self.layer_context(stm), weights)
-            kv = stacked_rms_norm(weights["pre_key_norm.weight"], eps, keys)
-            update = stacked_attention(self.pre_attention[0], weights, "pre_attention", q, kv)
+            kv = stacked_rms_norm(None, eps, self.key_sources(stm, self.layer_context(stm), weights))
+            update = stacked_attention(attention, weights, "pre_attention", q, kv)
         return stacked_gate(self.cfg.gate, weights, "pre_gate", stm, update)
 
 
@@ -339,9 +357,8 @@ class InterlayerMemoryAttention(_PreAttentionMemoryAttention):
     def key_source(self, stm: torch.Tensor, layer: int, context: torch.Tensor | None) -> torch.Tensor:
         return context
 
-    def key_sources(self, stm: torch.Tensor, context: torch.Tensor | None,
-                    weights: dict[str, torch.Tensor]) -> torch.Tensor:
-        return context.expand_as(stm)
+    def shared_key_source(self, stm: torch.Tensor) -> torch.Tensor:
+        return self.layer_context(stm)
 
 
 @register_memory_attention("self-interlayer")

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rxt.attention import Attention
+from rxt.gate_blend import ElementwiseGateBlend
 from rxt.gates import GateConfig
 
 
@@ -34,12 +35,17 @@ def stackable(attentions: Sequence[Attention]) -> bool:
 _MATMUL_SUFFIXES = ("_proj.weight", "_proj.bias", "linear.weight", "linear.bias")
 
 
-def stacked_weights(network: nn.Module, layers: int) -> dict[str, torch.Tensor]:
+def stacked_weights(network: nn.Module, layers: int, folds: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
     """Every per-layer parameter of ``network`` stacked over the layers: ``"attention.q_proj.weight"`` ->
     (L, D_out, D_in) from ``attention.<l>.q_proj.weight``; the key and value projections come concatenated as
     ``"attention.kv_proj.weight"`` (L, 2 * D_kv, D_in) (one matmul for both). Under autocast the matmul weights come cast to its
     dtype (as autocast would cast them at every use). Stack once and pass the dict to every call of a chain (the
-    SMAT turns): the gradient then sums over the chain in the stacked tensor and is split to the L layers once."""
+    SMAT turns): the gradient then sums over the chain in the stacked tensor and is split to the L layers once.
+
+    ``folds`` maps a projection (``"attention.q_proj"``) to the RMSNorm (``"query_norm"``) that normalises its
+    input: the norm's weight is folded into the projection's (W_l * w_l, before any autocast cast) and left out of
+    the dict, so the caller normalises without a weight (`stacked_rms_norm` with None). Same maths: RMSNorm then
+    projection is x_hat (W diag(w))^T; the weighted (L, B, S, D) activation and its gradient are never written."""
     groups: dict[str, list[tuple[int, torch.Tensor]]] = {}
     for name, param in network.named_parameters():
         parts = name.split(".")
@@ -50,17 +56,23 @@ def stacked_weights(network: nn.Module, layers: int) -> dict[str, torch.Tensor]:
     for key, items in groups.items():
         if sorted(i for i, _ in items) != list(range(layers)):
             raise ValueError(f"stacked_weights: {key!r} has layers {sorted(i for i, _ in items)}, expected 0..{layers - 1}")
-        weight = torch.stack([p for _, p in sorted(items, key=lambda item: item[0])])
-        device = weight.device.type
-        if key.endswith(_MATMUL_SUFFIXES) and torch.is_autocast_enabled(device):
-            weight = weight.to(torch.get_autocast_dtype(device))
-        out[key] = weight
+        out[key] = torch.stack([p for _, p in sorted(items, key=lambda item: item[0])])
     for key in [k for k in out if k.endswith(".k_proj.weight")]:  # keys and values: one matmul, one gradient
         name = key[: -len(".k_proj.weight")]
         for part in ("weight", "bias"):
             if f"{name}.k_proj.{part}" in out:
                 pair = (out.pop(f"{name}.k_proj.{part}"), out.pop(f"{name}.v_proj.{part}"))
                 out[f"{name}.kv_proj.{part}"] = torch.cat(pair, dim=1)
+    folded = set()
+    for projection, norm in (folds or {}).items():
+        out[f"{projection}.weight"] = out[f"{projection}.weight"] * out[f"{norm}.weight"].unsqueeze(1)
+        folded.add(f"{norm}.weight")
+    for key in folded:
+        del out[key]
+    device = next(iter(out.values())).device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        out = {k: w.to(dtype) if k.endswith(_MATMUL_SUFFIXES) else w for k, w in out.items()}
     return out
 
 
@@ -68,11 +80,22 @@ def _project(x: torch.Tensor, weights: dict[str, torch.Tensor], name: str) -> to
     """(L, N, D_in) -> (L, N, D_out): the layers' linear ``name`` applied to x[l] for every l, one batched matmul."""
     weight = weights[f"{name}.weight"].transpose(1, 2)  # (L, D_in, D_out)
     bias = weights.get(f"{name}.bias")
+    x = _as_weighted(x, weight)
     return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
 
 
-def stacked_rms_norm(weight: torch.Tensor, eps: float | None, x: torch.Tensor) -> torch.Tensor:
-    """The layers' RMSNorms (stacked ``weight`` (L, D)) over ``x`` (L, ..., D); `nn.RMSNorm`'s formula."""
+def _as_weighted(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x`` in the dtype ``x * weight`` would have: a normalised input whose RMSNorm weight was folded into
+    ``weight`` gets the dtype the weighted norm gave it (a float32 STM into a float64 model: float64). Under
+    autocast the stacked weights are already in its dtype and ``x`` is left as it is (the matmul casts it)."""
+    return x if x.dtype == weight.dtype else x.to(torch.promote_types(x.dtype, weight.dtype))
+
+
+def stacked_rms_norm(weight: torch.Tensor | None, eps: float | None, x: torch.Tensor) -> torch.Tensor:
+    """The layers' RMSNorms (stacked ``weight`` (L, D)) over ``x`` (L, ..., D); `nn.RMSNorm`'s formula. ``weight``
+    None: the normalisation alone (the weight folded into the next projection: `stacked_weights`' ``folds``)."""
+    if weight is None:
+        return F.rms_norm(x, (x.shape[-1],), eps=eps)
     shape = (weight.shape[0],) + (1,) * (x.dim() - 2) + (weight.shape[1],)
     return F.rms_norm(x, (x.shape[-1],), eps=eps) * weight.view(shape)
 
@@ -87,6 +110,24 @@ def stacked_key_value(module: Attention, weights: dict[str, torch.Tensor], name:
     kv = _project(context.reshape(layers, turns * batch * keys, -1), weights, f"{name}.kv_proj")
     kv = kv.view(layers, turns, batch, keys, 2, heads, d).permute(4, 1, 0, 2, 5, 3, 6)  # (2, M, L, B, H, T, d)
     k, v = kv.reshape(2, turns, layers * batch, heads, keys, d).unbind(0)  # a view when M = 1
+    if module.rope is not None and module.rope_mode.rotates_keys:
+        k = module.rope.rotate(k, torch.arange(keys, device=context.device))
+    return k, v
+
+
+def shared_key_value(module: Attention, weights: dict[str, torch.Tensor], name: str, context: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`stacked_key_value` of one turn for a ``context`` (B, T, D) that every layer reads (the interlayer variant's
+    layer mean): one matmul of it with the L layers' key/value weights side by side, (B * T, D) x (D, L * 2 * D_kv),
+    instead of L copies of it -> (L * B, H_kv, T, d) each, layer-major rows as `stacked_key_value`'s."""
+    weight = weights[f"{name}.kv_proj.weight"]  # (L, 2 * D_kv, D)
+    bias = weights.get(f"{name}.kv_proj.bias")
+    layers, (batch, keys, _) = weight.shape[0], context.shape
+    heads, d = module.num_kv_heads, module.head_dim
+    kv = F.linear(_as_weighted(context, weight), weight.flatten(0, 1),  # (B, T, L * 2 * D_kv)
+                  None if bias is None else bias.flatten())
+    kv = kv.view(batch, keys, layers, 2, heads, d).permute(3, 2, 0, 4, 1, 5)  # (2, L, B, H, T, d)
+    k, v = kv.reshape(2, layers * batch, heads, keys, d).unbind(0)
     if module.rope is not None and module.rope_mode.rotates_keys:
         k = module.rope.rotate(k, torch.arange(keys, device=context.device))
     return k, v
@@ -146,9 +187,9 @@ def stacked_gate(cfg: GateConfig, weights: dict[str, torch.Tensor], name: str, s
     act = torch.sigmoid if cfg.activation == "sigmoid" else torch.tanh
     if cfg.kind == "static":
         g = act(weights[f"{name}.weight"]).to(stm.dtype).unsqueeze(1)  # (L, 1, S or 1, 1)
-    elif cfg.kind == "elementwise":
-        status = (stm + update).mean(dim=-1, keepdim=True)  # (L, B, S, 1)
-        g = act(weights[f"{name}.weight"].unsqueeze(1) * status + weights[f"{name}.bias"].unsqueeze(1))
+    elif cfg.kind == "elementwise":  # the whole gate in one function with a lean backward (`rxt.gate_blend`)
+        return ElementwiseGateBlend.apply(stm, update, weights[f"{name}.weight"].unsqueeze(1),
+                                          weights[f"{name}.bias"].unsqueeze(1), cfg.activation == "sigmoid")
     else:
         g = act(_project((stm + update).flatten(1, 2), weights, f"{name}.linear").view(stm.shape))
     if cfg.activation == "sigmoid":  # (1 - g) * stm + g * update, one op (dtypes promoted as that expression)
@@ -157,5 +198,5 @@ def stacked_gate(cfg: GateConfig, weights: dict[str, torch.Tensor], name: str, s
     return (1 - g) * stm + (1 + g) * update
 
 
-__all__ = ["stackable", "stacked_attention", "stacked_gate", "stacked_key_bias", "stacked_key_value", "stacked_rms_norm",
+__all__ = ["shared_key_value", "stackable", "stacked_attention", "stacked_gate", "stacked_key_bias", "stacked_key_value", "stacked_rms_norm",
            "stacked_weights"]

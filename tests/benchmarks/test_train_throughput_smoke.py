@@ -108,6 +108,8 @@ def test_mrl_ops_append_keeps_earlier_records(tmp_path, load_script):
     path.write_text(json.dumps(first))
     assert [r["collect_ops"] for r in bench.with_record(path, {"collect_ops": 1})["records"]] == [5, 3, 1]
     assert bench.with_record(tmp_path / "new.json", {"x": 1})["records"] == [{"x": 1}]
+    path.write_text(json.dumps({**first, "summary": {"before": 5}}))  # a file's other keys stay
+    assert bench.with_record(path, {"collect_ops": 1})["summary"] == {"before": 5}
 
 
 def test_included_rows_keep_where_they_were_measured(tmp_path, load_script):
@@ -126,3 +128,29 @@ def test_included_rows_keep_where_they_were_measured(tmp_path, load_script):
     rows = {r["stage"]: r for r in json.loads(out.read_text())["stages"]}
     assert rows["joint"]["measured_in"] == "earlier.json: python earlier" and rows["joint"]["vs_anchor"] == 0.5
     assert rows["smat-before"]["measured_in"] == "check.json: python check"
+
+
+def test_smat_stage_top_kernels_and_no_epoch_end(tmp_path, load_script, monkeypatch):
+    """--top-kernels adds the ranked ops to the profiled row (CPU: CPU self time), and the SMAT stage's dataset
+    holds a global batch for every warm-up, timed and profiled step, so no measured step starts a new DataLoader."""
+    bench = load_script("benchmarks/train_throughput.py")
+    from training.stages.smat import SMATTrainer
+
+    epochs = []
+    loader = SMATTrainer._loader
+
+    def counted_loader(self):
+        epochs.append(self.steps_per_epoch)
+        return loader(self)
+
+    monkeypatch.setattr(SMATTrainer, "_loader", counted_loader)
+    out = tmp_path / "tt.json"
+    assert bench.main(["--smoke", "--stages", "smat", "--profile-steps", "1", "--top-kernels", "3",
+                       "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["stages"]
+    assert "error" not in row, row.get("error")
+    assert len(row["top_kernels"]) == 3 and all(r["calls"] > 0 for r in row["top_kernels"])
+    # one loader for every step: warm-up + timed + profiled steps + the spare batch
+    assert epochs == [bench.SMOKE["warmup"] + bench.SMOKE["iters"] + 1 + 1]
+    with pytest.raises(SystemExit):
+        bench.main(["--smoke", "--stages", "smat", "--top-kernels", "-2", "--out", str(out)])

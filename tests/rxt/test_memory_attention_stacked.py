@@ -162,3 +162,43 @@ def test_stacked_under_bf16_autocast_matches_the_layer_loop(kind: str) -> None:
     assert out.dtype == ref.dtype == chained.dtype
     torch.testing.assert_close(out, ref, rtol=0.05, atol=0.05)
     torch.testing.assert_close(chained[:, :2], out[:, :2], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["simple", "self", "interlayer", "self-interlayer"])
+def test_float32_memory_into_a_float64_network_as_the_weighted_norms_promote(variant: str) -> None:
+    """The norms' weights are folded into the projections, so the normalised input takes the dtype the weighted
+    norm gave it: a float32 STM into a float64 network runs in float64 (as before the fold, what the IMPO update's
+    float64 tests feed it), equal to the same STM given in float64 within float32 rounding (the normalisation
+    itself runs at the input's precision, as it did before the fold)."""
+    net = _net(variant, GateConfig())
+    stm, enc, valid = _data()
+    out = net(stm.float(), enc, valid)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, net(stm.float().double(), enc, valid), rtol=0, atol=1e-6)
+
+
+def test_decoder_memory_projection_folds_the_norm_exactly() -> None:
+    """`DecoderLayer.project_memory` (the memory norm's weight folded into one key/value matmul) equals the norm
+    module followed by the two projections, float64, values and gradients, and promotes a float32 STM alike."""
+    from rxt.config import RxTConfig
+    from rxt.model import RxT
+
+    torch.manual_seed(0)
+    model = RxT(RxTConfig.preset("tiny")).double()
+    layer = model.decoder.layers[0]
+    with torch.no_grad():
+        layer.memory_norm.weight.add_(torch.randn_like(layer.memory_norm.weight))
+    stm = torch.randn(3, model.config.stm_slots, model.config.dim, dtype=torch.float64, requires_grad=True)
+    attn = layer.memory_cross_attn
+    results = []
+    for fn in (layer.project_memory, lambda m: attn.project_key_value(layer.memory_norm(m))):
+        layer.zero_grad(set_to_none=True)
+        stm.grad = None
+        k, v = fn(stm)
+        (k.sum() + (v * v).sum()).backward()
+        results.append((k.detach(), v.detach(), stm.grad.clone(), layer.memory_norm.weight.grad.clone(),
+                        attn.k_proj.weight.grad.clone(), attn.v_proj.weight.grad.clone()))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    k32, _ = layer.project_memory(stm.detach().float())
+    assert k32.dtype == torch.float64

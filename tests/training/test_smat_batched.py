@@ -56,6 +56,21 @@ def test_restructured_step_equals_the_per_turn_loop(tok, batch, depth):
         assert all(not n.startswith(("memory_attention", "encoder")) for n in new_grads)
 
 
+def test_all_active_turns_skip_the_keep_and_change_nothing(tok, batch):
+    """``all_active`` (host-side) says which turns have every row live; the step skips their keep-the-old-STM
+    `where` and gives bit-identical loss and gradients to the step that keeps every `where`."""
+    stacked = stack_episode_turns(batch, tok.pad_id)
+    assert stacked["all_active"] == tuple(bool(a.all()) for a in stacked["active"])
+    assert True in stacked["all_active"] and False in stacked["all_active"]  # both cases in the batch
+    torch.manual_seed(0)
+    model = RxT(RxTConfig.preset("tiny", vocab_size=tok.vocab_size)).double()
+    skip, skip_grads = _run(SMATObjective(model, 2), stacked)
+    keep, keep_grads = _run(SMATObjective(model, 2), {k: v for k, v in stacked.items() if k != "all_active"})
+    assert torch.equal(skip["loss"], keep["loss"]) and set(skip_grads) == set(keep_grads)
+    for name, g in keep_grads.items():
+        assert torch.equal(skip_grads[name], g), name
+
+
 def test_stacking_lists_answer_positions_on_the_host(tok, batch):
     stacked = stack_episode_turns(batch, tok.pad_id)
     n, b, _ = stacked["input_ids"].shape

@@ -27,7 +27,8 @@ from training.data.datasets import IGNORE_INDEX
 from training.metrics import upcast
 
 #: keys of a stacked episode batch (`stack_episode_turns`)
-STACKED_KEYS = ("input_ids", "attention_mask", "active", "labels", "target_index", "targets", "num_tokens")
+STACKED_KEYS = ("input_ids", "attention_mask", "active", "labels", "target_index", "targets", "num_tokens",
+                "all_active")
 
 
 def is_stacked(batch: object) -> bool:
@@ -41,7 +42,8 @@ def stack_episode_turns(turns: Sequence[dict[str, torch.Tensor]], pad_id: int = 
     ``input_ids`` (N, B, T), ``attention_mask`` (N, B, T) bool, ``active`` (N, B) bool (the episode is live at
     that turn and the row has tokens), ``target_index`` (K,) flat indices into the (N, B, T - 1) grid of
     next-token predictions whose label is not -100 in a live row, ``targets`` (K,) those labels, and
-    ``labels`` (N, B, T - 1) the shifted targets (-100 where none), ``num_tokens`` (int K). Runs on the host (the
+    ``labels`` (N, B, T - 1) the shifted targets (-100 where none), ``num_tokens`` (int K), ``all_active`` (a
+    tuple of N bools: every row of turn t is live, so its memory update keeps no row's old STM). Runs on the host (the
     collate), so the step needs no device read-back. ``num_turns`` / ``width`` pad N and T to a fixed shape
     (inactive all-padding turns, padding columns), so a compiled step sees few distinct shapes.
     """
@@ -74,7 +76,7 @@ def stack_episode_turns(turns: Sequence[dict[str, torch.Tensor]], pad_id: int = 
     flat = labels.reshape(-1)
     index = (flat != IGNORE_INDEX).nonzero().squeeze(1)
     return {"input_ids": ids, "attention_mask": mask, "active": active, "labels": labels, "target_index": index,
-            "targets": flat[index], "num_tokens": int(index.numel())}
+            "targets": flat[index], "num_tokens": int(index.numel()), "all_active": tuple(active.all(dim=1).tolist())}
 
 
 def unstack_episode_turns(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -115,6 +117,9 @@ def smat_forward(model: RxT, batch: dict[str, torch.Tensor], bptt_depth: int, *,
     """
     ids, mask, active = batch["input_ids"], batch["attention_mask"], batch["active"]
     n, b, width = ids.shape
+    # host-known (collate): a turn whose rows are all live keeps no old STM, so its `where` (a full read and write
+    # of the STM forward, two backward) is skipped; a batch without the key keeps every `where`
+    all_active = batch.get("all_active") or (False,) * n
     stm = model.initial_memory(b).to(ids.device)
     stms = [stm]
     updates: list[torch.Tensor] = []
@@ -147,7 +152,8 @@ def smat_forward(model: RxT, batch: dict[str, torch.Tensor], bptt_depth: int, *,
                 else:
                     new = network(stm, encoded[:, t], weights=weights, key_bias=biases[t],
                                   key_value=(keys[t], values[t]))
-                stm = torch.where(active[t][None, :, None, None], new, stm)  # ended episodes keep their memory
+                # ended episodes keep their memory
+                stm = new if all_active[t] else torch.where(active[t][None, :, None, None], new, stm)
             chained += 1
             stms.append(stm)
             if record and bptt_depth > 0:  # as the loop: depth 0 updates carry no graph to inspect

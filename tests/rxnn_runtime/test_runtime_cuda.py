@@ -67,7 +67,7 @@ def test_pipelined_steps_read_their_own_tokens_from_reused_pinned_buffers(temper
     assert pipelined == one_by_one
     assert all(len(t) == 7 for t in pipelined.values())
     assert len(executor._host_buffers) == 2  # two steps in flight at most: two pinned buffers, reused
-    assert all(host.is_pinned() for host, _ in executor._host_buffers)
+    assert all(host.is_pinned() for host in executor._host_buffers)
 
 
 def test_committed_stms_stay_on_the_device_in_the_in_process_store():

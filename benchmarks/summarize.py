@@ -319,6 +319,8 @@ def smat_step() -> list[str]:
              "| path | episodes x turns | step | tokens/s | kernels per step | GPU busy |", "|---|---|---|---|---|---|"]
     for r in d["results"]:
         path = r.get("path", "reference")  # files from before the restructured step measured the per-turn loop
+        if r.get("attention"):  # `--trainer-attention` rows: the SMAT trainer's backends (no cuDNN)
+            path += f" ({r['attention']})"
         lines.append(f"| {path} | {r['batch']} x {r['turns']} | {r['step_ms']:.0f} ms | {r['tokens_per_s']:.0f} | "
                      f"{r.get('kernels_per_step', 0):.0f} | {r.get('gpu_busy_fraction', float('nan')) * 100:.0f}% |")
     return lines

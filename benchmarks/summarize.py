@@ -195,10 +195,11 @@ def serving() -> list[str]:
     d = _load("serving")
     if not d:
         return []
-    lines = ["**Serving over websockets** (nano, greedy; `benchmarks/serving.py`; engine = `DecodeEngine` alone, "
-             "same run)", "",
-             "| device | runtime | clients | TTFT p50 | TTFT p99 | aggregate tok/s | engine tok/s | runtime / engine |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["**Serving over websockets** (nano unless the model column says otherwise, greedy; `benchmarks/serving.py`; "
+             "engine = `DecodeEngine` alone, same run)", "",
+             "| device | runtime | model | clients | TTFT p50 | TTFT p99 | aggregate tok/s | engine tok/s | "
+             "runtime / engine |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for run in d["runs"]:
         version = run["runtime_version"]
         label = ("fixed batches" if "fixed" in version else
@@ -210,7 +211,7 @@ def serving() -> list[str]:
             engine_text = f"{engine:.0f}" if engine else "-"
             ratio_text = f"{lv['ratio_to_engine']:.1%}" if engine else "-"
             lines.append(
-                f"| {run['device']} | {label} | {lv['clients']} | {lv['ttft_ms_p50']:.0f} ms | {lv['ttft_ms_p99']:.0f} ms "
+                f"| {run['device']} | {label} | {run.get('preset', 'nano')} | {lv['clients']} | {lv['ttft_ms_p50']:.0f} ms | {lv['ttft_ms_p99']:.0f} ms "
                 f"| {lv['aggregate_tokens_per_s']:.0f} | {engine_text} | {ratio_text} |"
             )
     return lines

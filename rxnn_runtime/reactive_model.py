@@ -85,7 +85,8 @@ class ReactiveModel:
         executor: ModelExecutor | None = None,
     ) -> None:
         """``executor``: an idle `ModelExecutor` over ``model`` with ``max_batch_size`` slots to reuse (reset here;
-        ``use_cuda_graphs`` is then its own), e.g. one per trainer across its collections; None builds one."""
+        ``use_cuda_graphs`` and ``update_stream`` are then its own), e.g. one per trainer across its collections;
+        None builds one."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size} must be >= 1")
         if switch_interval_s is not None and switch_interval_s <= 0:

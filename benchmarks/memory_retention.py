@@ -12,9 +12,10 @@ the same recall with the question asked in one of two hand-written phrasings the
 against the reference answer and the interaction that stated the fact, plus the length term; no cosine term, so
 every system is scored the same way, with the first RxT's tokenizer).
 
-**Chitchat.** Held-out chitchat conversations (the LAST ``--chitchat`` conversations of the packaged corpus,
-whereas training sources take the first ``limit``). Every turn is teacher-forced and the answer tokens (answer
-plus ``[EOS]``) are scored: perplexity and argmax accuracy, token-weighted over all turns.
+**Chitchat.** Held-out chitchat conversations (the last ``--chitchat`` episodes of the adapters' ``"eval"``
+split: the packaged corpus's last 256 conversations, which training sources never read, whatever their
+``limit``). Every turn is teacher-forced and the answer tokens (answer plus ``[EOS]``) are scored: perplexity
+and argmax accuracy, token-weighted over all turns.
 
 **Systems.**
 
@@ -283,12 +284,16 @@ def synthetic_episodes(distances: Sequence[int], per_k: int, seed: int, style: s
 
 
 def chitchat_conversations(count: int, max_turns: int = 8) -> list[EpisodeRecord]:
-    """The last ``count`` chitchat conversations (chunks of at most ``max_turns`` turns)."""
+    """The last ``count`` held-out chitchat conversations (chunks of at most ``max_turns`` turns): the adapters'
+    ``"eval"`` split, which no training source reads."""
     if count <= 0:
         return []
     from training.data.adapters import chitchat_episodes
 
-    return chitchat_episodes(max_turns=max_turns)[-count:]
+    held_out = chitchat_episodes(max_turns=max_turns, split="eval")
+    if count > len(held_out):
+        raise ValueError(f"--chitchat: at most {len(held_out)} held-out conversations, got {count}")
+    return held_out[-count:]
 
 
 # ------------------------------------------------------------------------------------------------- evaluation

@@ -6,6 +6,11 @@ paired as (query, answer): messages 0/1 are turn 1, 2/3 turn 2, ... An unpaired 
 
 chatterbot-corpus stores YAML files ``{"categories": [...], "conversations": [[line, line, ...], ...]}``; each
 consecutive pair of lines in a conversation is a (query, answer) pair.
+
+**Held-out chitchat.** The last `CHITCHAT_HELD_OUT` conversations of the packaged file are the ``"eval"`` split;
+``"train"`` (the default of every training source) is the rest, whatever its ``limit``. The benchmarks score
+chitchat perplexity on the eval split: a training source that read the whole file (the stateless baseline's
+``limit: 50000`` episodes did, before the split existed) would be scored on conversations it memorised.
 """
 
 from __future__ import annotations
@@ -22,12 +27,21 @@ def _clean(text: str) -> str:
     return " ".join(text.split())
 
 
-def _chitchat_messages(path: str | None) -> Iterator[tuple[str, list[str]]]:
-    """Yield ``(conversation_id, messages)`` with each message the joined text of one speaker's block."""
+CHITCHAT_HELD_OUT = 256  # conversations at the end of the packaged file: the "eval" split
+CHITCHAT_SPLITS = ("train", "eval")
+
+
+def _chitchat_messages(path: str | None, split: str = "train") -> Iterator[tuple[str, list[str]]]:
+    """Yield ``(conversation_id, messages)`` of the ``split``'s conversations, each message the joined text of one
+    speaker's block."""
     import chitchat_dataset as ccc
 
-    data = ccc.Dataset() if path is None else ccc.Dataset(path)
-    for conv_id, conv in data.items():
+    if split not in CHITCHAT_SPLITS:
+        raise ValueError(f"chitchat split: expected one of {list(CHITCHAT_SPLITS)}, got {split!r}")
+    data = list((ccc.Dataset() if path is None else ccc.Dataset(path)).items())
+    first_held_out = max(len(data) - CHITCHAT_HELD_OUT, 0)
+    data = data[first_held_out:] if split == "eval" else data[:first_held_out]
+    for conv_id, conv in data:
         merged: list[tuple[str | None, str]] = []
         for block in conv.get("messages", []):
             text = _clean(" ".join(u.get("text", "") for u in block if isinstance(u.get("text"), str)))
@@ -46,9 +60,10 @@ def _pairs(messages: Sequence[str]) -> list[InteractionRecord]:
 
 
 def chitchat_episodes(
-    max_turns: int = 8, min_turns: int = 2, limit: int | None = None, path: str | None = None
+    max_turns: int = 8, min_turns: int = 2, limit: int | None = None, path: str | None = None, split: str = "train"
 ) -> list[EpisodeRecord]:
-    """Chitchat conversations as episodes of ``min_turns .. max_turns`` turns.
+    """Chitchat conversations of ``split`` (``"train"`` or the held-out ``"eval"``) as episodes of
+    ``min_turns .. max_turns`` turns.
 
     A conversation longer than ``max_turns`` turns is cut into consecutive chunks of ``max_turns`` (a last chunk
     shorter than ``min_turns`` is dropped). ``metadata = {"source": "chitchat", "conversation_id", "chunk"}``.
@@ -57,7 +72,7 @@ def chitchat_episodes(
     if max_turns < 1 or min_turns < 1 or min_turns > max_turns:
         raise ValueError(f"need 1 <= min_turns <= max_turns, got min_turns={min_turns}, max_turns={max_turns}")
     episodes: list[EpisodeRecord] = []
-    for conv_id, messages in _chitchat_messages(path):
+    for conv_id, messages in _chitchat_messages(path, split):
         turns = _pairs(messages)
         for chunk, start in enumerate(range(0, len(turns), max_turns)):
             part = turns[start : start + max_turns]
@@ -76,10 +91,12 @@ def chitchat_episodes(
     return episodes
 
 
-def chitchat_interactions(limit: int | None = None, path: str | None = None) -> list[InteractionRecord]:
-    """Every (query, answer) pair of every chitchat conversation, in file order."""
+def chitchat_interactions(
+    limit: int | None = None, path: str | None = None, split: str = "train"
+) -> list[InteractionRecord]:
+    """Every (query, answer) pair of every chitchat conversation of ``split``, in file order."""
     out: list[InteractionRecord] = []
-    for _, messages in _chitchat_messages(path):
+    for _, messages in _chitchat_messages(path, split):
         for pair in _pairs(messages):
             out.append(pair)
             if limit is not None and len(out) >= limit:
@@ -120,4 +137,6 @@ def chatterbot_interactions(
     return out
 
 
-__all__ = ["chatterbot_interactions", "chitchat_episodes", "chitchat_interactions"]
+__all__ = [
+    "CHITCHAT_HELD_OUT", "CHITCHAT_SPLITS", "chatterbot_interactions", "chitchat_episodes", "chitchat_interactions",
+]

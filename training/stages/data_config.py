@@ -52,7 +52,7 @@ class DataSource:
     kind: Literal["jsonl", "parquet", "hub", "chitchat", "chatterbot", "synthetic"]
     path: str | None = None  # jsonl / parquet file
     name: str | None = None  # hub dataset id
-    split: str = "train"  # hub split
+    split: str = "train"  # hub split; chitchat: "train" or the held-out "eval" conversations
     limit: int | None = None  # keep the first `limit` records
     synthetic: dict[str, Any] | None = None  # SyntheticDialogueConfig fields
     columns: dict[str, str] | None = None  # record key -> column name (jsonl / parquet / hub)
@@ -69,6 +69,12 @@ class DataSource:
             raise ConfigError("config key 'name': a hub source needs a dataset name")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"config key 'limit': must be >= 1 or null, got {self.limit}")
+        if self.kind == "chitchat":
+            from training.data.adapters import CHITCHAT_SPLITS
+
+            if self.split not in CHITCHAT_SPLITS:
+                raise ConfigError(f"config key 'split': a chitchat source reads one of {list(CHITCHAT_SPLITS)}, "
+                                  f"got {self.split!r}")
         if self.synthetic is not None and self.kind != "synthetic":
             raise ConfigError(f"config key 'synthetic': only for kind 'synthetic', not {self.kind!r}")
         for key in ("subset", "data_files", "streaming"):
@@ -141,9 +147,9 @@ def _load_one(source: DataSource, record_kind: str, where: str) -> list[Record]:
         )
     elif source.kind == "chitchat":
         if record_kind == "episode":
-            records = adapters.chitchat_episodes(limit=limit)
+            records = adapters.chitchat_episodes(limit=limit, split=source.split)
         else:
-            records = _convert(adapters.chitchat_interactions(limit=limit), record_kind, where)
+            records = _convert(adapters.chitchat_interactions(limit=limit, split=source.split), record_kind, where)
     elif source.kind == "chatterbot":
         records = _convert(adapters.chatterbot_interactions(limit=limit), record_kind, where)
     else:

@@ -267,9 +267,11 @@ async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Name
     finally:
         await runner.cleanup()
         reactive.dispose()
-        timers.undo()
-        for owner, name, original in undo:
+        # last wrapped, first unwrapped: the counter wrapped the timers' wrappers, so undoing the timers first left
+        # a timer wrapped around the model's forwards for the rest of the process
+        for owner, name, original in reversed(undo):
             setattr(owner, name, original)
+        timers.undo()
     return levels
 
 

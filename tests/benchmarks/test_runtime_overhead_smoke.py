@@ -55,3 +55,18 @@ def test_runtime_overhead_counts_torch_calls_and_update_passes(tmp_path, load_sc
     assert 0 < level["lane_torch_calls_per_step"] < 50  # a fixed handful a step, none per row
     assert level["update_passes"] >= 1 and level["graph_captures"] == 0  # the CPU captures nothing
     assert 0 < level["lane_host_us_per_step"] < level["breakdown_us_per_step"]["lane: step (all)"]
+
+
+def test_runtime_overhead_leaves_the_model_unwrapped(tmp_path, load_script, single_torch_thread):
+    """Both instruments (--breakdown's timers, --count-torch-calls' counter) wrap the model's forwards; the run
+    puts back the very functions it found (a wrapper left behind slowed and confused every later compile)."""
+    bench = load_script("benchmarks/runtime_overhead.py")
+    found = {(owner, name): owner.__dict__[name] for owner, name in bench.REPLAYED}
+    interval = sys.getswitchinterval()
+    try:
+        assert bench.main(["--device", "cpu", "--preset", "tiny", "--sessions", "1", "--clients-per-process", "1",
+                           "--turns", "1", "--max-new-tokens", "2", "--count-torch-calls", "--breakdown",
+                           "--out", str(tmp_path / "o.json")]) == 0
+    finally:
+        sys.setswitchinterval(interval)
+    assert all(owner.__dict__[name] is original for (owner, name), original in found.items())

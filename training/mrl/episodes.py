@@ -114,6 +114,8 @@ class _Collector:
         self.stms: dict[tuple[str, str], torch.Tensor] = {}
         self.queued: dict[str, deque[Query]] = {}
         self._submit_lock = threading.Lock()
+        self._waiting: set[tuple[str, str]] = set()  # the keys `wait` waits for and that are not settled yet
+        self._settled_count = 0
 
     def submit_next(self, sid: str) -> None:
         """Submit ``sid``'s next queued query, if any (from any thread; the lock keeps each session's order)."""
@@ -123,45 +125,65 @@ class _Collector:
                 self.reactive.submit(queue.popleft())
 
     def on_next(self, event: Any) -> None:
+        kind = type(event)
+        if kind not in _SETTLING:  # a Token (one per generated token per session): nothing to record
+            return
         key = (event.session_id, event.query_id)
-        if isinstance(event, MemoryUpdated) and self.reactive is not None:
-            self.stms[key] = _committed_stm(self.reactive, event.session_id)
+        if kind is MemoryUpdated and self.reactive is not None:
+            self.stms[key] = _lane_stm(self.reactive, event.session_id)
         with self.cond:
-            if isinstance(event, AnswerDone):
+            if kind is AnswerDone:
                 self.answers[key] = event
-            elif isinstance(event, MemoryUpdated):
+            elif kind is MemoryUpdated:
                 self.committed.add(key)
-            elif isinstance(event, (Error, Cancelled)):
-                self.errors[key] = getattr(event, "message", "") or type(event).__name__
+                self._settled(key)
             else:
-                return
+                self.errors[key] = getattr(event, "message", "") or kind.__name__
+                self._settled(key)
             self.cond.notify_all()
-        if self.reactive is not None and (isinstance(event, AnswerDone) or key[1] == "first"):
+        if self.reactive is not None and (kind is AnswerDone or key[1] == "first"):
             self.submit_next(event.session_id)  # a query or the primed interaction left the session's queue
+
+    def _settled(self, key: tuple[str, str]) -> None:
+        """Count ``key`` as settled (under ``cond``) when `wait` waits for it: the waiter then compares a count
+        instead of scanning every key it waits for at each wake-up."""
+        if key in self._waiting:
+            self._waiting.discard(key)
+            self._settled_count += 1
 
     def wait(self, keys: Sequence[tuple[str, str]], timeout: float) -> None:
         """Until every turn of ``keys`` is committed or one of them failed; `TimeoutError` once ``timeout``
         seconds pass without any of them being committed."""
-        def settled() -> int:
-            return sum(k in self.committed or k in self.errors for k in keys)
-
-        def failed() -> bool:
-            return any(k in self.errors for k in keys)
-
         with self.cond:
-            count, deadline = settled(), time.monotonic() + timeout
-            while count < len(keys) and not failed():
+            self._waiting = {k for k in keys if k not in self.committed and k not in self.errors}
+            self._settled_count = len(set(keys)) - len(self._waiting)
+            total = len(set(keys))
+            count, deadline = self._settled_count, time.monotonic() + timeout
+            while self._settled_count < total and not any(k in self.errors for k in keys):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     missing = [k for k in keys if k not in self.committed and k not in self.errors]
                     raise TimeoutError(f"MRL collection: no MemoryUpdated after {timeout}s for turns {missing[:4]}")
                 self.cond.wait(left)
-                if settled() > count:
-                    count, deadline = settled(), time.monotonic() + timeout
+                if self._settled_count > count:
+                    count, deadline = self._settled_count, time.monotonic() + timeout
+            self._waiting = set()
             errors = [(k, self.errors[k]) for k in keys if k in self.errors]
         if errors:
             (sid, qid), message = errors[0]
             raise RuntimeError(f"MRL collection: turn {qid!r} of session {sid!r} failed: {message}")
+
+
+_SETTLING = (AnswerDone, MemoryUpdated, Error, Cancelled)  # the events the collector records
+
+
+def _lane_stm(reactive: Any, sid: str) -> torch.Tensor:
+    """The STM ``sid`` just committed, read on the lane (where the `MemoryUpdated` is delivered) from the runtime's
+    session cache: the very tensor the runtime committed, where it is (on the GPU: on the device), not a host copy
+    through the store, which waited for every step queued on the device and copied 1.5 MB a turn (nano) while the
+    lane, and so every session, waited. Nothing writes into a committed STM again (updates are out of place), so it
+    is kept without a copy; `float` copies only a model of another dtype."""
+    return reactive.sessions.get(sid).stm.detach().float()
 
 
 def _committed_stm(reactive: Any, sid: str) -> torch.Tensor:
@@ -227,7 +249,8 @@ def collect_episodes(
                 reset = carry[slot] is None or rng.random() < reset_prob
                 if not reset:
                     reactive.store.save(SessionState(session_id=sid, stm=carry[slot].clone()))
-                initial = reactive.model.initial_memory(1)[:, 0].detach().cpu().float() if reset else carry[slot]
+                # on the model's device, as the committed STMs the collector reads (no host round trip)
+                initial = reactive.model.initial_memory(1)[:, 0].detach().float() if reset else carry[slot]
                 first_ids = template.interaction_ids(record.query, record.answer)[:max_len]
                 batch_logs.append(EpisodeLog(
                     episode_id=sid, first_query=record.query, first_answer=record.answer, first_ids=first_ids,
@@ -257,13 +280,13 @@ def collect_episodes(
                     done = collector.answers.pop((sid, f"step{k}"))
                     answer = list(done.token_ids)
                     action = answer + ([tokenizer.eos_id] if done.stopped_by_eos else [])
-                    memory_ids = [*template.query_ids(turn.query),
-                                  *(tokenizer.encode(turn.answer) if teacher_forcing else answer),
+                    prompt_ids, reference_ids = template.query_ids(turn.query), tokenizer.encode(turn.answer)
+                    memory_ids = [*prompt_ids, *(reference_ids if teacher_forcing else answer),
                                   tokenizer.eos_id][:max_len]
                     log.steps.append(StepLog(
-                        query=turn.query, reference=turn.answer, prompt_ids=template.query_ids(turn.query),
+                        query=turn.query, reference=turn.answer, prompt_ids=list(prompt_ids),
                         action_ids=action, answer_ids=answer, answer_text=done.text, memory_ids=memory_ids,
-                        reference_ids=tokenizer.encode(turn.answer), runtime_log_probs=list(done.log_probs),
+                        reference_ids=reference_ids, runtime_log_probs=list(done.log_probs),
                         stm_before=stms[i][k], stm_after=stms[i][k + 1],
                     ))
             for slot, sid in enumerate(sids):

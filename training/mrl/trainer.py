@@ -161,7 +161,7 @@ class MRLTrainer:
         finally:
             reactive.dispose()  # no collection in flight once it returns: the update may change the weights
         compute_rewards(logs, self.reward, pad_id=self.tokenizer.pad_id, last_step_reward=self.last_step_reward,
-                        embed=self.embed)
+                        embed=self.embed, device=self.device)
         return logs
 
     def update(self, logs: Sequence[EpisodeLog]) -> dict[str, float]:

@@ -87,6 +87,9 @@ class MRLConfig(ModelStageConfig):
     # collection builds a fresh runtime, so the graphs are captured again from the current weights every time
     # (never stale after an update); off by default until measured against the capture cost on the GPU
     cuda_graphs: bool = False
+    # the IMPO update's optimizer steps at static shapes, each bucket shape's whole step a CUDA graph (GPU only;
+    # `training.mrl.impo_graphs`); None: as ``cuda_graphs``
+    update_cuda_graphs: bool | None = None
 
     def __post_init__(self) -> None:
         def fail(name: str, limit: str) -> None:
@@ -123,6 +126,7 @@ class MRLConfig(ModelStageConfig):
                 memory_reg_coef=self.memory_reg_coef, value_coef=self.value_coef, use_gae=self.use_gae,
                 gamma=self.gamma, gae_lambda=self.gae_lambda, ppo_epochs=self.ppo_epochs,
                 minibatch_size=self.minibatch_size, max_grad_norm=self.train.max_grad_norm, seed=self.train.seed,
+                cuda_graphs=self.cuda_graphs if self.update_cuda_graphs is None else self.update_cuda_graphs,
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc

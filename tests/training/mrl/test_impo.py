@@ -304,8 +304,11 @@ def test_update_statistics_read_back_once_match_per_minibatch_floats(tok, logs):
 def _previous_loss(policy, reference, critic, mb, old, adv, returns, cfg):
     """The IMPO loss as it was computed before the LM head ran at the action positions only and before the
     reference's distributions were computed once per update: full (B, T-1, V) distributions, reference inside."""
+    def wide(t):  # float32 at least (a float64 toy stays float64, as in the loss)
+        return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
     stm = policy.update_memory(mb.prev_stm, mb.mem_ids, mb.mem_mask)
-    log_dist = F.log_softmax(policy(mb.seq_ids, stm, mb.seq_mask).logits[:, :-1].float(), dim=-1)
+    log_dist = F.log_softmax(wide(policy(mb.seq_ids, stm, mb.seq_mask).logits[:, :-1]), dim=-1)
     mask = mb.action_mask
     new = log_dist.gather(-1, mb.targets[..., None]).squeeze(-1).masked_fill(~mask, 0.0)
     ratio = torch.exp(new - old)
@@ -318,11 +321,11 @@ def _previous_loss(policy, reference, critic, mb, old, adv, returns, cfg):
     probs = log_dist.exp()
     with torch.no_grad():
         ref_stm = reference.update_memory(mb.prev_stm, mb.mem_ids, mb.mem_mask)
-        ref = F.log_softmax(reference(mb.seq_ids, ref_stm, mb.seq_mask).logits[:, :-1].float(), dim=-1)
+        ref = F.log_softmax(wide(reference(mb.seq_ids, ref_stm, mb.seq_mask).logits[:, :-1]), dim=-1)
     kl = row_mean((probs * (log_dist - ref)).sum(-1))
     entropy = row_mean(-(probs * log_dist).sum(-1))
     mem = memory_regularisation(stm, mb.prev_stm, mb.steps, cfg.memory_reg_coef)
-    value_loss = F.mse_loss(critic(mb.critic_ids, mb.critic_mask).float(), returns)
+    value_loss = F.mse_loss(wide(critic(mb.critic_ids, mb.critic_mask)), returns)
     return -row_mean(surrogate) - cfg.entropy_coef * entropy + cfg.kl_coef * kl + mem + cfg.value_coef * value_loss
 
 

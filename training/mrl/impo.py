@@ -92,11 +92,14 @@ class IMPOConfig:
     #: each bucket shape's whole optimizer step (loss, backward, clipping, AdamW) as a CUDA graph, captured on
     #: its second occurrence (`training.mrl.impo_graphs`); CUDA only, elsewhere the static shapes run eagerly
     cuda_graphs: bool = False
-    #: the static shapes: widths (ids, prompt ++ action, critic input) padded to a multiple of ``length_bucket``
-    #: tokens, the action entries to a multiple of ``action_bucket`` (fewer shapes, fewer captures; more padding)
+    #: the static shapes, one per update (every minibatch of an update padded alike): ``minibatch_size`` rows,
+    #: each width (ids, prompt ++ action, critic input) the update's widest rounded up to a multiple of
+    #: ``length_bucket`` tokens, and ``minibatch_size * n`` action entries with n the update's most action tokens
+    #: of a row rounded up to a multiple of ``action_bucket`` (so updates of similar data share a shape and its
+    #: graph; coarser buckets: fewer captures, more padding)
     length_bucket: int = 32
-    action_bucket: int = 256
-    max_graphs: int = 8  # captured step graphs kept (least recently used dropped)
+    action_bucket: int = 8
+    max_graphs: int = 16  # captured step graphs kept (least recently used dropped)
 
     def __post_init__(self) -> None:
         if not 0 < self.clip_eps < 1:

@@ -12,9 +12,9 @@ tokens themselves::
     L_policy = -sum_a w_a min(r_a A_row, clip(r_a) A_row),  H = sum_a w_a H_a,  KL = sum_a w_a KL_a
     L_mem    = c_mem sum_rows w_row sqrt(k + 1) MSE_row,    L_V = sum_rows w_row (V - R)^2
 
-Padding, to the next multiple of ``IMPOConfig.length_bucket`` tokens (ids, prompt ++ action, critic input),
-``IMPOConfig.minibatch_size`` rows and the next multiple of ``IMPOConfig.action_bucket`` action tokens: padding
-keys are masked (a row with no valid key attends to all: finite, `rxt.masks`), padding rows and action entries
+Padding, to one shape per update (`static_shape`: ``IMPOConfig.minibatch_size`` rows, each width the update's
+widest rounded up to a multiple of ``IMPOConfig.length_bucket``, ``rows * n`` action entries with n the most
+action tokens of a row rounded up to a multiple of ``IMPOConfig.action_bucket``): padding keys are masked (a row with no valid key attends to all: finite, `rxt.masks`), padding rows and action entries
 have weight 0, an entry reads row 0's first position (finite), its old log-prob is 0 (ratio exp(new) <= 1) and
 its reference distribution 0 (finite KL term): their terms and their gradients are exactly 0, so the loss and the
 gradients equal `impo.impo_loss`'s up to float rounding (float64 tests). Old log-probs are kept per action token.
@@ -22,6 +22,7 @@ gradients equal `impo.impo_loss`'s up to float rounding (float64 tests). Old log
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -69,31 +70,55 @@ def bucket(n: int, step: int) -> int:
     return max(step, -(-n // step) * step)
 
 
-def pad_minibatch(mb: Minibatch, cfg: IMPOConfig, pad_id: int, max_len: int) -> StaticMinibatch:
-    """``mb`` padded to the bucket shapes of ``cfg`` (widths capped at ``max_len``, the model's positions)."""
-    rows, actions = mb.seq_ids.shape[0], mb.action_targets.shape[0]
-    size = max(cfg.minibatch_size, rows)
-    extra_rows = size - rows
-    width = {name: min(bucket(getattr(mb, name).shape[1], cfg.length_bucket), max(max_len, getattr(mb, name).shape[1]))
-             for name in ("mem_ids", "seq_ids", "critic_ids")}
+@dataclass(frozen=True)
+class StaticShape:
+    """The padded sizes of an update's minibatches: rows, the three widths, action entries."""
 
-    def ids(name: str, mask: str) -> tuple[torch.Tensor, torch.Tensor]:
-        grow = width[name] - getattr(mb, name).shape[1]
+    rows: int
+    mem: int
+    seq: int
+    critic: int
+    actions: int
+
+
+def static_shape(batches: Sequence[Minibatch], cfg: IMPOConfig, max_len: int) -> StaticShape:
+    """One shape for every minibatch of an update (`IMPOConfig.length_bucket` / ``action_bucket``); a width is
+    not padded past ``max_len`` (the model's positions) unless a minibatch is already wider."""
+    rows = max(cfg.minibatch_size, *(mb.seq_ids.shape[0] for mb in batches))
+
+    def width(name: str) -> int:
+        widest = max(getattr(mb, name).shape[1] for mb in batches)
+        return max(widest, min(bucket(widest, cfg.length_bucket), max_len))
+
+    per_row = max(int(torch.bincount(mb.action_rows.cpu(), minlength=1).max()) for mb in batches)
+    return StaticShape(rows, width("mem_ids"), width("seq_ids"), width("critic_ids"),
+                       rows * bucket(per_row, cfg.action_bucket))
+
+
+def pad_minibatch(mb: Minibatch, shape: StaticShape, pad_id: int) -> StaticMinibatch:
+    """``mb`` padded to ``shape`` (`static_shape`), with the weights of the flat loss."""
+    rows, actions = mb.seq_ids.shape[0], mb.action_targets.shape[0]
+    extra_rows = shape.rows - rows
+    a_pad = shape.actions - actions
+    if extra_rows < 0 or a_pad < 0:
+        raise ValueError(f"pad_minibatch: a minibatch of {rows} rows and {actions} action tokens does not fit "
+                         f"the static shape {shape}")
+
+    def ids(name: str, mask: str, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        grow = width - getattr(mb, name).shape[1]
         return (F.pad(getattr(mb, name), (0, grow, 0, extra_rows), value=pad_id),
                 F.pad(getattr(mb, mask), (0, grow, 0, extra_rows), value=False))
 
-    mem_ids, mem_mask = ids("mem_ids", "mem_mask")
-    seq_ids, seq_mask = ids("seq_ids", "seq_mask")
-    critic_ids, critic_mask = ids("critic_ids", "critic_mask")
+    mem_ids, mem_mask = ids("mem_ids", "mem_mask", shape.mem)
+    seq_ids, seq_mask = ids("seq_ids", "seq_mask", shape.seq)
+    critic_ids, critic_mask = ids("critic_ids", "critic_mask", shape.critic)
     device = mb.seq_ids.device
-    # the weights from host counts (the rows of each action entry are known on the host: no device read-back)
-    per_row = torch.bincount(mb.action_rows.cpu(), minlength=rows).double()
-    a_pad = bucket(actions, cfg.action_bucket) - actions
+    # the weights from host counts (the rows of the action entries read back once per minibatch, in `prepare`)
     host_rows = mb.action_rows.cpu()
+    per_row = torch.bincount(host_rows, minlength=rows).double()
     action_weight = 1.0 / (rows * per_row[host_rows])
     action_frac = torch.full((actions,), 1.0 / max(actions, 1), dtype=torch.float64)
-    row_weight = torch.cat([torch.full((rows,), 1.0 / rows, dtype=torch.float64), torch.zeros(extra_rows,
-                                                                                               dtype=torch.float64)])
+    row_weight = F.pad(torch.full((rows,), 1.0 / rows, dtype=torch.float64), (0, extra_rows))
     dtype = mb.prev_stm.dtype if mb.prev_stm.is_floating_point() else torch.float32
 
     def weights(w: torch.Tensor, pad: int) -> torch.Tensor:
@@ -185,8 +210,8 @@ def static_update(learner, logs) -> dict[str, float]:
     cfg = learner.cfg
     with torch.no_grad():
         items, batches = learner.minibatches(logs)
-        max_len = learner.policy.config.max_seq_len
-        static = [pad_minibatch(mb, cfg, learner.pad_id, max_len) for mb in batches]
+        shape = static_shape(batches, cfg, learner.policy.config.max_seq_len)
+        static = [pad_minibatch(mb, shape, learner.pad_id) for mb in batches]
         first = learner.epoch_order(len(batches), 0)[0]
 
         def alone(b: int) -> torch.Tensor:  # the pass of the optimizer step, on its padded tensors
@@ -226,5 +251,5 @@ def static_update(learner, logs) -> dict[str, float]:
     return learner.summary(items, STAT_KEYS, totals, count)
 
 
-__all__ = ["STAT_KEYS", "StaticMinibatch", "bucket", "flat_old_log_probs", "pad_minibatch", "pad_reference",
-           "pad_rows", "static_impo_loss", "static_step", "static_update"]
+__all__ = ["STAT_KEYS", "StaticMinibatch", "StaticShape", "bucket", "flat_old_log_probs", "pad_minibatch", "pad_reference",
+           "pad_rows", "static_impo_loss", "static_shape", "static_step", "static_update"]

@@ -17,6 +17,7 @@ from training.mrl.impo_static import (
     pad_reference,
     pad_rows,
     static_impo_loss,
+    static_shape,
 )
 
 _float64_moved_policy, learner_for, tiny_model = base._float64_moved_policy, base.learner_for, base.tiny_model
@@ -39,16 +40,17 @@ def test_padded_flat_loss_equals_the_eager_loss_float64(tok, logs):
     shape (wider ids, padding rows, padding action entries) gives the eager loss (1e-12), every statistic, and
     every parameter's gradient (1e-10; the same parameters get none)."""
     _, learner, items, batches = _float64_moved_policy(tok, logs, 4, entropy_coef=0.05)
-    cfg = dataclasses.replace(learner.cfg, length_bucket=32, action_bucket=64)
+    cfg = learner.cfg  # (length_bucket 32, action_bucket 8)
+    shape = static_shape(batches, cfg, learner.policy.config.max_seq_len)
     adv, returns = torch.randn(len(items), dtype=torch.float64), torch.randn(len(items), dtype=torch.float64)
     refs = learner.reference_log_dists(batches)
     params = learner.parameters()
-    max_len = learner.policy.config.max_seq_len
     padded_rows = padded_entries = 0
     for b, mb in enumerate(batches):
-        smb = pad_minibatch(mb, cfg, tok.pad_id, max_len)
+        smb = pad_minibatch(mb, shape, tok.pad_id)
         rows, entries = smb.seq_ids.shape[0], smb.action_rows.shape[0]
-        assert smb.seq_ids.shape[1] % 32 == 0 and entries % 64 == 0 and rows == 4
+        assert smb.shape_key == (4, shape.mem, shape.seq, shape.critic, shape.actions)  # one shape per update
+        assert shape.seq % 32 == 0 and shape.mem % 32 == 0 and entries % (4 * 8) == 0
         padded_rows += rows - mb.seq_ids.shape[0]
         padded_entries += entries - mb.action_targets.shape[0]
         with torch.no_grad():
@@ -84,8 +86,7 @@ def test_static_update_moves_the_weights_as_the_eager_update_float64(tok, logs, 
     first optimizer step's ratio exactly 1 (its old log-probs from a pass on its own padded tensors)."""
     results = []
     for static in (False, True):
-        _, learner, _, _ = _float64_moved_policy(tok, logs, 3, static_shapes=static, action_bucket=64,
-                                                 merge_old_log_probs=merge)
+        _, learner, _, _ = _float64_moved_policy(tok, logs, 3, static_shapes=static, merge_old_log_probs=merge)
         stats = learner.update(_logs64(logs))
         results.append((stats, [p.detach().clone() for p in learner.parameters()], learner.seen,
                         learner.first_ratio_exact))

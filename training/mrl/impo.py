@@ -410,6 +410,15 @@ class IMPOLearner:
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in [*self.policy.parameters(), *self.critic.parameters()] if p.requires_grad]
 
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        """Backward of ``loss``, gradients clipped to ``cfg.max_grad_norm``, one optimizer step (no host sync)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = self.parameters()
+        if self.cfg.max_grad_norm > 0 and params:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+
     @torch.no_grad()
     def prepare(self, logs: Sequence[EpisodeLog]):
         """Transitions, minibatches, old log-probs (pre-update policy, same function), advantages, returns."""
@@ -512,12 +521,7 @@ class IMPOLearner:
                                         validate=False)
                 if self.first_ratio_exact is None:
                     self.first_ratio_exact = bool(torch.equal(stats["log_probs"], old[b]))
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                params = self.parameters()
-                if self.cfg.max_grad_norm > 0 and params:
-                    torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
-                self.optimizer.step()
+                self.optimizer_step(loss)
                 seen.extend((items[i].episode, items[i].step) for i in mb.index.tolist())
                 values = {k: v for k, v in stats.items() if k not in ("log_probs", "ratio")}
                 values.update(loss=loss)

@@ -191,12 +191,7 @@ def static_step(learner, smb: StaticMinibatch, old: torch.Tensor, adv: torch.Ten
     ``(statistics row (float64, `STAT_KEYS` order), new log-probs (Ap,))``. No host sync: what a CUDA graph
     captures (`impo_graphs.GraphedSteps`), and what runs eagerly otherwise."""
     loss, stats = static_impo_loss(learner.policy, learner.critic, smb, old, adv, returns, learner.cfg, reference)
-    learner.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    params = learner.parameters()
-    if learner.cfg.max_grad_norm > 0 and params:
-        torch.nn.utils.clip_grad_norm_(params, learner.cfg.max_grad_norm)
-    learner.optimizer.step()
+    learner.optimizer_step(loss)
     stats["loss"] = loss.detach()
     row = torch.stack([stats[k].to(loss.dtype) for k in STAT_KEYS])
     return row.to(torch.float32 if row.device.type == "mps" else torch.float64), stats["log_probs"]

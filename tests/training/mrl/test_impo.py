@@ -329,6 +329,18 @@ def _previous_loss(policy, reference, critic, mb, old, adv, returns, cfg):
     return -row_mean(surrogate) - cfg.entropy_coef * entropy + cfg.kl_coef * kl + mem + cfg.value_coef * value_loss
 
 
+def assert_same_gradients(loss, expected, params):
+    """Every parameter's gradient of ``loss`` equals ``expected``'s (float64: 1e-10), and the same parameters get
+    none; returns ``expected``'s gradients."""
+    got = torch.autograd.grad(loss, params, allow_unused=True)
+    want = torch.autograd.grad(expected, params, allow_unused=True)
+    for g, w in zip(got, want, strict=True):
+        assert (g is None) == (w is None)
+        if g is not None:
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    return want
+
+
 def _float64_moved_policy(tok, logs, minibatch_size: int, **cfg):
     """A float64 toy learner whose policy has moved off its reference (a KL term that is not zero), its
     transitions and their float64 minibatches: ``(model, learner, items, batches)``."""
@@ -365,12 +377,7 @@ def test_loss_with_reference_computed_once_equals_the_previous_path_float64(tok,
                                   learner.cfg)
         assert loss.dtype == torch.float64 and float(stats["kl"]) > 1e-6
         torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
-        got = torch.autograd.grad(loss, params, allow_unused=True)
-        want = torch.autograd.grad(expected, params, allow_unused=True)
-        for g, w in zip(got, want, strict=True):
-            assert (g is None) == (w is None)
-            if g is not None:
-                torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+        assert_same_gradients(loss, expected, params)
 
 
 def test_bad_token_ids_are_refused_on_the_host_naming_the_minibatch(tok, logs):
@@ -458,13 +465,8 @@ def test_stacked_encoders_equal_one_after_the_other_float64(tok, logs):
         (loss, stats), (expected, expected_stats) = results
         torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
         assert float(expected_stats["value_loss"]) > 0 and float(stats["memory_reg"]) > 0
-        got = torch.autograd.grad(loss, params, allow_unused=True)
-        want = torch.autograd.grad(expected, params, allow_unused=True)
+        want = assert_same_gradients(loss, expected, params)
         assert sum(g is None for g in want) >= 1  # the policy encoder's final norm
-        for g, w in zip(got, want, strict=True):
-            assert (g is None) == (w is None)
-            if g is not None:
-                torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
     logs64 = [dataclasses.replace(log, stm_initial=log.stm_initial.double(),
                                   steps=[dataclasses.replace(s, stm_before=s.stm_before.double()) for s in log.steps])
               for log in logs]

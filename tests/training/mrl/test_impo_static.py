@@ -70,12 +70,7 @@ def test_padded_flat_loss_equals_the_eager_loss_float64(tok, logs):
         assert round(float(got_stats["clip_fraction"]) * len(mb.action_targets)) == int(
             ((stats["ratio"] - 1).abs() > cfg.clip_eps).sum())
         torch.testing.assert_close(got_stats["clip_fraction"].float(), stats["clip_fraction"], rtol=1e-6, atol=0)
-        got = torch.autograd.grad(got_loss, params, allow_unused=True)
-        want = torch.autograd.grad(loss, params, allow_unused=True)
-        for g, w in zip(got, want, strict=True):
-            assert (g is None) == (w is None)
-            if g is not None:
-                torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+        base.assert_same_gradients(got_loss, loss, params)
     assert padded_rows > 0 and padded_entries > 0  # the padding was exercised
 
 

@@ -400,12 +400,12 @@ class IMPOLearner:
         self.graphed = None  # `impo_graphs.GraphedSteps`, with cfg.cuda_graphs on a CUDA device
         if cfg.cuda_graphs and self.device.type == "cuda":
             from training.mrl.impo_graphs import GraphedSteps
-            from training.mrl.impo_static import static_step
+            from training.mrl.impo_static import static_backward, static_step
 
             for group in optimizer.param_groups:  # a captured optimizer step keeps its step count on the device
                 group["capturable"] = True
             self.graphed = GraphedSteps(lambda *a: static_step(self, *a), optimizer, self.parameters,
-                                        max_graphs=cfg.max_graphs)
+                                        max_graphs=cfg.max_graphs, warm=lambda *a: static_backward(self, *a))
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in [*self.policy.parameters(), *self.critic.parameters()] if p.requires_grad]

@@ -7,9 +7,10 @@ the host spends launching them, not what the device spends running them. The min
 shape's whole step is captured once (the PyTorch "whole network capture" pattern) and replayed.
 
 - The first step of a shape (per set of trainable parameters and with/without a KL term) runs eagerly: a real
-  optimizer step, which also initialises what a capture must not (the optimizer's state, cuBLAS handles); the
-  second is captured and replayed from then on, with its inputs copied into the graph's static buffers. Every
-  step is a real step: the sequence of updates is the eager path's, the kernels the same.
+  optimizer step, which also initialises what a capture must not (the optimizer's state). The second is captured
+  (after a forward and backward without optimizer step on the capture stream, for its lazy initialisation;
+  gradients dropped) and replayed from then on, with its inputs copied into the graph's static buffers. Every
+  optimizer step is a real step: the sequence of updates is the eager path's, the kernels the same.
 - The optimizer must be capturable (`torch.optim.AdamW(capturable=True)`, its step count on the device; the
   learner sets it) and its learning rate fixed while a graph lives (it is part of the key).
 - A capture that fails leaves that shape eager (logged once); the result is the same, only slower.
@@ -47,8 +48,10 @@ class GraphedSteps:
     eagerly the first time a key is met, then as a captured CUDA graph."""
 
     def __init__(self, step: StepFn, optimizer: torch.optim.Optimizer, parameters: Callable[[], list],
-                 max_graphs: int = 8) -> None:
+                 max_graphs: int = 16, warm: Callable[..., None] | None = None) -> None:
         self.step = step
+        self.warm = warm  # forward + backward of a step, no optimizer step: warms the capture stream
+        self.stream: torch.cuda.Stream | None = None  # the capture stream (its warm-up runs there too)
         self.optimizer = optimizer
         self.parameters = parameters
         self.max_graphs = max_graphs
@@ -92,12 +95,20 @@ class GraphedSteps:
         while len(self.graphs) >= self.max_graphs:
             self.graphs.popitem(last=False)
         graph = torch.cuda.CUDAGraph()
-        self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates the gradients it writes
-        torch.cuda.synchronize()
+        args = (smb, static["old"], static["adv"], static["returns"], static.get("reference"))
+        if self.stream is None:
+            self.stream = torch.cuda.Stream()
         try:
-            with torch.cuda.graph(graph):
-                row, log_probs = self.step(smb, static["old"], static["adv"], static["returns"],
-                                           static.get("reference"))
+            if self.warm is not None:  # lazy initialisation on the capture stream, outside the capture; the
+                # weights do not move (no optimizer step) and the gradients are dropped
+                self.stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(self.stream):
+                    self.warm(*args)
+                torch.cuda.current_stream().wait_stream(self.stream)
+            self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates the gradients it writes
+            torch.cuda.synchronize()
+            with torch.cuda.graph(graph, stream=self.stream):
+                row, log_probs = self.step(*args)
         except Exception:  # this shape stays eager: same result, slower
             log.exception("IMPO step capture failed for shape %s; running it eagerly", key[0])
             self.failed.add(key)

@@ -197,6 +197,12 @@ def static_step(learner, smb: StaticMinibatch, old: torch.Tensor, adv: torch.Ten
     return row.to(torch.float32 if row.device.type == "mps" else torch.float64), stats["log_probs"]
 
 
+def static_backward(learner, smb: StaticMinibatch, old: torch.Tensor, adv: torch.Tensor, returns: torch.Tensor,
+                    reference: torch.Tensor | None) -> None:
+    """The loss of ``smb`` and its backward, no optimizer step (the weights do not move): a capture's warm-up."""
+    static_impo_loss(learner.policy, learner.critic, smb, old, adv, returns, learner.cfg, reference)[0].backward()
+
+
 def static_update(learner, logs) -> dict[str, float]:
     """`IMPOLearner.update` on static shapes: the same transitions, minibatches, epochs and visiting order, each
     minibatch padded (`pad_minibatch`) and its step `static_step` (a CUDA graph with ``cfg.cuda_graphs`` on a
@@ -247,4 +253,5 @@ def static_update(learner, logs) -> dict[str, float]:
 
 
 __all__ = ["STAT_KEYS", "StaticMinibatch", "StaticShape", "bucket", "flat_old_log_probs", "pad_minibatch", "pad_reference",
-           "pad_rows", "static_impo_loss", "static_shape", "static_step", "static_update"]
+           "pad_rows", "static_backward", "static_impo_loss", "static_shape", "static_step",
+           "static_update"]

@@ -326,7 +326,8 @@ def mrl(args, device, tok, tmp, graphs: bool | None = None):
                    "update_graph_captures": graphed.captures if graphed else None,
                    "update_graph_replays": graphed.replays if graphed else None,
                    "update_graphs_failed": len(graphed.failed) if graphed else None,
-                   "collect_graphs": executor.graph_count()}
+                   "collect_graphs": executor.graph_count(),
+                   **{f"update_{k[:-2]}_ms": v * 1e3 for k, v in trainer.learner.timing.items()}}
         if sampler:
             details["collect_stacks"] = sampler.report(top=25)
         tokens[:] = [sum(len(s.action_ids) for log in logs for s in log.steps), t1 - t0, time.perf_counter() - t1,

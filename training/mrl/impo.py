@@ -398,6 +398,7 @@ class IMPOLearner:
         self.first_ratio_exact: bool | None = None
         self.updates = 0
         self.graphed = None  # `impo_graphs.GraphedSteps`, with cfg.cuda_graphs on a CUDA device
+        self.timing: dict[str, float] = {}  # the latest static-shape update's host seconds (`impo_static`)
         if cfg.cuda_graphs and self.device.type == "cuda":
             from training.mrl.impo_graphs import GraphedSteps
             from training.mrl.impo_static import static_backward, static_step

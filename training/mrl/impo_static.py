@@ -22,6 +22,7 @@ gradients equal `impo.impo_loss`'s up to float rounding (float64 tests). Old log
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
@@ -209,6 +210,7 @@ def static_update(learner, logs) -> dict[str, float]:
     GPU). Old log-probs: the first step's minibatch from a pass of its own on exactly its padded tensors (that
     step's ratio is exactly 1), the others from the merged passes (`IMPOLearner.old_log_probs`)."""
     cfg = learner.cfg
+    started = time.perf_counter()
     with torch.no_grad():
         items, batches = learner.minibatches(logs)
         shape = static_shape(batches, cfg, learner.policy.config.max_seq_len)
@@ -231,6 +233,7 @@ def static_update(learner, logs) -> dict[str, float]:
         advs = [pad_rows(a, smb.seq_ids.shape[0]) for a, smb in zip(adv.split(sizes), static, strict=True)]
         rets = [pad_rows(r, smb.seq_ids.shape[0]) for r, smb in zip(returns.split(sizes), static, strict=True)]
         references = learner.reference_log_dists(batches)
+    prepared = time.perf_counter()
     step = learner.graphed or (lambda *a: static_step(learner, *a))
     learner.seen = []
     totals: torch.Tensor | None = None
@@ -249,7 +252,10 @@ def static_update(learner, logs) -> dict[str, float]:
             count += 1
         learner.seen.append(seen)
     learner.updates += 1
-    return learner.summary(items, STAT_KEYS, totals, count)
+    out = learner.summary(items, STAT_KEYS, totals, count)  # reads the statistics back: the steps are done
+    # host seconds of the latest update: the no-grad passes and padding, then the optimizer steps
+    learner.timing = {"prepare_s": prepared - started, "steps_s": time.perf_counter() - prepared}
+    return out
 
 
 __all__ = ["STAT_KEYS", "StaticMinibatch", "StaticShape", "bucket", "flat_old_log_probs", "pad_minibatch", "pad_reference",

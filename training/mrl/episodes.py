@@ -10,10 +10,11 @@ The sessions of a batch run together, so the runtime batches their prefills, dec
 A dataset episode's queries do not depend on its answers, so every session's queries are queued at once (the
 runtime keeps them waiting until the session's previous turn is committed, and the collector tops the queue up
 as answers finish): no session waits for the slowest one of its turn (``pipelined=False`` is the earlier
-turn-by-turn path with a barrier after each turn, kept as the reference). A subscriber on ``reactive.events``
-collects each turn's `AnswerDone` (token ids, text and the runtime's plain-softmax log-probs) and reads the
-committed STM with ``session_state`` as each turn's `MemoryUpdated` passes, so every step records the STM its
-decoder read (``stm_before``) and the STM after its own write (``stm_after``).
+turn-by-turn path with a barrier after each turn, kept as the reference). A subscriber on ``reactive.batches``
+(the event graph's events, one tuple per lane action) collects each turn's `AnswerDone` (token ids, text and the
+runtime's plain-softmax log-probs) and, as each turn's `MemoryUpdated` passes on the lane, takes the committed
+STM from the runtime's session cache (the device tensor itself; the turn-by-turn path reads ``session_state``), so
+every step records the STM its decoder read (``stm_before``) and the STM after its own write (``stm_after``).
 
 Random resets: an episode starts from the initial memory with probability ``reset_prob``; otherwise it starts
 from the final STM of the previous episode collected in the same batch slot (``EpisodeLog.reset`` says which;
@@ -124,6 +125,12 @@ class _Collector:
             if queue:
                 self.reactive.submit(queue.popleft())
 
+    def on_batch(self, events: Sequence[Any]) -> None:
+        """One lane action's events (`ReactiveModel.batches`), in order."""
+        for event in events:
+            if type(event) in _SETTLING:
+                self.on_next(event)
+
     def on_next(self, event: Any) -> None:
         kind = type(event)
         if kind not in _SETTLING:  # a Token (one per generated token per session): nothing to record
@@ -233,7 +240,9 @@ def collect_episodes(
     template, tokenizer = reactive.template, reactive.tokenizer
     max_len = reactive.model.config.max_seq_len
     collector = _Collector(reactive if pipelined else None)
-    subscription = reactive.events.subscribe(on_next=collector.on_next)
+    # the per-step batches of the event graph (one tuple per lane action), not the flattened stream: one delivery
+    # a step instead of one per event (a Token per session per step, which the collector skips)
+    subscription = reactive.batches.subscribe(on_next=collector.on_batch)
     if not pipelined:
         reactive.connect()
     run = uuid.uuid4().hex[:12]

@@ -17,9 +17,12 @@ between them; the metrics are read back once after the timed steps, as a log ste
 - ``mrl``: one IMPO update as `MRLTrainer` runs it: 128 episodes x 8 steps collected through the runtime (a fresh
   runtime per collection, every episode's queries queued before it connects, so the episodes are primed, prefilled,
   decoded and memory-updated together), rewards, then the PPO epochs; ``step_ms`` is collection + update, split in
-  ``collect_ms`` / ``update_ms`` (the last timed step); ``mrl-graphs``: the same with the collection runtime's
-  decode steps, prefills and memory updates as CUDA graphs (``MRLConfig.cuda_graphs``, captured afresh in every
-  collection's new runtime), to weigh the capture cost against the launches it saves;
+  ``collect_ms`` / ``update_ms`` (the last timed step; also the runtime's and the rewards' share of the collection,
+  its runtime steps, and the update's graph captures and replays); ``mrl-graphs``: the same with the collection
+  runtime's decode steps, prefills and memory updates as CUDA graphs (``MRLConfig.cuda_graphs``, captured once per
+  shape by the executor the trainer keeps) and, unless ``--mrl-update-graphs off``, the IMPO update's optimizer
+  steps at static shapes, each shape's whole step a CUDA graph (``MRLConfig.update_cuda_graphs``);
+  ``--mrl-sample-stacks`` adds where the collection's threads spent their time (`benchmarks/stack_sampler.py`);
 - ``baseline`` / ``baseline-before``: the stateless `BaselineLMTrainer` on packed / padded histories.
 
 ``real_tokens_per_s`` counts non-pad tokens the step trains on (input tokens, not only targets; for MRL the

@@ -373,11 +373,15 @@ def run_stage(name: str, args, device, tok, tmp, report, may_profile=lambda: Tru
     elif name in ("mrl", "mrl-graphs"):  # mrl-graphs: the collection runtime with CUDA graphs, whatever the flag
         step, flush, holder, extra = mrl(args, device, tok, tmp, args.mrl_cuda_graphs or name == "mrl-graphs")
 
+        timed: list = []  # the last timed step's figures, kept: the profiled step after it overwrites `holder`
+
         def mrl_report(row):
-            row["real_tokens_per_step"] = holder[0]  # the action tokens the update trained on
-            row["real_tokens_per_s"] = holder[0] / (row["step_ms"] / 1e3)
-            row["collect_ms"], row["update_ms"] = holder[1] * 1e3, holder[2] * 1e3  # the split of the last step
-            row.update(holder[3])  # its details: runtime vs rewards, engine steps, graphs, sampled stacks
+            if not timed:
+                timed.extend([holder[0], holder[1], holder[2], dict(holder[3])])
+            row["real_tokens_per_step"] = timed[0]  # the action tokens the update trained on
+            row["real_tokens_per_s"] = timed[0] / (row["step_ms"] / 1e3)
+            row["collect_ms"], row["update_ms"] = timed[1] * 1e3, timed[2] * 1e3  # the split of the last step
+            row.update(timed[3])  # its details: runtime vs rewards, engine steps, graphs, sampled stacks
             report(row)
 
         # an update is seconds long: warm-up and profile steps are whole updates (--mrl-warmup, --mrl-profile)

@@ -14,7 +14,8 @@ between them; the metrics are read back once after the timed steps, as a log ste
   or with ``--smat-compile on``), 128 episodes x 18 turns of 48 tokens (half query, half answer), enough of them
   that no measured step starts a new epoch (a new DataLoader); ``smat-before``: the per-turn loop
   (``reference=True``), eager;
-- ``mrl``: one IMPO update as `MRLTrainer` runs it: 128 episodes x 8 steps collected through the runtime (a fresh
+- ``mrl``: one IMPO update as `MRLTrainer` runs it, CUDA graphs off (the eager reference; the trainer's default on
+  CUDA is ``mrl-graphs``): 128 episodes x 8 steps collected through the runtime (a fresh
   runtime per collection, every episode's queries queued before it connects, so the episodes are primed, prefilled,
   decoded and memory-updated together), rewards, then the PPO epochs; ``step_ms`` is collection + update, split in
   ``collect_ms`` / ``update_ms`` (the last timed step; also the runtime's and the rewards' share of the collection,
@@ -338,7 +339,7 @@ def mrl(args, device, tok, tmp, graphs: bool | None = None):
 
     what = ("collection (all episodes in one runtime batch) + rewards + IMPO update (minibatch 32, 2 PPO epochs, "
             "48 new tokens, the recipe's reward)")
-    impo = config.impo_config()
+    impo = config.impo_config(device)
     return step, lambda: None, tokens, {"batch": f"{episodes_n} episodes x {steps} steps", "what": what,
                                         "cuda_graphs": config.cuda_graphs and device.type == "cuda",
                                         "update_cuda_graphs": impo.cuda_graphs and device.type == "cuda"}

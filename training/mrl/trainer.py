@@ -76,7 +76,7 @@ class MRLTrainer:
             eps=self.cfg.eps, weight_decay=self.cfg.weight_decay,
             fused=self.device.type in FUSED_DEVICES,  # one kernel per step where torch has it, as build_optimizer
         )
-        self.learner = IMPOLearner(self.policy, self.critic, self.optimizer, config.impo_config(),
+        self.learner = IMPOLearner(self.policy, self.critic, self.optimizer, config.impo_config(self.device),
                                    reference=self.reference, pad_id=tokenizer.pad_id, device=self.device)
         self.unfreeze = UnfreezeSchedule(config.unfreeze_schedule, self.policy.parameter_groups(),
                                          "MRLConfig.unfreeze_schedule")

@@ -112,3 +112,15 @@ def test_bucket_settings_must_be_positive():
     for name in ("length_bucket", "action_bucket", "max_graphs"):
         with pytest.raises(ValueError, match=f"IMPOConfig.{name}=0"):
             IMPOConfig(**{name: 0})
+
+
+def test_update_graphs_default_to_the_collection_graphs_on_cuda_only():
+    from training.mrl.curriculum import MRLConfig
+
+    default = MRLConfig()
+    assert default.cuda_graphs is True and default.update_cuda_graphs is None
+    assert default.impo_config("cuda").cuda_graphs is True  # a CUDA trainer: graphed update
+    assert default.impo_config("cpu").cuda_graphs is False and default.impo_config().cuda_graphs is False
+    assert MRLConfig(cuda_graphs=False).impo_config("cuda").cuda_graphs is False
+    assert MRLConfig(update_cuda_graphs=False).impo_config("cuda").cuda_graphs is False
+    assert MRLConfig(update_cuda_graphs=True).impo_config("cpu").cuda_graphs is True  # static shapes, eager

@@ -72,7 +72,8 @@ def measure(preset: str, size: str, device: str, dim: int | None = None) -> dict
     RxTConfig.preset = staticmethod(preset_with_dim)  # what `mrl` builds its model from
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            args = argparse.Namespace(preset=preset, mrl=size, device=device, mrl_cuda_graphs=False)
+            args = argparse.Namespace(preset=preset, mrl=size, device=device, mrl_cuda_graphs=False,
+                                      mrl_update_graphs="auto", mrl_sample_stacks=False)
             built = mrl(args, torch.device(device), RxTokenizer.default(), tmp)  # its step holds the trainer
             trainer = next(o for o in gc.get_objects() if isinstance(o, MRLTrainer))
             del built

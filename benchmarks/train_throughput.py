@@ -14,12 +14,16 @@ between them; the metrics are read back once after the timed steps, as a log ste
   or with ``--smat-compile on``), 128 episodes x 18 turns of 48 tokens (half query, half answer), enough of them
   that no measured step starts a new epoch (a new DataLoader); ``smat-before``: the per-turn loop
   (``reference=True``), eager;
-- ``mrl``: one IMPO update as `MRLTrainer` runs it: 128 episodes x 8 steps collected through the runtime (a fresh
+- ``mrl``: one IMPO update as `MRLTrainer` runs it, CUDA graphs off (the eager reference; the trainer's default on
+  CUDA is ``mrl-graphs``): 128 episodes x 8 steps collected through the runtime (a fresh
   runtime per collection, every episode's queries queued before it connects, so the episodes are primed, prefilled,
   decoded and memory-updated together), rewards, then the PPO epochs; ``step_ms`` is collection + update, split in
-  ``collect_ms`` / ``update_ms`` (the last timed step); ``mrl-graphs``: the same with the collection runtime's
-  decode steps, prefills and memory updates as CUDA graphs (``MRLConfig.cuda_graphs``, captured afresh in every
-  collection's new runtime), to weigh the capture cost against the launches it saves;
+  ``collect_ms`` / ``update_ms`` (the last timed step; also the runtime's and the rewards' share of the collection,
+  its runtime steps, and the update's graph captures and replays); ``mrl-graphs``: the same with the collection
+  runtime's decode steps, prefills and memory updates as CUDA graphs (``MRLConfig.cuda_graphs``, captured once per
+  shape by the executor the trainer keeps) and, unless ``--mrl-update-graphs off``, the IMPO update's optimizer
+  steps at static shapes, each shape's whole step a CUDA graph (``MRLConfig.update_cuda_graphs``);
+  ``--mrl-sample-stacks`` adds where the collection's threads spent their time (`benchmarks/stack_sampler.py`);
 - ``baseline`` / ``baseline-before``: the stateless `BaselineLMTrainer` on packed / padded histories.
 
 ``real_tokens_per_s`` counts non-pad tokens the step trains on (input tokens, not only targets; for MRL the
@@ -52,6 +56,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_utils import RESULTS_DIR, inside, print_top_kernels, time_ms, top_kernels
+from benchmarks.stack_sampler import StackSampler
 from rxt.atomic_io import atomic_write_json
 from rxt.classic import DecoderLM
 from rxt.config import RxTConfig, TransformerConfig
@@ -289,22 +294,55 @@ def mrl(args, device, tok, tmp, graphs: bool | None = None):
                        curriculum=[stage], batch_episodes=episodes_n, minibatch_size=32, ppo_epochs=2,
                        max_new_tokens=min(48, rxt.config.max_seq_len // 4), eval_episodes=0,  # tiny: 16
                        reward={"bleu_weight": 1.0, "cosine_weight": 1.0, "length_weight": 0.1},  # the nano recipe's
-                       cuda_graphs=args.mrl_cuda_graphs if graphs is None else graphs)
+                       cuda_graphs=args.mrl_cuda_graphs if graphs is None else graphs,
+                       update_cuda_graphs={"on": True, "off": False}.get(args.mrl_update_graphs))
     trainer = MRLTrainer(config, rxt, tok)
+    trainer.runtime().dispose()  # builds the executor every collection reuses (counted below), captures nothing
     episodes = trainer.stage_episodes(stage, 0, count=episodes_n)
-    tokens = [0.0, 0.0, 0.0]  # action tokens, collection seconds, update seconds (of the last step)
+    # action tokens, collection seconds, update seconds (of the last step), then the last step's details
+    tokens: list = [0.0, 0.0, 0.0, {}]
+    engine_steps = [0]
 
     def step():
+        sampler = StackSampler(interval=0.005) if args.mrl_sample_stacks else None  # 5 ms: ~1% overhead
+        executor = trainer.executor
+        if "launch" not in vars(executor):  # count the runtime's device steps (once: the executor is reused)
+            launch = executor.launch
+
+            def counted(*a, **k):
+                engine_steps[0] += 1
+                return launch(*a, **k)
+
+            executor.launch = counted
+        engine_steps[0] = 0
         t0 = time.perf_counter()
+        if sampler:
+            sampler.start()
         logs = trainer.collect(episodes, stage, reset_prob=1.0)  # ends with every turn committed (host-side)
+        if sampler:
+            sampler.stop()
         t1 = time.perf_counter()
         trainer.update(logs)  # ends reading its statistics back: the device is done
-        tokens[:] = [sum(len(s.action_ids) for log in logs for s in log.steps), t1 - t0, time.perf_counter() - t1]
+        graphed = trainer.learner.graphed
+        details = {"collect_runtime_ms": trainer.collect_timing.get("runtime_s", 0.0) * 1e3,
+                   "rewards_ms": trainer.collect_timing.get("rewards_s", 0.0) * 1e3,
+                   "collect_engine_steps": engine_steps[0],
+                   "update_graph_captures": graphed.captures if graphed else None,
+                   "update_graph_replays": graphed.replays if graphed else None,
+                   "update_graphs_failed": len(graphed.failed) if graphed else None,
+                   "collect_graphs": executor.graph_count(),
+                   **{f"update_{k[:-2]}_ms": v * 1e3 for k, v in trainer.learner.timing.items()}}
+        if sampler:
+            details["collect_stacks"] = sampler.report(top=25)
+        tokens[:] = [sum(len(s.action_ids) for log in logs for s in log.steps), t1 - t0, time.perf_counter() - t1,
+                     details]
 
     what = ("collection (all episodes in one runtime batch) + rewards + IMPO update (minibatch 32, 2 PPO epochs, "
             "48 new tokens, the recipe's reward)")
+    impo = config.impo_config(device)
     return step, lambda: None, tokens, {"batch": f"{episodes_n} episodes x {steps} steps", "what": what,
-                                        "cuda_graphs": config.cuda_graphs and device.type == "cuda"}
+                                        "cuda_graphs": config.cuda_graphs and device.type == "cuda",
+                                        "update_cuda_graphs": impo.cuda_graphs and device.type == "cuda"}
 
 
 def baseline(packed: bool, args, device, tok, tmp):
@@ -336,10 +374,15 @@ def run_stage(name: str, args, device, tok, tmp, report, may_profile=lambda: Tru
     elif name in ("mrl", "mrl-graphs"):  # mrl-graphs: the collection runtime with CUDA graphs, whatever the flag
         step, flush, holder, extra = mrl(args, device, tok, tmp, args.mrl_cuda_graphs or name == "mrl-graphs")
 
+        timed: list = []  # the last timed step's figures, kept: the profiled step after it overwrites `holder`
+
         def mrl_report(row):
-            row["real_tokens_per_step"] = holder[0]  # the action tokens the update trained on
-            row["real_tokens_per_s"] = holder[0] / (row["step_ms"] / 1e3)
-            row["collect_ms"], row["update_ms"] = holder[1] * 1e3, holder[2] * 1e3  # the split of the last step
+            if not timed:
+                timed.extend([holder[0], holder[1], holder[2], dict(holder[3])])
+            row["real_tokens_per_step"] = timed[0]  # the action tokens the update trained on
+            row["real_tokens_per_s"] = timed[0] / (row["step_ms"] / 1e3)
+            row["collect_ms"], row["update_ms"] = timed[1] * 1e3, timed[2] * 1e3  # the split of the last step
+            row.update(timed[3])  # its details: runtime vs rewards, engine steps, graphs, sampled stacks
             report(row)
 
         # an update is seconds long: warm-up and profile steps are whole updates (--mrl-warmup, --mrl-profile)
@@ -364,6 +407,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mrl-profile", type=int, default=1, help="IMPO updates under the profiler")
     parser.add_argument("--mrl-cuda-graphs", action="store_true",
                         help="MRL: the collection runtime with CUDA graphs (MRLConfig.cuda_graphs)")
+    parser.add_argument("--mrl-update-graphs", choices=("auto", "on", "off"), default="auto",
+                        help="MRL: the IMPO update's optimizer steps as CUDA graphs (MRLConfig.update_cuda_graphs); "
+                             "auto: as the collection's")
+    parser.add_argument("--mrl-sample-stacks", action="store_true",
+                        help="MRL: sample the Python stacks of every thread during each collection (the last one "
+                             "goes into the row as collect_stacks: where the lane's time goes)")
     parser.add_argument("--deadline-s", type=float, default=0.0,
                         help="seconds after which no new stage (nor profile) starts; 0 = none. Results are written "
                              "after every stage, so an outer `timeout` a little above it loses nothing measured")

@@ -10,10 +10,11 @@ The sessions of a batch run together, so the runtime batches their prefills, dec
 A dataset episode's queries do not depend on its answers, so every session's queries are queued at once (the
 runtime keeps them waiting until the session's previous turn is committed, and the collector tops the queue up
 as answers finish): no session waits for the slowest one of its turn (``pipelined=False`` is the earlier
-turn-by-turn path with a barrier after each turn, kept as the reference). A subscriber on ``reactive.events``
-collects each turn's `AnswerDone` (token ids, text and the runtime's plain-softmax log-probs) and reads the
-committed STM with ``session_state`` as each turn's `MemoryUpdated` passes, so every step records the STM its
-decoder read (``stm_before``) and the STM after its own write (``stm_after``).
+turn-by-turn path with a barrier after each turn, kept as the reference). A subscriber on ``reactive.batches``
+(the event graph's events, one tuple per lane action) collects each turn's `AnswerDone` (token ids, text and the
+runtime's plain-softmax log-probs) and, as each turn's `MemoryUpdated` passes on the lane, takes the committed
+STM from the runtime's session cache (the device tensor itself; the turn-by-turn path reads ``session_state``), so
+every step records the STM its decoder read (``stm_before``) and the STM after its own write (``stm_after``).
 
 Random resets: an episode starts from the initial memory with probability ``reset_prob``; otherwise it starts
 from the final STM of the previous episode collected in the same batch slot (``EpisodeLog.reset`` says which;
@@ -114,6 +115,8 @@ class _Collector:
         self.stms: dict[tuple[str, str], torch.Tensor] = {}
         self.queued: dict[str, deque[Query]] = {}
         self._submit_lock = threading.Lock()
+        self._waiting: set[tuple[str, str]] = set()  # the keys `wait` waits for and that are not settled yet
+        self._settled_count = 0
 
     def submit_next(self, sid: str) -> None:
         """Submit ``sid``'s next queued query, if any (from any thread; the lock keeps each session's order)."""
@@ -122,46 +125,72 @@ class _Collector:
             if queue:
                 self.reactive.submit(queue.popleft())
 
+    def on_batch(self, events: Sequence[Any]) -> None:
+        """One lane action's events (`ReactiveModel.batches`), in order."""
+        for event in events:
+            if type(event) in _SETTLING:
+                self.on_next(event)
+
     def on_next(self, event: Any) -> None:
+        kind = type(event)
+        if kind not in _SETTLING:  # a Token (one per generated token per session): nothing to record
+            return
         key = (event.session_id, event.query_id)
-        if isinstance(event, MemoryUpdated) and self.reactive is not None:
-            self.stms[key] = _committed_stm(self.reactive, event.session_id)
+        if kind is MemoryUpdated and self.reactive is not None:
+            self.stms[key] = _lane_stm(self.reactive, event.session_id)
         with self.cond:
-            if isinstance(event, AnswerDone):
+            if kind is AnswerDone:
                 self.answers[key] = event
-            elif isinstance(event, MemoryUpdated):
+            elif kind is MemoryUpdated:
                 self.committed.add(key)
-            elif isinstance(event, (Error, Cancelled)):
-                self.errors[key] = getattr(event, "message", "") or type(event).__name__
+                self._settled(key)
             else:
-                return
+                self.errors[key] = getattr(event, "message", "") or kind.__name__
+                self._settled(key)
             self.cond.notify_all()
-        if self.reactive is not None and (isinstance(event, AnswerDone) or key[1] == "first"):
+        if self.reactive is not None and (kind is AnswerDone or key[1] == "first"):
             self.submit_next(event.session_id)  # a query or the primed interaction left the session's queue
+
+    def _settled(self, key: tuple[str, str]) -> None:
+        """Count ``key`` as settled (under ``cond``) when `wait` waits for it: the waiter then compares a count
+        instead of scanning every key it waits for at each wake-up."""
+        if key in self._waiting:
+            self._waiting.discard(key)
+            self._settled_count += 1
 
     def wait(self, keys: Sequence[tuple[str, str]], timeout: float) -> None:
         """Until every turn of ``keys`` is committed or one of them failed; `TimeoutError` once ``timeout``
         seconds pass without any of them being committed."""
-        def settled() -> int:
-            return sum(k in self.committed or k in self.errors for k in keys)
-
-        def failed() -> bool:
-            return any(k in self.errors for k in keys)
-
         with self.cond:
-            count, deadline = settled(), time.monotonic() + timeout
-            while count < len(keys) and not failed():
+            self._waiting = {k for k in keys if k not in self.committed and k not in self.errors}
+            self._settled_count = len(set(keys)) - len(self._waiting)
+            total = len(set(keys))
+            count, deadline = self._settled_count, time.monotonic() + timeout
+            while self._settled_count < total and not any(k in self.errors for k in keys):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     missing = [k for k in keys if k not in self.committed and k not in self.errors]
                     raise TimeoutError(f"MRL collection: no MemoryUpdated after {timeout}s for turns {missing[:4]}")
                 self.cond.wait(left)
-                if settled() > count:
-                    count, deadline = settled(), time.monotonic() + timeout
+                if self._settled_count > count:
+                    count, deadline = self._settled_count, time.monotonic() + timeout
+            self._waiting = set()
             errors = [(k, self.errors[k]) for k in keys if k in self.errors]
         if errors:
             (sid, qid), message = errors[0]
             raise RuntimeError(f"MRL collection: turn {qid!r} of session {sid!r} failed: {message}")
+
+
+_SETTLING = (AnswerDone, MemoryUpdated, Error, Cancelled)  # the events the collector records
+
+
+def _lane_stm(reactive: Any, sid: str) -> torch.Tensor:
+    """The STM ``sid`` just committed, read on the lane (where the `MemoryUpdated` is delivered) from the runtime's
+    session cache: the very tensor the runtime committed, where it is (on the GPU: on the device), not a host copy
+    through the store, which waited for every step queued on the device and copied 1.5 MB a turn (nano) while the
+    lane, and so every session, waited. Nothing writes into a committed STM again (updates are out of place), so it
+    is kept without a copy; `float` copies only a model of another dtype."""
+    return reactive.sessions.get(sid).stm.detach().float()
 
 
 def _committed_stm(reactive: Any, sid: str) -> torch.Tensor:
@@ -211,7 +240,9 @@ def collect_episodes(
     template, tokenizer = reactive.template, reactive.tokenizer
     max_len = reactive.model.config.max_seq_len
     collector = _Collector(reactive if pipelined else None)
-    subscription = reactive.events.subscribe(on_next=collector.on_next)
+    # the per-step batches of the event graph (one tuple per lane action), not the flattened stream: one delivery
+    # a step instead of one per event (a Token per session per step, which the collector skips)
+    subscription = reactive.batches.subscribe(on_next=collector.on_batch)
     if not pipelined:
         reactive.connect()
     run = uuid.uuid4().hex[:12]
@@ -227,7 +258,8 @@ def collect_episodes(
                 reset = carry[slot] is None or rng.random() < reset_prob
                 if not reset:
                     reactive.store.save(SessionState(session_id=sid, stm=carry[slot].clone()))
-                initial = reactive.model.initial_memory(1)[:, 0].detach().cpu().float() if reset else carry[slot]
+                # on the model's device, as the committed STMs the collector reads (no host round trip)
+                initial = reactive.model.initial_memory(1)[:, 0].detach().float() if reset else carry[slot]
                 first_ids = template.interaction_ids(record.query, record.answer)[:max_len]
                 batch_logs.append(EpisodeLog(
                     episode_id=sid, first_query=record.query, first_answer=record.answer, first_ids=first_ids,
@@ -257,13 +289,13 @@ def collect_episodes(
                     done = collector.answers.pop((sid, f"step{k}"))
                     answer = list(done.token_ids)
                     action = answer + ([tokenizer.eos_id] if done.stopped_by_eos else [])
-                    memory_ids = [*template.query_ids(turn.query),
-                                  *(tokenizer.encode(turn.answer) if teacher_forcing else answer),
+                    prompt_ids, reference_ids = template.query_ids(turn.query), tokenizer.encode(turn.answer)
+                    memory_ids = [*prompt_ids, *(reference_ids if teacher_forcing else answer),
                                   tokenizer.eos_id][:max_len]
                     log.steps.append(StepLog(
-                        query=turn.query, reference=turn.answer, prompt_ids=template.query_ids(turn.query),
+                        query=turn.query, reference=turn.answer, prompt_ids=list(prompt_ids),
                         action_ids=action, answer_ids=answer, answer_text=done.text, memory_ids=memory_ids,
-                        reference_ids=tokenizer.encode(turn.answer), runtime_log_probs=list(done.log_probs),
+                        reference_ids=reference_ids, runtime_log_probs=list(done.log_probs),
                         stm_before=stms[i][k], stm_after=stms[i][k + 1],
                     ))
             for slot, sid in enumerate(sids):

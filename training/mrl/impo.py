@@ -77,8 +77,9 @@ class IMPOConfig:
     #: transitions per merged no-grad pass (consecutive minibatches, at least one): the frozen reference's
     #: distributions, the critic's pre-update values and the old log-probs (all but the first optimizer step's
     #: minibatch, which must equal that step's bit for bit). Fewer, larger passes launch fewer kernels; the
-    #: memory of one pass grows with it
-    merged_batch: int = 256
+    #: memory of one pass grows with it (1024: an update of 128 episodes x 8 steps in one pass each, ~2 x 1.6 GB
+    #: of float32 distributions at the peak for 48-token answers over an 8k vocabulary)
+    merged_batch: int = 1024
     #: the old log-probs of all but the first step's minibatch from the merged passes (equal up to float rounding);
     #: False: one pass per minibatch, on exactly the tensors its optimizer step reads (every first-epoch ratio of
     #: an unchanged policy exactly 1, the earlier behaviour; about one policy forward per minibatch more)
@@ -86,12 +87,29 @@ class IMPOConfig:
     #: the policy's memory encoder and the critic's encoder as one stacked pass in every optimizer step
     #: (`rxt.encoder_stacked`, where the two stack; equal up to float rounding); False: one after the other
     stack_encoders: bool = True
+    #: the optimizer steps on minibatches padded to bucket shapes, the loss over the flat action tokens
+    #: (`training.mrl.impo_static`: the same maths, equal up to float rounding); implied by ``cuda_graphs``
+    static_shapes: bool = False
+    #: each bucket shape's whole optimizer step (loss, backward, clipping, AdamW) as a CUDA graph, captured on
+    #: its second occurrence (`training.mrl.impo_graphs`); CUDA only, elsewhere the static shapes run eagerly
+    cuda_graphs: bool = False
+    #: the static shapes, one per update (every minibatch of an update padded alike): ``minibatch_size`` rows,
+    #: each width (ids, prompt ++ action, critic input) the update's widest rounded up to a multiple of
+    #: ``length_bucket`` tokens, and ``minibatch_size * n`` action entries with n the update's most action tokens
+    #: of a row rounded up to a multiple of ``action_bucket`` (so updates of similar data share a shape and its
+    #: graph; coarser buckets: fewer captures, more padding)
+    length_bucket: int = 32
+    action_bucket: int = 8
+    max_graphs: int = 16  # captured step graphs kept (least recently used dropped)
 
     def __post_init__(self) -> None:
         if not 0 < self.clip_eps < 1:
             raise ValueError(f"IMPOConfig.clip_eps={self.clip_eps} must be in (0, 1)")
         if self.ppo_epochs < 1 or self.minibatch_size < 1:
             raise ValueError("IMPOConfig.ppo_epochs and minibatch_size must be >= 1")
+        for name in ("length_bucket", "action_bucket", "max_graphs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"IMPOConfig.{name}={getattr(self, name)} must be >= 1")
         if self.merged_batch < 1:
             raise ValueError(f"IMPOConfig.merged_batch={self.merged_batch} must be >= 1")
         for name in ("entropy_coef", "kl_coef", "memory_reg_coef", "value_coef", "max_grad_norm"):
@@ -145,6 +163,11 @@ class Minibatch:
     critic_mask: torch.Tensor
 
 
+def wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 at least: a half-precision tensor widened, a float64 one (the float64 tests) kept."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def _ids_mask(rows: Sequence[Sequence[int]], pad_id: int, device, check: tuple[int, int] | None = None,
               name: str = "ids") -> tuple[torch.Tensor, torch.Tensor]:
     ids, lengths = pad_batch(rows, pad_id)
@@ -185,7 +208,7 @@ def make_minibatches(items: Sequence[Transition], size: int, pad_id: int, critic
         critic_ids, critic_mask = critic_ids.to(device), critic_mask.to(device)
         out.append(Minibatch(
             index=torch.arange(start, start + len(chunk)),
-            prev_stm=torch.stack([t.prev_stm.float() for t in chunk], dim=1).to(device),
+            prev_stm=torch.stack([wide(t.prev_stm).to(device) for t in chunk], dim=1),  # host or device STMs
             mem_ids=mem_ids, mem_mask=mem_mask, seq_ids=seq_ids, seq_mask=seq_mask, targets=seq_ids[:, 1:],
             action_mask=action_mask.to(device), action_rows=torch.tensor(rows, dtype=torch.long, device=device),
             action_cols=torch.tensor(cols, dtype=torch.long, device=device),
@@ -249,7 +272,7 @@ def _action_log_dists(model: RxT, stm: torch.Tensor, mb: Minibatch, validate: bo
     hidden = decoder(mb.seq_ids, attention_mask=mb.seq_mask, memory=decoder.project_memory(stm),
                      compute_logits=False, validate=validate).hidden
     logits = decoder.lm_head(hidden[mb.action_rows, mb.action_cols])
-    return F.log_softmax(logits.float(), dim=-1)
+    return F.log_softmax(wide(logits), dim=-1)
 
 
 def policy_value_pass(policy: RxT, critic: Critic, mb: Minibatch, validate: bool = True, stacked: bool = True
@@ -288,8 +311,8 @@ def token_log_probs(log_dist: torch.Tensor, mb: Minibatch) -> torch.Tensor:
 
 def memory_regularisation(stm: torch.Tensor, prev_stm: torch.Tensor, steps: torch.Tensor, coef: float) -> torch.Tensor:
     """``coef * mean_rows[ sqrt(k + 1) * MSE(STM_k, STM_{k-1}) ]`` (MSE over layers, slots and features)."""
-    mse = (stm.float() - prev_stm.float()).pow(2).mean(dim=(0, 2, 3))
-    return coef * (torch.sqrt(steps.float() + 1.0) * mse).mean()
+    mse = (wide(stm) - wide(prev_stm)).pow(2).mean(dim=(0, 2, 3))
+    return coef * (torch.sqrt(steps.to(mse.dtype) + 1.0) * mse).mean()
 
 
 def _masked_row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -322,7 +345,7 @@ def impo_loss(policy: RxT, reference: RxT | None, critic: Critic, mb: Minibatch,
     else:
         kl = torch.zeros((), device=new.device)
     mem_reg = memory_regularisation(stm, mb.prev_stm, mb.steps, cfg.memory_reg_coef)
-    value_loss = F.mse_loss(values.float(), returns)
+    value_loss = F.mse_loss(wide(values), returns)
     loss = policy_loss - cfg.entropy_coef * entropy + cfg.kl_coef * kl + mem_reg + cfg.value_coef * value_loss
     clipped = ((ratio - 1).abs() > cfg.clip_eps) & mask
     stats = {
@@ -339,7 +362,7 @@ def advantages_and_returns(items: Sequence[Transition], values: torch.Tensor, cf
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """``A = R - V`` (or GAE over each episode's steps, then ``R = A + V``); A normalised when asked."""
     rewards = torch.tensor([t.reward for t in items], dtype=torch.float32, device=values.device)
-    values = values.float()
+    values = wide(values)
     if cfg.use_gae:
         adv = torch.zeros_like(rewards)
         running = 0.0
@@ -375,27 +398,56 @@ class IMPOLearner:
         self.seen: list[list[tuple[int, int]]] = []
         self.first_ratio_exact: bool | None = None
         self.updates = 0
+        self.graphed = None  # `impo_graphs.GraphedSteps`, with cfg.cuda_graphs on a CUDA device
+        self.timing: dict[str, float] = {}  # the latest static-shape update's host seconds (`impo_static`)
+        if cfg.cuda_graphs and self.device.type == "cuda":
+            from training.mrl.impo_graphs import GraphedSteps
+            from training.mrl.impo_static import static_backward, static_step
+
+            for group in optimizer.param_groups:  # a captured optimizer step keeps its step count on the device
+                group["capturable"] = True
+            self.graphed = GraphedSteps(lambda *a: static_step(self, *a), optimizer, self.parameters,
+                                        max_graphs=cfg.max_graphs, warm=lambda *a: static_backward(self, *a))
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in [*self.policy.parameters(), *self.critic.parameters()] if p.requires_grad]
 
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        """Backward of ``loss``, gradients clipped to ``cfg.max_grad_norm``, one optimizer step (no host sync)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = self.parameters()
+        if self.cfg.max_grad_norm > 0 and params:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+
     @torch.no_grad()
     def prepare(self, logs: Sequence[EpisodeLog]):
         """Transitions, minibatches, old log-probs (pre-update policy, same function), advantages, returns."""
+        items, batches = self.minibatches(logs)
+        old = self.old_log_probs(batches, exact=self.epoch_order(len(batches), 0)[0])
+        adv, returns = self.advantages(items, batches)
+        return items, batches, old, adv, returns
+
+    def minibatches(self, logs: Sequence[EpisodeLog]) -> tuple[list[Transition], list[Minibatch]]:
+        """The transitions of ``logs`` and their minibatches, every id checked on the host (from here on no check
+        reads back from the device)."""
         items = transitions(logs)
         if not items:
             raise ValueError("no transitions: the episode logs have no steps")
         config = self.policy.config
-        batches = make_minibatches(items, self.cfg.minibatch_size, self.pad_id, self.critic, self.device,
-                                   check=(config.vocab_size, config.max_seq_len))
-        # ids checked on the host above: no check reads back from the device from here on
-        old = self.old_log_probs(batches, exact=self.epoch_order(len(batches), 0)[0])
+        return items, make_minibatches(items, self.cfg.minibatch_size, self.pad_id, self.critic, self.device,
+                                       check=(config.vocab_size, config.max_seq_len))
+
+    @torch.no_grad()
+    def advantages(self, items: Sequence[Transition], batches: Sequence[Minibatch]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advantages and returns from the critic's pre-update values (merged passes)."""
         values = []
         for group in merged_groups(batches, self.cfg.merged_batch):  # (mean pooling over real tokens: padding-free)
             merged = merge_minibatches(group, self.pad_id)
-            values.append(self.critic(merged.critic_ids, merged.critic_mask, validate=False).float())
-        adv, returns = advantages_and_returns(items, torch.cat(values), self.cfg)
-        return items, batches, old, adv, returns
+            values.append(wide(self.critic(merged.critic_ids, merged.critic_mask, validate=False)))
+        return advantages_and_returns(items, torch.cat(values), self.cfg)
 
     def epoch_order(self, count: int, epoch: int) -> list[int]:
         """The order in which epoch ``epoch`` of the next update visits its ``count`` minibatches (seeded)."""
@@ -403,11 +455,12 @@ class IMPOLearner:
             self.cfg.seed * 100_003 + self.updates * 1_009 + epoch)).tolist()
 
     @torch.no_grad()
-    def old_log_probs(self, batches: Sequence[Minibatch], exact: int) -> list[torch.Tensor]:
+    def old_log_probs(self, batches: Sequence[Minibatch], exact: int | None) -> list[torch.Tensor]:
         """The pre-update policy's (B, T-1) token log-probs of each minibatch: minibatch ``exact`` in a pass of
         its own (bit for bit what the optimizer step that visits it first computes), the others in merged passes
         of up to ``cfg.merged_batch`` transitions (`merge_minibatches`, split back per minibatch); without
-        ``cfg.merge_old_log_probs`` one pass per minibatch."""
+        ``cfg.merge_old_log_probs`` one pass per minibatch. ``exact=None``: every minibatch from the merged passes
+        (the caller computes the first step's itself: `impo_static`)."""
         def alone(mb: Minibatch) -> torch.Tensor:  # exactly the pass of the optimizer step (critic included)
             return token_log_probs(policy_value_pass(self.policy, self.critic, mb, False, self.cfg.stack_encoders)[1],
                                    mb)
@@ -415,7 +468,8 @@ class IMPOLearner:
         if not self.cfg.merge_old_log_probs:
             return [alone(mb) for mb in batches]
         out: list[torch.Tensor | None] = [None] * len(batches)
-        out[exact] = alone(batches[exact])
+        if exact is not None:
+            out[exact] = alone(batches[exact])
         others = [b for b in range(len(batches)) if b != exact]
         where = iter(others)
         for group in merged_groups([batches[b] for b in others], self.cfg.merged_batch):
@@ -442,6 +496,10 @@ class IMPOLearner:
         """``ppo_epochs`` passes over every transition of ``logs`` (minibatch order shuffled per epoch, seeded)."""
         self.policy.eval()  # no dropout: old and new log-probs come from the same function
         self.critic.eval()
+        if self.cfg.static_shapes or self.cfg.cuda_graphs:
+            from training.mrl.impo_static import static_update
+
+            return static_update(self, logs)
         items, batches, old, adv, returns = self.prepare(logs)  # checks the ids once
         self.seen = []
         references = self.reference_log_dists(batches)
@@ -465,12 +523,7 @@ class IMPOLearner:
                                         validate=False)
                 if self.first_ratio_exact is None:
                     self.first_ratio_exact = bool(torch.equal(stats["log_probs"], old[b]))
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                params = self.parameters()
-                if self.cfg.max_grad_norm > 0 and params:
-                    torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
-                self.optimizer.step()
+                self.optimizer_step(loss)
                 seen.extend((items[i].episode, items[i].step) for i in mb.index.tolist())
                 values = {k: v for k, v in stats.items() if k not in ("log_probs", "ratio")}
                 values.update(loss=loss)
@@ -481,6 +534,12 @@ class IMPOLearner:
                 count += 1
             self.seen.append(seen)
         self.updates += 1
+        return self.summary(items, keys, totals, count)
+
+    @staticmethod
+    def summary(items: Sequence[Transition], keys: Sequence[str], totals: torch.Tensor, count: int
+                ) -> dict[str, float]:
+        """The update's statistics (means over its optimizer steps, read back once) and its rewards."""
         out = dict(zip(keys, (totals / count).tolist(), strict=True))
         rewards = [t.reward for t in items]
         out.update(reward_mean=sum(rewards) / len(rewards), reward_min=min(rewards), reward_max=max(rewards),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import random
+import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,7 +76,7 @@ class MRLTrainer:
             eps=self.cfg.eps, weight_decay=self.cfg.weight_decay,
             fused=self.device.type in FUSED_DEVICES,  # one kernel per step where torch has it, as build_optimizer
         )
-        self.learner = IMPOLearner(self.policy, self.critic, self.optimizer, config.impo_config(),
+        self.learner = IMPOLearner(self.policy, self.critic, self.optimizer, config.impo_config(self.device),
                                    reference=self.reference, pad_id=tokenizer.pad_id, device=self.device)
         self.unfreeze = UnfreezeSchedule(config.unfreeze_schedule, self.policy.parameter_groups(),
                                          "MRLConfig.unfreeze_schedule")
@@ -95,6 +96,7 @@ class MRLTrainer:
             if self.cfg.early_stopping_patience else None
         self.scalar_log = ScalarLog(self.output_dir / "tensorboard" / self.cfg.run_name)
         self.executor: ModelExecutor | None = None  # built by the first `runtime`, reused by every later one
+        self.collect_timing: dict[str, float] = {}  # the latest `collect`: runtime and reward seconds
 
     # -- plumbing --------------------------------------------------------------------------------------------
     def runtime(self) -> ReactiveModel:
@@ -152,6 +154,7 @@ class MRLTrainer:
     def collect(self, episodes: Sequence[EpisodeRecord], stage: CurriculumStage, reset_prob: float,
                 temperature: float | None = None, teacher_forcing: bool | None = None) -> list[EpisodeLog]:
         tf = self.config.teacher_forcing if teacher_forcing is None else teacher_forcing
+        started = time.perf_counter()
         reactive = self.runtime()
         try:
             logs = collect_episodes(reactive, episodes, options=self.options(temperature), teacher_forcing=tf,
@@ -160,8 +163,11 @@ class MRLTrainer:
             reactive.wait_idle()
         finally:
             reactive.dispose()  # no collection in flight once it returns: the update may change the weights
+        collected = time.perf_counter()
         compute_rewards(logs, self.reward, pad_id=self.tokenizer.pad_id, last_step_reward=self.last_step_reward,
-                        embed=self.embed)
+                        embed=self.embed, device=self.device)
+        # where the latest collection's seconds went (the rewards read their values back: the device is done)
+        self.collect_timing = {"runtime_s": collected - started, "rewards_s": time.perf_counter() - collected}
         return logs
 
     def update(self, logs: Sequence[EpisodeLog]) -> dict[str, float]:

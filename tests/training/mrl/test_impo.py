@@ -304,8 +304,11 @@ def test_update_statistics_read_back_once_match_per_minibatch_floats(tok, logs):
 def _previous_loss(policy, reference, critic, mb, old, adv, returns, cfg):
     """The IMPO loss as it was computed before the LM head ran at the action positions only and before the
     reference's distributions were computed once per update: full (B, T-1, V) distributions, reference inside."""
+    def wide(t):  # float32 at least (a float64 toy stays float64, as in the loss)
+        return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
     stm = policy.update_memory(mb.prev_stm, mb.mem_ids, mb.mem_mask)
-    log_dist = F.log_softmax(policy(mb.seq_ids, stm, mb.seq_mask).logits[:, :-1].float(), dim=-1)
+    log_dist = F.log_softmax(wide(policy(mb.seq_ids, stm, mb.seq_mask).logits[:, :-1]), dim=-1)
     mask = mb.action_mask
     new = log_dist.gather(-1, mb.targets[..., None]).squeeze(-1).masked_fill(~mask, 0.0)
     ratio = torch.exp(new - old)
@@ -318,12 +321,24 @@ def _previous_loss(policy, reference, critic, mb, old, adv, returns, cfg):
     probs = log_dist.exp()
     with torch.no_grad():
         ref_stm = reference.update_memory(mb.prev_stm, mb.mem_ids, mb.mem_mask)
-        ref = F.log_softmax(reference(mb.seq_ids, ref_stm, mb.seq_mask).logits[:, :-1].float(), dim=-1)
+        ref = F.log_softmax(wide(reference(mb.seq_ids, ref_stm, mb.seq_mask).logits[:, :-1]), dim=-1)
     kl = row_mean((probs * (log_dist - ref)).sum(-1))
     entropy = row_mean(-(probs * log_dist).sum(-1))
     mem = memory_regularisation(stm, mb.prev_stm, mb.steps, cfg.memory_reg_coef)
-    value_loss = F.mse_loss(critic(mb.critic_ids, mb.critic_mask).float(), returns)
+    value_loss = F.mse_loss(wide(critic(mb.critic_ids, mb.critic_mask)), returns)
     return -row_mean(surrogate) - cfg.entropy_coef * entropy + cfg.kl_coef * kl + mem + cfg.value_coef * value_loss
+
+
+def assert_same_gradients(loss, expected, params):
+    """Every parameter's gradient of ``loss`` equals ``expected``'s (float64: 1e-10), and the same parameters get
+    none; returns ``expected``'s gradients."""
+    got = torch.autograd.grad(loss, params, allow_unused=True)
+    want = torch.autograd.grad(expected, params, allow_unused=True)
+    for g, w in zip(got, want, strict=True):
+        assert (g is None) == (w is None)
+        if g is not None:
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    return want
 
 
 def _float64_moved_policy(tok, logs, minibatch_size: int, **cfg):
@@ -362,12 +377,7 @@ def test_loss_with_reference_computed_once_equals_the_previous_path_float64(tok,
                                   learner.cfg)
         assert loss.dtype == torch.float64 and float(stats["kl"]) > 1e-6
         torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
-        got = torch.autograd.grad(loss, params, allow_unused=True)
-        want = torch.autograd.grad(expected, params, allow_unused=True)
-        for g, w in zip(got, want, strict=True):
-            assert (g is None) == (w is None)
-            if g is not None:
-                torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+        assert_same_gradients(loss, expected, params)
 
 
 def test_bad_token_ids_are_refused_on_the_host_naming_the_minibatch(tok, logs):
@@ -455,13 +465,8 @@ def test_stacked_encoders_equal_one_after_the_other_float64(tok, logs):
         (loss, stats), (expected, expected_stats) = results
         torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
         assert float(expected_stats["value_loss"]) > 0 and float(stats["memory_reg"]) > 0
-        got = torch.autograd.grad(loss, params, allow_unused=True)
-        want = torch.autograd.grad(expected, params, allow_unused=True)
+        want = assert_same_gradients(loss, expected, params)
         assert sum(g is None for g in want) >= 1  # the policy encoder's final norm
-        for g, w in zip(got, want, strict=True):
-            assert (g is None) == (w is None)
-            if g is not None:
-                torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
     logs64 = [dataclasses.replace(log, stm_initial=log.stm_initial.double(),
                                   steps=[dataclasses.replace(s, stm_before=s.stm_before.double()) for s in log.steps])
               for log in logs]

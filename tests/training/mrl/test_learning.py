@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -54,7 +55,10 @@ def _supervised_start(model: RxT, tok, episodes, steps: int) -> None:
         opt.step()
 
 
-def test_mrl_raises_the_reward_above_the_supervised_start(tok, tmp_path):
+@pytest.mark.parametrize("static", [False, True], ids=["eager", "static-shapes"])
+def test_mrl_raises_the_reward_above_the_supervised_start(tok, tmp_path, static):
+    """Also with the update at static shapes (``update_cuda_graphs``: on the CPU the padded minibatches and the flat
+    loss run eagerly; on a GPU each step is a CUDA graph)."""
     torch.manual_seed(0)
     model = RxT(RxTConfig.preset("tiny", vocab_size=tok.vocab_size))
     episodes = _recall_episodes(32)
@@ -67,7 +71,7 @@ def test_mrl_raises_the_reward_above_the_supervised_start(tok, tmp_path):
         reward={"bleu_weight": 1.0, "cosine_weight": 0.0, "length_weight": 0.0, "ref_weight": 1.0,
                 "saved_weight": 0.0, "max_n": 1},
         long_range_last_step=False, unfreeze_schedule=[(0, ["memory", "rest"])], ppo_epochs=2, minibatch_size=16,
-        kl_coef=0.0, entropy_coef=0.0, eval_episodes=0,
+        kl_coef=0.0, entropy_coef=0.0, eval_episodes=0, update_cuda_graphs=static,
     )
     trainer = MRLTrainer(cfg, model=model, tokenizer=tok)
     stage = cfg.curriculum[0]

@@ -28,7 +28,7 @@ from training.metrics import upcast
 
 #: keys of a stacked episode batch (`stack_episode_turns`)
 STACKED_KEYS = ("input_ids", "attention_mask", "active", "labels", "target_index", "targets", "num_tokens",
-                "all_active")
+                "all_active", "right_padded")
 
 
 def is_stacked(batch: object) -> bool:
@@ -43,7 +43,8 @@ def stack_episode_turns(turns: Sequence[dict[str, torch.Tensor]], pad_id: int = 
     that turn and the row has tokens), ``target_index`` (K,) flat indices into the (N, B, T - 1) grid of
     next-token predictions whose label is not -100 in a live row, ``targets`` (K,) those labels, and
     ``labels`` (N, B, T - 1) the shifted targets (-100 where none), ``num_tokens`` (int K), ``all_active`` (a
-    tuple of N bools: every row of turn t is live, so its memory update keeps no row's old STM). Runs on the host (the
+    tuple of N bools: every row of turn t is live, so its memory update keeps no row's old STM), ``right_padded`` (a
+    bool: no real token follows a padding one, so the decoder needs no padding mask). Runs on the host (the
     collate), so the step needs no device read-back. ``num_turns`` / ``width`` pad N and T to a fixed shape
     (inactive all-padding turns, padding columns), so a compiled step sees few distinct shapes.
     """
@@ -75,8 +76,10 @@ def stack_episode_turns(turns: Sequence[dict[str, torch.Tensor]], pad_id: int = 
     labels = labels.masked_fill(~active[:, :, None], IGNORE_INDEX)[:, :, 1:]
     flat = labels.reshape(-1)
     index = (flat != IGNORE_INDEX).nonzero().squeeze(1)
+    right_padded = bool((mask[..., 1:] <= mask[..., :-1]).all())  # no real token after a padding one
     return {"input_ids": ids, "attention_mask": mask, "active": active, "labels": labels, "target_index": index,
-            "targets": flat[index], "num_tokens": int(index.numel()), "all_active": tuple(active.all(dim=1).tolist())}
+            "targets": flat[index], "num_tokens": int(index.numel()), "all_active": tuple(active.all(dim=1).tolist()),
+            "right_padded": right_padded}
 
 
 def unstack_episode_turns(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -140,6 +143,11 @@ def smat_forward(model: RxT, batch: dict[str, torch.Tensor], bptt_depth: int, *,
             with torch.set_grad_enabled(torch.is_grad_enabled() and bptt_depth > 0):
                 # the main step's keys and values read only ED: every turn's in one call, before the chain
                 keys, values = network.stacked_key_value(encoded, weights)
+            # per-turn views by unbind: indexing keys[t] would write, in the backward, a zero-filled gradient of
+            # the whole (N - 1)-turn stack for every turn; unbind's backward is one stack of the turns' gradients
+            keys, values, biases = keys.unbind(0), values.unbind(0), biases.unbind(0)
+        else:
+            encoded_turns = encoded.unbind(1)  # the same, for the layer-by-layer path's encoded turns
         chained = 0  # memory updates in the current gradient path of `stm` (the loop's fixed segments)
         for t in range(n - 1):
             if bptt_depth == 0:
@@ -148,7 +156,7 @@ def smat_forward(model: RxT, batch: dict[str, torch.Tensor], bptt_depth: int, *,
                 stm, chained = stm.detach(), 0
             with torch.set_grad_enabled(torch.is_grad_enabled() and bptt_depth > 0):
                 if weights is None:
-                    new = network(stm, encoded[:, t], mask[t])
+                    new = network(stm, encoded_turns[t], mask[t])
                 else:
                     new = network(stm, encoded[:, t], weights=weights, key_bias=biases[t],
                                   key_value=(keys[t], values[t]))
@@ -159,8 +167,12 @@ def smat_forward(model: RxT, batch: dict[str, torch.Tensor], bptt_depth: int, *,
             if record and bptt_depth > 0:  # as the loop: depth 0 updates carry no graph to inspect
                 updates.append(stm)
     memory = torch.stack(stms, dim=1).flatten(1, 2)  # (L, N*B, S, D): row (t, i) reads turn t's STM
+    # Right-padded rows (host-checked at collate: `right_padded`) decode with plain causal attention, no mask: a real
+    # token's past holds no padding, so its output (and every loss term and gradient) is the masked one; only the
+    # padding positions, which no target reads, see other padding. Flash attention then takes the self-attention.
+    causal_only = bool(batch.get("right_padded", False))
     hidden = model.decoder(
-        ids.reshape(n * b, width), attention_mask=mask.reshape(n * b, width),
+        ids.reshape(n * b, width), attention_mask=None if causal_only else mask.reshape(n * b, width),
         memory=model.decoder.project_memory(memory), compute_logits=False, validate=False,
     ).hidden
     rows = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, batch["target_index"])

@@ -3,7 +3,7 @@
 ``--reference`` measures the per-turn loop (decoder on the turn, then encoder + memory attention to update the
 STM, turn after turn), whose kernel count grows with the number of turns while each kernel is small at `nano`
 size; the default is the restructured step (encoder and decoder once over all turns, only the memory-attention
-chain sequential; ``--compile`` compiles the three parts as `SMATTrainer` does). This measures, for the `nano` RxT (untrained weights: timing only) under bf16 autocast
+chain sequential; ``--compile`` compiles its parts as `SMATTrainer` does: `compile_objective`). This measures, for the `nano` RxT (untrained weights: timing only) under bf16 autocast
 with AdamW, per optimizer step: the median wall time (CUDA events, after warm-up), the summed time of the GPU
 kernels and their number (torch.profiler over a few steps). ``gpu_busy_fraction`` well below 1 means the step
 is bound by launching kernels, not by computing them: a bigger batch is then nearly free, and fewer launches
@@ -34,7 +34,7 @@ from rxt.atomic_io import atomic_write_json
 from rxt.config import RxTConfig
 from rxt.model import RxT
 from training.attention_backends import shape_varying_attention
-from training.stages.smat import SMATObjective
+from training.stages.smat import SMATObjective, compile_objective
 from training.stages.smat_batched import stack_episode_turns
 from training.trainer import move_to_device
 
@@ -61,8 +61,7 @@ def measure(preset: str, batch: int, turns: int, length: int, bptt: int, device:
     model = RxT(RxTConfig.preset(preset)).to(device)
     objective = SMATObjective(model, bptt, reference=reference).train()
     if compile_parts:  # as SMATTrainer.compile_model
-        for part in (model.encoder, model.decoder, model.memory_attention):
-            part.compile()
+        compile_objective(objective)
     # The objective's forward/backward is what is measured; the Trainer's own bookkeeping (clipping, metrics,
     # its foreach AdamW) launches few kernels beside the ~50k of an 18-turn step, so a fused AdamW stands in.
     optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -116,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--reference", action="store_true", help="the per-turn loop (the step before issue 12)")
-    parser.add_argument("--compile", action="store_true", help="compile encoder, decoder and memory attention")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the encoder, the memory attention and the decoder half as SMATTrainer does")
     parser.add_argument("--top-kernels", type=int, default=0, metavar="N",
                         help="record (and print) the N kernels with the most total time per step, from the profile "
                              "(on the CPU: the N ops with the most self time); 0 = off")

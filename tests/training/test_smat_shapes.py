@@ -13,6 +13,7 @@ from training.config import ConfigError, TrainConfig
 from training.data.datasets import EpisodeDataset
 from training.data.synthetic import SyntheticDialogueConfig, generate_episodes
 from training.stages.smat import SMATStageConfig, SMATTrainer
+from training.stages.smat_batched import DecodeSteps, decoder_hidden
 
 MAX_TURNS, MAX_LEN = 4, 64
 
@@ -70,10 +71,12 @@ def test_compiled_step_matches_eager_loss_and_gradients(tmp_path, tok, dataset, 
     monkeypatch.setattr(SMATTrainer, "compile_backend", "aot_eager")  # dynamo + AOT autograd, no codegen on CPU
     trainer = _trainer(tmp_path, tok, dataset, buckets=[32], compile_=True)
     assert all(part._compiled_call_impl is not None for part in trainer._compiled_parts())
+    assert trainer.unwrapped_model.steps.hidden is not decoder_hidden  # the decoder half compiled too
     batch = trainer.collate([dataset[i] for i in range(6)])
     loss_c, grads_c = _loss_and_grads(trainer, batch)
     trainer.uncompile_model()
     assert all(part._compiled_call_impl is None for part in trainer._compiled_parts())
+    assert trainer.unwrapped_model.steps == DecodeSteps()
     loss_e, grads_e = _loss_and_grads(trainer, batch)
     torch.testing.assert_close(loss_c, loss_e, rtol=0, atol=1e-10)
     assert grads_e and grads_e.keys() <= grads_c.keys()

@@ -46,6 +46,7 @@ from training.metrics import causal_lm_loss, token_counts
 from training.plumbing import UnfreezeSchedule, groups_at
 from training.stages.episode_stage import EpisodeTrainer, RxTObjective
 from training.stages.smat_batched import (
+    DecodeSteps,
     bucketed_permutation,
     is_stacked,
     smat_forward,
@@ -121,6 +122,7 @@ class SMATObjective(RxTObjective):
         self.reference = reference
         self.stms: list[torch.Tensor] = []
         self.updates: list[torch.Tensor] = []
+        self.steps = DecodeSteps()  # the decoder half of the restructured step; `SMATTrainer` compiles it
 
     def _update(self, stm: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         new = self.model.update_memory(stm, ids, mask)
@@ -132,7 +134,7 @@ class SMATObjective(RxTObjective):
         if self.reference:
             return self.reference_forward(turns if not is_stacked(turns) else unstack_episode_turns(turns))
         batch = turns if is_stacked(turns) else stack_episode_turns(turns)
-        out, stms, updates = smat_forward(self.model, batch, self.bptt_depth, record=self.record)
+        out, stms, updates = smat_forward(self.model, batch, self.bptt_depth, record=self.record, steps=self.steps)
         self.stms, self.updates = stms, updates
         return out
 
@@ -172,6 +174,20 @@ class SMATObjective(RxTObjective):
                 self.updates.append(stm)
         return {"loss": ce_sum / max(tokens, 1), "ce_sum": ce_sum, "tokens": torch.tensor(tokens),
                 "correct": torch.tensor(correct)}
+
+
+def compiled_parts(objective: SMATObjective) -> list[nn.Module]:
+    """The RxT parts `compile_objective` compiles in place."""
+    return [objective.model.encoder, objective.model.memory_attention]
+
+
+def compile_objective(objective: SMATObjective, backend: str = "inductor") -> None:
+    """Compile the restructured step's parts: the encoder and the memory attention in place (static shapes), the
+    decoder half as `DecodeSteps.compiled`. What `SMATTrainer` does on CUDA with ``shape_buckets`` (and
+    benchmarks/smat_step.py with ``--compile``)."""
+    for part in compiled_parts(objective):
+        part.compile(dynamic=False, backend=backend)
+    objective.steps = DecodeSteps.compiled(backend)
 
 
 class SMATTrainer(EpisodeTrainer):
@@ -220,23 +236,25 @@ class SMATTrainer(EpisodeTrainer):
         return bool(self.settings.shape_buckets)
 
     def _compiled_parts(self) -> list[nn.Module]:
-        return [self.rxt.encoder, self.rxt.decoder, self.rxt.memory_attention]
+        return compiled_parts(self.unwrapped_model)
 
     def compile_model(self, model: nn.Module) -> nn.Module:
-        """Compile the encoder, the decoder and the memory attention in place, not the step: the step loops over
-        turns in Python, and one compiled memory-attention update serves every turn of the chain. Static shapes
-        (``dynamic=False``): one graph per bucket width, never a dynamic one that loses the fusions."""
+        """Compile the encoder and the memory attention in place, and the objective's decoder half
+        (`DecodeSteps.compiled`: the memory stack and projection, the decoder, the answer loss), not the step: the
+        step loops over turns in Python, and one compiled memory-attention update serves every turn of the chain.
+        Static shapes (``dynamic=False``): one graph per bucket width, never a dynamic one that loses the fusions
+        (but the loss's answer count, which changes with every batch)."""
         widths = len(self.settings.shape_buckets) + 1
         # per part: each width in training and in evaluation (no grad), and a smaller last eval batch
         needed = 4 * widths + 2
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, needed)
-        for part in self._compiled_parts():
-            part.compile(dynamic=False, backend=self.compile_backend)
+        compile_objective(self.unwrapped_model, self.compile_backend)
         return model
 
     def uncompile_model(self) -> None:
         for part in self._compiled_parts():
             part._compiled_call_impl = None
+        self.unwrapped_model.steps = DecodeSteps()
 
     def epoch_permutation(self, epoch: int) -> torch.Tensor:
         """The Trainer's permutation, bucketed by turn count and turn length (``bucket_window``)."""
@@ -290,4 +308,5 @@ def run_stage(config: SMATStageConfig, *, resume: bool = False, callbacks: Seque
     return train_and_finish(trainer, resume)
 
 
-__all__ = ["CONFIG_CLASS", "SMATObjective", "SMATStageConfig", "SMATTrainer", "groups_at", "run_stage"]
+__all__ = ["CONFIG_CLASS", "SMATObjective", "SMATStageConfig", "SMATTrainer", "compile_objective", "compiled_parts",
+           "groups_at", "run_stage"]

@@ -17,7 +17,8 @@ GPU. The result equals the loop's loss and gradients up to float rounding (tests
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -110,9 +111,9 @@ def bucketed_permutation(perm: torch.Tensor, keys: Sequence[tuple[int, int]], st
     return torch.tensor(out, dtype=perm.dtype)
 
 
-def smat_forward(model: RxT, batch: dict[str, torch.Tensor], bptt_depth: int, *, record: bool = False
-                 ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-    """The stage-4 step over a stacked batch: ``(out, stms, updates)``.
+def smat_forward(model: RxT, batch: dict[str, torch.Tensor], bptt_depth: int, *, record: bool = False,
+                 steps: DecodeSteps | None = None) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """The stage-4 step over a stacked batch: ``(out, stms, updates)``; ``steps``: the decoder half (None: eager).
 
     ``out`` holds ``loss`` (mean answer-token CE), ``ce_sum``, ``tokens`` (int) and ``correct`` (a device tensor:
     nothing is read back). ``stms[t]`` is the STM turn t's decoder read and ``updates[k]`` the STM written after turn k (only
@@ -166,23 +167,57 @@ def smat_forward(model: RxT, batch: dict[str, torch.Tensor], bptt_depth: int, *,
             stms.append(stm)
             if record and bptt_depth > 0:  # as the loop: depth 0 updates carry no graph to inspect
                 updates.append(stm)
-    memory = torch.stack(stms, dim=1).flatten(1, 2)  # (L, N*B, S, D): row (t, i) reads turn t's STM
-    # Right-padded rows (host-checked at collate: `right_padded`) decode with plain causal attention, no mask: a real
-    # token's past holds no padding, so its output (and every loss term and gradient) is the masked one; only the
-    # padding positions, which no target reads, see other padding. Flash attention then takes the self-attention.
-    causal_only = bool(batch.get("right_padded", False))
-    hidden = model.decoder(
-        ids.reshape(n * b, width), attention_mask=None if causal_only else mask.reshape(n * b, width),
-        memory=model.decoder.project_memory(memory), compute_logits=False, validate=False,
-    ).hidden
-    rows = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, batch["target_index"])
-    logits = upcast(model.decoder.lm_head(rows))
-    targets = batch["targets"]
-    ce_sum = F.cross_entropy(logits, targets, reduction="sum")
+    steps = steps or DecodeSteps()
+    hidden = steps.hidden(model, ids, mask, stms, bool(batch.get("right_padded", False)))
+    ce_sum, correct = steps.loss(hidden, model.decoder.lm_head.weight, batch["target_index"], batch["targets"])
     tokens = int(batch["target_index"].numel())  # a shape, not a device value: no read-back
-    correct = (logits.detach().argmax(dim=-1) == targets).sum()
     out = {"loss": ce_sum / max(tokens, 1), "ce_sum": ce_sum, "tokens": tokens, "correct": correct}
     return out, (stms if record else []), updates
 
 
-__all__ = ["STACKED_KEYS", "bucketed_permutation", "is_stacked", "smat_forward", "stack_episode_turns", "unstack_episode_turns"]
+def decoder_hidden(model: RxT, ids: torch.Tensor, mask: torch.Tensor, stms: Sequence[torch.Tensor],
+                   causal_only: bool) -> torch.Tensor:
+    """The decoder over every turn at once, (N * B, T, D) final-norm states: row (t, i) reads ``stms[t]`` (L, B, S,
+    D), the STM before turn t.
+
+    ``causal_only`` (right-padded rows, host-checked at collate: `right_padded`): plain causal attention, no mask. A
+    real token's past then holds no padding, so its output (and every loss term and gradient) is the masked one;
+    only padding positions, which no target reads, see other padding. Flash attention takes the self-attention."""
+    n, b, width = ids.shape
+    memory = torch.stack(list(stms), dim=1).flatten(1, 2)  # (L, N*B, S, D): row (t, i) reads turn t's STM
+    return model.decoder(
+        ids.reshape(n * b, width), attention_mask=None if causal_only else mask.reshape(n * b, width),
+        memory=model.decoder.project_memory(memory), compute_logits=False, validate=False,
+    ).hidden
+
+
+def answer_loss(hidden: torch.Tensor, lm_weight: torch.Tensor, target_index: torch.Tensor, targets: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy and argmax hits at the answer positions only: ``hidden`` (N * B, T, D),
+    ``target_index`` (K,) flat indices into its (N * B, T - 1) prediction grid (`stack_episode_turns`), ``targets``
+    (K,). The LM head (``lm_weight``, (V, D)) runs on those K rows only."""
+    rows = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, target_index)
+    logits = upcast(F.linear(rows, lm_weight))
+    ce_sum = F.cross_entropy(logits, targets, reduction="sum")
+    correct = (logits.detach().argmax(dim=-1) == targets).sum()
+    return ce_sum, correct
+
+
+@dataclass(frozen=True)
+class DecodeSteps:
+    """The decoder half of the step (`decoder_hidden`, `answer_loss`), eager or compiled (`compiled`)."""
+
+    hidden: Callable[..., torch.Tensor] = decoder_hidden
+    loss: Callable[..., tuple[torch.Tensor, torch.Tensor]] = answer_loss
+
+    @classmethod
+    def compiled(cls, backend: str = "inductor") -> DecodeSteps:
+        """Both compiled: the decoder with static shapes (one graph per bucket width: the memory stack, its
+        norm and projection fuse with the casts around them), the loss with a dynamic answer count K (it changes
+        with every batch; the vocabulary reductions do not), so one graph serves every batch."""
+        return cls(torch.compile(decoder_hidden, dynamic=False, backend=backend),
+                   torch.compile(answer_loss, dynamic=True, backend=backend))
+
+
+__all__ = ["STACKED_KEYS", "DecodeSteps", "answer_loss", "bucketed_permutation", "decoder_hidden", "is_stacked", "smat_forward",
+           "stack_episode_turns", "unstack_episode_turns"]

@@ -29,13 +29,14 @@ def dataset(tok):
     return EpisodeDataset(episodes, tok, MAX_LEN, MAX_TURNS)
 
 
-def _trainer(tmp_path, tok, dataset, *, buckets, compile_=False, seed=0):
+def _trainer(tmp_path, tok, dataset, *, buckets, compile_=False, seed=0, turn_buckets=()):
     torch.manual_seed(seed)
     model = RxT(RxTConfig.preset("tiny", vocab_size=tok.vocab_size)).double()
     config = SMATStageConfig(
         train=TrainConfig(lr=1e-3, max_steps=1, warmup_steps=0, batch_size=6, device="cpu", precision="fp32",
                           output_dir=str(tmp_path), keep_last=0, compile=compile_),
         max_len=MAX_LEN, max_turns=MAX_TURNS, bptt_depth=MAX_TURNS, shape_buckets=buckets,
+        turn_buckets=list(turn_buckets),
         unfreeze_schedule=[[0, ["memory", "rest"]]])
     return SMATTrainer(model, config, dataset, tokenizer=tok)
 
@@ -59,6 +60,25 @@ def test_bucketed_batches_have_fixed_shapes_and_the_same_loss(tmp_path, tok, dat
     assert padded["input_ids"].shape[0] == MAX_TURNS
     assert padded["input_ids"].shape[2] == next(w for w in (16, 32, MAX_LEN) if w >= longest)
     assert padded["num_tokens"] == ref["num_tokens"]
+    loss_ref, grads_ref = _loss_and_grads(plain, ref)
+    loss_pad, grads_pad = _loss_and_grads(fixed, padded)
+    torch.testing.assert_close(loss_pad, loss_ref, rtol=0, atol=1e-12)
+    assert grads_ref.keys() == grads_pad.keys()
+    for name, g in grads_ref.items():
+        torch.testing.assert_close(grads_pad[name], g, rtol=0, atol=1e-12, msg=name)
+
+
+def test_turn_buckets_pad_to_the_smallest_bucket_and_keep_the_loss(tmp_path, tok, dataset):
+    plain = _trainer(tmp_path / "a", tok, dataset, buckets=[])
+    samples = [ep for ep in (dataset[i] for i in range(len(dataset))) if len(ep) < MAX_TURNS][:6]
+    ref = plain.collate(samples)
+    turns = ref["input_ids"].shape[0]
+    assert 1 < turns < MAX_TURNS  # the bucket below max_turns is used
+    fixed = _trainer(tmp_path / "b", tok, dataset, buckets=[32], turn_buckets=[1, turns])
+    padded = fixed.collate(samples)
+    assert padded["input_ids"].shape[0] == turns and padded["input_ids"].shape[2] in (32, MAX_LEN)
+    short = _trainer(tmp_path / "c", tok, dataset, buckets=[32], turn_buckets=[1])  # past the buckets: max_turns
+    assert short.collate(samples)["input_ids"].shape[0] == MAX_TURNS
     loss_ref, grads_ref = _loss_and_grads(plain, ref)
     loss_pad, grads_pad = _loss_and_grads(fixed, padded)
     torch.testing.assert_close(loss_pad, loss_ref, rtol=0, atol=1e-12)
@@ -96,6 +116,10 @@ def test_auto_compile_only_with_buckets(tmp_path, tok, dataset):
     (dict(shape_buckets=[32, 16], max_turns=4), "shape_buckets"),
     (dict(shape_buckets=[1], max_turns=4), "shape_buckets"),
     (dict(shape_buckets=[128], max_turns=4, max_len=64), "max_len=64"),
+    (dict(turn_buckets=[2], max_turns=4), "turn_buckets"),
+    (dict(shape_buckets=[32], turn_buckets=[3, 2], max_turns=4), "turn_buckets"),
+    (dict(shape_buckets=[32], turn_buckets=[0, 2], max_turns=4), "turn_buckets"),
+    (dict(shape_buckets=[32], turn_buckets=[2, 5], max_turns=4), "max_turns=4"),
 ])
 def test_bad_shape_buckets_name_the_field(fields, message):
     with pytest.raises(ConfigError, match=message):

@@ -71,6 +71,10 @@ class SMATStageConfig(DataStageConfig):
     # compiled (``train.compile`` null), each part once per width. Empty: a batch pads to its own longest turn
     # and the step stays eager unless ``train.compile`` is true.
     shape_buckets: list[int] = field(default_factory=list)
+    # With shape_buckets: a batch is padded to the smallest of these turn counts that holds its longest episode
+    # (``max_turns`` is always the last) instead of to ``max_turns`` itself. Batches grouped by turn count
+    # (``bucket_window``) then decode few padding turns; the step sees one shape per (turn bucket, width).
+    turn_buckets: list[int] = field(default_factory=list)
     unfreeze_schedule: list[tuple[int, list[str]]] = field(
         default_factory=lambda: [(0, ["memory"]), (200, ["memory", "rest"])]
     )
@@ -97,6 +101,14 @@ class SMATStageConfig(DataStageConfig):
                 fail("shape_buckets", "strictly increasing widths of at least 2 tokens")
             if self.shape_buckets[-1] > self.max_len:
                 fail("shape_buckets", f"widths up to max_len={self.max_len}")
+        self.turn_buckets = [int(n) for n in self.turn_buckets]
+        if self.turn_buckets:
+            if not self.shape_buckets:
+                fail("turn_buckets", "used with shape_buckets (fixed step shapes)")
+            if any(n < 1 for n in self.turn_buckets) or any(b <= a for a, b in pairwise(self.turn_buckets)):
+                fail("turn_buckets", "strictly increasing turn counts of at least 1")
+            if self.turn_buckets[-1] > self.max_turns:
+                fail("turn_buckets", f"turn counts up to max_turns={self.max_turns}")
         self.unfreeze_schedule = [(int(s), list(g)) for s, g in self.unfreeze_schedule]
         steps = [s for s, _ in self.unfreeze_schedule]
         if not steps or steps[0] != 0:
@@ -244,9 +256,9 @@ class SMATTrainer(EpisodeTrainer):
         step loops over turns in Python, and one compiled memory-attention update serves every turn of the chain.
         Static shapes (``dynamic=False``): one graph per bucket width, never a dynamic one that loses the fusions
         (but the loss's answer count, which changes with every batch)."""
-        widths = len(self.settings.shape_buckets) + 1
-        # per part: each width in training and in evaluation (no grad), and a smaller last eval batch
-        needed = 4 * widths + 2
+        shapes = (len(self.settings.shape_buckets) + 1) * (len(self.settings.turn_buckets) + 1)
+        # per part: each shape in training and in evaluation (no grad), and a smaller last eval batch
+        needed = 4 * shapes + 2
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, needed)
         compile_objective(self.unwrapped_model, self.compile_backend)
         return model
@@ -272,14 +284,16 @@ class SMATTrainer(EpisodeTrainer):
 
     def collate(self, samples: list[Any]) -> Any:
         """Episodes stacked for the restructured step; the answer positions are listed here, on the host. With
-        ``shape_buckets`` the batch is padded to ``max_turns`` turns and its bucket's width."""
+        ``shape_buckets`` the batch is padded to its turn bucket (``max_turns`` without ``turn_buckets``) and its
+        bucket's width."""
         turns = super().collate(samples)
         buckets = self.settings.shape_buckets
         if not buckets:
             return stack_episode_turns(turns, self.pad_id)
         longest = max(t["input_ids"].shape[1] for t in turns)
         width = next((w for w in buckets if w >= longest), self.settings.max_len)
-        return stack_episode_turns(turns, self.pad_id, num_turns=self.settings.max_turns, width=width)
+        count = next((n for n in self.settings.turn_buckets if n >= len(turns)), self.settings.max_turns)
+        return stack_episode_turns(turns, self.pad_id, num_turns=count, width=width)
 
     def _output(self, out: dict[str, torch.Tensor]) -> StepOutput:
         # Device tensors: the Trainer reads a step's metrics back once, together (no per-metric host sync).

@@ -83,6 +83,7 @@ def measure(preset: str, batch: int, turns: int, length: int, bptt: int, device:
            "attention": "trainer (no cuDNN)" if trainer_attention else "any SDPA backend",
            "batch": batch, "turns": turns, "turn_tokens": length, "bptt_depth": bptt,
            "step_ms": step_ms, "tokens_per_s": batch * turns * length / (step_ms / 1e3)}
+    print("timed:", row, flush=True)  # before the profile: a run cut short by a timeout still shows the timing
     cuda = device.type == "cuda"
     if cuda or top:  # on the CPU only for --top-kernels (the CPU ops by self time)
         from torch.profiler import ProfilerActivity, profile

@@ -13,7 +13,7 @@ from training.config import ConfigError, TrainConfig
 from training.data.datasets import EpisodeDataset
 from training.data.synthetic import SyntheticDialogueConfig, generate_episodes
 from training.stages.smat import SMATStageConfig, SMATTrainer
-from training.stages.smat_batched import DecodeSteps, decoder_hidden
+from training.stages.smat_batched import DecodeSteps, answer_loss, decoder_hidden
 
 MAX_TURNS, MAX_LEN = 4, 64
 
@@ -124,3 +124,29 @@ def test_auto_compile_only_with_buckets(tmp_path, tok, dataset):
 def test_bad_shape_buckets_name_the_field(fields, message):
     with pytest.raises(ConfigError, match=message):
         SMATStageConfig(**fields)
+
+
+def test_compiled_answer_loss_serves_every_answer_count():
+    """The compiled loss (`DecodeSteps.compiled`) traces the answer count K as dynamic: batches with different K
+    reuse one graph (static K would recompile at every batch), with the eager values and gradients."""
+    import torch._dynamo.utils as dynamo_utils
+
+    torch._dynamo.reset()
+    steps = DecodeSteps.compiled("aot_eager")
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(6, 9, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    before = dynamo_utils.counters["stats"]["unique_graphs"]
+    for count in (5, 11, 17):
+        index = torch.randperm(6 * 8, generator=g)[:count]
+        targets = torch.randint(0, 50, (count,), generator=g)
+        results = []
+        for loss in (steps.loss, answer_loss):
+            ce, correct = loss(hidden, weight, index, targets)
+            results.append((ce.detach(), int(correct), torch.autograd.grad(ce, (hidden, weight))))
+        (ce, correct, grads), (ce_ref, correct_ref, grads_ref) = results
+        torch.testing.assert_close(ce, ce_ref, rtol=0, atol=1e-12)
+        assert correct == correct_ref
+        for got, want in zip(grads, grads_ref, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert dynamo_utils.counters["stats"]["unique_graphs"] - before == 1

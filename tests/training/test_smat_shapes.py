@@ -50,6 +50,16 @@ def _loss_and_grads(trainer, batch):
     return loss.detach(), grads
 
 
+def _assert_same_loss_and_grads(plain, ref, fixed, padded):
+    """The padded batch on ``fixed`` gives the plain batch's loss and gradients on ``plain`` (float64)."""
+    loss_ref, grads_ref = _loss_and_grads(plain, ref)
+    loss_pad, grads_pad = _loss_and_grads(fixed, padded)
+    torch.testing.assert_close(loss_pad, loss_ref, rtol=0, atol=1e-12)
+    assert grads_ref.keys() == grads_pad.keys()
+    for name, g in grads_ref.items():
+        torch.testing.assert_close(grads_pad[name], g, rtol=0, atol=1e-12, msg=name)
+
+
 def test_bucketed_batches_have_fixed_shapes_and_the_same_loss(tmp_path, tok, dataset):
     plain = _trainer(tmp_path / "a", tok, dataset, buckets=[])
     fixed = _trainer(tmp_path / "b", tok, dataset, buckets=[16, 32])
@@ -60,12 +70,7 @@ def test_bucketed_batches_have_fixed_shapes_and_the_same_loss(tmp_path, tok, dat
     assert padded["input_ids"].shape[0] == MAX_TURNS
     assert padded["input_ids"].shape[2] == next(w for w in (16, 32, MAX_LEN) if w >= longest)
     assert padded["num_tokens"] == ref["num_tokens"]
-    loss_ref, grads_ref = _loss_and_grads(plain, ref)
-    loss_pad, grads_pad = _loss_and_grads(fixed, padded)
-    torch.testing.assert_close(loss_pad, loss_ref, rtol=0, atol=1e-12)
-    assert grads_ref.keys() == grads_pad.keys()
-    for name, g in grads_ref.items():
-        torch.testing.assert_close(grads_pad[name], g, rtol=0, atol=1e-12, msg=name)
+    _assert_same_loss_and_grads(plain, ref, fixed, padded)
 
 
 def test_turn_buckets_pad_to_the_smallest_bucket_and_keep_the_loss(tmp_path, tok, dataset):
@@ -79,12 +84,7 @@ def test_turn_buckets_pad_to_the_smallest_bucket_and_keep_the_loss(tmp_path, tok
     assert padded["input_ids"].shape[0] == turns and padded["input_ids"].shape[2] in (32, MAX_LEN)
     short = _trainer(tmp_path / "c", tok, dataset, buckets=[32], turn_buckets=[1])  # past the buckets: max_turns
     assert short.collate(samples)["input_ids"].shape[0] == MAX_TURNS
-    loss_ref, grads_ref = _loss_and_grads(plain, ref)
-    loss_pad, grads_pad = _loss_and_grads(fixed, padded)
-    torch.testing.assert_close(loss_pad, loss_ref, rtol=0, atol=1e-12)
-    assert grads_ref.keys() == grads_pad.keys()
-    for name, g in grads_ref.items():
-        torch.testing.assert_close(grads_pad[name], g, rtol=0, atol=1e-12, msg=name)
+    _assert_same_loss_and_grads(plain, ref, fixed, padded)
 
 
 def test_compiled_step_matches_eager_loss_and_gradients(tmp_path, tok, dataset, monkeypatch):

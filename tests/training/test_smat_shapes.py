@@ -10,10 +10,10 @@ from rxt.config import RxTConfig
 from rxt.model import RxT
 from rxt.tokenizer import RxTokenizer
 from training.config import ConfigError, TrainConfig
-from training.data.datasets import EpisodeDataset
+from training.data.datasets import EpisodeDataset, collate_episodes
 from training.data.synthetic import SyntheticDialogueConfig, generate_episodes
-from training.stages.smat import SMATStageConfig, SMATTrainer
-from training.stages.smat_batched import DecodeSteps, answer_loss, decoder_hidden
+from training.stages.smat import SMATObjective, SMATStageConfig, SMATTrainer, compile_chain
+from training.stages.smat_batched import DecodeSteps, answer_loss, decoder_hidden, stack_episode_turns
 
 MAX_TURNS, MAX_LEN = 4, 64
 
@@ -150,3 +150,35 @@ def test_compiled_answer_loss_serves_every_answer_count():
         for got, want in zip(grads, grads_ref, strict=True):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
     assert dynamo_utils.counters["stats"]["unique_graphs"] - before == 1
+
+
+def test_compiled_chain_matches_eager_at_every_width(tok, dataset):
+    """``compile_chain``: the memory-attention update alone, compiled with dynamic shapes (aot_eager here), gives the
+    eager loss and gradients for batches of different widths and turn counts, without a graph per shape."""
+    import torch._dynamo.utils as dynamo_utils
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = RxT(RxTConfig.preset("tiny", vocab_size=tok.vocab_size)).double()
+    objective = SMATObjective(model, MAX_TURNS)
+    batches = [stack_episode_turns(collate_episodes([dataset[i] for i in rows], tok.pad_id), tok.pad_id)
+               for rows in (range(0, 4), range(4, 9), range(9, 12))]
+    assert len({tuple(b["input_ids"].shape) for b in batches}) == 3
+    eager = []
+    for batch in batches:
+        objective.zero_grad(set_to_none=True)
+        loss = objective(batch)["loss"]
+        loss.backward()
+        eager.append((loss.detach(), {n: p.grad.clone() for n, p in objective.named_parameters() if p.grad is not None}))
+    compile_chain(objective, "aot_eager")
+    before = dynamo_utils.counters["stats"]["unique_graphs"]
+    for batch, (loss_ref, grads_ref) in zip(batches, eager, strict=True):
+        objective.zero_grad(set_to_none=True)
+        loss = objective(batch)["loss"]
+        loss.backward()
+        torch.testing.assert_close(loss.detach(), loss_ref, rtol=0, atol=1e-10)
+        for name, g in grads_ref.items():
+            torch.testing.assert_close(objective.get_parameter(name).grad, g, rtol=0, atol=1e-10, msg=name)
+    # with and without a gradient into the STM (the first turn, a detached segment start), not one per shape
+    assert dynamo_utils.counters["stats"]["unique_graphs"] - before <= 3
+    objective.model.memory_attention._compiled_call_impl = None

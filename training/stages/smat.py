@@ -75,6 +75,10 @@ class SMATStageConfig(DataStageConfig):
     # (``max_turns`` is always the last) instead of to ``max_turns`` itself. Batches grouped by turn count
     # (``bucket_window``) then decode few padding turns; the step sees one shape per (turn bucket, width).
     turn_buckets: list[int] = field(default_factory=list)
+    # Without shape_buckets (so without the whole compiled step): compile only the memory-attention update of the
+    # chain, with dynamic shapes, on CUDA: one graph (two: with and without a gradient into the STM) for every batch
+    # shape, its norms, casts and gates fused. The encoder and decoder stay eager.
+    compile_chain: bool = False
     unfreeze_schedule: list[tuple[int, list[str]]] = field(
         default_factory=lambda: [(0, ["memory"]), (200, ["memory", "rest"])]
     )
@@ -193,6 +197,12 @@ def compiled_parts(objective: SMATObjective) -> list[nn.Module]:
     return [objective.model.encoder, objective.model.memory_attention]
 
 
+def compile_chain(objective: SMATObjective, backend: str = "inductor") -> None:
+    """Compile the memory-attention update alone, in place, with dynamic shapes (``compile_chain``): the chain's
+    elementwise work (norms, casts, gates over the (L, B, S, D) STM at every turn) fused for any batch shape."""
+    objective.model.memory_attention.compile(dynamic=True, backend=backend)
+
+
 def compile_objective(objective: SMATObjective, backend: str = "inductor") -> None:
     """Compile the restructured step's parts: the encoder and the memory attention in place (static shapes), the
     decoder half as `DecodeSteps.compiled`. What `SMATTrainer` does on CUDA with ``shape_buckets`` (and
@@ -228,6 +238,8 @@ class SMATTrainer(EpisodeTrainer):
         # the parts are compiled in place (`compile_model`), so evaluation runs them through the plain objective
         # rather than a compiled copy of its Python loop over turns
         self.eval_model = self.unwrapped_model
+        if config.compile_chain and not self._compiled and self.device.type == "cuda":
+            compile_chain(self.unwrapped_model, self.compile_backend)
         self.apply_unfreeze_schedule(self.step)
 
     @property
@@ -322,5 +334,6 @@ def run_stage(config: SMATStageConfig, *, resume: bool = False, callbacks: Seque
     return train_and_finish(trainer, resume)
 
 
-__all__ = ["CONFIG_CLASS", "SMATObjective", "SMATStageConfig", "SMATTrainer", "compile_objective", "compiled_parts",
+__all__ = ["CONFIG_CLASS", "SMATObjective", "SMATStageConfig", "SMATTrainer", "compile_chain", "compile_objective",
+           "compiled_parts",
            "groups_at", "run_stage"]

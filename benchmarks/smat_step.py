@@ -82,7 +82,7 @@ def measure(preset: str, batch: int, turns: int, length: int, bptt: int, device:
 
     step_ms = time_ms(step, device, warmup, iters)
     row = {"preset": preset, "path": "reference" if reference else "restructured",
-           "compiled": compile_parts or ("memory-attention chain (dynamic shapes)" if chain else False),
+           "compiled": compile_parts or ("memory-attention chain" if chain else False),
            "attention": "trainer (no cuDNN)" if trainer_attention else "any SDPA backend",
            "batch": batch, "turns": turns, "turn_tokens": length, "bptt_depth": bptt,
            "step_ms": step_ms, "tokens_per_s": batch * turns * length / (step_ms / 1e3)}
@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true",
                         help="compile the encoder, the memory attention and the decoder half as SMATTrainer does")
     parser.add_argument("--compile-chain", action="store_true",
-                        help="compile only the memory-attention update, dynamic shapes (SMATStageConfig.compile_chain)")
+                        help="compile only the memory-attention update, automatic dynamic shapes "
+                             "(SMATStageConfig.compile_chain)")
     parser.add_argument("--top-kernels", type=int, default=0, metavar="N",
                         help="record (and print) the N kernels with the most total time per step, from the profile "
                              "(on the CPU: the N ops with the most self time); 0 = off")

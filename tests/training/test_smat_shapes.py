@@ -153,8 +153,8 @@ def test_compiled_answer_loss_serves_every_answer_count():
 
 
 def test_compiled_chain_matches_eager_at_every_width(tok, dataset):
-    """``compile_chain``: the memory-attention update alone, compiled with dynamic shapes (aot_eager here), gives the
-    eager loss and gradients for batches of different widths and turn counts, without a graph per shape."""
+    """``compile_chain``: the memory-attention update alone, compiled with automatic dynamic shapes (aot_eager here),
+    gives the eager loss and gradients for batches of different sizes and widths, without a graph per shape."""
     import torch._dynamo.utils as dynamo_utils
 
     torch._dynamo.reset()
@@ -162,8 +162,9 @@ def test_compiled_chain_matches_eager_at_every_width(tok, dataset):
     model = RxT(RxTConfig.preset("tiny", vocab_size=tok.vocab_size)).double()
     objective = SMATObjective(model, MAX_TURNS)
     batches = [stack_episode_turns(collate_episodes([dataset[i] for i in rows], tok.pad_id), tok.pad_id)
-               for rows in (range(0, 4), range(4, 9), range(9, 12))]
-    assert len({tuple(b["input_ids"].shape) for b in batches}) == 3
+               for rows in (range(0, 4), range(4, 8), range(8, 12), range(0, 3), range(3, 6), range(6, 9))]
+    shapes = {tuple(b["input_ids"].shape[1:]) for b in batches}  # (episodes, width): what the update sees
+    assert len(shapes) >= 4
     eager = []
     for batch in batches:
         objective.zero_grad(set_to_none=True)
@@ -179,6 +180,8 @@ def test_compiled_chain_matches_eager_at_every_width(tok, dataset):
         torch.testing.assert_close(loss.detach(), loss_ref, rtol=0, atol=1e-10)
         for name, g in grads_ref.items():
             torch.testing.assert_close(objective.get_parameter(name).grad, g, rtol=0, atol=1e-10, msg=name)
-    # with and without a gradient into the STM (the first turn, a detached segment start), not one per shape
-    assert dynamo_utils.counters["stats"]["unique_graphs"] - before <= 3
+    # with and without a gradient into the STM (the first turn, a detached segment start): static at first, then
+    # dynamic in the width, then in the batch size; not two per shape
+    graphs = dynamo_utils.counters["stats"]["unique_graphs"] - before
+    assert graphs <= 6 < 2 * len(shapes), (graphs, shapes)
     objective.model.memory_attention._compiled_call_impl = None

@@ -76,8 +76,9 @@ class SMATStageConfig(DataStageConfig):
     # (``bucket_window``) then decode few padding turns; the step sees one shape per (turn bucket, width).
     turn_buckets: list[int] = field(default_factory=list)
     # Without shape_buckets (so without the whole compiled step): compile only the memory-attention update of the
-    # chain, with dynamic shapes, on CUDA: one graph (two: with and without a gradient into the STM) for every batch
-    # shape, its norms, casts and gates fused. The encoder and decoder stay eager.
+    # chain, on CUDA, with automatic dynamic shapes: a few graphs (with and without a gradient into the STM; static,
+    # then dynamic in width and batch) for every batch shape, its norms, casts and gates fused. The encoder and
+    # decoder stay eager.
     compile_chain: bool = False
     unfreeze_schedule: list[tuple[int, list[str]]] = field(
         default_factory=lambda: [(0, ["memory"]), (200, ["memory", "rest"])]
@@ -198,9 +199,12 @@ def compiled_parts(objective: SMATObjective) -> list[nn.Module]:
 
 
 def compile_chain(objective: SMATObjective, backend: str = "inductor") -> None:
-    """Compile the memory-attention update alone, in place, with dynamic shapes (``compile_chain``): the chain's
-    elementwise work (norms, casts, gates over the (L, B, S, D) STM at every turn) fused for any batch shape."""
-    objective.model.memory_attention.compile(dynamic=True, backend=backend)
+    """Compile the memory-attention update alone, in place (``compile_chain``): the chain's elementwise work (norms,
+    casts, gates over the (L, B, S, D) STM at every turn) fused for any batch shape. Automatic dynamic shapes
+    (``dynamic=None``): static at first, then one recompile makes the sizes that changed (turn width, batch)
+    symbolic; the weights stay static. (``dynamic=True`` marks the weights' sizes dynamic too, and a batch size or
+    width equal to one of them is then specialised by duck sizing: a graph per shape again.)"""
+    objective.model.memory_attention.compile(dynamic=None, backend=backend)
 
 
 def compile_objective(objective: SMATObjective, backend: str = "inductor") -> None:

@@ -212,11 +212,19 @@ class DecodeSteps:
 
     @classmethod
     def compiled(cls, backend: str = "inductor") -> DecodeSteps:
-        """Both compiled: the decoder with static shapes (one graph per bucket width: the memory stack, its
-        norm and projection fuse with the casts around them), the loss with a dynamic answer count K (it changes
-        with every batch; the vocabulary reductions do not), so one graph serves every batch."""
-        return cls(torch.compile(decoder_hidden, dynamic=False, backend=backend),
-                   torch.compile(answer_loss, dynamic=True, backend=backend))
+        """Both compiled: the decoder with static shapes (one graph per bucket shape: the memory stack, its norm
+        and projection fuse with the casts around them), the loss with a dynamic answer count K (it changes with
+        every batch; the vocabulary reductions do not), so one graph serves every batch of a shape."""
+        loss = torch.compile(answer_loss, backend=backend)
+
+        def dynamic_count_loss(hidden, lm_weight, target_index, targets):
+            # only K symbolic (``dynamic=True`` would mark every size, the weight's too, and duck sizing would then
+            # specialise a K equal to one of them)
+            torch._dynamo.maybe_mark_dynamic(target_index, 0)
+            torch._dynamo.maybe_mark_dynamic(targets, 0)
+            return loss(hidden, lm_weight, target_index, targets)
+
+        return cls(torch.compile(decoder_hidden, dynamic=False, backend=backend), dynamic_count_loss)
 
 
 __all__ = ["STACKED_KEYS", "DecodeSteps", "answer_loss", "bucketed_permutation", "decoder_hidden", "is_stacked", "smat_forward",

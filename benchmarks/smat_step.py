@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(on the CPU: the N ops with the most self time); 0 = off")
     parser.add_argument("--trainer-attention", action="store_true",
                         help="SDPA without cuDNN, as the SMAT trainer runs the step (training.attention_backends)")
+    parser.add_argument("--both-attentions", action="store_true",
+                        help="measure every shape twice in one process: the trainer's attention, then any backend")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "smat_step.json")
     args = parser.parse_args(argv)
@@ -144,17 +146,22 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--shapes {shape!r}: expected BATCHxTURNS with positive integers, e.g. 32x18")
         shapes.append((int(b), int(t)))
     rows = []
+    attentions = (True, False) if args.both_attentions else (args.trainer_attention,)
     for batch, turns in shapes:
-        row = measure(args.preset, batch, turns, args.turn_tokens, args.bptt_depth, device, args.warmup, args.iters,
-                      args.profile_steps, reference=args.reference, compile_parts=args.compile,
-                      top=args.top_kernels, trainer_attention=args.trainer_attention, chain=args.compile_chain)
-        print(row, flush=True)
-        rows.append(row)
-    doc = {"benchmark": "smat_step", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()},
-           "command": " ".join(["python", "benchmarks/smat_step.py", *(argv if argv is not None else sys.argv[1:])]),
-           "dtype": "bfloat16 autocast" if device.type == "cuda" else "float32", "results": rows}
-    atomic_write_json(args.out, doc)
+        for trainer_attention in attentions:
+            row = measure(args.preset, batch, turns, args.turn_tokens, args.bptt_depth, device, args.warmup,
+                          args.iters, args.profile_steps, reference=args.reference, compile_parts=args.compile,
+                          top=args.top_kernels, trainer_attention=trainer_attention, chain=args.compile_chain)
+            print(row, flush=True)
+            rows.append(row)
+            doc = {"benchmark": "smat_step",
+                   "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                   "versions": {"torch": torch.__version__, "cuda": torch.version.cuda,
+                                "python": platform.python_version()},
+                   "command": " ".join(["python", "benchmarks/smat_step.py",
+                                        *(argv if argv is not None else sys.argv[1:])]),
+                   "dtype": "bfloat16 autocast" if device.type == "cuda" else "float32", "results": rows}
+            atomic_write_json(args.out, doc)  # after every row: a run cut short keeps what it measured
     print(f"wrote {args.out}")
     return 0
 

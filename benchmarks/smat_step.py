@@ -34,7 +34,7 @@ from rxt.atomic_io import atomic_write_json
 from rxt.config import RxTConfig
 from rxt.model import RxT
 from training.attention_backends import shape_varying_attention
-from training.stages.smat import SMATObjective, compile_chain, compile_objective
+from training.stages.smat import DYNAMIC_COMPILE, SMATObjective, compile_chain, compile_objective
 from training.stages.smat_batched import stack_episode_turns
 from training.trainer import move_to_device
 
@@ -56,14 +56,16 @@ def make_turns(batch: int, turns: int, length: int, vocab: int, device: torch.de
 
 def measure(preset: str, batch: int, turns: int, length: int, bptt: int, device: torch.device,
             warmup: int, iters: int, profile_steps: int, reference: bool = False, compile_parts: bool = False,
-            top: int = 0, trainer_attention: bool = False, chain: bool = False) -> dict:
+            top: int = 0, trainer_attention: bool = False, dynamic: str = "off") -> dict:
     torch.manual_seed(0)
     model = RxT(RxTConfig.preset(preset)).to(device)
     objective = SMATObjective(model, bptt, reference=reference).train()
     if compile_parts:  # as SMATTrainer.compile_model
         compile_objective(objective)
-    elif chain:  # as SMATTrainer with compile_chain
+    elif dynamic == "chain":  # as SMATTrainer with dynamic_compile
         compile_chain(objective)
+    elif dynamic == "step":
+        compile_objective(objective, dynamic=True)
     # The objective's forward/backward is what is measured; the Trainer's own bookkeeping (clipping, metrics,
     # its foreach AdamW) launches few kernels beside the ~50k of an 18-turn step, so a fused AdamW stands in.
     optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -82,7 +84,7 @@ def measure(preset: str, batch: int, turns: int, length: int, bptt: int, device:
 
     step_ms = time_ms(step, device, warmup, iters)
     row = {"preset": preset, "path": "reference" if reference else "restructured",
-           "compiled": compile_parts or ("memory-attention chain" if chain else False),
+           "compiled": compile_parts or (f"dynamic shapes: {dynamic}" if dynamic != "off" else False),
            "attention": "trainer (no cuDNN)" if trainer_attention else "any SDPA backend",
            "batch": batch, "turns": turns, "turn_tokens": length, "bptt_depth": bptt,
            "step_ms": step_ms, "tokens_per_s": batch * turns * length / (step_ms / 1e3)}
@@ -121,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", action="store_true", help="the per-turn loop (the step before issue 12)")
     parser.add_argument("--compile", action="store_true",
                         help="compile the encoder, the memory attention and the decoder half as SMATTrainer does")
-    parser.add_argument("--compile-chain", action="store_true",
-                        help="compile only the memory-attention update, automatic dynamic shapes "
-                             "(SMATStageConfig.compile_chain)")
+    parser.add_argument("--dynamic-compile", choices=DYNAMIC_COMPILE, default="off",
+                        help="compile with automatic dynamic shapes (SMATStageConfig.dynamic_compile): chain = the "
+                             "memory-attention update only, step = every part")
     parser.add_argument("--top-kernels", type=int, default=0, metavar="N",
                         help="record (and print) the N kernels with the most total time per step, from the profile "
                              "(on the CPU: the N ops with the most self time); 0 = off")
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         for trainer_attention in attentions:
             row = measure(args.preset, batch, turns, args.turn_tokens, args.bptt_depth, device, args.warmup,
                           args.iters, args.profile_steps, reference=args.reference, compile_parts=args.compile,
-                          top=args.top_kernels, trainer_attention=trainer_attention, chain=args.compile_chain)
+                          top=args.top_kernels, trainer_attention=trainer_attention, dynamic=args.dynamic_compile)
             print(row, flush=True)
             rows.append(row)
             doc = {"benchmark": "smat_step",

@@ -12,7 +12,14 @@ from rxt.tokenizer import RxTokenizer
 from training.config import ConfigError, TrainConfig
 from training.data.datasets import EpisodeDataset, collate_episodes
 from training.data.synthetic import SyntheticDialogueConfig, generate_episodes
-from training.stages.smat import SMATObjective, SMATStageConfig, SMATTrainer, compile_chain
+from training.stages.smat import (
+    SMATObjective,
+    SMATStageConfig,
+    SMATTrainer,
+    compile_chain,
+    compile_objective,
+    compiled_parts,
+)
 from training.stages.smat_batched import DecodeSteps, answer_loss, decoder_hidden, stack_episode_turns
 
 MAX_TURNS, MAX_LEN = 4, 64
@@ -152,9 +159,11 @@ def test_compiled_answer_loss_serves_every_answer_count():
     assert dynamo_utils.counters["stats"]["unique_graphs"] - before == 1
 
 
-def test_compiled_chain_matches_eager_at_every_width(tok, dataset):
-    """``compile_chain``: the memory-attention update alone, compiled with automatic dynamic shapes (aot_eager here),
-    gives the eager loss and gradients for batches of different sizes and widths, without a graph per shape."""
+@pytest.mark.parametrize("mode", ["chain", "step"])
+def test_dynamic_compile_matches_eager_at_every_shape(tok, dataset, mode):
+    """``dynamic_compile``: the memory-attention update alone (chain) or every part (step), compiled with automatic
+    dynamic shapes (aot_eager here), gives the eager loss and gradients for batches of different sizes and widths,
+    without a graph per shape."""
     import torch._dynamo.utils as dynamo_utils
 
     torch._dynamo.reset()
@@ -171,7 +180,10 @@ def test_compiled_chain_matches_eager_at_every_width(tok, dataset):
         loss = objective(batch)["loss"]
         loss.backward()
         eager.append((loss.detach(), {n: p.grad.clone() for n, p in objective.named_parameters() if p.grad is not None}))
-    compile_chain(objective, "aot_eager")
+    if mode == "chain":
+        compile_chain(objective, "aot_eager")
+    else:
+        compile_objective(objective, "aot_eager", dynamic=True)
     before = dynamo_utils.counters["stats"]["unique_graphs"]
     for batch, (loss_ref, grads_ref) in zip(batches, eager, strict=True):
         objective.zero_grad(set_to_none=True)
@@ -180,8 +192,10 @@ def test_compiled_chain_matches_eager_at_every_width(tok, dataset):
         torch.testing.assert_close(loss.detach(), loss_ref, rtol=0, atol=1e-10)
         for name, g in grads_ref.items():
             torch.testing.assert_close(objective.get_parameter(name).grad, g, rtol=0, atol=1e-10, msg=name)
-    # with and without a gradient into the STM (the first turn, a detached segment start): static at first, then
-    # dynamic in the width, then in the batch size; not two per shape
+    # the update with and without a gradient into the STM (the first turn, a detached segment start): static at
+    # first, then dynamic in the width, then in the batch size; not two per shape. The other parts, with "step":
+    # static, then dynamic, each (the loss: dynamic in its answer count from the start)
     graphs = dynamo_utils.counters["stats"]["unique_graphs"] - before
-    assert graphs <= 6 < 2 * len(shapes), (graphs, shapes)
-    objective.model.memory_attention._compiled_call_impl = None
+    assert graphs <= (6 if mode == "chain" else 13), (graphs, shapes)
+    for part in compiled_parts(objective):
+        part._compiled_call_impl = None

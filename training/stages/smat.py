@@ -56,6 +56,9 @@ from training.stages.smat_batched import (
 from training.stages.stage_config import DataStageConfig
 from training.trainer import StepOutput
 
+#: `SMATStageConfig.dynamic_compile` values
+DYNAMIC_COMPILE = ("off", "chain", "step")
+
 
 @dataclass
 class SMATStageConfig(DataStageConfig):
@@ -75,11 +78,12 @@ class SMATStageConfig(DataStageConfig):
     # (``max_turns`` is always the last) instead of to ``max_turns`` itself. Batches grouped by turn count
     # (``bucket_window``) then decode few padding turns; the step sees one shape per (turn bucket, width).
     turn_buckets: list[int] = field(default_factory=list)
-    # Without shape_buckets (so without the whole compiled step): compile only the memory-attention update of the
-    # chain, on CUDA, with automatic dynamic shapes: a few graphs (with and without a gradient into the STM; static,
-    # then dynamic in width and batch) for every batch shape, its norms, casts and gates fused. The encoder and
-    # decoder stay eager.
-    compile_chain: bool = False
+    # Without shape_buckets (which compile the whole step at static shapes), on CUDA: compile with automatic dynamic
+    # shapes, so a few graphs (static at first, then dynamic in the sizes that changed; with and without a gradient
+    # into the STM) serve every batch shape. "chain": only the memory-attention update (its norms, casts and gates
+    # over the STM at every turn fused; encoder and decoder eager); "step": every part, as the static compile does;
+    # "off": eager.
+    dynamic_compile: str = "off"
     unfreeze_schedule: list[tuple[int, list[str]]] = field(
         default_factory=lambda: [(0, ["memory"]), (200, ["memory", "rest"])]
     )
@@ -122,6 +126,8 @@ class SMATStageConfig(DataStageConfig):
             fail("unfreeze_schedule", "sorted by strictly increasing step")
         if any(not groups for _, groups in self.unfreeze_schedule):
             fail("unfreeze_schedule", "entries with at least one group")
+        if self.dynamic_compile not in DYNAMIC_COMPILE:
+            fail("dynamic_compile", f"one of {DYNAMIC_COMPILE}")
 
 
 CONFIG_CLASS = SMATStageConfig
@@ -199,21 +205,22 @@ def compiled_parts(objective: SMATObjective) -> list[nn.Module]:
 
 
 def compile_chain(objective: SMATObjective, backend: str = "inductor") -> None:
-    """Compile the memory-attention update alone, in place (``compile_chain``): the chain's elementwise work (norms,
-    casts, gates over the (L, B, S, D) STM at every turn) fused for any batch shape. Automatic dynamic shapes
-    (``dynamic=None``): static at first, then one recompile makes the sizes that changed (turn width, batch)
-    symbolic; the weights stay static. (``dynamic=True`` marks the weights' sizes dynamic too, and a batch size or
-    width equal to one of them is then specialised by duck sizing: a graph per shape again.)"""
+    """Compile the memory-attention update alone, in place (``dynamic_compile: chain``): the chain's elementwise work
+    (norms, casts, gates over the (L, B, S, D) STM at every turn) fused for any batch shape, automatic dynamic
+    shapes (`compile_objective`'s ``dynamic``)."""
     objective.model.memory_attention.compile(dynamic=None, backend=backend)
 
 
-def compile_objective(objective: SMATObjective, backend: str = "inductor") -> None:
-    """Compile the restructured step's parts: the encoder and the memory attention in place (static shapes), the
-    decoder half as `DecodeSteps.compiled`. What `SMATTrainer` does on CUDA with ``shape_buckets`` (and
-    benchmarks/smat_step.py with ``--compile``)."""
+def compile_objective(objective: SMATObjective, backend: str = "inductor", *, dynamic: bool = False) -> None:
+    """Compile the restructured step's parts: the encoder and the memory attention in place, the decoder half as
+    `DecodeSteps.compiled`. Static shapes (one graph per shape) by default: what `SMATTrainer` does on CUDA with
+    ``shape_buckets`` (and benchmarks/smat_step.py with ``--compile``). ``dynamic``: automatic dynamic shapes
+    (``dynamic=None``: static at first, then one recompile makes the sizes that changed symbolic; the weights stay
+    static. ``dynamic=True`` would mark the weights' sizes dynamic too, and duck sizing then specialises a batch size
+    or width equal to one of them: a graph per shape again)."""
     for part in compiled_parts(objective):
-        part.compile(dynamic=False, backend=backend)
-    objective.steps = DecodeSteps.compiled(backend)
+        part.compile(dynamic=None if dynamic else False, backend=backend)
+    objective.steps = DecodeSteps.compiled(backend, dynamic=dynamic)
 
 
 class SMATTrainer(EpisodeTrainer):
@@ -242,8 +249,11 @@ class SMATTrainer(EpisodeTrainer):
         # the parts are compiled in place (`compile_model`), so evaluation runs them through the plain objective
         # rather than a compiled copy of its Python loop over turns
         self.eval_model = self.unwrapped_model
-        if config.compile_chain and not self._compiled and self.device.type == "cuda":
-            compile_chain(self.unwrapped_model, self.compile_backend)
+        if config.dynamic_compile != "off" and not self._compiled and self.device.type == "cuda":
+            if config.dynamic_compile == "chain":
+                compile_chain(self.unwrapped_model, self.compile_backend)
+            else:
+                compile_objective(self.unwrapped_model, self.compile_backend, dynamic=True)
         self.apply_unfreeze_schedule(self.step)
 
     @property
@@ -338,6 +348,7 @@ def run_stage(config: SMATStageConfig, *, resume: bool = False, callbacks: Seque
     return train_and_finish(trainer, resume)
 
 
-__all__ = ["CONFIG_CLASS", "SMATObjective", "SMATStageConfig", "SMATTrainer", "compile_chain", "compile_objective",
+__all__ = ["CONFIG_CLASS", "DYNAMIC_COMPILE", "SMATObjective", "SMATStageConfig", "SMATTrainer", "compile_chain",
+           "compile_objective",
            "compiled_parts",
            "groups_at", "run_stage"]

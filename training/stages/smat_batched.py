@@ -211,10 +211,11 @@ class DecodeSteps:
     loss: Callable[..., tuple[torch.Tensor, torch.Tensor]] = answer_loss
 
     @classmethod
-    def compiled(cls, backend: str = "inductor") -> DecodeSteps:
+    def compiled(cls, backend: str = "inductor", *, dynamic: bool = False) -> DecodeSteps:
         """Both compiled: the decoder with static shapes (one graph per bucket shape: the memory stack, its norm
-        and projection fuse with the casts around them), the loss with a dynamic answer count K (it changes with
-        every batch; the vocabulary reductions do not), so one graph serves every batch of a shape."""
+        and projection fuse with the casts around them; ``dynamic``: automatic dynamic shapes), the loss with a
+        dynamic answer count K (it changes with every batch; the vocabulary reductions do not), so one graph serves
+        every batch of a shape."""
         loss = torch.compile(answer_loss, backend=backend)
 
         def dynamic_count_loss(hidden, lm_weight, target_index, targets):
@@ -224,7 +225,8 @@ class DecodeSteps:
             torch._dynamo.maybe_mark_dynamic(targets, 0)
             return loss(hidden, lm_weight, target_index, targets)
 
-        return cls(torch.compile(decoder_hidden, dynamic=False, backend=backend), dynamic_count_loss)
+        return cls(torch.compile(decoder_hidden, dynamic=None if dynamic else False, backend=backend),
+                   dynamic_count_loss)
 
 
 __all__ = ["STACKED_KEYS", "DecodeSteps", "answer_loss", "bucketed_permutation", "decoder_hidden", "is_stacked", "smat_forward",

@@ -127,6 +127,7 @@ def test_auto_compile_only_with_buckets(tmp_path, tok, dataset):
     (dict(shape_buckets=[32], turn_buckets=[3, 2], max_turns=4), "turn_buckets"),
     (dict(shape_buckets=[32], turn_buckets=[0, 2], max_turns=4), "turn_buckets"),
     (dict(shape_buckets=[32], turn_buckets=[2, 5], max_turns=4), "max_turns=4"),
+    (dict(dynamic_compile="all"), "dynamic_compile"),
 ])
 def test_bad_shape_buckets_name_the_field(fields, message):
     with pytest.raises(ConfigError, match=message):

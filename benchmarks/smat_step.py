@@ -74,17 +74,24 @@ def measure(preset: str, batch: int, turns: int, length: int, bptt: int, device:
     data = move_to_device(data if reference else stack_episode_turns(data), device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    def step() -> None:
+    def step(batch_data=None) -> None:
         optimizer.zero_grad(set_to_none=True)
         # --trainer-attention: SDPA without cuDNN, as `EpisodeTrainer._autocast` runs the step
         with autocast, shape_varying_attention() if trainer_attention else contextlib.nullcontext():
-            loss = objective(data)["loss"]
+            loss = objective(data if batch_data is None else batch_data)["loss"]
         loss.backward()
+
+    if dynamic != "off":
+        # automatic dynamic shapes compile the first shape statically and go dynamic at the next: one step at a
+        # narrower width first, so the timed steps run the dynamic graphs a recipe's varying batches would
+        other = make_turns(batch, turns, max(length - 8, 2), model.config.vocab_size, torch.device("cpu"))
+        step(move_to_device(stack_episode_turns(other), device))
         optimizer.step()
 
     step_ms = time_ms(step, device, warmup, iters)
     row = {"preset": preset, "path": "reference" if reference else "restructured",
-           "compiled": compile_parts or (f"dynamic shapes: {dynamic}" if dynamic != "off" else False),
+           "compiled": compile_parts or (f"dynamic shapes: {dynamic} (warmed at width {max(length - 8, 2)} first)"
+                                         if dynamic != "off" else False),
            "attention": "trainer (no cuDNN)" if trainer_attention else "any SDPA backend",
            "batch": batch, "turns": turns, "turn_tokens": length, "bptt_depth": bptt,
            "step_ms": step_ms, "tokens_per_s": batch * turns * length / (step_ms / 1e3)}

@@ -54,7 +54,7 @@ from training.stages.smat_batched import (
     unstack_episode_turns,
 )
 from training.stages.stage_config import DataStageConfig
-from training.trainer import StepOutput, Trainer
+from training.trainer import StepOutput
 
 #: `SMATStageConfig.dynamic_compile` values
 DYNAMIC_COMPILE = ("off", "chain", "step")
@@ -266,15 +266,6 @@ class SMATTrainer(EpisodeTrainer):
 
     #: the torch.compile backend of the parts (tests use "aot_eager": the same graphs without code generation)
     compile_backend = "inductor"
-
-    def _autocast(self):
-        """Varying batch shapes: the episode stages' attention (no cuDNN, `training.attention_backends`). Fixed
-        shapes (``shape_buckets``): every SDPA backend, as the other stages run: cuDNN builds its plans once per
-        shape, and it takes the masked grouped-query calls without expanding their heads (an H200 ran the eager nano
-        step at 128 x 18 in 215.0 ms so, 220.8 ms without cuDNN: benchmarks/results/smat_h200/)."""
-        if not self.settings.shape_buckets:
-            return super()._autocast()
-        return Trainer._autocast(self)
 
     @property
     def auto_compile(self) -> bool:

@@ -3,7 +3,7 @@
 ``--reference`` measures the per-turn loop (decoder on the turn, then encoder + memory attention to update the
 STM, turn after turn), whose kernel count grows with the number of turns while each kernel is small at `nano`
 size; the default is the restructured step (encoder and decoder once over all turns, only the memory-attention
-chain sequential; ``--compile`` compiles the three parts as `SMATTrainer` does). This measures, for the `nano` RxT (untrained weights: timing only) under bf16 autocast
+chain sequential; ``--compile`` compiles its parts as `SMATTrainer` does: `compile_objective`). This measures, for the `nano` RxT (untrained weights: timing only) under bf16 autocast
 with AdamW, per optimizer step: the median wall time (CUDA events, after warm-up), the summed time of the GPU
 kernels and their number (torch.profiler over a few steps). ``gpu_busy_fraction`` well below 1 means the step
 is bound by launching kernels, not by computing them: a bigger batch is then nearly free, and fewer launches
@@ -34,7 +34,7 @@ from rxt.atomic_io import atomic_write_json
 from rxt.config import RxTConfig
 from rxt.model import RxT
 from training.attention_backends import shape_varying_attention
-from training.stages.smat import SMATObjective
+from training.stages.smat import DYNAMIC_COMPILE, SMATObjective, compile_chain, compile_objective
 from training.stages.smat_batched import stack_episode_turns
 from training.trainer import move_to_device
 
@@ -56,13 +56,16 @@ def make_turns(batch: int, turns: int, length: int, vocab: int, device: torch.de
 
 def measure(preset: str, batch: int, turns: int, length: int, bptt: int, device: torch.device,
             warmup: int, iters: int, profile_steps: int, reference: bool = False, compile_parts: bool = False,
-            top: int = 0, trainer_attention: bool = False) -> dict:
+            top: int = 0, trainer_attention: bool = False, dynamic: str = "off") -> dict:
     torch.manual_seed(0)
     model = RxT(RxTConfig.preset(preset)).to(device)
     objective = SMATObjective(model, bptt, reference=reference).train()
     if compile_parts:  # as SMATTrainer.compile_model
-        for part in (model.encoder, model.decoder, model.memory_attention):
-            part.compile()
+        compile_objective(objective)
+    elif dynamic == "chain":  # as SMATTrainer with dynamic_compile
+        compile_chain(objective)
+    elif dynamic == "step":
+        compile_objective(objective, dynamic=True)
     # The objective's forward/backward is what is measured; the Trainer's own bookkeeping (clipping, metrics,
     # its foreach AdamW) launches few kernels beside the ~50k of an 18-turn step, so a fused AdamW stands in.
     optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -71,19 +74,28 @@ def measure(preset: str, batch: int, turns: int, length: int, bptt: int, device:
     data = move_to_device(data if reference else stack_episode_turns(data), device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    def step() -> None:
+    def step(batch_data=None) -> None:
         optimizer.zero_grad(set_to_none=True)
         # --trainer-attention: SDPA without cuDNN, as `EpisodeTrainer._autocast` runs the step
         with autocast, shape_varying_attention() if trainer_attention else contextlib.nullcontext():
-            loss = objective(data)["loss"]
+            loss = objective(data if batch_data is None else batch_data)["loss"]
         loss.backward()
+
+    if dynamic != "off":
+        # automatic dynamic shapes compile the first shape statically and go dynamic at the next: one step at a
+        # narrower width first, so the timed steps run the dynamic graphs a recipe's varying batches would
+        other = make_turns(batch, turns, max(length - 8, 2), model.config.vocab_size, torch.device("cpu"))
+        step(move_to_device(stack_episode_turns(other), device))
         optimizer.step()
 
     step_ms = time_ms(step, device, warmup, iters)
-    row = {"preset": preset, "path": "reference" if reference else "restructured", "compiled": compile_parts,
+    row = {"preset": preset, "path": "reference" if reference else "restructured",
+           "compiled": compile_parts or (f"dynamic shapes: {dynamic} (warmed at width {max(length - 8, 2)} first)"
+                                         if dynamic != "off" else False),
            "attention": "trainer (no cuDNN)" if trainer_attention else "any SDPA backend",
            "batch": batch, "turns": turns, "turn_tokens": length, "bptt_depth": bptt,
            "step_ms": step_ms, "tokens_per_s": batch * turns * length / (step_ms / 1e3)}
+    print("timed:", row, flush=True)  # before the profile: a run cut short by a timeout still shows the timing
     cuda = device.type == "cuda"
     if cuda or top:  # on the CPU only for --top-kernels (the CPU ops by self time)
         from torch.profiler import ProfilerActivity, profile
@@ -116,12 +128,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--reference", action="store_true", help="the per-turn loop (the step before issue 12)")
-    parser.add_argument("--compile", action="store_true", help="compile encoder, decoder and memory attention")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the encoder, the memory attention and the decoder half as SMATTrainer does")
+    parser.add_argument("--dynamic-compile", choices=DYNAMIC_COMPILE, default="off",
+                        help="compile with automatic dynamic shapes (SMATStageConfig.dynamic_compile): chain = the "
+                             "memory-attention update only, step = every part")
     parser.add_argument("--top-kernels", type=int, default=0, metavar="N",
                         help="record (and print) the N kernels with the most total time per step, from the profile "
                              "(on the CPU: the N ops with the most self time); 0 = off")
     parser.add_argument("--trainer-attention", action="store_true",
                         help="SDPA without cuDNN, as the SMAT trainer runs the step (training.attention_backends)")
+    parser.add_argument("--both-attentions", action="store_true",
+                        help="measure every shape twice in one process: the trainer's attention, then any backend")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "smat_step.json")
     args = parser.parse_args(argv)
@@ -137,17 +155,22 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--shapes {shape!r}: expected BATCHxTURNS with positive integers, e.g. 32x18")
         shapes.append((int(b), int(t)))
     rows = []
+    attentions = (True, False) if args.both_attentions else (args.trainer_attention,)
     for batch, turns in shapes:
-        row = measure(args.preset, batch, turns, args.turn_tokens, args.bptt_depth, device, args.warmup, args.iters,
-                      args.profile_steps, reference=args.reference, compile_parts=args.compile,
-                      top=args.top_kernels, trainer_attention=args.trainer_attention)
-        print(row, flush=True)
-        rows.append(row)
-    doc = {"benchmark": "smat_step", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()},
-           "command": " ".join(["python", "benchmarks/smat_step.py", *(argv if argv is not None else sys.argv[1:])]),
-           "dtype": "bfloat16 autocast" if device.type == "cuda" else "float32", "results": rows}
-    atomic_write_json(args.out, doc)
+        for trainer_attention in attentions:
+            row = measure(args.preset, batch, turns, args.turn_tokens, args.bptt_depth, device, args.warmup,
+                          args.iters, args.profile_steps, reference=args.reference, compile_parts=args.compile,
+                          top=args.top_kernels, trainer_attention=trainer_attention, dynamic=args.dynamic_compile)
+            print(row, flush=True)
+            rows.append(row)
+            doc = {"benchmark": "smat_step",
+                   "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                   "versions": {"torch": torch.__version__, "cuda": torch.version.cuda,
+                                "python": platform.python_version()},
+                   "command": " ".join(["python", "benchmarks/smat_step.py",
+                                        *(argv if argv is not None else sys.argv[1:])]),
+                   "dtype": "bfloat16 autocast" if device.type == "cuda" else "float32", "results": rows}
+            atomic_write_json(args.out, doc)  # after every row: a run cut short keeps what it measured
     print(f"wrote {args.out}")
     return 0
 

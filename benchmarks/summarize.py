@@ -153,8 +153,8 @@ def where_a_step_goes() -> list[str]:
              "| stage | before (issue 12) | after: path | step | real tokens/s | vs anchor | kernels / step | GPU busy "
              "| target |",
              "|---|---|---|---|---|---|---|---|---|"]
-    names = list(STEP_BEFORE) + [n for n in ("joint-before", "sft-before", "smat-before", "baseline-before",
-                                             "mrl-graphs") if n in rows]
+    names = list(STEP_BEFORE) + [n for n in ("joint-before", "sft-before", "smat-before", "smat-eager",
+                                             "baseline-before", "mrl-graphs") if n in rows]
     for name in names:
         r = rows.get(name)
         label = name if not name.endswith("-before") else f"{name} (old path)"

@@ -10,10 +10,11 @@ between them; the metrics are read back once after the timed steps, as a log ste
 - ``joint`` / ``sft``: `JointLMTrainer` / `SFTTrainer` on packed rows (512 x 256, resident on the GPU, MLM drawn on
   the GPU), compiled as the trainer decides (``train.compile`` unset, as in the recipe); ``joint-before`` / ``sft-before``: the same trainer on the unpacked, padded dataset through
   the DataLoader, eager (the path the recipe ran before);
-- ``smat``: `SMATTrainer` (restructured step; compiled only where the trainer compiles by itself, as in the recipe,
-  or with ``--smat-compile on``), 128 episodes x 18 turns of 48 tokens (half query, half answer), enough of them
-  that no measured step starts a new epoch (a new DataLoader); ``smat-before``: the per-turn loop
-  (``reference=True``), eager;
+- ``smat``: `SMATTrainer` (restructured step), 128 episodes x 18 turns of 48 tokens (half query, half answer), enough
+  of them that no measured step starts a new epoch (a new DataLoader). Their one shape is declared as the config's
+  ``shape_buckets`` / ``max_turns``, so the trainer compiles the step on CUDA by itself (``--smat-compile`` forces
+  it on or off); ``smat-eager``: the same without ``shape_buckets``, eager, as the nano recipe's SMAT configs run
+  today; ``smat-before``: the per-turn loop (``reference=True``), eager;
 - ``mrl``: one IMPO update as `MRLTrainer` runs it, CUDA graphs off (the eager reference; the trainer's default on
   CUDA is ``mrl-graphs``): 128 episodes x 8 steps collected through the runtime (a fresh
   runtime per collection, every episode's queries queued before it connects, so the episodes are primed, prefilled,
@@ -65,7 +66,7 @@ from rxt.tokenizer import RxTokenizer
 from training.config import TrainConfig
 
 STAGES = ("anchor", "joint", "sft", "smat", "mrl", "baseline", "joint-before", "sft-before", "smat-before",
-          "baseline-before", "mrl-graphs")
+          "baseline-before", "mrl-graphs", "smat-eager")
 
 
 #: what --smoke sets: the tiny preset, a few rows and steps, on the CPU
@@ -255,8 +256,13 @@ def smat_episodes(count: int, turns: int, length: int, vocab: int, seed: int = 0
     return episodes
 
 
-def smat(before: bool, args, device, tok, tmp):
+def smat(variant: str, args, device, tok, tmp):
+    """``variant``: "fixed" (``smat``: the batches' one shape declared as ``shape_buckets``, so the trainer compiles the
+    step by itself), "eager" (``smat-eager``: no ``shape_buckets``, as the nano recipe's SMAT configs run today:
+    eager) or "before" (``smat-before``: the per-turn loop)."""
     from training.stages.smat import SMATStageConfig, SMATTrainer
+
+    before = variant == "before"
 
     torch.manual_seed(0)
     rxt = RxT(RxTConfig.preset(args.preset, vocab_size=tok.vocab_size))
@@ -269,15 +275,26 @@ def smat(before: bool, args, device, tok, tmp):
     # time that the H200 run at 886e194 counted as SMAT's. The same episodes repeat: only the shapes matter here.
     steps = args.warmup + (args.iters_before if before else args.iters) + args.profile_steps + 1
     episodes = episodes * steps
-    # the trainer's own compile choice (as the recipe, which leaves train.compile unset), unless --smat-compile
-    compile_ = False if before else (True if args.smat_compile == "on" else False if args.smat_compile == "off"
-                                     else None)
+    # the trainer's own compile choice at the fixed shapes (train.compile unset, as in the recipe), unless
+    # --smat-compile; the other variants eager
+    compile_ = False if variant != "fixed" else (True if args.smat_compile == "on" else False
+                                                 if args.smat_compile == "off" else None)
+    # every episode here has `turns` turns of `length` tokens: declared as the step's one fixed shape, the trainer
+    # compiles (static shapes) on CUDA by itself, as it would for a recipe config that sets shape_buckets
+    shapes = dict(shape_buckets=[length], max_turns=turns) if variant == "fixed" else {}
     config = SMATStageConfig(train=_train_cfg(args, tmp, batch, compile_), bptt_depth=4,
-                             unfreeze_schedule=[(0, ["memory", "rest"])])
+                             unfreeze_schedule=[(0, ["memory", "rest"])], **shapes)
     trainer = SMATTrainer(rxt, config, episodes, tokenizer=tok)
     trainer.unwrapped_model.reference = before  # the loop unstacks the collated batch itself
+
+    def path() -> str:
+        if before:
+            return "per-turn loop (reference)"
+        how = "compiled" if trainer._compiled else "eager"
+        return f"restructured, {how}, " + ("fixed shapes (shape_buckets)" if shapes else "no shape_buckets")
+
     extra = {"batch": f"{batch}x{turns} turns of {length}", "bptt_depth": 4, "compiled": lambda: trainer._compiled,
-             "path": "per-turn loop (reference)" if before else "restructured"}
+             "path": path, "shape_buckets": config.shape_buckets or None}
     return (*_trainer_step(trainer), batch * turns * length, extra)
 
 
@@ -369,8 +386,9 @@ def run_stage(name: str, args, device, tok, tmp, report, may_profile=lambda: Tru
     elif name in ("joint", "joint-before", "sft", "sft-before"):
         step, flush, tokens, extra = joint_like(name.split("-")[0], not name.endswith("before"), args, device, tok,
                                                 tmp)
-    elif name in ("smat", "smat-before"):
-        step, flush, tokens, extra = smat(name.endswith("before"), args, device, tok, tmp)
+    elif name in ("smat", "smat-before", "smat-eager"):
+        variant = {"smat": "fixed", "smat-before": "before", "smat-eager": "eager"}[name]
+        step, flush, tokens, extra = smat(variant, args, device, tok, tmp)
     elif name in ("mrl", "mrl-graphs"):  # mrl-graphs: the collection runtime with CUDA graphs, whatever the flag
         step, flush, holder, extra = mrl(args, device, tok, tmp, args.mrl_cuda_graphs or name == "mrl-graphs")
 
@@ -427,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smat", default="128x18", help="EPISODESxTURNS of the SMAT step")
     parser.add_argument("--turn-tokens", type=int, default=48)
     parser.add_argument("--smat-compile", choices=("auto", "on", "off"), default="auto",
-                        help="SMAT: the trainer's own choice (auto, as the recipe runs it), or forced")
+                        help="the smat stage: the trainer's own choice at its fixed shapes (auto: compiled on CUDA), "
+                             "or forced")
     parser.add_argument("--mrl", default="128x8", help="EPISODESxSTEPS of the IMPO update")
     parser.add_argument("--num-workers", type=int, default=4, help="DataLoader workers (the nano configs' 4)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

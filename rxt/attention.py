@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rxt.attention_config import AttentionConfig
+from rxt.grouped_sdpa import grouped_sdpa
 from rxt.kv_cache import KVCache
 from rxt.rope import RopeMode, RotaryEmbedding
 
@@ -121,15 +122,8 @@ class Attention(nn.Module):
                     f"Attention.attend: causal=True needs as many queries as keys ({q.shape[2]} vs {k.shape[2]}); "
                     "pass an explicit mask (e.g. rxt.masks.cached_causal_mask)"
                 )
-            out = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=attn_mask,
-                dropout_p=dropout,
-                is_causal=causal,
-                enable_gqa=self.num_query_heads != self.num_kv_heads,
-            )
+            # grouped heads with a mask: kept off SDPA's MATH backend inside `expand_masked_gqa` (rxt.grouped_sdpa)
+            out = grouped_sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=causal)
             out = out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
         return self.o_proj(out)
 

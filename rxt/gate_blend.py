@@ -54,7 +54,13 @@ class ElementwiseGateBlend(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_stm = torch.addcmul(d_status, grad, 1 - g).to(stm.dtype)
         if ctx.needs_input_grad[1]:
-            grad_update = torch.addcmul(d_status, grad, g if ctx.sigmoid else 1 + g).to(update.dtype)
+            factor = g if ctx.sigmoid else 1 + g
+            if update.dtype != grad.dtype and update.shape == grad.shape:
+                # a lower-precision update (bf16 under autocast) gets its gradient written in its dtype at once (one
+                # rounding, as .to() after the float32 result), not a float32 copy of the STM's size first
+                grad_update = torch.addcmul(d_status, grad, factor, out=torch.empty_like(update))
+            else:
+                grad_update = torch.addcmul(d_status, grad, factor).to(update.dtype)
         return grad_stm, grad_update, d_weight, d_bias, None
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from rxt.attention import Attention
 from rxt.gate_blend import ElementwiseGateBlend
 from rxt.gates import GateConfig
+from rxt.grouped_sdpa import grouped_sdpa
 
 
 def stackable(attentions: Sequence[Attention]) -> bool:
@@ -152,10 +153,7 @@ def stacked_attention(module: Attention, weights: dict[str, torch.Tensor], name:
         q = module.rope.rotate(q, torch.arange(queries, device=x.device))
     if mask is not None and mask.shape[0] != layers * batch:  # (B, 1, 1, T) -> (L * B, 1, 1, T): layer-major
         mask = mask.expand(layers, *mask.shape).flatten(0, 1)
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=module.cfg.dropout if module.training else 0.0,
-        enable_gqa=heads_q != module.num_kv_heads,
-    )
+    out = grouped_sdpa(q, k, v, attn_mask=mask, dropout_p=module.cfg.dropout if module.training else 0.0)
     out = out.transpose(1, 2).reshape(layers, batch * queries, heads_q * d)
     return _project(out, weights, f"{name}.o_proj").view(x.shape)
 

@@ -35,6 +35,7 @@ def stacked_memory_key_value(layers: Sequence[nn.Module], memory: torch.Tensor
     """``memory`` (L, B, S, D) -> per layer l the keys and values (B, H_kv, S, d) that
     ``layers[l].project_memory(memory[l])`` returns (views of two stacked tensors). Needs `memory_reads_stackable`."""
     attentions = [layer.memory_cross_attn for layer in layers]
+    norms = torch.stack([layer.memory_norm.weight for layer in layers])  # (L, D)
     weights = {}
     for part in ("weight", "bias"):
         if getattr(attentions[0].k_proj, part) is None:
@@ -42,11 +43,16 @@ def stacked_memory_key_value(layers: Sequence[nn.Module], memory: torch.Tensor
         k = torch.stack([getattr(a.k_proj, part) for a in attentions])
         v = torch.stack([getattr(a.v_proj, part) for a in attentions])
         kv = torch.cat((k, v), dim=1)  # (L, 2 * D_kv, D) / (L, 2 * D_kv): one matmul for keys and values
+        if part == "weight":
+            # the norm's weight folded into the projection (as `DecoderLayer.project_memory` does): the weighted
+            # (L, B, S, D) memory, an SMAT step's largest activation, and its gradient are never written
+            kv = kv * norms.unsqueeze(1)
         if torch.is_autocast_enabled(kv.device.type):  # as autocast casts a weight at every use
             kv = kv.to(torch.get_autocast_dtype(kv.device.type))
         weights[f"m.kv_proj.{part}"] = kv
-    norms = torch.stack([layer.memory_norm.weight for layer in layers])
-    h = stacked_rms_norm(norms, layers[0].memory_norm.eps, memory)
+    h = stacked_rms_norm(None, layers[0].memory_norm.eps, memory)
+    if h.dtype != norms.dtype:  # the dtype the weighted norm gave it (`DecoderLayer.project_memory`)
+        h = h.to(torch.promote_types(h.dtype, norms.dtype))
     keys, values = stacked_key_value(attentions[0], weights, "m", h.unsqueeze(1))  # (1, L * B, H_kv, S, d) each
     count, batch = memory.shape[:2]
     return list(zip(keys[0].unflatten(0, (count, batch)).unbind(0), values[0].unflatten(0, (count, batch)).unbind(0),

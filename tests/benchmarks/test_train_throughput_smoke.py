@@ -25,7 +25,9 @@ def test_every_stage_steps_and_records(tmp_path, load_script):
     assert rows["anchor"]["vs_anchor"] == 1.0
     assert rows["joint"]["packed"] and not rows["joint-before"]["packed"]
     assert rows["joint"]["pack_fill"] > 0.8  # packed rows are mostly real tokens
-    assert rows["smat"]["path"] == "restructured" and rows["smat-before"]["path"].startswith("per-turn loop")
+    assert rows["smat"]["path"].startswith("restructured") and rows["smat-before"]["path"].startswith("per-turn loop")
+    assert rows["smat"]["shape_buckets"] == [16] and rows["smat-eager"]["shape_buckets"] is None
+    assert rows["smat-eager"]["path"] == "restructured, eager, no shape_buckets"
     assert rows["mrl"]["collect_ms"] > 0 and rows["mrl"]["update_ms"] > 0  # where an IMPO update's time goes
     assert doc["device"] == "cpu" and "mfu" in doc
     for r in rows.values():  # the fields of the record (kernels and busy fraction: GPU only)

@@ -62,3 +62,19 @@ def test_lower_precision_update_and_inputs_without_grad() -> None:
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
     grad_update, grad_weight = torch.autograd.grad(out.sum(), [update, weight])
     assert grad_update.dtype == torch.bfloat16 and grad_weight.shape == weight.shape
+
+
+def test_a_lower_precision_update_gets_its_gradient_rounded_once() -> None:
+    """A bfloat16 update (autocast's attention output) beside a float32 STM: its gradient is the float32 formula's,
+    rounded once to bfloat16 (bit-equal to rounding the float32 gradient); the STM's stays float32."""
+    stm, update, weight, bias = (t.detach() for t in _inputs(S, torch.float32))
+    update = update.to(torch.bfloat16)
+    probe = torch.linspace(-1, 1, L * B * S * D).view(L, B, S, D)
+    leaves = [t.requires_grad_() for t in (stm, update, weight, bias)]
+    out = ElementwiseGateBlend.apply(*leaves, True)
+    grads = torch.autograd.grad((out * probe).sum(), leaves)
+    wide = [t.detach().float().requires_grad_() for t in leaves]
+    ref = torch.autograd.grad((ElementwiseGateBlend.apply(*wide, True) * probe).sum(), wide)
+    assert grads[0].dtype == torch.float32 and grads[1].dtype == torch.bfloat16
+    assert torch.equal(grads[1], ref[1].to(torch.bfloat16))
+    torch.testing.assert_close(grads[0], ref[0], rtol=0, atol=1e-6)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rxt.config import RxTConfig
+from rxt.grouped_sdpa import expand_masked_gqa
 from rxt.model import RxT
 from rxt.tokenizer import RxTokenizer
 from training.data.datasets import IGNORE_INDEX, EpisodeDataset, collate_episodes
@@ -38,14 +39,20 @@ def _run(objective, turns):
     return out, grads
 
 
+@pytest.mark.parametrize("expand", [False, True], ids=["enable_gqa", "expanded_heads"])
 @pytest.mark.parametrize("depth", [0, 1, 2, 4])
-def test_restructured_step_equals_the_per_turn_loop(tok, batch, depth):
+def test_restructured_step_equals_the_per_turn_loop(tok, batch, depth, expand):
+    """Also with masked grouped-query calls expanding their heads (`expand_masked_gqa`, as the trainer runs the
+    step); the stacked batch is right-padded, so its decoder runs causal without a mask, the loop with one."""
     assert len(batch) >= 3 and not bool(batch[-1]["active"].all())  # the case with ended episodes is covered
     assert len({t["input_ids"].shape[1] for t in batch}) > 1  # and turns of different widths
+    stacked = stack_episode_turns(batch, tok.pad_id)
+    assert stacked["right_padded"] and not bool(stacked["attention_mask"].all())  # padding the decoder ignores
     torch.manual_seed(0)
     model = RxT(RxTConfig.preset("tiny", vocab_size=tok.vocab_size)).double()
     ref, ref_grads = _run(SMATObjective(model, depth, reference=True), batch)
-    new, new_grads = _run(SMATObjective(model, depth), stack_episode_turns(batch, tok.pad_id))
+    with expand_masked_gqa(expand):
+        new, new_grads = _run(SMATObjective(model, depth), stacked)
     assert int(new["tokens"]) == int(ref["tokens"]) > 0
     assert int(new["correct"]) == int(ref["correct"])
     torch.testing.assert_close(new["loss"], ref["loss"], rtol=0, atol=1e-10)
@@ -69,6 +76,22 @@ def test_all_active_turns_skip_the_keep_and_change_nothing(tok, batch):
     assert torch.equal(skip["loss"], keep["loss"]) and set(skip_grads) == set(keep_grads)
     for name, g in keep_grads.items():
         assert torch.equal(skip_grads[name], g), name
+
+
+def test_right_padding_is_checked_on_the_host_and_a_left_padded_batch_keeps_its_mask(tok, batch):
+    """``right_padded`` is False when a real token follows padding; the step then passes the decoder its mask (the
+    causal-only decoder would let the first real tokens read the padding before them: another loss)."""
+    left = [{k: (v.flip(1) if k in ("input_ids", "attention_mask", "labels") else v) for k, v in turn.items()}
+            for turn in batch]  # left padding (the reversed tokens: another valid sequence under the same mask)
+    stacked = stack_episode_turns(left, tok.pad_id)
+    assert not stacked["right_padded"] and stack_episode_turns(batch, tok.pad_id)["right_padded"]
+    torch.manual_seed(0)
+    model = RxT(RxTConfig.preset("tiny", vocab_size=tok.vocab_size)).double()
+    masked, _ = _run(SMATObjective(model, 2), stacked)
+    unflagged, _ = _run(SMATObjective(model, 2), {k: v for k, v in stacked.items() if k != "right_padded"})
+    wrong, _ = _run(SMATObjective(model, 2), {**stacked, "right_padded": True})
+    assert torch.equal(masked["loss"], unflagged["loss"])  # a batch without the key keeps the mask too
+    assert abs(float(wrong["loss"]) - float(masked["loss"])) > 1e-6
 
 
 def test_stacking_lists_answer_positions_on_the_host(tok, batch):

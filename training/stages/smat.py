@@ -46,6 +46,7 @@ from training.metrics import causal_lm_loss, token_counts
 from training.plumbing import UnfreezeSchedule, groups_at
 from training.stages.episode_stage import EpisodeTrainer, RxTObjective
 from training.stages.smat_batched import (
+    DecodeSteps,
     bucketed_permutation,
     is_stacked,
     smat_forward,
@@ -54,6 +55,9 @@ from training.stages.smat_batched import (
 )
 from training.stages.stage_config import DataStageConfig
 from training.trainer import StepOutput
+
+#: `SMATStageConfig.dynamic_compile` values
+DYNAMIC_COMPILE = ("off", "chain", "step")
 
 
 @dataclass
@@ -70,6 +74,16 @@ class SMATStageConfig(DataStageConfig):
     # compiled (``train.compile`` null), each part once per width. Empty: a batch pads to its own longest turn
     # and the step stays eager unless ``train.compile`` is true.
     shape_buckets: list[int] = field(default_factory=list)
+    # With shape_buckets: a batch is padded to the smallest of these turn counts that holds its longest episode
+    # (``max_turns`` is always the last) instead of to ``max_turns`` itself. Batches grouped by turn count
+    # (``bucket_window``) then decode few padding turns; the step sees one shape per (turn bucket, width).
+    turn_buckets: list[int] = field(default_factory=list)
+    # Without shape_buckets (which compile the whole step at static shapes), on CUDA: compile with automatic dynamic
+    # shapes, so a few graphs (static at first, then dynamic in the sizes that changed; with and without a gradient
+    # into the STM) serve every batch shape. "chain": only the memory-attention update (its norms, casts and gates
+    # over the STM at every turn fused; encoder and decoder eager); "step": every part, as the static compile does;
+    # "off": eager.
+    dynamic_compile: str = "off"
     unfreeze_schedule: list[tuple[int, list[str]]] = field(
         default_factory=lambda: [(0, ["memory"]), (200, ["memory", "rest"])]
     )
@@ -96,6 +110,14 @@ class SMATStageConfig(DataStageConfig):
                 fail("shape_buckets", "strictly increasing widths of at least 2 tokens")
             if self.shape_buckets[-1] > self.max_len:
                 fail("shape_buckets", f"widths up to max_len={self.max_len}")
+        self.turn_buckets = [int(n) for n in self.turn_buckets]
+        if self.turn_buckets:
+            if not self.shape_buckets:
+                fail("turn_buckets", "used with shape_buckets (fixed step shapes)")
+            if any(n < 1 for n in self.turn_buckets) or any(b <= a for a, b in pairwise(self.turn_buckets)):
+                fail("turn_buckets", "strictly increasing turn counts of at least 1")
+            if self.turn_buckets[-1] > self.max_turns:
+                fail("turn_buckets", f"turn counts up to max_turns={self.max_turns}")
         self.unfreeze_schedule = [(int(s), list(g)) for s, g in self.unfreeze_schedule]
         steps = [s for s, _ in self.unfreeze_schedule]
         if not steps or steps[0] != 0:
@@ -104,6 +126,8 @@ class SMATStageConfig(DataStageConfig):
             fail("unfreeze_schedule", "sorted by strictly increasing step")
         if any(not groups for _, groups in self.unfreeze_schedule):
             fail("unfreeze_schedule", "entries with at least one group")
+        if self.dynamic_compile not in DYNAMIC_COMPILE:
+            fail("dynamic_compile", f"one of {DYNAMIC_COMPILE}")
 
 
 CONFIG_CLASS = SMATStageConfig
@@ -121,6 +145,7 @@ class SMATObjective(RxTObjective):
         self.reference = reference
         self.stms: list[torch.Tensor] = []
         self.updates: list[torch.Tensor] = []
+        self.steps = DecodeSteps()  # the decoder half of the restructured step; `SMATTrainer` compiles it
 
     def _update(self, stm: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         new = self.model.update_memory(stm, ids, mask)
@@ -132,7 +157,7 @@ class SMATObjective(RxTObjective):
         if self.reference:
             return self.reference_forward(turns if not is_stacked(turns) else unstack_episode_turns(turns))
         batch = turns if is_stacked(turns) else stack_episode_turns(turns)
-        out, stms, updates = smat_forward(self.model, batch, self.bptt_depth, record=self.record)
+        out, stms, updates = smat_forward(self.model, batch, self.bptt_depth, record=self.record, steps=self.steps)
         self.stms, self.updates = stms, updates
         return out
 
@@ -174,6 +199,30 @@ class SMATObjective(RxTObjective):
                 "correct": torch.tensor(correct)}
 
 
+def compiled_parts(objective: SMATObjective) -> list[nn.Module]:
+    """The RxT parts `compile_objective` compiles in place."""
+    return [objective.model.encoder, objective.model.memory_attention]
+
+
+def compile_chain(objective: SMATObjective, backend: str = "inductor") -> None:
+    """Compile the memory-attention update alone, in place (``dynamic_compile: chain``): the chain's elementwise work
+    (norms, casts, gates over the (L, B, S, D) STM at every turn) fused for any batch shape, automatic dynamic
+    shapes (`compile_objective`'s ``dynamic``)."""
+    objective.model.memory_attention.compile(dynamic=None, backend=backend)
+
+
+def compile_objective(objective: SMATObjective, backend: str = "inductor", *, dynamic: bool = False) -> None:
+    """Compile the restructured step's parts: the encoder and the memory attention in place, the decoder half as
+    `DecodeSteps.compiled`. Static shapes (one graph per shape) by default: what `SMATTrainer` does on CUDA with
+    ``shape_buckets`` (and benchmarks/smat_step.py with ``--compile``). ``dynamic``: automatic dynamic shapes
+    (``dynamic=None``: static at first, then one recompile makes the sizes that changed symbolic; the weights stay
+    static. ``dynamic=True`` would mark the weights' sizes dynamic too, and duck sizing then specialises a batch size
+    or width equal to one of them: a graph per shape again)."""
+    for part in compiled_parts(objective):
+        part.compile(dynamic=None if dynamic else False, backend=backend)
+    objective.steps = DecodeSteps.compiled(backend, dynamic=dynamic)
+
+
 class SMATTrainer(EpisodeTrainer):
     """Stage-4 trainer. ``self.unwrapped_model`` is the `SMATObjective`; ``self.rxt`` the RxT."""
 
@@ -200,6 +249,11 @@ class SMATTrainer(EpisodeTrainer):
         # the parts are compiled in place (`compile_model`), so evaluation runs them through the plain objective
         # rather than a compiled copy of its Python loop over turns
         self.eval_model = self.unwrapped_model
+        if config.dynamic_compile != "off" and not self._compiled and self.device.type == "cuda":
+            if config.dynamic_compile == "chain":
+                compile_chain(self.unwrapped_model, self.compile_backend)
+            else:
+                compile_objective(self.unwrapped_model, self.compile_backend, dynamic=True)
         self.apply_unfreeze_schedule(self.step)
 
     @property
@@ -220,23 +274,25 @@ class SMATTrainer(EpisodeTrainer):
         return bool(self.settings.shape_buckets)
 
     def _compiled_parts(self) -> list[nn.Module]:
-        return [self.rxt.encoder, self.rxt.decoder, self.rxt.memory_attention]
+        return compiled_parts(self.unwrapped_model)
 
     def compile_model(self, model: nn.Module) -> nn.Module:
-        """Compile the encoder, the decoder and the memory attention in place, not the step: the step loops over
-        turns in Python, and one compiled memory-attention update serves every turn of the chain. Static shapes
-        (``dynamic=False``): one graph per bucket width, never a dynamic one that loses the fusions."""
-        widths = len(self.settings.shape_buckets) + 1
-        # per part: each width in training and in evaluation (no grad), and a smaller last eval batch
-        needed = 4 * widths + 2
+        """Compile the encoder and the memory attention in place, and the objective's decoder half
+        (`DecodeSteps.compiled`: the memory stack and projection, the decoder, the answer loss), not the step: the
+        step loops over turns in Python, and one compiled memory-attention update serves every turn of the chain.
+        Static shapes (``dynamic=False``): one graph per bucket width, never a dynamic one that loses the fusions
+        (but the loss's answer count, which changes with every batch)."""
+        shapes = (len(self.settings.shape_buckets) + 1) * (len(self.settings.turn_buckets) + 1)
+        # per part: each shape in training and in evaluation (no grad), and a smaller last eval batch
+        needed = 4 * shapes + 2
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, needed)
-        for part in self._compiled_parts():
-            part.compile(dynamic=False, backend=self.compile_backend)
+        compile_objective(self.unwrapped_model, self.compile_backend)
         return model
 
     def uncompile_model(self) -> None:
         for part in self._compiled_parts():
             part._compiled_call_impl = None
+        self.unwrapped_model.steps = DecodeSteps()
 
     def epoch_permutation(self, epoch: int) -> torch.Tensor:
         """The Trainer's permutation, bucketed by turn count and turn length (``bucket_window``)."""
@@ -254,14 +310,16 @@ class SMATTrainer(EpisodeTrainer):
 
     def collate(self, samples: list[Any]) -> Any:
         """Episodes stacked for the restructured step; the answer positions are listed here, on the host. With
-        ``shape_buckets`` the batch is padded to ``max_turns`` turns and its bucket's width."""
+        ``shape_buckets`` the batch is padded to its turn bucket (``max_turns`` without ``turn_buckets``) and its
+        bucket's width."""
         turns = super().collate(samples)
         buckets = self.settings.shape_buckets
         if not buckets:
             return stack_episode_turns(turns, self.pad_id)
         longest = max(t["input_ids"].shape[1] for t in turns)
         width = next((w for w in buckets if w >= longest), self.settings.max_len)
-        return stack_episode_turns(turns, self.pad_id, num_turns=self.settings.max_turns, width=width)
+        count = next((n for n in self.settings.turn_buckets if n >= len(turns)), self.settings.max_turns)
+        return stack_episode_turns(turns, self.pad_id, num_turns=count, width=width)
 
     def _output(self, out: dict[str, torch.Tensor]) -> StepOutput:
         # Device tensors: the Trainer reads a step's metrics back once, together (no per-metric host sync).
@@ -290,4 +348,7 @@ def run_stage(config: SMATStageConfig, *, resume: bool = False, callbacks: Seque
     return train_and_finish(trainer, resume)
 
 
-__all__ = ["CONFIG_CLASS", "SMATObjective", "SMATStageConfig", "SMATTrainer", "groups_at", "run_stage"]
+__all__ = ["CONFIG_CLASS", "DYNAMIC_COMPILE", "SMATObjective", "SMATStageConfig", "SMATTrainer", "compile_chain",
+           "compile_objective",
+           "compiled_parts",
+           "groups_at", "run_stage"]

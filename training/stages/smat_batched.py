@@ -17,7 +17,8 @@ GPU. The result equals the loop's loss and gradients up to float rounding (tests
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from training.metrics import upcast
 
 #: keys of a stacked episode batch (`stack_episode_turns`)
 STACKED_KEYS = ("input_ids", "attention_mask", "active", "labels", "target_index", "targets", "num_tokens",
-                "all_active")
+                "all_active", "right_padded")
 
 
 def is_stacked(batch: object) -> bool:
@@ -43,7 +44,8 @@ def stack_episode_turns(turns: Sequence[dict[str, torch.Tensor]], pad_id: int = 
     that turn and the row has tokens), ``target_index`` (K,) flat indices into the (N, B, T - 1) grid of
     next-token predictions whose label is not -100 in a live row, ``targets`` (K,) those labels, and
     ``labels`` (N, B, T - 1) the shifted targets (-100 where none), ``num_tokens`` (int K), ``all_active`` (a
-    tuple of N bools: every row of turn t is live, so its memory update keeps no row's old STM). Runs on the host (the
+    tuple of N bools: every row of turn t is live, so its memory update keeps no row's old STM), ``right_padded`` (a
+    bool: no real token follows a padding one, so the decoder needs no padding mask). Runs on the host (the
     collate), so the step needs no device read-back. ``num_turns`` / ``width`` pad N and T to a fixed shape
     (inactive all-padding turns, padding columns), so a compiled step sees few distinct shapes.
     """
@@ -75,8 +77,10 @@ def stack_episode_turns(turns: Sequence[dict[str, torch.Tensor]], pad_id: int = 
     labels = labels.masked_fill(~active[:, :, None], IGNORE_INDEX)[:, :, 1:]
     flat = labels.reshape(-1)
     index = (flat != IGNORE_INDEX).nonzero().squeeze(1)
+    right_padded = bool((mask[..., 1:] <= mask[..., :-1]).all())  # no real token after a padding one
     return {"input_ids": ids, "attention_mask": mask, "active": active, "labels": labels, "target_index": index,
-            "targets": flat[index], "num_tokens": int(index.numel()), "all_active": tuple(active.all(dim=1).tolist())}
+            "targets": flat[index], "num_tokens": int(index.numel()), "all_active": tuple(active.all(dim=1).tolist()),
+            "right_padded": right_padded}
 
 
 def unstack_episode_turns(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -107,9 +111,9 @@ def bucketed_permutation(perm: torch.Tensor, keys: Sequence[tuple[int, int]], st
     return torch.tensor(out, dtype=perm.dtype)
 
 
-def smat_forward(model: RxT, batch: dict[str, torch.Tensor], bptt_depth: int, *, record: bool = False
-                 ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-    """The stage-4 step over a stacked batch: ``(out, stms, updates)``.
+def smat_forward(model: RxT, batch: dict[str, torch.Tensor], bptt_depth: int, *, record: bool = False,
+                 steps: DecodeSteps | None = None) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """The stage-4 step over a stacked batch: ``(out, stms, updates)``; ``steps``: the decoder half (None: eager).
 
     ``out`` holds ``loss`` (mean answer-token CE), ``ce_sum``, ``tokens`` (int) and ``correct`` (a device tensor:
     nothing is read back). ``stms[t]`` is the STM turn t's decoder read and ``updates[k]`` the STM written after turn k (only
@@ -140,6 +144,11 @@ def smat_forward(model: RxT, batch: dict[str, torch.Tensor], bptt_depth: int, *,
             with torch.set_grad_enabled(torch.is_grad_enabled() and bptt_depth > 0):
                 # the main step's keys and values read only ED: every turn's in one call, before the chain
                 keys, values = network.stacked_key_value(encoded, weights)
+            # per-turn views by unbind: indexing keys[t] would write, in the backward, a zero-filled gradient of
+            # the whole (N - 1)-turn stack for every turn; unbind's backward is one stack of the turns' gradients
+            keys, values, biases = keys.unbind(0), values.unbind(0), biases.unbind(0)
+        else:
+            encoded_turns = encoded.unbind(1)  # the same, for the layer-by-layer path's encoded turns
         chained = 0  # memory updates in the current gradient path of `stm` (the loop's fixed segments)
         for t in range(n - 1):
             if bptt_depth == 0:
@@ -148,7 +157,7 @@ def smat_forward(model: RxT, batch: dict[str, torch.Tensor], bptt_depth: int, *,
                 stm, chained = stm.detach(), 0
             with torch.set_grad_enabled(torch.is_grad_enabled() and bptt_depth > 0):
                 if weights is None:
-                    new = network(stm, encoded[:, t], mask[t])
+                    new = network(stm, encoded_turns[t], mask[t])
                 else:
                     new = network(stm, encoded[:, t], weights=weights, key_bias=biases[t],
                                   key_value=(keys[t], values[t]))
@@ -158,19 +167,67 @@ def smat_forward(model: RxT, batch: dict[str, torch.Tensor], bptt_depth: int, *,
             stms.append(stm)
             if record and bptt_depth > 0:  # as the loop: depth 0 updates carry no graph to inspect
                 updates.append(stm)
-    memory = torch.stack(stms, dim=1).flatten(1, 2)  # (L, N*B, S, D): row (t, i) reads turn t's STM
-    hidden = model.decoder(
-        ids.reshape(n * b, width), attention_mask=mask.reshape(n * b, width),
-        memory=model.decoder.project_memory(memory), compute_logits=False, validate=False,
-    ).hidden
-    rows = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, batch["target_index"])
-    logits = upcast(model.decoder.lm_head(rows))
-    targets = batch["targets"]
-    ce_sum = F.cross_entropy(logits, targets, reduction="sum")
+    steps = steps or DecodeSteps()
+    hidden = steps.hidden(model, ids, mask, stms, bool(batch.get("right_padded", False)))
+    ce_sum, correct = steps.loss(hidden, model.decoder.lm_head.weight, batch["target_index"], batch["targets"])
     tokens = int(batch["target_index"].numel())  # a shape, not a device value: no read-back
-    correct = (logits.detach().argmax(dim=-1) == targets).sum()
     out = {"loss": ce_sum / max(tokens, 1), "ce_sum": ce_sum, "tokens": tokens, "correct": correct}
     return out, (stms if record else []), updates
 
 
-__all__ = ["STACKED_KEYS", "bucketed_permutation", "is_stacked", "smat_forward", "stack_episode_turns", "unstack_episode_turns"]
+def decoder_hidden(model: RxT, ids: torch.Tensor, mask: torch.Tensor, stms: Sequence[torch.Tensor],
+                   causal_only: bool) -> torch.Tensor:
+    """The decoder over every turn at once, (N * B, T, D) final-norm states: row (t, i) reads ``stms[t]`` (L, B, S,
+    D), the STM before turn t.
+
+    ``causal_only`` (right-padded rows, host-checked at collate: `right_padded`): plain causal attention, no mask. A
+    real token's past then holds no padding, so its output (and every loss term and gradient) is the masked one;
+    only padding positions, which no target reads, see other padding. Flash attention takes the self-attention."""
+    n, b, width = ids.shape
+    memory = torch.stack(list(stms), dim=1).flatten(1, 2)  # (L, N*B, S, D): row (t, i) reads turn t's STM
+    return model.decoder(
+        ids.reshape(n * b, width), attention_mask=None if causal_only else mask.reshape(n * b, width),
+        memory=model.decoder.project_memory(memory), compute_logits=False, validate=False,
+    ).hidden
+
+
+def answer_loss(hidden: torch.Tensor, lm_weight: torch.Tensor, target_index: torch.Tensor, targets: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy and argmax hits at the answer positions only: ``hidden`` (N * B, T, D),
+    ``target_index`` (K,) flat indices into its (N * B, T - 1) prediction grid (`stack_episode_turns`), ``targets``
+    (K,). The LM head (``lm_weight``, (V, D)) runs on those K rows only."""
+    rows = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, target_index)
+    logits = upcast(F.linear(rows, lm_weight))
+    ce_sum = F.cross_entropy(logits, targets, reduction="sum")
+    correct = (logits.detach().argmax(dim=-1) == targets).sum()
+    return ce_sum, correct
+
+
+@dataclass(frozen=True)
+class DecodeSteps:
+    """The decoder half of the step (`decoder_hidden`, `answer_loss`), eager or compiled (`compiled`)."""
+
+    hidden: Callable[..., torch.Tensor] = decoder_hidden
+    loss: Callable[..., tuple[torch.Tensor, torch.Tensor]] = answer_loss
+
+    @classmethod
+    def compiled(cls, backend: str = "inductor", *, dynamic: bool = False) -> DecodeSteps:
+        """Both compiled: the decoder with static shapes (one graph per bucket shape: the memory stack, its norm
+        and projection fuse with the casts around them; ``dynamic``: automatic dynamic shapes), the loss with a
+        dynamic answer count K (it changes with every batch; the vocabulary reductions do not), so one graph serves
+        every batch of a shape."""
+        loss = torch.compile(answer_loss, backend=backend)
+
+        def dynamic_count_loss(hidden, lm_weight, target_index, targets):
+            # only K symbolic (``dynamic=True`` would mark every size, the weight's too, and duck sizing would then
+            # specialise a K equal to one of them)
+            torch._dynamo.maybe_mark_dynamic(target_index, 0)
+            torch._dynamo.maybe_mark_dynamic(targets, 0)
+            return loss(hidden, lm_weight, target_index, targets)
+
+        return cls(torch.compile(decoder_hidden, dynamic=None if dynamic else False, backend=backend),
+                   dynamic_count_loss)
+
+
+__all__ = ["STACKED_KEYS", "DecodeSteps", "answer_loss", "bucketed_permutation", "decoder_hidden", "is_stacked", "smat_forward",
+           "stack_episode_turns", "unstack_episode_turns"]

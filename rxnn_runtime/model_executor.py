@@ -79,7 +79,7 @@ class ModelExecutor:
         self.engine = DecodeEngine(model.decoder, max_slots=max_slots, capacity=model.config.max_seq_len,
                                    use_cuda_graphs=use_cuda_graphs)
         # One encoder + memory-attention pass per step for every turn that finished (a graph per shape on CUDA).
-        self.updater = MemoryUpdater(model, pad_id=pad_id, use_cuda_graphs=use_cuda_graphs)
+        self.updater = MemoryUpdater(model, pad_id=pad_id, use_cuda_graphs=use_cuda_graphs, max_batch=max_slots)
         self._sampling: dict[int, tuple[SamplingConfig, SampleStream | None]] = {}  # slot -> row's sampling
         # Each slot's last chosen token, on the device: the engine's own token buffer, so the next decode step reads
         # it without a host round trip or a copy.
@@ -283,8 +283,7 @@ class ModelExecutor:
             interactions = [t.interaction(self.eos_id, max_len) for t in turns]
             side = self._update_stream if self.updater.graphed else None
             if side is None:
-                stm = torch.stack([stm_of(t.session_id) for t in turns], dim=1)
-                new_stm = self.updater(stm, interactions)
+                new_stm = self.updater([stm_of(t.session_id) for t in turns], interactions)
                 if new_stm.is_cuda:  # the commit's copy waits for this pass only, not for the steps queued after it
                     result.memory_ready = torch.cuda.Event()
                     result.memory_ready.record()
@@ -316,8 +315,7 @@ class ModelExecutor:
         else:
             side.wait_stream(lane)
         with torch.cuda.stream(side):
-            stm = torch.stack([stm_of(t.session_id) for t in turns], dim=1)
-            new_stm = self.updater(stm, interactions)
+            new_stm = self.updater([stm_of(t.session_id) for t in turns], interactions)
             new_stm.record_stream(lane)
             ready = torch.cuda.Event()
             ready.record()  # on the side stream: after the pass

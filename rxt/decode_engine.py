@@ -28,14 +28,12 @@ from collections.abc import Sequence
 import torch
 
 from rxt.decoder import Decoder
+from rxt.graph_capture import GraphPool
 from rxt.layers import MemoryKV
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-# Captures run on the serving lane while other threads (store commits copying STMs off the device) keep using
-# CUDA; "thread_local" restricts only the capturing thread, so their calls neither fail nor spoil the capture.
-CAPTURE_MODE = "thread_local"
 PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
@@ -99,6 +97,10 @@ class DecodeEngine:
         self._decode = torch.compile(self._decode_impl, dynamic=False) if compile_step else self._decode_impl
         self._prefill_graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, list]] = {}
         self._stages: dict[int, tuple[dict[str, torch.Tensor], object]] = {}  # batch -> staging buffers, cache
+        self._stage_store: tuple[dict[str, torch.Tensor], object] | None = None  # what every batch's stage views
+        # Decode-step and prefill graphs all replay on the caller's stream, one at a time: one memory pool for all
+        # of them (`rxt.graph_capture`), not one per graph.
+        self.graph_pool = GraphPool()
 
     # -- slots -----------------------------------------------------------------------------------------------
     def free_slot(self) -> int | None:
@@ -313,16 +315,33 @@ class DecodeEngine:
         return (self._prefill_graphs.get((batch, bucket)) or self._capture_prefill(batch, bucket)) is not None
 
     def _stage_buffers(self, batch: int, stm: torch.Tensor):
+        """The staging buffers and cache of a prefill of ``batch`` rows: views of one set made for ``max_slots``
+        rows, shared by every batch bucket (prefills run one at a time and their rows are copied into the slots
+        right after the replay), so the stages take one set of buffers, not one per bucket (at ~1B and 64 slots
+        the per-bucket copies of the KV cache and the STMs were gigabytes)."""
         if batch not in self._stages:
-            # Not static: a prefill bucket of T tokens attends over T keys (its shapes are fixed by the bucket).
+            if self._stage_store is None:
+                rows, longest = self.max_slots, max(PREFILL_BUCKETS)
+                # Not static: a prefill bucket of T tokens attends over T keys (its shapes are fixed by the bucket).
+                self._stage_store = (
+                    {
+                        "stm": torch.zeros(stm.shape[0] * rows * stm[0, 0].numel(), dtype=self.cache.k.dtype,
+                                           device=self.device),
+                        "prompt": torch.zeros(rows * longest, dtype=torch.long, device=self.device),
+                        "length": torch.ones(rows, dtype=torch.long, device=self.device),
+                    },
+                    self.decoder.new_cache(rows, self.capacity),
+                )
+            store, cache = self._stage_store
+            shape = (stm.shape[0], batch, *stm.shape[2:])
+            # Leading parts of the flat buffers: contiguous views of the batch's shapes.
             self._stages[batch] = (
                 {
-                    "stm": torch.zeros((stm.shape[0], batch, *stm.shape[2:]), dtype=self.cache.k.dtype,
-                                       device=self.device),
-                    "prompt": torch.zeros((batch, max(PREFILL_BUCKETS)), dtype=torch.long, device=self.device),
-                    "length": torch.ones(batch, dtype=torch.long, device=self.device),
+                    "stm": store["stm"][: shape[0] * batch * stm[0, 0].numel()].view(shape),
+                    "prompt": store["prompt"][: batch * max(PREFILL_BUCKETS)].view(batch, max(PREFILL_BUCKETS)),
+                    "length": store["length"][:batch],
                 },
-                self.decoder.new_cache(batch, self.capacity),
+                cache.row_view(0, batch),
             )
         return self._stages[batch]
 
@@ -340,15 +359,7 @@ class DecodeEngine:
 
     def _capture_prefill(self, batch: int, bucket: int):
         try:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._prefill(batch, bucket)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
-                logits, memory = self._prefill(batch, bucket)
+            graph, (logits, memory) = self.graph_pool.capture(lambda: self._prefill(batch, bucket))
         except Exception as exc:
             log.warning("CUDA graph capture of prefill (batch %d, length %d) failed (%s); prefilling eagerly",
                         batch, bucket, exc)
@@ -439,18 +450,6 @@ class DecodeEngine:
         the capture raised, with the lengths restored."""
         saved_lengths = self.cache.lengths.clone()
         try:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self.cache.lengths.copy_(saved_lengths)
-                    run()
-            torch.cuda.current_stream().wait_stream(stream)
+            return self.graph_pool.capture(run, before_run=lambda: self.cache.lengths.copy_(saved_lengths))
+        finally:
             self.cache.lengths.copy_(saved_lengths)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
-                out = run()
-        except Exception:
-            self.cache.lengths.copy_(saved_lengths)
-            raise
-        return graph, out

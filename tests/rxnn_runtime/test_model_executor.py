@@ -103,6 +103,8 @@ def test_precapture_covers_every_batch_and_length_a_step_can_meet(monkeypatch):
     executor.engine.use_cuda_graphs = executor.updater.use_cuda_graphs = True
     captured = executor.precapture(max_prompt_tokens=20, max_interaction_tokens=60)
     assert captured == executor.graph_count() > 0
+    # The update passes run beside the decode steps (their own stream): a pool of their own, not the lane's.
+    assert executor.engine.graph_pool is not executor.updater.graph_pool
     for n in range(1, 13):
         for tokens in range(1, 21):
             assert executor.engine._prefill_key(n, tokens) in executor.engine._prefill_graphs, (n, tokens)

@@ -153,3 +153,56 @@ def test_step_without_tokens_feeds_the_engine_token_buffer(model):
     for tokens in (torch.tensor([11, 12]), torch.tensor([13, 14])):
         buffered.tokens.copy_(tokens)
         torch.testing.assert_close(buffered.step(), given.step(tokens))
+
+
+def _copy_into(dst, src):
+    if isinstance(dst, torch.Tensor):
+        dst.copy_(src)
+    elif isinstance(dst, (list, tuple)):
+        for d, s in zip(dst, src, strict=True):
+            if d is not None:
+                _copy_into(d, s)
+
+
+def test_step_and_prefill_graphs_share_one_pool_and_one_stage(model, monkeypatch):
+    """Every decode-step and prefill graph of an engine captures into its one pool (`rxt.graph_capture`), and the
+    prefills of every batch bucket stage their rows in views of one set of buffers and one cache; with each
+    "graph" replayed eagerly on the CPU, the logits and the next steps equal the eager engine's."""
+    from rxt.graph_capture import GraphPool
+
+    used = []
+
+    class EagerGraph:
+        def __init__(self, run, out):
+            self.run, self.out = run, out
+
+        def replay(self):
+            _copy_into(self.out, self.run())
+
+    def capture(self, run, *, stream=None, before_run=None, warmups=2):
+        used.append(self)
+        if before_run is not None:
+            before_run()
+        out = run()
+        return EagerGraph(run, out), out
+
+    monkeypatch.setattr(GraphPool, "capture", capture)
+    torch.manual_seed(3)
+    prompts = [torch.randint(4, 128, (n,)).tolist() for n in (5, 9, 3)]
+    stm = torch.randn(model.initial_memory(3).shape)
+    graphed = DecodeEngine(model.decoder, max_slots=4, capacity=32)
+    graphed.use_cuda_graphs = True
+    eager = DecodeEngine(model.decoder, max_slots=4, capacity=32)
+    for engine in (graphed, eager):
+        engine.start_batch([0, 2, 3], prompts, stm=stm)
+    torch.testing.assert_close(graphed.start(1, torch.tensor(prompts[1]), stm=stm[:, 1]),
+                               eager.start(1, torch.tensor(prompts[1]), stm=stm[:, 1]))
+    for _ in range(3):
+        step = torch.randint(4, 128, (4,))
+        torch.testing.assert_close(graphed.step(step), eager.step(step))
+    assert set(graphed._prefill_graphs) == {(4, 16), (1, 16)} and set(graphed._graphs) == {4}
+    assert len(used) == 3 and all(pool is graphed.graph_pool for pool in used)
+    (four, cache4), (one, cache1) = graphed._stages[4], graphed._stages[1]
+    for name in ("stm", "prompt", "length"):
+        assert four[name].untyped_storage().data_ptr() == one[name].untyped_storage().data_ptr(), name
+    assert cache4.k.untyped_storage().data_ptr() == cache1.k.untyped_storage().data_ptr()

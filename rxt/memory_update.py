@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import torch
 
-from rxt.decode_engine import pad_rows
+from rxt.decode_engine import pad_rows, padded_flat
 from rxt.graph_capture import GraphPool
 from rxt.model import RxT
 
@@ -98,29 +98,40 @@ class MemoryUpdater:
         return self.model.update_memory(stm, ids.to(self.device), valid.to(self.device), validate=False)
 
     def _replay(self, graph, key: tuple[int, int], stm, rows: list, lengths: list[int]) -> torch.Tensor:
+        # A fixed, small number of torch calls whatever the batch: in a server each one may hand the GIL to the
+        # event loop's thread, and the lane then waits up to a switch interval to get it back.
         batch, length = key
         n = len(rows)
         buffers = graph[1]
-        # One host tensor, one copy: the padded ids, then every row's length (padding rows: 0).
-        flat = pad_rows(rows, batch, length, self.pad_id).view(-1)
-        host = torch.cat([flat, torch.tensor(lengths + [0] * (batch - n), dtype=torch.long)])
-        if self.device.type == "cuda":
-            host = host.pin_memory()
+        # One host tensor (pinned as it is made), one copy: the padded ids, then every row's length (padding: 0).
+        flat = padded_flat(rows, batch, length, self.pad_id)
+        flat.extend(lengths)
+        flat.extend([0] * (batch - n))
+        host = torch.tensor(flat, dtype=torch.long, pin_memory=self.device.type == "cuda")
         buffers["tokens"].copy_(host, non_blocking=True)
+        stm_in, out = self._row_views(buffers, n)
         if isinstance(stm, torch.Tensor):
-            buffers["stm"][:, :n].copy_(stm)
-        elif n == batch:
-            torch.stack(list(stm), dim=1, out=buffers["stm"])  # straight into the input buffer
+            stm_in.copy_(stm)
         else:
-            torch.stack(list(stm), dim=1, out=buffers["stm"][:, :n])
+            torch.stack(list(stm), dim=1, out=stm_in)  # straight into the input buffer
         graph[0].replay()
-        new = buffers["out"][:, :n].clone()  # out of the shared buffer, which the next replay overwrites
-        empty = [i for i, length in enumerate(lengths) if length == 0]
+        new = out.clone()  # out of the shared buffer, which the next replay overwrites
+        empty = [i for i, size in enumerate(lengths) if size == 0]
         if empty:  # no token to write: the row keeps its memory (the graph masks no key of a row without tokens)
             index = torch.tensor(empty, dtype=torch.long, device=new.device)
             source = stm if isinstance(stm, torch.Tensor) else torch.stack(list(stm), dim=1)
             new.index_copy_(1, index, source.index_select(1, index).to(new.dtype))
         return new
+
+    @staticmethod
+    def _row_views(buffers: dict[str, torch.Tensor], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` rows of the graph's STM input and output, made once per row count (a slice is a torch
+        call too)."""
+        views = buffers.setdefault("_rows", {})
+        pair = views.get(n)
+        if pair is None:
+            pair = views[n] = (buffers["stm"][:, :n], buffers["out"][:, :n])
+        return pair
 
     def _key(self, n: int, tokens: int) -> tuple[int, int]:
         """The (batch bucket, length bucket) of ``n`` interactions of at most ``tokens`` tokens."""

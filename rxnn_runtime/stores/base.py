@@ -121,6 +121,19 @@ class SessionStore(abc.ABC):
     @abc.abstractmethod
     def save(self, state: SessionState) -> None: ...
 
+    def save_many(self, states: list[SessionState]) -> list[str | None]:
+        """Save each of ``states``, in order: per state None, or the repr of what its save raised (a failing save
+        fails only its own state). One by one here; a store may do it in one go."""
+        errors: list[str | None] = []
+        for state in states:
+            try:
+                self.save(state)
+            except Exception as exc:
+                errors.append(repr(exc))
+            else:
+                errors.append(None)
+        return errors
+
     @abc.abstractmethod
     def delete(self, session_id: str) -> None: ...
 

@@ -125,7 +125,9 @@ async def warm_up(url: str, args: argparse.Namespace, sessions: list[int], react
     prompt = max(len(template.query_ids(q)) for q in QUESTIONS)
     captured = reactive.executor.precapture(max_prompt_tokens=prompt,
                                             max_interaction_tokens=prompt + args.max_new_tokens + 1)
-    print(f"warm-up: {captured} decode, prefill and memory-update graphs captured ahead", flush=True)
+    memory = (f"; CUDA memory reserved {torch.cuda.memory_reserved() / 2**30:.1f} GiB"
+              if torch.cuda.is_available() and reactive.executor.device.type == "cuda" else "")
+    print(f"warm-up: {captured} decode, prefill and memory-update graphs captured ahead{memory}", flush=True)
     for n in sorted(set(sessions)):
         await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
 
@@ -309,6 +311,8 @@ def main() -> None:
         "aggregate_ratio_32_vs_1": ratio,
         "update_stream": not args.no_update_stream,
         "memory_update_bare": update_check,
+        # the most memory the run held (graph pools included): the ~1B config once ran out capturing graphs
+        "cuda_max_memory_reserved_gib": (torch.cuda.max_memory_reserved() / 2**30 if device.type == "cuda" else None),
     }
     if args.out:
         doc = {"benchmark": "serving", "runs": []}

@@ -11,7 +11,8 @@ In order, one lane action:
 4. one prefill for every admitted turn together (`DecodeEngine.start_batch`, memory K/V projected in the same
    pass from the sessions' device-resident STMs);
 5. one token per row, written straight into the engine's next-token buffer: when every row is greedy and none
-   asks for log-probs, the argmax of every row of the bucket in place (one call, no index); otherwise
+   asks for log-probs, the argmax the decode step itself wrote for every row of the bucket (inside its graph:
+   no call of its own); otherwise
    `choose_rows_on_device` (one batched pass; greedy rows take the argmax, each sampled row draws from its own
    counter-based noise stream, `rxt.sampling_noise`) and one indexed copy into the rows' slots;
 6. one asynchronous copy of that whole token buffer to a pinned host buffer kept for reuse, and an event: each
@@ -76,8 +77,10 @@ class ModelExecutor:
         self.eos_id = eos_id
         self.device = model.embedding.weight.device
         # Decode slots with a static KV cache; each step is a captured CUDA graph on the GPU (see DecodeEngine).
+        # Each step also writes every row's argmax into the token buffer (inside its graph): the greedy rows' next
+        # input with no call of its own; rows that sample or want log-probs overwrite theirs (`_choose`).
         self.engine = DecodeEngine(model.decoder, max_slots=max_slots, capacity=model.config.max_seq_len,
-                                   use_cuda_graphs=use_cuda_graphs)
+                                   use_cuda_graphs=use_cuda_graphs, argmax_into_tokens=True)
         # One encoder + memory-attention pass per step for every turn that finished (a graph per shape on CUDA).
         self.updater = MemoryUpdater(model, pad_id=pad_id, use_cuda_graphs=use_cuda_graphs, max_batch=max_slots)
         self._sampling: dict[int, tuple[SamplingConfig, SampleStream | None]] = {}  # slot -> row's sampling
@@ -86,7 +89,6 @@ class ModelExecutor:
         self._next = self.engine.tokens
         self._next.fill_(pad_id)
         self._indices: dict[tuple[int, ...], torch.Tensor] = {}  # slot tuple -> its index tensor on the device
-        self._next_views: dict[int, torch.Tensor] = {}  # bucket -> self._next[:bucket]
         self._special: set[int] = set()  # slots that sample or want log-probs (greedy rows take the fast path)
         self._host_buffers: list[torch.Tensor] = []  # pinned token buffers free for reuse
         self._events: list[torch.cuda.Event] = []  # their events, free for reuse
@@ -165,13 +167,13 @@ class ModelExecutor:
         if decode:
             try:
                 bucket = engine.bucket()
-                logits = engine.step()  # feeds ``self._next``, the engine's token buffer
+                # Feeds ``self._next``, the engine's token buffer, and writes every row's argmax into it: with greedy
+                # rows only, that is the whole token choice (no call of its own).
+                logits = engine.step()
                 if self._special:  # a sampled row or one that wants log-probs: the general choice, per row
                     index = tuple(t.slot for t in decode)
                     parts.append(logits if index == tuple(range(bucket)) else logits[self._index(index)])
                     part_rows.extend(decode)
-                else:  # greedy rows only: every row of the bucket takes its argmax in place, one call
-                    torch.argmax(logits, dim=-1, out=self._next_view(bucket))
                 step.rows.extend(decode)
             except Exception as exc:
                 log.exception("decode step failed")
@@ -203,13 +205,6 @@ class ModelExecutor:
                 self._fail(step.rows, "internal", exc, step.result)
                 step.rows = []
         return step
-
-    def _next_view(self, bucket: int) -> torch.Tensor:
-        """``self._next[:bucket]``, made once per bucket (a slice is a torch call too)."""
-        view = self._next_views.get(bucket)
-        if view is None:
-            view = self._next_views[bucket] = self._next[:bucket]
-        return view
 
     def _index(self, slots: tuple[int, ...]) -> torch.Tensor:
         """``slots`` as an index on the device, built once per distinct tuple (the rows of a step change only when

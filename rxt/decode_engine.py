@@ -79,9 +79,14 @@ class DecodeEngine:
         use_cuda_graphs: bool | None = None,
         buckets: Sequence[int] = DEFAULT_BUCKETS,
         compile_step: bool = False,
+        argmax_into_tokens: bool = False,
     ) -> None:
+        """``argmax_into_tokens``: every step also writes each row's argmax into the token buffer (``self.tokens``),
+        inside the step's graph on CUDA, so a greedy caller that feeds the buffer (``step()``) makes one call a
+        token, not two (a serving lane pays for every torch call: each may hand the GIL to another thread)."""
         if max_slots < 1:
             raise ValueError(f"DecodeEngine max_slots={max_slots} must be >= 1")
+        self.argmax_into_tokens = argmax_into_tokens
         self.decoder = decoder
         self.max_slots = max_slots
         # One row more than the slots: a graphed prefill's padding rows are written there (`_prefill`), never read.
@@ -459,7 +464,10 @@ class DecodeEngine:
         return b
 
     def _step(self, b: int) -> torch.Tensor:
-        return self._decode(self.tokens[:b, None], self._memory_rows(0, b), self.cache.row_view(0, b))
+        logits = self._decode(self.tokens[:b, None], self._memory_rows(0, b), self.cache.row_view(0, b))
+        if self.argmax_into_tokens:
+            torch.argmax(logits, dim=-1, out=self.tokens[:b])
+        return logits
 
     def _decode_impl(self, tokens: torch.Tensor, memory, cache) -> torch.Tensor:
         return self.decoder(tokens, memory=memory, cache=cache, validate=False).logits[:, -1]
@@ -478,10 +486,15 @@ class DecodeEngine:
     def capture_graph(self, run):
         """``run()`` captured as a CUDA graph: ``(graph, its output)``, after two warm-up runs on a side stream
         (lazy initialisation happens outside the capture). What the warm-ups write into the cache lies at or past
-        each row's length, where the next real write goes; their advance of the lengths is undone. Raises what
-        the capture raised, with the lengths restored."""
-        saved_lengths = self.cache.lengths.clone()
-        try:
-            return self.graph_pool.capture(run, before_run=lambda: self.cache.lengths.copy_(saved_lengths))
-        finally:
+        each row's length, where the next real write goes; their advance of the lengths and what they wrote into
+        the token buffer are undone. Raises what the capture raised, with both restored."""
+        saved_lengths, saved_tokens = self.cache.lengths.clone(), self.tokens.clone()
+
+        def restore() -> None:  # the warm-ups' advance of the lengths, and their argmax (`argmax_into_tokens`)
             self.cache.lengths.copy_(saved_lengths)
+            self.tokens.copy_(saved_tokens)
+
+        try:
+            return self.graph_pool.capture(run, before_run=restore)
+        finally:
+            restore()

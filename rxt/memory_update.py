@@ -12,8 +12,8 @@ is captured once and replayed. What a replay does, and why:
   positions than the longest interaction (a 45-token turn: 48, not 64). Padding rows have no real token: their
   memory-attention keys attend to all positions (never NaN) and their rows are never read.
 - Inputs: the interactions and their lengths travel to the device as one host tensor and one copy; the key mask
-  is built inside the graph from the lengths. The sessions' STMs are stacked straight into the graph's input
-  buffer (one op, no stacked copy first).
+  is built inside the graph from the lengths. The sessions' STMs of a full bucket are stacked straight into the
+  graph's input buffer (one op, no stacked copy first).
 - Every row of the graphed pass has a real token, so the memory attention takes the padding mask as its stacked
   key mask (``key_bias``) and skips the "rows without tokens keep their STM" select, a full pass over the STM;
   a caller's empty interaction keeps its STM by a copy after the replay, on that rare call only.
@@ -112,8 +112,10 @@ class MemoryUpdater:
         stm_in, out = self._row_views(buffers, n)
         if isinstance(stm, torch.Tensor):
             stm_in.copy_(stm)
-        else:
-            torch.stack(list(stm), dim=1, out=stm_in)  # straight into the input buffer
+        elif n == batch:
+            torch.stack(list(stm), dim=1, out=stm_in)  # straight into the (contiguous) input buffer
+        else:  # the rows of a part-filled bucket are not contiguous: stacked, then copied
+            stm_in.copy_(torch.stack(list(stm), dim=1))
         graph[0].replay()
         new = out.clone()  # out of the shared buffer, which the next replay overwrites
         empty = [i for i, size in enumerate(lengths) if size == 0]

@@ -207,3 +207,51 @@ def test_step_and_prefill_graphs_share_one_pool_and_one_stage(model, monkeypatch
     assert cache4.k.untyped_storage().data_ptr() == cache1.k.untyped_storage().data_ptr()
     inputs = {graphed._prefill_inputs(*key)["flat"].untyped_storage().data_ptr() for key in graphed._prefill_graphs}
     assert len(inputs) == 1
+
+
+def test_argmax_into_tokens_feeds_the_next_step_and_survives_a_capture(model, monkeypatch):
+    """``argmax_into_tokens``: each step writes every row's argmax into the token buffer, so ``step()`` decodes
+    greedily with no other call, as a caller feeding the argmax by hand does; a capture mid-decode (a new bucket:
+    its warm-ups run the step and write their own argmax) leaves the live rows' tokens as they were."""
+    from rxt.graph_capture import GraphPool
+
+    class EagerGraph:
+        def __init__(self, run, out):
+            self.run, self.out = run, out
+
+        def replay(self):
+            _copy_into(self.out, self.run())
+
+    def capture(self, run, *, stream=None, before_run=None, warmups=2):
+        for _ in range(warmups):
+            if before_run is not None:
+                before_run()
+            run()
+        if before_run is not None:
+            before_run()
+        out = run()  # a real capture runs nothing: the stand-in's output is what the first replay overwrites
+        return EagerGraph(run, out), out
+
+    monkeypatch.setattr(GraphPool, "capture", capture)
+    torch.manual_seed(4)
+    stm = torch.randn(model.initial_memory(3).shape)
+    prompts = [torch.randint(4, 128, (n,)) for n in (4, 6, 5)]
+    fed = DecodeEngine(model.decoder, max_slots=4, capacity=32, buckets=(1, 2, 4), argmax_into_tokens=True)
+    fed.use_cuda_graphs = True
+    by_hand = DecodeEngine(model.decoder, max_slots=4, capacity=32, buckets=(1, 2, 4))
+    tokens = torch.zeros(4, dtype=torch.long)
+    for slot in range(2):
+        first = fed.start(slot, prompts[slot], stm=stm[:, slot]).argmax()
+        assert first == by_hand.start(slot, prompts[slot], stm=stm[:, slot]).argmax()
+        fed.tokens[slot] = tokens[slot] = first
+    for step in range(6):
+        if step == 3:  # a third session joins: the step moves to bucket 4, captured now, mid-decode
+            first = fed.start(2, prompts[2], stm=stm[:, 2]).argmax()
+            assert first == by_hand.start(2, prompts[2], stm=stm[:, 2]).argmax()
+            fed.tokens[2] = tokens[2] = first
+        b = by_hand.bucket()
+        logits = by_hand.step(tokens[:b])
+        torch.testing.assert_close(fed.step(), logits)
+        tokens[:b] = logits.argmax(dim=-1)  # by hand: the argmax fed back
+        assert torch.equal(fed.tokens[:b], tokens[:b])
+    assert set(fed._graphs) == {2, 4}

@@ -82,10 +82,11 @@ class CommitWriter:
                 event = torch.cuda.Event()
                 event.record()  # on the lane's stream: the copy starts once the update that wrote the STM is done
         jobs: dict[int, list[tuple[Any, SessionState]]] = {}
-        if self.store.keeps_device_stm and all(isinstance(state, CommittedState) for _, state in commits):
-            # Nothing to copy or serialise: the pass is one job (one wake-up, one save_many, one report, one lane
-            # hop). Such jobs always go to worker 0; a session's other commits (a reset) wait for this one's report
-            # (the scheduler keeps the session busy until then), so its saves still never overtake each other.
+        if (self.store.keeps_device_stm and self.store.instant_saves
+                and all(isinstance(state, CommittedState) for _, state in commits)):
+            # Nothing to copy, serialise or wait for: the pass is one job (one wake-up, one save_many, one report,
+            # one lane hop). Such jobs always go to worker 0; a session's other commits (a reset) wait for this
+            # one's report (the scheduler keeps the session busy until then), so its saves never overtake each other.
             jobs[0] = list(commits)
         else:
             for turn, state in commits:  # a session always on the same worker: its saves never overtake each other

@@ -72,6 +72,11 @@ class InMemoryStore(SessionStore):
             self._records.move_to_end(state.session_id)
             self._expire(now)
 
+    @property
+    def instant_saves(self) -> bool:
+        """Saves are dict inserts, unless a subclass replaced `save` (its saves may wait: a test's slow store)."""
+        return type(self).save is InMemoryStore.save
+
     def save_many(self, states: list[SessionState]) -> list[str | None]:
         """`save` of each state under one lock and one expiry pass (64 sessions finishing together: one lock, not
         64). A subclass that overrides `save` gets its `save` per state."""

@@ -239,6 +239,26 @@ def plot(run: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def bench_model(args: argparse.Namespace, tokenizer: RxTokenizer) -> tuple[RxT, torch.device, torch.dtype]:
+    """The model a benchmark measures, seeded: ``args.config`` (the ~1B widths of `benchmarks/decode.py`; it
+    becomes ``args.preset``) or ``args.preset``, on ``args.device`` in ``args.dtype`` (default: bfloat16 on CUDA,
+    float32 on the CPU). Returns ``(model, device, dtype)``."""
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    torch.manual_seed(0)
+    if args.config:
+        from decode import CONFIGS  # the ~1B widths, shared with the decode benchmark
+
+        spec = CONFIGS[args.config]
+        args.preset = args.config
+        cfg = RxTConfig.preset(spec["preset"], vocab_size=tokenizer.vocab_size, **spec["overrides"])
+    else:
+        cfg = RxTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size)
+    with torch.device(device):  # initialised where it runs: a ~1B model built on the host first takes long
+        model = RxT(cfg)
+    return model.to(device=device, dtype=dtype).eval(), device, dtype
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -264,21 +284,8 @@ def main() -> None:
         return
     if any(n < 1 or n > 256 for n in args.clients):
         parser.error("--clients values must be within 1..256 (the benchmark targets 127.0.0.1 only)")
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     tokenizer = RxTokenizer.default()
-    torch.manual_seed(0)
-    if args.config:
-        from decode import CONFIGS  # the ~1B widths, shared with the decode benchmark
-
-        spec = CONFIGS[args.config]
-        args.preset = args.config
-        cfg = RxTConfig.preset(spec["preset"], vocab_size=tokenizer.vocab_size, **spec["overrides"])
-    else:
-        cfg = RxTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size)
-    with torch.device(device):  # initialised where it runs: a ~1B model built on the host first takes long
-        model = RxT(cfg)
-    model = model.to(device=device, dtype=dtype).eval()
+    model, device, dtype = bench_model(args, tokenizer)
     levels = asyncio.run(serve_levels(model, tokenizer, args))
     anchor = engine_anchor(model, tokenizer, sorted(set(args.clients)), device)
     update_check = memory_update_check(model, tokenizer, device)

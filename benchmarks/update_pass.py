@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 from bench_utils import append_run, git_commit, print_top_kernels, time_ms, top_kernels
+from serving import bench_model
 
-from rxt.config import RxTConfig
 from rxt.memory_update import MemoryUpdater
 from rxt.model import RxT
 from rxt.template import InteractionTemplate
@@ -81,21 +81,8 @@ def main() -> None:
     parser.add_argument("--answer-tokens", type=int, default=32)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     tokenizer = RxTokenizer.default()
-    torch.manual_seed(0)
-    if args.config:
-        from decode import CONFIGS
-
-        spec = CONFIGS[args.config]
-        args.preset = args.config
-        cfg = RxTConfig.preset(spec["preset"], vocab_size=tokenizer.vocab_size, **spec["overrides"])
-    else:
-        cfg = RxTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size)
-    with torch.device(device):
-        model = RxT(cfg)
-    model = model.to(device=device, dtype=dtype).eval()
+    model, device, dtype = bench_model(args, tokenizer)
     levels = [measure(model, tokenizer, n, device, args.answer_tokens) for n in args.rows]
     by_rows = {lv["rows"]: lv for lv in levels}
     ratio = None

@@ -164,29 +164,43 @@ def _copy_into(dst, src):
                 _copy_into(d, s)
 
 
-def test_step_and_prefill_graphs_share_one_pool_and_one_stage(model, monkeypatch):
-    """Every decode-step and prefill graph of an engine captures into its one pool (`rxt.graph_capture`), and the
-    prefills of every batch bucket stage their rows in views of one set of buffers and one cache; with each
-    "graph" replayed eagerly on the CPU, the logits and the next steps equal the eager engine's."""
+class _ReplayedGraph:
+    """A stand-in CUDA graph: ``replay`` runs the captured function again, its results copied into the outputs."""
+
+    def __init__(self, run, out):
+        self.run, self.out = run, out
+
+    def replay(self):
+        _copy_into(self.out, self.run())
+
+
+def _eager_captures(monkeypatch, *, run_warmups: bool) -> list:
+    """Every `GraphPool.capture` runs eagerly on the CPU (``run_warmups``: its warm-ups too, as a real capture
+    does, with ``before_run`` before each); returns the pools captured into, in order."""
     from rxt.graph_capture import GraphPool
 
     used = []
 
-    class EagerGraph:
-        def __init__(self, run, out):
-            self.run, self.out = run, out
-
-        def replay(self):
-            _copy_into(self.out, self.run())
-
     def capture(self, run, *, stream=None, before_run=None, warmups=2):
         used.append(self)
+        for _ in range(warmups if run_warmups else 0):
+            if before_run is not None:
+                before_run()
+            run()
         if before_run is not None:
             before_run()
-        out = run()
-        return EagerGraph(run, out), out
+        out = run()  # a real capture runs nothing: the stand-in's output is what the first replay overwrites
+        return _ReplayedGraph(run, out), out
 
     monkeypatch.setattr(GraphPool, "capture", capture)
+    return used
+
+
+def test_step_and_prefill_graphs_share_one_pool_and_one_stage(model, monkeypatch):
+    """Every decode-step and prefill graph of an engine captures into its one pool (`rxt.graph_capture`), and the
+    prefills of every batch bucket stage their rows in views of one set of buffers and one cache; with each
+    "graph" replayed eagerly on the CPU, the logits and the next steps equal the eager engine's."""
+    used = _eager_captures(monkeypatch, run_warmups=False)
     torch.manual_seed(3)
     prompts = [torch.randint(4, 128, (n,)).tolist() for n in (5, 9, 3)]
     stm = torch.randn(model.initial_memory(3).shape)
@@ -213,26 +227,7 @@ def test_argmax_into_tokens_feeds_the_next_step_and_survives_a_capture(model, mo
     """``argmax_into_tokens``: each step writes every row's argmax into the token buffer, so ``step()`` decodes
     greedily with no other call, as a caller feeding the argmax by hand does; a capture mid-decode (a new bucket:
     its warm-ups run the step and write their own argmax) leaves the live rows' tokens as they were."""
-    from rxt.graph_capture import GraphPool
-
-    class EagerGraph:
-        def __init__(self, run, out):
-            self.run, self.out = run, out
-
-        def replay(self):
-            _copy_into(self.out, self.run())
-
-    def capture(self, run, *, stream=None, before_run=None, warmups=2):
-        for _ in range(warmups):
-            if before_run is not None:
-                before_run()
-            run()
-        if before_run is not None:
-            before_run()
-        out = run()  # a real capture runs nothing: the stand-in's output is what the first replay overwrites
-        return EagerGraph(run, out), out
-
-    monkeypatch.setattr(GraphPool, "capture", capture)
+    _eager_captures(monkeypatch, run_warmups=True)
     torch.manual_seed(4)
     stm = torch.randn(model.initial_memory(3).shape)
     prompts = [torch.randint(4, 128, (n,)) for n in (4, 6, 5)]

@@ -180,8 +180,9 @@ class ModelExecutor:
                 self._fail(decode, "internal", exc, step.result)
         if plan.admit:
             try:
-                stm = torch.stack([stm_of(t.session_id) for t in plan.admit], dim=1)
-                logits = engine.start_batch([t.slot for t in plan.admit], [t.prompt for t in plan.admit], stm=stm)
+                # the sessions' memories, stacked by the engine (on CUDA straight into its prefill's staging)
+                logits = engine.start_batch([t.slot for t in plan.admit], [t.prompt for t in plan.admit],
+                                            stm=[stm_of(t.session_id) for t in plan.admit])
                 for turn in plan.admit:
                     cfg = turn.query.options.sampling(return_log_probs=turn.query.options.return_log_probs)
                     # row 0 of a batch of one: the stream a chat alone with this seed draws from

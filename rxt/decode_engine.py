@@ -195,10 +195,12 @@ class DecodeEngine:
         slots: Sequence[int],
         prompts: Sequence[Sequence[int] | torch.Tensor],
         *,
-        stm: torch.Tensor | None = None,
+        stm: torch.Tensor | Sequence[torch.Tensor] | None = None,
         memory: list[MemoryKV | None] | None = None,
     ) -> torch.Tensor:
         """Prefill several prompts into their ``slots`` in one forward pass; return (n, V) first-token logits.
+        ``stm`` may also be the n sessions' (L, S, D) memories, stacked here (on CUDA straight into the graph's
+        staging buffer).
 
         Queries that arrive together are prefilled together: the prompts are right-padded to the longest, run
         through the decoder once (padding masked as keys), and each row's keys/values and memory K/V are copied
@@ -214,10 +216,11 @@ class DecodeEngine:
             return torch.empty(0, self.decoder.lm_head.out_features, device=self.device)
         # Lists stay lists: padded in Python, one tensor for the whole batch (`pad_rows`).
         rows = [p if isinstance(p, torch.Tensor) else list(p) for p in prompts]
+        per_session = stm is not None and not isinstance(stm, torch.Tensor)
         if n == 1:
             one_memory = None if memory is None else [None if kv is None else (kv[0][:1], kv[1][:1]) for kv in memory]
-            return self.start(slots[0], torch.as_tensor(rows[0], dtype=torch.long), one_memory,
-                              stm=None if stm is None else stm[:, 0])[None]
+            one_stm = None if stm is None else stm[0] if per_session else stm[:, 0]
+            return self.start(slots[0], torch.as_tensor(rows[0], dtype=torch.long), one_memory, stm=one_stm)[None]
         if len(set(slots)) != n:
             raise ValueError(f"start_batch: slots {list(slots)} repeat a slot")
         for slot, row in zip(slots, rows, strict=True):
@@ -228,9 +231,11 @@ class DecodeEngine:
             if not 1 <= len(row) < self.capacity:
                 raise ValueError(f"prompt of {len(row)} tokens must be within 1..{self.capacity - 1} (capacity)")
         if stm is not None and self.use_cuda_graphs and not self._graph_failed:
-            logits = self._start_graphed(slots, rows, stm.to(self.device))
+            logits = self._start_graphed(slots, rows, stm if per_session else stm.to(self.device))
             if logits is not None:
                 return logits
+        if per_session:
+            stm = torch.stack(list(stm), dim=1)
         if stm is not None:
             memory = self.decoder.project_memory(stm.to(self.device, self.cache.k.dtype))
         index = to_device_async(list(slots), self.device)
@@ -289,7 +294,12 @@ class DecodeEngine:
             flat.extend(meta)
             inputs["flat"].copy_(torch.tensor(flat, dtype=torch.long, pin_memory=self.device.type == "cuda"),
                                  non_blocking=True)
-        if n == batch:
+        if not isinstance(stm, torch.Tensor):  # the sessions' (L, S, D) memories
+            if n == batch and all(m.device == self.device for m in stm):
+                torch.stack(list(stm), dim=1, out=stage["stm"])  # straight into the staging buffer
+            else:
+                stage["stm"][:, :n].copy_(torch.stack(list(stm), dim=1))
+        elif n == batch:
             stage["stm"].copy_(stm)
         else:
             stage["stm"][:, :n].copy_(stm)
@@ -328,31 +338,29 @@ class DecodeEngine:
         inputs["slots"].fill_(self.max_slots)
         return self._capture_prefill(batch, bucket) is not None
 
-    def _stage_buffers(self, batch: int, stm: torch.Tensor):
+    def _stage_buffers(self, batch: int, stm: torch.Tensor | Sequence[torch.Tensor]):
         """The staging buffers and cache of a prefill of ``batch`` rows: views of one set made for ``max_slots``
         rows, shared by every batch bucket (prefills run one at a time and their rows are copied into the slots
-        right after the replay), so the stages take one set of buffers, not one per bucket (at ~1B and 64 slots
-        the per-bucket copies of the KV cache and the STMs were gigabytes)."""
+        inside the replay), so the stages take one set of buffers, not one per bucket (at ~1B and 64 slots the
+        per-bucket copies of the KV cache and the STMs were gigabytes). ``stm`` (L, n, S, D), or n (L, S, D)
+        memories, gives the memory's shape."""
         if batch not in self._stages:
+            layers, slots, dim = (stm.shape[0], *stm.shape[2:]) if isinstance(stm, torch.Tensor) else stm[0].shape
             if self._stage_store is None:
                 rows, longest = self.max_slots, max(PREFILL_BUCKETS)
                 # Not static: a prefill bucket of T tokens attends over T keys (its shapes are fixed by the bucket).
                 self._stage_store = (
                     {
-                        "stm": torch.zeros(stm.shape[0] * rows * stm[0, 0].numel(), dtype=self.cache.k.dtype,
-                                           device=self.device),
+                        "stm": torch.zeros(layers * rows * slots * dim, dtype=self.cache.k.dtype, device=self.device),
                         # ids (batch x bucket), lengths (batch), slots (batch): one flat buffer, one copy per prefill
                         "inputs": torch.zeros(rows * (longest + 2), dtype=torch.long, device=self.device),
                     },
                     self.decoder.new_cache(rows, self.capacity),
                 )
             store, cache = self._stage_store
-            shape = (stm.shape[0], batch, *stm.shape[2:])
             # Leading parts of the flat buffers: contiguous views of the batch's shapes.
             self._stages[batch] = (
-                {
-                    "stm": store["stm"][: shape[0] * batch * stm[0, 0].numel()].view(shape),
-                },
+                {"stm": store["stm"][: layers * batch * slots * dim].view(layers, batch, slots, dim)},
                 cache.row_view(0, batch),
             )
         return self._stages[batch]

@@ -134,6 +134,19 @@ def test_graphed_prefill_staging_matches_eager(model, monkeypatch, as_lists):
     torch.testing.assert_close(graphed.step(step), eager.step(step))
 
 
+def test_start_batch_takes_the_sessions_memories_one_by_one(model):
+    torch.manual_seed(9)
+    prompts = [torch.randint(4, 128, (n,)).tolist() for n in (4, 7)]
+    stm = torch.randn(model.initial_memory(2).shape)
+    stacked, separate = (DecodeEngine(model.decoder, max_slots=3, capacity=32) for _ in range(2))
+    torch.testing.assert_close(separate.start_batch([2, 0], prompts, stm=list(stm.unbind(1))),
+                               stacked.start_batch([2, 0], prompts, stm=stm))
+    torch.testing.assert_close(separate.start_batch([1], prompts[:1], stm=[stm[:, 0]]),
+                               stacked.start_batch([1], prompts[:1], stm=stm[:, :1]))
+    step = torch.tensor([5, 6, 7])
+    torch.testing.assert_close(separate.step(step), stacked.step(step))
+
+
 def test_pad_rows_from_lists_equals_from_tensors():
     rows = [[5, 6, 7], [8], [9, 10, 11, 12]]
     from_lists = pad_rows(rows, 5, 6, pad_id=3)
@@ -207,8 +220,9 @@ def test_step_and_prefill_graphs_share_one_pool_and_one_stage(model, monkeypatch
     graphed = DecodeEngine(model.decoder, max_slots=4, capacity=32)
     graphed.use_cuda_graphs = True
     eager = DecodeEngine(model.decoder, max_slots=4, capacity=32)
-    for engine in (graphed, eager):
-        engine.start_batch([0, 2, 3], prompts, stm=stm)
+    # the graphed engine gets the sessions' memories one by one (stacked into its staging), the eager one stacked
+    torch.testing.assert_close(graphed.start_batch([0, 2, 3], prompts, stm=list(stm.unbind(1))),
+                               eager.start_batch([0, 2, 3], prompts, stm=stm))
     torch.testing.assert_close(graphed.start(1, torch.tensor(prompts[1]), stm=stm[:, 1]),
                                eager.start(1, torch.tensor(prompts[1]), stm=stm[:, 1]))
     for _ in range(3):

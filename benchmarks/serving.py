@@ -33,6 +33,7 @@ import torch
 from aiohttp import web
 from bench_utils import git_commit, time_ms
 
+from rxnn_runtime import event_bridge
 from rxnn_runtime.reactive_model import ReactiveModel
 from rxnn_runtime.server.app import create_app
 from rxt.atomic_io import atomic_write_json
@@ -270,6 +271,9 @@ def main() -> None:
     parser.add_argument("--clients-per-process", type=int, default=8)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--poll-ms", type=float, default=None,
+                        help="the event bridge's poll interval while steps keep coming (default: the runtime's "
+                             "rxnn_runtime.event_bridge.POLL_S), for an A/B of the loop's fan-out cost")
     parser.add_argument("--no-update-stream", action="store_true",
                         help="memory-update passes on the lane's CUDA stream, not on one of their own (an A/B)")
     parser.add_argument("--out", type=Path, default=None, help="JSON output: a run appended to its 'runs'")
@@ -284,6 +288,10 @@ def main() -> None:
         return
     if any(n < 1 or n > 256 for n in args.clients):
         parser.error("--clients values must be within 1..256 (the benchmark targets 127.0.0.1 only)")
+    if args.poll_ms is not None:
+        if not args.poll_ms > 0:
+            parser.error(f"--poll-ms={args.poll_ms} must be > 0")
+        event_bridge.POLL_S = args.poll_ms / 1e3  # read at every poll
     tokenizer = RxTokenizer.default()
     model, device, dtype = bench_model(args, tokenizer)
     levels = asyncio.run(serve_levels(model, tokenizer, args))
@@ -317,6 +325,7 @@ def main() -> None:
         "levels": levels,
         "aggregate_ratio_32_vs_1": ratio,
         "update_stream": not args.no_update_stream,
+        "event_bridge_poll_s": event_bridge.POLL_S,
         "memory_update_bare": update_check,
         # the most memory the run held (graph pools included): the ~1B config once ran out capturing graphs
         "cuda_max_memory_reserved_gib": (torch.cuda.max_memory_reserved() / 2**30 if device.type == "cuda" else None),

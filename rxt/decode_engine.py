@@ -295,8 +295,9 @@ class DecodeEngine:
             inputs["flat"].copy_(torch.tensor(flat, dtype=torch.long, pin_memory=self.device.type == "cuda"),
                                  non_blocking=True)
         if not isinstance(stm, torch.Tensor):  # the sessions' (L, S, D) memories
-            if n == batch and all(m.device == self.device for m in stm):
-                torch.stack(list(stm), dim=1, out=stage["stm"])  # straight into the staging buffer
+            staged = stage["stm"]
+            if n == batch and all(m.device == staged.device and m.dtype == staged.dtype for m in stm):
+                torch.stack(list(stm), dim=1, out=staged)  # straight into the staging buffer
             else:
                 stage["stm"][:, :n].copy_(torch.stack(list(stm), dim=1))
         elif n == batch:

@@ -112,9 +112,9 @@ class MemoryUpdater:
         stm_in, out = self._row_views(buffers, n)
         if isinstance(stm, torch.Tensor):
             stm_in.copy_(stm)
-        elif n == batch:
+        elif n == batch and all(m.device == stm_in.device and m.dtype == stm_in.dtype for m in stm):
             torch.stack(list(stm), dim=1, out=stm_in)  # straight into the (contiguous) input buffer
-        else:  # the rows of a part-filled bucket are not contiguous: stacked, then copied
+        else:  # the rows of a part-filled bucket are not contiguous (or a memory needs a cast): stacked, copied
             stm_in.copy_(torch.stack(list(stm), dim=1))
         graph[0].replay()
         new = out.clone()  # out of the shared buffer, which the next replay overwrites

@@ -141,4 +141,5 @@ def test_an_executors_graphs_share_one_pool_per_stream_and_updates_match_eager()
     stm = torch.randn(model.initial_memory(3).shape, device="cuda")
     graphed = updater(list(stm.unbind(1)), rows)
     eager = MemoryUpdater(model, use_cuda_graphs=False)(stm, rows)
-    torch.testing.assert_close(graphed, eager)
+    # padded shapes may take other matmul kernels: float32 rounding, far below what a masking error would give
+    torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)

@@ -156,10 +156,13 @@ class MemoryUpdater:
         (layers, slots, dim), dtype = like
         rows = max(batch, _bucket(self.max_batch or 1, BATCH_BUCKETS, self.max_batch or 1))
         if self._store is None or rows > self._rows or self._store["stm"].dtype != dtype:
-            if self._graphs:  # they read the old buffers: captured again on their next use
+            if self._graphs:  # they read the old buffers: captured again on their next use, into a new pool
                 log.info("memory-update buffers grow to %d rows; the %d update graphs are captured again",
                          rows, len(self._graphs))
                 self._graphs.clear()
+                # A pool whose graphs are all gone is released: capturing into its handle again fails an internal
+                # assert of the CUDA caching allocator (seen on an H200), so the new graphs get a pool of their own.
+                self.graph_pool = GraphPool()
             width = layers * slots * dim * rows
             max_len = self.model.config.max_seq_len
             self._store = {
@@ -177,6 +180,7 @@ class MemoryUpdater:
                 "lengths": tokens[batch * length:], "stm": store["stm"][:size].view(shape),
                 "out": store["out"][:size].view(shape)}
 
+    @torch.no_grad()
     def _run(self, buffers: dict[str, torch.Tensor]) -> None:
         """The captured pass: encoder over the padded batch, memory attention, the result into ``out``."""
         model = self.model

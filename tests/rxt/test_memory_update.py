@@ -129,8 +129,11 @@ def test_buffers_grow_and_graphs_are_captured_again(model, pools):
     rows = [[5, 6, 7], [8, 9], [10], [11, 12]]
     updater(stm[:, :1], rows[:1])
     assert updater._rows == 1
+    first_pool = updater.graph_pool
     torch.testing.assert_close(updater(stm, rows), _alone(model, stm, rows))
     assert updater._rows == 4 and set(updater._graphs) == {(4, 16)}
+    # the dropped graphs' pool is released with them: the new graphs capture into a new one
+    assert updater.graph_pool is not first_pool and pools == [first_pool, updater.graph_pool]
     torch.testing.assert_close(updater(stm[:, :1], rows[:1]), _alone(model, stm[:, :1], rows[:1]))
 
 

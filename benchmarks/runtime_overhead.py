@@ -134,6 +134,7 @@ def _instrument(reactive: ReactiveModel, timers: Timers) -> None:
             (ModelExecutor, "_tokens_to_host", "lane: launch: token buffer to the host"),
             (CommitWriter, "_stms_to_save", "commit threads: wait for the pass, copy STMs to the host"),
             (type(reactive.store), "save", "commit threads: store saves"),
+            (type(reactive.store), "save_many", "commit threads: store saves"),  # a pass's in one go
             *[(owner, name, "lane: model forward (eager on the CPU)") for owner, name in MODEL_FORWARD]]
     for owner, name, label in lane:
         if isinstance(owner, type):

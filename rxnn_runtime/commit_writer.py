@@ -82,8 +82,15 @@ class CommitWriter:
                 event = torch.cuda.Event()
                 event.record()  # on the lane's stream: the copy starts once the update that wrote the STM is done
         jobs: dict[int, list[tuple[Any, SessionState]]] = {}
-        for turn, state in commits:  # a session always on the same worker: its saves never overtake each other
-            jobs.setdefault(self.shard_of(state.session_id), []).append((turn, state))
+        if (self.store.keeps_device_stm and self.store.instant_saves
+                and all(isinstance(state, CommittedState) for _, state in commits)):
+            # Nothing to copy, serialise or wait for: the pass is one job (one wake-up, one save_many, one report,
+            # one lane hop). Such jobs always go to worker 0; a session's other commits (a reset) wait for this
+            # one's report (the scheduler keeps the session busy until then), so its saves never overtake each other.
+            jobs[0] = list(commits)
+        else:
+            for turn, state in commits:  # a session always on the same worker: its saves never overtake each other
+                jobs.setdefault(self.shard_of(state.session_id), []).append((turn, state))
         with self._lock:
             self._pending += len(commits)
         for shard, job in jobs.items():
@@ -150,6 +157,14 @@ class CommitWriter:
                 hosts, copy_error = [None] * len(job), repr(exc)
             else:
                 copy_error = None
+            if copy_error is None and all(host is state.stm for (_, state), host in zip(job, hosts, strict=True)):
+                # Every STM kept where it is (the in-process store): the job's saves in one go, one report.
+                errors = self.store.save_many([state for _, state in job])
+                for (_, state), error in zip(job, errors, strict=True):
+                    if error is not None:
+                        log.error("saving session %s failed: %s", state.session_id, error)
+                self._report([(turn, state, error) for (turn, state), error in zip(job, errors, strict=True)])
+                continue
             reported = time.perf_counter()
             for k, ((turn, state), host) in enumerate(zip(job, hosts, strict=True)):
                 error = copy_error

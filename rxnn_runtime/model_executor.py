@@ -11,7 +11,8 @@ In order, one lane action:
 4. one prefill for every admitted turn together (`DecodeEngine.start_batch`, memory K/V projected in the same
    pass from the sessions' device-resident STMs);
 5. one token per row, written straight into the engine's next-token buffer: when every row is greedy and none
-   asks for log-probs, the argmax of every row of the bucket in place (one call, no index); otherwise
+   asks for log-probs, the argmax the decode step itself wrote for every row of the bucket (inside its graph:
+   no call of its own); otherwise
    `choose_rows_on_device` (one batched pass; greedy rows take the argmax, each sampled row draws from its own
    counter-based noise stream, `rxt.sampling_noise`) and one indexed copy into the rows' slots;
 6. one asynchronous copy of that whole token buffer to a pinned host buffer kept for reuse, and an event: each
@@ -76,17 +77,18 @@ class ModelExecutor:
         self.eos_id = eos_id
         self.device = model.embedding.weight.device
         # Decode slots with a static KV cache; each step is a captured CUDA graph on the GPU (see DecodeEngine).
+        # Each step also writes every row's argmax into the token buffer (inside its graph): the greedy rows' next
+        # input with no call of its own; rows that sample or want log-probs overwrite theirs (`_choose`).
         self.engine = DecodeEngine(model.decoder, max_slots=max_slots, capacity=model.config.max_seq_len,
-                                   use_cuda_graphs=use_cuda_graphs)
+                                   use_cuda_graphs=use_cuda_graphs, argmax_into_tokens=True)
         # One encoder + memory-attention pass per step for every turn that finished (a graph per shape on CUDA).
-        self.updater = MemoryUpdater(model, pad_id=pad_id, use_cuda_graphs=use_cuda_graphs)
+        self.updater = MemoryUpdater(model, pad_id=pad_id, use_cuda_graphs=use_cuda_graphs, max_batch=max_slots)
         self._sampling: dict[int, tuple[SamplingConfig, SampleStream | None]] = {}  # slot -> row's sampling
         # Each slot's last chosen token, on the device: the engine's own token buffer, so the next decode step reads
         # it without a host round trip or a copy.
         self._next = self.engine.tokens
         self._next.fill_(pad_id)
         self._indices: dict[tuple[int, ...], torch.Tensor] = {}  # slot tuple -> its index tensor on the device
-        self._next_views: dict[int, torch.Tensor] = {}  # bucket -> self._next[:bucket]
         self._special: set[int] = set()  # slots that sample or want log-probs (greedy rows take the fast path)
         self._host_buffers: list[torch.Tensor] = []  # pinned token buffers free for reuse
         self._events: list[torch.cuda.Event] = []  # their events, free for reuse
@@ -165,21 +167,22 @@ class ModelExecutor:
         if decode:
             try:
                 bucket = engine.bucket()
-                logits = engine.step()  # feeds ``self._next``, the engine's token buffer
+                # Feeds ``self._next``, the engine's token buffer, and writes every row's argmax into it: with greedy
+                # rows only, that is the whole token choice (no call of its own).
+                logits = engine.step()
                 if self._special:  # a sampled row or one that wants log-probs: the general choice, per row
                     index = tuple(t.slot for t in decode)
                     parts.append(logits if index == tuple(range(bucket)) else logits[self._index(index)])
                     part_rows.extend(decode)
-                else:  # greedy rows only: every row of the bucket takes its argmax in place, one call
-                    torch.argmax(logits, dim=-1, out=self._next_view(bucket))
                 step.rows.extend(decode)
             except Exception as exc:
                 log.exception("decode step failed")
                 self._fail(decode, "internal", exc, step.result)
         if plan.admit:
             try:
-                stm = torch.stack([stm_of(t.session_id) for t in plan.admit], dim=1)
-                logits = engine.start_batch([t.slot for t in plan.admit], [t.prompt for t in plan.admit], stm=stm)
+                # the sessions' memories, stacked by the engine (on CUDA straight into its prefill's staging)
+                logits = engine.start_batch([t.slot for t in plan.admit], [t.prompt for t in plan.admit],
+                                            stm=[stm_of(t.session_id) for t in plan.admit])
                 for turn in plan.admit:
                     cfg = turn.query.options.sampling(return_log_probs=turn.query.options.return_log_probs)
                     # row 0 of a batch of one: the stream a chat alone with this seed draws from
@@ -203,13 +206,6 @@ class ModelExecutor:
                 self._fail(step.rows, "internal", exc, step.result)
                 step.rows = []
         return step
-
-    def _next_view(self, bucket: int) -> torch.Tensor:
-        """``self._next[:bucket]``, made once per bucket (a slice is a torch call too)."""
-        view = self._next_views.get(bucket)
-        if view is None:
-            view = self._next_views[bucket] = self._next[:bucket]
-        return view
 
     def _index(self, slots: tuple[int, ...]) -> torch.Tensor:
         """``slots`` as an index on the device, built once per distinct tuple (the rows of a step change only when
@@ -283,8 +279,7 @@ class ModelExecutor:
             interactions = [t.interaction(self.eos_id, max_len) for t in turns]
             side = self._update_stream if self.updater.graphed else None
             if side is None:
-                stm = torch.stack([stm_of(t.session_id) for t in turns], dim=1)
-                new_stm = self.updater(stm, interactions)
+                new_stm = self.updater([stm_of(t.session_id) for t in turns], interactions)
                 if new_stm.is_cuda:  # the commit's copy waits for this pass only, not for the steps queued after it
                     result.memory_ready = torch.cuda.Event()
                     result.memory_ready.record()
@@ -316,8 +311,7 @@ class ModelExecutor:
         else:
             side.wait_stream(lane)
         with torch.cuda.stream(side):
-            stm = torch.stack([stm_of(t.session_id) for t in turns], dim=1)
-            new_stm = self.updater(stm, interactions)
+            new_stm = self.updater([stm_of(t.session_id) for t in turns], interactions)
             new_stm.record_stream(lane)
             ready = torch.cuda.Event()
             ready.record()  # on the side stream: after the pass

@@ -28,14 +28,12 @@ from collections.abc import Sequence
 import torch
 
 from rxt.decoder import Decoder
+from rxt.graph_capture import GraphPool
 from rxt.layers import MemoryKV
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-# Captures run on the serving lane while other threads (store commits copying STMs off the device) keep using
-# CUDA; "thread_local" restricts only the capturing thread, so their calls neither fail nor spoil the capture.
-CAPTURE_MODE = "thread_local"
 PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
@@ -44,16 +42,22 @@ def pad_rows(rows: Sequence[Sequence[int] | torch.Tensor], batch: int, length: i
     padding. Rows given as lists are padded in Python and become a tensor in one call (a torch call per row hands
     the GIL to the other threads of a server each time, and may wait up to a switch interval to get it back)."""
     if all(not isinstance(row, torch.Tensor) for row in rows):
-        flat: list[int] = []
-        for row in rows:
-            flat.extend(row)
-            flat.extend([pad_id] * (length - len(row)))
-        flat.extend([pad_id] * (length * (batch - len(rows))))
-        return torch.tensor(flat, dtype=torch.long).view(batch, length)
+        return torch.tensor(padded_flat(rows, batch, length, pad_id), dtype=torch.long).view(batch, length)
     ids = torch.full((batch, length), pad_id, dtype=torch.long)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
     return ids
+
+
+def padded_flat(rows: Sequence[Sequence[int]], batch: int, length: int, pad_id: int = 0) -> list[int]:
+    """``rows`` (lists of ids) right-padded to ``length`` and to ``batch`` rows, flattened row after row, as one Python
+    list: `pad_rows`' values, for a caller that appends more values before making the one tensor."""
+    flat: list[int] = []
+    for row in rows:
+        flat.extend(row)
+        flat.extend([pad_id] * (length - len(row)))
+    flat.extend([pad_id] * (length * (batch - len(rows))))
+    return flat
 
 
 def to_device_async(values: list[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -75,12 +79,18 @@ class DecodeEngine:
         use_cuda_graphs: bool | None = None,
         buckets: Sequence[int] = DEFAULT_BUCKETS,
         compile_step: bool = False,
+        argmax_into_tokens: bool = False,
     ) -> None:
+        """``argmax_into_tokens``: every step also writes each row's argmax into the token buffer (``self.tokens``),
+        inside the step's graph on CUDA, so a greedy caller that feeds the buffer (``step()``) makes one call a
+        token, not two (a serving lane pays for every torch call: each may hand the GIL to another thread)."""
         if max_slots < 1:
             raise ValueError(f"DecodeEngine max_slots={max_slots} must be >= 1")
+        self.argmax_into_tokens = argmax_into_tokens
         self.decoder = decoder
         self.max_slots = max_slots
-        self.cache = decoder.new_cache(max_slots, capacity, static=True)
+        # One row more than the slots: a graphed prefill's padding rows are written there (`_prefill`), never read.
+        self.cache = decoder.new_cache(max_slots + 1, capacity, static=True)
         self.capacity = self.cache.capacity
         device = self.cache.k.device
         self.device = device
@@ -97,8 +107,12 @@ class DecodeEngine:
         # Optional: fuse the step's many small kernels with torch.compile before capturing it (GPU only; the
         # benchmark measures whether it pays off).
         self._decode = torch.compile(self._decode_impl, dynamic=False) if compile_step else self._decode_impl
-        self._prefill_graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, list]] = {}
+        self._prefill_graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._stages: dict[int, tuple[dict[str, torch.Tensor], object]] = {}  # batch -> staging buffers, cache
+        self._stage_store: tuple[dict[str, torch.Tensor], object] | None = None  # what every batch's stage views
+        # Decode-step and prefill graphs all replay on the caller's stream, one at a time: one memory pool for all
+        # of them (`rxt.graph_capture`), not one per graph.
+        self.graph_pool = GraphPool()
 
     # -- slots -----------------------------------------------------------------------------------------------
     def free_slot(self) -> int | None:
@@ -121,7 +135,7 @@ class DecodeEngine:
                 self.memory.append(None)
                 continue
             k, v = kv
-            shape = (self.max_slots, *k.shape[1:])
+            shape = (self.max_slots + 1, *k.shape[1:])  # + the padding rows' row, as the cache
             self.memory.append(
                 (torch.zeros(shape, dtype=k.dtype, device=self.device), torch.zeros(shape, dtype=v.dtype, device=self.device))
             )
@@ -181,10 +195,12 @@ class DecodeEngine:
         slots: Sequence[int],
         prompts: Sequence[Sequence[int] | torch.Tensor],
         *,
-        stm: torch.Tensor | None = None,
+        stm: torch.Tensor | Sequence[torch.Tensor] | None = None,
         memory: list[MemoryKV | None] | None = None,
     ) -> torch.Tensor:
         """Prefill several prompts into their ``slots`` in one forward pass; return (n, V) first-token logits.
+        ``stm`` may also be the n sessions' (L, S, D) memories, stacked here (on CUDA straight into the graph's
+        staging buffer).
 
         Queries that arrive together are prefilled together: the prompts are right-padded to the longest, run
         through the decoder once (padding masked as keys), and each row's keys/values and memory K/V are copied
@@ -200,10 +216,11 @@ class DecodeEngine:
             return torch.empty(0, self.decoder.lm_head.out_features, device=self.device)
         # Lists stay lists: padded in Python, one tensor for the whole batch (`pad_rows`).
         rows = [p if isinstance(p, torch.Tensor) else list(p) for p in prompts]
+        per_session = stm is not None and not isinstance(stm, torch.Tensor)
         if n == 1:
             one_memory = None if memory is None else [None if kv is None else (kv[0][:1], kv[1][:1]) for kv in memory]
-            return self.start(slots[0], torch.as_tensor(rows[0], dtype=torch.long), one_memory,
-                              stm=None if stm is None else stm[:, 0])[None]
+            one_stm = None if stm is None else stm[0] if per_session else stm[:, 0]
+            return self.start(slots[0], torch.as_tensor(rows[0], dtype=torch.long), one_memory, stm=one_stm)[None]
         if len(set(slots)) != n:
             raise ValueError(f"start_batch: slots {list(slots)} repeat a slot")
         for slot, row in zip(slots, rows, strict=True):
@@ -214,9 +231,11 @@ class DecodeEngine:
             if not 1 <= len(row) < self.capacity:
                 raise ValueError(f"prompt of {len(row)} tokens must be within 1..{self.capacity - 1} (capacity)")
         if stm is not None and self.use_cuda_graphs and not self._graph_failed:
-            logits = self._start_graphed(slots, rows, stm.to(self.device))
+            logits = self._start_graphed(slots, rows, stm if per_session else stm.to(self.device))
             if logits is not None:
                 return logits
+        if per_session:
+            stm = torch.stack(list(stm), dim=1)
         if stm is not None:
             memory = self.decoder.project_memory(stm.to(self.device, self.cache.k.dtype))
         index = to_device_async(list(slots), self.device)
@@ -246,9 +265,10 @@ class DecodeEngine:
     def _start_graphed(self, slots: Sequence[int], rows: Sequence[torch.Tensor], stm: torch.Tensor) -> torch.Tensor | None:
         """Prefill ``rows`` into ``slots`` with a captured graph per (batch bucket, length bucket); None to go eager.
 
-        The rows are staged in a cache of the bucket's batch (padding rows: one pad token, ignored), the graph
-        projects the memory and prefills, then each real row's keys/values, length and memory K/V are copied
-        into its slot. ``stm`` is (L, n, S, D).
+        The rows are staged in a cache of the bucket's batch (padding rows: one pad token, ignored); the graph
+        projects the memory, prefills, and copies each row's keys/values, length and memory K/V into its slot
+        (`_prefill`). The host makes one tensor and a handful of torch calls whatever the batch: in a server each
+        torch call may hand the GIL to the event loop's thread. ``stm`` is (L, n, S, D).
         """
         n = len(slots)
         lengths = [len(r) for r in rows]
@@ -259,34 +279,35 @@ class DecodeEngine:
         batch, bucket = self._prefill_key(n, max(lengths))
         if batch is None or bucket is None:
             return None
-        stage, cache = self._stage_buffers(batch, stm)
-        # Host ids (lists or host tensors) are padded on the host and copied once; ids already on the device
-        # are staged there.
-        on_device = all(isinstance(row, torch.Tensor) and row.device == self.device for row in rows)
-        if on_device:
-            prompt = torch.zeros((batch, bucket), dtype=torch.long, device=self.device)
+        stage, _ = self._stage_buffers(batch, stm)
+        inputs = self._prefill_inputs(batch, bucket)
+        # The padded ids, the lengths and the target slots in one host tensor (pinned as it is made) and one copy
+        # (padding rows: one token, written to the spare row); ids already on the device are staged there.
+        meta = lengths + [1] * (batch - n) + list(slots) + [self.max_slots] * (batch - n)
+        if all(isinstance(row, torch.Tensor) and row.device == self.device for row in rows):
+            inputs["ids"].zero_()
             for i, row in enumerate(rows):
-                prompt[i, : lengths[i]] = row
+                inputs["ids"][i, : lengths[i]] = row
+            inputs["meta"].copy_(to_device_async(meta, self.device))
         else:
-            prompt = to_device_async(pad_rows([r.tolist() if isinstance(r, torch.Tensor) else r for r in rows],
-                                              batch, bucket), self.device)
-        stage["prompt"][:, :bucket].copy_(prompt)
-        stage["length"].copy_(to_device_async(lengths + [1] * (batch - n), self.device))
-        stage["stm"][:, :n].copy_(stm)
+            flat = padded_flat([r.tolist() if isinstance(r, torch.Tensor) else r for r in rows], batch, bucket)
+            flat.extend(meta)
+            inputs["flat"].copy_(torch.tensor(flat, dtype=torch.long, pin_memory=self.device.type == "cuda"),
+                                 non_blocking=True)
+        if not isinstance(stm, torch.Tensor):  # the sessions' (L, S, D) memories
+            staged = stage["stm"]
+            if n == batch and all(m.device == staged.device and m.dtype == staged.dtype for m in stm):
+                torch.stack(list(stm), dim=1, out=staged)  # straight into the staging buffer
+            else:
+                stage["stm"][:, :n].copy_(torch.stack(list(stm), dim=1))
+        elif n == batch:
+            stage["stm"].copy_(stm)
+        else:
+            stage["stm"][:, :n].copy_(stm)
         graph = self._prefill_graphs.get((batch, bucket)) or self._capture_prefill(batch, bucket)
         if graph is None:
             return None
-        graph[0].replay()
-        # Move the staged rows into their slots: cache keys/values, lengths, memory K/V.
-        index = to_device_async(list(slots), self.device)
-        self.cache.k[:, index] = cache.k[:, :n]
-        self.cache.v[:, index] = cache.v[:, :n]
-        self.cache.lengths[index] = stage["length"][:n]
-        self._ensure_memory(graph[2])
-        for buffers, kv in zip(self.memory, graph[2], strict=True):
-            if buffers is not None:
-                buffers[0].index_copy_(0, index, kv[0][:n])
-                buffers[1].index_copy_(0, index, kv[1][:n])
+        graph[0].replay()  # prefills and moves each row into its slot: cache keys/values, length, memory K/V
         for slot, length in zip(slots, lengths, strict=True):
             self.slot_length[slot] = length
             self.live[slot] = True
@@ -310,51 +331,87 @@ class DecodeEngine:
         if batch is None or bucket is None:
             return False
         self._stage_buffers(batch, stm)
-        return (self._prefill_graphs.get((batch, bucket)) or self._capture_prefill(batch, bucket)) is not None
+        if (batch, bucket) in self._prefill_graphs:
+            return True
+        inputs = self._prefill_inputs(batch, bucket)  # the warm-ups prefill one token per row into the spare row
+        inputs["ids"].zero_()
+        inputs["length"].fill_(1)
+        inputs["slots"].fill_(self.max_slots)
+        return self._capture_prefill(batch, bucket) is not None
 
-    def _stage_buffers(self, batch: int, stm: torch.Tensor):
+    def _stage_buffers(self, batch: int, stm: torch.Tensor | Sequence[torch.Tensor]):
+        """The staging buffers and cache of a prefill of ``batch`` rows: views of one set made for ``max_slots``
+        rows, shared by every batch bucket (prefills run one at a time and their rows are copied into the slots
+        inside the replay), so the stages take one set of buffers, not one per bucket (at ~1B and 64 slots the
+        per-bucket copies of the KV cache and the STMs were gigabytes). ``stm`` (L, n, S, D), or n (L, S, D)
+        memories, gives the memory's shape."""
         if batch not in self._stages:
-            # Not static: a prefill bucket of T tokens attends over T keys (its shapes are fixed by the bucket).
+            layers, slots, dim = (stm.shape[0], *stm.shape[2:]) if isinstance(stm, torch.Tensor) else stm[0].shape
+            if self._stage_store is None:
+                rows, longest = self.max_slots, max(PREFILL_BUCKETS)
+                # Not static: a prefill bucket of T tokens attends over T keys (its shapes are fixed by the bucket).
+                self._stage_store = (
+                    {
+                        "stm": torch.zeros(layers * rows * slots * dim, dtype=self.cache.k.dtype, device=self.device),
+                        # ids (batch x bucket), lengths (batch), slots (batch): one flat buffer, one copy per prefill
+                        "inputs": torch.zeros(rows * (longest + 2), dtype=torch.long, device=self.device),
+                    },
+                    self.decoder.new_cache(rows, self.capacity),
+                )
+            store, cache = self._stage_store
+            # Leading parts of the flat buffers: contiguous views of the batch's shapes.
             self._stages[batch] = (
-                {
-                    "stm": torch.zeros((stm.shape[0], batch, *stm.shape[2:]), dtype=self.cache.k.dtype,
-                                       device=self.device),
-                    "prompt": torch.zeros((batch, max(PREFILL_BUCKETS)), dtype=torch.long, device=self.device),
-                    "length": torch.ones(batch, dtype=torch.long, device=self.device),
-                },
-                self.decoder.new_cache(batch, self.capacity),
+                {"stm": store["stm"][: layers * batch * slots * dim].view(layers, batch, slots, dim)},
+                cache.row_view(0, batch),
             )
         return self._stages[batch]
 
+    def _prefill_inputs(self, batch: int, bucket: int) -> dict[str, torch.Tensor]:
+        """The inputs of the prefill graph of ``(batch, bucket)``: views of the leading part of one flat buffer,
+        ``ids`` (batch, bucket), then ``length`` and ``slots`` (batch each; ``meta``: both), ``flat``: all of it."""
+        store = self._stage_store[0]["inputs"]
+        ids = batch * bucket
+        flat = store[: ids + 2 * batch]
+        return {"flat": flat, "ids": flat[:ids].view(batch, bucket), "meta": flat[ids:],
+                "length": flat[ids : ids + batch], "slots": flat[ids + batch :]}
+
     def _prefill(self, batch: int, bucket: int):
+        """The captured prefill: memory K/V projected from the staged STMs, the prompts through the decoder into the
+        stage cache, the first-token logits; then every row moved into its slot (padding rows into the spare row
+        ``max_slots``): its keys/values up to the bucket (later positions are past its length, masked, and
+        overwritten as it decodes), its length and its memory K/V. Inside the graph, the moves cost the host
+        nothing."""
         stage, cache = self._stages[batch]
+        inputs = self._prefill_inputs(batch, bucket)
         cache.written = 0  # host-side capacity counter only; the graph reads nothing from it
         cache.lengths.zero_()
         memory = self.decoder.project_memory(stage["stm"])
-        ids = stage["prompt"][:, :bucket]
-        valid = torch.arange(bucket, device=self.device)[None, :] < stage["length"][:, None]
+        ids, length, slots = inputs["ids"], inputs["length"], inputs["slots"]
+        valid = torch.arange(bucket, device=self.device)[None, :] < length[:, None]
         out = self.decoder(ids, attention_mask=valid, memory=memory, cache=cache, compute_logits=False,
                            validate=False)
-        last = out.hidden.gather(1, (stage["length"] - 1)[:, None, None].expand(batch, 1, out.hidden.shape[-1]))
-        return self.decoder.lm_head(last[:, 0]), memory
+        last = out.hidden.gather(1, (length - 1)[:, None, None].expand(batch, 1, out.hidden.shape[-1]))
+        logits = self.decoder.lm_head(last[:, 0])
+        self._ensure_memory(memory)  # made by the first warm-up run, outside the capture
+        for buffers, kv in zip(self.memory, memory, strict=True):
+            if buffers is not None:
+                buffers[0].index_copy_(0, slots, kv[0])
+                buffers[1].index_copy_(0, slots, kv[1])
+        self.cache.k[:, :, :, :bucket].index_copy_(1, slots, cache.k[:, :, :, :bucket])
+        self.cache.v[:, :, :, :bucket].index_copy_(1, slots, cache.v[:, :, :, :bucket])
+        self.cache.lengths.index_copy_(0, slots, length)
+        return logits, memory
 
     def _capture_prefill(self, batch: int, bucket: int):
         try:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._prefill(batch, bucket)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
-                logits, memory = self._prefill(batch, bucket)
+            graph, (logits, _) = self.graph_pool.capture(lambda: self._prefill(batch, bucket))
         except Exception as exc:
             log.warning("CUDA graph capture of prefill (batch %d, length %d) failed (%s); prefilling eagerly",
                         batch, bucket, exc)
             self._graph_failed = True
             return None
-        self._prefill_graphs[(batch, bucket)] = (graph, logits, memory)
+        # The logits stay referenced (read after each replay); the memory K/V are moved into the slots inside.
+        self._prefill_graphs[(batch, bucket)] = (graph, logits)
         return self._prefill_graphs[(batch, bucket)]
 
     def release(self, slot: int) -> None:
@@ -416,7 +473,10 @@ class DecodeEngine:
         return b
 
     def _step(self, b: int) -> torch.Tensor:
-        return self._decode(self.tokens[:b, None], self._memory_rows(0, b), self.cache.row_view(0, b))
+        logits = self._decode(self.tokens[:b, None], self._memory_rows(0, b), self.cache.row_view(0, b))
+        if self.argmax_into_tokens:
+            torch.argmax(logits, dim=-1, out=self.tokens[:b])
+        return logits
 
     def _decode_impl(self, tokens: torch.Tensor, memory, cache) -> torch.Tensor:
         return self.decoder(tokens, memory=memory, cache=cache, validate=False).logits[:, -1]
@@ -435,22 +495,15 @@ class DecodeEngine:
     def capture_graph(self, run):
         """``run()`` captured as a CUDA graph: ``(graph, its output)``, after two warm-up runs on a side stream
         (lazy initialisation happens outside the capture). What the warm-ups write into the cache lies at or past
-        each row's length, where the next real write goes; their advance of the lengths is undone. Raises what
-        the capture raised, with the lengths restored."""
-        saved_lengths = self.cache.lengths.clone()
+        each row's length, where the next real write goes; their advance of the lengths and what they wrote into
+        the token buffer are undone. Raises what the capture raised, with both restored."""
+        saved_lengths, saved_tokens = self.cache.lengths.clone(), self.tokens.clone()
+
+        def restore() -> None:  # the warm-ups' advance of the lengths, and their argmax (`argmax_into_tokens`)
+            self.cache.lengths.copy_(saved_lengths)
+            self.tokens.copy_(saved_tokens)
+
         try:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self.cache.lengths.copy_(saved_lengths)
-                    run()
-            torch.cuda.current_stream().wait_stream(stream)
-            self.cache.lengths.copy_(saved_lengths)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
-                out = run()
-        except Exception:
-            self.cache.lengths.copy_(saved_lengths)
-            raise
-        return graph, out
+            return self.graph_pool.capture(run, before_run=restore)
+        finally:
+            restore()

@@ -121,6 +121,25 @@ class SessionStore(abc.ABC):
     @abc.abstractmethod
     def save(self, state: SessionState) -> None: ...
 
+    instant_saves = False
+    """True for a store whose `save_many` of `CommittedState`s never waits (the in-process store: a dict insert under a
+    lock): the commit writer then hands all the commits of an update pass to one worker, as one job (one wake-up,
+    one report). A store whose saves may take long keeps them spread over the workers by session, so one slow save
+    holds up only its worker's sessions."""
+
+    def save_many(self, states: list[SessionState]) -> list[str | None]:
+        """Save each of ``states``, in order: per state None, or the repr of what its save raised (a failing save
+        fails only its own state). One by one here; a store may do it in one go."""
+        errors: list[str | None] = []
+        for state in states:
+            try:
+                self.save(state)
+            except Exception as exc:
+                errors.append(repr(exc))
+            else:
+                errors.append(None)
+        return errors
+
     @abc.abstractmethod
     def delete(self, session_id: str) -> None: ...
 

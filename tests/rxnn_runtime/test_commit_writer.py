@@ -188,3 +188,49 @@ def test_commit_reports_that_wait_for_the_lane_leave_in_one_batch():
         assert len(with_commits) == 1 and len(with_commits[0]) == 6
     finally:
         reactive.dispose()
+
+
+def test_a_pass_the_in_process_store_keeps_is_one_job_one_save_many_and_one_report():
+    """Committed STMs the in-process store keeps as they are: the pass's sessions are one job (not one per worker),
+    saved in one `save_many` and announced in one report; each record is the committed tensor itself."""
+    calls = []
+
+    class Counting(InMemoryStore):
+        def save_many(self, states):
+            calls.append(len(states))
+            return super().save_many(states)
+
+    store = Counting()
+    writer, reports, done, expected = _writer(store)
+    states = [CommittedState(session_id=f"s{i}", stm=torch.randn(2, 4, 8), turns=1, memory_version=1)
+              for i in range(8)]
+    assert len({writer.shard_of(s.session_id) for s in states}) > 1  # sharded, these would be several jobs
+    expected["n"] = len(states)
+    try:
+        writer.submit_many([(f"turn{i}", state) for i, state in enumerate(states)])
+        assert done.wait(10)
+        assert calls == [8] and len(reports) == 1
+        assert [turn for turn, _, error in reports[0] if error is None] == [f"turn{i}" for i in range(8)]
+        for state in states:
+            assert store._records[state.session_id][0].stm.data_ptr() == state.stm.data_ptr()  # no copy
+        assert writer.pending == 0
+    finally:
+        writer.close()
+
+
+def test_save_many_fails_only_the_failing_states():
+    class Picky(InMemoryStore):
+        def save(self, state):
+            if state.session_id == "bad":
+                raise OSError("disk full")
+            super().save(state)
+
+    for store in (Picky(), InMemoryStore()):
+        states = [CommittedState(session_id=sid, stm=torch.zeros(1, 2, 4)) for sid in ("a", "bad", "b")]
+        errors = store.save_many(states)
+        if isinstance(store, Picky):
+            assert errors[0] is None and errors[2] is None and "disk full" in errors[1]
+            assert store.load("bad") is None
+        else:
+            assert errors == [None, None, None] and store.load("bad") is not None
+        assert store.load("a") is not None and store.load("b") is not None

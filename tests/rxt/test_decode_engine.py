@@ -134,6 +134,19 @@ def test_graphed_prefill_staging_matches_eager(model, monkeypatch, as_lists):
     torch.testing.assert_close(graphed.step(step), eager.step(step))
 
 
+def test_start_batch_takes_the_sessions_memories_one_by_one(model):
+    torch.manual_seed(9)
+    prompts = [torch.randint(4, 128, (n,)).tolist() for n in (4, 7)]
+    stm = torch.randn(model.initial_memory(2).shape)
+    stacked, separate = (DecodeEngine(model.decoder, max_slots=3, capacity=32) for _ in range(2))
+    torch.testing.assert_close(separate.start_batch([2, 0], prompts, stm=list(stm.unbind(1))),
+                               stacked.start_batch([2, 0], prompts, stm=stm))
+    torch.testing.assert_close(separate.start_batch([1], prompts[:1], stm=[stm[:, 0]]),
+                               stacked.start_batch([1], prompts[:1], stm=stm[:, :1]))
+    step = torch.tensor([5, 6, 7])
+    torch.testing.assert_close(separate.step(step), stacked.step(step))
+
+
 def test_pad_rows_from_lists_equals_from_tensors():
     rows = [[5, 6, 7], [8], [9, 10, 11, 12]]
     from_lists = pad_rows(rows, 5, 6, pad_id=3)
@@ -153,3 +166,101 @@ def test_step_without_tokens_feeds_the_engine_token_buffer(model):
     for tokens in (torch.tensor([11, 12]), torch.tensor([13, 14])):
         buffered.tokens.copy_(tokens)
         torch.testing.assert_close(buffered.step(), given.step(tokens))
+
+
+def _copy_into(dst, src):
+    if isinstance(dst, torch.Tensor):
+        dst.copy_(src)
+    elif isinstance(dst, (list, tuple)):
+        for d, s in zip(dst, src, strict=True):
+            if d is not None:
+                _copy_into(d, s)
+
+
+class _ReplayedGraph:
+    """A stand-in CUDA graph: ``replay`` runs the captured function again, its results copied into the outputs."""
+
+    def __init__(self, run, out):
+        self.run, self.out = run, out
+
+    def replay(self):
+        _copy_into(self.out, self.run())
+
+
+def _eager_captures(monkeypatch, *, run_warmups: bool) -> list:
+    """Every `GraphPool.capture` runs eagerly on the CPU (``run_warmups``: its warm-ups too, as a real capture
+    does, with ``before_run`` before each); returns the pools captured into, in order."""
+    from rxt.graph_capture import GraphPool
+
+    used = []
+
+    def capture(self, run, *, stream=None, before_run=None, warmups=2):
+        used.append(self)
+        for _ in range(warmups if run_warmups else 0):
+            if before_run is not None:
+                before_run()
+            run()
+        if before_run is not None:
+            before_run()
+        out = run()  # a real capture runs nothing: the stand-in's output is what the first replay overwrites
+        return _ReplayedGraph(run, out), out
+
+    monkeypatch.setattr(GraphPool, "capture", capture)
+    return used
+
+
+def test_step_and_prefill_graphs_share_one_pool_and_one_stage(model, monkeypatch):
+    """Every decode-step and prefill graph of an engine captures into its one pool (`rxt.graph_capture`), and the
+    prefills of every batch bucket stage their rows in views of one set of buffers and one cache; with each
+    "graph" replayed eagerly on the CPU, the logits and the next steps equal the eager engine's."""
+    used = _eager_captures(monkeypatch, run_warmups=False)
+    torch.manual_seed(3)
+    prompts = [torch.randint(4, 128, (n,)).tolist() for n in (5, 9, 3)]
+    stm = torch.randn(model.initial_memory(3).shape)
+    graphed = DecodeEngine(model.decoder, max_slots=4, capacity=32)
+    graphed.use_cuda_graphs = True
+    eager = DecodeEngine(model.decoder, max_slots=4, capacity=32)
+    # the graphed engine gets the sessions' memories one by one (stacked into its staging), the eager one stacked
+    torch.testing.assert_close(graphed.start_batch([0, 2, 3], prompts, stm=list(stm.unbind(1))),
+                               eager.start_batch([0, 2, 3], prompts, stm=stm))
+    torch.testing.assert_close(graphed.start(1, torch.tensor(prompts[1]), stm=stm[:, 1]),
+                               eager.start(1, torch.tensor(prompts[1]), stm=stm[:, 1]))
+    for _ in range(3):
+        step = torch.randint(4, 128, (4,))
+        torch.testing.assert_close(graphed.step(step), eager.step(step))
+    assert set(graphed._prefill_graphs) == {(4, 16), (1, 16)} and set(graphed._graphs) == {4}
+    assert len(used) == 3 and all(pool is graphed.graph_pool for pool in used)
+    (four, cache4), (one, cache1) = graphed._stages[4], graphed._stages[1]
+    assert four["stm"].untyped_storage().data_ptr() == one["stm"].untyped_storage().data_ptr()
+    assert cache4.k.untyped_storage().data_ptr() == cache1.k.untyped_storage().data_ptr()
+    inputs = {graphed._prefill_inputs(*key)["flat"].untyped_storage().data_ptr() for key in graphed._prefill_graphs}
+    assert len(inputs) == 1
+
+
+def test_argmax_into_tokens_feeds_the_next_step_and_survives_a_capture(model, monkeypatch):
+    """``argmax_into_tokens``: each step writes every row's argmax into the token buffer, so ``step()`` decodes
+    greedily with no other call, as a caller feeding the argmax by hand does; a capture mid-decode (a new bucket:
+    its warm-ups run the step and write their own argmax) leaves the live rows' tokens as they were."""
+    _eager_captures(monkeypatch, run_warmups=True)
+    torch.manual_seed(4)
+    stm = torch.randn(model.initial_memory(3).shape)
+    prompts = [torch.randint(4, 128, (n,)) for n in (4, 6, 5)]
+    fed = DecodeEngine(model.decoder, max_slots=4, capacity=32, buckets=(1, 2, 4), argmax_into_tokens=True)
+    fed.use_cuda_graphs = True
+    by_hand = DecodeEngine(model.decoder, max_slots=4, capacity=32, buckets=(1, 2, 4))
+    tokens = torch.zeros(4, dtype=torch.long)
+    for slot in range(2):
+        first = fed.start(slot, prompts[slot], stm=stm[:, slot]).argmax()
+        assert first == by_hand.start(slot, prompts[slot], stm=stm[:, slot]).argmax()
+        fed.tokens[slot] = tokens[slot] = first
+    for step in range(6):
+        if step == 3:  # a third session joins: the step moves to bucket 4, captured now, mid-decode
+            first = fed.start(2, prompts[2], stm=stm[:, 2]).argmax()
+            assert first == by_hand.start(2, prompts[2], stm=stm[:, 2]).argmax()
+            fed.tokens[2] = tokens[2] = first
+        b = by_hand.bucket()
+        logits = by_hand.step(tokens[:b])
+        torch.testing.assert_close(fed.step(), logits)
+        tokens[:b] = logits.argmax(dim=-1)  # by hand: the argmax fed back
+        assert torch.equal(fed.tokens[:b], tokens[:b])
+    assert set(fed._graphs) == {2, 4}

@@ -19,10 +19,10 @@ for path in (ROOT, ROOT / "examples"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 import train_nano
-from safetensors.torch import load_file
 
 from rxt.classic import DecoderLM
-from training.checkpoint import list_checkpoints
+from training.checkpoint import list_checkpoints, load_checkpoint
+from training.stages.baseline_lm import BaselineLMModel
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,15 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     final = Path(module.run_stage(config))
     models = []
     for ckpt in list_checkpoints(stage / "checkpoints"):
-        model = DecoderLM.from_pretrained(final)
-        state = {k.removeprefix("lm."): v for k, v in load_file(str(ckpt / "model.safetensors")).items()}
-        # the checkpoint holds the training wrapper (its "lm." is the model) and stores a tied head once
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        tied = model.decoder.lm_head.weight is model.decoder.embedding.weight
-        if unexpected or (missing and not (tied and missing == ["decoder.lm_head.weight"])):
-            raise RuntimeError(f"{ckpt}: not the baseline's weights (missing {missing}, unexpected {unexpected})")
-        target = a.out / f"ckpt_{ckpt.name}"
-        model.save_pretrained(target)
+        # the trainer's own module and loader: the checkpoint holds BaselineLMModel's state (its "lm." is the model)
+        model = BaselineLMModel(DecoderLM.from_pretrained(final))
+        load_checkpoint(ckpt, model=model, restore_rng=False)
+        target = model.save_pretrained(a.out / f"ckpt_{ckpt.name}")
         shutil.rmtree(ckpt)
         models.append(str(target))
     print(json.dumps({"final": str(final), "checkpoints": models}))

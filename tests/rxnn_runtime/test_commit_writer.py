@@ -29,6 +29,15 @@ def _writer(store, workers=2, report_every_s=None):
     return CommitWriter(store, on_done, workers=workers, report_every_s=report_every_s), reports, done, expected
 
 
+
+class PickyStore(InMemoryStore):
+    """Refuses to save the session named "bad" (a full disk), saves the others."""
+
+    def save(self, state):
+        if state.session_id == "bad":
+            raise OSError("disk full")
+        super().save(state)
+
 def test_sessions_of_one_pass_are_one_job_and_one_report_per_worker():
     store = InMemoryStore()
     writer, reports, done, expected = _writer(store)
@@ -51,13 +60,7 @@ def test_sessions_of_one_pass_are_one_job_and_one_report_per_worker():
 
 
 def test_one_failing_save_fails_only_its_commit():
-    class Picky(InMemoryStore):
-        def save(self, state):
-            if state.session_id == "bad":
-                raise OSError("disk full")
-            super().save(state)
-
-    store = Picky()
+    store = PickyStore()
     writer, reports, done, expected = _writer(store, workers=1)
     expected["n"] = 3
     try:
@@ -219,16 +222,10 @@ def test_a_pass_the_in_process_store_keeps_is_one_job_one_save_many_and_one_repo
 
 
 def test_save_many_fails_only_the_failing_states():
-    class Picky(InMemoryStore):
-        def save(self, state):
-            if state.session_id == "bad":
-                raise OSError("disk full")
-            super().save(state)
-
-    for store in (Picky(), InMemoryStore()):
+    for store in (PickyStore(), InMemoryStore()):
         states = [CommittedState(session_id=sid, stm=torch.zeros(1, 2, 4)) for sid in ("a", "bad", "b")]
         errors = store.save_many(states)
-        if isinstance(store, Picky):
+        if isinstance(store, PickyStore):
             assert errors[0] is None and errors[2] is None and "disk full" in errors[1]
             assert store.load("bad") is None
         else:

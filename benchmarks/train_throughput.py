@@ -14,7 +14,10 @@ between them; the metrics are read back once after the timed steps, as a log ste
   of them that no measured step starts a new epoch (a new DataLoader). Their one shape is declared as the config's
   ``shape_buckets`` / ``max_turns``, so the trainer compiles the step on CUDA by itself (``--smat-compile`` forces
   it on or off); ``smat-eager``: the same without ``shape_buckets``, eager, as the nano recipe's SMAT configs run
-  today; ``smat-before``: the per-turn loop (``reference=True``), eager;
+  today; ``smat-before``: the per-turn loop (``reference=True``), eager; ``smat-recipe``: the same batches with the
+  step's shape and compile settings (`SMAT_RUN_FIELDS`) read from a recipe config (``--smat-recipe``, the nano
+  recipe's last SMAT step by default), ``--smat-set FIELD=JSON`` overriding them (to try a setting before the
+  recipe takes it);
 - ``mrl``: one IMPO update as `MRLTrainer` runs it, CUDA graphs off (the eager reference; the trainer's default on
   CUDA is ``mrl-graphs``): 128 episodes x 8 steps collected through the runtime (a fresh
   runtime per collection, every episode's queries queued before it connects, so the episodes are primed, prefilled,
@@ -66,7 +69,11 @@ from rxt.tokenizer import RxTokenizer
 from training.config import TrainConfig
 
 STAGES = ("anchor", "joint", "sft", "smat", "mrl", "baseline", "joint-before", "sft-before", "smat-before",
-          "baseline-before", "mrl-graphs", "smat-eager")
+          "baseline-before", "mrl-graphs", "smat-eager", "smat-recipe")
+
+#: the `SMATStageConfig` fields that decide how a SMAT step runs (its shapes and its compilation): ``smat-recipe``
+#: takes them from the recipe's config file
+SMAT_RUN_FIELDS = ("max_turns", "shape_buckets", "turn_buckets", "dynamic_compile", "bucket_window")
 
 
 #: what --smoke sets: the tiny preset, a few rows and steps, on the CPU
@@ -256,6 +263,23 @@ def smat_episodes(count: int, turns: int, length: int, vocab: int, seed: int = 0
     return episodes
 
 
+def recipe_smat_settings(path: Path, overrides: list[str]) -> dict:
+    """The `SMAT_RUN_FIELDS` of the SMAT config at ``path`` (those it sets), with ``FIELD=JSON`` overrides."""
+    import yaml
+
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    settings = {k: raw[k] for k in SMAT_RUN_FIELDS if k in raw}
+    for item in overrides:
+        field_name, sep, value = item.partition("=")
+        if not sep or field_name not in SMAT_RUN_FIELDS:
+            raise ValueError(f"--smat-set {item!r}: expected FIELD=JSON with FIELD one of {SMAT_RUN_FIELDS}")
+        try:
+            settings[field_name] = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--smat-set {item!r}: the value is not JSON ({exc.msg})") from None
+    return settings
+
+
 def smat(variant: str, args, device, tok, tmp):
     """``variant``: "fixed" (``smat``: the batches' one shape declared as ``shape_buckets``, so the trainer compiles the
     step by itself), "eager" (``smat-eager``: no ``shape_buckets``, as the nano recipe's SMAT configs run today:
@@ -282,19 +306,36 @@ def smat(variant: str, args, device, tok, tmp):
     # every episode here has `turns` turns of `length` tokens: declared as the step's one fixed shape, the trainer
     # compiles (static shapes) on CUDA by itself, as it would for a recipe config that sets shape_buckets
     shapes = dict(shape_buckets=[length], max_turns=turns) if variant == "fixed" else {}
+    if variant == "recipe":
+        shapes, compile_ = recipe_smat_settings(args.smat_recipe, args.smat_set), None
     config = SMATStageConfig(train=_train_cfg(args, tmp, batch, compile_), bptt_depth=4,
                              unfreeze_schedule=[(0, ["memory", "rest"])], **shapes)
     trainer = SMATTrainer(rxt, config, episodes, tokenizer=tok)
     trainer.unwrapped_model.reference = before  # the loop unstacks the collated batch itself
+    probe_s = None
+    if variant == "recipe":
+        # The recipe's batches come in many shapes (turn counts, turn lengths): one optimizer step on another shape
+        # first, so that a compile with dynamic shapes has met a second shape (and recompiled with its sizes
+        # symbolic), or static shape buckets their second bucket, before the timing, as in training.
+        t0 = time.perf_counter()
+        other = smat_episodes(batch, max(turns - 2, 1), max(length - 8, 4), tok.vocab_size, seed=1)
+        trainer._train_step(iter([trainer.collate(other)]))
+        trainer._read_back()
+        _sync(device)
+        probe_s = time.perf_counter() - t0
 
     def path() -> str:
         if before:
             return "per-turn loop (reference)"
-        how = "compiled" if trainer._compiled else "eager"
-        return f"restructured, {how}, " + ("fixed shapes (shape_buckets)" if shapes else "no shape_buckets")
+        how = ("compiled" if trainer._compiled else f"dynamic_compile={config.dynamic_compile}"
+               if config.dynamic_compile != "off" and device.type == "cuda" else "eager")
+        return f"restructured, {how}, " + ("fixed shapes (shape_buckets)" if config.shape_buckets else "no shape_buckets")
 
     extra = {"batch": f"{batch}x{turns} turns of {length}", "bptt_depth": 4, "compiled": lambda: trainer._compiled,
              "path": path, "shape_buckets": config.shape_buckets or None}
+    if variant == "recipe":
+        extra.update(recipe=str(args.smat_recipe), settings={k: getattr(config, k) for k in SMAT_RUN_FIELDS},
+                     overrides=list(args.smat_set), other_shape_step_s=probe_s)
     return (*_trainer_step(trainer), batch * turns * length, extra)
 
 
@@ -386,8 +427,8 @@ def run_stage(name: str, args, device, tok, tmp, report, may_profile=lambda: Tru
     elif name in ("joint", "joint-before", "sft", "sft-before"):
         step, flush, tokens, extra = joint_like(name.split("-")[0], not name.endswith("before"), args, device, tok,
                                                 tmp)
-    elif name in ("smat", "smat-before", "smat-eager"):
-        variant = {"smat": "fixed", "smat-before": "before", "smat-eager": "eager"}[name]
+    elif name in ("smat", "smat-before", "smat-eager", "smat-recipe"):
+        variant = {"smat": "fixed", "smat-before": "before", "smat-eager": "eager", "smat-recipe": "recipe"}[name]
         step, flush, tokens, extra = smat(variant, args, device, tok, tmp)
     elif name in ("mrl", "mrl-graphs"):  # mrl-graphs: the collection runtime with CUDA graphs, whatever the flag
         step, flush, holder, extra = mrl(args, device, tok, tmp, args.mrl_cuda_graphs or name == "mrl-graphs")
@@ -447,6 +488,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smat-compile", choices=("auto", "on", "off"), default="auto",
                         help="the smat stage: the trainer's own choice at its fixed shapes (auto: compiled on CUDA), "
                              "or forced")
+    parser.add_argument("--smat-recipe", type=Path, default=Path("examples/configs/nano/4_smat.yaml"),
+                        help="smat-recipe: the SMAT config whose shape and compile settings the step takes")
+    parser.add_argument("--smat-set", nargs="*", default=[], metavar="FIELD=JSON",
+                        help=f"smat-recipe: override a setting of --smat-recipe, one of {', '.join(SMAT_RUN_FIELDS)}")
     parser.add_argument("--mrl", default="128x8", help="EPISODESxSTEPS of the IMPO update")
     parser.add_argument("--num-workers", type=int, default=4, help="DataLoader workers (the nano configs' 4)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

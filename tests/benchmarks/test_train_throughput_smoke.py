@@ -28,6 +28,9 @@ def test_every_stage_steps_and_records(tmp_path, load_script):
     assert rows["smat"]["path"].startswith("restructured") and rows["smat-before"]["path"].startswith("per-turn loop")
     assert rows["smat"]["shape_buckets"] == [16] and rows["smat-eager"]["shape_buckets"] is None
     assert rows["smat-eager"]["path"] == "restructured, eager, no shape_buckets"
+    # smat-recipe takes the nano recipe's last SMAT step's settings, and steps once on another shape first
+    recipe = rows["smat-recipe"]
+    assert recipe["settings"]["max_turns"] == 19 and recipe["other_shape_step_s"] > 0
     assert rows["mrl"]["collect_ms"] > 0 and rows["mrl"]["update_ms"] > 0  # where an IMPO update's time goes
     assert doc["device"] == "cpu" and "mfu" in doc
     for r in rows.values():  # the fields of the record (kernels and busy fraction: GPU only)
@@ -156,3 +159,14 @@ def test_smat_stage_top_kernels_and_no_epoch_end(tmp_path, load_script, monkeypa
     assert epochs == [bench.SMOKE["warmup"] + bench.SMOKE["iters"] + 1 + 1]
     with pytest.raises(SystemExit):
         bench.main(["--smoke", "--stages", "smat", "--top-kernels", "-2", "--out", str(out)])
+
+
+def test_smat_recipe_settings_and_overrides(tmp_path, load_script):
+    bench = load_script("benchmarks/train_throughput.py")
+    config = tmp_path / "smat.yaml"
+    config.write_text("max_turns: 7\nbptt_depth: 7\nshape_buckets: [32, 64]\ndata: []\n")
+    settings = bench.recipe_smat_settings(config, ['dynamic_compile="step"', "turn_buckets=[3, 7]"])
+    assert settings == {"max_turns": 7, "shape_buckets": [32, 64], "dynamic_compile": "step", "turn_buckets": [3, 7]}
+    for bad, names in (["bptt_depth=2"], "FIELD=JSON"), (["max_turns"], "FIELD=JSON"), (["max_turns=seven"], "JSON"):
+        with pytest.raises(ValueError, match=names):
+            bench.recipe_smat_settings(config, bad)

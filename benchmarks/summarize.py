@@ -156,11 +156,18 @@ def where_a_step_goes() -> list[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     names = list(STEP_BEFORE) + [n for n in ("joint-before", "sft-before", "smat-before", "smat-eager",
                                              "baseline-before", "mrl-graphs") if n in rows]
+    recipe = "smat-recipe" in rows  # the SMAT step with the recipe's own settings: the row the target is for
+    if recipe:
+        names.insert(names.index("smat") + 1, "smat-recipe")
     for name in names:
         r = rows.get(name)
         label = name if not name.endswith("-before") else f"{name} (old path)"
         before = STEP_BEFORE.get(name, "")
         target = STEP_TARGETS.get(name, "")
+        if recipe and name == "smat":
+            label, target = "smat, one shape declared", ""
+        elif name == "smat-recipe":
+            label, target = "smat as the recipe runs it", STEP_TARGETS["smat"]
         if name == "mrl" and r is None and "mrl-graphs" in rows:
             continue  # the trainer's default on CUDA is the graphed step: that row carries the target
         if r is None or "real_tokens_per_s" not in r:

@@ -204,11 +204,11 @@ _NANO_SMAT = dict(_NANO_TRAIN, batch_size=256, num_workers=6, eval_every=250, wa
 _NANO_SMAT_K4 = dict(_NANO_SMAT, batch_size=128)
 _NANO_SMAT_K8 = dict(_NANO_SMAT, batch_size=80)
 _NANO_SMAT_K16 = dict(_NANO_SMAT, batch_size=48)
-# dynamic_compile "step": every part of the SMAT step compiled with automatic dynamic shapes, so a few graphs serve
-# every batch shape of the recipe's data (episodes of 2-19 turns, synthetic and chitchat turn lengths). At 128 x 18
-# turns on an H200 the step ran 117 ms against 221 ms eager (train_throughput.json, smat-recipe), after ~45 s of
-# compiling. Static shape buckets would compile once per (turn count, width) bucket: minutes per stage.
-_NANO_PHASE = dict(max_len=256, eval_episodes=256, chitchat=4000, dynamic_compile="step")
+# No SMAT compile (dynamic_compile "off"): with "step" the 128 x 18 step runs 117 ms against 221 ms eager on an
+# H200 (train_throughput.json, smat-recipe), but on the recipe's own data (episodes of 2-19 turns, synthetic and
+# chitchat turn lengths) a 2.5-minute budget of this last step went to compiling: 53 s for the first step, eight
+# recompiles (turn counts, widths, then no_grad for the evaluation), 3 steps done (smat_dynamic_compile.json).
+_NANO_PHASE = dict(max_len=256, eval_episodes=256, chitchat=4000)
 NANO: dict[str, Any] = {
     "model": "nano",
     "tokenizer_training": {"kind": "byte_bpe", "vocab_size": 8192, "min_frequency": 2, "max_texts": 200_000},

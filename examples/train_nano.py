@@ -204,11 +204,12 @@ _NANO_SMAT = dict(_NANO_TRAIN, batch_size=256, num_workers=6, eval_every=250, wa
 _NANO_SMAT_K4 = dict(_NANO_SMAT, batch_size=128)
 _NANO_SMAT_K8 = dict(_NANO_SMAT, batch_size=80)
 _NANO_SMAT_K16 = dict(_NANO_SMAT, batch_size=48)
-# No SMAT compile (dynamic_compile "off"): with "step" the 128 x 18 step runs 117 ms against 221 ms eager on an
-# H200 (train_throughput.json, smat-recipe), but on the recipe's own data (episodes of 2-19 turns, synthetic and
-# chitchat turn lengths) a 2.5-minute budget of this last step went to compiling: 53 s for the first step, eight
-# recompiles (turn counts, widths, then no_grad for the evaluation), 3 steps done (smat_dynamic_compile.json).
-_NANO_PHASE = dict(max_len=256, eval_episodes=256, chitchat=4000)
+# dynamic_compile "chain": only the memory-attention update is compiled (automatic dynamic shapes), fusing the
+# norms, casts and gates over the STM that every turn repeats; the encoder and decoder stay eager. "step" (every part
+# compiled) ran the 128 x 18 step in 117 ms against 221 ms eager on an H200 (train_throughput.json, smat-recipe), but
+# on the recipe's own data (episodes of 2-19 turns, synthetic and chitchat turn lengths) a 2.5-minute budget of the
+# last step went to compiling: 53 s for the first step, eight recompiles, 3 steps done (smat_dynamic_compile.json).
+_NANO_PHASE = dict(max_len=256, eval_episodes=256, chitchat=4000, dynamic_compile="chain")
 NANO: dict[str, Any] = {
     "model": "nano",
     "tokenizer_training": {"kind": "byte_bpe", "vocab_size": 8192, "min_frequency": 2, "max_texts": 200_000},

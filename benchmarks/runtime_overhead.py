@@ -250,7 +250,8 @@ async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Name
                 "server_cpu_us_per_token": cpu * 1e6 / max(level["tokens"], 1),
                 "aggregate_tokens_per_s": level["aggregate_tokens_per_s"],
                 "ttft_ms_p50": level["ttft_ms_p50"], "ttft_ms_p99": level["ttft_ms_p99"],
-                "memory_update_ms_median": level["memory_update_ms_median"],
+                "memory_update_ms_median": level["memory_update_ms_median"],  # the server's update_ms
+                "memory_update_client_ms_median": level["memory_update_client_ms_median"],
                 "threads": threads_before,
                 "graph_captures": graph_count(reactive) - captured,  # > 0: captures inside the timing
             }

@@ -300,6 +300,9 @@ def main() -> None:
     parser.add_argument("--poll-ms", type=float, default=None,
                         help="the event bridge's poll interval while steps keep coming (default: the runtime's "
                              "rxnn_runtime.event_bridge.POLL_S), for an A/B of the loop's fan-out cost")
+    parser.add_argument("--poll-max-ms", type=float, default=None,
+                        help="the event bridge's longest poll interval under load (default: the runtime's "
+                             "rxnn_runtime.event_bridge.POLL_MAX_S); equal to --poll-ms: a fixed interval (an A/B)")
     parser.add_argument("--no-update-stream", action="store_true",
                         help="memory-update passes on the lane's CUDA stream, not on one of their own (an A/B)")
     parser.add_argument("--out", type=Path, default=None, help="JSON output: a run appended to its 'runs'")
@@ -320,6 +323,11 @@ def main() -> None:
         if not args.poll_ms > 0:
             parser.error(f"--poll-ms={args.poll_ms} must be > 0")
         event_bridge.POLL_S = args.poll_ms / 1e3  # read at every poll
+    if args.poll_max_ms is not None:
+        if not args.poll_max_ms >= event_bridge.POLL_S * 1e3:
+            parser.error(f"--poll-max-ms={args.poll_max_ms} must be >= the poll interval "
+                         f"({event_bridge.POLL_S * 1e3:g} ms)")
+        event_bridge.POLL_MAX_S = args.poll_max_ms / 1e3
     tokenizer = RxTokenizer.default()
     model, device, dtype = bench_model(args, tokenizer)
     levels = asyncio.run(serve_levels(model, tokenizer, args))
@@ -357,6 +365,8 @@ def main() -> None:
         "memory_update_ms_source": "server update_ms",
         "update_stream": not args.no_update_stream,
         "event_bridge_poll_s": event_bridge.POLL_S,
+        "event_bridge_poll_max_s": event_bridge.POLL_MAX_S,  # polls spaced by load up to this (poll_delay)
+        "event_bridge_poll_load_factor": event_bridge.POLL_LOAD_FACTOR,
         "memory_update_bare": update_check,
         # the most memory the run held (graph pools included): the ~1B config once ran out capturing graphs
         "cuda_max_memory_reserved_gib": (torch.cuda.max_memory_reserved() / 2**30 if device.type == "cuda" else None),

@@ -114,6 +114,16 @@ async def _run_level(url: str, clients: int, turns: int, max_new_tokens: int, pe
     }
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median aggregate throughput (a copy)."""
+    return dict(sorted(runs, key=lambda run: run["aggregate_tokens_per_s"])[(len(runs) - 1) // 2])
+
+
+def _repeat_figures(runs: list[dict]) -> list[dict]:
+    return [{k: run[k] for k in ("aggregate_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "memory_update_ms_median",
+                                 "memory_update_client_ms_median")} for run in runs]
+
+
 async def start_server(reactive: ReactiveModel) -> tuple[web.AppRunner, str]:
     """Connect ``reactive`` and serve it over websockets on 127.0.0.1 (a free port): ``(runner, ws_url)``."""
     reactive.connect()
@@ -160,12 +170,30 @@ async def serve_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namesp
             captured = graph_count(reactive)
             # A level lasts a fraction of a second, so one hiccup (a GC pause, a late client process) moves it by
             # several percent: run it ``--repeats`` times and keep the run of median aggregate throughput.
-            runs = [await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
-                    for _ in range(args.repeats)]
-            level = dict(sorted(runs, key=lambda run: run["aggregate_tokens_per_s"])[(len(runs) - 1) // 2])
-            level["repeats"] = [{k: run[k] for k in ("aggregate_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99",
-                                                      "memory_update_ms_median", "memory_update_client_ms_median")}
-                                for run in runs]
+            # --ab-poll-max-ms: at the --ab-levels, each run is followed by one with that poll cap (interleaved, so
+            # the machine's drift hits both arms alike); the level reports the default arm, the other beside it.
+            ab = args.ab_poll_max_ms is not None and n in (args.ab_levels or args.clients)
+            runs, other = [], []
+            for _ in range(args.repeats):
+                runs.append(await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process))
+                if ab:
+                    default, event_bridge.POLL_MAX_S = event_bridge.POLL_MAX_S, args.ab_poll_max_ms / 1e3
+                    try:
+                        other.append(await _run_level(url, n, args.turns, args.max_new_tokens,
+                                                      args.clients_per_process))
+                    finally:
+                        event_bridge.POLL_MAX_S = default
+            level = _median_run(runs)
+            level["repeats"] = _repeat_figures(runs)
+            if ab:
+                arm = _median_run(other)
+                level["ab_poll_max"] = {"poll_max_ms": args.ab_poll_max_ms, "repeats": _repeat_figures(other),
+                                        **{k: arm[k] for k in ("aggregate_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99",
+                                                               "memory_update_ms_median", "wall_s")}}
+                print(f"    (A/B, poll cap {args.ab_poll_max_ms:g} ms: aggregate {arm['aggregate_tokens_per_s']:9.1f} "
+                      f"tok/s, TTFT p99 {arm['ttft_ms_p99']:7.1f} ms; runs "
+                      f"{[round(r['aggregate_tokens_per_s']) for r in other]} against "
+                      f"{[round(r['aggregate_tokens_per_s']) for r in runs]})", flush=True)
             level["graph_captures"] = graph_count(reactive) - captured
             print(f"runtime {n:>3} clients: TTFT p50 {level['ttft_ms_p50']:7.1f} ms p99 {level['ttft_ms_p99']:7.1f} ms"
                   f"  aggregate {level['aggregate_tokens_per_s']:9.1f} tok/s  mem update (server) "
@@ -303,6 +331,11 @@ def main() -> None:
     parser.add_argument("--poll-max-ms", type=float, default=None,
                         help="the event bridge's longest poll interval under load (default: the runtime's "
                              "rxnn_runtime.event_bridge.POLL_MAX_S); equal to --poll-ms: a fixed interval (an A/B)")
+    parser.add_argument("--ab-poll-max-ms", type=float, default=None,
+                        help="an interleaved A/B in the same run: each timed run is followed by one with this poll "
+                             "cap (e.g. 1: a fixed 1 ms poll, the runtime before polls were spaced by load)")
+    parser.add_argument("--ab-levels", type=int, nargs="+", default=None,
+                        help="the session counts that run the A/B (default: every level)")
     parser.add_argument("--no-update-stream", action="store_true",
                         help="memory-update passes on the lane's CUDA stream, not on one of their own (an A/B)")
     parser.add_argument("--out", type=Path, default=None, help="JSON output: a run appended to its 'runs'")

@@ -225,25 +225,29 @@ class ReactiveModel:
                                            for s, t in sorted(turns)]))
 
     def _on_messages(self, messages: list[Any]) -> None:
-        """Every input message that waited, in order, in one lane action: their events leave as one batch."""
+        """Every input message that waited, in order, in one lane action: their events leave as one batch (and
+        the queries' texts are tokenized in one call)."""
         events: list[Event] = []
+        ready: list[Any] = []
         for message in messages:
             if message is _CONNECT:
                 self._connected = True
-                early, self._early = self._early, []
-                for waiting in early:
-                    events.extend(self._handle(waiting))
+                ready.extend(self._early)  # what arrived before connect() goes first
+                self._early = []
             elif not self._connected:
                 self._early.append(message)
             else:
-                events.extend(self._handle(message))
+                ready.append(message)
+        text_ids = self.intake.tokenize_many([m for m in ready if isinstance(m, Query)])
+        for message in ready:
+            events.extend(self._handle(message, text_ids))
         self._emit(events)
         self._request_step()
 
-    def _handle(self, message: Any) -> list[Event]:
+    def _handle(self, message: Any, text_ids: dict[int, list[int]] | None = None) -> list[Event]:
         try:
             if isinstance(message, Query):
-                return self.intake.query(message)
+                return self.intake.query(message, None if text_ids is None else text_ids.get(id(message)))
             if isinstance(message, Cancel):
                 return self.scheduler.cancel(message.session_id, message.query_id)
             if isinstance(message, Reset):

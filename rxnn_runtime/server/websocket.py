@@ -380,7 +380,8 @@ class Connection:
         if kind == "query":
             query = Query.from_dict(data)
             check_room(self.reactive.template, self.reactive.model.config.max_seq_len, query.text,
-                       query.options.max_new_tokens, tokens_field="options.max_new_tokens", text_field="text")
+                       query.options.max_new_tokens, tokens_field="options.max_new_tokens", text_field="text",
+                       need_length=False)  # a short text fits without tokenizing it here (the lane does)
             self._watch(query.session_id)
             self.reactive.submit(query)
         elif kind == "cancel":

@@ -297,8 +297,8 @@ class ReactiveModel:
     def _launch(self, plan, events: list[Event]):
         """Launch ``plan`` on the device and hand the memory its update pass wrote to the commit writer at once
         (the copy off the device waits for the pass only, on its own stream), not after the step is collected."""
+        launched = self.executor.launch(plan, self._stm_of)  # the pass first: its events are made while it runs
         events.extend(self.scheduler.started_events(plan))
-        launched = self.executor.launch(plan, self._stm_of)
         result = launched.result
         # The committed turn count is the number the client was sent (cancelled turns consume numbers too), so
         # numbering carries on from there after a restart. The pass's sessions are handed over together.

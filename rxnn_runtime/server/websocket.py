@@ -166,7 +166,13 @@ class Connection:
         turn), then written at once when the transport can take them."""
         if self.closing:
             return
+        tokens = self.tokens
         for event in events:
+            if isinstance(event, Token):  # most events: inline, a token joins its turn's waiting frame
+                buffer = tokens.get((event.session_id, event.turn_id))
+                if buffer is not None:
+                    buffer.add(event)
+                    continue
             self._queue_event(event)
         self._kick()
 

@@ -10,7 +10,8 @@ connections' event sink) to stamp each turn, keyed by (session, query id), with 
     first_loop     that event reached its connection on the loop (`Connection._on_events`), to be written
     answered       its last token became an event on the lane (AnswerDone)
     update_launch  its memory-update pass is being launched (`ModelExecutor._update_memory`)
-    device_done    a commit worker saw the pass done on the device (`CommitWriter._stms_to_save` returned)
+    device_done    the pass seen done on the device: by the lane, for commits saved in place
+                   (`ReactiveModel._save_in_place`), or by a commit worker (`CommitWriter._stms_to_save`)
     committed      the lane announced it (`TurnScheduler.committed`: MemoryUpdated made)
     updated_loop   MemoryUpdated reached its connection on the loop
 
@@ -36,7 +37,7 @@ PHASES = (  # (name, from stamp, to stamp)
     ("first token: lane -> its connection", "first_lane", "first_loop"),
     ("server TTFT (submitted -> first token at its connection)", "submitted", "first_loop"),
     ("answer end -> update pass launched", "answered", "update_launch"),
-    ("update launch -> done on the device (worker saw it)", "update_launch", "device_done"),
+    ("update launch -> done on the device (as seen)", "update_launch", "device_done"),
     ("device done -> committed on the lane", "device_done", "committed"),
     ("server update (answer end -> committed)", "answered", "committed"),
     ("committed -> memory_updated at its connection", "committed", "updated_loop"),
@@ -78,7 +79,8 @@ class TurnTimeline:
 
         reactive.submit = submitted
         self._undo.append((reactive, "submit", submit))
-        self._wrap(reactive.intake, "query", lambda _r, query: stamp(query.session_id, query.query_id, "accepted"))
+        self._wrap(reactive.intake, "query",
+                   lambda _r, query, *_: stamp(query.session_id, query.query_id, "accepted"))
 
         def scheduled(plan, *_):
             for turn in plan.admit:
@@ -111,7 +113,17 @@ class TurnTimeline:
             for turn, _state in job:
                 stamp(turn.session_id, turn.query_id, "device_done", now)
 
-        self._wrap(reactive.commits, "_stms_to_save", device_done)
+        self._wrap(reactive.commits, "_stms_to_save", device_done)  # commits through the writer's threads
+        save_in_place = reactive._save_in_place
+
+        def lane_sees_done(commits, ready):  # commits saved in place: the lane waits for the pass, then saves
+            if ready is not None:
+                ready.synchronize()  # at once when the lane found it done (that is when it calls)
+            device_done(None, commits)
+            return save_in_place(commits, ready)
+
+        reactive._save_in_place = lane_sees_done
+        self._undo.append((reactive, "_save_in_place", save_in_place))
 
         def committed(_events, turn, *_):
             stamp(turn.session_id, turn.query_id, "committed")

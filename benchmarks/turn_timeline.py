@@ -88,15 +88,8 @@ class TurnTimeline:
 
         self._wrap(reactive.scheduler, "schedule", scheduled)
 
-        def output(events, *_):
-            now = time.perf_counter()
-            for event in events:
-                if type(event) is Token and event.index == 0:
-                    stamp(event.session_id, event.query_id, "first_lane", now)
-                elif type(event) is AnswerDone:
-                    stamp(event.session_id, event.query_id, "answered", now)
-
-        self._wrap(reactive.scheduler, "update_from_output", output)
+        self._wrap(reactive.scheduler, "update_from_output",
+                   lambda events, *_: self._stamp_events(events, "first_lane", AnswerDone, "answered"))
         update = reactive.executor._update_memory
 
         def launching(turns, *args):
@@ -130,15 +123,18 @@ class TurnTimeline:
 
         self._wrap(reactive.scheduler, "committed", committed)
 
-        def at_connection(_result, _connection, events):
-            now = time.perf_counter()
-            for event in events:
-                if type(event) is Token and event.index == 0:
-                    stamp(event.session_id, event.query_id, "first_loop", now)
-                elif type(event) is MemoryUpdated:
-                    stamp(event.session_id, event.query_id, "updated_loop", now)
+        self._wrap(websocket.Connection, "_on_events",
+                   lambda _result, _connection, events: self._stamp_events(events, "first_loop", MemoryUpdated,
+                                                                           "updated_loop"))
 
-        self._wrap(websocket.Connection, "_on_events", at_connection)
+    def _stamp_events(self, events, first: str, cls: type, name: str) -> None:
+        """Stamp ``first`` on each turn whose first token is among ``events``, ``name`` on each event of ``cls``."""
+        now = time.perf_counter()
+        for event in events:
+            if type(event) is Token and event.index == 0:
+                self._stamp(event.session_id, event.query_id, first, now)
+            elif type(event) is cls:
+                self._stamp(event.session_id, event.query_id, name, now)
 
     def undo(self) -> None:
         for owner, name, original in reversed(self._undo):

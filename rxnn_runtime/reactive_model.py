@@ -16,7 +16,8 @@ the turns admitted together, primed interactions' memory update), the executor r
 scheduler turns the previous step's output into events, the turns that output ended get their memory-update pass
 at once (queued behind the step; its STMs are handed over at launch), and the events of the step leave as **one batch**
 (`batches`, a tuple per action) so they cross threads once per step; `events` is the same stream one event at
-a time. Steps and input messages interleave on the lane, so a new query or a cancel waits at most one step.
+a time. Steps and input messages interleave on the lane, and each step first takes the messages that arrived
+during the last one (`Crossing.take_waiting`), so a query that arrives mid-step is admitted by the next step.
 
 A session runs one turn at a time: from admission until its memory is committed (saved to the store, by the
 `CommitWriter`, off the lane; a store that saves in place, the in-process one, is saved on the lane in the first
@@ -227,6 +228,10 @@ class ReactiveModel:
     def _on_messages(self, messages: list[Any]) -> None:
         """Every input message that waited, in order, in one lane action: their events leave as one batch (and
         the queries' texts are tokenized in one call)."""
+        self._emit(self._accept(messages))
+        self._request_step()
+
+    def _accept(self, messages: list[Any]) -> list[Event]:
         events: list[Event] = []
         ready: list[Any] = []
         for message in messages:
@@ -241,8 +246,7 @@ class ReactiveModel:
         text_ids = self.intake.tokenize_many([m for m in ready if isinstance(m, Query)])
         for message in ready:
             events.extend(self._handle(message, text_ids))
-        self._emit(events)
-        self._request_step()
+        return events
 
     def _handle(self, message: Any, text_ids: dict[int, list[int]] | None = None) -> list[Event]:
         try:
@@ -274,6 +278,11 @@ class ReactiveModel:
         previous, self._inflight = self._inflight, None
         events: list[Event] = []  # the step's events leave as one batch: one crossing per step
         try:
+            # Messages that arrived during the last step are accepted now, so this step's plan admits their queries
+            # (their own lane action, queued behind this step, would have come a step later).
+            waiting = self._input_subscription.take_waiting()
+            if waiting:
+                events.extend(self._accept(waiting))
             plan = self.scheduler.schedule()
             if not plan.empty:
                 self._inflight = self._launch(plan, events)

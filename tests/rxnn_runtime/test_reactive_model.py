@@ -431,3 +431,25 @@ def test_an_idle_lane_waits_for_the_update_pass_itself_and_update_ms_covers_it()
         assert reactive.wait_idle(10)
     finally:
         reactive.dispose()
+
+
+def test_a_query_that_arrives_during_a_step_is_admitted_by_the_next_step():
+    """While other sessions decode, a query that arrives during a step is accepted at the start of the next step
+    and prefilled by it, not by the step after (its own lane action would queue behind the next step)."""
+    reactive, plans, log = _recorded_runtime()
+    try:
+        reactive.submit(Query("long", "hello there", GenerationOptions(max_new_tokens=40)))
+        assert log.wait_for(lambda es: sum(isinstance(e, Token) for e in es) >= 3)  # decoding: a step queued
+        blocked, release = threading.Event(), threading.Event()
+        reactive._lane.schedule(lambda *_: (blocked.set(), release.wait(10)))
+        assert blocked.wait(10)
+        before = len(plans)
+        reactive.submit(Query("late", "hi", GenerationOptions(max_new_tokens=2)))
+        release.set()
+        assert log.wait_for(lambda es: any(isinstance(e, MemoryUpdated) and e.session_id == "late" for e in es))
+        admitted = next(k for k, p in enumerate(plans) if any(t.session_id == "late" for t in p.admit))
+        assert admitted == before, (admitted, before)  # the first step after the query arrived
+        accepted = next(e for e in log.events if isinstance(e, QueryAccepted) and e.session_id == "late")
+        assert accepted.seq < next(e.seq for e in log.events if isinstance(e, Token) and e.session_id == "late")
+    finally:
+        reactive.dispose()

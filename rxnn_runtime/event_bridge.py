@@ -74,7 +74,7 @@ _WAITED_FOR = frozenset(TERMINAL_EVENTS)
 
 
 def poll_delay(last_drain_s: float) -> float:
-    """Seconds from one drain to the next poll, given how long the last drain took: ``POLL_S``, or
+    """Seconds from one drain to the next poll, given the loop thread's CPU time in the last drain: ``POLL_S``, or
     ``POLL_LOAD_FACTOR`` times the drain (at most ``POLL_MAX_S``) when that is longer.
 
     A drain's cost is mostly per frame, and so per connection and per drain (encode, frame, one socket write, and
@@ -101,7 +101,7 @@ class EventBridge:
         self._listeners: dict[str, list[Callable[[list[Event]], None]]] = {}  # session -> its sinks
         self._count = 0
         self._subscription: abc.DisposableBase | None = None
-        self._last_drain_s = 0.0  # how long the last dispatch took (`poll_delay`)
+        self._last_drain_s = 0.0  # the loop thread's CPU time in the last dispatch (`poll_delay`)
 
     @classmethod
     def of(cls, reactive: Any, loop: asyncio.AbstractEventLoop | None = None) -> EventBridge:
@@ -121,11 +121,13 @@ class EventBridge:
     def _dispatch(self, batches: list[tuple[Event, ...]]) -> None:
         """Every batch waiting, fanned out: one call per sink with its events in order (a sink that listens to
         several sessions gets them interleaved as they were emitted)."""
-        start = time.perf_counter()
+        # The loop thread's own CPU time, not the wall time: a drain's socket writes let the GIL go, and the lane's
+        # work that runs meanwhile is no cost of the drain's (measured wall times were 3-4x the loop's own work).
+        start = time.thread_time()
         try:
             self._fan_out(batches)
         finally:
-            self._last_drain_s = time.perf_counter() - start
+            self._last_drain_s = time.thread_time() - start
 
     def _fan_out(self, batches: list[tuple[Event, ...]]) -> None:
         listeners = self._listeners

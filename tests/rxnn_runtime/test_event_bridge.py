@@ -143,7 +143,8 @@ def test_polls_are_spaced_by_the_drains_cost_within_their_bounds(monkeypatch):
 
 
 async def test_the_next_poll_waits_by_the_last_drains_duration(monkeypatch):
-    """The bridge times each dispatch (its sinks' work included) and schedules the next poll from it."""
+    """The bridge times each dispatch (its sinks' work included) in the loop thread's CPU time and schedules the
+    next poll from it."""
     from reactivex.subject import Subject
 
     from rxnn_runtime import event_bridge
@@ -154,7 +155,7 @@ async def test_the_next_poll_waits_by_the_last_drains_duration(monkeypatch):
     loop = asyncio.get_running_loop()
     bridge = EventBridge(_Model(), loop)
     clock = iter([10.0, 10.0008])  # the dispatch starts at 10 s and ends 0.8 ms later
-    monkeypatch.setattr(event_bridge.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(event_bridge.time, "thread_time", lambda: next(clock))
     got = []
     stop = bridge.listen("a", got.append)
     bridge._dispatch([(Token("a", 1, 1, "", index=0, token_id=5),)])

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import platform
 import statistics
@@ -114,6 +115,39 @@ async def _run_level(url: str, clients: int, turns: int, max_new_tokens: int, pe
     }
 
 
+def _ab_arms(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """The A/B arms asked for: ``(label, context manager factory)`` setting the arm's value for one run."""
+    arms = []
+    if args.ab_poll_max_ms is not None:
+        arms.append((f"poll_max_ms={args.ab_poll_max_ms:g}",
+                     lambda: _setting(event_bridge, "POLL_MAX_S", args.ab_poll_max_ms / 1e3)))
+    if args.ab_switch_interval_s is not None:
+        arms.append((f"switch_interval_s={args.ab_switch_interval_s:g}",
+                     lambda: _switch_interval(args.ab_switch_interval_s)))
+    return arms
+
+
+@contextlib.contextmanager
+def _setting(owner, name: str, value):
+    old = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, old)
+
+
+@contextlib.contextmanager
+def _switch_interval(seconds: float):
+    """Python's GIL switch interval for one run (process-wide; the runtime lowered it at connect)."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
+
+
 def _median_run(runs: list[dict]) -> dict:
     """The run of median aggregate throughput (a copy)."""
     return dict(sorted(runs, key=lambda run: run["aggregate_tokens_per_s"])[(len(runs) - 1) // 2])
@@ -160,8 +194,9 @@ async def warm_up(url: str, args: argparse.Namespace, sessions: list[int], react
 
 
 async def serve_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namespace) -> list[dict]:
+    interval = {} if args.switch_interval_s is None else {"switch_interval_s": args.switch_interval_s}
     reactive = ReactiveModel(model, tokenizer, max_batch_size=max(args.clients), max_pending_per_session=4,
-                             update_stream=False if args.no_update_stream else None)
+                             update_stream=False if args.no_update_stream else None, **interval)
     runner, url = await start_server(reactive)
     levels = []
     try:
@@ -170,30 +205,31 @@ async def serve_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namesp
             captured = graph_count(reactive)
             # A level lasts a fraction of a second, so one hiccup (a GC pause, a late client process) moves it by
             # several percent: run it ``--repeats`` times and keep the run of median aggregate throughput.
-            # --ab-poll-max-ms: at the --ab-levels, each run is followed by one with that poll cap (interleaved, so
-            # the machine's drift hits both arms alike); the level reports the default arm, the other beside it.
-            ab = args.ab_poll_max_ms is not None and n in (args.ab_levels or args.clients)
-            runs, other = [], []
+            # The A/B arms (--ab-poll-max-ms, --ab-switch-interval-s): at the --ab-levels, each timed run is followed
+            # by one run of each arm (interleaved, so the machine's drift hits every arm alike); the level reports the
+            # default arm, the others beside it.
+            arms = _ab_arms(args) if n in (args.ab_levels or args.clients) else []
+            runs, others = [], {label: [] for label, _ in arms}
             for _ in range(args.repeats):
                 runs.append(await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process))
-                if ab:
-                    default, event_bridge.POLL_MAX_S = event_bridge.POLL_MAX_S, args.ab_poll_max_ms / 1e3
-                    try:
-                        other.append(await _run_level(url, n, args.turns, args.max_new_tokens,
-                                                      args.clients_per_process))
-                    finally:
-                        event_bridge.POLL_MAX_S = default
+                for label, arm in arms:
+                    with arm():
+                        others[label].append(await _run_level(url, n, args.turns, args.max_new_tokens,
+                                                              args.clients_per_process))
             level = _median_run(runs)
             level["repeats"] = _repeat_figures(runs)
-            if ab:
-                arm = _median_run(other)
-                level["ab_poll_max"] = {"poll_max_ms": args.ab_poll_max_ms, "repeats": _repeat_figures(other),
-                                        **{k: arm[k] for k in ("aggregate_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99",
-                                                               "memory_update_ms_median", "wall_s")}}
-                print(f"    (A/B, poll cap {args.ab_poll_max_ms:g} ms: aggregate {arm['aggregate_tokens_per_s']:9.1f} "
-                      f"tok/s, TTFT p99 {arm['ttft_ms_p99']:7.1f} ms; runs "
-                      f"{[round(r['aggregate_tokens_per_s']) for r in other]} against "
-                      f"{[round(r['aggregate_tokens_per_s']) for r in runs]})", flush=True)
+            if arms:
+                level["ab_arms"] = []
+                for label, arm_runs in others.items():
+                    median = _median_run(arm_runs)
+                    level["ab_arms"].append({"arm": label, "repeats": _repeat_figures(arm_runs),
+                                             **{k: median[k] for k in ("aggregate_tokens_per_s", "ttft_ms_p50",
+                                                                       "ttft_ms_p99", "memory_update_ms_median",
+                                                                       "wall_s")}})
+                    print(f"    (A/B, {label}: aggregate {median['aggregate_tokens_per_s']:9.1f} tok/s, TTFT p99 "
+                          f"{median['ttft_ms_p99']:7.1f} ms, mem update {median['memory_update_ms_median']:.2f} ms; runs "
+                          f"{[round(r['aggregate_tokens_per_s']) for r in arm_runs]} against "
+                          f"{[round(r['aggregate_tokens_per_s']) for r in runs]})", flush=True)
             level["graph_captures"] = graph_count(reactive) - captured
             print(f"runtime {n:>3} clients: TTFT p50 {level['ttft_ms_p50']:7.1f} ms p99 {level['ttft_ms_p99']:7.1f} ms"
                   f"  aggregate {level['aggregate_tokens_per_s']:9.1f} tok/s  mem update (server) "
@@ -334,6 +370,11 @@ def main() -> None:
     parser.add_argument("--ab-poll-max-ms", type=float, default=None,
                         help="an interleaved A/B in the same run: each timed run is followed by one with this poll "
                              "cap (e.g. 1: a fixed 1 ms poll, the runtime before polls were spaced by load)")
+    parser.add_argument("--ab-switch-interval-s", type=float, default=None,
+                        help="an interleaved A/B arm of Python's GIL switch interval (the runtime sets "
+                             "rxnn_runtime.reactive_model.SWITCH_INTERVAL_S at connect), e.g. 0.00005")
+    parser.add_argument("--switch-interval-s", type=float, default=None,
+                        help="the GIL switch interval the runtime sets at connect (default: its SWITCH_INTERVAL_S)")
     parser.add_argument("--ab-levels", type=int, nargs="+", default=None,
                         help="the session counts that run the A/B (default: every level)")
     parser.add_argument("--no-update-stream", action="store_true",

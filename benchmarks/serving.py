@@ -121,9 +121,8 @@ def _ab_arms(args: argparse.Namespace) -> list[tuple[str, object]]:
     if args.ab_poll_max_ms is not None:
         arms.append((f"poll_max_ms={args.ab_poll_max_ms:g}",
                      lambda: _setting(event_bridge, "POLL_MAX_S", args.ab_poll_max_ms / 1e3)))
-    if args.ab_switch_interval_s is not None:
-        arms.append((f"switch_interval_s={args.ab_switch_interval_s:g}",
-                     lambda: _switch_interval(args.ab_switch_interval_s)))
+    for seconds in args.ab_switch_interval_s or ():
+        arms.append((f"switch_interval_s={seconds:g}", lambda seconds=seconds: _switch_interval(seconds)))
     return arms
 
 
@@ -370,9 +369,9 @@ def main() -> None:
     parser.add_argument("--ab-poll-max-ms", type=float, default=None,
                         help="an interleaved A/B in the same run: each timed run is followed by one with this poll "
                              "cap (e.g. 1: a fixed 1 ms poll, the runtime before polls were spaced by load)")
-    parser.add_argument("--ab-switch-interval-s", type=float, default=None,
-                        help="an interleaved A/B arm of Python's GIL switch interval (the runtime sets "
-                             "rxnn_runtime.reactive_model.SWITCH_INTERVAL_S at connect), e.g. 0.00005")
+    parser.add_argument("--ab-switch-interval-s", type=float, nargs="+", default=None,
+                        help="interleaved A/B arms of Python's GIL switch interval, one per value (the runtime sets "
+                             "rxnn_runtime.reactive_model.SWITCH_INTERVAL_S at connect), e.g. 0.0001 0.00005")
     parser.add_argument("--switch-interval-s", type=float, default=None,
                         help="the GIL switch interval the runtime sets at connect (default: its SWITCH_INTERVAL_S)")
     parser.add_argument("--ab-levels", type=int, nargs="+", default=None,

@@ -115,9 +115,11 @@ async def _run_level(url: str, clients: int, turns: int, max_new_tokens: int, pe
     }
 
 
-def _ab_arms(args: argparse.Namespace) -> list[tuple[str, object]]:
+def _ab_arms(args: argparse.Namespace, reactive: ReactiveModel) -> list[tuple[str, object]]:
     """The A/B arms asked for: ``(label, context manager factory)`` setting the arm's value for one run."""
     arms = []
+    if args.ab_update_priority:
+        arms.append(("update_stream_priority=high", lambda: _update_priority(reactive)))
     if args.ab_poll_max_ms is not None:
         arms.append((f"poll_max_ms={args.ab_poll_max_ms:g}",
                      lambda: _setting(event_bridge, "POLL_MAX_S", args.ab_poll_max_ms / 1e3)))
@@ -134,6 +136,16 @@ def _setting(owner, name: str, value):
         yield
     finally:
         setattr(owner, name, old)
+
+
+@contextlib.contextmanager
+def _update_priority(reactive: ReactiveModel):
+    """Memory-update passes on a stream of the highest priority for one run (`ModelExecutor.set_update_priority`)."""
+    reactive.executor.set_update_priority(True)
+    try:
+        yield
+    finally:
+        reactive.executor.set_update_priority(False)
 
 
 @contextlib.contextmanager
@@ -207,7 +219,7 @@ async def serve_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namesp
             # The A/B arms (--ab-poll-max-ms, --ab-switch-interval-s): at the --ab-levels, each timed run is followed
             # by one run of each arm (interleaved, so the machine's drift hits every arm alike); the level reports the
             # default arm, the others beside it.
-            arms = _ab_arms(args) if n in (args.ab_levels or args.clients) else []
+            arms = _ab_arms(args, reactive) if n in (args.ab_levels or args.clients) else []
             runs, others = [], {label: [] for label, _ in arms}
             for _ in range(args.repeats):
                 runs.append(await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process))
@@ -372,6 +384,8 @@ def main() -> None:
     parser.add_argument("--ab-switch-interval-s", type=float, nargs="+", default=None,
                         help="interleaved A/B arms of Python's GIL switch interval, one per value (the runtime sets "
                              "rxnn_runtime.reactive_model.SWITCH_INTERVAL_S at connect), e.g. 0.0001 0.00005")
+    parser.add_argument("--ab-update-priority", action="store_true",
+                        help="an interleaved A/B arm: memory-update passes on a stream of the highest priority")
     parser.add_argument("--switch-interval-s", type=float, default=None,
                         help="the GIL switch interval the runtime sets at connect (default: its SWITCH_INTERVAL_S)")
     parser.add_argument("--ab-levels", type=int, nargs="+", default=None,

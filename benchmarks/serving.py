@@ -208,6 +208,7 @@ async def serve_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namesp
     interval = {} if args.switch_interval_s is None else {"switch_interval_s": args.switch_interval_s}
     reactive = ReactiveModel(model, tokenizer, max_batch_size=max(args.clients), max_pending_per_session=4,
                              update_stream=False if args.no_update_stream else None, **interval)
+    reactive.executor.set_update_priority(args.update_priority == "high")
     runner, url = await start_server(reactive)
     levels = []
     try:
@@ -386,6 +387,8 @@ def main() -> None:
                              "rxnn_runtime.reactive_model.SWITCH_INTERVAL_S at connect), e.g. 0.0001 0.00005")
     parser.add_argument("--ab-update-priority", action="store_true",
                         help="an interleaved A/B arm: memory-update passes on a stream of the highest priority")
+    parser.add_argument("--update-priority", choices=["normal", "high"], default="normal",
+                        help="the memory-update passes' stream priority (ModelExecutor.set_update_priority)")
     parser.add_argument("--switch-interval-s", type=float, default=None,
                         help="the GIL switch interval the runtime sets at connect (default: its SWITCH_INTERVAL_S)")
     parser.add_argument("--ab-levels", type=int, nargs="+", default=None,
@@ -451,6 +454,7 @@ def main() -> None:
         # earlier runs (without this key) hold the client's answer frame -> memory_updated frame there
         "memory_update_ms_source": "server update_ms",
         "update_stream": not args.no_update_stream,
+        "update_stream_priority": args.update_priority,
         "event_bridge_poll_s": event_bridge.POLL_S,
         "event_bridge_poll_max_s": event_bridge.POLL_MAX_S,  # polls spaced by load up to this (poll_delay)
         "event_bridge_poll_load_factor": event_bridge.POLL_LOAD_FACTOR,

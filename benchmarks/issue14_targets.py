@@ -49,7 +49,9 @@ def report(serving: Path | None, runs: int, latency: Path | None) -> list[str]:
                     f"  {level['clients']:>3} sessions: aggregate {level['aggregate_tokens_per_s']:9.1f} tok/s, "
                     f"engine {level.get('engine_tokens_per_s', float('nan')):9.1f}, TTFT p50/p99 "
                     f"{level['ttft_ms_p50']:.1f}/{level['ttft_ms_p99']:.1f} ms, memory update "
-                    f"{level['memory_update_ms_median']:.1f} ms")
+                    f"{level['memory_update_ms_median']:.2f} ms"
+                    + (f" (server; client {level['memory_update_client_ms_median']:.2f} ms)"
+                       if "memory_update_client_ms_median" in level else ""))
             for name, t in serving_targets(run).items():
                 lines.append(f"  {'MET ' if t['met'] else 'MISS'} {name}: {t['value']:.3g} (target {t['target']:g})")
             one = next((level for level in run["levels"] if level["clients"] == 1), None)

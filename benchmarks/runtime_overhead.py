@@ -20,6 +20,10 @@ frames sent by the send loop (only while a transport is behind)) by wrapping the
 ``lane_host_us_per_step`` is the lane's step time less the model's forward: on the CPU the forward is eager
 compute, on CUDA a graph replay, so this is the host's own cost either way.
 
+``--turn-timeline`` stamps each turn at the server's stages (`benchmarks/turn_timeline.py`): where the time to first
+token (loop -> lane, waiting for a slot and a step, the prefill step, back to the loop) and the memory update
+(launch, the pass on the device, the commit's hops back to the lane) go, median and p90 per phase.
+
 ``--count-torch-calls`` (a run of its own: counting slows every call) counts the torch calls the lane makes per
 step outside the model's forward. Each one lets the server's event-loop thread take the GIL, and the lane may then
 wait up to a switch interval to get it back, so this count, not only the Python time, sets the host's cost when
@@ -55,6 +59,7 @@ if str(HERE) not in sys.path:  # serving.py and bench_utils.py sit beside this s
 
 from bench_utils import RESULTS_DIR, append_run, git_commit, inside, time_ms
 from serving import QUESTION, _run_level, graph_count, start_server, warm_up
+from turn_timeline import TurnTimeline
 
 from rxnn_runtime.commit_writer import CommitWriter
 from rxnn_runtime.event_bridge import EventBridge
@@ -229,6 +234,9 @@ async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Name
     if args.breakdown:
         _instrument(reactive, timers)
     undo = _count_torch_calls(reactive, steps) if args.count_torch_calls else []
+    timeline = TurnTimeline()
+    if args.turn_timeline:
+        timeline.install(reactive)
     runner, url = await start_server(reactive)
     levels = []
     try:
@@ -236,6 +244,7 @@ async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Name
         for n in args.sessions:
             steps.clear()
             timers.reset()
+            timeline.reset()
             threads_before = threading.active_count()
             cpu_before = time.process_time()
             captured = graph_count(reactive)
@@ -250,7 +259,8 @@ async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Name
                 "server_cpu_us_per_token": cpu * 1e6 / max(level["tokens"], 1),
                 "aggregate_tokens_per_s": level["aggregate_tokens_per_s"],
                 "ttft_ms_p50": level["ttft_ms_p50"], "ttft_ms_p99": level["ttft_ms_p99"],
-                "memory_update_ms_median": level["memory_update_ms_median"],
+                "memory_update_ms_median": level["memory_update_ms_median"],  # the server's update_ms
+                "memory_update_client_ms_median": level["memory_update_client_ms_median"],
                 "threads": threads_before,
                 "graph_captures": graph_count(reactive) - captured,  # > 0: captures inside the timing
             }
@@ -262,6 +272,8 @@ async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Name
                 model_s = timers.seconds["lane: model forward (eager on the CPU)"]
                 entry["lane_host_us_per_step"] = ((timers.seconds["lane: step (all)"] - model_s) * 1e6
                                                   / max(steps["launches"], 1))
+            if args.turn_timeline:
+                entry["turn_timeline_ms"] = timeline.summary()
             if args.count_torch_calls:
                 entry["lane_torch_calls_per_step"] = steps["torch_calls"] / max(steps["launches"], 1)
             levels.append(entry)
@@ -272,6 +284,7 @@ async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Name
         # a timer wrapped around the model's forwards for the rest of the process
         for owner, name, original in reversed(undo):
             setattr(owner, name, original)
+        timeline.undo()
         timers.undo()
     return levels
 
@@ -288,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-update-stream", action="store_true",
                         help="memory-update passes on the lane's CUDA stream, not on one of their own (an A/B)")
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of the server process")
+    parser.add_argument("--turn-timeline", action="store_true",
+                        help="also stamp each turn as it passes the server's stages (benchmarks/turn_timeline.py): "
+                             "where time to first token and the memory update go, median and p90 per phase")
     parser.add_argument("--switch-interval-s", type=float, default=SWITCH_INTERVAL_S,
                         help="the GIL switch interval the runtime sets when connected (ReactiveModel's "
                              "switch_interval_s): how long the lane may wait for the GIL after each torch call")
@@ -322,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{level['overhead_us_per_step']:8.0f} us/step", flush=True)
         for label, us in level.get("breakdown_us_per_step", {}).items():
             print(f"      {label:<52} {us:8.0f} us/step  ({level['breakdown_calls'][label]} calls)")
+        for label, phase in level.get("turn_timeline_ms", {}).items():
+            print(f"      turn: {label:<58} median {phase['median_ms']:7.2f} ms  p90 {phase['p90_ms']:7.2f} ms")
         if "lane_host_us_per_step" in level:
             print(f"      lane host time per step, model forward excluded: {level['lane_host_us_per_step']:8.0f} us")
         if "lane_torch_calls_per_step" in level:

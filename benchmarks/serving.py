@@ -5,7 +5,10 @@ Starts the real aiohttp server on 127.0.0.1 in this process and runs the websock
 of the server's interpreter). Each client holds a ``--turns``-turn conversation (greedy, ``--max-new-tokens``
 per answer, the next query after the previous turn's memory_updated). Per level: time to first token p50/p99,
 aggregate tokens/s (all answer tokens / wall time from the first client's start to the last client's end), median
-memory-update time (answer frame -> memory_updated frame). Every level first runs once unmeasured, so
+memory-update time as the server measures it (``memory_update_ms_median``: ``update_ms`` of the memory_updated
+frame, from the turn's last token reaching the model lane to its commit: what the issue's "memory update" means,
+per turn) and as the clients see it beside it (``memory_update_client_ms_median``: answer frame -> memory_updated
+frame, which for one session is ~0: the update is done before the answer frame reaches the client). Every level first runs once unmeasured, so
 CUDA-graph captures are not timed, then ``--repeats`` times (default 3): the run of median aggregate throughput is
 reported, every run's figures listed beside it.
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import platform
 import statistics
@@ -51,6 +55,16 @@ QUESTION = "Hello, how are you today?"
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def _percentile_or_none(values: list[float | None], q: float) -> float | None:
+    known = [v for v in values if v is not None]
+    return _percentile(known, q) if known else None
 
 
 async def _run_level(url: str, clients: int, turns: int, max_new_tokens: int, per_process: int) -> dict:
@@ -93,10 +107,66 @@ async def _run_level(url: str, clients: int, turns: int, max_new_tokens: int, pe
         "ttft_ms_p99": _percentile(ttft, 0.99),
         "client_tokens_per_s_median": statistics.median(t["tokens"] / max(t["answer_s"], 1e-9) for t in turns_done),
         "aggregate_tokens_per_s": tokens / wall,
-        "memory_update_ms_median": statistics.median(t["memory_update_ms"] for t in turns_done),
+        "memory_update_ms_median": _median_or_none([t["memory_update_ms"] for t in turns_done]),
+        "memory_update_ms_p90": _percentile_or_none([t["memory_update_ms"] for t in turns_done], 0.9),
+        "memory_update_client_ms_median": statistics.median(t["memory_update_client_ms"] for t in turns_done),
         "wall_s": wall,
         "start_signal_ms": (start - go) * 1e3,
     }
+
+
+def _ab_arms(args: argparse.Namespace, reactive: ReactiveModel) -> list[tuple[str, object]]:
+    """The A/B arms asked for: ``(label, context manager factory)`` setting the arm's value for one run."""
+    arms = []
+    if args.ab_update_priority:
+        arms.append(("update_stream_priority=high", lambda: _update_priority(reactive)))
+    if args.ab_poll_max_ms is not None:
+        arms.append((f"poll_max_ms={args.ab_poll_max_ms:g}",
+                     lambda: _setting(event_bridge, "POLL_MAX_S", args.ab_poll_max_ms / 1e3)))
+    for seconds in args.ab_switch_interval_s or ():
+        arms.append((f"switch_interval_s={seconds:g}", lambda seconds=seconds: _switch_interval(seconds)))
+    return arms
+
+
+@contextlib.contextmanager
+def _setting(owner, name: str, value):
+    old = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, old)
+
+
+@contextlib.contextmanager
+def _update_priority(reactive: ReactiveModel):
+    """Memory-update passes on a stream of the highest priority for one run (`ModelExecutor.set_update_priority`)."""
+    reactive.executor.set_update_priority(True)
+    try:
+        yield
+    finally:
+        reactive.executor.set_update_priority(False)
+
+
+@contextlib.contextmanager
+def _switch_interval(seconds: float):
+    """Python's GIL switch interval for one run (process-wide; the runtime lowered it at connect)."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median aggregate throughput (a copy)."""
+    return dict(sorted(runs, key=lambda run: run["aggregate_tokens_per_s"])[(len(runs) - 1) // 2])
+
+
+def _repeat_figures(runs: list[dict]) -> list[dict]:
+    return [{k: run[k] for k in ("aggregate_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "memory_update_ms_median",
+                                 "memory_update_client_ms_median")} for run in runs]
 
 
 async def start_server(reactive: ReactiveModel) -> tuple[web.AppRunner, str]:
@@ -135,8 +205,10 @@ async def warm_up(url: str, args: argparse.Namespace, sessions: list[int], react
 
 
 async def serve_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namespace) -> list[dict]:
+    interval = {} if args.switch_interval_s is None else {"switch_interval_s": args.switch_interval_s}
     reactive = ReactiveModel(model, tokenizer, max_batch_size=max(args.clients), max_pending_per_session=4,
-                             update_stream=False if args.no_update_stream else None)
+                             update_stream=False if args.no_update_stream else None, **interval)
+    reactive.executor.set_update_priority(args.update_priority == "high")
     runner, url = await start_server(reactive)
     levels = []
     try:
@@ -145,15 +217,36 @@ async def serve_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namesp
             captured = graph_count(reactive)
             # A level lasts a fraction of a second, so one hiccup (a GC pause, a late client process) moves it by
             # several percent: run it ``--repeats`` times and keep the run of median aggregate throughput.
-            runs = [await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
-                    for _ in range(args.repeats)]
-            level = dict(sorted(runs, key=lambda run: run["aggregate_tokens_per_s"])[(len(runs) - 1) // 2])
-            level["repeats"] = [{k: run[k] for k in ("aggregate_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99",
-                                                      "memory_update_ms_median")} for run in runs]
+            # The A/B arms (--ab-poll-max-ms, --ab-switch-interval-s): at the --ab-levels, each timed run is followed
+            # by one run of each arm (interleaved, so the machine's drift hits every arm alike); the level reports the
+            # default arm, the others beside it.
+            arms = _ab_arms(args, reactive) if n in (args.ab_levels or args.clients) else []
+            runs, others = [], {label: [] for label, _ in arms}
+            for _ in range(args.repeats):
+                runs.append(await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process))
+                for label, arm in arms:
+                    with arm():
+                        others[label].append(await _run_level(url, n, args.turns, args.max_new_tokens,
+                                                              args.clients_per_process))
+            level = _median_run(runs)
+            level["repeats"] = _repeat_figures(runs)
+            if arms:
+                level["ab_arms"] = []
+                for label, arm_runs in others.items():
+                    median = _median_run(arm_runs)
+                    level["ab_arms"].append({"arm": label, "repeats": _repeat_figures(arm_runs),
+                                             **{k: median[k] for k in ("aggregate_tokens_per_s", "ttft_ms_p50",
+                                                                       "ttft_ms_p99", "memory_update_ms_median",
+                                                                       "wall_s")}})
+                    print(f"    (A/B, {label}: aggregate {median['aggregate_tokens_per_s']:9.1f} tok/s, TTFT p99 "
+                          f"{median['ttft_ms_p99']:7.1f} ms, mem update {median['memory_update_ms_median']:.2f} ms; runs "
+                          f"{[round(r['aggregate_tokens_per_s']) for r in arm_runs]} against "
+                          f"{[round(r['aggregate_tokens_per_s']) for r in runs]})", flush=True)
             level["graph_captures"] = graph_count(reactive) - captured
             print(f"runtime {n:>3} clients: TTFT p50 {level['ttft_ms_p50']:7.1f} ms p99 {level['ttft_ms_p99']:7.1f} ms"
-                  f"  aggregate {level['aggregate_tokens_per_s']:9.1f} tok/s  mem update "
-                  f"{level['memory_update_ms_median']:6.1f} ms  graphs captured {level['graph_captures']}", flush=True)
+                  f"  aggregate {level['aggregate_tokens_per_s']:9.1f} tok/s  mem update (server) "
+                  f"{level['memory_update_ms_median']:6.2f} ms (client {level['memory_update_client_ms_median']:6.2f}"
+                  f" ms)  graphs captured {level['graph_captures']}", flush=True)
             levels.append(level)
     finally:
         await runner.cleanup()
@@ -283,6 +376,23 @@ def main() -> None:
     parser.add_argument("--poll-ms", type=float, default=None,
                         help="the event bridge's poll interval while steps keep coming (default: the runtime's "
                              "rxnn_runtime.event_bridge.POLL_S), for an A/B of the loop's fan-out cost")
+    parser.add_argument("--poll-max-ms", type=float, default=None,
+                        help="the event bridge's longest poll interval under load (default: the runtime's "
+                             "rxnn_runtime.event_bridge.POLL_MAX_S); equal to --poll-ms: a fixed interval (an A/B)")
+    parser.add_argument("--ab-poll-max-ms", type=float, default=None,
+                        help="an interleaved A/B in the same run: each timed run is followed by one with this poll "
+                             "cap (e.g. 1: a fixed 1 ms poll, the runtime before polls were spaced by load)")
+    parser.add_argument("--ab-switch-interval-s", type=float, nargs="+", default=None,
+                        help="interleaved A/B arms of Python's GIL switch interval, one per value (the runtime sets "
+                             "rxnn_runtime.reactive_model.SWITCH_INTERVAL_S at connect), e.g. 0.0001 0.00005")
+    parser.add_argument("--ab-update-priority", action="store_true",
+                        help="an interleaved A/B arm: memory-update passes on a stream of the highest priority")
+    parser.add_argument("--update-priority", choices=["normal", "high"], default="normal",
+                        help="the memory-update passes' stream priority (ModelExecutor.set_update_priority)")
+    parser.add_argument("--switch-interval-s", type=float, default=None,
+                        help="the GIL switch interval the runtime sets at connect (default: its SWITCH_INTERVAL_S)")
+    parser.add_argument("--ab-levels", type=int, nargs="+", default=None,
+                        help="the session counts that run the A/B (default: every level)")
     parser.add_argument("--no-update-stream", action="store_true",
                         help="memory-update passes on the lane's CUDA stream, not on one of their own (an A/B)")
     parser.add_argument("--out", type=Path, default=None, help="JSON output: a run appended to its 'runs'")
@@ -303,6 +413,11 @@ def main() -> None:
         if not args.poll_ms > 0:
             parser.error(f"--poll-ms={args.poll_ms} must be > 0")
         event_bridge.POLL_S = args.poll_ms / 1e3  # read at every poll
+    if args.poll_max_ms is not None:
+        if not args.poll_max_ms >= event_bridge.POLL_S * 1e3:
+            parser.error(f"--poll-max-ms={args.poll_max_ms} must be >= the poll interval "
+                         f"({event_bridge.POLL_S * 1e3:g} ms)")
+        event_bridge.POLL_MAX_S = args.poll_max_ms / 1e3
     tokenizer = RxTokenizer.default()
     model, device, dtype = bench_model(args, tokenizer)
     levels = asyncio.run(serve_levels(model, tokenizer, args))
@@ -335,8 +450,14 @@ def main() -> None:
         "parameters": model.num_parameters(),
         "levels": levels,
         "aggregate_ratio_32_vs_1": ratio,
+        # memory_update_ms_median is the server's update_ms (turn's last token on the lane -> commit) since i14i;
+        # earlier runs (without this key) hold the client's answer frame -> memory_updated frame there
+        "memory_update_ms_source": "server update_ms",
         "update_stream": not args.no_update_stream,
+        "update_stream_priority": args.update_priority,
         "event_bridge_poll_s": event_bridge.POLL_S,
+        "event_bridge_poll_max_s": event_bridge.POLL_MAX_S,  # polls spaced by load up to this (poll_delay)
+        "event_bridge_poll_load_factor": event_bridge.POLL_LOAD_FACTOR,
         "memory_update_bare": update_check,
         # the most memory the run held (graph pools included): the ~1B config once ran out capturing graphs
         "cuda_max_memory_reserved_gib": (torch.cuda.max_memory_reserved() / 2**30 if device.type == "cuda" else None),

@@ -6,8 +6,10 @@ competes with the server's interpreter for its GIL), as vLLM's serving benchmark
 
 Connects every client, prints ``ready``, waits for a line on stdin (the start signal, sent to all client processes
 at once), runs the turns and prints one JSON line of measurements: per turn the time to first token, the
-answer's token count and decode time, the memory-update time (answer frame -> memory_updated frame), and the
-wall-clock start and end (``time.time()``, comparable across processes on one machine).
+answer's token count and decode time, the memory-update time as the server measured it (``update_ms`` of the
+memory_updated frame: from the answer's last token on the model lane to the commit) and as this client saw it
+(answer frame -> memory_updated frame), and the wall-clock start and end (``time.time()``, comparable across
+processes on one machine).
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ async def _client(ws, session_id: str, turns: int, max_new_tokens: int, out: lis
                     "ttft_ms": ((first or answered) - sent) * 1e3,
                     "tokens": tokens,
                     "answer_s": answered - sent,
-                    "memory_update_ms": (time.perf_counter() - answered) * 1e3,
+                    "memory_update_ms": frame.get("update_ms"),  # the server's (None from an older server)
+                    "memory_update_client_ms": (time.perf_counter() - answered) * 1e3,
                 })
                 break
             elif kind == "error":

@@ -216,6 +216,10 @@ def serving() -> list[str]:
                  "scheduler/executor" if "TurnScheduler" in version else "continuous batching")
         if version.startswith("commit "):  # runs of one runtime design told apart by their commit
             label += f" ({version.split(':', 1)[0]})"
+        if run.get("update_stream_priority") == "high":  # settings a run changed from the runtime's defaults
+            label += ", high-priority updates"
+        if run.get("gil_switch_interval_s", 1.0) < 0.00019:
+            label += f", GIL switch {run['gil_switch_interval_s'] * 1e3:.1f} ms"
         for lv in run["levels"]:
             engine = lv.get("engine_tokens_per_s")
             engine_text = f"{engine:.0f}" if engine else "-"

@@ -32,6 +32,7 @@ class ActiveTurn:
     stop_rule: Any = None  # the turn's rxt.stopping.StopRule, made once
     in_flight: int = 0  # tokens of launched steps not yet collected (the scheduler's count)
     retired: bool = False  # not fed any more: its token in flight is certainly its last (`TurnScheduler`)
+    update_from: float | None = None  # scheduler clock when its memory work began (answer complete / prime applied)
 
     @property
     def session_id(self) -> str:

@@ -16,7 +16,9 @@ and share fewer decode steps).
 A store that keeps committed STMs where they are (`SessionStore.keeps_device_stm`: the in-process store) gets no
 copy at all: the worker waits for the update pass's event and saves the device tensor itself (a `CommittedState`,
 never written again). Copying 64 nano STMs to the host and then into the store's records (50 MB each way) was
-most of the time from a 64-session pass's answer to its MemoryUpdated.
+most of the time from a 64-session pass's answer to its MemoryUpdated. Such commits (`saves_in_place`: nothing to
+copy, saves that never wait) are kept on the model lane by `ReactiveModel` rather than handed to a worker here:
+the hop to a worker and back cost two thread wake-ups and two waits for the GIL.
 """
 
 from __future__ import annotations
@@ -82,8 +84,7 @@ class CommitWriter:
                 event = torch.cuda.Event()
                 event.record()  # on the lane's stream: the copy starts once the update that wrote the STM is done
         jobs: dict[int, list[tuple[Any, SessionState]]] = {}
-        if (self.store.keeps_device_stm and self.store.instant_saves
-                and all(isinstance(state, CommittedState) for _, state in commits)):
+        if self.saves_in_place(commits):
             # Nothing to copy, serialise or wait for: the pass is one job (one wake-up, one save_many, one report,
             # one lane hop). Such jobs always go to worker 0; a session's other commits (a reset) wait for this
             # one's report (the scheduler keeps the session busy until then), so its saves never overtake each other.
@@ -95,6 +96,13 @@ class CommitWriter:
             self._pending += len(commits)
         for shard, job in jobs.items():
             self._queues[shard].put((job, event))
+
+    def saves_in_place(self, commits: list[tuple[Any, SessionState]]) -> bool:
+        """Whether saving ``commits`` needs neither a copy nor a wait: the store keeps committed STMs where they are
+        and its saves never wait (the in-process store), and every state is a `CommittedState`. Such a commit is
+        only the update pass being done; the runtime then saves it on its lane (`ReactiveModel`), no thread hop."""
+        return (self.store.keeps_device_stm and self.store.instant_saves
+                and all(isinstance(state, CommittedState) for _, state in commits))
 
     @property
     def pending(self) -> int:

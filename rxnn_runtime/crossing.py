@@ -89,6 +89,16 @@ class Crossing:
                 self._poll_armed = True
                 self._rearm(self._poll)
 
+    def take_waiting(self) -> list[Any]:
+        """On the scheduler's thread, inside an action of its own: every item waiting now, taken out of the inbox
+        (handed to no drain). A tick already on its way stays so: its drain takes what arrives after, or nothing.
+        Lets the model lane accept the queries that arrived during a step at the start of the next one, rather
+        than in an action queued behind it."""
+        with self._lock:
+            items = list(self._inbox)
+            self._inbox.clear()
+        return items
+
     def dispose(self) -> None:
         self._disposed = True
         self.subscription.dispose()

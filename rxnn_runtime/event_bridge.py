@@ -8,8 +8,8 @@ One `EventBridge` per (model, event loop), shared by everything on that loop: th
 (`ReactiveSession.stream/ask`), the websocket bridge, the OpenAI handler and the CLI. The lane never waits on the
 loop: it appends the step's batch to an inbox (`Crossing`) and, unless a drain is already on its way, sends one
 tick through RxPY's ``observe_on``; the loop callback then dispatches every batch that waits, and while batches
-keep coming the loop polls the inbox every ``POLL_S`` instead of being woken by the lane at every step (see
-`Crossing`); a batch with a turn's terminal event (MemoryUpdated, Cancelled, Error) wakes it at once. A loop that falls behind so gets several steps in one callback, before its senders run, and the
+keep coming the loop polls the inbox (every ``POLL_S``, longer under load: `poll_delay`) instead of being woken
+by the lane at every step (see `Crossing`); a batch with a turn's terminal event (MemoryUpdated, Cancelled, Error) wakes it at once. A loop that falls behind so gets several steps in one callback, before its senders run, and the
 websocket bridge coalesces their tokens into one frame per turn instead of paying a frame per token per step
 (which would make the loop, not the device, the bottleneck). Fan-out is a dict lookup by session id, so the cost
 of a step grows with its events, not with events x listeners, and it is batched: each listener (`listen`) gets
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +56,11 @@ POLL_S = 0.001
 """While steps keep coming, the loop looks for the lane's batches every POLL_S seconds instead of being woken by
 the lane at every step (see `Crossing`): a token reaches the loop at most this much later, and the lane never
 hands the GIL to the loop thread to wake it."""
+POLL_MAX_S = 0.003
+"""The longest wait between polls, however long the drains take (see `poll_delay`): a token reaches the loop at
+most this much later."""
+POLL_LOAD_FACTOR = 3.0
+"""Under load the next poll comes ``POLL_LOAD_FACTOR`` times the last drain's duration after it (`poll_delay`)."""
 IDLE_POLLS = 10
 """Polls in a row that found nothing before the loop stops polling (and the lane ticks again): polling outlasts
 the gaps of a busy server (a long step, a memory-update pass), and an idle one stops after 10 ms."""
@@ -65,6 +71,19 @@ _BRIDGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {id
 
 
 _WAITED_FOR = frozenset(TERMINAL_EVENTS)
+
+
+def poll_delay(last_drain_s: float) -> float:
+    """Seconds from one drain to the next poll, given the loop thread's CPU time in the last drain: ``POLL_S``, or
+    ``POLL_LOAD_FACTOR`` times the drain (at most ``POLL_MAX_S``) when that is longer.
+
+    A drain's cost is mostly per frame, and so per connection and per drain (encode, frame, one socket write, and
+    the GIL hand-over that write makes), not per token: 64 sessions cost the loop about as much per drain with one
+    token each as with three. Polling every step, the loop then held the GIL about as long as the lane's own step,
+    and the two threads took turns on it (the device idled). Spacing the drains by a multiple of their duration
+    keeps the loop busy at most 1 / POLL_LOAD_FACTOR of the time: under load each drain carries a few steps' tokens
+    in one frame per turn, while a light load (a drain of a few frames) is still polled every ``POLL_S``."""
+    return min(POLL_MAX_S, max(POLL_S, POLL_LOAD_FACTOR * last_drain_s))
 
 
 def _urgent(batch: tuple[Event, ...]) -> bool:
@@ -82,6 +101,7 @@ class EventBridge:
         self._listeners: dict[str, list[Callable[[list[Event]], None]]] = {}  # session -> its sinks
         self._count = 0
         self._subscription: abc.DisposableBase | None = None
+        self._last_drain_s = 0.0  # the loop thread's CPU time in the last dispatch (`poll_delay`)
 
     @classmethod
     def of(cls, reactive: Any, loop: asyncio.AbstractEventLoop | None = None) -> EventBridge:
@@ -96,11 +116,20 @@ class EventBridge:
     # -- loop side ------------------------------------------------------------------------------------------
     def _poll_later(self, callback) -> None:
         if not self.loop.is_closed():
-            self.loop.call_later(POLL_S, callback)
+            self.loop.call_later(poll_delay(self._last_drain_s), callback)
 
     def _dispatch(self, batches: list[tuple[Event, ...]]) -> None:
         """Every batch waiting, fanned out: one call per sink with its events in order (a sink that listens to
         several sessions gets them interleaved as they were emitted)."""
+        # The loop thread's own CPU time, not the wall time: a drain's socket writes let the GIL go, and the lane's
+        # work that runs meanwhile is no cost of the drain's (measured wall times were 3-4x the loop's own work).
+        start = time.thread_time()
+        try:
+            self._fan_out(batches)
+        finally:
+            self._last_drain_s = time.thread_time() - start
+
+    def _fan_out(self, batches: list[tuple[Event, ...]]) -> None:
         listeners = self._listeners
         out: dict[Callable[[list[Event]], None], list[Event]] = {}
         for batch in batches:

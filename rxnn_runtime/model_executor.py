@@ -100,6 +100,16 @@ class ModelExecutor:
         self._update_stream = (torch.cuda.Stream(device=self.device)
                                if update_stream and self.device.type == "cuda" else None)
 
+    def set_update_priority(self, high: bool) -> None:
+        """Run the memory-update passes on a stream of the device's highest priority (``high``) or of the default
+        one. A pass then gets the GPU's free SMs before the decode steps queued beside it: the commits it gates
+        (and the sessions' next turns) come sooner, the steps it overlaps a little later. Call between steps
+        (nothing of a pass in flight on the old stream is waited for here; its events still are)."""
+        if self._update_stream is None:
+            return
+        # lower is higher; a number past the device's range maps to its highest priority (torch.cuda.Stream)
+        self._update_stream = torch.cuda.Stream(device=self.device, priority=-100 if high else 0)
+
     def reset(self) -> None:
         """Every slot free and no row's sampling state kept, for a new runtime over the same model; the captured
         graphs, the KV cache and the buffers stay (an MRL trainer's collections reuse them: each collection's

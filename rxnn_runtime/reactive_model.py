@@ -14,13 +14,15 @@ sent earlier wait.
 Each step is one lane action: the scheduler plans it (one decode step for every running turn, one prefill for
 the turns admitted together, primed interactions' memory update), the executor runs it on the device, the
 scheduler turns the previous step's output into events, the turns that output ended get their memory-update pass
-at once (queued behind the step; its STMs go to the commit writer at launch), and the events of the step leave as **one batch**
+at once (queued behind the step; its STMs are handed over at launch), and the events of the step leave as **one batch**
 (`batches`, a tuple per action) so they cross threads once per step; `events` is the same stream one event at
-a time. Steps and input messages interleave on the lane, so a new query or a cancel waits at most one step.
+a time. Steps and input messages interleave on the lane, and each step first takes the messages that arrived
+during the last one (`Crossing.take_waiting`), so a query that arrives mid-step is admitted by the next step.
 
 A session runs one turn at a time: from admission until its memory is committed (saved to the store, by the
-`CommitWriter`, off the lane) the session is busy and its next query waits, so it always reads the committed
-memory. Other sessions keep decoding while a commit is saved. Cancellation: a waiting turn is dropped; a
+`CommitWriter`, off the lane; a store that saves in place, the in-process one, is saved on the lane in the first
+action that finds the update pass done, `_settle`) the session is busy and its next query waits, so it always
+reads the committed memory. Other sessions keep decoding while a commit is saved. Cancellation: a waiting turn is dropped; a
 running turn stops at once; a cancelled turn's partial answer is **not** written to memory.
 
 Any exception while handling one message or one phase of a step becomes an Error event for the turns it
@@ -33,6 +35,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import reactivex
@@ -139,6 +142,12 @@ class ReactiveModel:
         self._inflight = None  # the step launched on the device and not yet collected
         self._connection: abc.DisposableBase | None = None
         self._step_scheduled = False
+        # Commits saved in place (`CommitWriter.saves_in_place`: the in-process store), oldest first, each with the
+        # event of the pass that wrote it: saved and announced on the lane once that pass is done (`_settle`), with
+        # no hop to a commit thread and back. The lock guards them against dispose() (which saves what is left).
+        self._in_place: deque[tuple[list[tuple[ActiveTurn, SessionState]], Any]] = deque()
+        self._in_place_lock = threading.Lock()
+        self._settle_scheduled = False
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def connect(self) -> abc.DisposableBase:
@@ -159,6 +168,7 @@ class ReactiveModel:
             return
         self._disposed = True
         self._input_subscription.dispose()
+        self._save_left_in_place()
         self.commits.close()
         self._commit_subscription.dispose()
         if self._connection is not None:
@@ -216,25 +226,32 @@ class ReactiveModel:
                                            for s, t in sorted(turns)]))
 
     def _on_messages(self, messages: list[Any]) -> None:
-        """Every input message that waited, in order, in one lane action: their events leave as one batch."""
+        """Every input message that waited, in order, in one lane action: their events leave as one batch (and
+        the queries' texts are tokenized in one call)."""
+        self._emit(self._accept(messages))
+        self._request_step()
+
+    def _accept(self, messages: list[Any]) -> list[Event]:
         events: list[Event] = []
+        ready: list[Any] = []
         for message in messages:
             if message is _CONNECT:
                 self._connected = True
-                early, self._early = self._early, []
-                for waiting in early:
-                    events.extend(self._handle(waiting))
+                ready.extend(self._early)  # what arrived before connect() goes first
+                self._early = []
             elif not self._connected:
                 self._early.append(message)
             else:
-                events.extend(self._handle(message))
-        self._emit(events)
-        self._request_step()
+                ready.append(message)
+        text_ids = self.intake.tokenize_many([m for m in ready if isinstance(m, Query)])
+        for message in ready:
+            events.extend(self._handle(message, text_ids))
+        return events
 
-    def _handle(self, message: Any) -> list[Event]:
+    def _handle(self, message: Any, text_ids: dict[int, list[int]] | None = None) -> list[Event]:
         try:
             if isinstance(message, Query):
-                return self.intake.query(message)
+                return self.intake.query(message, None if text_ids is None else text_ids.get(id(message)))
             if isinstance(message, Cancel):
                 return self.scheduler.cancel(message.session_id, message.query_id)
             if isinstance(message, Reset):
@@ -261,10 +278,15 @@ class ReactiveModel:
         previous, self._inflight = self._inflight, None
         events: list[Event] = []  # the step's events leave as one batch: one crossing per step
         try:
+            # Messages that arrived during the last step are accepted now, so this step's plan admits their queries
+            # (their own lane action, queued behind this step, would have come a step later).
+            waiting = self._input_subscription.take_waiting()
+            if waiting:
+                events.extend(self._accept(waiting))
             plan = self.scheduler.schedule()
             if not plan.empty:
                 self._inflight = self._launch(plan, events)
-                self.commits.submit_many([(turn, self.sessions.reset(turn.session_id)) for turn in plan.resets])
+                self._hand_over([(turn, self.sessions.reset(turn.session_id)) for turn in plan.resets])
             if previous is not None:
                 events.extend(self._finish(previous))
             # The turns ``previous`` ended update their memory now, queued behind the step just launched, rather
@@ -273,23 +295,94 @@ class ReactiveModel:
             if not updates.empty:
                 launched = self._launch(updates, events)
                 events.extend(self.scheduler.update_from_output(updates, self.executor.collect(launched)))
+            events.extend(self._settle(wait=False))  # passes done by now: committed in this step's batch
         finally:
             self._emit(events)
             if self._inflight is not None or self.scheduler.has_work():
                 self._request_step()
+            elif self._in_place:
+                self._request_settle()  # nothing else to run: the lane waits for the pass itself
 
     def _launch(self, plan, events: list[Event]):
         """Launch ``plan`` on the device and hand the memory its update pass wrote to the commit writer at once
         (the copy off the device waits for the pass only, on its own stream), not after the step is collected."""
+        launched = self.executor.launch(plan, self._stm_of)  # the pass first: its events are made while it runs
         events.extend(self.scheduler.started_events(plan))
-        launched = self.executor.launch(plan, self._stm_of)
         result = launched.result
         # The committed turn count is the number the client was sent (cancelled turns consume numbers too), so
         # numbering carries on from there after a restart. The pass's sessions are handed over together.
-        self.commits.submit_many([(turn, self.sessions.advance(turn.session_id, result.new_memory[turn],
-                                                               turns=turn.turn_id))
-                                  for turn in self.scheduler.memory_written(result)], ready=result.memory_ready)
+        self._hand_over([(turn, self.sessions.advance(turn.session_id, result.new_memory[turn], turns=turn.turn_id))
+                         for turn in self.scheduler.memory_written(result)], ready=result.memory_ready)
         return launched
+
+    # -- commits ---------------------------------------------------------------------------------------------
+    def _hand_over(self, commits: list[tuple[ActiveTurn, SessionState]], ready: Any = None) -> None:
+        """Commits that save in place wait on the lane for their pass (`_settle`); the others go to the commit
+        writer's threads (a host copy, a store that may take its time)."""
+        if not commits:
+            return
+        if self.commits.saves_in_place(commits):
+            with self._in_place_lock:
+                self._in_place.append((commits, ready))
+        else:
+            self.commits.submit_many(commits, ready=ready)
+
+    def _settle(self, *, wait: bool) -> list[Event]:
+        """Save and announce the in-place commits whose update pass is done, oldest first (``wait``: every one,
+        waiting for its pass on the device). A commit is then the pass itself: its MemoryUpdated leaves in the lane
+        action that sees the pass done, with no hop to a commit thread and back through the lane's input (each hop
+        a thread wake-up and a wait for the GIL)."""
+        events: list[Event] = []
+        while True:
+            with self._in_place_lock:
+                if not self._in_place:
+                    return events
+                commits, ready = self._in_place[0]
+                if ready is not None and not wait and not ready.query():
+                    return events
+                self._in_place.popleft()
+            events.extend(self._save_in_place(commits, ready))
+
+    def _save_in_place(self, commits: list[tuple[ActiveTurn, SessionState]], ready: Any) -> list[Event]:
+        try:
+            if ready is not None:
+                ready.synchronize()
+            errors = self.store.save_many([state for _, state in commits])
+        except Exception as exc:  # the pass failed on the device, or the store: every commit of the job fails
+            log.exception("saving %d sessions failed", len(commits))
+            errors = [repr(exc)] * len(commits)
+        events: list[Event] = []
+        for (turn, state), error in zip(commits, errors, strict=True):
+            if error is not None:
+                log.error("saving session %s failed: %s", state.session_id, error)
+            events.extend(self.scheduler.committed(turn, state.memory_version, error))
+        return events
+
+    def _request_settle(self) -> None:
+        if not self._settle_scheduled and not self._disposed:
+            self._settle_scheduled = True
+            self._schedule(self._settle_now)
+
+    def _settle_now(self) -> None:
+        """A lane action of its own: the lane has nothing else to run, so it waits for the in-place commits' passes
+        (on the device, the GIL let go) and announces them; their sessions' next turns may then start."""
+        self._settle_scheduled = False
+        if self._disposed:
+            return
+        self._emit(self._settle(wait=True))
+        self._request_step()
+
+    def _save_left_in_place(self) -> None:
+        """At dispose: the in-place commits still waiting are saved (not announced: the stream has stopped)."""
+        with self._in_place_lock:
+            left, self._in_place = list(self._in_place), deque()
+        for commits, ready in left:
+            try:
+                if ready is not None:
+                    ready.synchronize()
+                self.store.save_many([state for _, state in commits])
+            except Exception:
+                log.exception("saving %d sessions at dispose failed", len(commits))
 
     def _stm_of(self, session_id: str):
         return self.sessions.get(session_id).stm
@@ -339,7 +432,7 @@ class ReactiveModel:
         done = threading.Event()
 
         def check() -> None:
-            if self.scheduler.idle() and not self.commits.pending:
+            if self.scheduler.idle() and not self.commits.pending and not self._in_place:
                 done.set()
             elif not self._disposed:
                 self._schedule(check)

@@ -29,14 +29,29 @@ class TurnIntake:
     def _error(self, sid: str, query_id: str, code: str, message: str) -> list[Event]:
         return [self.scheduler.event(Error, sid, 0, query_id, code=code, message=message)]
 
-    def query(self, query: Query) -> list[Event]:
+    def tokenize_many(self, queries: list[Query]) -> dict[int, list[int]]:
+        """The texts of the queries a lane action takes together, tokenized in one call: ``{id(query): ids}``
+        (empty for fewer than two, or when the batch fails: each query is then tokenized alone and a text that
+        cannot be tokenized fails only its own query). One call rather than one per query: each tokenizer call
+        lets the GIL go, and with a busy event loop in the process the lane then waits to get it back."""
+        if len(queries) < 2:
+            return {}
+        try:
+            batch = self.tokenizer.encode_batch([q.text for q in queries])
+        except Exception:
+            return {}
+        return {id(q): ids for q, ids in zip(queries, batch, strict=True)}
+
+    def query(self, query: Query, text_ids: list[int] | None = None) -> list[Event]:
+        """Accept ``query`` (``text_ids``: its text already tokenized, `tokenize_many`)."""
         sid = query.session_id
         try:
             state = self.sessions.get(sid)
         except Exception as exc:
             return self._error(sid, query.query_id, "session", str(exc))
         try:
-            prompt = self.template.query_ids(query.text)
+            prompt = (self.template.query_ids(query.text) if text_ids is None
+                      else self.template.prompt_from_tokens(text_ids))
             memory_ids = None if query.memory_answer is None else self.tokenizer.encode(query.memory_answer)
         except Exception as exc:  # e.g. a lone surrogate the tokenizer cannot encode
             return self._error(sid, query.query_id, "invalid", f"text cannot be tokenized: {exc}")

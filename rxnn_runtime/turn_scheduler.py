@@ -31,6 +31,7 @@ Rules:
 from __future__ import annotations
 
 import itertools
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -84,7 +85,10 @@ class TurnScheduler:
         decode_text: Callable[[list[int]], str],
         max_pending_per_session: int = 8,
         seq: Iterator[int] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        """``clock`` (seconds) times each turn's memory update, from the answer's end to its commit
+        (`MemoryUpdated.update_ms`)."""
         if max_slots < 1:
             raise ValueError(f"max_slots={max_slots} must be >= 1")
         if max_pending_per_session < 1:
@@ -95,6 +99,7 @@ class TurnScheduler:
         self.decode_text = decode_text
         self.max_pending_per_session = max_pending_per_session
         self.seq = seq or itertools.count(1)
+        self.clock = clock
         self._pending: OrderedDict[str, deque[ActiveTurn]] = OrderedDict()  # order = admission fairness
         self._busy: dict[str, ActiveTurn] = {}  # session -> its turn in flight (admitted .. committed)
         self._saving: dict[str, int] = {}  # session -> primed interactions written on the device, not yet saved
@@ -177,9 +182,11 @@ class TurnScheduler:
                 plan.admit.append(head)
             elif head.kind == "prime":
                 head.phase = "updating"
+                head.update_from = self.clock()
                 plan.updates.append(head)
             else:
                 head.phase = "committing"
+                head.update_from = self.clock()
                 plan.resets.append(head)
             queue.popleft()
             self._busy[sid] = head
@@ -271,6 +278,7 @@ class TurnScheduler:
         if stop is not None:
             turn.stopped_by_eos = stop == "eos"
             turn.phase = "answered"
+            turn.update_from = self.clock()  # the answer is complete: its memory update's time starts
             self._running.pop(turn.slot, None)
             self._release.append(turn.slot)
             self._answered.append(turn)  # its memory update: `schedule_updates`, right after this output
@@ -288,7 +296,8 @@ class TurnScheduler:
                 self._saving[turn.session_id] = left
         if error is not None:
             return [self._turn_event(Error, turn, code="store", message=error)]
-        return [self._turn_event(MemoryUpdated, turn, version=version)]
+        update_ms = None if turn.update_from is None else (self.clock() - turn.update_from) * 1e3
+        return [self._turn_event(MemoryUpdated, turn, version=version, update_ms=update_ms)]
 
     def _end(self, turn: ActiveTurn) -> None:
         turn.phase = "done"

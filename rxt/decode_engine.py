@@ -22,6 +22,7 @@ rows may use different sampling settings.
 
 from __future__ import annotations
 
+import array
 import logging
 from collections.abc import Sequence
 
@@ -37,12 +38,23 @@ DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
+def host_ids(values: list[int], *, pin: bool = False) -> torch.Tensor:
+    """``values`` (Python ints) as a 1-D int64 host tensor, pinned with ``pin``: converted in C through an
+    ``array('q')``, about 4x faster than ``torch.tensor(values)`` (which reads the list one int at a time) for the few
+    thousand ids of a batched prefill or memory update, which a serving lane builds on every such step."""
+    if not values:
+        host = torch.empty(0, dtype=torch.long)
+    else:
+        host = torch.frombuffer(array.array("q", values), dtype=torch.int64)  # shares (and keeps) the array
+    return host.pin_memory() if pin else host
+
+
 def pad_rows(rows: Sequence[Sequence[int] | torch.Tensor], batch: int, length: int, pad_id: int = 0) -> torch.Tensor:
     """``rows`` right-padded with ``pad_id`` into a host (batch, length) long tensor; rows past ``len(rows)`` are all
     padding. Rows given as lists are padded in Python and become a tensor in one call (a torch call per row hands
     the GIL to the other threads of a server each time, and may wait up to a switch interval to get it back)."""
     if all(not isinstance(row, torch.Tensor) for row in rows):
-        return torch.tensor(padded_flat(rows, batch, length, pad_id), dtype=torch.long).view(batch, length)
+        return host_ids(padded_flat(rows, batch, length, pad_id)).view(batch, length)
     ids = torch.full((batch, length), pad_id, dtype=torch.long)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
@@ -63,9 +75,10 @@ def padded_flat(rows: Sequence[Sequence[int]], batch: int, length: int, pad_id: 
 def to_device_async(values: list[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
     """Small host ids on ``device`` without waiting for the work already queued there (a plain
     ``torch.tensor(..., device=cuda)`` copies synchronously, which would stall the host behind the GPU)."""
-    host = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=torch.long)
-    if device.type == "cuda":
-        host = host.pin_memory()
+    if isinstance(values, torch.Tensor):
+        host = values.pin_memory() if device.type == "cuda" else values
+    else:
+        host = host_ids(values, pin=device.type == "cuda")
     return host.to(device, non_blocking=True)
 
 
@@ -292,8 +305,7 @@ class DecodeEngine:
         else:
             flat = padded_flat([r.tolist() if isinstance(r, torch.Tensor) else r for r in rows], batch, bucket)
             flat.extend(meta)
-            inputs["flat"].copy_(torch.tensor(flat, dtype=torch.long, pin_memory=self.device.type == "cuda"),
-                                 non_blocking=True)
+            inputs["flat"].copy_(host_ids(flat, pin=self.device.type == "cuda"), non_blocking=True)
         if not isinstance(stm, torch.Tensor):  # the sessions' (L, S, D) memories
             staged = stage["stm"]
             if n == batch and all(m.device == staged.device and m.dtype == staged.dtype for m in stm):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 
@@ -88,9 +88,15 @@ class MemoryUpdateStarted(Event):
 
 @dataclass(frozen=True)
 class MemoryUpdated(Event):
-    """The turn is committed: STM written and the session saved. ``version`` counts the session's updates."""
+    """The turn is committed: STM written and the session saved. ``version`` counts the session's updates.
+
+    ``update_ms``: milliseconds from the moment the server knew the turn's answer was complete (its last token
+    reached the model lane) to this commit: the memory-update pass, its wait on the device and the save. For a
+    primed interaction or a reset, from the step that applied it. None where nothing measured it (the chat);
+    not part of equality (a timing, not the turn's content)."""
 
     version: int = 0
+    update_ms: float | None = field(default=None, compare=False)
     type: ClassVar[str] = "memory_updated"
 
 

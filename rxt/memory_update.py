@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import torch
 
-from rxt.decode_engine import pad_rows, padded_flat
+from rxt.decode_engine import host_ids, pad_rows, padded_flat
 from rxt.graph_capture import GraphPool
 from rxt.model import RxT
 
@@ -107,7 +107,7 @@ class MemoryUpdater:
         flat = padded_flat(rows, batch, length, self.pad_id)
         flat.extend(lengths)
         flat.extend([0] * (batch - n))
-        host = torch.tensor(flat, dtype=torch.long, pin_memory=self.device.type == "cuda")
+        host = host_ids(flat, pin=self.device.type == "cuda")
         buffers["tokens"].copy_(host, non_blocking=True)
         stm_in, out = self._row_views(buffers, n)
         if isinstance(stm, torch.Tensor):

@@ -71,6 +71,11 @@ class InteractionTemplate:
         ids.append(self.answer_id)
         return ids
 
+    def prompt_from_tokens(self, query_tokens: list[int]) -> list[int]:
+        """`query_ids` (no think) of a query already tokenized (``tokenizer.encode(query)``, e.g. one of a batch
+        tokenized together): ``[BOS][Q] tokens [A]``."""
+        return [self.bos_id, self.query_id, *query_tokens, self.answer_id]
+
     def interaction_ids(self, query: str, answer: str, think: str | None = None) -> list[int]:
         """The full interaction ``[BOS][Q] query ([T] think) [A] answer [EOS]``."""
         return [*self.query_ids(query, think), *self.tokenizer.encode(answer), self.eos_id]

@@ -121,6 +121,7 @@ class RxTokenizer:
         self._byte_level = decoder.get("type") == "ByteLevel"
         self._id_bytes: list[bytes] | None = None
         self._stream_tables: dict[bool, list[bytes | None]] = {}  # skip_special_tokens -> `stream_bytes`
+        self._bytes_bound: bool | None = None  # whether `max_token_count` holds (found on first use)
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -325,6 +326,21 @@ class RxTokenizer:
             else:
                 ids.extend(self._tokenizer.encode(piece, add_special_tokens=False).ids)
         return ids
+
+    def max_token_count(self, text: str) -> int | None:
+        """An upper bound on ``len(self.encode(text))`` found without encoding, or None where no cheap bound holds.
+
+        A byte-level BPE without a normalizer maps every byte of the UTF-8 text to one symbol and merges symbols,
+        so no token covers less than one byte: at most one token per byte, plus one for a prefix space. (A
+        normalizer may lengthen the text, e.g. NFKC; then None.) Lets a server check that a short prompt fits
+        without tokenizing it; each tokenizer call lets the GIL go, and a busy server's other thread then holds it."""
+        if self._bytes_bound is None:
+            tk = self._tokenizer
+            self._bytes_bound = (tk.normalizer is None and type(tk.pre_tokenizer).__name__ == "ByteLevel"
+                                 and type(tk.model).__name__ == "BPE")
+        if not self._bytes_bound:
+            return None
+        return len(text.encode("utf-8", "surrogatepass")) + 1
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """:meth:`encode` for many texts at once (parallel in the Rust backend; no padding)."""

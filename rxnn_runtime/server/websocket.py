@@ -166,7 +166,13 @@ class Connection:
         turn), then written at once when the transport can take them."""
         if self.closing:
             return
+        tokens = self.tokens
         for event in events:
+            if isinstance(event, Token):  # most events: inline, a token joins its turn's waiting frame
+                buffer = tokens.get((event.session_id, event.turn_id))
+                if buffer is not None:
+                    buffer.add(event)
+                    continue
             self._queue_event(event)
         self._kick()
 
@@ -380,7 +386,8 @@ class Connection:
         if kind == "query":
             query = Query.from_dict(data)
             check_room(self.reactive.template, self.reactive.model.config.max_seq_len, query.text,
-                       query.options.max_new_tokens, tokens_field="options.max_new_tokens", text_field="text")
+                       query.options.max_new_tokens, tokens_field="options.max_new_tokens", text_field="text",
+                       need_length=False)  # a short text fits without tokenizing it here (the lane does)
             self._watch(query.session_id)
             self.reactive.submit(query)
         elif kind == "cancel":

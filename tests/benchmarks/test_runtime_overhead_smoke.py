@@ -70,3 +70,23 @@ def test_runtime_overhead_leaves_the_model_unwrapped(tmp_path, load_script, sing
     finally:
         sys.setswitchinterval(interval)
     assert all(owner.__dict__[name] is original for (owner, name), original in found.items())
+
+
+def test_runtime_overhead_turn_timeline(tmp_path, load_script, single_torch_thread):
+    """--turn-timeline: every phase of a turn stamped, each a non-negative median over the level's turns, and the
+    server's TTFT and update no shorter than any of their parts; the wrapped methods are put back."""
+    from rxnn_runtime.server import websocket
+
+    bench = load_script("benchmarks/runtime_overhead.py")
+    sink = websocket.Connection.__dict__["_on_events"]
+    out = tmp_path / "timeline.json"
+    assert bench.main(["--device", "cpu", "--preset", "tiny", "--sessions", "2", "--clients-per-process", "2",
+                       "--turns", "2", "--max-new-tokens", "3", "--turn-timeline", "--out", str(out)]) == 0
+    (level,) = json.loads(out.read_text())["runs"][0]["levels"]
+    phases = level["turn_timeline_ms"]
+    assert len(phases) == 10 and all(p["turns"] == 4 and p["median_ms"] >= 0 for p in phases.values())
+    ttft = phases["server TTFT (submitted -> first token at its connection)"]["median_ms"]
+    assert ttft >= phases["admitted -> first token on the lane"]["median_ms"]
+    update = phases["server update (answer end -> committed)"]["median_ms"]
+    assert update >= phases["device done -> committed on the lane"]["median_ms"]
+    assert websocket.Connection.__dict__["_on_events"] is sink

@@ -126,3 +126,43 @@ def test_batches_that_wake_the_loop_at_once():
     assert _urgent((token(3), MemoryUpdated(session_id="s", turn_id=1, seq=10)))
     assert _urgent((Cancelled(session_id="s", turn_id=1, seq=11),))
     assert _urgent((token(2), Error(session_id="s", turn_id=1, seq=12, code="store", message="x")))
+
+
+def test_polls_are_spaced_by_the_drains_cost_within_their_bounds(monkeypatch):
+    """A light load is polled every POLL_S; a drain that takes long (many connections' frames) puts the next poll
+    POLL_LOAD_FACTOR times its duration later, never later than POLL_MAX_S."""
+    from rxnn_runtime import event_bridge
+
+    monkeypatch.setattr(event_bridge, "POLL_S", 0.001)
+    monkeypatch.setattr(event_bridge, "POLL_MAX_S", 0.003)
+    monkeypatch.setattr(event_bridge, "POLL_LOAD_FACTOR", 3.0)
+    assert event_bridge.poll_delay(0.0) == 0.001
+    assert event_bridge.poll_delay(0.0002) == 0.001  # 0.6 ms: below the floor
+    assert abs(event_bridge.poll_delay(0.0005) - 0.0015) < 1e-12
+    assert event_bridge.poll_delay(0.01) == 0.003  # capped
+
+
+async def test_the_next_poll_waits_by_the_last_drains_duration(monkeypatch):
+    """The bridge times each dispatch (its sinks' work included) in the loop thread's CPU time and schedules the
+    next poll from it."""
+    from reactivex.subject import Subject
+
+    from rxnn_runtime import event_bridge
+
+    class _Model:
+        batches = Subject()
+
+    loop = asyncio.get_running_loop()
+    bridge = EventBridge(_Model(), loop)
+    clock = iter([10.0, 10.0008])  # the dispatch starts at 10 s and ends 0.8 ms later
+    monkeypatch.setattr(event_bridge.time, "thread_time", lambda: next(clock))
+    got = []
+    stop = bridge.listen("a", got.append)
+    bridge._dispatch([(Token("a", 1, 1, "", index=0, token_id=5),)])
+    assert len(got) == 1 and abs(bridge._last_drain_s - 0.0008) < 1e-12
+    delays = []
+    monkeypatch.setattr(loop, "call_later", lambda delay, callback: delays.append(delay))
+    bridge._poll_later(lambda: None)
+    assert len(delays) == 1 and abs(delays[0] - event_bridge.poll_delay(0.0008)) < 1e-9
+    assert delays[0] > event_bridge.POLL_S
+    stop.dispose()

@@ -266,3 +266,16 @@ def test_update_pass_on_its_stream_waits_only_as_far_as_its_inputs_need(monkeypa
     prime = ActiveTurn(Query("p", ""), 1, tokenizer.encode("an earlier turn"), kind="prime")
     executor.launch(StepPlan(updates=[prime, *turns]), lambda sid: stm)
     assert side.calls[-1] == ("wait_stream", "lane")
+
+
+def test_update_priority_is_a_no_op_without_an_update_stream():
+    """On the CPU there is no update stream: asking for a high-priority one changes nothing (on CUDA it makes the
+    stream; tests/rxnn_runtime/test_runtime_cuda.py runs passes on it)."""
+    from runtime_helpers import tiny_model
+
+    from rxnn_runtime.model_executor import ModelExecutor
+
+    model, tokenizer = tiny_model()
+    executor = ModelExecutor(model, max_slots=2, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+    executor.set_update_priority(True)
+    assert executor._update_stream is None

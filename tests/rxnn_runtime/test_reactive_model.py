@@ -280,11 +280,12 @@ def test_update_pass_and_commit_go_in_the_lane_action_that_ends_the_answer():
     model, tokenizer = tiny_model()
     reactive = ReactiveModel(model, tokenizer, max_batch_size=4)
     calls: list = []
-    launch, collect, submit = reactive.executor.launch, reactive.executor.collect, reactive.commits.submit_many
+    launch, collect, submit = reactive.executor.launch, reactive.executor.collect, reactive._hand_over
     reactive.executor.launch = lambda plan, stm_of: calls.append(("launch", id(plan), len(plan.updates))) or \
         launch(plan, stm_of)
     reactive.executor.collect = lambda step: calls.append(("collect", id(step.plan))) or collect(step)
-    reactive.commits.submit_many = lambda commits, ready=None: calls.append(("submit", len(commits))) or \
+    # the hand-over: to the lane's in-place commits (the in-process store) or to the commit writer's threads
+    reactive._hand_over = lambda commits, ready=None: calls.append(("submit", len(commits))) or \
         submit(commits, ready)
     batches = EventLog()
     reactive.batches.subscribe(batches)
@@ -325,5 +326,130 @@ def test_sessions_finishing_together_update_in_one_pass_right_after_their_last_t
         between = plans[last_feed + 1:passes[0]]
         assert all(not (p.decode or p.admit) for p in between)  # nothing for the device ahead of the pass
         assert sorted(slot for p in between for slot in p.retire) == list(range(5))
+    finally:
+        reactive.dispose()
+
+
+class _Pass:
+    """Stands in for the CUDA event recorded after an update pass: ``query()`` says whether it is done."""
+
+    def __init__(self, fails: bool = False):
+        self.done, self.waited, self.fails = False, 0, fails
+
+    def query(self):
+        return self.done
+
+    def synchronize(self):
+        self.waited += 1
+        if self.fails:
+            raise RuntimeError("device-side assert")
+        self.done = True
+
+
+def test_in_place_commits_are_saved_on_the_lane_once_their_pass_is_done_in_order():
+    """The in-process store saves in place: a pass's commits wait on the lane for its event (never before), leave
+    oldest first (a later pass done first waits behind), ``wait`` synchronizes, a failed pass fails its commits
+    as store Errors, and dispose saves what is left."""
+    from rxnn_runtime.active_turn import ActiveTurn
+
+    model, tokenizer = tiny_model()
+    reactive = ReactiveModel(model, tokenizer, max_batch_size=2)
+    store = reactive.store
+
+    def commit(sid):
+        turn = ActiveTurn(Query(sid, "q"), 1, [1], phase="committing")
+        stm = reactive.sessions.get(sid).stm.clone()
+        return [(turn, reactive.sessions.advance(sid, stm, turns=1))]
+
+    try:
+        first, second = _Pass(), _Pass()
+        reactive._hand_over(commit("a"), first)
+        reactive._hand_over(commit("b"), second)
+        assert not reactive.commits.pending  # not through the commit writer's threads
+        assert reactive._settle(wait=False) == [] and store.load("a") is None
+        second.done = True
+        assert reactive._settle(wait=False) == [] and store.load("b") is None  # behind "a"
+        first.done = True
+        events = reactive._settle(wait=False)
+        assert [(type(e), e.session_id, e.version) for e in events] == [(MemoryUpdated, "a", 1),
+                                                                         (MemoryUpdated, "b", 1)]
+        assert store.load("a").memory_version == 1 and store.load("b").memory_version == 1
+        third = _Pass()
+        reactive._hand_over(commit("c"), third)
+        assert [e.session_id for e in reactive._settle(wait=True)] == ["c"] and third.waited == 1
+        broken = _Pass(fails=True)
+        reactive._hand_over(commit("d"), broken)
+        (error,) = reactive._settle(wait=True)
+        assert isinstance(error, Error) and error.code == "store" and "device-side assert" in error.message
+        assert store.load("d") is None
+        left = _Pass()
+        reactive._hand_over(commit("e"), left)
+    finally:
+        reactive.dispose()
+    assert left.waited == 1 and store.load("e").memory_version == 1
+
+
+def test_an_idle_lane_waits_for_the_update_pass_itself_and_update_ms_covers_it():
+    """With nothing else to run, the lane waits on the pass's event in an action of its own (no commit thread); the
+    MemoryUpdated that follows reports the wait in ``update_ms`` (from the answer's end to the commit)."""
+    import time
+
+    class _SlowPass(_Pass):  # done 50 ms after the launch
+        def __init__(self):
+            super().__init__()
+            self.at = time.perf_counter() + 0.05
+
+        def query(self):
+            return time.perf_counter() >= self.at
+
+        def synchronize(self):
+            self.waited += 1
+            time.sleep(max(0.0, self.at - time.perf_counter()))
+
+    model, tokenizer = tiny_model()
+    reactive = ReactiveModel(model, tokenizer, max_batch_size=2)
+    passes = []
+    launch = reactive.executor.launch
+
+    def slow_launch(plan, stm_of):
+        launched = launch(plan, stm_of)
+        if plan.updates:
+            passes.append(_SlowPass())
+            launched.result.memory_ready = passes[-1]
+        return launched
+
+    reactive.executor.launch = slow_launch
+    log = EventLog()
+    reactive.events.subscribe(log)
+    reactive.submit(Query("s", "hello", GenerationOptions(max_new_tokens=2)))
+    reactive.connect()
+    try:
+        assert log.wait_for(lambda es: any(isinstance(e, MemoryUpdated) for e in es))
+        (updated,) = [e for e in log.events if isinstance(e, MemoryUpdated)]
+        assert len(passes) == 1 and passes[0].waited == 1  # waited for on the lane, once
+        assert updated.update_ms >= 45 and reactive.store.load("s").memory_version == 1
+        assert reactive.wait_idle(10)
+    finally:
+        reactive.dispose()
+
+
+def test_a_query_that_arrives_during_a_step_is_admitted_by_the_next_step():
+    """While other sessions decode, a query that arrives during a step is accepted at the start of the next step
+    and prefilled by it, not by the step after (its own lane action would queue behind the next step)."""
+    reactive, plans, log = _recorded_runtime()
+    try:
+        reactive.submit(Query("long", "hello there", GenerationOptions(max_new_tokens=40)))
+        assert log.wait_for(lambda es: sum(isinstance(e, Token) for e in es) >= 3)  # decoding: a step queued
+        blocked, release = threading.Event(), threading.Event()
+        reactive._lane.schedule(lambda *_: (blocked.set(), release.wait(10)))
+        assert blocked.wait(10)
+        before = len(plans)
+        reactive.submit(Query("late", "hi", GenerationOptions(max_new_tokens=2)))
+        release.set()
+        assert log.wait_for(lambda es: any(isinstance(e, MemoryUpdated) and e.session_id == "late" for e in es))
+        admitted = next(k for k, p in enumerate(plans) if any(t.session_id == "late" for t in p.admit))
+        assert admitted == before, (admitted, before)  # the first step after the query arrived
+        accepted = next(e for e in log.events if isinstance(e, QueryAccepted) and e.session_id == "late")
+        assert accepted.seq < next(e.seq for e in log.events if isinstance(e, Token) and e.session_id == "late")
     finally:
         reactive.dispose()

@@ -92,12 +92,13 @@ def test_committed_stms_stay_on_the_device_in_the_in_process_store():
         reactive.dispose()
 
 
-def _served(model, tokenizer, update_stream: bool):
+def _served(model, tokenizer, update_stream: bool, high_priority: bool = False):
     """Sessions of different answer lengths, all queued before connect (one prefill, then a schedule fixed by the
     lengths): each update pass runs while the longer answers still decode. Returns each session's answer and
     committed STM."""
     reactive = ReactiveModel(model, tokenizer, max_batch_size=8, update_stream=update_stream)
     assert (reactive.executor._update_stream is not None) == update_stream
+    reactive.executor.set_update_priority(high_priority)
     log = EventLog()
     reactive.events.subscribe(log)
     for i in range(6):  # one turn each: a second turn's admission would hang on commit timing
@@ -119,9 +120,11 @@ def test_update_passes_on_their_own_stream_write_the_same_memory():
     model, tokenizer = _cuda_model()
     side_answers, side_memory = _served(model, tokenizer, update_stream=True)
     lane_answers, lane_memory = _served(model, tokenizer, update_stream=False)
-    assert side_answers == lane_answers
+    high_answers, high_memory = _served(model, tokenizer, update_stream=True, high_priority=True)
+    assert side_answers == lane_answers == high_answers
     for i in range(6):
         assert torch.equal(side_memory[i], lane_memory[i]), i
+        assert torch.equal(high_memory[i], lane_memory[i]), i  # a high-priority update stream races nothing either
 
 
 def test_an_executors_graphs_share_one_pool_per_stream_and_updates_match_eager():

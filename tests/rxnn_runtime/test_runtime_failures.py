@@ -35,14 +35,19 @@ def test_tokenizer_failure_is_an_error_for_that_turn_and_others_go_on():
     """A query the tokenizer cannot encode (a lone surrogate used to reach it; `Query` now refuses those at
     the edge) fails on the lane: that turn gets an Error, the lane and the other sessions go on."""
     reactive, log = _runtime()
-    query_ids = reactive.template.query_ids
+    tokenizer = reactive.template.tokenizer
+    encode = tokenizer.encode
 
     def fragile(text, *args, **kwargs):
         if "boom" in text:
             raise UnicodeEncodeError("utf-8", text, 0, 1, "surrogates not allowed")
-        return query_ids(text, *args, **kwargs)
+        return encode(text, *args, **kwargs)
 
-    reactive.template.query_ids = fragile
+    def fragile_batch(texts):  # queries arriving together are tokenized in one call: it fails as a whole
+        return [fragile(text) for text in texts]
+
+    # the tokenizer itself fails (alone or in a batch), not a wrapper around it
+    tokenizer.encode, tokenizer.encode_batch = fragile, fragile_batch
     try:
         reactive.submit(Query("bad", "hello boom there", OPTS, query_id="q"))
         reactive.submit(Query("good", "hello", OPTS))
@@ -53,6 +58,7 @@ def test_tokenizer_failure_is_an_error_for_that_turn_and_others_go_on():
         # The lane lives on: the same session can ask again.
         assert isinstance(reactive.session("bad").ask_sync("fine now", OPTS), str)
     finally:
+        del tokenizer.encode, tokenizer.encode_batch
         reactive.dispose()
 
 

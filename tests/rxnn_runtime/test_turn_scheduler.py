@@ -261,3 +261,43 @@ def test_collecting_each_plan_first_feeds_every_running_turn():
         plans.append(plan)
     assert sum(len(p.decode) + len(p.admit) for p in plans) == 3
     assert not any(p.retire for p in plans)
+
+
+class _Clock:
+    """A settable clock (seconds) for the scheduler's update timing."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_memory_updated_times_the_update_from_the_answer_end_to_the_commit():
+    """``update_ms``: from the step whose token ended the answer (not from the query, nor from the update's launch)
+    to the commit; for a prime and a reset from the plan that applied them; never part of equality."""
+    clock = _Clock()
+    s = _scheduler(slots=2, clock=clock)
+    answer, prime = _turn(s, "a", "1", max_new=2), _turn(s, "p", "h", kind="prime")
+    s.add(answer)
+    s.add(prime)
+    _step(s)  # "a": first token; the prime's pass is applied now (t = 100)
+    clock.now = 100.5
+    _, events = _step(s)  # "a": second token ends it (t = 100.5)
+    assert any(isinstance(e, AnswerDone) for e in events)
+    clock.now = 100.501  # its update pass is launched a little later: not where the time starts
+    s.schedule_updates()
+    clock.now = 100.5035
+    [done] = s.committed(answer, 1)
+    assert isinstance(done, MemoryUpdated) and abs(done.update_ms - 3.5) < 1e-9
+    assert done == MemoryUpdated(session_id="a", turn_id=done.turn_id, seq=done.seq, query_id="1", version=1)
+    clock.now = 100.002
+    [primed] = s.committed(prime, 1)
+    assert abs(primed.update_ms - 2.0) < 1e-9
+    reset = ActiveTurn(Query("a", ""), 0, [], kind="reset")
+    s.reset(reset)
+    clock.now = 200.0
+    assert s.schedule().resets == [reset]
+    clock.now = 200.001
+    [after_reset] = s.committed(reset, 0)
+    assert after_reset.turn_id == 0 and abs(after_reset.update_ms - 1.0) < 1e-6

@@ -82,6 +82,8 @@ async def test_query_streams_tokens_answer_memory(make_client, as_json):
         assert types[0] == "query_accepted"
         answer_at = types.index("answer")
         assert types[-1] == "memory_updated" and frames[-1]["version"] >= 1
+        # the server's own time from the answer's end to the commit (docs/protocol.md)
+        assert isinstance(frames[-1]["update_ms"], float) and 0 <= frames[-1]["update_ms"] < 60_000
         assert "memory_update_started" in types[answer_at:]
         tokens = [f for f in frames[:answer_at] if f["type"] == "token"]
         assert tokens, frames
@@ -246,7 +248,7 @@ async def test_cancel_and_reset(make_client):
         await ask(ws, "cr", "a1", as_json=True)
         await send(ws, {"type": "reset", "session": "cr"}, as_json=True)
         frames = await recv_until(ws, lambda f: f["type"] == "memory_updated")
-        assert frames[-1]["version"] == 0
+        assert frames[-1]["version"] == 0 and frames[-1]["update_ms"] >= 0
         await send(ws, {"type": "query", "session": "cr", "id": "c1", "text": "hi",
                         "options": {"max_new_tokens": 64}}, as_json=True)
         await send(ws, {"type": "cancel", "session": "cr", "id": "c1"}, as_json=True)

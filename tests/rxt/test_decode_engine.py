@@ -264,3 +264,15 @@ def test_argmax_into_tokens_feeds_the_next_step_and_survives_a_capture(model, mo
         tokens[:b] = logits.argmax(dim=-1)  # by hand: the argmax fed back
         assert torch.equal(fed.tokens[:b], tokens[:b])
     assert set(fed._graphs) == {2, 4}
+
+
+def test_host_ids_equals_torch_tensor_of_the_list():
+    """The C-side conversion the serving lane uses for its padded ids: the very tensor ``torch.tensor`` makes."""
+    from rxt.decode_engine import host_ids, pad_rows
+
+    for values in ([], [0], [5, 1, 2**40, -3, 8191], list(range(3000))):
+        got = host_ids(values)
+        assert got.dtype == torch.long and torch.equal(got, torch.tensor(values, dtype=torch.long))
+    rows = [[1, 2, 3], [4], []]
+    assert torch.equal(pad_rows(rows, 4, 3, pad_id=9),
+                       torch.tensor([[1, 2, 3], [4, 9, 9], [9, 9, 9], [9, 9, 9]], dtype=torch.long))

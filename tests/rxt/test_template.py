@@ -133,3 +133,12 @@ def test_non_integer_ids_are_rejected(tpl):
         tpl.parse([1.0, 5])
     with pytest.raises(TypeError, match="integer"):
         pad_batch([[1, 2.5]], pad_id=0)
+
+
+def test_prompt_from_tokens_equals_query_ids():
+    from rxt.template import InteractionTemplate
+    from rxt.tokenizer import RxTokenizer
+
+    template = InteractionTemplate(RxTokenizer.default())
+    for text in ("", "hello there", "Ça va? 😀 東京", "[Q] not special"):
+        assert template.prompt_from_tokens(template.tokenizer.encode(text)) == template.query_ids(text)

@@ -261,3 +261,22 @@ def test_incremental_decoder_table_path_equals_the_checked_path(default_tok, ski
     assert fast.text == checked.text
     with pytest.raises(TypeError):
         fast.decode_token(True)  # a bool is no id: the checked path's error, not table[1]
+
+
+@pytest.mark.parametrize("text", [*UNICODE_TEXTS, "a" * 300, "\U0001F600" * 50, " x" * 40])
+def test_max_token_count_bounds_the_encoding_of_byte_level_bpe(default_tok, tiny_tok, text):
+    """The bound a server checks a prompt's room with, without tokenizing: never below the real count (the tiny
+    byte BPE, with few merges, comes close to one token per byte)."""
+    for tok in (default_tok, tiny_tok):
+        bound = tok.max_token_count(text)
+        assert bound is not None and len(tok.encode(text)) <= bound <= len(text.encode("utf-8")) + 1
+
+
+def test_max_token_count_is_none_where_a_normalizer_may_lengthen_the_text(tmp_path):
+    from tokenizers import normalizers
+
+    tok = train_tokenizer(TINY_CORPUS, TokenizerTrainingConfig(kind="byte_bpe", vocab_size=300, min_frequency=1))
+    tok._tokenizer.normalizer = normalizers.NFKC()  # U+FDFA alone becomes 18 characters
+    tok._bytes_bound = None
+    assert tok.max_token_count("\ufdfa") is None
+    assert len(tok.encode("\ufdfa")) > len("\ufdfa".encode("utf-8")) + 1  # why no bound may be given

@@ -187,3 +187,60 @@ async def test_mistyped_record_is_an_error_frame_at_once(aiohttp_client, tmp_pat
             assert frame["type"] == "error" and frame["id"] == "q" and "'turns'" in frame["message"], frame
     finally:
         rm.dispose()
+
+
+def test_check_room_without_the_length_tokenizes_only_where_the_bound_cannot_tell():
+    """need_length=False (the websocket edge): a text whose byte bound fits is not tokenized; a longer one is,
+    and the verdict and error messages equal those of the exact check."""
+    from rxnn_runtime.server.validation import TooLong, check_room
+    from rxt.template import InteractionTemplate
+    from rxt.tokenizer import RxTokenizer
+
+    template = InteractionTemplate(RxTokenizer.default())
+    tokenized = []
+    exact = template.query_ids
+    template.query_ids = lambda text, *args: tokenized.append(text) or exact(text, *args)
+    kw = dict(tokens_field="options.max_new_tokens", text_field="text")
+    assert check_room(template, 64, "hello there", 8, need_length=False, **kw) is None
+    assert [t for t in tokenized if t] == []  # not tokenized (the framing "" at most once per template)
+    assert check_room(template, 64, "hello there", 8, **kw) == len(exact("hello there"))
+    near = "hello " * 9  # 54 bytes: the bound says maybe not, the tokens (about 18) fit
+    assert check_room(template, 64, near, 8, need_length=False, **kw) == len(exact(near)) and near in tokenized
+    for text, budget in (("word " * 80, 8), ("hi", 62)):
+        errors = []
+        for need in (True, False):
+            with pytest.raises(TooLong) as caught:
+                check_room(template, 64, text, budget, need_length=need, **kw)
+            errors.append((caught.value.field, str(caught.value)))
+        assert errors[0] == errors[1]
+
+
+def test_queries_accepted_together_are_tokenized_in_one_call_with_the_same_prompts():
+    """The lane tokenizes the texts of the queries one action takes in one call: the prompts equal one-by-one
+    tokenizing (`InteractionTemplate.query_ids`)."""
+    from runtime_helpers import tiny_model
+
+    from rxnn_runtime import reactive_model
+    from rxnn_runtime.messages import Query
+    from rxnn_runtime.reactive_model import ReactiveModel
+
+    model, tokenizer = tiny_model()
+    reactive = ReactiveModel(model, tokenizer, max_batch_size=4)
+    texts = ["hello there", "Ça va? 😀", "what is your name"]
+    queries = [Query(f"s{i}", text) for i, text in enumerate(texts)]
+    batch = reactive.intake.tokenize_many(queries)
+    assert [reactive.template.prompt_from_tokens(batch[id(q)]) for q in queries] == \
+        [reactive.template.query_ids(t) for t in texts]
+    assert reactive.intake.tokenize_many(queries[:1]) == {}  # alone: tokenized where it is accepted
+    calls, prompts = [], {}
+    encode_batch, add = tokenizer.encode_batch, reactive.scheduler.add
+    tokenizer.encode_batch = lambda many: calls.append(len(many)) or encode_batch(many)
+    reactive.scheduler.add = lambda turn: prompts.setdefault(turn.session_id, turn.prompt) and add(turn)
+    try:
+        reactive._on_messages(queries)  # not connected yet: they wait, and are taken together at connect
+        assert calls == [] and prompts == {}
+        reactive._on_messages([reactive_model._CONNECT])
+        assert calls == [3] and prompts == {f"s{i}": reactive.template.query_ids(t) for i, t in enumerate(texts)}
+    finally:
+        del tokenizer.encode_batch
+        reactive.dispose()

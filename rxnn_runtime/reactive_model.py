@@ -35,7 +35,6 @@ import logging
 import sys
 import threading
 import time
-from collections import deque
 from typing import Any
 
 import reactivex
@@ -49,6 +48,7 @@ from rxnn_runtime.active_turn import ActiveTurn
 from rxnn_runtime.commit_writer import CommitWriter
 from rxnn_runtime.crossing import Crossing
 from rxnn_runtime.events import Error, Event, MemoryUpdated
+from rxnn_runtime.in_place_commits import InPlaceCommits
 from rxnn_runtime.isolating_subject import IsolatingSubject
 from rxnn_runtime.messages import Cancel, InvalidMessage, Prime, Query, Reset
 from rxnn_runtime.model_executor import ModelExecutor
@@ -142,11 +142,9 @@ class ReactiveModel:
         self._inflight = None  # the step launched on the device and not yet collected
         self._connection: abc.DisposableBase | None = None
         self._step_scheduled = False
-        # Commits saved in place (`CommitWriter.saves_in_place`: the in-process store), oldest first, each with the
-        # event of the pass that wrote it: saved and announced on the lane once that pass is done (`_settle`), with
-        # no hop to a commit thread and back. The lock guards them against dispose() (which saves what is left).
-        self._in_place: deque[tuple[list[tuple[ActiveTurn, SessionState]], Any]] = deque()
-        self._in_place_lock = threading.Lock()
+        # Commits saved in place (`CommitWriter.saves_in_place`: the in-process store): saved and announced on the
+        # lane once their pass is done (`_settle`), with no hop to a commit thread and back.
+        self._in_place = InPlaceCommits(self.store)
         self._settle_scheduled = False
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -168,7 +166,7 @@ class ReactiveModel:
             return
         self._disposed = True
         self._input_subscription.dispose()
-        self._save_left_in_place()
+        self._in_place.save_left()
         self.commits.close()
         self._commit_subscription.dispose()
         if self._connection is not None:
@@ -322,39 +320,19 @@ class ReactiveModel:
         if not commits:
             return
         if self.commits.saves_in_place(commits):
-            with self._in_place_lock:
-                self._in_place.append((commits, ready))
+            self._in_place.add(commits, ready)
         else:
             self.commits.submit_many(commits, ready=ready)
 
     def _settle(self, *, wait: bool) -> list[Event]:
         """Save and announce the in-place commits whose update pass is done, oldest first (``wait``: every one,
-        waiting for its pass on the device). A commit is then the pass itself: its MemoryUpdated leaves in the lane
-        action that sees the pass done, with no hop to a commit thread and back through the lane's input (each hop
-        a thread wake-up and a wait for the GIL)."""
-        events: list[Event] = []
-        while True:
-            with self._in_place_lock:
-                if not self._in_place:
-                    return events
-                commits, ready = self._in_place[0]
-                if ready is not None and not wait and not ready.query():
-                    return events
-                self._in_place.popleft()
-            events.extend(self._save_in_place(commits, ready))
+        waiting for its pass on the device): their MemoryUpdated leaves in the lane action that sees the pass done."""
+        return self._announce(self._in_place.settle(wait=wait))
 
-    def _save_in_place(self, commits: list[tuple[ActiveTurn, SessionState]], ready: Any) -> list[Event]:
-        try:
-            if ready is not None:
-                ready.synchronize()
-            errors = self.store.save_many([state for _, state in commits])
-        except Exception as exc:  # the pass failed on the device, or the store: every commit of the job fails
-            log.exception("saving %d sessions failed", len(commits))
-            errors = [repr(exc)] * len(commits)
+    def _announce(self, saved: list[tuple[ActiveTurn, SessionState, str | None]]) -> list[Event]:
+        """The events of commits saved (or failed): their sessions are free for their next turns."""
         events: list[Event] = []
-        for (turn, state), error in zip(commits, errors, strict=True):
-            if error is not None:
-                log.error("saving session %s failed: %s", state.session_id, error)
+        for turn, state, error in saved:
             events.extend(self.scheduler.committed(turn, state.memory_version, error))
         return events
 
@@ -372,18 +350,6 @@ class ReactiveModel:
         self._emit(self._settle(wait=True))
         self._request_step()
 
-    def _save_left_in_place(self) -> None:
-        """At dispose: the in-place commits still waiting are saved (not announced: the stream has stopped)."""
-        with self._in_place_lock:
-            left, self._in_place = list(self._in_place), deque()
-        for commits, ready in left:
-            try:
-                if ready is not None:
-                    ready.synchronize()
-                self.store.save_many([state for _, state in commits])
-            except Exception:
-                log.exception("saving %d sessions at dispose failed", len(commits))
-
     def _stm_of(self, session_id: str):
         return self.sessions.get(session_id).stm
 
@@ -399,11 +365,7 @@ class ReactiveModel:
         if self._disposed:
             return
         try:
-            events: list[Event] = []
-            for commits in reports:
-                for turn, state, error in commits:
-                    events.extend(self.scheduler.committed(turn, state.memory_version, error))
-            self._emit(events)
+            self._emit(self._announce([saved for commits in reports for saved in commits]))
             self._request_step()
         except Exception:
             log.exception("announcing commits failed")

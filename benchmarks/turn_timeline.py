@@ -11,7 +11,7 @@ connections' event sink) to stamp each turn, keyed by (session, query id), with 
     answered       its last token became an event on the lane (AnswerDone)
     update_launch  its memory-update pass is being launched (`ModelExecutor._update_memory`)
     device_done    the pass seen done on the device: by the lane, for commits saved in place
-                   (`ReactiveModel._save_in_place`), or by a commit worker (`CommitWriter._stms_to_save`)
+                   (`InPlaceCommits._save`), or by a commit worker (`CommitWriter._stms_to_save`)
     committed      the lane announced it (`TurnScheduler.committed`: MemoryUpdated made)
     updated_loop   MemoryUpdated reached its connection on the loop
 
@@ -107,7 +107,8 @@ class TurnTimeline:
                 stamp(turn.session_id, turn.query_id, "device_done", now)
 
         self._wrap(reactive.commits, "_stms_to_save", device_done)  # commits through the writer's threads
-        save_in_place = reactive._save_in_place
+        in_place = reactive._in_place  # `InPlaceCommits`: commits saved in place
+        save_in_place = in_place._save
 
         def lane_sees_done(commits, ready):  # commits saved in place: the lane waits for the pass, then saves
             if ready is not None:
@@ -115,8 +116,8 @@ class TurnTimeline:
             device_done(None, commits)
             return save_in_place(commits, ready)
 
-        reactive._save_in_place = lane_sees_done
-        self._undo.append((reactive, "_save_in_place", save_in_place))
+        in_place._save = lane_sees_done
+        self._undo.append((in_place, "_save", save_in_place))
 
         def committed(_events, turn, *_):
             stamp(turn.session_id, turn.query_id, "committed")

@@ -55,3 +55,20 @@ def record_plans(reactive) -> list:
 
     reactive.executor.launch = recording_launch
     return plans
+
+
+class FakePass:
+    """Stands in for the CUDA event recorded after an update pass: ``query()`` says whether it is done,
+    ``synchronize()`` waits for it (counted in ``waited``; ``fails``: raises as a failed pass would)."""
+
+    def __init__(self, fails: bool = False):
+        self.done, self.waited, self.fails = False, 0, fails
+
+    def query(self):
+        return self.done
+
+    def synchronize(self):
+        self.waited += 1
+        if self.fails:
+            raise RuntimeError("device-side assert")
+        self.done = True

@@ -3,21 +3,9 @@ failed pass or store failing each of its commits, and what is left saved at disp
 
 from types import SimpleNamespace
 
+from runtime_helpers import FakePass
+
 from rxnn_runtime.in_place_commits import InPlaceCommits
-
-
-class _Pass:
-    def __init__(self, fails: bool = False):
-        self.done, self.fails, self.waited = False, fails, 0
-
-    def query(self):
-        return self.done
-
-    def synchronize(self):
-        self.waited += 1
-        if self.fails:
-            raise RuntimeError("device-side assert")
-        self.done = True
 
 
 class _Store:
@@ -43,7 +31,7 @@ def _commits(*sids):
 def test_settles_oldest_first_and_stops_at_a_running_pass():
     store = _Store()
     queue = InPlaceCommits(store)
-    first, second = _Pass(), _Pass()
+    first, second = FakePass(), FakePass()
     queue.add(_commits("a", "b"), first)
     queue.add(_commits("c"), second)
     second.done = True
@@ -60,7 +48,7 @@ def test_settles_oldest_first_and_stops_at_a_running_pass():
 def test_wait_synchronizes_and_failures_fail_every_commit_of_their_job():
     store = _Store(refuse="y")
     queue = InPlaceCommits(store)
-    running, broken = _Pass(), _Pass(fails=True)
+    running, broken = FakePass(), FakePass(fails=True)
     queue.add(_commits("x", "y"), running)
     queue.add(_commits("z"), broken)
     saved = queue.settle(wait=True)
@@ -74,7 +62,7 @@ def test_wait_synchronizes_and_failures_fail_every_commit_of_their_job():
 def test_save_left_saves_without_announcing():
     store = _Store()
     queue = InPlaceCommits(store)
-    left = _Pass()
+    left = FakePass()
     queue.add(_commits("e"), left)
     queue.save_left()
     assert left.waited == 1 and store.saved == ["e"] and not queue

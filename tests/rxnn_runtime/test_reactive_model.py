@@ -3,7 +3,7 @@ import threading
 import pytest
 import torch
 from reactivex.scheduler import EventLoopScheduler
-from runtime_helpers import EventLog, record_plans, tiny_model
+from runtime_helpers import EventLog, FakePass, record_plans, tiny_model
 
 from rxnn_runtime.events import (
     AnswerDone,
@@ -330,22 +330,6 @@ def test_sessions_finishing_together_update_in_one_pass_right_after_their_last_t
         reactive.dispose()
 
 
-class _Pass:
-    """Stands in for the CUDA event recorded after an update pass: ``query()`` says whether it is done."""
-
-    def __init__(self, fails: bool = False):
-        self.done, self.waited, self.fails = False, 0, fails
-
-    def query(self):
-        return self.done
-
-    def synchronize(self):
-        self.waited += 1
-        if self.fails:
-            raise RuntimeError("device-side assert")
-        self.done = True
-
-
 def test_in_place_commits_are_saved_on_the_lane_once_their_pass_is_done_in_order():
     """The in-process store saves in place: a pass's commits wait on the lane for its event (never before), leave
     oldest first (a later pass done first waits behind), ``wait`` synchronizes, a failed pass fails its commits
@@ -362,7 +346,7 @@ def test_in_place_commits_are_saved_on_the_lane_once_their_pass_is_done_in_order
         return [(turn, reactive.sessions.advance(sid, stm, turns=1))]
 
     try:
-        first, second = _Pass(), _Pass()
+        first, second = FakePass(), FakePass()
         reactive._hand_over(commit("a"), first)
         reactive._hand_over(commit("b"), second)
         assert not reactive.commits.pending  # not through the commit writer's threads
@@ -374,15 +358,15 @@ def test_in_place_commits_are_saved_on_the_lane_once_their_pass_is_done_in_order
         assert [(type(e), e.session_id, e.version) for e in events] == [(MemoryUpdated, "a", 1),
                                                                          (MemoryUpdated, "b", 1)]
         assert store.load("a").memory_version == 1 and store.load("b").memory_version == 1
-        third = _Pass()
+        third = FakePass()
         reactive._hand_over(commit("c"), third)
         assert [e.session_id for e in reactive._settle(wait=True)] == ["c"] and third.waited == 1
-        broken = _Pass(fails=True)
+        broken = FakePass(fails=True)
         reactive._hand_over(commit("d"), broken)
         (error,) = reactive._settle(wait=True)
         assert isinstance(error, Error) and error.code == "store" and "device-side assert" in error.message
         assert store.load("d") is None
-        left = _Pass()
+        left = FakePass()
         reactive._hand_over(commit("e"), left)
     finally:
         reactive.dispose()
@@ -394,7 +378,7 @@ def test_an_idle_lane_waits_for_the_update_pass_itself_and_update_ms_covers_it()
     MemoryUpdated that follows reports the wait in ``update_ms`` (from the answer's end to the commit)."""
     import time
 
-    class _SlowPass(_Pass):  # done 50 ms after the launch
+    class _SlowPass(FakePass):  # done 50 ms after the launch
         def __init__(self):
             super().__init__()
             self.at = time.perf_counter() + 0.05

@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -100,3 +101,21 @@ def print_top_kernels(rows: list[dict], title: str) -> None:
     print(f"{title}: top {len(rows)} by total time per step")
     for r in rows:
         print(f"  {r['total_ms']:9.3f} ms  {r['calls']:8.1f} calls  {r['name'][:150]}")
+
+
+class Patches:
+    """Attributes a measurement replaces (timers, stamps), each put back by `undo`, the last replaced first."""
+
+    def __init__(self) -> None:
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def replace(self, owner: Any, name: str, new: Any, original: Any) -> None:
+        """Set ``owner.name = new``; `undo` sets ``original`` back (the caller says what that is: a class's own
+        function, or an instance's bound method)."""
+        setattr(owner, name, new)
+        self._undo.append((owner, name, original))
+
+    def undo(self) -> None:
+        for owner, name, original in reversed(self._undo):
+            setattr(owner, name, original)
+        self._undo.clear()

@@ -57,7 +57,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # serving.py and bench_utils.py sit beside this script (imported as a module too)
     sys.path.insert(0, str(HERE))
 
-from bench_utils import RESULTS_DIR, append_run, git_commit, inside, time_ms
+from bench_utils import RESULTS_DIR, Patches, append_run, git_commit, inside, time_ms
 from serving import QUESTION, _run_level, graph_count, start_server, warm_up
 from turn_timeline import TurnTimeline
 
@@ -80,7 +80,7 @@ class Timers:
     def __init__(self) -> None:
         self.seconds: collections.Counter = collections.Counter()
         self.calls: collections.Counter = collections.Counter()
-        self._undo: list = []
+        self._patches = Patches()
 
     def wrap(self, owner, name: str, label: str) -> None:
         original = owner.__dict__[name]
@@ -103,13 +103,10 @@ class Timers:
                 finally:
                     self.seconds[label] += time.perf_counter() - start
                     self.calls[label] += 1
-        setattr(owner, name, timed)
-        self._undo.append((owner, name, original))
+        self._patches.replace(owner, name, timed, original)
 
     def undo(self) -> None:
-        for owner, name, original in reversed(self._undo):
-            setattr(owner, name, original)
-        self._undo.clear()
+        self._patches.undo()
 
     def reset(self) -> None:
         self.seconds.clear()

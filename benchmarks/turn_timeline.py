@@ -26,6 +26,8 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from bench_utils import Patches
+
 from rxnn_runtime.events import AnswerDone, MemoryUpdated, Token
 from rxnn_runtime.messages import Query
 from rxnn_runtime.server import websocket
@@ -47,7 +49,7 @@ PHASES = (  # (name, from stamp, to stamp)
 class TurnTimeline:
     def __init__(self) -> None:
         self.stamps: dict[tuple[str, Any], dict[str, float]] = defaultdict(dict)
-        self._undo: list[tuple[Any, str, Any]] = []
+        self._patches = Patches()
 
     def _stamp(self, session_id: str, query_id: Any, name: str, now: float | None = None) -> None:
         # the first stamp of a name wins (a turn passes each point once; an id reused by a later turn is not)
@@ -65,8 +67,7 @@ class TurnTimeline:
                 pass
             return result
 
-        setattr(owner, name, wrapped)
-        self._undo.append((owner, name, original))
+        self._patches.replace(owner, name, wrapped, original)
 
     def install(self, reactive: Any) -> None:
         stamp = self._stamp
@@ -77,8 +78,7 @@ class TurnTimeline:
                 stamp(message.session_id, message.query_id, "submitted")
             return submit(message)
 
-        reactive.submit = submitted
-        self._undo.append((reactive, "submit", submit))
+        self._patches.replace(reactive, "submit", submitted, submit)
         self._wrap(reactive.intake, "query",
                    lambda _r, query, *_: stamp(query.session_id, query.query_id, "accepted"))
 
@@ -98,8 +98,7 @@ class TurnTimeline:
                 stamp(turn.session_id, turn.query_id, "update_launch", now)
             return update(turns, *args)
 
-        reactive.executor._update_memory = launching
-        self._undo.append((reactive.executor, "_update_memory", update))
+        self._patches.replace(reactive.executor, "_update_memory", launching, update)
 
         def device_done(_result, job, *_):
             now = time.perf_counter()
@@ -116,8 +115,7 @@ class TurnTimeline:
             device_done(None, commits)
             return save_in_place(commits, ready)
 
-        in_place._save = lane_sees_done
-        self._undo.append((in_place, "_save", save_in_place))
+        self._patches.replace(in_place, "_save", lane_sees_done, save_in_place)
 
         def committed(_events, turn, *_):
             stamp(turn.session_id, turn.query_id, "committed")
@@ -138,9 +136,7 @@ class TurnTimeline:
                 self._stamp(event.session_id, event.query_id, name, now)
 
     def undo(self) -> None:
-        for owner, name, original in reversed(self._undo):
-            setattr(owner, name, original)
-        self._undo.clear()
+        self._patches.undo()
 
     def reset(self) -> None:
         self.stamps.clear()

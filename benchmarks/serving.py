@@ -44,6 +44,7 @@ from rxnn_runtime.server.app import create_app
 from rxt.atomic_io import atomic_write_json
 from rxt.config import RxTConfig
 from rxt.decode_engine import DecodeEngine
+from rxt.memory_update import MemoryUpdater
 from rxt.model import RxT
 from rxt.template import InteractionTemplate
 from rxt.tokenizer import RxTokenizer
@@ -123,6 +124,8 @@ def _ab_arms(args: argparse.Namespace, reactive: ReactiveModel) -> list[tuple[st
     if args.ab_poll_max_ms is not None:
         arms.append((f"poll_max_ms={args.ab_poll_max_ms:g}",
                      lambda: _setting(event_bridge, "POLL_MAX_S", args.ab_poll_max_ms / 1e3)))
+    if getattr(args, "fused_updater", None) is not None:
+        arms.append(("compile_update", lambda: _setting(reactive.executor, "updater", args.fused_updater)))
     for seconds in args.ab_switch_interval_s or ():
         arms.append((f"switch_interval_s={seconds:g}", lambda seconds=seconds: _switch_interval(seconds)))
     return arms
@@ -197,6 +200,18 @@ async def warm_up(url: str, args: argparse.Namespace, sessions: list[int], react
     prompt = max(len(template.query_ids(q)) for q in QUESTIONS)
     captured = reactive.executor.precapture(max_prompt_tokens=prompt,
                                             max_interaction_tokens=prompt + args.max_new_tokens + 1)
+    if args.ab_compile_update:  # the arm's fused update passes: compiled and captured now, outside any timing
+        executor, plain = reactive.executor, reactive.executor.updater
+        executor.updater = MemoryUpdater(reactive.model, pad_id=reactive.tokenizer.pad_id,
+                                         max_batch=executor.engine.max_slots, compile_pass=True)
+        try:
+            start = time.perf_counter()
+            executor.precapture(max_prompt_tokens=prompt, max_interaction_tokens=prompt + args.max_new_tokens + 1)
+            print(f"warm-up: fused memory-update graphs compiled and captured in {time.perf_counter() - start:.1f} s",
+                  flush=True)
+            args.fused_updater = executor.updater
+        finally:
+            executor.updater = plain
     memory = (f"; CUDA memory reserved {torch.cuda.memory_reserved() / 2**30:.1f} GiB"
               if torch.cuda.is_available() and reactive.executor.device.type == "cuda" else "")
     print(f"warm-up: {captured} decode, prefill and memory-update graphs captured ahead{memory}", flush=True)
@@ -207,7 +222,8 @@ async def warm_up(url: str, args: argparse.Namespace, sessions: list[int], react
 async def serve_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namespace) -> list[dict]:
     interval = {} if args.switch_interval_s is None else {"switch_interval_s": args.switch_interval_s}
     reactive = ReactiveModel(model, tokenizer, max_batch_size=max(args.clients), max_pending_per_session=4,
-                             update_stream=False if args.no_update_stream else None, **interval)
+                             update_stream=False if args.no_update_stream else None,
+                             compile_update=args.compile_update, **interval)
     reactive.executor.set_update_priority(args.update_priority == "high")
     runner, url = await start_server(reactive)
     levels = []
@@ -286,7 +302,6 @@ def engine_anchor(model: RxT, tokenizer: RxTokenizer, sessions: list[int], devic
 
 def memory_update_check(model: RxT, tokenizer: RxTokenizer, device: torch.device) -> dict:
     """The graphed memory update against the eager one on the same rows, and both timed (1 and 64 rows)."""
-    from rxt.memory_update import MemoryUpdater
 
     template = InteractionTemplate(tokenizer)
     row = template.interaction_ids(QUESTION, "I am fine, thank you. " * 4)
@@ -387,6 +402,10 @@ def main() -> None:
                              "rxnn_runtime.reactive_model.SWITCH_INTERVAL_S at connect), e.g. 0.0001 0.00005")
     parser.add_argument("--ab-update-priority", action="store_true",
                         help="an interleaved A/B arm: memory-update passes on a stream of the highest priority")
+    parser.add_argument("--compile-update", action="store_true",
+                        help="memory-update passes fused by torch.compile before capture (ReactiveModel compile_update)")
+    parser.add_argument("--ab-compile-update", action="store_true",
+                        help="an interleaved A/B arm: the memory-update passes fused by torch.compile")
     parser.add_argument("--update-priority", choices=["normal", "high"], default="normal",
                         help="the memory-update passes' stream priority (ModelExecutor.set_update_priority)")
     parser.add_argument("--switch-interval-s", type=float, default=None,
@@ -455,6 +474,7 @@ def main() -> None:
         "memory_update_ms_source": "server update_ms",
         "update_stream": not args.no_update_stream,
         "update_stream_priority": args.update_priority,
+        "compile_update": args.compile_update,
         "event_bridge_poll_s": event_bridge.POLL_S,
         "event_bridge_poll_max_s": event_bridge.POLL_MAX_S,  # polls spaced by load up to this (poll_delay)
         "event_bridge_poll_load_factor": event_bridge.POLL_LOAD_FACTOR,

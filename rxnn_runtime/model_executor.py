@@ -71,7 +71,8 @@ class LaunchedStep:
 
 class ModelExecutor:
     def __init__(self, model: RxT, *, max_slots: int, pad_id: int, eos_id: int,
-                 use_cuda_graphs: bool | None = None, update_stream: bool | None = None) -> None:
+                 use_cuda_graphs: bool | None = None, update_stream: bool | None = None,
+                 compile_update: bool = False) -> None:
         self.model = model
         self.pad_id = pad_id
         self.eos_id = eos_id
@@ -81,8 +82,10 @@ class ModelExecutor:
         # input with no call of its own; rows that sample or want log-probs overwrite theirs (`_choose`).
         self.engine = DecodeEngine(model.decoder, max_slots=max_slots, capacity=model.config.max_seq_len,
                                    use_cuda_graphs=use_cuda_graphs, argmax_into_tokens=True)
-        # One encoder + memory-attention pass per step for every turn that finished (a graph per shape on CUDA).
-        self.updater = MemoryUpdater(model, pad_id=pad_id, use_cuda_graphs=use_cuda_graphs, max_batch=max_slots)
+        # One encoder + memory-attention pass per step for every turn that finished (a graph per shape on CUDA;
+        # ``compile_update``: each graph fused by torch.compile first, `MemoryUpdater`'s ``compile_pass``).
+        self.updater = MemoryUpdater(model, pad_id=pad_id, use_cuda_graphs=use_cuda_graphs, max_batch=max_slots,
+                                     compile_pass=compile_update)
         self._sampling: dict[int, tuple[SamplingConfig, SampleStream | None]] = {}  # slot -> row's sampling
         # Each slot's last chosen token, on the device: the engine's own token buffer, so the next decode step reads
         # it without a host round trip or a copy.

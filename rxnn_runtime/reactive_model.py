@@ -86,10 +86,12 @@ class ReactiveModel:
         switch_interval_s: float | None = SWITCH_INTERVAL_S,
         update_stream: bool | None = None,
         executor: ModelExecutor | None = None,
+        compile_update: bool = False,
     ) -> None:
         """``executor``: an idle `ModelExecutor` over ``model`` with ``max_batch_size`` slots to reuse (reset here;
-        ``use_cuda_graphs`` and ``update_stream`` are then its own), e.g. one per trainer across its collections;
-        None builds one."""
+        ``use_cuda_graphs``, ``update_stream`` and ``compile_update`` are then its own), e.g. one per trainer across
+        its collections; None builds one. ``compile_update``: the memory-update passes fused by torch.compile
+        before their graphs are captured (CUDA; a compile of tens of seconds at the first capture)."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size} must be >= 1")
         if switch_interval_s is not None and switch_interval_s <= 0:
@@ -105,7 +107,7 @@ class ReactiveModel:
             # update_stream: memory-update passes on a CUDA stream of their own (default: with graphed updates)
             executor = ModelExecutor(self.model, max_slots=max_batch_size, pad_id=tokenizer.pad_id,
                                      eos_id=tokenizer.eos_id, use_cuda_graphs=use_cuda_graphs,
-                                     update_stream=update_stream)
+                                     update_stream=update_stream, compile_update=compile_update)
         elif executor.model is not model or executor.engine.max_slots != max_batch_size:
             raise ValueError(f"ReactiveModel: the executor must run this model with max_batch_size={max_batch_size} "
                              f"slots (it has {executor.engine.max_slots})")

@@ -22,6 +22,11 @@ is captured once and replayed. What a replay does, and why:
   shared output buffer, from which the call copies the real rows out. (A pool and buffers per graph took tens of
   GB at ~1B.)
 
+- Fusion (``compile_pass=True``): at 64 nano rows the pass is bound by the memory traffic of its STM-sized
+  elementwise work (norms, the gates' means and blends: each a kernel that reads and writes the whole (L, B, S, D)
+  STM), not by its matmuls. ``torch.compile`` fuses those into a few kernels, which the graph then captures. It is
+  compiled once with dynamic shapes (one compile for every bucket but the single-row one), at the first capture.
+
 On the CPU, or where capture fails, the same update runs eagerly on the unpadded batch. Results equal
 `RxT.update_memory` on the unpadded batch (up to the float reductions of a padded shape).
 """
@@ -29,7 +34,7 @@ On the CPU, or where capture fails, the same update runs eagerly on the unpadded
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -49,10 +54,13 @@ def _bucket(value: int, buckets: Sequence[int], limit: int) -> int:
 
 class MemoryUpdater:
     def __init__(self, model: RxT, *, pad_id: int = 0, use_cuda_graphs: bool | None = None,
-                 max_batch: int | None = None) -> None:
+                 max_batch: int | None = None, compile_pass: bool = False,
+                 compile_backend: str | Callable = "inductor") -> None:
         """``max_batch``: the most interactions one call will pass (a runtime's slot count); the graphs' shared
         buffers are made for its batch bucket at once. None: sized by the first capture, remade (and the graphs
-        captured again) if a later call needs a larger batch bucket."""
+        captured again) if a later call needs a larger batch bucket. ``compile_pass``: the graphed pass fused by
+        ``torch.compile`` before it is captured (see the module docstring; the eager path is never compiled), with
+        ``compile_backend`` (a test traces it with a backend that counts the compiles)."""
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"MemoryUpdater max_batch={max_batch} must be >= 1")
         self.model = model
@@ -71,6 +79,10 @@ class MemoryUpdater:
         # graphs captured on PyTorch's shared default capture stream would all use the one workspace, so an update
         # replayed beside a decode step (the runtime runs updates on a side stream) would race it.
         self._capture_stream: torch.cuda.Stream | None = None
+        self.compile_pass = compile_pass
+        # fullgraph: a graph break would split the fused pass (and fall back to Python inside the capture)
+        self._new_memory = (torch.compile(self._padded_update, dynamic=True, fullgraph=True, backend=compile_backend)
+                            if compile_pass else self._padded_update)
 
     @property
     def graphed(self) -> bool:
@@ -183,21 +195,26 @@ class MemoryUpdater:
     @torch.no_grad()
     def _run(self, buffers: dict[str, torch.Tensor]) -> None:
         """The captured pass: encoder over the padded batch, memory attention, the result into ``out``."""
+        buffers["out"].copy_(self._new_memory(buffers["ids"], buffers["lengths"], buffers["stm"],
+                                              self.model.memory_attention.stackable()))
+
+    def _padded_update(self, ids: torch.Tensor, lengths: torch.Tensor, stm: torch.Tensor,
+                       stacked: bool) -> torch.Tensor:
+        """The new STMs (L, B, S, D) of a padded batch: ``ids`` (B, T), ``lengths`` (B,) (every row at least one
+        token), ``stm`` (L, B, S, D). ``stacked``: the memory attention's layer-batched path (`stackable`, decided
+        outside so that a compiled pass sees a constant)."""
         model = self.model
-        ids, stm = buffers["ids"], buffers["stm"]
         batch, length = ids.shape
-        valid = torch.arange(length, device=ids.device)[None, :] < buffers["lengths"][:, None]
+        valid = torch.arange(length, device=ids.device)[None, :] < lengths[:, None]
         encoded = model.encode(ids, valid, validate=False)
         attention = model.memory_attention
-        if attention.stackable():
+        if stacked:
             # Every real row has a token, so no row needs its old STM back: the padding mask goes in as the stacked
             # rows' key mask (layer-major, a row without any valid key attends to all: never NaN).
             keys = valid | ~valid.any(dim=-1, keepdim=True)
             key_bias = keys[None].expand(model.config.num_layers, batch, length).reshape(-1, 1, 1, length)
-            new = attention(stm, encoded, key_bias=key_bias)
-        else:
-            new = attention(stm, encoded, valid)
-        buffers["out"].copy_(new)
+            return attention(stm, encoded, key_bias=key_bias)
+        return attention(stm, encoded, valid)
 
     def _capture(self, key: tuple[int, int], like: tuple[torch.Size, torch.dtype]):
         buffers = self._buffers(key, like)

@@ -146,3 +146,27 @@ def test_length_buckets_keep_padding_under_half():
     assert updater._key(3, 200) == (4, 256)  # capped at max_seq_len
     for low, high in itertools.pairwise(LENGTH_BUCKETS[1:]):
         assert high <= 1.5 * low
+
+
+def test_compiled_pass_is_traced_whole_once_for_every_bucket(model, pools):
+    """``compile_pass``: the pass traced as one graph (fullgraph: a break raises) with dynamic shapes, so the batch
+    and length buckets after the first share its compile (a single row is specialised: one more), and the result
+    equals the plain pass (the counting backend runs the traced graph as it is; float64)."""
+    compiles = []
+
+    def counting(graph_module, example_inputs):
+        compiles.append(len(graph_module.graph.nodes))
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    plain = _graphed(model, max_batch=16)
+    fused = _graphed(model, max_batch=16, compile_pass=True, compile_backend=counting)
+    torch.manual_seed(8)
+    for lengths in ((3, 11, 6), (7, 20, 2, 13, 5), (30, 4, 9, 9, 9, 9, 9, 9, 2), (5,)):
+        rows = [torch.randint(4, 128, (n,)).tolist() for n in lengths]
+        stm = torch.randn(model.initial_memory(len(rows)).shape, dtype=torch.float64)
+        torch.testing.assert_close(fused(stm, rows), plain(stm, rows))
+        torch.testing.assert_close(fused(stm, rows), _alone(model, stm, rows))
+    assert len(fused._graphs) == 4  # four (batch, length) buckets: (4, 16), (8, 32), (16, 32), (1, 16)
+    assert 1 <= len(compiles) <= 2, compiles
+    assert min(compiles) > 50  # the whole pass (encoder and memory attention) in each traced graph

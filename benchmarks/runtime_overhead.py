@@ -63,12 +63,14 @@ from turn_timeline import TurnTimeline
 
 from rxnn_runtime.commit_writer import CommitWriter
 from rxnn_runtime.event_bridge import EventBridge
+from rxnn_runtime.in_place_commits import InPlaceCommits
 from rxnn_runtime.model_executor import ModelExecutor
 from rxnn_runtime.reactive_model import SWITCH_INTERVAL_S, ReactiveModel
 from rxnn_runtime.server import websocket
 from rxt.config import RxTConfig
 from rxt.decode_engine import DecodeEngine
 from rxt.decoder import Decoder
+from rxt.memory_update import MemoryUpdater
 from rxt.model import RxT
 from rxt.template import InteractionTemplate
 from rxt.tokenizer import RxTokenizer
@@ -133,6 +135,10 @@ def _instrument(reactive: ReactiveModel, timers: Timers) -> None:
             (DecodeEngine, "step", "lane: launch: decode step (a graph replay on CUDA)"),
             (DecodeEngine, "start_batch", "lane: launch: prefill"),
             (ModelExecutor, "_update_memory", "lane: launch: memory-update pass"),
+            (MemoryUpdater, "__call__", "lane: launch: memory-update pass: the updater's call"),
+            (ReactiveModel, "_hand_over", "lane: hand the pass's commits over"),
+            (ReactiveModel, "_settle", "lane: settle in-place commits (done passes: save, announce)"),
+            (InPlaceCommits, "_save", "lane: settle: store saves of one pass"),
             (ModelExecutor, "_tokens_to_host", "lane: launch: token buffer to the host"),
             (CommitWriter, "_stms_to_save", "commit threads: wait for the pass, copy STMs to the host"),
             (type(reactive.store), "save", "commit threads: store saves"),
@@ -215,7 +221,8 @@ def engine_host_loop(model: RxT, tokenizer: RxTokenizer, n: int, device: torch.d
 async def runtime_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namespace) -> list[dict]:
     reactive = ReactiveModel(model, tokenizer, max_batch_size=max(args.sessions), max_pending_per_session=4,
                              switch_interval_s=args.switch_interval_s,
-                             update_stream=False if args.no_update_stream else None)
+                             update_stream=False if args.no_update_stream else None,
+                             compile_update=args.compile_update)
     steps = collections.Counter()
     launch = reactive.executor.launch
 
@@ -295,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients-per-process", type=int, default=64)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--compile-update", action="store_true",
+                        help="memory-update passes fused by torch.compile before capture (ReactiveModel compile_update)")
     parser.add_argument("--no-update-stream", action="store_true",
                         help="memory-update passes on the lane's CUDA stream, not on one of their own (an A/B)")
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of the server process")

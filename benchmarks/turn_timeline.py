@@ -10,6 +10,8 @@ connections' event sink) to stamp each turn, keyed by (session, query id), with 
     first_loop     that event reached its connection on the loop (`Connection._on_events`), to be written
     answered       its last token became an event on the lane (AnswerDone)
     update_launch  its memory-update pass is being launched (`ModelExecutor._update_memory`)
+    pass_done      the pass truly done on the device: a thread of the timeline's own waits on the pass's event
+                   (CUDA; the GIL let go, so the stamp may be late by up to one switch interval)
     device_done    the pass seen done on the device: by the lane, for commits saved in place
                    (`InPlaceCommits._save`), or by a commit worker (`CommitWriter._stms_to_save`)
     committed      the lane announced it (`TurnScheduler.committed`: MemoryUpdated made)
@@ -22,6 +24,7 @@ Stamping costs a dict write per stamp, a few per turn, nothing per token; `undo(
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from collections import defaultdict
 from typing import Any
@@ -40,6 +43,8 @@ PHASES = (  # (name, from stamp, to stamp)
     ("server TTFT (submitted -> first token at its connection)", "submitted", "first_loop"),
     ("answer end -> update pass launched", "answered", "update_launch"),
     ("update launch -> done on the device (as seen)", "update_launch", "device_done"),
+    ("update launch -> done on the device (true)", "update_launch", "pass_done"),
+    ("done on the device (true) -> seen", "pass_done", "device_done"),
     ("device done -> committed on the lane", "device_done", "committed"),
     ("server update (answer end -> committed)", "answered", "committed"),
     ("committed -> memory_updated at its connection", "committed", "updated_loop"),
@@ -92,11 +97,16 @@ class TurnTimeline:
                    lambda events, *_: self._stamp_events(events, "first_lane", AnswerDone, "answered"))
         update = reactive.executor._update_memory
 
-        def launching(turns, *args):
+        def launching(turns, stm_of, result):
             now = time.perf_counter()
             for turn in turns:
                 stamp(turn.session_id, turn.query_id, "update_launch", now)
-            return update(turns, *args)
+            out = update(turns, stm_of, result)
+            ready = result.memory_ready
+            if ready is not None:  # when the pass is truly done: a thread waits on its event (GIL let go)
+                keys = [(turn.session_id, turn.query_id) for turn in turns]
+                threading.Thread(target=self._wait_done, args=(ready, keys), daemon=True).start()
+            return out
 
         self._patches.replace(reactive.executor, "_update_memory", launching, update)
 
@@ -125,6 +135,12 @@ class TurnTimeline:
         self._wrap(websocket.Connection, "_on_events",
                    lambda _result, _connection, events: self._stamp_events(events, "first_loop", MemoryUpdated,
                                                                            "updated_loop"))
+
+    def _wait_done(self, ready: Any, keys: list[tuple[str, Any]]) -> None:
+        ready.synchronize()
+        now = time.perf_counter()
+        for session_id, query_id in keys:
+            self._stamp(session_id, query_id, "pass_done", now)
 
     def _stamp_events(self, events, first: str, cls: type, name: str) -> None:
         """Stamp ``first`` on each turn whose first token is among ``events``, ``name`` on each event of ``cls``."""

@@ -118,7 +118,9 @@ def _private_copy(state: SessionState, *, keep_stm: bool = False) -> SessionStat
     where it is: a committed one nobody writes into); the metadata through msgpack, as a stored record's (the
     same types come back as from the other stores)."""
     stm = state.stm.detach() if keep_stm else state.stm.detach().to("cpu", copy=True).contiguous()
-    return SessionState(session_id=state.session_id, stm=stm,
-                        turns=state.turns, memory_version=state.memory_version,
-                        metadata=msgpack.unpackb(msgpack.packb(state.metadata, use_bin_type=True), raw=False),
-                        updated_at=float(state.updated_at))
+    # No metadata (a runtime session's usual case): a new empty dict is what the round trip would give. A pass's
+    # commits are saved on the model lane, where every microsecond per session is paid by all of them.
+    metadata = {} if state.metadata == {} else msgpack.unpackb(msgpack.packb(state.metadata, use_bin_type=True),
+                                                            raw=False)
+    return SessionState(session_id=state.session_id, stm=stm, turns=state.turns,
+                        memory_version=state.memory_version, metadata=metadata, updated_at=float(state.updated_at))

@@ -234,3 +234,18 @@ def test_save_many_fails_only_the_failing_states():
         else:
             assert errors == [None, None, None] and store.load("bad") is not None
         assert store.load("a") is not None and store.load("b") is not None
+
+
+@pytest.mark.parametrize("metadata", [{}, {"user": {"name": "Ada"}, "tags": ["a", "b"]}])
+def test_the_in_process_store_shares_no_metadata_with_the_caller(metadata):
+    """Saved metadata is the store's own (empty: a new dict, with no round trip; otherwise through msgpack, as the
+    other stores' records): the caller mutating its dict after the save changes nothing saved or loaded."""
+    store = InMemoryStore()
+    state = CommittedState(session_id="m", stm=torch.zeros(2, 4, 8), turns=1, memory_version=1, metadata=metadata)
+    nested = bool(metadata)
+    expected = {"user": {"name": "Ada"}, "tags": ["a", "b"]} if nested else {}
+    assert store.save_many([state]) == [None]
+    state.metadata["added"] = 1
+    if nested:
+        state.metadata["user"]["name"] = "Eve"
+    assert store._records["m"][0].metadata == expected and store.load("m").metadata == expected

@@ -9,6 +9,7 @@ YAML (``rxnn train mrl --config examples/configs/tiny_mrl.yaml``)::
     reset_prob_schedule: [[0, 1.0], [2, 0.5]]     # [global epoch, chance an episode starts from the initial STM]
     unfreeze_schedule: [[0, [memory]], [2, [memory, rest]]]   # [global epoch, RxT.parameter_groups() names]
     reward: {bleu_weight: 1.0, cosine_weight: 1.0, length_weight: 0.1}   # MemoryRetentionReward fields
+    # (value_weight > 0 adds the fact-value term: does the question's answer name the fact value, as recall judges)
 
 ``steps`` is the number of follow-up queries per episode (2, 4, 8, 16 ...). Without ``data`` each stage draws
 synthetic memory dialogues (`training.data.synthetic`) with ``steps - 1`` intermediate turns in the stage's

@@ -5,13 +5,15 @@
         for each batch of `batch_episodes` episodes:
           logs    = collect_episodes(reactive, batch)     a fresh ReactiveModel over the policy (its own lane
                                                           thread), disposed once the collection is committed
-          rewards = MemoryRetentionReward(logs)           on token ids
+          rewards = MemoryRetentionReward(logs)           on token ids (the fact-value term on the answer text)
           IMPO update on logs (+ replay buffer)           weights change in place, between collections only
         evaluate: held-out synthetic episodes (split "eval"), greedy: exact-match recall of the fact in the
                   last answer (`recall_hit`) and the mean reward; early stopping on the eval reward
 
-TensorBoard scalars (reward mean/min/max, policy/value loss, KL, entropy, STM change, recall), tqdm, a
-reward-curve PNG and ``final/`` (RxT ``save_pretrained`` + tokenizer + ``critic.pt``) in ``train.output_dir``.
+TensorBoard scalars (reward mean/min/max; ``value_term_mean``, the fact-value term's mean over the collection's
+question steps, i.e. the recall of the training answers, whatever ``reward.value_weight``; policy/value loss, KL,
+entropy, STM change, recall), tqdm, a reward-curve PNG and ``final/`` (RxT ``save_pretrained`` + tokenizer +
+``critic.pt``) in ``train.output_dir``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from training.mrl.critic import Critic
 from training.mrl.curriculum import CurriculumStage, MRLConfig, at_epoch
 from training.mrl.episodes import EpisodeLog, collect_episodes, save_episode_logs
 from training.mrl.impo import IMPOLearner
-from training.mrl.rewards import compute_rewards
+from training.mrl.rewards import compute_rewards, value_hit_rate
 from training.nonfinite import NonFiniteLossGuard
 from training.optim import FUSED_DEVICES
 from training.plumbing import ScalarLog, UnfreezeSchedule, plot_curves, resolve_device, write_metrics
@@ -174,6 +176,9 @@ class MRLTrainer:
         """IMPO on ``logs`` plus the replay buffer (`collect` has disposed of its runtime: nothing in flight)."""
         batch = [*logs, *self.replay]
         stats = self.learner.update(batch)
+        value_term = value_hit_rate(logs)  # this collection's, not the replayed episodes'
+        if value_term is not None:
+            stats["value_term_mean"] = value_term
         self._nonfinite.check(self.updates + 1, {"loss": stats.get("policy_loss", 0.0) + stats.get("value_loss", 0.0)})
         if self.config.replay_buffer_size:
             self.replay.extend(logs)

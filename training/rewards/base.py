@@ -12,12 +12,15 @@ on the device of ``generated_ids``.
   (for the cumulative strategy, the previous interaction; for single-step episodes, the first one);
 * ``first``: the episode's first interaction (optional; the long-range strategy asks about it after unrelated
   turns);
-* ``embed``: an optional ``(ids, lengths) -> (B, D)`` sentence-embedding function shared by embedding rewards.
+* ``embed``: an optional ``(ids, lengths) -> (B, D)`` sentence-embedding function shared by embedding rewards;
+* ``generated_texts`` / ``fact_values``: the generated answers as text and, per row, the fact value the query asks
+  about (``None`` for a row that asks none, e.g. chitchat or an intermediate turn), for rewards that judge the
+  answer's words as the recall metric does (`training.rewards.value`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -56,6 +59,8 @@ class RewardInput:
     first_ids: torch.Tensor | None = None
     first_lengths: torch.Tensor | None = None
     embed: EmbedFn | None = None
+    generated_texts: Sequence[str] | None = None
+    fact_values: Sequence[str | None] | None = None
 
     def __post_init__(self) -> None:
         _check_pair("generated", self.generated_ids, self.generated_lengths, None)
@@ -63,6 +68,12 @@ class RewardInput:
         _check_pair("reference", self.reference_ids, self.reference_lengths, batch)
         _check_pair("saved", self.saved_ids, self.saved_lengths, batch)
         _check_pair("first", self.first_ids, self.first_lengths, batch)
+        for name in ("generated_texts", "fact_values"):
+            rows = getattr(self, name)
+            if rows is not None and len(rows) != batch:
+                raise ValueError(f"{name} has {len(rows)} rows, generated_ids has {batch}")
+        if self.fact_values is not None and self.generated_texts is None:
+            raise ValueError("fact_values given without generated_texts (the answers they are looked for in)")
 
     @property
     def batch_size(self) -> int:

@@ -17,12 +17,18 @@ data ``saved`` (what was written to memory earlier in the episode) are mixed wit
                  (falls back to ``saved_ids`` when ``first_ids`` is absent); the long-range strategy asks about
                  the first interaction after unrelated turns.
 
-    reward = scale * (bleu_weight * B + cosine_weight * C + length_weight * L)
-                   / (bleu_weight + cosine_weight + length_weight)
+With ``V`` the fact-value term (`training.rewards.value`: 1 if the answer names the fact value the query asks
+about, by the recall metric's rule, else 0) and, per row, ``w_v = value_weight`` where the row has a fact value
+(``RewardInput.fact_values``) and ``w_v = 0`` where it has none (chitchat, turns that ask no fact):
 
-so the reward lies in [0, scale]. A term whose weight is 0 is not computed (no embedding function is needed when
-``cosine_weight == 0``). When the input has no saved data (or, in long_range mode, neither first nor saved data)
-``a_s`` is treated as 0; without a reference ``a_r`` (and the length term) must be 0.
+    reward = scale * (bleu_weight * B + cosine_weight * C + length_weight * L + w_v * V)
+                   / (bleu_weight + cosine_weight + length_weight + w_v)
+
+so the reward lies in [0, scale] in every row. A term whose weight is 0 is not computed (no embedding function is
+needed when ``cosine_weight == 0``; with ``value_weight == 0``, the default, the reward is the one without a value
+term, bit for bit, and needs no texts). When the input has no saved data (or, in long_range mode, neither first nor
+saved data) ``a_s`` is treated as 0; without a reference ``a_r`` (and the length term) must be 0; a positive
+``value_weight`` needs ``fact_values`` (``None`` rows allowed).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from .base import EmbedFn, RewardInput
 from .cosine import _resolve_embed, cosine_between
 from .length import length_ratio_score
 from .tensorbleu import SMOOTHINGS, tensor_sentence_bleu
+from .value import fact_value_hits
 
 __all__ = ["MODES", "MemoryRetentionReward"]
 
@@ -44,7 +51,7 @@ MODES = ("standard", "negative", "long_range")
 
 @dataclass
 class MemoryRetentionReward:
-    """Weighted BLEU + cosine + length reward of the generated answer against reference and saved data.
+    """Weighted BLEU + cosine + length (+ fact-value) reward of the answer against reference and saved data.
 
     See the module docstring for the formula. ``embed`` as for :class:`~training.rewards.cosine.CosineReward`
     (default ``RewardInput.embed``, i.e. the model's shared embedding as the trainer sets it).
@@ -53,6 +60,7 @@ class MemoryRetentionReward:
     bleu_weight: float = 1.0
     cosine_weight: float = 1.0
     length_weight: float = 0.1
+    value_weight: float = 0.0
     ref_weight: float = 0.5
     saved_weight: float = 0.5
     mode: str = "standard"
@@ -67,15 +75,9 @@ class MemoryRetentionReward:
             raise ValueError(f"unknown mode {self.mode!r}; expected one of {MODES}")
         if self.bleu_smoothing not in SMOOTHINGS:
             raise ValueError(f"unknown smoothing {self.bleu_smoothing!r}; expected one of {SMOOTHINGS}")
-        weights = (
-            self.bleu_weight,
-            self.cosine_weight,
-            self.length_weight,
-            self.ref_weight,
-            self.saved_weight,
-        )
-        if any(w < 0 for w in weights):
-            raise ValueError("weights must be >= 0")
+        for name in ("bleu_weight", "cosine_weight", "length_weight", "value_weight", "ref_weight", "saved_weight"):
+            if not getattr(self, name) >= 0:  # also NaN
+                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
         if self.bleu_weight + self.cosine_weight + self.length_weight <= 0:
             raise ValueError("bleu_weight + cosine_weight + length_weight must be > 0")
         if self.ref_weight + self.saved_weight <= 0 and self.bleu_weight + self.cosine_weight > 0:
@@ -89,8 +91,9 @@ class MemoryRetentionReward:
         return None
 
     def components(self, inputs: RewardInput) -> dict[str, torch.Tensor]:
-        """The unscaled parts, each ``(B,)`` in [0, 1]: ``bleu_ref``, ``bleu_saved``, ``cos_ref``, ``cos_saved``
-        and ``length`` (the ones that apply), plus ``bleu``, ``cosine`` (mixed, mode applied) and ``reward``."""
+        """The unscaled parts, each ``(B,)`` in [0, 1]: ``bleu_ref``, ``bleu_saved``, ``cos_ref``, ``cos_saved``,
+        ``length`` and ``value`` (the ones that apply; ``value`` is 0 in rows without a fact value), plus ``bleu``,
+        ``cosine`` (mixed, mode applied) and ``reward``."""
         with torch.no_grad():
             return self._components(inputs)
 
@@ -110,6 +113,8 @@ class MemoryRetentionReward:
             raise ValueError("MemoryRetentionReward needs reference_ids or saved data with a positive weight")
         if self.length_weight > 0 and inputs.reference_ids is None:
             raise ValueError("the length term needs reference_ids (or set length_weight=0)")
+        if self.value_weight > 0 and inputs.fact_values is None:
+            raise ValueError("the value term needs fact_values and generated_texts (or set value_weight=0)")
 
         out: dict[str, torch.Tensor] = {}
         if self.bleu_weight > 0:
@@ -141,15 +146,13 @@ class MemoryRetentionReward:
         out["cosine"] = mix("cos") if self.cosine_weight > 0 else zero
         length = out.get("length", zero)
         norm = self.bleu_weight + self.cosine_weight + self.length_weight
-        out["reward"] = (
-            self.scale
-            * (
-                self.bleu_weight * out["bleu"]
-                + self.cosine_weight * out["cosine"]
-                + self.length_weight * length
-            )
-            / norm
-        )
+        total = self.bleu_weight * out["bleu"] + self.cosine_weight * out["cosine"] + self.length_weight * length
+        if self.value_weight > 0:
+            out["value"], has_value = fact_value_hits(inputs.generated_texts, inputs.fact_values, device)
+            w_v = self.value_weight * has_value.float()  # no term (and no weight in the norm) for rows without one
+            out["reward"] = self.scale * (total + w_v * out["value"]) / (norm + w_v)
+        else:
+            out["reward"] = self.scale * total / norm
         return out
 
     def __call__(self, inputs: RewardInput) -> torch.Tensor:

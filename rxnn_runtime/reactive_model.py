@@ -287,8 +287,6 @@ class ReactiveModel:
             if not plan.empty:
                 self._inflight = self._launch(plan, events)
                 self._hand_over([(turn, self.sessions.reset(turn.session_id)) for turn in plan.resets])
-            if self._in_place:  # passes done by now are committed before the step's tokens are turned into events
-                events.extend(self._settle(wait=False))
             if previous is not None:
                 events.extend(self._finish(previous))
             # The turns ``previous`` ended update their memory now, queued behind the step just launched, rather

@@ -417,42 +417,6 @@ def test_an_idle_lane_waits_for_the_update_pass_itself_and_update_ms_covers_it()
         reactive.dispose()
 
 
-def test_a_pass_done_by_the_next_launch_is_committed_before_that_steps_tokens_become_events():
-    """The lane looks for done passes right after it launches a step, before it turns the previous step's tokens
-    into events (that work waits for the device and, at 64 sessions, takes a good part of a step), not only at the
-    end of the action: a pass done by then is committed first, its MemoryUpdated ahead of the tokens in the batch."""
-    model, tokenizer = tiny_model()
-    reactive = ReactiveModel(model, tokenizer, max_batch_size=2)
-    passes: list[FakePass] = []
-    launch = reactive.executor.launch
-
-    def launch_then_pass_done(plan, stm_of):
-        for earlier in passes:  # the device finished the pass while this step was being launched
-            earlier.done = True
-        launched = launch(plan, stm_of)
-        if plan.updates:
-            passes.append(FakePass())
-            launched.result.memory_ready = passes[-1]
-        return launched
-
-    reactive.executor.launch = launch_then_pass_done
-    batches = EventLog()
-    reactive.batches.subscribe(batches)
-    reactive.submit(Query("short", "hello", GenerationOptions(max_new_tokens=2)))
-    reactive.submit(Query("long", "hello", GenerationOptions(max_new_tokens=12)))
-    reactive.connect()
-    try:
-        assert batches.wait_for(lambda bs: sum(isinstance(e, MemoryUpdated) for b in bs for e in b) == 2)
-        batch = next(b for b in batches.events if any(isinstance(e, MemoryUpdated) and e.session_id == "short"
-                                                      for e in b))
-        kinds = [(type(e).__name__, e.session_id) for e in batch]
-        assert ("Token", "long") in kinds, kinds  # the long answer's token of the same step ...
-        assert kinds.index(("MemoryUpdated", "short")) < kinds.index(("Token", "long")), kinds  # ... after it
-        assert passes[0].waited == 1  # saved when found done (`InPlaceCommits` synchronises: at once here)
-    finally:
-        reactive.dispose()
-
-
 def test_a_query_that_arrives_during_a_step_is_admitted_by_the_next_step():
     """While other sessions decode, a query that arrives during a step is accepted at the start of the next step
     and prefilled by it, not by the step after (its own lane action would queue behind the next step)."""

@@ -39,6 +39,7 @@ from aiohttp import web
 from bench_utils import git_commit, time_ms
 
 from rxnn_runtime import event_bridge
+from rxnn_runtime.engine_process import EngineProcess, EngineSpec
 from rxnn_runtime.reactive_model import ReactiveModel
 from rxnn_runtime.server.app import create_app
 from rxt.atomic_io import atomic_write_json
@@ -185,6 +186,8 @@ async def start_server(reactive: ReactiveModel) -> tuple[web.AppRunner, str]:
 def graph_count(reactive: ReactiveModel) -> int:
     """CUDA graphs the runtime has captured so far (decode buckets, prefill and memory-update shapes): a level
     that captures any paid for it inside its timing (tens of ms each, the lane stalled for every session)."""
+    if isinstance(reactive, EngineProcess):
+        return reactive.call("graph_count")
     return reactive.executor.graph_count()
 
 
@@ -194,26 +197,25 @@ async def warm_up(url: str, args: argparse.Namespace, sessions: list[int], react
     queries arrive, so a warm-up level alone may miss some: at 64 clients it once left the 64-row decode bucket to
     the timed level), then each level once in full, unmeasured (allocator, sockets, the clients' start-up), before
     anything is timed. Each level records ``graph_captures``: 0 when the precapture covered it."""
-    from serving_clients import QUESTIONS
-
-    template = InteractionTemplate(reactive.tokenizer)
-    prompt = max(len(template.query_ids(q)) for q in QUESTIONS)
-    captured = reactive.executor.precapture(max_prompt_tokens=prompt,
-                                            max_interaction_tokens=prompt + args.max_new_tokens + 1)
+    sizes = precapture_sizes(reactive.tokenizer, args)
+    if isinstance(reactive, EngineProcess):  # the child captured them before it reported ready (EngineSpec)
+        captured = reactive.call("graph_count")
+    else:
+        captured = reactive.executor.precapture(**sizes)
     if getattr(args, "ab_compile_update", False):  # the arm's fused update passes: compiled and captured now, outside any timing
         executor, plain = reactive.executor, reactive.executor.updater
         executor.updater = MemoryUpdater(reactive.model, pad_id=reactive.tokenizer.pad_id,
                                          max_batch=executor.engine.max_slots, compile_pass=True)
         try:
             start = time.perf_counter()
-            executor.precapture(max_prompt_tokens=prompt, max_interaction_tokens=prompt + args.max_new_tokens + 1)
+            executor.precapture(**sizes)
             print(f"warm-up: fused memory-update graphs compiled and captured in {time.perf_counter() - start:.1f} s",
                   flush=True)
             args.fused_updater = executor.updater
         finally:
             executor.updater = plain
     memory = (f"; CUDA memory reserved {torch.cuda.memory_reserved() / 2**30:.1f} GiB"
-              if torch.cuda.is_available() and reactive.executor.device.type == "cuda" else "")
+              if not isinstance(reactive, EngineProcess) and reactive.executor.device.type == "cuda" else "")
     print(f"warm-up: {captured} decode, prefill and memory-update graphs captured ahead{memory}", flush=True)
     for n in sorted(set(sessions)):
         await _run_level(url, n, args.turns, args.max_new_tokens, args.clients_per_process)
@@ -221,10 +223,15 @@ async def warm_up(url: str, args: argparse.Namespace, sessions: list[int], react
 
 async def serve_levels(model: RxT, tokenizer: RxTokenizer, args: argparse.Namespace) -> list[dict]:
     interval = {} if args.switch_interval_s is None else {"switch_interval_s": args.switch_interval_s}
-    reactive = ReactiveModel(model, tokenizer, max_batch_size=max(args.clients), max_pending_per_session=4,
-                             update_stream=False if args.no_update_stream else None,
-                             compile_update=args.compile_update, **interval)
-    reactive.executor.set_update_priority(args.update_priority == "high")
+    settings = dict(max_batch_size=max(args.clients), max_pending_per_session=4,
+                    update_stream=False if args.no_update_stream else None, compile_update=args.compile_update,
+                    **interval)
+    if args.engine_process:  # the lane in a child process that builds the same seeded model (bench_parts)
+        reactive = EngineProcess(EngineSpec(bench_parts, ({k: getattr(args, k) for k in BENCH_MODEL_ARGS},),
+                                            reactive_kwargs=settings, precapture=precapture_sizes(tokenizer, args)))
+    else:
+        reactive = ReactiveModel(model, tokenizer, **settings)
+        reactive.executor.set_update_priority(args.update_priority == "high")
     runner, url = await start_server(reactive)
     levels = []
     try:
@@ -375,6 +382,25 @@ def bench_model(args: argparse.Namespace, tokenizer: RxTokenizer) -> tuple[RxT, 
     return model.to(device=device, dtype=dtype).eval(), device, dtype
 
 
+BENCH_MODEL_ARGS = ("device", "dtype", "preset", "config")
+
+
+def bench_parts(settings: dict) -> tuple[RxT, RxTokenizer, None]:
+    """`bench_model` of ``settings`` (``BENCH_MODEL_ARGS``) with its tokenizer, for `EngineSpec` (the child process
+    builds the same seeded weights as the parent's anchor); the store: the runtime's default."""
+    tokenizer = RxTokenizer.default()
+    model, _, _ = bench_model(argparse.Namespace(**settings), tokenizer)
+    return model, tokenizer, None
+
+
+def precapture_sizes(tokenizer: RxTokenizer, args: argparse.Namespace) -> dict[str, int]:
+    """`ModelExecutor.precapture`'s sizes for the clients' questions and answers."""
+    from serving_clients import QUESTIONS
+
+    prompt = max(len(InteractionTemplate(tokenizer).query_ids(q)) for q in QUESTIONS)
+    return {"max_prompt_tokens": prompt, "max_interaction_tokens": prompt + args.max_new_tokens + 1}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -402,6 +428,9 @@ def main() -> None:
                              "rxnn_runtime.reactive_model.SWITCH_INTERVAL_S at connect), e.g. 0.0001 0.00005")
     parser.add_argument("--ab-update-priority", action="store_true",
                         help="an interleaved A/B arm: memory-update passes on a stream of the highest priority")
+    parser.add_argument("--engine-process", action="store_true",
+                        help="the model's lane in a child process (rxnn_runtime.engine_process), apart from the "
+                             "server's event loop")
     parser.add_argument("--compile-update", action="store_true",
                         help="memory-update passes fused by torch.compile before capture (ReactiveModel compile_update)")
     parser.add_argument("--ab-compile-update", action="store_true",
@@ -426,6 +455,9 @@ def main() -> None:
         return
     if args.repeats < 1:
         parser.error(f"--repeats={args.repeats} must be >= 1")
+    if args.engine_process and (args.ab_compile_update or args.ab_update_priority or args.update_priority == "high"):
+        parser.error("--engine-process: the A/B arms and --update-priority reach into the lane, which is then in "
+                     "another process; run them without it")
     if any(n < 1 or n > 256 for n in args.clients):
         parser.error("--clients values must be within 1..256 (the benchmark targets 127.0.0.1 only)")
     if args.poll_ms is not None:
@@ -475,6 +507,7 @@ def main() -> None:
         "update_stream": not args.no_update_stream,
         "update_stream_priority": args.update_priority,
         "compile_update": args.compile_update,
+        "engine_process": args.engine_process,
         "event_bridge_poll_s": event_bridge.POLL_S,
         "event_bridge_poll_max_s": event_bridge.POLL_MAX_S,  # polls spaced by load up to this (poll_delay)
         "event_bridge_poll_load_factor": event_bridge.POLL_LOAD_FACTOR,

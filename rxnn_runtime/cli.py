@@ -71,34 +71,53 @@ def check_device(value: str) -> str:
     return value
 
 
-def _load_reactive(args: argparse.Namespace):
-    """Model (``--model`` or the packaged/untrained default) on ``--device``, its tokenizer and store, as a
-    connected ReactiveModel."""
-    from rxnn_runtime.reactive_model import ReactiveModel
+def load_parts(model_path: str | None, device: str, store_url: str | None = None,
+               retention: Any = None) -> tuple[Any, Any, Any]:
+    """``(model, tokenizer, store)``: the model (a directory or Hub repo id with its own tokenizer; None: the
+    packaged default, else an untrained nano, with a NOTE on stderr) on ``device``, and the session store. Module
+    level, so `rxnn serve --engine-process` hands it to its child process by name (`EngineSpec.factory`)."""
     from rxt.tokenizer import RxTokenizer
 
-    if args.model:
+    if model_path:
         from rxt.hub import tokenizer_for
         from rxt.model import RxT
 
         try:  # one resolver (rxt.resolve): an existing directory, else a Hub repo id; its own tokenizer with it
-            model = RxT.from_pretrained(args.model)
-            tokenizer, note = tokenizer_for(model, args.model)
+            model = RxT.from_pretrained(model_path)
+            tokenizer, note = tokenizer_for(model, model_path)
         except Exception as exc:
-            raise CliError(f"cannot load model {args.model}: {_one_line(exc)}") from exc
+            raise CliError(f"cannot load model {model_path}: {_one_line(exc)}") from exc
         if note:
             print(f"NOTE: {note}", file=sys.stderr)
-        trained = True
     else:
         from rxnn_runtime.demo import default_model
 
         tokenizer = RxTokenizer.default()
         model, trained = default_model(tokenizer)
-    model = model.to(args.device)
-    store = _open_store(args.store, _retention(args))
+        if not trained:
+            print("NOTE: UNTRAINED model (seeded random init): answers are noise.", file=sys.stderr)
+    return model.to(device), tokenizer, _open_store(store_url, retention)
+
+
+def _load_reactive(args: argparse.Namespace):
+    """The model, tokenizer and store of ``args`` (`load_parts`) as a connected lane: a `ReactiveModel` here, or
+    with ``--engine-process`` an `EngineProcess` (the lane in a child process, apart from the server's loop)."""
+    parts = (args.model, args.device, args.store, _retention(args))
+    if getattr(args, "engine_process", False):
+        from rxnn_runtime.engine_process import EngineProcess, EngineProcessError, EngineSpec
+
+        engine = EngineProcess(EngineSpec(load_parts, parts))
+        try:
+            engine.connect()
+        except EngineProcessError as exc:
+            raise CliError(_one_line(exc)) from exc
+        return engine
+    from rxnn_runtime.reactive_model import ReactiveModel
+
+    model, tokenizer, store = load_parts(*parts)
     reactive = ReactiveModel(model, tokenizer, store=store)
     reactive.connect()
-    return reactive, trained
+    return reactive
 
 
 def _retention(args: argparse.Namespace):
@@ -140,9 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
         from rxnn_runtime.server.app import run_server
     except ImportError as exc:
         raise CliError(f"the server module is not available: {_one_line(exc)}") from exc
-    reactive, trained = _load_reactive(args)
-    if not trained:
-        print("NOTE: serving an UNTRAINED model (seeded random init): answers are noise.", file=sys.stderr)
+    reactive = _load_reactive(args)
 
     def listening(url: str) -> None:  # the real address (the port chosen when --port 0), for people and scripts
         print(f"rxnn serve: listening on {url}", flush=True)
@@ -219,15 +236,13 @@ def _chat(args: argparse.Namespace) -> int:
         Reset(session_id)  # validates the id
     except InvalidMessage as exc:
         raise CliError(f"--session {session_id!r}: {exc}") from exc
-    reactive, trained = _load_reactive(args)
+    reactive = _load_reactive(args)
     out = sys.stdout
     interactive = sys.stdin.isatty()
     if interactive:
         with contextlib.suppress(ImportError):  # input() then edits lines and keeps a history (not on Windows)
             import readline  # noqa: F401
     try:
-        if not trained:
-            print("NOTE: UNTRAINED model (seeded random init): answers are noise.", file=sys.stderr)
         state = reactive.session_state(session_id)
         turns = state.turns if state else 0
         print(f"session {session_id} ({turns} turns in memory). Commands: /reset, /save DIR, /quit", file=out)
@@ -293,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a browser origin (scheme://host[:port]) allowed besides the server's own; repeatable")
     serve.add_argument("--session-limit", metavar="N", type=int,
                        help="keep at most N idle sessions (memory: default 1024; directory: delete the oldest)")
+    serve.add_argument("--engine-process", action="store_true",
+                       help="run the model's lane in a process of its own, apart from the server's event loop (each "
+                       "then has a Python interpreter to itself: faster under many sessions; slower to start)")
     serve.add_argument("--session-ttl", metavar="SECONDS", type=float,
                        help="drop sessions idle for SECONDS (memory: default 3600; directory/redis: delete/expire)")
     serve.set_defaults(func=_serve)

@@ -219,6 +219,36 @@ def test_serve_port_0_prints_the_real_address_flushed(tiny_model_dir):
             assert response.status == 200
 
 
+def test_serve_with_the_engine_process_answers_a_turn_and_stops_on_sigterm(tiny_model_dir):
+    """``--engine-process``: the lane in a child process; /healthz and a websocket turn as without it, and SIGTERM
+    stops both processes with exit 0 (`_serving` checks it)."""
+    import asyncio
+
+    import aiohttp
+
+    env = {k: v for k, v in ENV.items() if k != "PYTHONUNBUFFERED"}
+    with _serving("--model", str(tiny_model_dir), "--port", "0", "--device", "cpu", "--engine-process",
+                  env=env) as proc:
+        line = proc.stdout.readline()
+        prefix = "rxnn serve: listening on http://127.0.0.1:"
+        assert line.startswith(prefix), proc.stderr.read() if proc.poll() is not None else line
+        url = line.strip()[len(prefix) - len("http://127.0.0.1:"):]
+
+        async def one_turn() -> list[str]:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{url}/healthz") as response:
+                    assert response.status == 200 and (await response.json())["lane"]["alive"] is True
+                async with http.ws_connect(f"{url}/ws") as ws:
+                    await ws.send_json({"type": "query", "session": "e", "id": "q", "text": "hi", "max_new_tokens": 3})
+                    kinds = []
+                    while not kinds or kinds[-1] not in ("memory_updated", "error"):
+                        kinds.append((await ws.receive_json(timeout=60))["type"])
+                    return kinds
+
+        kinds = asyncio.run(one_turn())
+        assert kinds[0] == "query_accepted" and "answer" in kinds and kinds[-1] == "memory_updated", kinds
+
+
 @pytest.mark.parametrize("command", ["serve", "chat"])
 def test_device_that_is_absent_or_unknown_exits_2(command):
     absent = "cuda:999" if torch.cuda.is_available() else "cuda"

@@ -218,6 +218,10 @@ def serving() -> list[str]:
             label += f" ({version.split(':', 1)[0]})"
         if run.get("update_stream_priority") == "high":  # settings a run changed from the runtime's defaults
             label += ", high-priority updates"
+        if run.get("engine_process"):
+            label += ", lane in a child process"
+        if run.get("compile_update"):
+            label += ", fused update passes"
         if run.get("gil_switch_interval_s", 1.0) < 0.00019:
             label += f", GIL switch {run['gil_switch_interval_s'] * 1e3:.1f} ms"
         for lv in run["levels"]:

@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep at most N idle sessions (memory: default 1024; directory: delete the oldest)")
     serve.add_argument("--engine-process", action="store_true",
                        help="run the model's lane in a process of its own, apart from the server's event loop (each "
-                       "then has a Python interpreter to itself: faster under many sessions; slower to start)")
+                       "then has a Python interpreter to itself; slower to start)")
     serve.add_argument("--session-ttl", metavar="SECONDS", type=float,
                        help="drop sessions idle for SECONDS (memory: default 3600; directory/redis: delete/expire)")
     serve.set_defaults(func=_serve)

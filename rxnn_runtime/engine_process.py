@@ -7,6 +7,12 @@ encoding, writes), so a step takes about their sum, 1.2 ms, against the device's
 interpreter of its own, as vLLM's engine core runs apart from its API server: the lane pays only for handing each
 step's batch to a pipe.
 
+Measured (`benchmarks/results/serving.json`, seventh session, one H200, the two arms alternated twice): at 64 nano
+sessions 49.8k and 48.6k tokens/s with the lane in a child process against 46.3k and 48.8k in the server's process,
+the same within the runs' spread, and the memory update no shorter. The loop's share of the GIL is not what bounds
+the runtime there; the lane's own work per step is. It stays an option (``rxnn serve --engine-process``), off by
+default: it costs a process start (the child loads the model) and gains nothing measured yet.
+
     engine = EngineProcess(EngineSpec(build_default, ("runs/nano/final", "cuda")))
     engine.connect()                      # starts the child, waits until its model is loaded (and graphs captured)
     app = create_app(engine)              # the websocket/OpenAI server, unchanged

@@ -218,6 +218,8 @@ def serving() -> list[str]:
             label += f" ({version.split(':', 1)[0]})"
         if run.get("update_stream_priority") == "high":  # settings a run changed from the runtime's defaults
             label += ", high-priority updates"
+        if run.get("update_stream") is False:
+            label += ", updates on the lane's stream"
         if run.get("engine_process"):
             label += ", lane in a child process"
         if run.get("compile_update"):

@@ -122,8 +122,6 @@ def _ab_arms(args: argparse.Namespace, reactive: ReactiveModel) -> list[tuple[st
     arms = []
     if args.ab_update_priority:
         arms.append(("update_stream_priority=high", lambda: _update_priority(reactive)))
-    if args.ab_first_token_polls:
-        arms.append(("first_tokens_ride_polls", lambda: _setting(event_bridge, "URGENT_FIRST_TOKENS", False)))
     if args.ab_poll_max_ms is not None:
         arms.append((f"poll_max_ms={args.ab_poll_max_ms:g}",
                      lambda: _setting(event_bridge, "POLL_MAX_S", args.ab_poll_max_ms / 1e3)))
@@ -428,9 +426,6 @@ def main() -> None:
     parser.add_argument("--ab-switch-interval-s", type=float, nargs="+", default=None,
                         help="interleaved A/B arms of Python's GIL switch interval, one per value (the runtime sets "
                              "rxnn_runtime.reactive_model.SWITCH_INTERVAL_S at connect), e.g. 0.0001 0.00005")
-    parser.add_argument("--ab-first-token-polls", action="store_true",
-                        help="an interleaved A/B arm: a turn's first token waits for the bridge's next poll like "
-                             "later tokens (rxnn_runtime.event_bridge.URGENT_FIRST_TOKENS off: before it was on)")
     parser.add_argument("--ab-update-priority", action="store_true",
                         help="an interleaved A/B arm: memory-update passes on a stream of the highest priority")
     parser.add_argument("--engine-process", action="store_true",
@@ -460,8 +455,7 @@ def main() -> None:
         return
     if args.repeats < 1:
         parser.error(f"--repeats={args.repeats} must be >= 1")
-    if args.engine_process and (args.ab_compile_update or args.ab_update_priority or args.update_priority == "high"
-                                or args.ab_first_token_polls):
+    if args.engine_process and (args.ab_compile_update or args.ab_update_priority or args.update_priority == "high"):
         parser.error("--engine-process: the A/B arms and --update-priority reach into the lane, which is then in "
                      "another process; run them without it")
     if any(n < 1 or n > 256 for n in args.clients):
@@ -517,7 +511,6 @@ def main() -> None:
         "event_bridge_poll_s": event_bridge.POLL_S,
         "event_bridge_poll_max_s": event_bridge.POLL_MAX_S,  # polls spaced by load up to this (poll_delay)
         "event_bridge_poll_load_factor": event_bridge.POLL_LOAD_FACTOR,
-        "event_bridge_urgent_first_tokens": event_bridge.URGENT_FIRST_TOKENS,
         "memory_update_bare": update_check,
         # the most memory the run held (graph pools included): the ~1B config once ran out capturing graphs
         "cuda_max_memory_reserved_gib": (torch.cuda.max_memory_reserved() / 2**30 if device.type == "cuda" else None),

@@ -37,7 +37,7 @@ from reactivex.disposable import Disposable
 from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
 
 from rxnn_runtime.crossing import Crossing
-from rxnn_runtime.events import TERMINAL_EVENTS, Event, Token
+from rxnn_runtime.events import TERMINAL_EVENTS, Event
 
 
 class _LoopScheduler(AsyncIOThreadSafeScheduler):
@@ -65,11 +65,6 @@ IDLE_POLLS = 10
 """Polls in a row that found nothing before the loop stops polling (and the lane ticks again): polling outlasts
 the gaps of a busy server (a long step, a memory-update pass), and an idle one stops after 10 ms."""
 
-URGENT_FIRST_TOKENS = True
-"""Whether a batch holding a turn's first token wakes the loop at once (`_urgent`): that token is the turn's time
-to first token, and under load the next poll may be up to ``POLL_MAX_S`` away. A turn has one first token, so a
-busy server sends about one such tick per batch of queries admitted together."""
-
 log = logging.getLogger(__name__)
 
 _BRIDGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {id(reactive): EventBridge}
@@ -92,14 +87,11 @@ def poll_delay(last_drain_s: float) -> float:
 
 
 def _urgent(batch: tuple[Event, ...]) -> bool:
-    """Whether a batch must wake the loop at once rather than wait for its next poll (up to ``POLL_MAX_S``): one
-    with a turn's terminal event (MemoryUpdated, Cancelled, Error), which its client waits for before it sends the
-    next query, so a poll's wait there would be a wait between turns; and (``URGENT_FIRST_TOKENS``) one with a
-    turn's first token, its client's time to first token. Later tokens and answers (most batches of a busy server,
-    whose every tick would hand the GIL to the loop thread mid-step) ride the polls."""
-    first = URGENT_FIRST_TOKENS
-    return any(type(event) in _WAITED_FOR or (first and type(event) is Token and event.index == 0)
-               for event in batch)
+    """Whether a batch must wake the loop at once rather than wait for its next poll (up to ``POLL_S``): one with a
+    turn's terminal event (MemoryUpdated, Cancelled, Error), which its client waits for before it sends the next
+    query, so a poll's wait there would be a wait between turns. Tokens and answers (most batches of a busy
+    server, whose every tick would hand the GIL to the loop thread mid-step) ride the polls."""
+    return any(type(event) in _WAITED_FOR for event in batch)
 
 
 class EventBridge:

@@ -22,7 +22,6 @@ def test_serving_reports_the_servers_update_time_and_the_ab(tmp_path, load_scrip
     monkeypatch.setattr(sys, "argv", ["serving.py", "--device", "cpu", "--preset", "tiny", "--clients", "1", "2",
                                       "--clients-per-process", "2", "--turns", "2", "--max-new-tokens", "3",
                                       "--repeats", "1", "--ab-poll-max-ms", "1", "--ab-switch-interval-s", "0.0001",
-                                      "--ab-first-token-polls",
                                       "--ab-levels", "2",
                                       "--out", str(out)])
     try:
@@ -39,11 +38,7 @@ def test_serving_reports_the_servers_update_time_and_the_ab(tmp_path, load_scrip
         assert level["memory_update_ms_median"] > 0 and level["memory_update_client_ms_median"] >= 0
         assert level["memory_update_ms_p90"] >= level["memory_update_ms_median"]
     assert "ab_arms" not in one
-    assert [arm["arm"] for arm in two["ab_arms"]] == ["first_tokens_ride_polls", "poll_max_ms=1",
-                                                      "switch_interval_s=0.0001"]
-    from rxnn_runtime import event_bridge as bridge
-
-    assert bridge.URGENT_FIRST_TOKENS is True and run["event_bridge_urgent_first_tokens"] is True  # put back
+    assert [arm["arm"] for arm in two["ab_arms"]] == ["poll_max_ms=1", "switch_interval_s=0.0001"]
     assert all(len(arm["repeats"]) == 1 and arm["aggregate_tokens_per_s"] > 0 for arm in two["ab_arms"])
     assert abs(interval_after - min(interval, 0.0002)) < 2e-6  # the runtime's own, back after the A/B arm
 

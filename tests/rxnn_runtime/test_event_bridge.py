@@ -112,21 +112,16 @@ async def test_a_sink_gets_one_list_per_drain_for_all_its_sessions_in_seq_order(
     assert bridge._subscription is None
 
 
-def test_batches_that_wake_the_loop_at_once(monkeypatch):
-    """Batches with a turn's terminal event (what a client waits for before its next query) or a turn's first token
-    (its time to first token) cross at once; later tokens and answers wait for the loop's next poll."""
-    from rxnn_runtime import event_bridge
+def test_batches_that_wake_the_loop_at_once():
+    """Batches with a turn's terminal event (what a client waits for before its next query) cross at once; tokens
+    and answers wait for the loop's next poll."""
     from rxnn_runtime.event_bridge import _urgent
     from rxnn_runtime.events import AnswerDone, Cancelled, Error, MemoryUpdated, Token
 
     def token(index):
         return Token(session_id="s", turn_id=1, seq=index + 1, index=index)
 
-    assert _urgent((token(3), token(0))) and _urgent((token(0),))
-    assert not _urgent((token(1), token(4)))
-    monkeypatch.setattr(event_bridge, "URGENT_FIRST_TOKENS", False)  # first tokens ride the polls too
     assert not _urgent((token(0), token(4)))
-    monkeypatch.setattr(event_bridge, "URGENT_FIRST_TOKENS", True)
     assert not _urgent((token(5), AnswerDone(session_id="s", turn_id=1, seq=9)))
     assert _urgent((token(3), MemoryUpdated(session_id="s", turn_id=1, seq=10)))
     assert _urgent((Cancelled(session_id="s", turn_id=1, seq=11),))

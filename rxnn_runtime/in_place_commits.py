@@ -42,15 +42,21 @@ class InPlaceCommits:
 
     def settle(self, *, wait: bool) -> list[Saved]:
         """Save the commits whose pass is done, oldest first, stopping at the first pass still running (``wait``:
-        every commit, waiting for its pass on the device, the GIL let go)."""
+        every commit, waiting for its pass on the device, the GIL let go).
+
+        A pass found done by ``query()`` is not synchronised on as well: ``synchronize()`` lets the GIL go even for
+        a finished event, and the lane then waits for the event loop's thread to hand it back (at 64 sessions the
+        saves of one pass took 0.9 ms on the lane this way, for 0.06 ms of work; `runtime_overhead.json`)."""
         saved: list[Saved] = []
         while True:
             with self._lock:
                 if not self._queue:
                     return saved
                 commits, ready = self._queue[0]
-                if ready is not None and not wait and not ready.query():
-                    return saved
+                if ready is not None and not wait:
+                    if not ready.query():
+                        return saved
+                    ready = None  # done: nothing to wait for
                 self._queue.popleft()
             saved.extend(self._save(commits, ready))
 

@@ -41,6 +41,7 @@ def test_settles_oldest_first_and_stops_at_a_running_pass():
     assert [(turn, state.session_id, error) for turn, state, error in saved] == [
         ("turn-a", "a", None), ("turn-b", "b", None), ("turn-c", "c", None)]
     assert store.saved == ["a", "b", "c"] and not queue
+    assert first.waited == second.waited == 0  # found done: not synchronised on (that would let the GIL go)
     queue.add(_commits("d"))  # a pass run synchronously (no event): saved at the next settle
     assert [state.session_id for _, state, _ in queue.settle(wait=False)] == ["d"]
 

@@ -63,7 +63,8 @@ class EngineSpec:
     start_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
-        if not callable(self.factory) or getattr(self.factory, "__qualname__", "").count("<"):
+        # a lambda or a nested function has "<lambda>" / "<locals>" in its qualified name: not importable by name
+        if not callable(self.factory) or "<" in getattr(self.factory, "__qualname__", "<"):
             raise ValueError("EngineSpec.factory must be a module-level function (the child imports it by name)")
         if self.start_timeout_s <= 0:
             raise ValueError(f"EngineSpec.start_timeout_s={self.start_timeout_s} must be > 0")
@@ -150,11 +151,6 @@ class EngineProcess:
 
         self.submit(Prime(session_id, tuple((str(q), str(a)) for q, a in interactions), query_id=query_id))
 
-    def session(self, session_id: str):
-        from rxnn_runtime.session import ReactiveSession
-
-        return ReactiveSession(self, session_id)
-
     def lane_health(self, timeout: float = 2.0) -> dict[str, Any]:
         if self._disposed or self._process is None or not self._process.is_alive():
             return {"alive": False, "error": self._failure or "the engine process is not running"}
@@ -172,7 +168,7 @@ class EngineProcess:
         return self._call("session_state", session_id)
 
     def call(self, name: str, *args: Any, timeout: float = 60.0) -> Any:
-        """Run ``name`` on the child's side (`_CALLS`: also ``graph_count`` and ``precapture``) and return its value."""
+        """Run ``name`` on the child's side (`_CALLS`, e.g. ``graph_count``) and return its value."""
         return self._call(name, *args, timeout=timeout)
 
     # -- the pipe ----------------------------------------------------------------------------------------------
@@ -242,7 +238,6 @@ _CALLS: dict[str, Callable[..., Any]] = {
     "store_health": lambda reactive: reactive.store.health(),
     "session_state": lambda reactive, session_id: reactive.session_state(session_id),
     "graph_count": lambda reactive: reactive.executor.graph_count(),
-    "precapture": lambda reactive, kwargs: reactive.executor.precapture(**kwargs),
 }
 
 

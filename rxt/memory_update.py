@@ -79,7 +79,6 @@ class MemoryUpdater:
         # graphs captured on PyTorch's shared default capture stream would all use the one workspace, so an update
         # replayed beside a decode step (the runtime runs updates on a side stream) would race it.
         self._capture_stream: torch.cuda.Stream | None = None
-        self.compile_pass = compile_pass
         # fullgraph: a graph break would split the fused pass (and fall back to Python inside the capture)
         self._new_memory = (torch.compile(self._padded_update, dynamic=True, fullgraph=True, backend=compile_backend)
                             if compile_pass else self._padded_update)

@@ -13,13 +13,16 @@
 TensorBoard scalars (reward mean/min/max; ``value_term_mean``, the fact-value term's mean over the collection's
 question steps, i.e. the recall of the training answers, whatever ``reward.value_weight``; policy/value loss, KL,
 entropy, STM change, recall), tqdm, a reward-curve PNG and ``final/`` (RxT ``save_pretrained`` + tokenizer +
-``critic.pt``) in ``train.output_dir``.
+``critic.pt``) in ``train.output_dir``. With ``train.save_every`` N > 0, the policy is also saved every N updates as
+``snapshots/update-<n>/`` (loads with ``RxT.from_pretrained``; the newest ``train.keep_last`` kept, 0 = all), so a
+run can be scored afterwards at several points, as IMPO's eval reward moves by less than the benchmark's noise.
 """
 
 from __future__ import annotations
 
 import copy
 import random
+import shutil
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -48,6 +51,17 @@ from training.plumbing import ScalarLog, UnfreezeSchedule, plot_curves, resolve_
 from training.rewards import model_embedding
 from training.time_budget import TimeBudget
 from training.trainer import seed_everything
+
+SNAPSHOT_DIR = "snapshots"
+
+
+def list_snapshots(output_dir: str | Path) -> list[Path]:
+    """The policy snapshots of a run (`MRLTrainer.save_snapshot`), oldest first."""
+    root = Path(output_dir) / SNAPSHOT_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("update-") and p.name[7:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[7:]))
 
 
 class MRLTrainer:
@@ -185,7 +199,26 @@ class MRLTrainer:
         self.updates += 1
         self.history.append({"update": self.updates, **stats})
         self.log_scalars("train", {k: v for k, v in stats.items() if k != "transitions"}, self.updates)
+        if self.cfg.save_every and self.updates % self.cfg.save_every == 0:
+            self.save_snapshot()
         return stats
+
+    def save_snapshot(self) -> Path:
+        """The policy now (weights, config, tokenizer) as ``snapshots/update-<n>/``: a model folder, not a resumable
+        checkpoint (no optimizer or critic). Written whole, then renamed into place, so a killed run never leaves a
+        half-written folder under that name; then all but the newest ``keep_last`` are deleted."""
+        root = self.output_dir / SNAPSHOT_DIR
+        folder = root / f"update-{self.updates:06d}"
+        partial = root / f".partial-{folder.name}"
+        shutil.rmtree(partial, ignore_errors=True)
+        self.policy.save_pretrained(partial)
+        self.tokenizer.save_pretrained(partial)
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+        if self.cfg.keep_last:
+            for old in list_snapshots(self.output_dir)[: -self.cfg.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        return folder
 
     @torch.no_grad()
     def evaluate(self, stage: CurriculumStage, index: int) -> dict[str, float]:
@@ -278,4 +311,4 @@ class MRLTrainer:
         self.scalar_log.close()
 
 
-__all__ = ["MRLTrainer"]
+__all__ = ["MRLTrainer", "list_snapshots"]

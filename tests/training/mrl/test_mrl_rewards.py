@@ -105,3 +105,4 @@ def test_tiny_mrl_with_a_value_weight_logs_the_value_term(tmp_path):
     (events,) = (tmp_path / "tensorboard").rglob("events.out.tfevents.*")
     scalars = EventAccumulator(str(events)).Reload().Tags()["scalars"]
     assert "train/value_term_mean" in scalars and "train/reward_mean" in scalars
+

@@ -347,12 +347,18 @@ def evaluate_unseen_phrasing(system: System, episodes: dict[int, list[EpisodeRec
             "recall_mean": sum(recall.values()) / len(recall) if recall else 0.0}
 
 
+MISSES_KEPT = 16
+
+
 def evaluate_recall(system: System, episodes: dict[int, list[EpisodeRecord]], scorer: RewardScorer,
                     max_new_tokens: int) -> dict[str, Any]:
     recall: dict[str, float] = {}
     reward: dict[str, float] = {}
     counts: dict[str, int] = {}
     examples: dict[str, dict[str, str]] = {}
+    # the episodes not recalled (the first MISSES_KEPT per k; an ablation misses them all): what a person reads to
+    # see why a model fails where it does
+    misses: dict[str, list[dict[str, str]]] = {}
     for k, items in episodes.items():
         hits, rewards = 0, []
         for episode, answer in zip(items, system.answers(items, max_new_tokens), strict=True):
@@ -361,9 +367,12 @@ def evaluate_recall(system: System, episodes: dict[int, list[EpisodeRecord]], sc
             hit = recall_hit(answer, episode.metadata["fact_value"])
             hits += hit
             rewards.append(scorer(answer, question.answer, turns[statement_turn(episode)]))
+            record = {"question": question.query, "fact_value": episode.metadata["fact_value"], "answer": answer,
+                      "hit": bool(hit)}
             if str(k) not in examples:
-                examples[str(k)] = {"question": question.query, "fact_value": episode.metadata["fact_value"],
-                                    "answer": answer, "hit": bool(hit)}
+                examples[str(k)] = record
+            if not hit and len(misses.setdefault(str(k), [])) < MISSES_KEPT:
+                misses[str(k)].append(record)
         recall[str(k)] = hits / len(items) if items else 0.0
         reward[str(k)] = sum(rewards) / len(rewards) if rewards else 0.0
         counts[str(k)] = len(items)
@@ -374,6 +383,7 @@ def evaluate_recall(system: System, episodes: dict[int, list[EpisodeRecord]], sc
         "reward_mean": sum(reward.values()) / len(reward) if reward else 0.0,
         "episodes_per_k": counts,
         "examples": examples,
+        "misses": misses,
     }
 
 

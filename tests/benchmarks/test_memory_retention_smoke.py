@@ -47,6 +47,9 @@ def test_memory_retention_smoke(tmp_path, monkeypatch, load_script):
         assert all(0.0 <= v <= 1.0 for v in result["recall"].values())
         assert all(0.0 <= v <= 10.0 for v in result["reward"].values())
         assert result["episodes_per_k"] == dict.fromkeys(DISTANCES, 2)
+        for k, recall in result["recall"].items():  # the misses listed are the episodes not recalled
+            misses = result["misses"].get(k, [])
+            assert len(misses) == round((1.0 - recall) * 2) and not any(m["hit"] for m in misses)
         unseen = result["unseen_phrasing"]
         assert list(unseen["recall"]) == DISTANCES and len(unseen["phrasings"]) == 2
         assert all(0.0 <= v <= 1.0 for v in unseen["recall"].values())

@@ -184,6 +184,8 @@ def where_a_step_goes() -> list[str]:
     carried = [r for r in d["stages"] if "measured_in" in r]
     for r in carried:
         lines.append(f"\n`{r['stage']}` comes from another run: `{r['measured_in']}`.")
+    for r in (r for r in d["stages"] if "note" in r and r["stage"] in names):
+        lines.append(f"\n`{r['stage']}`: {r['note']}.")
     return lines
 
 

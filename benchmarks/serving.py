@@ -127,6 +127,8 @@ def _ab_arms(args: argparse.Namespace, reactive: ReactiveModel) -> list[tuple[st
                      lambda: _setting(event_bridge, "POLL_MAX_S", args.ab_poll_max_ms / 1e3)))
     if getattr(args, "fused_updater", None) is not None:
         arms.append(("compile_update", lambda: _setting(reactive.executor, "updater", args.fused_updater)))
+    if args.ab_no_settle_while_waiting:
+        arms.append(("settle_while_waiting=False", lambda: _setting(reactive, "settle_while_waiting", False)))
     for seconds in args.ab_switch_interval_s or ():
         arms.append((f"switch_interval_s={seconds:g}", lambda seconds=seconds: _switch_interval(seconds)))
     return arms
@@ -435,6 +437,9 @@ def main() -> None:
                         help="memory-update passes fused by torch.compile before capture (ReactiveModel compile_update)")
     parser.add_argument("--ab-compile-update", action="store_true",
                         help="an interleaved A/B arm: the memory-update passes fused by torch.compile")
+    parser.add_argument("--ab-no-settle-while-waiting", action="store_true",
+                        help="A/B: the lane sees finished memory-update passes only at the end of its steps "
+                             "(ReactiveModel settle_while_waiting=False) against the default")
     parser.add_argument("--update-priority", choices=["normal", "high"], default="normal",
                         help="the memory-update passes' stream priority (ModelExecutor.set_update_priority)")
     parser.add_argument("--switch-interval-s", type=float, default=None,
@@ -455,7 +460,8 @@ def main() -> None:
         return
     if args.repeats < 1:
         parser.error(f"--repeats={args.repeats} must be >= 1")
-    if args.engine_process and (args.ab_compile_update or args.ab_update_priority or args.update_priority == "high"):
+    if args.engine_process and (args.ab_compile_update or args.ab_no_settle_while_waiting or args.ab_update_priority
+                                or args.update_priority == "high"):
         parser.error("--engine-process: the A/B arms and --update-priority reach into the lane, which is then in "
                      "another process; run them without it")
     if any(n < 1 or n > 256 for n in args.clients):
@@ -507,6 +513,7 @@ def main() -> None:
         "update_stream": not args.no_update_stream,
         "update_stream_priority": args.update_priority,
         "compile_update": args.compile_update,
+        "settle_while_waiting": True,  # the runtime's default since the eighth session (ReactiveModel)
         "engine_process": args.engine_process,
         "event_bridge_poll_s": event_bridge.POLL_S,
         "event_bridge_poll_max_s": event_bridge.POLL_MAX_S,  # polls spaced by load up to this (poll_delay)

@@ -38,6 +38,7 @@ A failure in one phase fails only the turns of that phase (reported in `StepResu
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -52,6 +53,11 @@ from rxt.sampling import SamplingConfig, choose_rows_on_device
 from rxt.sampling_noise import SampleStream
 
 log = logging.getLogger(__name__)
+
+
+#: how often `ModelExecutor.collect` looks at a running step's event while its caller has work to do between looks
+#: (a decode step of the nano model takes 0.5-1 ms on an H200; Python sleeps no shorter than ~50 us on Linux)
+WAIT_POLL_S = 50e-6
 
 
 @dataclass
@@ -255,13 +261,21 @@ class ModelExecutor:
         step.host.copy_(self._next, non_blocking=True)
         step.ready.record()
 
-    def collect(self, step: LaunchedStep) -> StepResult:
-        """Wait for the step's tokens and hand back its result (a device error fails the step's rows)."""
+    def collect(self, step: LaunchedStep, while_waiting: Callable[[], bool] | None = None) -> StepResult:
+        """Wait for the step's tokens and hand back its result (a device error fails the step's rows).
+
+        ``while_waiting``: called between looks at the step's event while the step runs on the device (every
+        `WAIT_POLL_S`, the GIL let go in between), for as long as it returns True; then the wait blocks as usual.
+        The runtime settles the memory-update passes that finish meanwhile (`ReactiveModel`), where it would
+        otherwise see them only at the end of its step."""
         result = step.result
         if not step.rows:
             return result
         try:
             if step.ready is not None:
+                if while_waiting is not None:
+                    while not step.ready.query() and while_waiting():
+                        time.sleep(WAIT_POLL_S)
                 step.ready.synchronize()
                 step.values = step.host.tolist()
                 self._host_buffers.append(step.host)  # read: free for a later step

@@ -87,11 +87,15 @@ class ReactiveModel:
         update_stream: bool | None = None,
         executor: ModelExecutor | None = None,
         compile_update: bool = False,
+        settle_while_waiting: bool = True,
     ) -> None:
         """``executor``: an idle `ModelExecutor` over ``model`` with ``max_batch_size`` slots to reuse (reset here;
         ``use_cuda_graphs``, ``update_stream`` and ``compile_update`` are then its own), e.g. one per trainer across
         its collections; None builds one. ``compile_update``: the memory-update passes fused by torch.compile
-        before their graphs are captured (CUDA; a compile of 14-20 s on an H200 at the first capture)."""
+        before their graphs are captured (CUDA; a compile of 14-20 s on an H200 at the first capture).
+        ``settle_while_waiting``: while the lane waits for a decode step on the device, it looks at the memory-update
+        passes in flight and commits and announces those done at once, rather than at the end of its step
+        (`_settle_while_waiting`)."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size} must be >= 1")
         if switch_interval_s is not None and switch_interval_s <= 0:
@@ -148,6 +152,7 @@ class ReactiveModel:
         # lane once their pass is done (`_settle`), with no hop to a commit thread and back.
         self._in_place = InPlaceCommits(self.store)
         self._settle_scheduled = False
+        self.settle_while_waiting = settle_while_waiting
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def connect(self) -> abc.DisposableBase:
@@ -356,7 +361,20 @@ class ReactiveModel:
         return self.sessions.get(session_id).stm
 
     def _finish(self, launched) -> list[Event]:
-        return self.scheduler.update_from_output(launched.plan, self.executor.collect(launched))
+        waiting = self._settle_while_waiting if self.settle_while_waiting and self._in_place else None
+        return self.scheduler.update_from_output(launched.plan, self.executor.collect(launched, waiting))
+
+    def _settle_while_waiting(self) -> bool:
+        """Called between looks at a decode step still running on the device: the in-place commits whose pass is
+        done by now are saved and announced at once, as a batch of their own (their sessions' MemoryUpdated need
+        not wait for the step and its token events). True while commits still wait for their pass.
+
+        Without it the lane sees a finished pass only at the end of its step: at 64 sessions a step is 1-1.5 ms,
+        and the memory update's median was 3-4x one session's (`serving.json`)."""
+        events = self._settle(wait=False)
+        if events:
+            self._emit(events)
+        return bool(self._in_place)
 
     def _on_committed(self, commits: list[tuple[ActiveTurn, SessionState, str | None]]) -> None:
         """From the commit writer's threads: the report crosses onto the lane (`_on_commit_reports`)."""

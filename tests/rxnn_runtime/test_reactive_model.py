@@ -283,7 +283,7 @@ def test_update_pass_and_commit_go_in_the_lane_action_that_ends_the_answer():
     launch, collect, submit = reactive.executor.launch, reactive.executor.collect, reactive._hand_over
     reactive.executor.launch = lambda plan, stm_of: calls.append(("launch", id(plan), len(plan.updates))) or \
         launch(plan, stm_of)
-    reactive.executor.collect = lambda step: calls.append(("collect", id(step.plan))) or collect(step)
+    reactive.executor.collect = lambda step, *wait: calls.append(("collect", id(step.plan))) or collect(step, *wait)
     # the hand-over: to the lane's in-place commits (the in-process store) or to the commit writer's threads
     reactive._hand_over = lambda commits, ready=None: calls.append(("submit", len(commits))) or \
         submit(commits, ready)

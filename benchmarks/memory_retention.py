@@ -3,12 +3,14 @@ stateless baseline, on held-out data.
 
 **Synthetic recall.** Held-out synthetic memory dialogues (``split="eval"``: fact values from a generator space
 disjoint from training's, and a seed of their own): a fact is stated, then k turns follow (k = 1, 2, 4, 8, 16;
-unrelated filler, and 1-3 distractor facts of the same group stated among them or just before the fact), then a
-question about the fact. The history turns are teacher-forced (their reference query and answer are what the
+unrelated filler, and 1-3 distractor facts of the same group stated among them; the asked fact is the episode's
+first), then a question about the fact. The history turns are teacher-forced (their reference query and answer are what the
 model reads or writes to memory), so only retention is measured; the answer to the question is generated
 greedily. Reported per k: exact-match recall (`recall_hit`: the fact value occurs as whole words in the answer);
 the same recall with the question asked in one of two hand-written phrasings the generator never produces
-(``unseen_phrasing``); and the composite MRL reward (`MemoryRetentionReward`, 0-10, ``long_range`` mode: BLEU
+(``unseen_phrasing``); the recall of a second fact, of another group, stated after the first one was asked and
+answered and asked k turns later (``after_a_question``: the same episodes with a second segment, as a person tells
+and asks things in one conversation); and the composite MRL reward (`MemoryRetentionReward`, 0-10, ``long_range`` mode: BLEU
 against the reference answer and the interaction that stated the fact, plus the length term; no cosine term, so
 every system is scored the same way, with the first RxT's tokenizer).
 
@@ -275,10 +277,11 @@ def load_systems(rxt_specs: Sequence[str], baseline_specs: Sequence[str], device
 # ------------------------------------------------------------------------------------------------------ data
 
 
-def synthetic_episodes(distances: Sequence[int], per_k: int, seed: int, style: str) -> dict[int, list[EpisodeRecord]]:
+def synthetic_episodes(distances: Sequence[int], per_k: int, seed: int, style: str,
+                       chain: int = 1) -> dict[int, list[EpisodeRecord]]:
     return {
         k: generate_episodes(SyntheticDialogueConfig(num_episodes=per_k, distance=k, split="eval", seed=seed,
-                                                     style=style))
+                                                     style=style, chain=chain))
         for k in distances
     }
 
@@ -345,6 +348,19 @@ def evaluate_unseen_phrasing(system: System, episodes: dict[int, list[EpisodeRec
         recall[str(k)] = hits / len(items) if items else 0.0
     return {"phrasings": list(UNSEEN_PHRASINGS), "recall": recall,
             "recall_mean": sum(recall.values()) / len(recall) if recall else 0.0}
+
+
+def evaluate_after_a_question(system: System, episodes: dict[int, list[EpisodeRecord]],
+                              max_new_tokens: int) -> dict[str, Any]:
+    """Recall per k of a second fact, stated after a first one was asked and answered (chained episodes: the
+    first segment is the benchmark's episode, then a fact of another group k turns before its question), as a
+    person tells things and asks about them in one conversation."""
+    recall: dict[str, float] = {}
+    for k, items in episodes.items():
+        answers = system.answers(items, max_new_tokens)
+        hits = sum(recall_hit(a, e.metadata["fact_value"]) for a, e in zip(answers, items, strict=True))
+        recall[str(k)] = hits / len(items) if items else 0.0
+    return {"recall": recall, "recall_mean": sum(recall.values()) / len(recall) if recall else 0.0}
 
 
 MISSES_KEPT = 16
@@ -461,6 +477,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     systems = load_systems(args.rxt, args.baseline, device)
     scorer = RewardScorer(systems[0].tokenizer)
     episodes = synthetic_episodes(args.distances, args.episodes_per_k, args.seed, args.style)
+    chained = synthetic_episodes(args.distances, args.episodes_per_k, args.seed, args.style, chain=2)
     conversations = chitchat_conversations(args.chitchat)
     results: dict[str, Any] = {}
     for system in systems:
@@ -473,12 +490,14 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         }
         entry.update(evaluate_recall(system, episodes, scorer, args.max_new_tokens))
         entry["unseen_phrasing"] = evaluate_unseen_phrasing(system, episodes, args.max_new_tokens)
+        entry["after_a_question"] = evaluate_after_a_question(system, chained, args.max_new_tokens)
         entry["chitchat"] = evaluate_chitchat(system, conversations)
         entry["seconds"] = round(time.perf_counter() - start, 2)
         results[system.name] = entry
         chat = entry["chitchat"]
         print(f"{system.name:>24}: recall {' '.join(f'k={k}:{v:.2f}' for k, v in entry['recall'].items())} | "
               f"unseen phrasing {entry['unseen_phrasing']['recall_mean']:.2f} | "
+              f"after a question {entry['after_a_question']['recall_mean']:.2f} | "
               f"reward {entry['reward_mean']:.2f} | chitchat ppl {chat['answer_ppl']} acc {chat['answer_acc']}",
               flush=True)
     for path in args.merge:  # systems measured in another call (e.g. the baseline, trained on another machine)

@@ -276,19 +276,23 @@ def memory_retention() -> list[str]:
         return []
     ks = [str(k) for k in d["settings"]["distances"]]
     unseen = any("unseen_phrasing" in r for r in d["systems"].values())
+    after = any("after_a_question" in r for r in d["systems"].values())  # recorded since the eighth session
     lines = [f"**Memory retention** ({d['device']}; {d['settings']['episodes_per_k']} held-out episodes per k, "
              f"{d['settings']['chitchat']} held-out chitchat conversations; `{d['command']}`; "
              "plot: `benchmarks/results/memory_retention.png`)", "",
              "| system | " + " | ".join(f"recall k={k}" for k in ks) + (" | unseen phrasing" if unseen else "")
-             + " | reward (0-10) | chitchat ppl | chitchat acc |",
-             "|---|" + "---|" * (len(ks) + 3 + unseen)]
+             + (" | after a question" if after else "") + " | reward (0-10) | chitchat ppl | chitchat acc |",
+             "|---|" + "---|" * (len(ks) + 3 + unseen + after)]
+
+    def mean_of(r: dict, key: str) -> str:
+        mean = (r.get(key) or {}).get("recall_mean")
+        return f" | {mean:.2f}" if mean is not None else " | -"
+
     for name, r in d["systems"].items():
         chat = r.get("chitchat") or {}
-        phrasing = ""
-        if unseen:
-            mean = (r.get("unseen_phrasing") or {}).get("recall_mean")
-            phrasing = f" | {mean:.2f}" if mean is not None else " | -"
-        lines.append(f"| {name} | " + " | ".join(f"{r['recall'][k]:.2f}" for k in ks) + phrasing
+        lines.append(f"| {name} | " + " | ".join(f"{r['recall'][k]:.2f}" for k in ks)
+                     + (mean_of(r, "unseen_phrasing") if unseen else "")
+                     + (mean_of(r, "after_a_question") if after else "")
                      + f" | {r['reward_mean']:.2f} | {chat.get('answer_ppl', float('nan')):.0f}"
                      f" | {chat.get('answer_acc', float('nan')):.3f} |")
     return lines

@@ -50,6 +50,8 @@ def test_memory_retention_smoke(tmp_path, monkeypatch, load_script):
         for k, recall in result["recall"].items():  # the misses listed are the episodes not recalled
             misses = result["misses"].get(k, [])
             assert len(misses) == round((1.0 - recall) * 2) and not any(m["hit"] for m in misses)
+        after = result["after_a_question"]
+        assert list(after["recall"]) == DISTANCES and all(0.0 <= v <= 1.0 for v in after["recall"].values())
         unseen = result["unseen_phrasing"]
         assert list(unseen["recall"]) == DISTANCES and len(unseen["phrasings"]) == 2
         assert all(0.0 <= v <= 1.0 for v in unseen["recall"].values())

@@ -85,6 +85,11 @@ class SyntheticDialogueConfig:
         form: ``"dialogue"`` (the multi-turn episode above) or ``"in_context"``: each episode is the single
             interaction of `in_context_interactions` that asks the question, its statements in the same query
             (the copy task without memory, for the first steps of a memory-aware stage).
+        chain: facts asked about per episode, one after another: each segment (its statements, ``distance``
+            turns, its question) starts after the previous one's question, so a fact is also stated and asked
+            after an earlier one was answered, as in a conversation (``metadata["questions"]``: every segment's
+            ``[key, value, turn]``; ``fact_key``/``fact_value``/``question_turn`` are the last one's). 1 = one
+            question at the end, as before.
     """
 
     num_episodes: int = 1000
@@ -97,15 +102,18 @@ class SyntheticDialogueConfig:
     max_lead: int = 0
     groups: tuple[str, ...] | None = None
     form: str = "dialogue"
+    chain: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("num_episodes", "num_turns", "seed", "max_lead"):
+        for name in ("num_episodes", "num_turns", "seed", "max_lead", "chain"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")
         for name in ("num_episodes", "num_turns", "max_lead"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.chain < 1:
+            raise ValueError(f"chain must be >= 1, got {self.chain}")
         if self.style not in STYLES:
             raise ValueError(f"style must be one of {STYLES}, got {self.style!r}")
         if self.split not in SPLITS:
@@ -166,10 +174,13 @@ def _detail(rng: random.Random, fact: FactType, value: str) -> InteractionRecord
     return InteractionRecord(_fill(query, value), _fill(answer, value))
 
 
-def generate_episode(config: SyntheticDialogueConfig, index: int) -> EpisodeRecord:
-    """Episode ``index`` of ``config`` (independent of ``num_episodes``)."""
-    rng = random.Random(f"synthetic:{config.seed}:{config.split}:{config.style}:{index}")
-    group = rng.choice(config.groups or GROUPS)
+def _segment(config: SyntheticDialogueConfig, rng: random.Random, distance: int, offset: int,
+             used_groups: Sequence[str] = ()) -> tuple[list[InteractionRecord], list[list], FactType, str]:
+    """One fact's turns (distractor statements, the target's statement, ``distance`` turns, its question), the
+    facts stated (``[key, value, turn]``, turns counted from ``offset``), the target and its value. The group is
+    one not in ``used_groups`` while any is left, so a chained episode never states one fact type twice."""
+    groups = config.groups or GROUPS
+    group = rng.choice([g for g in groups if g not in used_groups] or groups)
     count = rng.randint(*config.num_facts)
     facts = rng.sample(_BY_GROUP[group], count)
     values: list[str] = []
@@ -179,7 +190,6 @@ def generate_episode(config: SyntheticDialogueConfig, index: int) -> EpisodeReco
             value = generate_value(fact.kind, rng, config.split)
         values.append(value)
     target, value = facts[0], values[0]
-    distance = config.distance_of(index)
     # Distractors take intermediate turns (random positions, in order) or, up to `max_lead`, come before the
     # target; an episode states no more facts than those places hold (k = 0 and max_lead = 0: the target only).
     distractors = list(zip(facts[1:], values[1:], strict=True))[: distance + config.max_lead]
@@ -189,14 +199,14 @@ def generate_episode(config: SyntheticDialogueConfig, index: int) -> EpisodeReco
     before, after = distractors[:lead], distractors[lead:]
     positions = sorted(rng.sample(range(distance), inside))
     turns: list[InteractionRecord] = [_statement(rng, f, v) for f, v in before]
-    stated = [[f.key, v, i] for i, (f, v) in enumerate(before)]
-    stated.append([target.key, value, len(turns)])
+    stated = [[f.key, v, offset + i] for i, (f, v) in enumerate(before)]
+    stated.append([target.key, value, offset + len(turns)])
     turns.append(_statement(rng, target, value))
     queue = iter(after)
     for step in range(distance):
         if step in positions:
             fact, other = next(queue)
-            stated.append([fact.key, other, len(turns)])
+            stated.append([fact.key, other, offset + len(turns)])
             turns.append(_statement(rng, fact, other))
         elif config.style == "cumulative":
             turns.append(_detail(rng, target, value))
@@ -204,6 +214,22 @@ def generate_episode(config: SyntheticDialogueConfig, index: int) -> EpisodeReco
             turns.append(_filler(rng))
     turns.append(InteractionRecord(_fill(rng.choice(target.questions), value),
                                    _fill(rng.choice(target.answers), value)))
+    return turns, stated, target, value
+
+
+def generate_episode(config: SyntheticDialogueConfig, index: int) -> EpisodeRecord:
+    """Episode ``index`` of ``config`` (independent of ``num_episodes``)."""
+    rng = random.Random(f"synthetic:{config.seed}:{config.split}:{config.style}:{index}")
+    distance = config.distance_of(index)
+    turns: list[InteractionRecord] = []
+    stated: list[list] = []
+    questions: list[list] = []
+    for _ in range(config.chain):  # chain = 1: the RNG is drawn exactly as before chaining existed
+        used = [fact_type(key).group for key, _, _ in questions]
+        segment, facts, target, value = _segment(config, rng, distance, len(turns), used)
+        turns.extend(segment)
+        stated.extend(facts)
+        questions.append([target.key, value, len(turns) - 1])
     metadata = {
         "source": "synthetic",
         "fact_key": target.key,
@@ -216,11 +242,14 @@ def generate_episode(config: SyntheticDialogueConfig, index: int) -> EpisodeReco
         "seed": config.seed,
         "index": index,
     }
+    if config.chain > 1:
+        metadata["questions"] = questions  # every segment's question: [key, value, turn]; the last is the one above
     episode = EpisodeRecord(turns[0].query, turns[0].answer, tuple(turns[1:]), metadata)
     if config.form == "in_context":
         question = in_context_interactions(episode)[metadata["question_turn"]]
         facts = [[key, value, 0] for key, value, _ in stated]  # all stated in the one query
         metadata = {**metadata, "question_turn": 0, "facts": facts, "form": "in_context"}
+        metadata.pop("questions", None)
         return EpisodeRecord(question.query, question.answer, (), metadata)
     return episode
 
@@ -237,16 +266,19 @@ def generate_episodes(config: SyntheticDialogueConfig) -> list[EpisodeRecord]:
 
 
 def in_context_interactions(episode: EpisodeRecord) -> list[InteractionRecord]:
-    """The turns of ``episode`` as single interactions, its question merged with the statements before it into
+    """The turns of ``episode`` as single interactions, each question merged with the statements before it into
     one query: every turn that states or elaborates a fact stays as it is, and no question is left without
-    its statement in the same sequence."""
+    its statement in the same sequence (a chained episode: every segment's question)."""
     turns = episode.turns
-    question = int(episode.metadata.get("question_turn", len(turns) - 1))
-    statements = sorted(int(turn) for _, _, turn in episode.metadata.get("facts", ()))
-    out = [turn for i, turn in enumerate(turns) if i != question]
-    context = " ".join(turns[i].query for i in statements if i < question)
-    final = turns[question]
-    out.insert(question, InteractionRecord(f"{context} {final.query}".strip(), final.answer, final.think))
+    meta = episode.metadata
+    asked = {int(turn) for _, _, turn in meta.get("questions", ())} or {int(meta.get("question_turn", len(turns) - 1))}
+    statements = sorted(int(turn) for _, _, turn in meta.get("facts", ()))
+    out = []
+    for i, turn in enumerate(turns):
+        if i in asked:
+            context = " ".join(turns[j].query for j in statements if j < i)
+            turn = InteractionRecord(f"{context} {turn.query}".strip(), turn.answer, turn.think)
+        out.append(turn)
     return out
 
 

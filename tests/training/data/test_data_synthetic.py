@@ -225,3 +225,44 @@ def test_a_sentence_that_starts_with_the_value_keeps_its_case():
 
     assert _fill("{v}, noted.", "kaipel-laiga") == "kaipel-laiga, noted."
     assert _fill("my code is {v}.", "kaipel-laiga") == "My code is kaipel-laiga."
+
+
+@pytest.mark.parametrize("style", ["long_range", "cumulative"])
+def test_chained_episodes_ask_each_fact_after_its_statement_and_after_the_previous_answer(style):
+    """``chain``: segments one after another, each with its own group; every question follows its statement and
+    the previous segment's question, and the last one is the episode's fact_key / fact_value / question_turn."""
+    owner = _question_owner()
+    config = SyntheticDialogueConfig(num_episodes=300, distance=BENCHMARK_DISTANCES, chain=3, style=style, seed=9,
+                                     max_lead=1)
+    for episode in generate_episodes(config):
+        meta, turns = episode.metadata, episode.turns
+        questions = meta["questions"]
+        assert len(questions) == 3 and questions[-1] == [meta["fact_key"], meta["fact_value"], meta["question_turn"]]
+        assert meta["question_turn"] == len(turns) - 1
+        groups = [fact_type(key).group for key, _, _ in questions]
+        assert len(set(groups)) == 3  # no fact type stated twice with two values
+        facts = {key: (value, turn) for key, value, turn in meta["facts"]}
+        previous = -1
+        for key, value, turn in questions:
+            assert turns[turn].query in owner and owner[turns[turn].query] == key
+            stated_value, stated_at = facts[key]
+            assert stated_value == value and previous < stated_at < turn
+            assert turn - stated_at - 1 == meta["distance"]
+            assert recall_hit(turns[turn].answer, value) and not recall_hit(turns[turn].query, value)
+            previous = turn
+        asked = {turn for _, _, turn in questions}
+        assert not [t for i, t in enumerate(turns) if i not in asked and t.query in owner]
+
+
+def test_chain_one_is_the_episode_of_before_and_a_chain_starts_with_it():
+    one = generate_episode(SyntheticDialogueConfig(distance=2, split="eval", seed=1234), 7)
+    two = generate_episode(SyntheticDialogueConfig(distance=2, split="eval", seed=1234, chain=2), 7)
+    assert "questions" not in one.metadata
+    n = len(one.turns)
+    assert two.turns[:n] == one.turns and two.metadata["questions"][0][:2] == [one.metadata["fact_key"],
+                                                                               one.metadata["fact_value"]]
+    merged = in_context_interactions(two)
+    for _key, value, turn in two.metadata["questions"]:  # every question carries its statement in its query
+        assert recall_hit(merged[turn].query, value) and recall_hit(merged[turn].answer, value)
+    with pytest.raises(ValueError, match="chain must be >= 1"):
+        SyntheticDialogueConfig(chain=0)

@@ -1,5 +1,5 @@
-"""`scripts/mrl_variant.py`: the recipe's MRL config with fields overridden by ``--set dotted.key=yaml``, run as
-``rxnn train mrl`` would run it."""
+"""`scripts/run_stage.py`: a recipe step's config with fields overridden by ``--set dotted.key=yaml``, run as
+``rxnn train`` would run it."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "mrl_variant.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "run_stage.py"
 
 
 @pytest.fixture(scope="module")
 def variant():
-    spec = importlib.util.spec_from_file_location("mrl_variant", SCRIPT)
+    spec = importlib.util.spec_from_file_location("run_stage", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -32,7 +32,8 @@ def test_set_parses_yaml_into_nested_sections_and_names_what_is_wrong(variant):
 
 def test_a_tiny_variant_trains_and_keeps_its_snapshots(variant, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    variant.main(["--preset", "tiny", "--model", "tiny", "--out", str(tmp_path), "--device", "cpu",
+    variant.main(["--config", "training/presets/tiny/5_mrl.yaml", "--stage", "mrl", "--model", "tiny",
+                  "--out", str(tmp_path), "--device", "cpu",
                   "--set", "curriculum=[{steps: 2, strategy: long_range, epochs: 2, episodes_per_epoch: 8}]",
                   "--set", "eval_episodes=0", "--set", "reward.cosine_weight=0.0",
                   "--set", "train.save_every=1", "--set", "train.keep_last=0"])

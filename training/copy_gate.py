@@ -74,6 +74,9 @@ class CopyGateConfig:
     # type family without distractors first, then the full mix)
     warm_memory_steps: int = 0
     warm_data: dict[str, Any] = field(default_factory=dict)
+    # SyntheticDialogueConfig fields of the held-out episodes only, over `data`'s: e.g. {"chain": 2} scores the
+    # recall of a fact stated after an earlier one was asked and answered, whatever the training dialogues were
+    eval_data: dict[str, Any] = field(default_factory=dict)
 
     def synthetic(self, **kw: Any) -> SyntheticDialogueConfig:
         fields = {"groups": self.groups, "num_facts": self.num_facts, **self.data, **kw}
@@ -101,9 +104,10 @@ def run_gate(cfg: CopyGateConfig, log=print) -> dict[str, Any]:
     warm_dialogues = generate_episodes(cfg.synthetic(num_episodes=cfg.train_episodes, distance=cfg.train_distances,
                                                      seed=cfg.seed + 3, **cfg.warm_data)) if cfg.warm_memory_steps else []
     held_out = generate_episodes(cfg.synthetic(num_episodes=cfg.eval_episodes, distance=cfg.eval_distance,
-                                               split="eval", seed=cfg.seed + 2))
+                                               split="eval", seed=cfg.seed + 2, **cfg.eval_data))
     held_out_copies = generate_episodes(cfg.synthetic(num_episodes=cfg.eval_episodes, distance=cfg.eval_distance,
-                                                      split="eval", seed=cfg.seed + 2, form="in_context"))
+                                                      split="eval", seed=cfg.seed + 2, form="in_context",
+                                                      **cfg.eval_data))
     texts = [f"{t.query} {t.answer}" for e in dialogues[:3000] for t in e.turns]  # training text only
     tokenizer = train_tokenizer(texts, TokenizerTrainingConfig(kind="byte_bpe", vocab_size=cfg.vocab_size))
     model = RxT(RxTConfig.preset("tiny", vocab_size=tokenizer.vocab_size, dim=cfg.dim, num_layers=cfg.num_layers,

@@ -38,3 +38,26 @@ def test_warm_data_overrides_the_memory_phase_dialogues_only():
     full, warm = config.synthetic(), config.synthetic(**config.warm_data)
     assert (full.groups, full.num_facts, full.max_lead) == (None, (2, 4), 1)
     assert (warm.groups, warm.num_facts, warm.max_lead) == (("code",), (1, 1), 0)  # one fact: nothing to lead
+
+
+def test_eval_data_changes_the_held_out_episodes_only(monkeypatch):
+    """``eval_data={"chain": 2}``: the held-out episodes ask a second fact after a first was answered; the
+    training dialogues stay as ``data`` says (chain 1 here)."""
+    import training.copy_gate as gate
+
+    made: list = []
+    real = gate.generate_episodes
+
+    def recorded(config):
+        made.append(config)
+        return real(config)
+
+    monkeypatch.setattr(gate, "generate_episodes", recorded)
+    config = CopyGateConfig(**parse_overrides(['groups=["pet", "place"]', 'eval_data={"chain": 2}',
+                                               "copy_steps=0", "memory_steps=1", "train_episodes=40",
+                                               "eval_episodes=4", "max_new_tokens=2"]))
+    result = gate.run_gate(config, log=lambda _: None)
+    assert 0.0 <= result["recall"] <= 1.0
+    chains = {(c.split, c.form): c.chain for c in made}
+    assert chains[("train", "dialogue")] == 1
+    assert chains[("eval", "dialogue")] == 2 and chains[("eval", "in_context")] == 2

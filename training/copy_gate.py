@@ -77,6 +77,9 @@ class CopyGateConfig:
     # SyntheticDialogueConfig fields of the held-out episodes only, over `data`'s: e.g. {"chain": 2} scores the
     # recall of a fact stated after an earlier one was asked and answered, whatever the training dialogues were
     eval_data: dict[str, Any] = field(default_factory=dict)
+    # a share of the memory phase's batches drawn from dialogues that chain two facts (`SyntheticDialogueConfig.
+    # chain` = 2: a second fact stated after the first was asked and answered), the others from `data`'s
+    chained_share: float = 0.0
 
     def synthetic(self, **kw: Any) -> SyntheticDialogueConfig:
         fields = {"groups": self.groups, "num_facts": self.num_facts, **self.data, **kw}
@@ -101,6 +104,8 @@ def run_gate(cfg: CopyGateConfig, log=print) -> dict[str, Any]:
     copies = [EpisodeRecord(r.query, r.answer) for r in synthetic_records(
         cfg.synthetic(num_episodes=cfg.train_episodes // 5, distance=cfg.train_distances, seed=cfg.seed + 1),
         "interaction")]
+    chained = generate_episodes(cfg.synthetic(num_episodes=cfg.train_episodes, distance=cfg.train_distances,
+                                              seed=cfg.seed + 4, chain=2)) if cfg.chained_share > 0 else []
     warm_dialogues = generate_episodes(cfg.synthetic(num_episodes=cfg.train_episodes, distance=cfg.train_distances,
                                                      seed=cfg.seed + 3, **cfg.warm_data)) if cfg.warm_memory_steps else []
     held_out = generate_episodes(cfg.synthetic(num_episodes=cfg.eval_episodes, distance=cfg.eval_distance,
@@ -117,7 +122,8 @@ def run_gate(cfg: CopyGateConfig, log=print) -> dict[str, Any]:
     objective = SMATObjective(model, bptt_depth=cfg.bptt_depth)
     datasets = {"copy": EpisodeDataset(copies, tokenizer, cfg.max_len),
                 "memory": EpisodeDataset(dialogues, tokenizer, cfg.max_len),
-                "memory_warm": EpisodeDataset(warm_dialogues, tokenizer, cfg.max_len)}
+                "memory_warm": EpisodeDataset(warm_dialogues, tokenizer, cfg.max_len),
+                "memory_chained": EpisodeDataset(chained, tokenizer, cfg.max_len)}
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, fused=device.type == "cuda")
     rng = random.Random(cfg.seed)
     total = cfg.copy_steps + cfg.memory_steps
@@ -129,6 +135,8 @@ def run_gate(cfg: CopyGateConfig, log=print) -> dict[str, Any]:
         phase = "copy" if step < cfg.copy_steps or rng.random() < cfg.copy_mix else "memory"
         if phase == "memory" and step < cfg.copy_steps + cfg.warm_memory_steps:
             phase = "memory_warm"
+        elif phase == "memory" and cfg.chained_share > 0 and rng.random() < cfg.chained_share:
+            phase = "memory_chained"
         data = datasets[phase]
         batch = collate_episodes([data[rng.randrange(len(data))] for _ in range(cfg.batch_size)], tokenizer.pad_id)
         batch = [{name: tensor.to(device, non_blocking=True) for name, tensor in turn.items()} for turn in batch]

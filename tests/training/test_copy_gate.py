@@ -61,3 +61,32 @@ def test_eval_data_changes_the_held_out_episodes_only(monkeypatch):
     chains = {(c.split, c.form): c.chain for c in made}
     assert chains[("train", "dialogue")] == 1
     assert chains[("eval", "dialogue")] == 2 and chains[("eval", "in_context")] == 2
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_chained_share_draws_memory_batches_from_two_fact_dialogues(monkeypatch, share):
+    """``chained_share``: that share of the memory phase's batches comes from chain-2 dialogues (two segments:
+    at least 4 turns; one fact at distance 0-1 without distractors: at most 3)."""
+    import training.copy_gate as gate
+
+    made: list = []
+    turns: list[int] = []
+    real_generate, real_collate = gate.generate_episodes, gate.collate_episodes
+
+    def recorded(config):
+        made.append(config)
+        return real_generate(config)
+
+    def collate(items, pad_id):
+        turns.extend(len(item) for item in items)  # an item is the episode's list of tokenised turns
+        return real_collate(items, pad_id)
+
+    monkeypatch.setattr(gate, "generate_episodes", recorded)
+    monkeypatch.setattr(gate, "collate_episodes", collate)
+    config = CopyGateConfig(**parse_overrides(['groups=["pet", "place"]', f"chained_share={share}",
+                                               "copy_steps=0", "copy_mix=0", "memory_steps=3", "batch_size=4",
+                                               "train_episodes=40", "eval_episodes=2", "max_new_tokens=2"]))
+    gate.run_gate(config, log=lambda _: None)
+    train_chains = sorted(c.chain for c in made if c.split == "train" and c.form == "dialogue")
+    assert train_chains == ([1, 2] if share else [1])  # the dialogues, (the chained ones)
+    assert len(turns) == 12 and (min(turns) >= 4 if share else max(turns) <= 3)

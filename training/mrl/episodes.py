@@ -266,7 +266,6 @@ def collect_episodes(
                     stm_initial=initial.clone(), steps=[], reset=reset, teacher_forcing=teacher_forcing,
                     strategy=strategy, metadata=dict(record.metadata),
                 ))
-                reactive.prime(sid, [(record.query, record.answer)], query_id="first")
             turns = [list(r.interactions)[:max_steps] if max_steps is not None else list(r.interactions)
                      for r in batch]
             # one Query per (episode, turn); the seeds drawn turn by turn, episode by episode (both paths)
@@ -280,6 +279,12 @@ def collect_episodes(
                         opts = options
                     queries[i].append(Query(sids[i], turn.query, options=opts, query_id=f"step{k}",
                                             memory_answer=turn.answer if teacher_forcing else None))
+            if pipelined:  # each session's queue is in place before its first interaction can be committed: once
+                # connected (a later batch), a prime may commit at once, and that commit submits the next query
+                for sid, qs in zip(sids, queries):
+                    collector.queued[sid] = deque(qs)
+            for sid, record in zip(sids, batch):
+                reactive.prime(sid, [(record.query, record.answer)], query_id="first")
             if pipelined:
                 stms = _run_pipelined(reactive, collector, sids, queries, timeout)
             else:
@@ -310,9 +315,7 @@ def collect_episodes(
 def _run_pipelined(reactive: Any, collector: _Collector, sids: list[str], queries: list[list[Query]],
                    timeout: float) -> list[list[torch.Tensor]]:
     """Every session's queries queued at once (the collector tops each queue up); per session the committed
-    STM after the first interaction and after every turn."""
-    for sid, qs in zip(sids, queries):
-        collector.queued[sid] = deque(qs)
+    STM after the first interaction and after every turn (``collector.queued`` holds every session's queries)."""
     for sid, qs in zip(sids, queries):
         for _ in range(min(len(qs), reactive.max_pending_per_session - 1)):  # the prime waits in the queue too
             collector.submit_next(sid)

@@ -4,6 +4,8 @@ rollouts of the turn-by-turn reference path, and a fresh runtime takes all the s
 from __future__ import annotations
 
 import random
+import threading
+import time
 
 import pytest
 import torch
@@ -104,3 +106,36 @@ def test_a_reused_executor_collects_what_a_fresh_one_does(tok):
     with pytest.raises(ValueError, match="the executor must run this model"):
         ReactiveModel(RxT(RxTConfig.preset("tiny", vocab_size=tok.vocab_size)), tok, max_batch_size=6,
                       executor=executor)
+
+
+def test_a_session_whose_first_interaction_commits_at_once_still_gets_its_queries(tok):
+    """A connected runtime (every batch after the first) may commit a session's primed interaction before the
+    collection has queued that session's queries; with one message pending per session, that commit is what
+    submits its first query. Here every prime is made to commit before `prime` returns: the collection must still
+    finish (it used to wait for its timeout)."""
+    torch.manual_seed(0)
+    model = RxT(RxTConfig.preset("tiny", vocab_size=tok.vocab_size))
+    episodes = generate_episodes(SyntheticDialogueConfig(num_episodes=4, distance=(1, 2), seed=4))
+    reactive = ReactiveModel(model, tok, max_batch_size=2, use_cuda_graphs=False, max_pending_per_session=1)
+    committed = threading.Event()
+    seen: set = set()
+    reactive.batches.subscribe(on_next=lambda batch: [seen.add((e.session_id, e.query_id)) for e in batch
+                                                      if type(e).__name__ == "MemoryUpdated"])
+    prime = reactive.prime
+
+    def prime_and_wait(sid, interactions, *, query_id=""):
+        prime(sid, interactions, query_id=query_id)
+        if reactive._connected:  # a later batch: let the commit happen first
+            deadline = time.monotonic() + 10
+            while (sid, query_id) not in seen and time.monotonic() < deadline:
+                time.sleep(0.005)
+            committed.set()
+
+    reactive.prime = prime_and_wait
+    try:
+        logs = collect_episodes(reactive, episodes, options=GenerationOptions(max_new_tokens=3), max_steps=2,
+                                generator=random.Random(1), reset_prob=1.0, timeout=20.0)
+    finally:
+        reactive.dispose()
+    assert committed.is_set()  # the second batch's primes did commit before the queries were queued
+    assert len(logs) == 4 and all(len(log.steps) == min(2, len(e.interactions)) for log, e in zip(logs, episodes))

@@ -3,20 +3,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "run_stage.py"
 
-
-@pytest.fixture(scope="module")
-def variant():
-    spec = importlib.util.spec_from_file_location("run_stage", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def variant(load_script):
+    return load_script("scripts/run_stage.py")
 
 
 def test_set_parses_yaml_into_nested_sections_and_names_what_is_wrong(variant):

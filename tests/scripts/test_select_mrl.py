@@ -3,20 +3,12 @@ those, the highest reward."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "select_mrl.py"
 
-
-@pytest.fixture(scope="module")
-def selector():
-    spec = importlib.util.spec_from_file_location("select_mrl", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def selector(load_script):
+    return load_script("scripts/select_mrl.py")
 
 
 def _system(recall: list[int], reward: float, ablation_of: str | None = None) -> dict:

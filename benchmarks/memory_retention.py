@@ -337,17 +337,21 @@ def statement_turn(episode: EpisodeRecord) -> int:
     return 0
 
 
+def recall_per_k(system: System, episodes: dict[int, list[EpisodeRecord]], max_new_tokens: int) -> dict[str, Any]:
+    """Exact-match recall of each episode's last question, per k, and its mean over k."""
+    recall: dict[str, float] = {}
+    for k, items in episodes.items():
+        answers = system.answers(items, max_new_tokens)
+        hits = sum(recall_hit(a, e.metadata["fact_value"]) for a, e in zip(answers, items, strict=True))
+        recall[str(k)] = hits / len(items) if items else 0.0
+    return {"recall": recall, "recall_mean": sum(recall.values()) / len(recall) if recall else 0.0}
+
+
 def evaluate_unseen_phrasing(system: System, episodes: dict[int, list[EpisodeRecord]],
                              max_new_tokens: int) -> dict[str, Any]:
     """Recall per k with the final question asked in `UNSEEN_PHRASINGS` (same episodes, same history)."""
-    recall: dict[str, float] = {}
-    for k, items in episodes.items():
-        changed = [unseen_phrasing(episode, i) for i, episode in enumerate(items)]
-        answers = system.answers(changed, max_new_tokens)
-        hits = sum(recall_hit(a, e.metadata["fact_value"]) for a, e in zip(answers, changed, strict=True))
-        recall[str(k)] = hits / len(items) if items else 0.0
-    return {"phrasings": list(UNSEEN_PHRASINGS), "recall": recall,
-            "recall_mean": sum(recall.values()) / len(recall) if recall else 0.0}
+    changed = {k: [unseen_phrasing(episode, i) for i, episode in enumerate(items)] for k, items in episodes.items()}
+    return {"phrasings": list(UNSEEN_PHRASINGS), **recall_per_k(system, changed, max_new_tokens)}
 
 
 def evaluate_after_a_question(system: System, episodes: dict[int, list[EpisodeRecord]],
@@ -355,12 +359,7 @@ def evaluate_after_a_question(system: System, episodes: dict[int, list[EpisodeRe
     """Recall per k of a second fact, stated after a first one was asked and answered (chained episodes: the
     first segment is the benchmark's episode, then a fact of another group k turns before its question), as a
     person tells things and asks about them in one conversation."""
-    recall: dict[str, float] = {}
-    for k, items in episodes.items():
-        answers = system.answers(items, max_new_tokens)
-        hits = sum(recall_hit(a, e.metadata["fact_value"]) for a, e in zip(answers, items, strict=True))
-        recall[str(k)] = hits / len(items) if items else 0.0
-    return {"recall": recall, "recall_mean": sum(recall.values()) / len(recall) if recall else 0.0}
+    return recall_per_k(system, episodes, max_new_tokens)
 
 
 MISSES_KEPT = 16

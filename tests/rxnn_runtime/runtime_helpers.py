@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from rxnn_runtime.messages import GenerationOptions, Query
 from rxt.config import RxTConfig
 from rxt.model import RxT
 from rxt.tokenizer import RxTokenizer
@@ -72,3 +73,14 @@ class FakePass:
         if self.fails:
             raise RuntimeError("device-side assert")
         self.done = True
+
+
+def start_short_and_long(reactive) -> EventLog:
+    """Two sessions of one step, "short" (2 tokens) and "long" (12): the short one's memory update runs while the
+    long one still decodes. Returns the log of the runtime's batches, connected."""
+    batches = EventLog()
+    reactive.batches.subscribe(batches)
+    reactive.submit(Query("short", "hello", GenerationOptions(max_new_tokens=2)))
+    reactive.submit(Query("long", "hello", GenerationOptions(max_new_tokens=12)))
+    reactive.connect()
+    return batches

@@ -3,7 +3,7 @@ import threading
 import pytest
 import torch
 from reactivex.scheduler import EventLoopScheduler
-from runtime_helpers import EventLog, FakePass, record_plans, tiny_model
+from runtime_helpers import EventLog, FakePass, record_plans, start_short_and_long, tiny_model
 
 from rxnn_runtime.events import (
     AnswerDone,
@@ -287,11 +287,7 @@ def test_update_pass_and_commit_go_in_the_lane_action_that_ends_the_answer():
     # the hand-over: to the lane's in-place commits (the in-process store) or to the commit writer's threads
     reactive._hand_over = lambda commits, ready=None: calls.append(("submit", len(commits))) or \
         submit(commits, ready)
-    batches = EventLog()
-    reactive.batches.subscribe(batches)
-    reactive.submit(Query("short", "hello", GenerationOptions(max_new_tokens=2)))
-    reactive.submit(Query("long", "hello", GenerationOptions(max_new_tokens=12)))
-    reactive.connect()
+    batches = start_short_and_long(reactive)
     try:
         assert batches.wait_for(lambda bs: sum(isinstance(e, MemoryUpdated) for b in bs for e in b) == 2)
         for sid in ("short", "long"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from runtime_helpers import EventLog, tiny_model
+from runtime_helpers import start_short_and_long, tiny_model
 
 from rxnn_runtime.active_turn import ActiveTurn
 from rxnn_runtime.events import AnswerDone, MemoryUpdated, Token
@@ -78,11 +78,7 @@ def test_a_pass_done_during_a_step_is_announced_before_the_step_ends(while_waiti
     model, tokenizer = tiny_model()
     reactive = ReactiveModel(model, tokenizer, max_batch_size=4, settle_while_waiting=while_waiting)
     _device_like(reactive.executor, step_queries=6, pass_queries=2)
-    batches = EventLog()
-    reactive.batches.subscribe(batches)
-    reactive.submit(Query("short", "hello", GenerationOptions(max_new_tokens=2)))
-    reactive.submit(Query("long", "hello", GenerationOptions(max_new_tokens=12)))
-    reactive.connect()
+    batches = start_short_and_long(reactive)
     try:
         assert batches.wait_for(lambda bs: sum(isinstance(e, MemoryUpdated) for b in bs for e in b) == 2)
         order = list(batches.events)
